@@ -1,0 +1,125 @@
+"""YAML loading that remembers the line of every value.
+
+PyYAML's constructors drop source positions, so we compose the node graph ourselves and
+build plain Python values next to a ``{path: line}`` map. A path is the tuple of mapping
+keys and sequence indexes that leads to a value, e.g. ``("nodes", 3, "asn")``.
+Duplicate mapping keys are reported (PyYAML would silently keep the last one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.config.problems import Problem
+
+YamlPath = tuple[str | int, ...]
+
+
+@dataclass
+class LocatedYaml:
+    """A parsed YAML document with the 1-based line of each value."""
+
+    file: str
+    data: Any
+    lines: dict[YamlPath, int] = field(default_factory=dict)
+    key_order: dict[YamlPath, list[tuple[str, int]]] = field(default_factory=dict)
+
+    def line(self, path: YamlPath) -> int:
+        """Line of ``path``, or of its nearest ancestor that has one."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), 1)
+
+    def problem(self, path: YamlPath, message: str) -> Problem:
+        return Problem(self.file, self.line(path), message)
+
+
+def load_yaml(path: Path, display: str) -> tuple[LocatedYaml | None, list[Problem]]:
+    """Parse ``path``; on a syntax error return ``None`` and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(display, 1, f"cannot read file: {exc}")]
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        what = exc.problem or exc.context or "invalid YAML"
+        return None, [Problem(display, line, f"YAML syntax error: {what}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(display, 1, f"YAML syntax error: {exc}")]
+    doc = LocatedYaml(display, None)
+    problems: list[Problem] = []
+    if root is None:
+        doc.data = None
+        return doc, problems
+    doc.data = _build(root, (), doc, problems)
+    return doc, problems
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    # The composer already resolved the implicit tag (int, float, bool, null, str), so we
+    # only dispatch to SafeLoader's constructor for it; unknown tags raise ConstructorError.
+    constructors = yaml.SafeLoader.yaml_constructors
+    constructor = constructors.get(node.tag) or constructors[None]
+    return constructor(_SCALAR_LOADER, node)
+
+
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+def _build(node: yaml.Node, path: YamlPath, doc: LocatedYaml, problems: list[Problem]) -> Any:
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        order: list[tuple[str, int]] = []
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(
+                    Problem(doc.file, key_node.start_mark.line + 1, "mapping keys must be scalars")
+                )
+                continue
+            key = _scalar(key_node)
+            key_line = key_node.start_mark.line + 1
+            if key in result:
+                first = doc.lines.get(path + (key,), key_line)
+                problems.append(
+                    Problem(doc.file, key_line, f'duplicate key "{key}" (first defined at line {first})')
+                )
+                continue
+            order.append((str(key), key_line))
+            result[key] = _build(value_node, path + (key,), doc, problems)
+            # The key's own line is the most useful place to point at for its value.
+            doc.lines[path + (key,)] = key_line
+        doc.key_order[path] = order
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, path + (i,), doc, problems) for i, item in enumerate(node.value)]
+    try:
+        return _scalar(node)
+    except yaml.YAMLError as exc:
+        problems.append(Problem(doc.file, node.start_mark.line + 1, f"bad value: {exc}"))
+        return None
+
+
+def unsorted_keys(doc: LocatedYaml) -> list[Problem]:
+    """Report mappings whose keys are not in sorted order (keeps policy diffs reviewable)."""
+    problems = []
+    for path, order in doc.key_order.items():
+        keys = [k for k, _ in order]
+        expected = sorted(keys)
+        for (key, line), want in zip(order, expected):
+            if key != want:
+                where = "/".join(str(p) for p in path) or "top level"
+                problems.append(
+                    Problem(doc.file, line, f'keys out of order in {where}: expected "{want}" here, found "{key}"')
+                )
+                break
+    return problems

@@ -1,0 +1,134 @@
+"""Loading a whole deployment directory: the one code path behind ``check`` and ``serve``.
+
+A deployment directory holds:
+
+- ``deployment.yaml``: where the client map and the latency table are (paths relative
+  to this file);
+- ``nodes.yaml``: the node inventory (``router.config.nodes``);
+- ``<zone>.zone``: RFC 1035 zone files, each served with its file name as origin;
+- ``<zone>.policy.yaml``: steering policies for names of that zone.
+
+Every file is validated and every problem collected before anything is returned, so
+a broken directory never produces a half-loaded deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.name
+import dns.zone
+from pydantic import BaseModel, ConfigDict
+
+from router.config._validate import validate_item
+from router.config._yaml import load_yaml
+from router.config.nodes import Inventory, parse_inventory
+from router.config.policy import Policy, SteeredName, parse_policies
+from router.config.problems import ConfigError, Problem
+from router.config.zones import parse_zone, zone_origin
+from router.geo.clientmap import ClientMap, ClientMapError, load_mmdb
+from router.geo.latency import load_country_rtt
+
+DEPLOYMENT_FILE = "deployment.yaml"
+NODES_FILE = "nodes.yaml"
+POLICY_SUFFIX = ".policy.yaml"
+
+
+class DeploymentSettings(BaseModel):
+    """``deployment.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_map: str
+    latency: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A validated deployment, ready to compile."""
+
+    directory: Path
+    inventory: Inventory
+    zones: dict[dns.name.Name, dns.zone.Zone]
+    policies: dict[tuple[dns.name.Name, str], Policy]  # (zone, policy name) -> policy
+    steered: tuple[SteeredName, ...]
+    client_map: ClientMap
+    country_rtt: dict[tuple[str, str], float]
+
+
+def load_deployment(directory: Path) -> Deployment:
+    """Load and validate everything in ``directory``; raise ConfigError listing all problems."""
+    problems: list[Problem] = []
+    if not directory.is_dir():
+        raise ConfigError([Problem(str(directory), 0, "not a directory")])
+
+    settings_path = directory / DEPLOYMENT_FILE
+    client_map = None
+    country_rtt: dict[tuple[str, str], float] = {}
+    settings_doc, errors = load_yaml(settings_path, str(settings_path))
+    problems += errors
+    if settings_doc is not None:
+        settings, errors = validate_item(DeploymentSettings, settings_doc.data, settings_doc, (), DEPLOYMENT_FILE)
+        problems += errors
+        if isinstance(settings, DeploymentSettings):
+            map_path = directory / settings.client_map
+            try:
+                client_map = load_mmdb(map_path)
+            except ClientMapError as exc:
+                problems.append(settings_doc.problem(("client_map",), str(exc)))
+            latency_path = directory / settings.latency
+            country_rtt, errors = load_country_rtt(latency_path, str(latency_path))
+            problems += errors
+
+    nodes_path = directory / NODES_FILE
+    inventory = None
+    nodes_doc, errors = load_yaml(nodes_path, str(nodes_path))
+    problems += errors
+    if nodes_doc is not None:
+        inventory, errors = parse_inventory(nodes_doc)
+        problems += errors
+
+    zones: dict[dns.name.Name, dns.zone.Zone] = {}
+    zone_texts: dict[dns.name.Name, tuple[str, str]] = {}
+    zone_files = sorted(directory.glob("*.zone"))
+    if not zone_files:
+        problems.append(Problem(str(directory), 0, "no *.zone files: nothing to serve"))
+    for path in zone_files:
+        zone, errors = parse_zone(path, str(path))
+        problems += errors
+        origin = zone_origin(path)
+        zone_texts[origin] = (str(path), path.read_text(encoding="utf-8", errors="replace"))
+        if zone is not None:
+            zones[origin] = zone
+
+    policies: dict[tuple[dns.name.Name, str], Policy] = {}
+    steered: list[SteeredName] = []
+    for path in sorted(directory.glob(f"*{POLICY_SUFFIX}")):
+        display = str(path)
+        origin = dns.name.from_text(path.name.removesuffix(POLICY_SUFFIX))
+        if origin not in zone_texts:
+            problems.append(Problem(display, 1, f"no zone file {origin.to_text(omit_final_dot=True)}.zone for this policy file"))
+            continue
+        doc, errors = load_yaml(path, display)
+        problems += errors
+        if doc is None:
+            continue
+        zone_display, zone_text = zone_texts[origin]
+        zone_policies, zone_steered, errors = parse_policies(doc, zones.get(origin), zone_display, zone_text, inventory)
+        problems += errors
+        policies.update({(origin, name): policy for name, policy in zone_policies.items()})
+        steered += zone_steered
+
+    if problems:
+        raise ConfigError(problems)
+    assert inventory is not None and client_map is not None
+    return Deployment(
+        directory=directory,
+        inventory=inventory,
+        zones=zones,
+        policies=policies,
+        steered=tuple(steered),
+        client_map=client_map,
+        country_rtt=country_rtt,
+    )

@@ -1,0 +1,144 @@
+"""The node inventory, ``nodes.yaml``: sites and the edge nodes placed in them.
+
+Example::
+
+    sites:
+      - id: mad-tef-1          # a central office, exchange point or PoP
+        metro: Madrid
+        country: ES
+        kind: isp              # isp (embedded in an access ISP) | ixp | pop
+        lat: 40.42
+        lon: -3.70
+    nodes:
+      - id: tef-mad-1
+        asn: 3352              # the ISP the node sits in (on-net for its clients)
+        site: mad-tef-1
+        lat: 40.42
+        lon: -3.70
+        ipv4: 192.0.2.11
+        ipv6: 2001:db8:11::1
+        capacity_gbps: 400
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.config._validate import validate_item
+from router.config._yaml import LocatedYaml
+from router.config.problems import Problem
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class Site(BaseModel):
+    """A place nodes live in: an ISP central office, an exchange point, or a CDN PoP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ID_PATTERN)
+    metro: str = Field(min_length=1)
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    kind: Literal["isp", "ixp", "pop"]
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class Node(BaseModel):
+    """One edge node (a cache cluster behind one pair of service addresses)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ID_PATTERN)
+    asn: int = Field(ge=1, le=4_294_967_295)
+    site: str
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    ipv4: IPv4Address
+    ipv6: IPv6Address
+    capacity_gbps: float = Field(gt=0)
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sites: tuple[Site, ...]
+    nodes: tuple[Node, ...]
+
+    def site_of(self, node: Node) -> Site:
+        return next(s for s in self.sites if s.id == node.site)
+
+
+def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
+    """Validate every site and node, then the references between them."""
+    problems: list[Problem] = []
+    data = doc.data
+    if not isinstance(data, dict):
+        return None, [doc.problem((), "must be a mapping with keys sites and nodes")]
+    for key in data:
+        if key not in ("sites", "nodes"):
+            problems.append(doc.problem((key,), f'unknown top-level key "{key}" (valid: nodes, sites)'))
+
+    sites: list[Site] = []
+    for i, item in _items(doc, "sites", problems):
+        label = f'site "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"site #{i + 1}"
+        site, errors = validate_item(Site, item, doc, ("sites", i), label)
+        problems += errors
+        if isinstance(site, Site):
+            if any(s.id == site.id for s in sites):
+                problems.append(doc.problem(("sites", i, "id"), f'duplicate site id "{site.id}"'))
+            else:
+                sites.append(site)
+
+    site_ids = {s.id for s in sites}
+    nodes: list[Node] = []
+    seen_addresses: dict[str, str] = {}
+    for i, item in _items(doc, "nodes", problems):
+        label = f'node "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"node #{i + 1}"
+        node, errors = validate_item(Node, item, doc, ("nodes", i), label)
+        problems += errors
+        if not isinstance(node, Node):
+            continue
+        if any(n.id == node.id for n in nodes):
+            problems.append(doc.problem(("nodes", i, "id"), f'duplicate node id "{node.id}"'))
+            continue
+        if node.site not in site_ids:
+            known = ", ".join(sorted(site_ids)) or "none"
+            problems.append(
+                doc.problem(
+                    ("nodes", i, "site"),
+                    f'{label}: site "{node.site}" is not defined in sites (defined: {known})',
+                )
+            )
+            continue
+        for field in ("ipv4", "ipv6"):
+            address = str(getattr(node, field))
+            if address in seen_addresses:
+                problems.append(
+                    doc.problem(
+                        ("nodes", i, field),
+                        f'{label}: {field} {address} is already used by node "{seen_addresses[address]}"',
+                    )
+                )
+            seen_addresses[address] = node.id
+        nodes.append(node)
+
+    if problems:
+        return None, problems
+    if not nodes:
+        return None, [doc.problem(("nodes",), "at least one node is required")]
+    return Inventory(sites=tuple(sites), nodes=tuple(nodes)), []
+
+
+def _items(doc: LocatedYaml, key: str, problems: list[Problem]) -> list[tuple[int, object]]:
+    value = doc.data.get(key)
+    if value is None:
+        problems.append(doc.problem((), f'missing required key "{key}"'))
+        return []
+    if not isinstance(value, list):
+        problems.append(doc.problem((key,), f'"{key}" must be a list'))
+        return []
+    return list(enumerate(value))

@@ -1,0 +1,32 @@
+"""Configuration problems, reported as ``path:line: message``.
+
+Validators collect every problem they find instead of stopping at the first one, so an
+operator fixes a broken deployment in one pass (the way octoDNS reports record errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with one operator file."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        # Line 0 marks a problem with a directory or a whole deployment, not a file line.
+        if self.line == 0:
+            return f"{self.path}: {self.message}"
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The deployment cannot be loaded; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))

@@ -1,0 +1,1 @@
+"""The DNS protocol engine: wire parsing, the answer book, the responder, transports."""

@@ -1,0 +1,409 @@
+"""The answer book: every answer the zones can give, encoded once, ahead of queries.
+
+Answers are stored as wire bytes that follow the question section. Compression pointers
+in them point into the question at fixed offsets, which is safe because the question is
+echoed with the client's own bytes (same length, same label positions, any case), so a
+query only patches the header and appends its OPT record.
+
+Three kinds of entry:
+- ``StaticAnswer``: the whole reply body (positive, CNAME, negative, referral, ANY).
+- ``SteeredAnswer``: A or AAAA of a steered name; the node list comes from the routing
+  table per client group, and the body for each answer set is encoded on first use.
+- negative and referral templates depend only on the zone and the question length, so
+  they are cached per (zone, length) and serve any name, including random ones.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.rdtypes.ANY.HINFO
+import dns.rrset
+import dns.zone
+
+from router.dns import wire
+
+A = dns.rdatatype.A
+AAAA = dns.rdatatype.AAAA
+CNAME = dns.rdatatype.CNAME
+NS = dns.rdatatype.NS
+SOA = dns.rdatatype.SOA
+IN = dns.rdataclass.IN
+
+MAX_CNAME_CHAIN = 8
+# RFC 8482 4.2: a synthesized HINFO answers ANY; its TTL is the operator's choice.
+ANY_HINFO_TTL = 3600
+# Address-record lookups that the additional section does for these types' targets.
+_ADDITIONAL_TARGET = {dns.rdatatype.MX: "exchange", NS: "target", dns.rdatatype.SRV: "target"}
+
+
+class StaticAnswer:
+    """A reply body that does not depend on the client."""
+
+    __slots__ = ("flags", "an", "ns", "ar", "main", "extra", "extra_required")
+
+    def __init__(self, flags: int, an: int, ns: int, ar: int, main: bytes, extra: bytes, extra_required: bool) -> None:
+        self.flags = flags  # AA bit and RCODE
+        self.an = an
+        self.ns = ns
+        self.ar = ar
+        self.main = main  # answer + authority sections
+        self.extra = extra  # additional section (before OPT)
+        self.extra_required = extra_required  # referral glue: truncate rather than drop
+
+
+class SteeredAnswer:
+    """A or AAAA records of a steered name; one pre-encoded record per node."""
+
+    __slots__ = ("index", "policy", "rdtype", "ttl", "records")
+
+    def __init__(self, index: int, policy: int, rdtype: int, ttl: int, records: tuple[bytes, ...]) -> None:
+        self.index = index
+        self.policy = policy
+        self.rdtype = rdtype
+        self.ttl = ttl
+        self.records = records  # per node: owner pointer to the question + type..rdata
+
+    def encode(self, nodes: "list[int]") -> bytes:
+        return b"".join(self.records[n] for n in nodes if n >= 0)
+
+
+@dataclass
+class ZoneIndex:
+    """What the slow path needs to answer names that have no exact entry."""
+
+    origin: dns.name.Name
+    zone: dns.zone.Zone
+    soa: dns.rrset.RRset  # with the negative-caching TTL of RFC 2308
+    names: set[bytes] = field(default_factory=set)  # existing, non-occluded names (wire, lower)
+    empty_non_terminals: set[bytes] = field(default_factory=set)
+    cuts: dict[bytes, dns.name.Name] = field(default_factory=dict)  # delegation points
+    wildcards: dict[bytes, dns.name.Name] = field(default_factory=dict)  # parent wire -> *.parent
+    cnames: dict[bytes, dns.name.Name] = field(default_factory=dict)
+    templates: dict[tuple[str, int, bytes], StaticAnswer] = field(default_factory=dict)
+
+
+def name_key(name: dns.name.Name) -> bytes:
+    """Lower-cased wire form: the lookup key of a name."""
+    return name.canonicalize().to_wire()
+
+
+def suffixes(qname: bytes) -> list[bytes]:
+    """Wire suffixes of a wire name, longest first, ending with the root."""
+    out = []
+    pos = 0
+    while True:
+        out.append(qname[pos:])
+        length = qname[pos]
+        if length == 0:
+            return out
+        pos += length + 1
+
+
+def _encode(
+    question: dns.name.Name | None,
+    qlen: int,
+    anchor: dns.name.Name | None,
+    sections: list[list[dns.rrset.RRset]],
+) -> tuple[list[bytes], list[int]]:
+    """Encode sections as they follow a question of ``qlen`` octets.
+
+    With ``question`` the names compress against the whole question name. Without it
+    (templates that serve any name) they compress only against ``anchor``, a suffix
+    every such question ends with (the zone origin or the delegation point).
+    """
+    buf = io.BytesIO()
+    buf.write(b"\0" * 12)
+    compress: dict[dns.name.Name, int] = {}
+    if question is not None:
+        question.canonicalize().to_wire(buf, compress)
+    else:
+        buf.write(b"\0" * qlen)
+        if anchor is not None:
+            offset = 12 + qlen - len(anchor.to_wire())
+            name = anchor
+            while len(name) > 1:
+                compress[name] = offset
+                offset += len(name.labels[0]) + 1
+                name = name.parent()
+    buf.write(b"\0" * 4)
+    chunks, counts = [], []
+    for section in sections:
+        start = buf.tell()
+        count = 0
+        for rrset in section:
+            count += rrset.to_wire(buf, compress)
+        chunks.append(buf.getvalue()[start:])
+        counts.append(count)
+    return chunks, counts
+
+
+def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
+    rrset.update(rdataset)
+    return rrset
+
+
+def _hinfo_rrset(owner: dns.name.Name) -> dns.rrset.RRset:
+    rdata = dns.rdtypes.ANY.HINFO.HINFO(IN, dns.rdatatype.HINFO, b"RFC8482", b"")
+    return dns.rrset.from_rdata(owner, ANY_HINFO_TTL, rdata)
+
+
+class AnswerBook:
+    """All zones compiled for the responder; immutable once built."""
+
+    def __init__(
+        self,
+        zones: dict[dns.name.Name, dns.zone.Zone],
+        steered: list[tuple[dns.name.Name, int, int]],
+        node_addresses: list[tuple[bytes, bytes]],
+    ) -> None:
+        """``steered``: (name, policy index, ttl); ``node_addresses``: (ipv4, ipv6) packed."""
+        self.exact: dict[tuple[bytes, int], StaticAnswer | SteeredAnswer] = {}
+        self.zones: dict[bytes, ZoneIndex] = {}
+        self.steered_names: dict[bytes, int] = {}
+        self.steered: list[SteeredAnswer] = []
+        for name, policy, ttl in steered:
+            key = name_key(name)
+            self.steered_names[key] = policy
+            for rdtype, family in ((A, 0), (AAAA, 1)):
+                records = tuple(
+                    _steered_record(rdtype, ttl, addresses[family]) for addresses in node_addresses
+                )
+                entry = SteeredAnswer(len(self.steered), policy, rdtype, ttl, records)
+                self.steered.append(entry)
+                self.exact[(key, rdtype)] = entry
+        for origin, zone in zones.items():
+            self._index_zone(origin, zone)
+
+    # -- building ---------------------------------------------------------------------
+
+    def _index_zone(self, origin: dns.name.Name, zone: dns.zone.Zone) -> None:
+        soa_rdataset = zone.get_node(origin).get_rdataset(IN, SOA)
+        soa = _rrset(origin, soa_rdataset)
+        soa.ttl = min(soa_rdataset.ttl, soa_rdataset[0].minimum)  # RFC 2308 section 3
+        index = ZoneIndex(origin=origin, zone=zone, soa=soa)
+        self.zones[name_key(origin)] = index
+        for name, node in zone.nodes.items():
+            if name != origin and node.get_rdataset(IN, NS) is not None:
+                index.cuts[name_key(name)] = name
+        for name in zone.nodes:
+            if self._below_cut(index, name):
+                continue
+            key = name_key(name)
+            index.names.add(key)
+            if name.labels[0] == b"*":
+                index.wildcards[name_key(name.parent())] = name
+        for key in self.steered_names:
+            if any(key.endswith(s) and key != s for s in [name_key(origin)]) or key == name_key(origin):
+                index.names.add(key)
+        for key in list(index.names):
+            for suffix in suffixes(key)[1:]:
+                if suffix == name_key(origin) or len(suffix) < len(name_key(origin)):
+                    break
+                if suffix not in index.names:
+                    index.empty_non_terminals.add(suffix)
+        for name, node in zone.nodes.items():
+            if self._below_cut(index, name) and name_key(name) not in index.cuts:
+                continue
+            key = name_key(name)
+            if key in index.cuts:
+                continue  # answered by the referral path (or as NODATA for DS)
+            cname = node.get_rdataset(IN, CNAME)
+            if cname is not None:
+                index.cnames[key] = name
+                self.exact[(key, CNAME)] = self._positive(index, name, name, cname)
+                for qtype in (A, AAAA):
+                    self.exact[(key, qtype)] = self._cname_chain(index, name, qtype)
+                self.exact[(key, wire.TYPE_ANY)] = self._positive(index, name, name, cname)
+                continue
+            for rdataset in node.rdatasets:
+                self.exact[(key, rdataset.rdtype)] = self._positive(index, name, name, rdataset)
+            self.exact[(key, wire.TYPE_ANY)] = self._any(name)
+        for key in self.steered_names:
+            if key in index.names and (key, wire.TYPE_ANY) not in self.exact:
+                self.exact[(key, wire.TYPE_ANY)] = self._any(dns.name.from_wire(key, 0)[0])
+
+    @staticmethod
+    def _below_cut(index: ZoneIndex, name: dns.name.Name) -> bool:
+        return any(name.is_subdomain(cut) for cut in index.cuts.values())
+
+    def _additional(self, index: ZoneIndex, rrsets: list[dns.rrset.RRset]) -> list[dns.rrset.RRset]:
+        extra: list[dns.rrset.RRset] = []
+        seen: set[dns.name.Name] = set()
+        for rrset in rrsets:
+            attribute = _ADDITIONAL_TARGET.get(rrset.rdtype)
+            if attribute is None:
+                continue
+            for rdata in rrset:
+                target = getattr(rdata, attribute)
+                if target in seen or not target.is_subdomain(index.origin):
+                    continue
+                seen.add(target)
+                node = index.zone.get_node(target)
+                if node is None:
+                    continue
+                for rdtype in (A, AAAA):
+                    rdataset = node.get_rdataset(IN, rdtype)
+                    if rdataset is not None:
+                        extra.append(_rrset(target, rdataset))
+        return extra
+
+    def _static(
+        self,
+        question: dns.name.Name | None,
+        qlen: int,
+        anchor: dns.name.Name | None,
+        rcode: int,
+        authoritative: bool,
+        answer: list[dns.rrset.RRset],
+        authority: list[dns.rrset.RRset],
+        additional: list[dns.rrset.RRset],
+        extra_required: bool = False,
+    ) -> StaticAnswer:
+        (an_bytes, ns_bytes, ar_bytes), (an, ns, ar) = _encode(question, qlen, anchor, [answer, authority, additional])
+        flags = (wire.AA if authoritative else 0) | rcode
+        return StaticAnswer(flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required)
+
+    def _positive(
+        self, index: ZoneIndex, qname: dns.name.Name, owner: dns.name.Name, rdataset: dns.rdataset.Rdataset
+    ) -> StaticAnswer:
+        answer = [_rrset(qname, rdataset)]
+        return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, answer, [], self._additional(index, answer))
+
+    def _any(self, qname: dns.name.Name) -> StaticAnswer:
+        return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, [_hinfo_rrset(qname)], [], [])
+
+    def _cname_chain(self, index: ZoneIndex, qname: dns.name.Name, qtype: int) -> StaticAnswer:
+        """Follow CNAMEs inside the zone (RFC 1034 4.3.2) and stop at a steered name.
+
+        RFC 7871 7.2.1: when the chain reaches a tailored (steered) answer, only the
+        CNAMEs are returned, so the resolver asks for the target with its ECS option.
+        """
+        answer: list[dns.rrset.RRset] = []
+        authority: list[dns.rrset.RRset] = []
+        rcode = wire.NOERROR
+        name = qname
+        for _ in range(MAX_CNAME_CHAIN):
+            node = index.zone.get_node(name)
+            cname = node.get_rdataset(IN, CNAME) if node is not None else None
+            if cname is None:
+                break
+            answer.append(_rrset(name, cname))
+            target = cname[0].target
+            key = name_key(target)
+            if key in self.steered_names or not target.is_subdomain(index.origin):
+                break
+            if self._below_cut(index, target):
+                break
+            target_node = index.zone.get_node(target)
+            if target_node is None:
+                if key not in index.empty_non_terminals and key not in index.names:
+                    rcode = wire.NXDOMAIN
+                authority = [index.soa]
+                break
+            if target_node.get_rdataset(IN, CNAME) is not None:
+                name = target
+                continue
+            rdataset = target_node.get_rdataset(IN, qtype)
+            if rdataset is None:
+                authority = [index.soa]
+            else:
+                answer.append(_rrset(target, rdataset))
+            break
+        return self._static(qname, len(qname.to_wire()), None, rcode, True, answer, authority, [])
+
+    # -- query time (slow path) ----------------------------------------------------------
+
+    def resolve(self, qname: bytes, qtype: int) -> StaticAnswer | SteeredAnswer | None:
+        """Answer a name with no exact entry; None means REFUSED (not our zone)."""
+        index = None
+        names = suffixes(qname)
+        for suffix in names:
+            index = self.zones.get(suffix)
+            if index is not None:
+                break
+        if index is None:
+            return None
+        qlen = len(qname)
+        origin_len = len(name_key(index.origin))
+        for suffix in names:
+            if len(suffix) <= origin_len:
+                break
+            cut = index.cuts.get(suffix)
+            if cut is not None and not (suffix == qname and qtype == dns.rdatatype.DS):
+                return self._referral(index, cut, qlen)
+        if qname in index.cnames:
+            return self._cname_chain(index, index.cnames[qname], qtype)
+        if qname in index.names or qname in index.empty_non_terminals or qname in index.cuts:
+            if qtype == wire.TYPE_ANY and qname in index.names:
+                return self._any(dns.name.from_wire(qname, 0)[0])
+            return self._negative(index, wire.NOERROR, qlen)
+        # Closest encloser, then its wildcard (RFC 4592).
+        for suffix in names[1:]:
+            if suffix in index.names or suffix in index.empty_non_terminals or len(suffix) <= origin_len:
+                wildcard = index.wildcards.get(suffix)
+                if wildcard is not None:
+                    return self._from_wildcard(index, wildcard, dns.name.from_wire(qname, 0)[0], qtype)
+                break
+        return self._negative(index, wire.NXDOMAIN, qlen)
+
+    def _negative(self, index: ZoneIndex, rcode: int, qlen: int) -> StaticAnswer:
+        key = ("negative", rcode, qlen.to_bytes(2, "big"))
+        answer = index.templates.get(key)
+        if answer is None:
+            answer = self._static(None, qlen, index.origin, rcode, True, [], [index.soa], [])
+            index.templates[key] = answer
+        return answer
+
+    def _referral(self, index: ZoneIndex, cut: dns.name.Name, qlen: int) -> StaticAnswer:
+        key = ("referral", qlen, name_key(cut))
+        answer = index.templates.get(key)
+        if answer is None:
+            ns = _rrset(cut, index.zone.get_node(cut).get_rdataset(IN, NS))
+            glue = []
+            for rdata in ns:
+                node = index.zone.get_node(rdata.target)
+                if node is None or not rdata.target.is_subdomain(index.origin):
+                    continue
+                for rdtype in (A, AAAA):
+                    rdataset = node.get_rdataset(IN, rdtype)
+                    if rdataset is not None:
+                        glue.append(_rrset(rdata.target, rdataset))
+            required = any(rdata.target.is_subdomain(cut) for rdata in ns)
+            answer = self._static(None, qlen, cut, wire.NOERROR, False, [], [ns], glue, extra_required=required)
+            index.templates[key] = answer
+        return answer
+
+    def _from_wildcard(
+        self, index: ZoneIndex, wildcard: dns.name.Name, qname: dns.name.Name, qtype: int
+    ) -> StaticAnswer | SteeredAnswer:
+        steered_policy = self.steered_names.get(name_key(wildcard))
+        if steered_policy is not None and qtype in (A, AAAA):
+            return self.exact[(name_key(wildcard), qtype)]
+        node = index.zone.get_node(wildcard)
+        qlen = len(qname.to_wire())
+        if node is None:
+            return self._negative(index, wire.NOERROR, qlen)
+        cname = node.get_rdataset(IN, CNAME)
+        if cname is not None and qtype != CNAME:
+            answer = [_rrset(qname, cname)]
+            return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], [])
+        if qtype == wire.TYPE_ANY:
+            return self._any(qname)
+        rdataset = node.get_rdataset(IN, qtype)
+        if rdataset is None:
+            return self._negative(index, wire.NOERROR, qlen)
+        answer = [_rrset(qname, rdataset)]
+        return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], self._additional(index, answer))
+
+
+def _steered_record(rdtype: int, ttl: int, address: bytes) -> bytes:
+    # Owner: pointer to the question name at offset 12 (the steered name is the qname).
+    return b"\xc0\x0c" + rdtype.to_bytes(2, "big") + b"\x00\x01" + ttl.to_bytes(4, "big") + len(address).to_bytes(2, "big") + address

@@ -1,0 +1,218 @@
+"""The responder: one query in, one reply out. Transport-free and allocation-light.
+
+Per query it parses the header and question by hand, finds a pre-encoded answer, and for
+steered names looks the client up in the client map (ECS subnet or source address) and
+reads the node list from the current routing table. It never scores anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Callable
+
+from router.dns import wire
+from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
+from router.dns.wire import FormatError, Query
+from router.geo.clientmap import ClientMap
+
+# RFC 6891 and DNS Flag Day 2020: never send UDP replies larger than this, whatever the
+# client offers, so they are not fragmented on the way back.
+MAX_UDP_PAYLOAD = 1232
+NO_EDNS_UDP_PAYLOAD = 512
+
+_HEADER = struct.Struct("!HHHHHH")
+_OPT_FIXED = struct.Struct("!BHHBBHH")  # root, type, payload, ext-rcode, version, flags, rdlen
+_ECS_HEADER = struct.Struct("!HHHBB")  # option code, length, family, source, scope
+
+# RFC 7871 section 10 / RFC 6890: ECS addresses in these blocks say nothing about where
+# the client is, so the answer falls back to the resolver's address and the scope covers
+# the whole special block.
+_SPECIAL_V4 = [ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+)]  # fmt: skip
+_SPECIAL_V6 = [ipaddress.IPv6Network(n) for n in (
+    "::/127", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7",
+    "fe80::/10", "ff00::/8",
+)]  # fmt: skip
+
+_META_REFUSED = {249, 251, 252}  # TKEY, IXFR, AXFR: no transfers or key exchange here
+_META_FORMERR = {wire.OPT_TYPE, 250}  # OPT and TSIG are not questions
+
+
+class TableView:
+    """One routing table generation plus the answer bodies encoded from it.
+
+    Swapped as a single reference, so a query never mixes two generations.
+    """
+
+    __slots__ = ("generation", "group_set", "set_nodes", "bodies")
+
+    def __init__(self, generation: int, group_set, set_nodes) -> None:  # noqa: ANN001 - numpy arrays
+        self.generation = generation
+        self.group_set = group_set  # int32[P, G]
+        self.set_nodes = set_nodes  # int32[S, K]
+        self.bodies: dict[tuple[int, int], tuple[bytes, int]] = {}
+
+
+class Decision:
+    """What a steered answer was based on (for explain and tests)."""
+
+    __slots__ = ("group", "scope", "answer_set", "source")
+
+    def __init__(self, group: int, scope: int, answer_set: int, source: str) -> None:
+        self.group = group
+        self.scope = scope
+        self.answer_set = answer_set
+        self.source = source
+
+
+class Responder:
+    """Answers queries from an answer book, a client map and the current routing table."""
+
+    def __init__(self, book: AnswerBook, client_map: ClientMap, view: Callable[[], TableView]) -> None:
+        self.book = book
+        self.client_map = client_map
+        self.view = view
+        self.last_decision: Decision | None = None
+
+    def respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
+        """Reply to ``packet`` from address ``source``; None means send nothing."""
+        if len(packet) < 12 or packet[2] & 0x80:
+            return None  # no header to answer, or a response: never reply (reflection loops)
+        try:
+            q = wire.parse_query(packet)
+        except FormatError:
+            return self._formerr(packet)
+        except (IndexError, struct.error):
+            return self._formerr(packet)
+        if q.edns and q.version != 0:
+            return self._reply(q, wire.BADVERS, 0, 0, 0, b"", udp, ecs_scope=None)
+        if q.opcode != 0:
+            return self._reply(q, wire.NOTIMP, 0, 0, 0, b"", udp, ecs_scope=None)
+        if q.ecs_error:
+            return self._reply(q, wire.FORMERR, 0, 0, 0, b"", udp, ecs_scope=None)
+        qtype = q.qtype
+        if qtype in _META_FORMERR:
+            return self._reply(q, wire.FORMERR, 0, 0, 0, b"", udp, ecs_scope=None)
+        if q.qclass != wire.CLASS_IN or qtype in _META_REFUSED:
+            return self._reply(q, wire.REFUSED, 0, 0, 0, b"", udp, ecs_scope=None)
+        if 128 <= qtype <= 254:
+            return self._reply(q, wire.NOTIMP, 0, 0, 0, b"", udp, ecs_scope=None)
+        qname = q.qname.lower()
+        entry = self.book.exact.get((qname, qtype))
+        if entry is None:
+            entry = self.book.resolve(qname, qtype)
+            if entry is None:
+                return self._reply(q, wire.REFUSED, 0, 0, 0, b"", udp, ecs_scope=None)
+        if type(entry) is SteeredAnswer:
+            return self._steered(q, entry, source, udp)
+        assert type(entry) is StaticAnswer
+        return self._static(q, entry, udp)
+
+    # -- answer kinds -----------------------------------------------------------------
+
+    def _static(self, q: Query, entry: StaticAnswer, udp: bool) -> bytes:
+        return self._reply(q, entry.flags, entry.an, entry.ns, entry.ar, entry.main, udp, 0,
+                           entry.extra, entry.extra_required)  # fmt: skip
+
+    def _steered(self, q: Query, entry: SteeredAnswer, source: str, udp: bool) -> bytes:
+        group, scope, origin = self._locate(q, source)
+        view = self.view()
+        answer_set = int(view.group_set[entry.policy, group])
+        key = (entry.index, answer_set)
+        cached = view.bodies.get(key)
+        if cached is None:
+            nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
+            cached = (entry.encode(nodes), len(nodes))
+            view.bodies[key] = cached
+        self.last_decision = Decision(group, scope, answer_set, origin)
+        body, count = cached
+        return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
+
+    def _locate(self, q: Query, source: str) -> tuple[int, int, str]:
+        """(group, ECS scope, what decided) for a steered query."""
+        ecs = q.ecs
+        if ecs is not None:
+            family, bits, octets = ecs
+            if bits > 0:
+                if family == 1:
+                    value = int.from_bytes(octets + b"\0" * (4 - len(octets)), "big")
+                    special = _special_scope(ipaddress.IPv4Address(value), _SPECIAL_V4)
+                    if special is None:
+                        group, scope = self.client_map.lookup_v4_int(value)
+                        return group, scope, "ecs"
+                else:
+                    value = int.from_bytes(octets + b"\0" * (16 - len(octets)), "big")
+                    special = _special_scope(ipaddress.IPv6Address(value), _SPECIAL_V6)
+                    if special is None:
+                        group, scope = self.client_map.lookup_v6_int(value >> 64, value & 0xFFFFFFFFFFFFFFFF)
+                        return group, scope, "ecs"
+                group, _ = self._by_source(source)
+                return group, min(special, bits), "source (ECS address is not routable)"
+            # SOURCE PREFIX-LENGTH 0: the client asks not to be located by its subnet.
+            group, _ = self._by_source(source)
+            return group, 0, "source (ECS /0)"
+        group, scope = self._by_source(source)
+        return group, scope, "source"
+
+    def _by_source(self, source: str) -> tuple[int, int]:
+        address = ipaddress.ip_address(source.split("%", 1)[0])
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return self.client_map.lookup(address)
+
+    # -- encoding ----------------------------------------------------------------------
+
+    def _formerr(self, packet: bytes) -> bytes:
+        # The query could not be parsed: echo the ID and opcode, nothing else.
+        qid, flags = struct.unpack_from("!HH", packet)
+        flags = wire.QR | (flags & 0x7900) | wire.FORMERR  # opcode and RD kept
+        return _HEADER.pack(qid, flags, 0, 0, 0, 0)
+
+    def _reply(
+        self,
+        q: Query,
+        rcode_flags: int,
+        an: int,
+        ns: int,
+        ar: int,
+        main: bytes,
+        udp: bool,
+        ecs_scope: int | None,
+        extra: bytes = b"",
+        extra_required: bool = False,
+    ) -> bytes:
+        """Assemble header, the client's own question, sections and OPT; truncate for UDP."""
+        extended = rcode_flags == wire.BADVERS
+        flags = wire.QR | (q.flags & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+        opt = b""
+        if q.edns:
+            ecs = b""
+            if q.ecs is not None and ecs_scope is not None and not extended:
+                family, bits, octets = q.ecs
+                ecs = _ECS_HEADER.pack(wire.ECS_OPTION, 4 + len(octets), family, bits, ecs_scope) + octets
+            ext_rcode = 1 if extended else 0
+            opt = _OPT_FIXED.pack(0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(ecs)) + ecs
+        opt_count = 1 if opt else 0
+        reply = _HEADER.pack(q.id, flags, 1, an, ns, ar + opt_count) + q.question + main + extra + opt
+        if not udp:
+            return reply
+        limit = min(q.payload, MAX_UDP_PAYLOAD) if q.edns else NO_EDNS_UDP_PAYLOAD
+        if len(reply) <= limit:
+            return reply
+        if extra and not extra_required:
+            # RFC 2181 9: dropping additional data does not call for TC.
+            reply = _HEADER.pack(q.id, flags, 1, an, ns, opt_count) + q.question + main + opt
+            if len(reply) <= limit:
+                return reply
+        return _HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, opt_count) + q.question + opt
+
+
+def _special_scope(address: ipaddress.IPv4Address | ipaddress.IPv6Address, blocks: list) -> int | None:  # noqa: ANN001
+    for block in blocks:
+        if address in block:
+            return block.prefixlen
+    return None

@@ -1,0 +1,211 @@
+"""Query parsing on the wire, by hand: the fast path reads only what it needs.
+
+A query is checked as strictly as RFC 1035/6891/7871 ask: exactly one question, labels of
+at most 63 octets, names of at most 255, no compression pointers in the question, every
+record inside the packet, at most one OPT (owned by the root), a well-formed ECS option.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Header flags.
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+CD = 0x0010
+
+# RCODEs.
+NOERROR = 0
+FORMERR = 1
+SERVFAIL = 2
+NXDOMAIN = 3
+NOTIMP = 4
+REFUSED = 5
+BADVERS = 16  # extended: header 0, OPT ext-rcode 1
+
+OPT_TYPE = 41
+ECS_OPTION = 8
+CLASS_IN = 1
+TYPE_ANY = 255
+
+_HEADER = struct.Struct("!HHHHHH")
+_TYPE_CLASS = struct.Struct("!HH")
+_RR_FIXED = struct.Struct("!HHIH")
+_OPTION = struct.Struct("!HH")
+_ECS_FIXED = struct.Struct("!HBB")
+
+
+class FormatError(Exception):
+    """The packet is not a well-formed DNS query."""
+
+
+class Query:
+    """What the responder needs from one query."""
+
+    __slots__ = ("id", "flags", "question", "qname", "qtype", "qclass", "opcode",
+                 "edns", "payload", "version", "do", "ecs", "ecs_error")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.edns = False
+        self.payload = 512
+        self.version = 0
+        self.do = False
+        self.ecs: tuple[int, int, bytes] | None = None  # (family, source prefix, address octets)
+        self.ecs_error = False
+
+
+def parse_header(wire: bytes) -> tuple[int, int, int, int, int, int]:
+    return _HEADER.unpack_from(wire)
+
+
+def read_name(wire: bytes, pos: int) -> int:
+    """Skip a (possibly compressed) name outside the question; return the offset after it."""
+    end = len(wire)
+    jumped_to = -1
+    hops = 0
+    length = 0
+    while True:
+        if pos >= end:
+            raise FormatError("name runs past the end of the packet")
+        label = wire[pos]
+        if label == 0:
+            pos += 1
+            break
+        kind = label & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= end:
+                raise FormatError("truncated compression pointer")
+            target = ((label & 0x3F) << 8) | wire[pos + 1]
+            if jumped_to < 0:
+                jumped_to = pos + 2
+            hops += 1
+            if hops > 127 or target >= pos:
+                raise FormatError("bad compression pointer")
+            pos = target
+            continue
+        if kind:
+            raise FormatError("unknown label type")
+        length += label + 1
+        if length > 254:
+            raise FormatError("name longer than 255 octets")
+        pos += label + 1
+    return jumped_to if jumped_to >= 0 else pos
+
+
+def parse_query(wire: bytes) -> Query:
+    """Parse a query; raise FormatError for anything malformed.
+
+    The caller has already checked ``len(wire) >= 12`` and that QR is clear.
+    """
+    q = Query()
+    q.id, q.flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
+    q.opcode = (q.flags >> 11) & 0xF
+    if qdcount != 1:
+        raise FormatError("QDCOUNT must be 1")
+    end = len(wire)
+    pos = 12
+    while True:
+        if pos >= end:
+            raise FormatError("question name runs past the end of the packet")
+        label = wire[pos]
+        if label == 0:
+            pos += 1
+            break
+        if label > 63:
+            raise FormatError("compression or extended label in the question")
+        pos += label + 1
+        if pos - 12 > 254:
+            raise FormatError("question name longer than 255 octets")
+    if pos + 4 > end:
+        raise FormatError("truncated question")
+    q.qname = wire[12:pos]
+    q.qtype, q.qclass = _TYPE_CLASS.unpack_from(wire, pos)
+    pos += 4
+    q.question = wire[12:pos]
+    for _ in range(ancount + nscount):
+        pos = _skip_rr(wire, pos)
+    seen_opt = False
+    for _ in range(arcount):
+        if pos < end and wire[pos] == 0 and pos + 3 <= end and wire[pos + 1] == 0 and wire[pos + 2] == OPT_TYPE:
+            if seen_opt:
+                raise FormatError("more than one OPT record")
+            seen_opt = True
+            pos = _parse_opt(wire, pos + 1, q)
+        else:
+            start = pos
+            pos = _skip_rr(wire, pos)
+            if _rr_type(wire, start) == OPT_TYPE:
+                raise FormatError("OPT record not owned by the root")
+    if pos != end:
+        raise FormatError("trailing bytes after the last record")
+    return q
+
+
+def _rr_type(wire: bytes, pos: int) -> int:
+    pos = read_name(wire, pos)
+    return (wire[pos] << 8) | wire[pos + 1]
+
+
+def _skip_rr(wire: bytes, pos: int) -> int:
+    pos = read_name(wire, pos)
+    if pos + 10 > len(wire):
+        raise FormatError("truncated resource record")
+    rdlength = _RR_FIXED.unpack_from(wire, pos)[3]
+    pos += 10 + rdlength
+    if pos > len(wire):
+        raise FormatError("record data runs past the end of the packet")
+    return pos
+
+
+def _parse_opt(wire: bytes, pos: int, q: Query) -> int:
+    # pos is just after the root owner name.
+    if pos + 10 > len(wire):
+        raise FormatError("truncated OPT record")
+    _type, payload, ttl, rdlength = _RR_FIXED.unpack_from(wire, pos)
+    pos += 10
+    rdend = pos + rdlength
+    if rdend > len(wire):
+        raise FormatError("OPT data runs past the end of the packet")
+    q.edns = True
+    # RFC 6891 6.2.5: values below 512 are treated as 512.
+    q.payload = max(payload, 512)
+    q.version = (ttl >> 16) & 0xFF
+    q.do = bool(ttl & 0x8000)
+    while pos < rdend:
+        if pos + 4 > rdend:
+            raise FormatError("truncated EDNS option")
+        code, length = _OPTION.unpack_from(wire, pos)
+        pos += 4
+        if pos + length > rdend:
+            raise FormatError("EDNS option runs past the OPT record")
+        if code == ECS_OPTION:
+            if q.ecs is not None or q.ecs_error:
+                q.ecs_error = True  # RFC 7871: at most one ECS option
+            else:
+                q.ecs = _parse_ecs(wire[pos : pos + length])
+                q.ecs_error = q.ecs is None
+        pos += length
+    return rdend
+
+
+def _parse_ecs(data: bytes) -> tuple[int, int, bytes] | None:
+    """RFC 7871 section 6; None when malformed (the caller answers FORMERR)."""
+    if len(data) < 4:
+        return None
+    family, source, scope = _ECS_FIXED.unpack_from(data)
+    address = data[4:]
+    if family == 1:
+        max_bits = 32
+    elif family == 2:
+        max_bits = 128
+    else:
+        return None
+    if source > max_bits or scope != 0:
+        return None
+    if len(address) != (source + 7) // 8:
+        return None
+    if source % 8 and address[-1] & (0xFF >> (source % 8)):
+        return None  # bits set beyond SOURCE PREFIX-LENGTH
+    return family, source, bytes(address)

@@ -1,0 +1,182 @@
+"""Numba longest-prefix match over compiled, disjoint interval arrays.
+
+The client map is flattened at load time into sorted, non-overlapping intervals, each
+carrying the group and the ECS scope (the prefix length of the map entry that decided).
+A lookup is a binary search. An address in no interval belongs to group 0 (unknown) and
+gets the shortest prefix around it that stays inside the gap, so a resolver caching the
+answer by that scope never applies it to a mapped client.
+
+IPv6 keys are split into (hi, lo) uint64 halves; every literal is cast to uint64 because
+numba promotes uint64 mixed with int64 to float64.
+"""
+
+import numpy as np
+from numba import njit
+
+from router._jit import JIT_OPTIONS
+
+_U64_ONE = np.uint64(1)
+_U64_ZERO = np.uint64(0)
+_U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit(**JIT_OPTIONS)
+def _gap_scope_v4(x, lo, hi):
+    # Shortest prefix p whose block around x lies inside [lo, hi].
+    for p in range(33):
+        size = np.int64(1) << np.int64(32 - p)
+        start = (x // size) * size
+        end = start + size - 1
+        if start >= lo and end <= hi:
+            return p
+    return 32
+
+
+@njit(**JIT_OPTIONS)
+def _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope):
+    """Look up IPv4 addresses.
+
+    Parameters
+    ----------
+    starts, ends : int64[M]
+        Inclusive interval bounds, sorted, disjoint.
+    groups : int32[M]
+        Client group of each interval.
+    scopes : uint8[M]
+        ECS scope (deciding prefix length) of each interval.
+    addrs : int64[Q]
+        Addresses as integers.
+    out_group : int32[Q]
+        Output: group per address (0 when unmapped).
+    out_scope : uint8[Q]
+        Output: ECS scope per address.
+    """
+    m = starts.shape[0]
+    for i in range(addrs.shape[0]):
+        x = addrs[i]
+        j = np.searchsorted(starts, x, side="right") - 1
+        if j >= 0 and x <= ends[j]:
+            out_group[i] = groups[j]
+            out_scope[i] = scopes[j]
+        else:
+            lo = ends[j] + 1 if j >= 0 else np.int64(0)
+            hi = starts[j + 1] - 1 if j + 1 < m else np.int64(0xFFFFFFFF)
+            out_group[i] = 0
+            out_scope[i] = _gap_scope_v4(x, lo, hi)
+
+
+@njit(**JIT_OPTIONS)
+def _le128(a_hi, a_lo, b_hi, b_lo):
+    return a_hi < b_hi or (a_hi == b_hi and a_lo <= b_lo)
+
+
+@njit(**JIT_OPTIONS)
+def _search_v6(starts_hi, starts_lo, x_hi, x_lo):
+    # Index of the last interval whose start <= x, or -1.
+    lo = 0
+    hi = starts_hi.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _le128(starts_hi[mid], starts_lo[mid], x_hi, x_lo):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@njit(**JIT_OPTIONS)
+def _block_v6(x_hi, x_lo, p):
+    # The /p block around x, as (start_hi, start_lo, end_hi, end_lo).
+    if p == 0:
+        return _U64_ZERO, _U64_ZERO, _U64_MAX, _U64_MAX
+    if p < 64:
+        host = (_U64_ONE << np.uint64(64 - p)) - _U64_ONE
+        return x_hi & ~host, _U64_ZERO, x_hi | host, _U64_MAX
+    if p == 64:
+        return x_hi, _U64_ZERO, x_hi, _U64_MAX
+    if p < 128:
+        host = (_U64_ONE << np.uint64(128 - p)) - _U64_ONE
+        return x_hi, x_lo & ~host, x_hi, x_lo | host
+    return x_hi, x_lo, x_hi, x_lo
+
+
+@njit(**JIT_OPTIONS)
+def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi, addrs_lo, out_group, out_scope):
+    """Look up IPv6 addresses.
+
+    Parameters
+    ----------
+    starts_hi, starts_lo, ends_hi, ends_lo : uint64[M]
+        Inclusive interval bounds split in 64-bit halves, sorted, disjoint.
+    groups : int32[M]
+        Client group of each interval.
+    scopes : uint8[M]
+        ECS scope (deciding prefix length) of each interval.
+    addrs_hi, addrs_lo : uint64[Q]
+        Addresses split in 64-bit halves.
+    out_group : int32[Q]
+        Output: group per address (0 when unmapped).
+    out_scope : uint8[Q]
+        Output: ECS scope per address.
+    """
+    m = starts_hi.shape[0]
+    for i in range(addrs_hi.shape[0]):
+        x_hi = addrs_hi[i]
+        x_lo = addrs_lo[i]
+        j = _search_v6(starts_hi, starts_lo, x_hi, x_lo)
+        if j >= 0 and _le128(x_hi, x_lo, ends_hi[j], ends_lo[j]):
+            out_group[i] = groups[j]
+            out_scope[i] = scopes[j]
+            continue
+        # Gap bounds: just after the previous interval, just before the next one.
+        if j >= 0:
+            gap_lo_hi = ends_hi[j]
+            gap_lo_lo = ends_lo[j] + _U64_ONE
+            if gap_lo_lo == _U64_ZERO:
+                gap_lo_hi += _U64_ONE
+        else:
+            gap_lo_hi = _U64_ZERO
+            gap_lo_lo = _U64_ZERO
+        if j + 1 < m:
+            gap_hi_hi = starts_hi[j + 1]
+            gap_hi_lo = starts_lo[j + 1] - _U64_ONE
+            if starts_lo[j + 1] == _U64_ZERO:
+                gap_hi_hi -= _U64_ONE
+        else:
+            gap_hi_hi = _U64_MAX
+            gap_hi_lo = _U64_MAX
+        out_group[i] = 0
+        out_scope[i] = 128
+        for p in range(129):
+            s_hi, s_lo, e_hi, e_lo = _block_v6(x_hi, x_lo, p)
+            if _le128(gap_lo_hi, gap_lo_lo, s_hi, s_lo) and _le128(e_hi, e_lo, gap_hi_hi, gap_hi_lo):
+                out_scope[i] = p
+                break
+
+
+
+@njit(**JIT_OPTIONS)
+def _lookup_v4_one(starts, ends, groups, scopes, x):
+    """(group, scope) of one IPv4 address; see ``_lookup_v4``."""
+    out_group = np.empty(1, dtype=np.int32)
+    out_scope = np.empty(1, dtype=np.uint8)
+    addrs = np.empty(1, dtype=np.int64)
+    addrs[0] = x
+    _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope)
+    return out_group[0], out_scope[0]
+
+
+@njit(**JIT_OPTIONS)
+def _lookup_v6_one(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, x_hi, x_lo):
+    """(group, scope) of one IPv6 address; see ``_lookup_v6``."""
+    out_group = np.empty(1, dtype=np.int32)
+    out_scope = np.empty(1, dtype=np.uint8)
+    hi = np.empty(1, dtype=np.uint64)
+    lo = np.empty(1, dtype=np.uint64)
+    hi[0] = x_hi
+    lo[0] = x_lo
+    _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, hi, lo, out_group, out_scope)
+    return out_group[0], out_scope[0]
+
+
+KERNELS = (_lookup_v4, _lookup_v6, _lookup_v4_one, _lookup_v6_one)
