@@ -1,0 +1,1 @@
+"""HTTP API: node state and operator overrides."""

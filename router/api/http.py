@@ -1,0 +1,75 @@
+"""The HTTP API: node state and operator overrides.
+
+- ``GET /v1/nodes``: every node with its state, the reason, and the override in force.
+- ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
+  ``Authorization: Bearer <token>``: returns once every DNS worker serves the change.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+
+from router.health.state import ADMIN_STATES
+from router.service.supervisor import Supervisor
+
+log = logging.getLogger("router.api")
+
+
+def create_app(supervisor: Supervisor, token: str) -> web.Application:
+    if not token:
+        raise ValueError("the API needs a non-empty token")
+    app = web.Application()
+    expected = f"Bearer {token}".encode()
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, expected)
+
+    def node_json(node_id: str) -> dict[str, object]:
+        status = next(s for s in supervisor.health.status() if s.node_id == node_id)
+        node = next(n for n in supervisor.deployment.inventory.nodes if n.id == node_id)
+        return {
+            "id": node.id,
+            "state": status.state.label,
+            "reason": status.reason,
+            "admin_state": status.admin_state,
+            "since": status.since,
+            "site": node.site,
+            "asn": node.asn,
+            "ipv4": str(node.ipv4),
+            "ipv6": str(node.ipv6),
+            "capacity_gbps": node.capacity_gbps,
+        }
+
+    async def list_nodes(request: web.Request) -> web.Response:
+        nodes = [node_json(node_id) for node_id in supervisor.model.node_ids]
+        return web.json_response({"generation": supervisor.table.generation, "nodes": nodes})
+
+    async def put_admin_state(request: web.Request) -> web.Response:
+        if not authorized(request):
+            log.warning("rejected admin-state change from %s: bad or missing token", request.remote)
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        node_id = request.match_info["node_id"]
+        if node_id not in supervisor.health:
+            return web.json_response({"error": f'unknown node "{node_id}"'}, status=404)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "body must be JSON like {\"state\": \"down\"}"}, status=400)
+        state = body.get("state") if isinstance(body, dict) else None
+        if state not in ADMIN_STATES:
+            valid = ", ".join(f'"{s}"' for s in ADMIN_STATES)
+            return web.json_response({"error": f"state must be one of {valid}, got {state!r}"}, status=400)
+        supervisor.set_admin_state(node_id, state)
+        log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
+        return web.json_response({**node_json(node_id), "generation": supervisor.table.generation})
+
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_put("/v1/nodes/{node_id}/admin-state", put_admin_state)
+    return app

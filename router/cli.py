@@ -1,0 +1,182 @@
+"""Command line: ``router serve | check | explain``.
+
+``check`` and ``serve`` load the deployment through the same code path, so a directory
+that passes ``router check`` is exactly one that ``router serve`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from router.config import ConfigError, Deployment, load_deployment
+
+TOKEN_ENV = "ROUTER_API_TOKEN"
+log = logging.getLogger("router")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="router", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="answer DNS for a deployment directory")
+    serve.add_argument("--zones", required=True, type=Path, help="deployment directory (zones, nodes, policies)")
+    serve.add_argument("--listen", required=True, help="DNS address, HOST:PORT (UDP and TCP); port 0 picks one")
+    serve.add_argument("--api", help="HTTP API address, HOST:PORT")
+    serve.add_argument("--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DNS worker processes (default: one per core)")
+    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    check = sub.add_parser("check", help="validate a deployment directory; print every problem as path:line: message")
+    check.add_argument("directory", type=Path)
+
+    explain = sub.add_parser("explain", help="show how a name is answered for one client")
+    explain.add_argument("--zones", required=True, type=Path, help="deployment directory")
+    explain.add_argument("--qtype", default="A", choices=["A", "AAAA", "ANY", "CNAME", "MX", "NS", "SOA", "TXT"])
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    explain.add_argument("name", help="the name a resolver asks for, e.g. video.cdn.example.")
+    explain.add_argument("client", help="client IP (as query source) or subnet (as ECS), e.g. 83.44.10.0/24")
+
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.directory)
+    if args.command == "explain":
+        return cmd_explain(args)
+    return cmd_serve(args)
+
+
+def _load(directory: Path) -> Deployment | None:
+    try:
+        return load_deployment(directory)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {directory}", file=sys.stderr)
+        return None
+
+
+def cmd_check(directory: Path) -> int:
+    deployment = _load(directory)
+    if deployment is None:
+        return 1
+    zones = ", ".join(str(z) for z in deployment.zones)
+    print(
+        f"{directory}: OK: {len(deployment.zones)} zone(s) ({zones}), {len(deployment.inventory.nodes)} nodes, "
+        f"{len(deployment.policies)} policies, {len(deployment.steered)} steered names, "
+        f"{len(deployment.client_map.groups) - 1} client groups"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from router.explain import explain
+
+    deployment = _load(args.zones)
+    if deployment is None:
+        return 1
+    try:
+        result = explain(deployment, args.name, args.client, args.qtype)
+    except ValueError as exc:
+        print(f"router explain: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else result.to_text())
+    return 0
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if args.api_token_file is not None:
+        try:
+            token = args.api_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"router serve: cannot read --api-token-file: {exc}", file=sys.stderr)
+            return None
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        print(f"router serve: --api needs a token: set {TOKEN_ENV} or pass --api-token-file", file=sys.stderr)
+        return None
+    return token
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.service.supervisor import ServiceError, Supervisor, parse_endpoint
+    from router.steering.model import compile_model
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        host, port = parse_endpoint(args.listen, "--listen")
+        api = parse_endpoint(args.api, "--api") if args.api else None
+    except ServiceError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
+    token = _read_token(args) if api else None
+    if api and token is None:
+        return 2
+    deployment = _load(args.zones)
+    if deployment is None:
+        return 1
+    try:
+        supervisor = Supervisor(deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout)
+    except ServiceError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        supervisor.start()
+        return asyncio.run(_run(supervisor, api, token))
+    except ServiceError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        supervisor.stop()
+
+
+async def _run(supervisor, api: tuple[str, int] | None, token: str | None) -> int:  # noqa: ANN001
+    from aiohttp import web
+
+    from router.api.http import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    api_text = "off"
+    if api is not None:
+        assert token is not None
+        runner = web.AppRunner(create_app(supervisor, token), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, api[0], api[1])
+        await site.start()
+        bound = runner.addresses[0]
+        api_text = f"{_endpoint(bound[0], bound[1])}"
+    dns_text = _endpoint(supervisor.host, supervisor.port)
+    zones = ", ".join(str(z) for z in supervisor.deployment.zones)
+    print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
+    print(f"READY dns={dns_text} api={api_text}", flush=True)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            except TimeoutError:
+                supervisor.check_workers()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopping")
+    return 0
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

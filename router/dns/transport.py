@@ -1,0 +1,160 @@
+"""Sockets: the UDP receive loop and a TCP server per RFC 7766, both feeding a Responder.
+
+TCP: two-octet length prefix, any number of (pipelined) queries per connection, replies
+in order, an idle timeout, and a cap on open connections so a flood cannot exhaust fds.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import struct
+import threading
+import time
+
+from router.dns.engine import Responder
+
+log = logging.getLogger("router.dns")
+
+UDP_RECV_SIZE = 65535
+MAX_TCP_CONNECTIONS = 1024
+_LENGTH = struct.Struct("!H")
+
+
+class Counters:
+    """Per-worker packet counters (exposed through the supervisor later)."""
+
+    def __init__(self) -> None:
+        self.udp_queries = 0
+        self.tcp_queries = 0
+        self.errors = 0
+        self.tcp_refused = 0
+
+
+def _safe_respond(responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters) -> bytes | None:
+    try:
+        return responder.respond(packet, source, udp)
+    except Exception:  # a bug must cost one query, never the worker
+        counters.errors += 1
+        if counters.errors <= 10 or counters.errors % 1000 == 0:
+            log.exception("internal error answering a query from %s (%d so far)", source, counters.errors)
+        if len(packet) >= 12 and not packet[2] & 0x80:
+            qid, flags = struct.unpack_from("!HH", packet)
+            return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0)  # SERVFAIL
+        return None
+
+
+def serve_udp(sock: socket.socket, responder: Responder, counters: Counters, stop: threading.Event) -> None:
+    recvfrom = sock.recvfrom
+    sendto = sock.sendto
+    sock.settimeout(0.5)  # wake up now and then to notice ``stop``
+    while not stop.is_set():
+        try:
+            packet, address = recvfrom(UDP_RECV_SIZE)
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            log.warning("UDP receive failed: %s", exc)
+            continue
+        counters.udp_queries += 1
+        reply = _safe_respond(responder, packet, address[0], True, counters)
+        if reply is not None:
+            try:
+                sendto(reply, address)
+            except OSError as exc:
+                log.debug("UDP send to %s failed: %s", address[0], exc)
+
+
+class _Connection:
+    __slots__ = ("sock", "peer", "inbuf", "outbuf", "last_active")
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last_active = time.monotonic()
+
+
+def serve_tcp(
+    listener: socket.socket, responder: Responder, counters: Counters, stop: threading.Event, idle_timeout: float
+) -> None:
+    listener.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, None)
+    connections: dict[int, _Connection] = {}
+
+    def close(conn: _Connection) -> None:
+        connections.pop(conn.sock.fileno(), None)
+        try:
+            selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def flush(conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            close(conn)
+            return
+        del conn.outbuf[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        selector.modify(conn.sock, events, conn)
+
+    while not stop.is_set():
+        for key, events in selector.select(timeout=0.5):
+            if key.data is None:
+                try:
+                    sock, address = listener.accept()
+                except (BlockingIOError, OSError):
+                    continue
+                if len(connections) >= MAX_TCP_CONNECTIONS:
+                    counters.tcp_refused += 1
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                conn = _Connection(sock, address[0])
+                connections[sock.fileno()] = conn
+                selector.register(sock, selectors.EVENT_READ, conn)
+                continue
+            conn = key.data
+            if events & selectors.EVENT_WRITE:
+                flush(conn)
+                if conn.sock.fileno() < 0:
+                    continue
+            if not events & selectors.EVENT_READ:
+                continue
+            try:
+                data = conn.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                close(conn)
+                continue
+            if not data:
+                close(conn)
+                continue
+            conn.last_active = time.monotonic()
+            conn.inbuf += data
+            while len(conn.inbuf) >= 2:
+                (length,) = _LENGTH.unpack_from(conn.inbuf)
+                if len(conn.inbuf) < 2 + length:
+                    break
+                packet = bytes(conn.inbuf[2 : 2 + length])
+                del conn.inbuf[: 2 + length]
+                counters.tcp_queries += 1
+                reply = _safe_respond(responder, packet, conn.peer, False, counters)
+                if reply is not None:
+                    conn.outbuf += _LENGTH.pack(len(reply)) + reply
+            if conn.outbuf:
+                flush(conn)
+        now = time.monotonic()
+        for conn in [c for c in connections.values() if now - c.last_active > idle_timeout]:
+            close(conn)
+    for conn in list(connections.values()):
+        close(conn)
+    selector.close()

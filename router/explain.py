@@ -1,0 +1,151 @@
+"""``router explain``: run the real lookup for one name and client, and show why.
+
+The query goes through the same responder the server uses (ECS option for a subnet,
+source address for a bare IP), so what is printed is what a resolver would get.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import dns.edns
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import numpy as np
+
+from router.config.deployment import Deployment
+from router.dns.engine import Responder, TableView
+from router.health.state import NodeHealth, NodeState
+from router.service.supervisor import build_book
+from router.steering.build import build_routing_table
+from router.steering.model import compile_model
+from router.steering.rank import group_components
+
+# A bare client IP is explained as a query sent from that address (no ECS); a subnet as
+# an ECS query from a resolver on loopback.
+EXPLAIN_RESOLVER = "127.0.0.1"
+
+
+@dataclass
+class Candidate:
+    node: str
+    state: str
+    latency_ms: float
+    latency_source: str
+    distance_km: float
+    onnet: bool
+    onnet_bonus_ms: float
+    load_penalty_ms: float
+    score: float
+    chosen: int | None  # position in the answer, 1-based
+
+
+@dataclass
+class Explanation:
+    name: str
+    qtype: str
+    client: str
+    steered: bool
+    policy: str | None = None
+    group: int | None = None
+    group_label: str | None = None
+    located_by: str | None = None
+    candidates: list[Candidate] = field(default_factory=list)
+    rcode: str = ""
+    answer: list[str] = field(default_factory=list)
+    ttl: int | None = None
+    ecs_scope: int | None = None
+
+    def to_text(self) -> str:
+        lines = [f"name:    {self.name} {self.qtype}"]
+        lines.append(f"client:  {self.client}")
+        if not self.steered:
+            lines.append("policy:  none (static answer from the zone file)")
+        else:
+            lines.append(f"policy:  {self.policy}")
+            lines.append(f"group:   {self.group} = {self.group_label} (located by {self.located_by})")
+            lines.append("candidates (best first; score = latency - on-net bonus + load penalty):")
+            lines.append(f"  {'rank':>4}  {'node':<14} {'health':<9} {'latency_ms':>10} {'source':<9} "
+                         f"{'km':>6} {'on-net':<6} {'bonus_ms':>8} {'load_ms':>7} {'score':>8}")  # fmt: skip
+            for c in self.candidates:
+                rank = str(c.chosen) if c.chosen else "-"
+                lines.append(
+                    f"  {rank:>4}  {c.node:<14} {c.state:<9} {c.latency_ms:>10.1f} {c.latency_source:<9} "
+                    f"{c.distance_km:>6.0f} {'yes' if c.onnet else 'no':<6} {(-c.onnet_bonus_ms if c.onnet else 0.0):>8.1f} "
+                    f"{c.load_penalty_ms:>7.1f} {c.score:>8.1f}"
+                )
+        scope = "none (no ECS in the query)" if self.ecs_scope is None else f"/{self.ecs_scope}"
+        ttl = "-" if self.ttl is None else str(self.ttl)
+        lines.append(f"answer:  {self.rcode}, TTL {ttl}, ECS scope {scope}")
+        lines += [f"  {rr}" for rr in self.answer]
+        return "\n".join(lines)
+
+
+def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") -> Explanation:
+    model = compile_model(deployment)
+    book = build_book(deployment, model)
+    health = NodeHealth(model.node_ids)
+    table = build_routing_table(model, health.states(), None, generation=1)
+    view = TableView(table.generation, table.group_set, table.set_nodes)
+    responder = Responder(book, model.client_map, lambda: view)
+
+    qname = dns.name.from_text(name)
+    rdtype = dns.rdatatype.from_text(qtype)
+    if "/" in client:
+        network = ipaddress.ip_network(client, strict=False)
+        option = dns.edns.ECSOption(str(network.network_address), network.prefixlen)
+        query = dns.message.make_query(qname, rdtype, use_edns=0, options=[option])
+        source = EXPLAIN_RESOLVER
+    else:
+        address = ipaddress.ip_address(client)
+        query = dns.message.make_query(qname, rdtype, use_edns=0)
+        source = str(address)
+    reply_wire = responder.respond(query.to_wire(), source, udp=False)
+    assert reply_wire is not None
+    reply = dns.message.from_wire(reply_wire)
+
+    result = Explanation(name=qname.to_text(), qtype=dns.rdatatype.to_text(rdtype), client=client, steered=False)
+    result.rcode = dns.rcode.to_text(reply.rcode())
+    result.answer = [rr for rrset in reply.answer for rr in rrset.to_text().split("\n")]
+    result.answer += [f"(authority) {rr}" for rrset in reply.authority for rr in rrset.to_text().split("\n")]
+    ttls = [rrset.ttl for rrset in reply.answer]
+    result.ttl = min(ttls) if ttls else None
+    for option in reply.options:
+        if isinstance(option, dns.edns.ECSOption):
+            result.ecs_scope = option.scopelen
+
+    policy_index = next((p for n, p in model.steered if n == qname), None)
+    decision = responder.last_decision
+    if policy_index is None or decision is None or rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return result
+    compiled = model.policies[policy_index]
+    result.steered = True
+    result.policy = compiled.label
+    result.group = decision.group
+    result.group_label = model.client_map.groups.describe(decision.group)
+    result.located_by = decision.source
+    inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)))
+    parts = group_components(inputs, decision.group)
+    chosen = table.nodes_for(policy_index, decision.group)
+    order = np.lexsort((np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state))
+    for n in order:
+        if not compiled.in_pool[n]:
+            continue
+        result.candidates.append(
+            Candidate(
+                node=model.node_ids[n],
+                state=NodeState(int(table.node_state[n])).label,
+                latency_ms=float(parts.latency_ms[n]),
+                latency_source="measured" if parts.measured[n] else "estimated",
+                distance_km=float(parts.distance_km[n]),
+                onnet=bool(parts.onnet[n]),
+                onnet_bonus_ms=compiled.policy.onnet_bonus_ms if parts.onnet[n] else 0.0,
+                load_penalty_ms=float(parts.load_penalty_ms[n]),
+                score=float(parts.score[n]),
+                chosen=chosen.index(int(n)) + 1 if int(n) in chosen else None,
+            )
+        )
+    return result

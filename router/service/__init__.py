@@ -1,0 +1,1 @@
+"""Process model: the supervisor, its DNS workers, and shared routing tables."""

@@ -1,0 +1,234 @@
+"""The supervisor: owns the sockets, the health view and the routing tables; runs workers.
+
+One worker process per core answers DNS; the supervisor never does. It rebuilds the
+routing table whenever node state changes and publishes it to every worker, returning
+only once all of them serve the new generation, so the next answer reflects the change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import multiprocessing
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from router.config.deployment import Deployment
+from router.dns.answers import AnswerBook
+from router.health.state import NodeHealth, NodeStatus
+from router.service.tablefile import write_table
+from router.service.worker import worker_main
+from router.steering.build import RoutingTable, build_routing_table
+from router.steering.model import SteeringModel
+
+log = logging.getLogger("router.service")
+
+ACK_TIMEOUT = 5.0
+READY_TIMEOUT = 60.0
+UDP_RCVBUF = 4 * 1024 * 1024
+
+
+class ServiceError(Exception):
+    """The service cannot start or keep running."""
+
+
+def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
+    steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
+    addresses = list(zip(model.node_ipv4, model.node_ipv6))
+    return AnswerBook(deployment.zones, steered, addresses)
+
+
+def parse_endpoint(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ServiceError(f"{what} must be HOST:PORT (IPv6 as [::1]:PORT), got {text!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    value = int(port)
+    if value > 65535:
+        raise ServiceError(f"{what}: port {value} is out of range")
+    return host, value
+
+
+def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.socket], list[socket.socket], int]:
+    """``count`` UDP and TCP sockets in one SO_REUSEPORT group each, on one port."""
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
+    except socket.gaierror as exc:
+        raise ServiceError(f"cannot resolve listen address {host!r}: {exc}") from exc
+    last_error: OSError | None = None
+    for _ in range(20 if port == 0 else 1):
+        made: list[socket.socket] = []
+        try:
+            udp, tcp = [], []
+            actual = port
+            for i in range(count):
+                s = _socket(family, socket.SOCK_DGRAM, made)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                except OSError:
+                    pass
+                s.bind((host, actual))
+                actual = s.getsockname()[1]
+                udp.append(s)
+            for i in range(count):
+                s = _socket(family, socket.SOCK_STREAM, made)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, actual))
+                s.listen(1024)
+                tcp.append(s)
+            return udp, tcp, actual
+        except OSError as exc:
+            last_error = exc
+            for s in made:
+                s.close()
+    raise ServiceError(f"cannot listen on {host}:{port}: {last_error}")
+
+
+def _socket(family: int, kind: int, made: list[socket.socket]) -> socket.socket:
+    s = socket.socket(family, kind)
+    made.append(s)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: multiprocessing.process.BaseProcess
+    control: Connection
+
+
+class Supervisor:
+    def __init__(
+        self,
+        deployment: Deployment,
+        model: SteeringModel,
+        host: str,
+        port: int,
+        workers: int,
+        tcp_idle_timeout: float = 10.0,
+    ) -> None:
+        if workers < 1:
+            raise ServiceError("--workers must be at least 1")
+        self.deployment = deployment
+        self.model = model
+        self.book = build_book(deployment, model)
+        self.health = NodeHealth(model.node_ids)
+        self.host = host
+        self.worker_count = workers
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self._lock = threading.Lock()
+        self._context = multiprocessing.get_context("fork")
+        self._workers: list[_Worker] = []
+        # Compile every kernel (first table, both lookups) before taking the port, so
+        # the first query never waits for numba.
+        self.table = build_routing_table(model, self.health.states(), None, generation=1)
+        model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
+        model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
+        self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
+        shm = Path("/dev/shm")
+        parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        self._table_dir = Path(tempfile.mkdtemp(prefix="router-tables-", dir=parent))
+        self._table_path = write_table(self._table_dir, self.table)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.worker_count):
+            self._workers.append(self._spawn(index))
+        deadline = time.monotonic() + READY_TIMEOUT
+        for worker in self._workers:
+            self._expect(worker, "ready", deadline)
+
+    def _spawn(self, index: int) -> _Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=worker_main,
+            name=f"router-worker-{index}",
+            args=(index, self._udp[index], self._tcp[index], theirs, self.book,
+                  self.model.client_map, self._table_path, self.tcp_idle_timeout),  # fmt: skip
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return _Worker(index, process, ours)
+
+    def _expect(self, worker: _Worker, kind: str, deadline: float, generation: int | None = None) -> None:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not worker.control.poll(remaining):
+                raise ServiceError(f"worker {worker.index} did not answer ({kind}) in time")
+            message = worker.control.recv()
+            if message[0] == kind and (generation is None or message[1] == generation):
+                return
+            if message[0] == "nack":
+                raise ServiceError(f"worker {worker.index} could not load routing table {message[1]}")
+
+    def check_workers(self) -> None:
+        """Replace any worker that died; it starts on the current routing table."""
+        with self._lock:
+            for i, worker in enumerate(self._workers):
+                if worker.process.is_alive():
+                    continue
+                log.error("worker %d exited (code %s); starting a new one", worker.index, worker.process.exitcode)
+                worker.control.close()
+                self._workers[i] = self._spawn(worker.index)
+                self._expect(self._workers[i], "ready", time.monotonic() + READY_TIMEOUT)
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.control.send(("stop",))
+            except OSError:
+                pass
+            if worker.process.pid is not None and worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+        for s in self._udp + self._tcp:
+            s.close()
+        shutil.rmtree(self._table_dir, ignore_errors=True)
+
+    # -- state changes -------------------------------------------------------------------
+
+    def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
+        """Apply an operator override and, if it changes anything, publish a new table."""
+        with self._lock:
+            if self.health.set_admin_state(node_id, state):
+                self._publish(build_routing_table(self.model, self.health.states(), None, self.table.generation + 1))
+            return next(s for s in self.health.status() if s.node_id == node_id)
+
+    def _publish(self, table: RoutingTable) -> None:
+        path = write_table(self._table_dir, table)
+        deadline = time.monotonic() + ACK_TIMEOUT
+        for worker in self._workers:
+            worker.control.send(("table", str(path), table.generation))
+        failed = []
+        for worker in self._workers:
+            try:
+                self._expect(worker, "ack", deadline, table.generation)
+            except ServiceError as exc:
+                # A worker that cannot follow must not keep serving an old table:
+                # end it, and check_workers() starts a fresh one on the new table.
+                failed.append(str(exc))
+                worker.process.kill()
+        old = self._table_path
+        self.table, self._table_path = table, path
+        old.unlink(missing_ok=True)
+        if failed:
+            log.error("routing table %d not confirmed: %s", table.generation, "; ".join(failed))
+        else:
+            log.info("routing table %d in service on %d workers", table.generation, len(self._workers))

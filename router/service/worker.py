@@ -1,0 +1,79 @@
+"""A worker process: answers DNS on its own SO_REUSEPORT sockets until told to stop.
+
+Forked from the supervisor after the deployment is compiled, so the answer book, the
+client map and the numba code are inherited (copy-on-write). Routing tables arrive as
+paths of mapped files over the control pipe; each one is acknowledged once in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from router.dns.answers import AnswerBook
+from router.dns.engine import Responder, TableView
+from router.dns.transport import Counters, serve_tcp, serve_udp
+from router.geo.clientmap import ClientMap
+from router.service.tablefile import map_table
+
+log = logging.getLogger("router.worker")
+
+
+def _view(path: Path) -> TableView:
+    table = map_table(path)
+    return TableView(table.generation, table.group_set, table.set_nodes)
+
+
+def worker_main(
+    index: int,
+    udp_sock: socket.socket,
+    tcp_sock: socket.socket,
+    control: Connection,
+    book: AnswerBook,
+    client_map: ClientMap,
+    table_path: Path,
+    tcp_idle_timeout: float,
+) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    current = [_view(table_path)]
+
+    def view() -> TableView:
+        return current[0]
+
+    counters = Counters()
+    tcp_thread = threading.Thread(
+        target=serve_tcp,
+        args=(tcp_sock, Responder(book, client_map, view), counters, stop, tcp_idle_timeout),
+        name=f"tcp-{index}",
+        daemon=True,
+    )
+    tcp_thread.start()
+
+    def control_loop() -> None:
+        while not stop.is_set():
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                stop.set()  # the supervisor is gone: stop serving rather than serve stale tables
+                return
+            if message[0] == "table":
+                _, path, generation = message
+                try:
+                    current[0] = _view(Path(path))
+                    control.send(("ack", generation))
+                except (OSError, ValueError) as exc:
+                    log.error("worker %d cannot map routing table %s: %s", index, path, exc)
+                    control.send(("nack", generation))
+            elif message[0] == "stop":
+                stop.set()
+
+    threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
+    control.send(("ready", current[0].generation))
+    serve_udp(udp_sock, Responder(book, client_map, view), counters, stop)
+    tcp_thread.join(timeout=2)
