@@ -1,0 +1,86 @@
+"""Shared fixtures: a deployment directory, an in-process responder, a real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+API_TOKEN = "test-token-0123456789"
+
+
+def make_deployment(root: Path) -> Path:
+    """The sample deployment plus the protocol-test zone, laid out like the repo."""
+    shutil.copytree(REPO / "zones", root / "zones")
+    shutil.copytree(REPO / "geodata", root / "geodata", ignore=shutil.ignore_patterns("*.py", "LICENSES"))
+    shutil.copy(FIXTURES / "edge.example.zone", root / "zones" / "edge.example.zone")
+    return root / "zones"
+
+
+@pytest.fixture(scope="session")
+def deployment_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_deployment(tmp_path_factory.mktemp("deployment"))
+
+
+@dataclass
+class RunningRouter:
+    process: subprocess.Popen
+    host: str
+    port: int
+    api: str | None
+    token: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers: int = 2) -> RunningRouter:
+    """Start ``router serve`` on loopback port 0 and wait for its READY line."""
+    args = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen", "127.0.0.1:0",
+            "--workers", str(workers), *extra]  # fmt: skip
+    if api:
+        args += ["--api", "127.0.0.1:0"]
+    env = {**os.environ, "ROUTER_API_TOKEN": API_TOKEN}
+    handle = open(log, "w")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO)
+    handle.close()
+    deadline = time.monotonic() + 120
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = re.match(r"READY dns=(\S+):(\d+) api=(\S+)", line)
+        if match:
+            api_url = None if match.group(3) == "off" else f"http://{match.group(3)}"
+            return RunningRouter(process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"router did not start; log:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def router(deployment_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real router (2 workers, API on) shared by read-only tests."""
+    running = start_router(deployment_dir, tmp_path_factory.mktemp("logs") / "router.log", "--tcp-idle-timeout", "2")
+    yield running
+    running.stop()
+    assert running.process.stdout is not None
+    running.process.stdout.close()
