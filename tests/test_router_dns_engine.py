@@ -20,8 +20,10 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import dnslib
 import pytest
 
+from tests.conftest import recv_exactly
 from router.config import load_deployment
 from router.dns.engine import Responder, TableView
 from router.health import NodeHealth
@@ -72,23 +74,13 @@ class ServerEngine:
                     return None
         with socket.create_connection(self.address, timeout=5) as s:
             s.sendall(struct.pack("!H", len(wire)) + wire)
-            length = struct.unpack("!H", _recv_exactly(s, 2))[0]
-            return _recv_exactly(s, length)
+            length = struct.unpack("!H", recv_exactly(s, 2))[0]
+            return recv_exactly(s, length)
 
     def ask(self, query: dns.message.Message, source: str = "127.0.0.1", udp: bool = True) -> dns.message.Message:
         reply = self.raw(query.to_wire(), source, udp)
         assert reply is not None
         return dns.message.from_wire(reply)
-
-
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        data += chunk
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -438,3 +430,30 @@ def test_same_answer_over_udp_and_tcp(engine, udp: bool) -> None:
     reply = engine.ask(query("www.cdn.example.", "A", ecs="85.48.0.0/16"), udp=udp)
     assert rrs(reply.answer) == {"www.cdn.example. 30 IN A 192.0.2.31", "www.cdn.example. 30 IN A 192.0.2.33"}
     assert ecs_of(reply).scopelen == 12
+
+
+CROSS_CHECK = [
+    ("video.cdn.example.", "A", "83.44.10.0/24"),
+    ("www.cdn.example.", "AAAA", "2a02:9100:1234::/48"),
+    ("cdn.example.", "NS", None),
+    ("nope.cdn.example.", "A", None),
+    ("chain.edge.example.", "A", None),
+    ("host.sub.edge.example.", "A", None),
+    ("big.edge.example.", "TXT", None),
+]
+
+
+@pytest.mark.parametrize("name, rdtype, ecs", CROSS_CHECK)
+def test_replies_decode_identically_with_dnslib(engine, name: str, rdtype: str, ecs: str | None) -> None:
+    # A second, independent decoder: both must read the same records from our bytes.
+    reply_wire = engine.raw(query(name, rdtype, ecs=ecs).to_wire(), udp=False)
+    assert reply_wire is not None
+    ours = dns.message.from_wire(reply_wire)
+    theirs = dnslib.DNSRecord.parse(reply_wire)
+    assert theirs.header.id == ours.id
+    assert theirs.header.rcode == ours.rcode() & 0xF
+    for dnslib_section, dnspython_section in ((theirs.rr, ours.answer), (theirs.auth, ours.authority)):
+        expected = sorted((str(rrset.name).lower(), rrset.rdtype, rrset.ttl) for rrset in dnspython_section for _ in rrset)
+        decoded = sorted((str(rr.rname).lower(), rr.rtype, rr.ttl) for rr in dnslib_section)
+        assert decoded == expected
+    assert str(theirs.q.qname).lower() == name

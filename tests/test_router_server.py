@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import RunningRouter, start_router
+from tests.conftest import RunningRouter, recv_exactly, start_router
 
 
 def udp_ask(router: RunningRouter, q: dns.message.Message, timeout: float = 2.0) -> dns.message.Message:
@@ -37,16 +37,6 @@ def answer_ips(reply: dns.message.Message) -> list[str]:
 def ecs_query(name: str, subnet: str, rdtype: str = "A") -> dns.message.Message:
     address, prefix = subnet.split("/")
     return dns.message.make_query(name, rdtype, use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
-
-
-def recv_exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 # -- TCP (RFC 7766) ----------------------------------------------------------------------
