@@ -90,7 +90,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     health = NodeHealth(model.node_ids)
     table = build_routing_table(model, health.states(), None, generation=1)
     view = TableView(table.generation, table.group_set, table.set_nodes)
-    responder = Responder(book, model.client_map, lambda: view)
+    responder = Responder(book, model.client_map, lambda: view, record_decisions=True)
 
     qname = dns.name.from_text(name)
     rdtype = dns.rdatatype.from_text(qtype)

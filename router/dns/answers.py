@@ -200,8 +200,9 @@ class AnswerBook:
             index.names.add(key)
             if name.labels[0] == b"*":
                 index.wildcards[name_key(name.parent())] = name
+        origin_key = name_key(origin)
         for key in self.steered_names:
-            if any(key.endswith(s) and key != s for s in [name_key(origin)]) or key == name_key(origin):
+            if origin_key in suffixes(key):  # label-aligned: the steered name is in this zone
                 index.names.add(key)
         for key in list(index.names):
             for suffix in suffixes(key)[1:]:
@@ -214,7 +215,12 @@ class AnswerBook:
                 continue
             key = name_key(name)
             if key in index.cuts:
-                continue  # answered by the referral path (or as NODATA for DS)
+                # Everything at a delegation point is answered by a referral, except the
+                # DS set, which belongs to the parent side of the cut (RFC 4035 3.1.4.1).
+                ds = node.get_rdataset(IN, dns.rdatatype.DS)
+                if ds is not None:
+                    self.exact[(key, dns.rdatatype.DS)] = self._positive(index, name, name, ds)
+                continue
             cname = node.get_rdataset(IN, CNAME)
             if cname is not None:
                 index.cnames[key] = name

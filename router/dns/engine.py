@@ -72,10 +72,14 @@ class Decision:
 class Responder:
     """Answers queries from an answer book, a client map and the current routing table."""
 
-    def __init__(self, book: AnswerBook, client_map: ClientMap, view: Callable[[], TableView]) -> None:
+    def __init__(
+        self, book: AnswerBook, client_map: ClientMap, view: Callable[[], TableView], record_decisions: bool = False
+    ) -> None:
         self.book = book
         self.client_map = client_map
         self.view = view
+        # Only ``router explain`` wants to see why; the server keeps the hot path lean.
+        self.record_decisions = record_decisions
         self.last_decision: Decision | None = None
 
     def respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
@@ -128,7 +132,8 @@ class Responder:
             nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
             cached = (entry.encode(nodes), len(nodes))
             view.bodies[key] = cached
-        self.last_decision = Decision(group, scope, answer_set, origin)
+        if self.record_decisions:
+            self.last_decision = Decision(group, scope, answer_set, origin)
         body, count = cached
         return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
 

@@ -45,15 +45,24 @@ def _safe_respond(responder: Responder, packet: bytes, source: str, udp: bool, c
         return None
 
 
-def serve_udp(sock: socket.socket, responder: Responder, counters: Counters, stop: threading.Event) -> None:
+class WorkerStop(BaseException):
+    """Raised by the worker's signal handler to leave the blocking receive loop.
+
+    A BaseException, so that no `except Exception` on the way swallows it.
+    """
+
+
+def serve_udp(sock: socket.socket, responder: Responder, counters: Counters) -> None:
+    """Answer until WorkerStop. The socket stays blocking without a timeout: a timeout
+    would cost a poll() per packet; the stop signal interrupts recvfrom instead."""
+    sock.setblocking(True)
     recvfrom = sock.recvfrom
     sendto = sock.sendto
-    sock.settimeout(0.5)  # wake up now and then to notice ``stop``
-    while not stop.is_set():
+    while True:
         try:
             packet, address = recvfrom(UDP_RECV_SIZE)
-        except TimeoutError:
-            continue
+        except WorkerStop:
+            return
         except OSError as exc:
             log.warning("UDP receive failed: %s", exc)
             continue

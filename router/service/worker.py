@@ -8,6 +8,7 @@ paths of mapped files over the control pipe; each one is acknowledged once in us
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
-from router.dns.transport import Counters, serve_tcp, serve_udp
+from router.dns.transport import Counters, WorkerStop, serve_tcp, serve_udp
 from router.geo.clientmap import ClientMap
 from router.service.tablefile import map_table
 
@@ -39,7 +40,12 @@ def worker_main(
     tcp_idle_timeout: float,
 ) -> None:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_sigterm(*_: object) -> None:
+        stop.set()
+        raise WorkerStop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     current = [_view(table_path)]
 
@@ -60,7 +66,8 @@ def worker_main(
             try:
                 message = control.recv()
             except (EOFError, OSError):
-                stop.set()  # the supervisor is gone: stop serving rather than serve stale tables
+                # The supervisor is gone: stop serving rather than serve stale tables.
+                os.kill(os.getpid(), signal.SIGTERM)
                 return
             if message[0] == "table":
                 _, path, generation = message
@@ -71,9 +78,14 @@ def worker_main(
                     log.error("worker %d cannot map routing table %s: %s", index, path, exc)
                     control.send(("nack", generation))
             elif message[0] == "stop":
-                stop.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
 
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
-    serve_udp(udp_sock, Responder(book, client_map, view), counters, stop)
+    try:
+        serve_udp(udp_sock, Responder(book, client_map, view), counters)
+    except WorkerStop:
+        pass  # the signal arrived outside recvfrom
+    stop.set()
     tcp_thread.join(timeout=2)
