@@ -52,6 +52,11 @@ def load_yaml(path: Path, display: str) -> tuple[LocatedYaml | None, list[Proble
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         what = exc.problem or exc.context or "invalid YAML"
+        if mark is not None:
+            what = f"{what} (column {mark.column + 1})"
+        if exc.context and exc.context_mark is not None and exc.problem:
+            # e.g. "while parsing a flow mapping" that began on an earlier line: say where.
+            what = f"{what}, {exc.context} that starts at line {exc.context_mark.line + 1}"
         return None, [Problem(display, line, f"YAML syntax error: {what}")]
     except yaml.YAMLError as exc:
         return None, [Problem(display, 1, f"YAML syntax error: {exc}")]

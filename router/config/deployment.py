@@ -14,6 +14,7 @@ a broken directory never produces a half-loaded deployment.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,15 @@ class Deployment:
     country_rtt: dict[tuple[str, str], float]
 
 
+def _display(path: Path) -> str:
+    """A path as the operator would write it: ``zones/../geodata/x`` becomes ``geodata/x``."""
+    return os.path.normpath(path)
+
+
+def _no_such_file(setting: str, path: Path) -> str:
+    return f"{setting}: no such file {_display(path)} (paths are relative to {DEPLOYMENT_FILE})"
+
+
 def load_deployment(directory: Path) -> Deployment:
     """Load and validate everything in ``directory``; raise ConfigError listing all problems."""
     problems: list[Problem] = []
@@ -73,13 +83,19 @@ def load_deployment(directory: Path) -> Deployment:
         problems += errors
         if isinstance(settings, DeploymentSettings):
             map_path = directory / settings.client_map
-            try:
-                client_map = load_mmdb(map_path)
-            except ClientMapError as exc:
-                problems.append(settings_doc.problem(("client_map",), str(exc)))
+            if not map_path.is_file():
+                problems.append(settings_doc.problem(("client_map",), _no_such_file("client_map", map_path)))
+            else:
+                try:
+                    client_map = load_mmdb(map_path)
+                except ClientMapError as exc:
+                    problems.append(settings_doc.problem(("client_map",), f"client_map: {exc}"))
             latency_path = directory / settings.latency
-            country_rtt, errors = load_country_rtt(latency_path, str(latency_path))
-            problems += errors
+            if not latency_path.is_file():
+                problems.append(settings_doc.problem(("latency",), _no_such_file("latency", latency_path)))
+            else:
+                country_rtt, errors = load_country_rtt(latency_path, _display(latency_path))
+                problems += errors
 
     nodes_path = directory / NODES_FILE
     inventory = None

@@ -83,17 +83,26 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
             problems.append(doc.problem((key,), f'unknown top-level key "{key}" (valid: nodes, sites)'))
 
     sites: list[Site] = []
+    site_lines: dict[str, int] = {}
+    invalid_site_ids: set[str] = set()  # reported already: no second error for their nodes
     for i, item in _items(doc, "sites", problems):
         label = f'site "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"site #{i + 1}"
         site, errors = validate_item(Site, item, doc, ("sites", i), label)
         problems += errors
-        if isinstance(site, Site):
-            if any(s.id == site.id for s in sites):
-                problems.append(doc.problem(("sites", i, "id"), f'duplicate site id "{site.id}"'))
-            else:
-                sites.append(site)
+        if not isinstance(site, Site):
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                invalid_site_ids.add(item["id"])
+            continue
+        if site.id in site_lines:
+            problems.append(
+                doc.problem(("sites", i, "id"), f'duplicate site id "{site.id}" (first defined at line {site_lines[site.id]})')
+            )
+        else:
+            site_lines[site.id] = doc.line(("sites", i))
+            sites.append(site)
 
     site_ids = {s.id for s in sites}
+    node_lines: dict[str, int] = {}
     nodes: list[Node] = []
     seen_addresses: dict[str, str] = {}
     for i, item in _items(doc, "nodes", problems):
@@ -102,8 +111,13 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
         problems += errors
         if not isinstance(node, Node):
             continue
-        if any(n.id == node.id for n in nodes):
-            problems.append(doc.problem(("nodes", i, "id"), f'duplicate node id "{node.id}"'))
+        if node.id in node_lines:
+            problems.append(
+                doc.problem(("nodes", i, "id"), f'duplicate node id "{node.id}" (first defined at line {node_lines[node.id]})')
+            )
+            continue
+        node_lines[node.id] = doc.line(("nodes", i))
+        if node.site in invalid_site_ids:
             continue
         if node.site not in site_ids:
             known = ", ".join(sorted(site_ids)) or "none"

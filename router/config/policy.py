@@ -31,7 +31,7 @@ from router.config._validate import validate_item
 from router.config._yaml import LocatedYaml, unsorted_keys
 from router.config.nodes import Inventory
 from router.config.problems import Problem
-from router.config.zones import owner_line_index
+from router.config.zones import record_line_index
 
 
 class Policy(BaseModel):
@@ -94,7 +94,8 @@ def parse_policies(
                 problems.append(
                     doc.problem(
                         ("policies", name, "default_site"),
-                        f'{label}: default_site "{policy.default_site}" is not a site in nodes.yaml',
+                        f'{label}: default_site "{policy.default_site}" is not a site in nodes.yaml '
+                        f'(sites: {", ".join(sorted(site_ids))})',
                     )
                 )
             if policy.nodes != "all":
@@ -116,7 +117,7 @@ def parse_policies(
         problems.append(doc.problem(("names",), '"names" must be a non-empty mapping of owner name -> policy'))
         raw_names = {}
     origin = zone.origin if zone is not None else None
-    static_lines = owner_line_index(zone_text, origin) if origin is not None else {}
+    static_lines = record_line_index(zone_text, origin) if origin is not None else {}
     for owner, policy_name in raw_names.items():
         where = ("names", owner)
         if not isinstance(policy_name, str) or policy_name not in raw_policies:
@@ -143,7 +144,7 @@ def parse_policies(
                     doc.problem(
                         where,
                         f"name {name} is steered by policy \"{policy_name}\" but {zone_display} line "
-                        f"{static_lines.get(name, 1)} also gives it static {dns.rdatatype.to_text(rdtype)} records",
+                        f"{static_lines.get((name, rdtype), 1)} also gives it static {dns.rdatatype.to_text(rdtype)} records",
                     )
                 )
         steered.append(

@@ -55,36 +55,73 @@ def parse_zone(path: Path, display: str) -> tuple[dns.zone.Zone | None, list[Pro
     return zone, _check_semantics(zone, origin, text, display)
 
 
+class _LineTrackingTokenizer(dns.tokenizer.Tokenizer):
+    """Remembers the line on which the last token started.
+
+    dnspython reports errors at the tokenizer's position, which is already on the next
+    line when the offending token ended the line (a missing MX preference, a bad address
+    at the end of a record); the line where that token started is the right one.
+    """
+
+    token_line = 1
+    record_line = 1  # first line of the record being read
+    _ungotten_line = 1
+
+    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
+        line = self._ungotten_line if self.ungotten_token is not None else self.line_number
+        token = super().get(want_leading, want_comment)
+        self.token_line = line
+        return token
+
+    def unget(self, token: dns.tokenizer.Token) -> None:
+        super().unget(token)
+        self._ungotten_line = self.token_line
+
+
+class _Reader(dns.zonefile.Reader):
+    def _rr_line(self) -> None:
+        # The reader has just pushed back the record's first token.
+        self.tok.record_line = self.tok._ungotten_line  # type: ignore[attr-defined]
+        super()._rr_line()
+
+
 def _read(text: str, origin: dns.name.Name, display: str) -> tuple[dns.zone.Zone | None, Problem | None]:
     zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
-    tok = dns.tokenizer.Tokenizer(text, display)
+    tok = _LineTrackingTokenizer(text, display)
+    lines = text.split("\n")
+
+    def problem(message: str) -> Problem:
+        line = max(1, tok.token_line)
+        source = lines[line - 1].split(";", 1)[0].strip() if line <= len(lines) else ""
+        return Problem(display, line, f"{message}: {source}" if source else message)
+
     try:
         with zone.writer(True) as txn:
-            reader = dns.zonefile.Reader(tok, dns.rdataclass.IN, txn, allow_include=False)
+            reader = _Reader(tok, dns.rdataclass.IN, txn, allow_include=False)
             reader.read()
     except dns.exception.SyntaxError as exc:
         match = _LOCATED.match(str(exc))
-        if match:
-            return None, Problem(display, int(match.group(1)), match.group(2))
-        return None, Problem(display, tok.line_number, str(exc))
+        message = match.group(2) if match else str(exc)
+        return None, problem(message.rstrip("."))
     except dns.zonefile.CNAMEAndOtherData:
-        return None, Problem(
-            display, tok.line_number, "a name with a CNAME record cannot have other records (RFC 1034 3.6.2)"
-        )
+        # Raised when the record is stored, after its whole line was read.
+        tok.token_line = tok.record_line
+        return None, problem("a name with a CNAME record cannot have other records (RFC 1034 3.6.2)")
     except dns.exception.DNSException as exc:
-        return None, Problem(display, tok.line_number, str(exc) or type(exc).__name__)
+        return None, problem(str(exc) or type(exc).__name__)
     return zone, None
 
 
 def _check_semantics(zone: dns.zone.Zone, origin: dns.name.Name, text: str, display: str) -> list[Problem]:
     problems = []
+    lines = record_line_index(text, origin)
+    apex_line = lines.get((origin, dns.rdatatype.SOA), 1)
     apex = zone.get_node(origin)
     if apex is None or apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA) is None:
         problems.append(Problem(display, 1, f"zone {origin} has no SOA record at its apex"))
     ns = apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) if apex is not None else None
     if ns is None:
-        problems.append(Problem(display, 1, f"zone {origin} has no NS records at its apex"))
-    owner_lines = owner_line_index(text, origin)
+        problems.append(Problem(display, apex_line, f"zone {origin} has no NS records at its apex"))
     for name, node in zone.nodes.items():
         nsset = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS)
         if nsset is None:
@@ -99,39 +136,65 @@ def _check_semantics(zone: dns.zone.Zone, origin: dns.name.Name, text: str, disp
                 for t in (dns.rdatatype.A, dns.rdatatype.AAAA)
             )
             if not has_address:
+                line = lines.get((name, dns.rdatatype.NS, target), lines.get((name, dns.rdatatype.NS), 1))
                 problems.append(
                     Problem(
                         display,
-                        owner_lines.get(name, 1),
+                        line,
                         f"NS target {target} is inside the zone but has no A or AAAA record (glue)",
                     )
                 )
     return problems
 
 
-def owner_line_index(text: str, origin: dns.name.Name) -> dict[dns.name.Name, int]:
-    """First line on which each owner name appears, for messages about parsed records.
+def record_line_index(text: str, origin: dns.name.Name) -> dict[tuple, int]:
+    """First line of each (owner, type) in a zone file, for messages about parsed records;
+    for name-valued records also of each (owner, type, target).
 
-    dnspython keeps no positions once a zone is read; owner names start in column 0,
-    so a light scan of the text is enough to point the operator at the right line.
+    dnspython keeps no positions once a zone is read, so this light scan follows the
+    file's own rules that matter here: an owner in column 0 (else the previous owner
+    continues), optional TTL and class before the type, parentheses spanning lines.
     """
-    index: dict[dns.name.Name, int] = {}
+    index: dict[tuple, int] = {}
     current_origin = origin
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line or line[0] in " \t;(":
+    owner = origin
+    depth = 0
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.split(";", 1)[0]
+        if depth > 0:
+            depth += line.count("(") - line.count(")")
             continue
-        token = line.split()[0]
-        if token.upper() == "$ORIGIN" and len(line.split()) > 1:
+        tokens = line.split()
+        if not tokens:
+            continue
+        if tokens[0].upper() == "$ORIGIN" and len(tokens) > 1:
             try:
-                current_origin = dns.name.from_text(line.split()[1], origin)
+                current_origin = dns.name.from_text(tokens[1], origin)
             except dns.exception.DNSException:
                 pass
             continue
-        if token.startswith("$"):
+        if tokens[0].startswith("$"):
             continue
-        try:
-            name = current_origin if token == "@" else dns.name.from_text(token, current_origin)
-        except dns.exception.DNSException:
-            continue
-        index.setdefault(name, number)
+        if not line[0].isspace():
+            try:
+                owner = current_origin if tokens[0] == "@" else dns.name.from_text(tokens[0], current_origin)
+            except dns.exception.DNSException:
+                continue
+            tokens = tokens[1:]
+        depth = line.count("(") - line.count(")")
+        for position, token in enumerate(tokens):
+            if token.isdigit() or token.upper() in ("IN", "CH", "HS") or token[0].isdigit():
+                continue
+            try:
+                rdtype = dns.rdatatype.from_text(token)
+            except dns.exception.DNSException:
+                break
+            index.setdefault((owner, rdtype), number)
+            if rdtype in (dns.rdatatype.NS, dns.rdatatype.CNAME) and position + 1 < len(tokens):
+                try:
+                    target = dns.name.from_text(tokens[position + 1], current_origin)
+                    index.setdefault((owner, rdtype, target), number)
+                except dns.exception.DNSException:
+                    pass
+            break
     return index
