@@ -128,23 +128,26 @@ def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi,
             out_group[i] = groups[j]
             out_scope[i] = scopes[j]
             continue
-        # Gap bounds: just after the previous interval, just before the next one.
-        if j >= 0:
-            gap_lo_hi = ends_hi[j]
-            gap_lo_lo = ends_lo[j] + _U64_ONE
-            if gap_lo_lo == _U64_ZERO:
-                gap_lo_hi += _U64_ONE
-        else:
+        # Gap bounds: just after the previous interval, just before the next one. The
+        # carries are explicit: no uint64 wraparound (numpy warns on it without the JIT).
+        if j < 0:
             gap_lo_hi = _U64_ZERO
             gap_lo_lo = _U64_ZERO
-        if j + 1 < m:
-            gap_hi_hi = starts_hi[j + 1]
-            gap_hi_lo = starts_lo[j + 1] - _U64_ONE
-            if starts_lo[j + 1] == _U64_ZERO:
-                gap_hi_hi -= _U64_ONE
+        elif ends_lo[j] == _U64_MAX:
+            gap_lo_hi = ends_hi[j] + _U64_ONE  # ends_hi < max: x lies above this interval
+            gap_lo_lo = _U64_ZERO
         else:
+            gap_lo_hi = ends_hi[j]
+            gap_lo_lo = ends_lo[j] + _U64_ONE
+        if j + 1 >= m:
             gap_hi_hi = _U64_MAX
             gap_hi_lo = _U64_MAX
+        elif starts_lo[j + 1] == _U64_ZERO:
+            gap_hi_hi = starts_hi[j + 1] - _U64_ONE  # starts_hi > 0: x lies below this interval
+            gap_hi_lo = _U64_MAX
+        else:
+            gap_hi_hi = starts_hi[j + 1]
+            gap_hi_lo = starts_lo[j + 1] - _U64_ONE
         out_group[i] = 0
         out_scope[i] = 128
         for p in range(129):

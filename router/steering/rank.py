@@ -71,6 +71,17 @@ class RankInputs:
                 raise ValueError(f"{name} must index country_rtt or be -1")
         if not (np.isfinite(self.group_lat).all() and np.isfinite(self.group_lon).all()):
             raise ValueError("every group needs a finite location")
+        if not (np.isfinite(self.node_lat).all() and np.isfinite(self.node_lon).all()):
+            raise ValueError("every node needs a finite location")
+        # A NaN score never enters the top-k: one bad load report would empty an answer.
+        if not (np.isfinite(self.node_util).all() and (self.node_util >= 0).all()):
+            raise ValueError("node_util must be finite and >= 0")
+        for name in ("onnet_bonus_ms", "load_penalty_ms", "est_base_ms", "est_ms_per_km"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0")
+        if self.node_asn.size and self.node_asn.min() < 1:
+            raise ValueError("node ASNs must be >= 1 (ASN 0 marks clients of unknown networks)")
         if not self.node_in_pool.any():
             raise ValueError("the pool has no node")
         if ((self.node_state < 0) | (self.node_state > 2)).any():
