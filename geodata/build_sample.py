@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
@@ -96,7 +96,7 @@ DESCRIPTION = (
 #: ip-location-db npm version 2.3.2026061719 = data built 2026-06-17 19:00 UTC. The MMDB's
 #: build_epoch is pinned to it (mmdb_writer would use the wall clock), so rebuilds are
 #: byte-identical and the epoch says how old the data is rather than when someone ran the script.
-DATA_SNAPSHOT_EPOCH = int(datetime(2026, 6, 17, 19, tzinfo=timezone.utc).timestamp())
+DATA_SNAPSHOT_EPOCH = int(datetime(2026, 6, 17, 19, tzinfo=UTC).timestamp())
 
 # Shared-data paths, relative to --shared.
 ASN_CSV = {4: "ip-location-db-asn/asn-ipv4.csv.gz", 6: "ip-location-db-asn/asn-ipv6.csv.gz"}

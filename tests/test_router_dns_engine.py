@@ -23,12 +23,12 @@ import dns.rrset
 import dnslib
 import pytest
 
-from tests.conftest import recv_exactly
 from router.config import load_deployment
 from router.dns.engine import Responder, TableView
 from router.health import NodeHealth
 from router.service.supervisor import build_book
 from router.steering import build_routing_table, compile_model
+from tests.conftest import recv_exactly
 
 
 class Engine:

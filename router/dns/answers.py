@@ -70,7 +70,7 @@ class SteeredAnswer:
         self.ttl = ttl
         self.records = records  # per node: owner pointer to the question + type..rdata
 
-    def encode(self, nodes: "list[int]") -> bytes:
+    def encode(self, nodes: list[int]) -> bytes:
         return b"".join(self.records[n] for n in nodes if n >= 0)
 
 

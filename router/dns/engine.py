@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from router.dns import wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer

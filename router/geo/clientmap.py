@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import maxminddb
 import numpy as np
@@ -77,7 +78,7 @@ class ClientMap:
     @classmethod
     def from_prefixes(
         cls, groups: Groups, prefixes: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]
-    ) -> "ClientMap":
+    ) -> ClientMap:
         """Compile (network, group) pairs; where prefixes nest, the longest one wins."""
         v4: list[tuple[int, int, int]] = []
         v6: list[tuple[int, int, int]] = []

@@ -69,7 +69,7 @@ def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.sock
         try:
             udp, tcp = [], []
             actual = port
-            for i in range(count):
+            for _ in range(count):
                 s = _socket(family, socket.SOCK_DGRAM, made)
                 try:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
@@ -78,7 +78,7 @@ def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.sock
                 s.bind((host, actual))
                 actual = s.getsockname()[1]
                 udp.append(s)
-            for i in range(count):
+            for _ in range(count):
                 s = _socket(family, socket.SOCK_STREAM, made)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, actual))

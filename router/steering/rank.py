@@ -36,7 +36,7 @@ class RankInputs:
     est_ms_per_km: float = EST_MS_PER_KM
 
     @classmethod
-    def create(cls, **arrays: object) -> "RankInputs":
+    def create(cls, **arrays: object) -> RankInputs:
         """Coerce dtypes and check shapes; raise ValueError on inconsistent inputs."""
         f64 = {"group_lat", "group_lon", "node_lat", "node_lon", "node_util", "country_rtt"}
         dtypes = {"group_country": np.int32, "node_country": np.int32, "group_asn": np.int64,
