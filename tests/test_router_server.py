@@ -301,3 +301,28 @@ def test_workers_replaced_if_one_dies(deployment_dir: Path, tmp_path: Path) -> N
         running.stop()
         assert running.process.stdout is not None
         running.process.stdout.close()
+
+
+def test_tcp_client_that_never_reads_is_cut_off(router: RunningRouter) -> None:
+    # 2,000 pipelined queries for a 2.6 kB answer: far more than socket buffers plus the
+    # server's 1 MiB cap on unread replies. The server must close rather than buffer it all.
+    wire = dns.message.make_query("big.edge.example.", "TXT").to_wire()
+    framed = struct.pack("!H", len(wire)) + wire
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect((router.host, router.port))
+        try:
+            s.sendall(framed * 2000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # already cut off while still sending
+        time.sleep(1.0)
+        received = 0
+        try:
+            while chunk := s.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < 2000 * 2600
+    # And the server still serves everyone else.
+    assert answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "83.44.10.0/24")))

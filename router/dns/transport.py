@@ -19,6 +19,9 @@ log = logging.getLogger("router.dns")
 
 UDP_RECV_SIZE = 65535
 MAX_TCP_CONNECTIONS = 1024
+# A client that pipelines queries but never reads its replies is cut off here, so it
+# cannot make the worker buffer without bound.
+MAX_TCP_PENDING_OUTPUT = 1 << 20
 _LENGTH = struct.Struct("!H")
 
 
@@ -159,7 +162,10 @@ def serve_tcp(
                 reply = _safe_respond(responder, packet, conn.peer, False, counters)
                 if reply is not None:
                     conn.outbuf += _LENGTH.pack(len(reply)) + reply
-            if conn.outbuf:
+            if len(conn.outbuf) > MAX_TCP_PENDING_OUTPUT:
+                log.info("closing TCP connection from %s: %d bytes of replies unread", conn.peer, len(conn.outbuf))
+                close(conn)
+            elif conn.outbuf:
                 flush(conn)
         now = time.monotonic()
         for conn in [c for c in connections.values() if now - c.last_active > idle_timeout]:
