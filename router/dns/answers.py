@@ -86,6 +86,8 @@ class ZoneIndex:
     cuts: dict[bytes, dns.name.Name] = field(default_factory=dict)  # delegation points
     wildcards: dict[bytes, dns.name.Name] = field(default_factory=dict)  # parent wire -> *.parent
     cnames: dict[bytes, dns.name.Name] = field(default_factory=dict)
+    # Negative answers and referrals per (kind, rcode or cut, question length): bounded
+    # by 255 lengths per kind, so random names cannot grow it.
     templates: dict[tuple[str, int, bytes], StaticAnswer] = field(default_factory=dict)
 
 
@@ -361,7 +363,7 @@ class AnswerBook:
         return self._negative(index, wire.NXDOMAIN, qlen)
 
     def _negative(self, index: ZoneIndex, rcode: int, qlen: int) -> StaticAnswer:
-        key = ("negative", rcode, qlen.to_bytes(2, "big"))
+        key = ("negative", qlen, bytes([rcode]))
         answer = index.templates.get(key)
         if answer is None:
             answer = self._static(None, qlen, index.origin, rcode, True, [], [index.soa], [])
