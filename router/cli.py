@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DNS worker processes (default: one per core)")
     serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed")
+    serve.add_argument("--drain-grace", type=float, default=0.0,
+                       help="on SIGTERM, report draining (GET /v1/status) and keep answering this many seconds before stopping")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     check = sub.add_parser("check", help="validate a deployment directory; print every problem as path:line: message")
@@ -130,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     try:
         supervisor.start()
-        return asyncio.run(_run(supervisor, api, token))
+        return asyncio.run(_run(supervisor, api, token, args.drain_grace))
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
@@ -138,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor.stop()
 
 
-async def _run(supervisor, api: tuple[str, int] | None, token: str | None) -> int:  # noqa: ANN001
+async def _run(supervisor, api: tuple[str, int] | None, token: str | None, drain_grace: float) -> int:  # noqa: ANN001
     from aiohttp import web
 
     from router.api.http import create_app
@@ -167,6 +169,11 @@ async def _run(supervisor, api: tuple[str, int] | None, token: str | None) -> in
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
                 supervisor.check_workers()
+        if drain_grace > 0:
+            # Withdraw first (announcers watch /v1/status), then stop answering.
+            supervisor.service_state = "draining"
+            log.info("draining: answering for %.1f s more before stopping", drain_grace)
+            await asyncio.sleep(drain_grace)
     finally:
         if runner is not None:
             await runner.cleanup()

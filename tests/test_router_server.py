@@ -326,3 +326,14 @@ def test_tcp_client_that_never_reads_is_cut_off(router: RunningRouter) -> None:
     assert received < 2000 * 2600
     # And the server still serves everyone else.
     assert answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "83.44.10.0/24")))
+
+
+def test_service_status_and_drain(own_router: RunningRouter) -> None:
+    status, body = api(own_router, "GET", "/v1/status")
+    assert status == 200 and body["state"] == "serving" and body["dns"].endswith(str(own_router.port))
+    assert api(own_router, "PUT", "/v1/status", {"state": "draining"}, token="wrong")[0] == 401
+    assert api(own_router, "GET", "/v1/status")[1]["state"] == "serving"
+    assert api(own_router, "PUT", "/v1/status", {"state": "draining"}, own_router.token)[1]["state"] == "draining"
+    # Draining withdraws anycast routes but keeps answering.
+    assert answer_ips(udp_ask(own_router, ecs_query("www.cdn.example.", "83.44.10.0/24")))
+    assert api(own_router, "PUT", "/v1/status", {"state": "serving"}, own_router.token)[1]["state"] == "serving"

@@ -1,5 +1,7 @@
 """The HTTP API: node state and operator overrides.
 
+- ``GET /v1/status``: ``serving`` or ``draining`` (anycast must withdraw now); ``PUT`` it
+  with ``{"state": "draining"|"serving"}`` and the token to drain for maintenance.
 - ``GET /v1/nodes``: every node with its state, the reason, and the override in force.
 - ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
   ``Authorization: Bearer <token>``: returns once every DNS worker serves the change.
@@ -43,6 +45,7 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "ipv4": str(node.ipv4),
             "ipv6": str(node.ipv6),
             "capacity_gbps": node.capacity_gbps,
+            "anycast_prefixes": [str(p) for p in node.anycast_prefixes],
         }
 
     async def list_nodes(request: web.Request) -> web.Response:
@@ -70,6 +73,30 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
         return web.json_response({**node_json(node_id), "generation": supervisor.table.generation})
 
+    async def service_status(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"state": supervisor.service_state, "generation": supervisor.table.generation,
+             "dns": f"{supervisor.host}:{supervisor.port}", "zones": [str(z) for z in supervisor.deployment.zones]}
+        )  # fmt: skip
+
+    async def put_service_state(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "body must be JSON like {\"state\": \"draining\"}"}, status=400)
+        state = body.get("state") if isinstance(body, dict) else None
+        if state not in ("serving", "draining"):
+            return web.json_response({"error": f'state must be "serving" or "draining", got {state!r}'}, status=400)
+        supervisor.service_state = state
+        log.info("service state set to %s by %s", state, request.remote)
+        return await service_status(request)
+
+    app.router.add_get("/v1/status", service_status)
+    app.router.add_put("/v1/status", put_service_state)
     app.router.add_get("/v1/nodes", list_nodes)
     app.router.add_put("/v1/nodes/{node_id}/admin-state", put_admin_state)
     return app

@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +60,8 @@ class Node(BaseModel):
     ipv4: IPv4Address
     ipv6: IPv6Address
     capacity_gbps: float = Field(gt=0)
+    # Prefixes announced over BGP with this node as next hop while it is up (optional).
+    anycast_prefixes: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 class Inventory(BaseModel):

@@ -128,6 +128,9 @@ class Supervisor:
         self.worker_count = workers
         self.tcp_idle_timeout = tcp_idle_timeout
         self._lock = threading.Lock()
+        # "serving", or "draining" once asked to stop: still answering for a grace period
+        # while anycast announcements are withdrawn, so resolvers move away without loss.
+        self.service_state = "serving"
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         # Compile every kernel (first table, both lookups) before taking the port, so
