@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DNS worker processes (default: one per core)")
     serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed")
+    serve.add_argument("--telemetry", help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml")
+    serve.add_argument("--state-file", type=Path, help="keep node states across restarts here (default: state_file in deployment.yaml)")
     serve.add_argument("--drain-grace", type=float, default=0.0,
                        help="on SIGTERM, report draining (GET /v1/status) and keep answering this many seconds before stopping")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -47,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("name", help="the name a resolver asks for, e.g. video.cdn.example.")
     explain.add_argument("client", help="client IP (as query source) or subnet (as ECS), e.g. 83.44.10.0/24")
 
+    simulate = sub.add_parser("simulate-nodes", help="play every node of a deployment: signed heartbeats, commands on stdin")
+    from router import simulator
+
+    simulator.add_arguments(simulate)
+
     args = parser.parse_args(argv)
+    if args.command == "simulate-nodes":
+        return simulator.run(args)
     if args.command == "check":
         return cmd_check(args.directory)
     if args.command == "explain":
@@ -116,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         host, port = parse_endpoint(args.listen, "--listen")
         api = parse_endpoint(args.api, "--api") if args.api else None
+        telemetry = parse_endpoint(args.telemetry, "--telemetry") if args.telemetry else None
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 2
@@ -126,13 +136,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if deployment is None:
         return 1
     try:
-        supervisor = Supervisor(deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout)
+        supervisor = Supervisor(
+            deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout,
+            telemetry=telemetry is not None, state_file=args.state_file or deployment.state_file,
+        )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
     try:
         supervisor.start()
-        return asyncio.run(_run(supervisor, api, token, args.drain_grace))
+        return asyncio.run(_run(supervisor, api, token, args.drain_grace, telemetry))
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
@@ -140,7 +153,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor.stop()
 
 
-async def _run(supervisor, api: tuple[str, int] | None, token: str | None, drain_grace: float) -> int:  # noqa: ANN001
+async def _run(  # noqa: ANN001
+    supervisor, api: tuple[str, int] | None, token: str | None, drain_grace: float, telemetry: tuple[str, int] | None
+) -> int:
     from aiohttp import web
 
     from router.api.http import create_app
@@ -159,10 +174,20 @@ async def _run(supervisor, api: tuple[str, int] | None, token: str | None, drain
         await site.start()
         bound = runner.addresses[0]
         api_text = f"{_endpoint(bound[0], bound[1])}"
+    telemetry_text = "off"
+    transport = None
+    tick_task = None
+    if telemetry is not None:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _HeartbeatProtocol(supervisor), local_addr=telemetry, reuse_port=False
+        )
+        bound = transport.get_extra_info("sockname")
+        telemetry_text = _endpoint(bound[0], bound[1])
+        tick_task = asyncio.create_task(_tick(supervisor))
     dns_text = _endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
     print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
-    print(f"READY dns={dns_text} api={api_text}", flush=True)
+    print(f"READY dns={dns_text} api={api_text} telemetry={telemetry_text}", flush=True)
     try:
         while not stop.is_set():
             try:
@@ -175,10 +200,36 @@ async def _run(supervisor, api: tuple[str, int] | None, token: str | None, drain
             log.info("draining: answering for %.1f s more before stopping", drain_grace)
             await asyncio.sleep(drain_grace)
     finally:
+        if tick_task is not None:
+            tick_task.cancel()
+        if transport is not None:
+            transport.close()
         if runner is not None:
             await runner.cleanup()
     log.info("stopping")
     return 0
+
+
+class _HeartbeatProtocol(asyncio.DatagramProtocol):
+    def __init__(self, supervisor) -> None:  # noqa: ANN001
+        self.supervisor = supervisor
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            self.supervisor.on_heartbeat(data)
+        except Exception:  # one bad packet or a failed publish must not stop telemetry
+            log.exception("heartbeat from %s could not be applied", addr[0])
+
+
+async def _tick(supervisor) -> None:  # noqa: ANN001
+    # Silence is checked often, so a dead node leaves within the bound plus one tick.
+    period = min(0.02, supervisor.deployment.health.heartbeat_interval_s / 10)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            supervisor.tick()
+        except Exception:
+            log.exception("health tick failed")
 
 
 def _endpoint(host: str, port: int) -> str:

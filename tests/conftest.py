@@ -52,6 +52,7 @@ class RunningRouter:
     api: str | None
     token: str
     log: Path
+    telemetry: tuple[str, int] | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -79,10 +80,14 @@ def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers:
         line = process.stdout.readline()
         if not line:
             break
-        match = re.match(r"READY dns=(\S+):(\d+) api=(\S+)", line)
+        match = re.match(r"READY dns=(\S+):(\d+) api=(\S+) telemetry=(\S+)", line)
         if match:
             api_url = None if match.group(3) == "off" else f"http://{match.group(3)}"
-            return RunningRouter(process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log)
+            telemetry = None
+            if match.group(4) != "off":
+                host, _, port = match.group(4).rpartition(":")
+                telemetry = (host, int(port))
+            return RunningRouter(process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log, telemetry)
     process.kill()
     process.wait()
     raise RuntimeError(f"router did not start; log:\n{log.read_text()}")

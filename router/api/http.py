@@ -2,6 +2,7 @@
 
 - ``GET /v1/status``: ``serving`` or ``draining`` (anycast must withdraw now); ``PUT`` it
   with ``{"state": "draining"|"serving"}`` and the token to drain for maintenance.
+- ``GET /v1/telemetry``: heartbeats accepted, and rejected by reason.
 - ``GET /v1/nodes``: every node with its state, the reason, and the override in force.
 - ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
   ``Authorization: Bearer <token>``: returns once every DNS worker serves the change.
@@ -95,6 +96,13 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         log.info("service state set to %s by %s", state, request.remote)
         return await service_status(request)
 
+    async def telemetry_counters(request: web.Request) -> web.Response:
+        verifier = supervisor.verifier
+        if verifier is None:
+            return web.json_response({"enabled": False})
+        return web.json_response({"enabled": True, "accepted": verifier.accepted, "rejected": verifier.rejected})
+
+    app.router.add_get("/v1/telemetry", telemetry_counters)
     app.router.add_get("/v1/status", service_status)
     app.router.add_put("/v1/status", put_service_state)
     app.router.add_get("/v1/nodes", list_nodes)

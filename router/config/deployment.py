@@ -20,7 +20,7 @@ from pathlib import Path
 
 import dns.name
 import dns.zone
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from router.config._validate import validate_item
 from router.config._yaml import load_yaml
@@ -30,10 +30,35 @@ from router.config.problems import ConfigError, Problem
 from router.config.zones import parse_zone, zone_origin
 from router.geo.clientmap import ClientMap, ClientMapError, load_mmdb
 from router.geo.latency import load_country_rtt
+from router.health.monitor import HealthSettings
 
 DEPLOYMENT_FILE = "deployment.yaml"
 NODES_FILE = "nodes.yaml"
 POLICY_SUFFIX = ".policy.yaml"
+
+
+class HealthConfig(BaseModel):
+    """``health:`` in ``deployment.yaml``: heartbeat telemetry and its hysteresis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keys: str  # the per-node HMAC keys file, relative to deployment.yaml; never in zone files
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)
+    missed_heartbeats: int = Field(default=3, ge=1, le=100)
+    recover_after: int = Field(default=3, ge=1, le=100)
+    hold_down_s: float = Field(default=10.0, ge=0, le=3600)
+    max_hold_down_s: float = Field(default=160.0, ge=0, le=86400)
+    replay_window_s: float = Field(default=5.0, gt=0, le=300)
+    high_water: float = Field(default=0.9, gt=0, le=2)
+    startup_grace_s: float = Field(default=10.0, ge=0, le=3600)
+
+    def settings(self) -> HealthSettings:
+        return HealthSettings(
+            heartbeat_interval_s=self.heartbeat_interval_s, missed_heartbeats=self.missed_heartbeats,
+            recover_after=self.recover_after, hold_down_s=self.hold_down_s,
+            max_hold_down_s=max(self.max_hold_down_s, self.hold_down_s), high_water=self.high_water,
+            startup_grace_s=self.startup_grace_s,
+        )  # fmt: skip
 
 
 class DeploymentSettings(BaseModel):
@@ -43,6 +68,8 @@ class DeploymentSettings(BaseModel):
 
     client_map: str
     latency: str
+    state_file: str | None = None  # node state kept across restarts (relative to this file)
+    health: HealthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,9 @@ class Deployment:
     steered: tuple[SteeredName, ...]
     client_map: ClientMap
     country_rtt: dict[tuple[str, str], float]
+    health: HealthConfig | None = None
+    node_keys: dict[str, bytes] | None = None
+    state_file: Path | None = None
 
 
 def _display(path: Path) -> str:
@@ -70,6 +100,7 @@ def _no_such_file(setting: str, path: Path) -> str:
 def load_deployment(directory: Path) -> Deployment:
     """Load and validate everything in ``directory``; raise ConfigError listing all problems."""
     problems: list[Problem] = []
+    settings: DeploymentSettings | None = None
     if not directory.is_dir():
         raise ConfigError([Problem(str(directory), 0, "not a directory")])
 
@@ -79,9 +110,10 @@ def load_deployment(directory: Path) -> Deployment:
     settings_doc, errors = load_yaml(settings_path, str(settings_path))
     problems += errors
     if settings_doc is not None:
-        settings, errors = validate_item(DeploymentSettings, settings_doc.data, settings_doc, (), DEPLOYMENT_FILE)
+        validated, errors = validate_item(DeploymentSettings, settings_doc.data, settings_doc, (), DEPLOYMENT_FILE)
         problems += errors
-        if isinstance(settings, DeploymentSettings):
+        settings = validated if isinstance(validated, DeploymentSettings) else None
+        if settings is not None:
             map_path = directory / settings.client_map
             if not map_path.is_file():
                 problems.append(settings_doc.problem(("client_map",), _no_such_file("client_map", map_path)))
@@ -136,9 +168,18 @@ def load_deployment(directory: Path) -> Deployment:
         policies.update({(origin, name): policy for name, policy in zone_policies.items()})
         steered += zone_steered
 
+    node_keys = None
+    if settings is not None and settings.health is not None and settings_doc is not None:
+        keys_path = directory / settings.health.keys
+        if not keys_path.is_file():
+            problems.append(settings_doc.problem(("health", "keys"), _no_such_file("health.keys", keys_path)))
+        else:
+            node_keys, errors = load_node_keys(keys_path, _display(keys_path), inventory)
+            problems += errors
+
     if problems:
         raise ConfigError(problems)
-    assert inventory is not None and client_map is not None
+    assert inventory is not None and client_map is not None and settings is not None
     return Deployment(
         directory=directory,
         inventory=inventory,
@@ -147,4 +188,36 @@ def load_deployment(directory: Path) -> Deployment:
         steered=tuple(steered),
         client_map=client_map,
         country_rtt=country_rtt,
+        health=settings.health,
+        node_keys=node_keys,
+        state_file=directory / settings.state_file if settings.state_file else None,
     )
+
+
+def load_node_keys(path: Path, display: str, inventory: Inventory | None) -> tuple[dict[str, bytes], list[Problem]]:
+    """The heartbeat keys file: ``keys: {node id: hex key}``, one key per node, 16+ bytes each."""
+    doc, problems = load_yaml(path, display)
+    if doc is None:
+        return {}, problems
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), dict) or set(data) != {"keys"}:
+        return {}, problems + [doc.problem((), "must be a mapping with one key, keys: {node id: hex key}")]
+    node_ids = {n.id for n in inventory.nodes} if inventory else set()
+    keys: dict[str, bytes] = {}
+    for node_id, text in data["keys"].items():
+        where = ("keys", node_id)
+        if inventory is not None and node_id not in node_ids:
+            problems.append(doc.problem(where, f'key for unknown node "{node_id}" (not in nodes.yaml)'))
+            continue
+        try:
+            key = bytes.fromhex(str(text))
+        except ValueError:
+            problems.append(doc.problem(where, f'node "{node_id}": key must be hexadecimal'))
+            continue
+        if len(key) < 16:
+            problems.append(doc.problem(where, f'node "{node_id}": key must be at least 16 bytes (32 hex digits)'))
+            continue
+        keys[str(node_id)] = key
+    for node_id in sorted(node_ids - set(keys) - {str(k) for k in data["keys"]}):
+        problems.append(doc.problem(("keys",), f'node "{node_id}" has no key: it could never report'))
+    return keys, problems

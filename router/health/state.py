@@ -1,19 +1,27 @@
 """Node state as the steering core sees it: one flat int8 array indexed by node.
 
 States: up (0), draining (1, only used when nothing up is left), down (2). The operator's
-admin override (``down`` or ``drain``) wins over everything else; ``up`` clears it.
-Automatic health monitoring (telemetry, probes) is not part of this module yet: without
-it a node without an override is up, and its reason says so.
+admin override (``down`` or ``drain``) wins over everything else; ``up`` clears it. Below
+the override, the automatic monitor (heartbeats, ``router.health.monitor``) decides when
+it runs; without it a node is up, and its reason says so.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from router.health.monitor import NodeMonitor
+    from router.health.telemetry import Heartbeat
 
 
 class NodeState(IntEnum):
@@ -27,6 +35,7 @@ class NodeState(IntEnum):
 
 
 ADMIN_STATES = {"up": None, "down": NodeState.DOWN, "drain": NodeState.DRAINING}
+_LABELS = {"up": NodeState.UP, "draining": NodeState.DRAINING, "down": NodeState.DOWN}
 
 
 @dataclass(frozen=True)
@@ -35,46 +44,138 @@ class NodeStatus:
     state: NodeState
     reason: str
     admin_state: str | None  # the override in force: "down", "drain" or None
-    since: float  # unix time of the last change
+    since: float  # unix time of the last change of the effective state
 
 
 class NodeHealth:
     """The effective state of every node, changed only through methods that say why."""
 
-    def __init__(self, node_ids: tuple[str, ...]) -> None:
+    def __init__(self, node_ids: tuple[str, ...], monitor: NodeMonitor | None = None) -> None:
         self.node_ids = node_ids
+        self.monitor = monitor
         self._index = {node_id: i for i, node_id in enumerate(node_ids)}
+        self._admin: dict[str, tuple[str, str]] = {}  # node -> (admin state, reason)
         now = time.time()
-        self._status = [
-            NodeStatus(node_id, NodeState.UP, "no health monitoring configured; in service", None, now)
-            for node_id in node_ids
-        ]
+        self._since = [now] * len(node_ids)
+        self._effective = self._compute()
         self._lock = threading.Lock()
 
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._index
 
+    # -- inputs ------------------------------------------------------------------------
+
     def set_admin_state(self, node_id: str, admin: str) -> bool:
         """Apply an operator override; True when the effective state changed."""
         if admin not in ADMIN_STATES:
             raise ValueError(f'admin state must be one of {", ".join(ADMIN_STATES)}, got "{admin}"')
-        i = self._index[node_id]
+        self._index[node_id]  # KeyError for unknown nodes
         with self._lock:
-            old = self._status[i]
-            forced = ADMIN_STATES[admin]
-            if forced is None:
-                new = NodeStatus(node_id, NodeState.UP, "admin: returned to service by operator", None, time.time())
+            if ADMIN_STATES[admin] is None:
+                self._admin.pop(node_id, None)
             else:
-                new = NodeStatus(node_id, forced, f"admin: set {admin} by operator", admin, time.time())
-            if old.state == new.state and old.admin_state == new.admin_state:
+                self._admin[node_id] = (admin, f"admin: set {admin} by operator")
+            return self._refresh()
+
+    def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
+        """An accepted heartbeat; True when any effective state changed."""
+        assert self.monitor is not None
+        with self._lock:
+            self.monitor.report(heartbeat, now)
+            return self._refresh()
+
+    def tick(self, now: float) -> bool:
+        """Withdraw silent nodes; True when any effective state changed."""
+        if self.monitor is None:
+            return False
+        with self._lock:
+            if not self.monitor.tick(now):
                 return False
-            self._status[i] = new
-            return old.state != new.state
+            return self._refresh()
+
+    # -- outputs -----------------------------------------------------------------------
 
     def states(self) -> np.ndarray:
         with self._lock:
-            return np.array([int(s.state) for s in self._status], dtype=np.int8)
+            return np.array([int(s) for s, _ in self._effective], dtype=np.int8)
+
+    def utilization(self) -> np.ndarray:
+        if self.monitor is None:
+            return np.zeros(len(self.node_ids))
+        return self.monitor.utilization()
 
     def status(self) -> list[NodeStatus]:
         with self._lock:
-            return list(self._status)
+            return [
+                NodeStatus(node_id, state, reason, self._admin.get(node_id, (None, ""))[0], self._since[i])
+                for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._effective))
+            ]
+
+    # -- persistence -------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically (temp file + rename), so a crash never leaves half a file."""
+        data = {
+            "saved_at": time.time(),
+            "nodes": {
+                s.node_id: {"state": s.state.label, "reason": s.reason, "admin_state": s.admin_state, "since": s.since}
+                for s in self.status()
+            },
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path, now: float) -> list[str]:
+        """Restore admin overrides and known-down nodes; return warnings (never raises on bad files)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            nodes = data["nodes"]
+            assert isinstance(nodes, dict)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, AssertionError, TypeError) as exc:
+            return [f"ignoring unreadable state file {path}: {exc}"]
+        warnings = []
+        with self._lock:
+            for node_id, saved in nodes.items():
+                if node_id not in self._index or not isinstance(saved, dict):
+                    warnings.append(f"state file {path}: ignoring unknown node {node_id!r}")
+                    continue
+                admin = saved.get("admin_state")
+                if admin in ("down", "drain"):
+                    self._admin[node_id] = (admin, f"admin: set {admin} by operator (restored)")
+                state = _LABELS.get(saved.get("state"))
+                if self.monitor is not None and state is not None and admin is None and state != NodeState.UP:
+                    self.monitor.restore(node_id, state, str(saved.get("reason", "")), now)
+            self._refresh()
+        return warnings
+
+    # -- combination ---------------------------------------------------------------------
+
+    def _compute(self) -> list[tuple[NodeState, str]]:
+        result = []
+        for i, node_id in enumerate(self.node_ids):
+            admin = self._admin.get(node_id)
+            if admin is not None:
+                result.append((ADMIN_STATES[admin[0]], admin[1]))  # type: ignore[arg-type]
+            elif self.monitor is not None:
+                result.append((NodeState(int(self.monitor.state[i])), self.monitor.reason[i]))
+            else:
+                result.append((NodeState.UP, "no health monitoring configured; in service"))
+        return result
+
+    def _refresh(self) -> bool:
+        new = self._compute()
+        changed = False
+        now = time.time()
+        for i, ((old_state, _), (new_state, _)) in enumerate(zip(self._effective, new)):
+            if old_state != new_state:
+                self._since[i] = now
+                changed = True
+        self._effective = new
+        return changed

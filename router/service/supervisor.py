@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 from router.config.deployment import Deployment
 from router.dns.answers import AnswerBook
+from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeStatus
+from router.health.telemetry import Rejected, Verifier
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import RoutingTable, build_routing_table
@@ -31,6 +35,8 @@ from router.steering.model import SteeringModel
 log = logging.getLogger("router.service")
 
 ACK_TIMEOUT = 5.0
+LOAD_REFRESH_S = 1.0  # republish for load changes at most this often
+LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this much
 READY_TIMEOUT = 60.0
 UDP_RCVBUF = 4 * 1024 * 1024
 
@@ -117,13 +123,30 @@ class Supervisor:
         port: int,
         workers: int,
         tcp_idle_timeout: float = 10.0,
+        telemetry: bool = False,
+        state_file: Path | None = None,
     ) -> None:
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
         self.deployment = deployment
         self.model = model
         self.book = build_book(deployment, model)
-        self.health = NodeHealth(model.node_ids)
+        monitor = None
+        self.verifier: Verifier | None = None
+        if telemetry:
+            if deployment.health is None or deployment.node_keys is None:
+                raise ServiceError("--telemetry needs a health: section with keys in deployment.yaml")
+            settings = deployment.health.settings()
+            monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, settings, time.monotonic())
+            self.verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
+        self.health = NodeHealth(model.node_ids, monitor)
+        self.state_file = state_file
+        if state_file is not None:
+            for warning in self.health.load(state_file, time.monotonic()):
+                log.warning("%s", warning)
+        self._rejections_logged: dict[str, float] = {}
+        self._published_util = self.health.utilization()
+        self._published_at = time.monotonic()
         self.host = host
         self.worker_count = workers
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -135,7 +158,7 @@ class Supervisor:
         self._workers: list[_Worker] = []
         # Compile every kernel (first table, both lookups) before taking the port, so
         # the first query never waits for numba.
-        self.table = build_routing_table(model, self.health.states(), None, generation=1)
+        self.table = build_routing_table(model, self.health.states(), self.health.utilization(), generation=1)
         model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
         model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
         self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
@@ -210,9 +233,59 @@ class Supervisor:
     def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
         """Apply an operator override and, if it changes anything, publish a new table."""
         with self._lock:
-            if self.health.set_admin_state(node_id, state):
-                self._publish(build_routing_table(self.model, self.health.states(), None, self.table.generation + 1))
+            changed = self.health.set_admin_state(node_id, state)
+            self._save_state()
+            if changed:
+                self._rebuild()
             return next(s for s in self.health.status() if s.node_id == node_id)
+
+    def on_heartbeat(self, packet: bytes, now: float | None = None) -> None:
+        """One telemetry datagram: verify it, apply it, publish at once if a state changed."""
+        assert self.verifier is not None
+        try:
+            heartbeat = self.verifier.verify(packet)
+        except Rejected as exc:
+            self._log_rejection(exc)
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.health.heartbeat(heartbeat, now):
+                self._save_state()
+                self._rebuild()
+            elif now - self._published_at >= LOAD_REFRESH_S:
+                # Load moves every second; republish only when it moved enough to matter.
+                if np.abs(self.health.utilization() - self._published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
+                    self._rebuild()
+
+    def tick(self, now: float | None = None) -> None:
+        """Withdraw nodes that went silent."""
+        with self._lock:
+            if self.health.tick(time.monotonic() if now is None else now):
+                self._save_state()
+                self._rebuild()
+
+    def _rebuild(self) -> None:
+        util = self.health.utilization()
+        self._publish(build_routing_table(self.model, self.health.states(), util, self.table.generation + 1))
+        self._published_util = util
+        self._published_at = time.monotonic()
+
+    def _save_state(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            self.health.save(self.state_file)
+        except OSError as exc:
+            log.error("cannot save node state to %s: %s", self.state_file, exc)
+
+    def _log_rejection(self, exc: Rejected) -> None:
+        # At most one line per reason every 10 s: a flood of forged packets cannot flood the log.
+        now = time.monotonic()
+        if now - self._rejections_logged.get(exc.reason, -1e9) >= 10:
+            self._rejections_logged[exc.reason] = now
+            assert self.verifier is not None
+            log.warning("rejected heartbeat (%s; %d rejected for this reason so far): %s",
+                        exc.reason, self.verifier.rejected[exc.reason], exc.detail)  # fmt: skip
 
     def _publish(self, table: RoutingTable) -> None:
         path = write_table(self._table_dir, table)

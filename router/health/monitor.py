@@ -1,0 +1,147 @@
+"""The automatic side of node health: heartbeats in, node states out, with hysteresis.
+
+Getting worse is immediate: a report of power ``off`` or ``battery_low``, or of every uplink
+down, takes the node down on that report; ``battery`` or load above the high-water mark make
+it draining. Silence takes it down once ``missed_heartbeats`` intervals pass without an
+accepted report. Getting better is slow on purpose: ``recover_after`` consecutive good
+reports, and never before the node's hold-down has passed since it went down. A node that
+fails again soon after recovering has its hold-down doubled (up to ``max_hold_down_s``), so a
+flapping node toggles the answers less and less often; a node that stays up long enough
+gets the base hold-down back.
+
+Why these defaults (1 s interval, 3 missed, 3 good, 10 s hold-down): gdnsd's monitors use
+a 10 s interval with up_thresh 20 / ok_thresh 10 / down_thresh 10, i.e. tens of seconds to
+withdraw; Traffic Monitor polls caches about every 6 s and marks a cache down on the first
+failed poll. Heartbeats pushed every second let us withdraw a silent node in about 3 s and
+an explicit failure at once, and 3 good reports plus 10 s keep a node that bounces once
+from coming back before it has shown it is stable.
+
+All times come from the caller (a monotonic clock), so the logic is deterministic to test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.health.state import NodeState
+from router.health.telemetry import Heartbeat
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    heartbeat_interval_s: float = 1.0
+    missed_heartbeats: int = 3
+    recover_after: int = 3
+    hold_down_s: float = 10.0
+    max_hold_down_s: float = 160.0
+    high_water: float = 0.9  # load / capacity above which a node drains
+    startup_grace_s: float = 10.0  # never heard from since start: down after this
+
+    @property
+    def silence_bound_s(self) -> float:
+        return self.missed_heartbeats * self.heartbeat_interval_s
+
+
+def assess(heartbeat: Heartbeat, capacity_gbps: float, high_water: float) -> tuple[NodeState, str]:
+    """What one report says about its node, before hysteresis."""
+    if heartbeat.power in ("off", "battery_low"):
+        return NodeState.DOWN, f"power {heartbeat.power}"
+    links = heartbeat.uplinks
+    if links and all(state == "down" for state in links.values()):
+        return NodeState.DOWN, "every uplink down"
+    if heartbeat.power == "battery":
+        return NodeState.DRAINING, "on battery"
+    util = heartbeat.load_gbps / capacity_gbps
+    if util > high_water:
+        return NodeState.DRAINING, f"load {util:.0%} of capacity (high-water {high_water:.0%})"
+    if links and not any(state == "up" for state in links.values()):
+        return NodeState.DRAINING, "no uplink fully up (degraded)"
+    return NodeState.UP, "heartbeats good"
+
+
+class NodeMonitor:
+    """State of every node as its heartbeats describe it."""
+
+    def __init__(self, node_ids: tuple[str, ...], capacity_gbps: np.ndarray, settings: HealthSettings, now: float) -> None:
+        self.settings = settings
+        self.node_ids = node_ids
+        self.index = {node_id: i for i, node_id in enumerate(node_ids)}
+        n = len(node_ids)
+        self.capacity = np.asarray(capacity_gbps, dtype=np.float64)
+        self.state = np.full(n, int(NodeState.UP), dtype=np.int8)
+        self.reason = ["no heartbeat yet (start-up grace)"] * n
+        self.last_seen = np.full(n, np.nan)  # monotonic time of the last accepted report
+        self.good_streak = np.zeros(n, dtype=np.int64)
+        self.hold_down = np.full(n, settings.hold_down_s)
+        self.last_down = np.full(n, -np.inf)
+        self.last_up = np.full(n, -np.inf)
+        self.load_gbps = np.zeros(n)
+        self.started = now
+        self.changes = 0  # state changes so far (for flap accounting and tests)
+
+    def restore(self, node_id: str, state: NodeState, reason: str, now: float) -> None:
+        """Start from a persisted state: a known-down node stays down until it proves itself."""
+        i = self.index[node_id]
+        self.state[i] = int(state)
+        self.reason[i] = f"{reason} (restored at start-up)"
+        if state == NodeState.DOWN:
+            self.last_down[i] = now
+
+    def utilization(self) -> np.ndarray:
+        return self.load_gbps / self.capacity
+
+    def report(self, heartbeat: Heartbeat, now: float) -> bool:
+        """Apply one accepted heartbeat; True when the node's state changed."""
+        i = self.index[heartbeat.node]
+        self.last_seen[i] = now
+        self.load_gbps[i] = heartbeat.load_gbps
+        raw, why = assess(heartbeat, float(self.capacity[i]), self.settings.high_water)
+        current = NodeState(int(self.state[i]))
+        if raw > current:
+            self._set(i, raw, why, now)
+            return True
+        if raw == current:
+            self.good_streak[i] = 0
+            if raw == NodeState.UP:
+                self.reason[i] = why
+            return False
+        self.good_streak[i] += 1
+        if current == NodeState.DOWN and now - self.last_down[i] < self.hold_down[i]:
+            remaining = self.hold_down[i] - (now - self.last_down[i])
+            self.reason[i] = f"{self.reason[i].split(';')[0]}; recovering, held down {remaining:.1f} s more"
+            return False
+        if self.good_streak[i] < self.settings.recover_after:
+            return False
+        self._set(i, raw, f"recovered: {why}", now)
+        return True
+
+    def tick(self, now: float) -> list[int]:
+        """Withdraw silent nodes; the indexes of nodes whose state changed."""
+        bound = self.settings.silence_bound_s
+        silent = (now - self.last_seen) > bound  # NaN (never heard) compares False
+        never = np.isnan(self.last_seen) & (now - self.started > self.settings.startup_grace_s)
+        candidates = np.flatnonzero((silent | never) & (self.state != int(NodeState.DOWN)))
+        for i in candidates:
+            if np.isnan(self.last_seen[i]):
+                why = f"no heartbeat since start-up ({now - self.started:.1f} s)"
+            else:
+                why = f"missed {self.settings.missed_heartbeats} heartbeats ({now - self.last_seen[i]:.1f} s silent)"
+            self._set(int(i), NodeState.DOWN, why, now)
+        return [int(i) for i in candidates]
+
+    def _set(self, i: int, state: NodeState, why: str, now: float) -> None:
+        self.good_streak[i] = 0
+        if state == NodeState.DOWN:
+            # Flap damping: failing again soon after a recovery doubles the hold-down.
+            if now - self.last_up[i] < 2 * self.hold_down[i]:
+                self.hold_down[i] = min(2 * self.hold_down[i], self.settings.max_hold_down_s)
+            elif now - self.last_up[i] > 4 * self.settings.hold_down_s:
+                self.hold_down[i] = self.settings.hold_down_s
+            self.last_down[i] = now
+        elif state == NodeState.UP:
+            self.last_up[i] = now
+        self.state[i] = int(state)
+        self.reason[i] = why
+        self.changes += 1

@@ -1,0 +1,213 @@
+"""``router simulate-nodes``: plays every node of a deployment, sending signed heartbeats.
+
+Each node reports every heartbeat interval (spread evenly over the interval). Commands on
+standard input change what nodes report, one per line; a selector is a node id,
+``asn:N``, ``site:S``, ``metro:M`` or ``all``:
+
+    power SEL off|battery|battery_low|mains
+    uplink SEL down|degraded|up          (every uplink of the selected nodes)
+    load SEL GBPS
+    silence SEL                          (stop sending: a silent death)
+    restore SEL                          (mains, uplinks up, base load, sending again)
+    quit
+
+A changed node reports at once, so an explicit failure reaches the router without waiting
+for the next interval. Every command is answered on stdout with ``ok N node(s): ...`` or on
+stderr with ``error: ...``. The run stops by itself after ``--duration`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router.config.deployment import load_node_keys
+from router.config.nodes import Inventory, Node
+from router.health.telemetry import POWER_STATES, UPLINK_STATES, Heartbeat, encode
+
+BASE_LOAD_SHARE = 0.2  # simulated nodes idle at 20% of capacity
+UPLINKS = ("uplink1", "uplink2")
+
+
+@dataclass
+class SimulatedNode:
+    node: Node
+    key: bytes
+    power: str = "mains"
+    uplinks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(UPLINKS, "up"))
+    load_gbps: float = 0.0
+    silent: bool = False
+    seq: int = 0
+
+    def heartbeat(self) -> bytes:
+        self.seq += 1
+        report = Heartbeat(
+            node=self.node.id, seq=self.seq, ts=time.time(), power=self.power, uplinks=dict(self.uplinks),
+            load_gbps=self.load_gbps, rps=self.load_gbps * 100.0,
+        )  # fmt: skip
+        return encode(report, self.key)
+
+
+class Simulator:
+    def __init__(self, inventory: Inventory, keys: dict[str, bytes], target: tuple[str, int], interval_s: float) -> None:
+        self.inventory = inventory
+        self.nodes = {
+            n.id: SimulatedNode(n, keys[n.id], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE) for n in inventory.nodes
+        }
+        self.target = target
+        self.interval_s = interval_s
+        family = socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)[0][0]
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sent = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def select(self, selector: str) -> list[SimulatedNode]:
+        sites = {s.id: s for s in self.inventory.sites}
+        kind, _, value = selector.partition(":")
+        if selector == "all":
+            chosen = list(self.nodes.values())
+        elif not value:
+            chosen = [self.nodes[selector]] if selector in self.nodes else []
+        elif kind == "asn" and value.isdigit():
+            chosen = [s for s in self.nodes.values() if s.node.asn == int(value)]
+        elif kind == "site":
+            chosen = [s for s in self.nodes.values() if s.node.site == value]
+        elif kind == "metro":
+            chosen = [s for s in self.nodes.values() if sites[s.node.site].metro.lower() == value.lower()]
+        else:
+            raise ValueError(f"unknown selector {selector!r}: use NODE, asn:N, site:S, metro:M or all")
+        if not chosen:
+            raise ValueError(f"selector {selector!r} matches no node")
+        return chosen
+
+    def command(self, line: str) -> str:
+        """Apply one command line; return the acknowledgement (raise ValueError on bad input)."""
+        words = line.split()
+        if not words:
+            return ""
+        verb, args = words[0], words[1:]
+        if verb == "power" and len(args) == 2 and args[1] in POWER_STATES:
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.power = args[1]
+        elif verb == "uplink" and len(args) == 2 and args[1] in UPLINK_STATES:
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.uplinks = dict.fromkeys(UPLINKS, args[1])
+        elif verb == "load" and len(args) == 2:
+            try:
+                gbps = float(args[1])
+            except ValueError:
+                raise ValueError(f"load must be a number of Gbps, got {args[1]!r}") from None
+            if gbps < 0:
+                raise ValueError("load must be >= 0")
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.load_gbps = gbps
+        elif verb == "silence" and len(args) == 1:
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.silent = True
+        elif verb == "restore" and len(args) == 1:
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.power, n.silent = "mains", False
+                n.uplinks = dict.fromkeys(UPLINKS, "up")
+                n.load_gbps = n.node.capacity_gbps * BASE_LOAD_SHARE
+        else:
+            raise ValueError(
+                f"cannot parse {line.strip()!r}: expected power SEL {'|'.join(POWER_STATES)}, "
+                f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, restore SEL or quit"
+            )
+        for n in nodes:
+            self.send(n)
+        return f"ok {len(nodes)} node(s): {line.strip()}"
+
+    def send(self, node: SimulatedNode) -> None:
+        if node.silent:
+            return
+        try:
+            self.sock.sendto(node.heartbeat(), self.target)
+            self.sent += 1
+        except OSError as exc:
+            print(f"error: sending to {self.target}: {exc}", file=sys.stderr)
+
+    async def run(self, duration_s: float, commands: asyncio.Queue[str | None]) -> None:
+        deadline = time.monotonic() + duration_s
+        nodes = list(self.nodes.values())
+        gap = self.interval_s / max(1, len(nodes))
+        next_send = time.monotonic()
+        i = 0
+        while time.monotonic() < deadline:
+            while not commands.empty():
+                line = commands.get_nowait()
+                if line is None or line.strip() == "quit":
+                    return
+                try:
+                    ack = self.command(line)
+                    if ack:
+                        print(ack, flush=True)
+                except ValueError as exc:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+            now = time.monotonic()
+            while next_send <= now:
+                self.send(nodes[i])
+                i = (i + 1) % len(nodes)
+                next_send += gap
+            await asyncio.sleep(min(0.005, max(0.0, next_send - time.monotonic())))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--zones", required=True, type=Path, help="deployment directory whose nodes to play")
+    parser.add_argument("--target", required=True, help="the router's telemetry address, HOST:PORT")
+    parser.add_argument("--keys", required=True, type=Path, help="the per-node keys file")
+    parser.add_argument("--interval", type=float, help="seconds between heartbeats (default: the deployment's)")
+    parser.add_argument("--duration", type=float, default=3600.0, help="stop by itself after this many seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.cli import _load
+    from router.service.supervisor import ServiceError, parse_endpoint
+
+    deployment = _load(args.zones)
+    if deployment is None:
+        return 1
+    try:
+        target = parse_endpoint(args.target, "--target")
+    except ServiceError as exc:
+        print(f"router simulate-nodes: {exc}", file=sys.stderr)
+        return 2
+    keys, problems = load_node_keys(args.keys, str(args.keys), deployment.inventory)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    interval = args.interval or (deployment.health.heartbeat_interval_s if deployment.health else 1.0)
+    simulator = Simulator(deployment.inventory, keys, target, interval)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        commands: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def read_stdin() -> None:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(commands.put_nowait, line)
+            # End of input is not a stop: a simulator without a terminal keeps playing.
+
+        threading.Thread(target=read_stdin, daemon=True).start()
+        print(f"simulating {len(simulator.nodes)} nodes -> {args.target} every {interval:g} s", flush=True)
+        await simulator.run(args.duration, commands)
+
+    try:
+        asyncio.run(main())
+    finally:
+        simulator.close()
+    return 0

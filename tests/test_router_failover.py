@@ -1,0 +1,224 @@
+"""Automatic withdrawal end to end: the real router, the node simulator, answers over DNS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import pytest
+import yaml
+
+from router.health.telemetry import Heartbeat, encode
+from tests.conftest import REPO, RunningRouter, make_deployment, start_router
+
+TEF_CLIENT = "83.44.10.0/24"  # Telefonica de Espana, AS3352
+TEF_IPS = {"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"}
+FAST_HEALTH = {"heartbeat_interval_s": 0.2, "missed_heartbeats": 3, "recover_after": 2, "hold_down_s": 1.0,
+               "max_hold_down_s": 4.0, "startup_grace_s": 3.0}  # fmt: skip
+
+
+def fast_deployment(root: Path) -> Path:
+    zones = make_deployment(root)
+    settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+    settings["health"].update(FAST_HEALTH)
+    settings["state_file"] = "../var/state.json"
+    (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+    return zones
+
+
+@dataclass
+class Simulator:
+    process: subprocess.Popen
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        ack = self.process.stdout.readline()
+        assert ack.startswith("ok "), ack
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def start_simulator(zones: Path, router: RunningRouter) -> Simulator:
+    assert router.telemetry is not None
+    target = f"{router.telemetry[0]}:{router.telemetry[1]}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones), "--target", target,
+         "--keys", str(zones / "node-keys.sample.yaml"), "--duration", "300"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("simulating 18 nodes")
+    return Simulator(process)
+
+
+def ask(router: RunningRouter, subnet: str = TEF_CLIENT, name: str = "video.cdn.example.") -> list[str]:
+    address, prefix = subnet.split("/")
+    q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(q.to_wire(), (router.host, router.port))
+        reply = dns.message.from_wire(s.recv(65535))
+    return [rdata.address for rrset in reply.answer for rdata in rrset]
+
+
+def nodes(router: RunningRouter) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{router.api}/v1/nodes", timeout=5) as response:
+        return {n["id"]: n for n in json.loads(response.read())["nodes"]}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until ``condition``; return the seconds it took (bounded by ``timeout``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningRouter, Simulator, Path]]:
+    root = tmp_path_factory.mktemp("failover")
+    zones = fast_deployment(root)
+    router = start_router(zones, root / "router.log", "--telemetry", "127.0.0.1:0")
+    simulator = start_simulator(zones, router)
+    try:
+        wait_for(lambda: all("heartbeats good" in n["reason"] for n in nodes(router).values()), 10, "every node reporting")
+        # Load reports are republished at most once a second: wait for the even-load table.
+        wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the table with every node's load")
+        yield router, simulator, zones
+    finally:
+        simulator.stop()
+        router.stop()
+        assert router.process.stdout is not None
+        router.process.stdout.close()
+
+
+def test_power_off_withdraws_at_once_and_restore_returns(lab) -> None:
+    router, simulator, _ = lab
+    assert ask(router) == ["192.0.2.11", "192.0.2.12"]
+    simulator.send("power tef-mad-1 off")
+    wait_for(lambda: "192.0.2.11" not in ask(router), 2, "tef-mad-1 to leave the answers")
+    assert nodes(router)["tef-mad-1"]["state"] == "down" and nodes(router)["tef-mad-1"]["reason"] == "power off"
+    simulator.send("restore tef-mad-1")
+    # Back only after the hold-down (1 s here) and 2 good reports.
+    took = wait_for(lambda: "192.0.2.11" in ask(router), 6, "tef-mad-1 to return")
+    assert took >= 0.9
+    assert nodes(router)["tef-mad-1"]["reason"].startswith("recovered")
+
+
+def test_uplink_down_and_battery(lab) -> None:
+    router, simulator, _ = lab
+    simulator.send("uplink tef-mad-2 down")
+    wait_for(lambda: "192.0.2.12" not in ask(router), 2, "tef-mad-2 to leave on uplink loss")
+    assert nodes(router)["tef-mad-2"]["reason"] == "every uplink down"
+    simulator.send("restore tef-mad-2")
+    wait_for(lambda: nodes(router)["tef-mad-2"]["state"] == "up", 6, "tef-mad-2 to recover")
+    simulator.send("power tef-mad-2 battery")
+    wait_for(lambda: nodes(router)["tef-mad-2"]["state"] == "draining", 2, "tef-mad-2 to drain on battery")
+    assert "192.0.2.12" not in ask(router)
+    simulator.send("restore tef-mad-2")
+    wait_for(lambda: "192.0.2.12" in ask(router), 6, "tef-mad-2 to return from battery")
+
+
+def test_silent_node_is_withdrawn_after_missed_heartbeats(lab) -> None:
+    router, simulator, _ = lab
+    simulator.send("silence tef-mad-1")
+    took = wait_for(lambda: "192.0.2.11" not in ask(router), 3, "silent tef-mad-1 to leave")
+    assert took >= 0.4  # not before 3 x 0.2 s of silence (minus the last report's age)
+    assert "missed 3 heartbeats" in nodes(router)["tef-mad-1"]["reason"]
+    simulator.send("restore tef-mad-1")
+    wait_for(lambda: "192.0.2.11" in ask(router), 6, "tef-mad-1 to return after silence")
+
+
+def test_iberian_blackout_moves_clients_to_the_next_best_nodes(lab) -> None:
+    router, simulator, _ = lab
+    simulator.send("power asn:3352 off")  # every Telefonica node loses power at once
+    wait_for(lambda: not set(ask(router)) & TEF_IPS, 2, "every Telefonica node to leave")
+    answer = ask(router)
+    assert len(answer) == 2  # neighbours in Madrid take the clients; never an empty answer
+    assert answer == ["192.0.2.31", "192.0.2.21"]  # Orange and Vodafone Madrid: nearest after on-net
+    simulator.send("power metro:madrid off")  # then all of Madrid
+    wait_for(lambda: not set(ask(router)) & {"192.0.2.31", "192.0.2.21", "203.0.113.11"}, 2, "Madrid to leave")
+    assert len(ask(router)) == 2
+    simulator.send("restore all")
+    wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 8, "Telefonica to return")
+
+
+def test_whole_pool_down_fails_open(lab) -> None:
+    router, simulator, _ = lab
+    healthy = ask(router)
+    simulator.send("power all off")
+    wait_for(lambda: all(n["state"] == "down" for n in nodes(router).values()), 3, "every node down")
+    assert ask(router) == healthy  # fail open: the best nodes as if healthy, never empty
+    simulator.send("restore all")
+    wait_for(lambda: all(n["state"] == "up" for n in nodes(router).values()), 8, "every node back")
+
+
+def test_forged_and_replayed_heartbeats_change_nothing(lab) -> None:
+    router, _, zones = lab
+    keys = yaml.safe_load((zones / "node-keys.sample.yaml").read_text())["keys"]
+    target = router.telemetry
+    forged = encode(Heartbeat("tef-mad-1", 10**9, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["vdf-es-mad-1"]))
+    unknown = encode(Heartbeat("ghost", 1, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"]))
+    stale = encode(Heartbeat("tef-mad-1", 10**9, time.time() - 600, "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"]))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for packet in (forged, unknown, stale, b"garbage"):
+            for _ in range(50):
+                s.sendto(packet, target)
+    time.sleep(0.5)
+    with urllib.request.urlopen(f"{router.api}/v1/telemetry", timeout=5) as response:
+        counters = json.loads(response.read())
+    rejected = counters["rejected"]
+    assert rejected["bad_signature"] >= 50 and rejected["unknown_node"] >= 50
+    assert rejected["stale"] >= 50 and rejected["malformed"] >= 50
+    assert nodes(router)["tef-mad-1"]["state"] == "up"
+    assert "192.0.2.11" in ask(router)
+    log = router.log.read_text()
+    assert log.count("rejected heartbeat (bad_signature") <= 2  # logged at a bounded rate
+
+
+def test_known_down_node_stays_down_across_restart(tmp_path: Path) -> None:
+    zones = fast_deployment(tmp_path)
+    router = start_router(zones, tmp_path / "first.log", "--telemetry", "127.0.0.1:0")
+    simulator = start_simulator(zones, router)
+    try:
+        wait_for(lambda: nodes(router)["meo-lis-1"]["reason"] == "heartbeats good", 10, "meo-lis-1 reporting")
+        simulator.send("power meo-lis-1 off")
+        wait_for(lambda: nodes(router)["meo-lis-1"]["state"] == "down", 2, "meo-lis-1 down")
+    finally:
+        simulator.stop()
+        router.stop()
+        router.process.stdout.close()
+    state = json.loads((tmp_path / "var" / "state.json").read_text())
+    assert state["nodes"]["meo-lis-1"]["state"] == "down"
+    second = start_router(zones, tmp_path / "second.log", "--telemetry", "127.0.0.1:0")
+    try:
+        # No heartbeat yet: the persisted down state holds from the first answer on.
+        assert nodes(second)["meo-lis-1"]["state"] == "down"
+        assert "restored" in nodes(second)["meo-lis-1"]["reason"]
+        assert "198.51.100.11" not in ask(second, "85.241.20.0/24")
+    finally:
+        second.stop()
+        second.process.stdout.close()
+    shutil.rmtree(tmp_path / "var")

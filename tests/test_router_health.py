@@ -1,0 +1,218 @@
+"""Heartbeat verification and the node state machine, with an injected clock."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.health.monitor import HealthSettings, NodeMonitor
+from router.health.state import NodeHealth, NodeState
+from router.health.telemetry import MAGIC, Heartbeat, Rejected, Verifier, encode
+
+KEYS = {"a": b"k" * 32, "b": b"j" * 32}
+NOW = 1_800_000_000.0
+
+
+def beat(node: str = "a", seq: int = 1, ts: float = NOW, power: str = "mains", uplinks=None, load: float = 10.0) -> Heartbeat:
+    return Heartbeat(node, seq, ts, power, uplinks if uplinks is not None else {"u1": "up", "u2": "up"}, load, 100.0)
+
+
+# -- verification ---------------------------------------------------------------------------
+
+
+def test_valid_heartbeat_is_accepted_and_counted() -> None:
+    verifier = Verifier(dict(KEYS))
+    heartbeat = verifier.verify(encode(beat(), KEYS["a"]), now=NOW)
+    assert heartbeat == beat()
+    assert verifier.accepted == 1 and sum(verifier.rejected.values()) == 0
+
+
+def _forged_payload(body: dict, key: bytes) -> bytes:
+    payload = json.dumps(body).encode()
+    return MAGIC + hmac.new(key, MAGIC + payload, hashlib.sha256).digest() + payload
+
+
+REJECTIONS = [
+    ("malformed", lambda: b"hello"),
+    ("malformed", lambda: MAGIC + b"\0" * 32 + b"{not json"),
+    ("malformed", lambda: _forged_payload({"node": "a", "seq": -1, "ts": NOW, "power": "mains"}, KEYS["a"])),
+    ("malformed", lambda: _forged_payload({"node": "a", "seq": 1, "ts": NOW, "power": "nuclear"}, KEYS["a"])),
+    ("malformed", lambda: _forged_payload({"node": "a", "seq": 1, "ts": NOW, "power": "mains", "uplinks": {"u": "flaky"}}, KEYS["a"])),
+    ("malformed", lambda: _forged_payload({"node": "a", "seq": 1, "ts": NOW, "power": "mains", "load_gbps": float("nan")}, KEYS["a"])),
+    ("unknown_node", lambda: encode(beat(node="zz"), KEYS["a"])),
+    ("bad_signature", lambda: encode(beat(), KEYS["b"])),  # signed with another node's key
+    ("bad_signature", lambda: encode(beat(), KEYS["a"]).replace(b'"power":"mains"', b'"power":"off"')),  # altered
+    ("stale", lambda: encode(beat(ts=NOW - 60), KEYS["a"])),
+    ("stale", lambda: encode(beat(ts=NOW + 60), KEYS["a"])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("reason, packet", REJECTIONS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTIONS)])
+def test_rejections_are_counted_by_reason_and_change_nothing(reason: str, packet) -> None:
+    verifier = Verifier(dict(KEYS))
+    with pytest.raises(Rejected) as info:
+        verifier.verify(packet(), now=NOW)
+    assert info.value.reason == reason
+    assert verifier.rejected[reason] == 1 and verifier.accepted == 0
+    assert verifier.last_seq == {}
+
+
+def test_replayed_or_old_sequence_is_rejected() -> None:
+    verifier = Verifier(dict(KEYS))
+    packet = encode(beat(seq=5), KEYS["a"])
+    verifier.verify(packet, now=NOW)
+    for replay in (packet, encode(beat(seq=4), KEYS["a"]), encode(beat(seq=5, power="off"), KEYS["a"])):
+        with pytest.raises(Rejected) as info:
+            verifier.verify(replay, now=NOW)
+        assert info.value.reason == "replayed"
+    assert verifier.rejected["replayed"] == 3 and verifier.last_seq["a"] == 5
+    verifier.verify(encode(beat(seq=6), KEYS["a"]), now=NOW)
+
+
+# -- the state machine ------------------------------------------------------------------------
+
+SETTINGS = HealthSettings(heartbeat_interval_s=1.0, missed_heartbeats=3, recover_after=3, hold_down_s=10.0,
+                          max_hold_down_s=80.0, high_water=0.9, startup_grace_s=5.0)  # fmt: skip
+
+
+def monitor() -> NodeMonitor:
+    return NodeMonitor(("a", "b"), np.array([100.0, 100.0]), SETTINGS, now=0.0)
+
+
+TRANSITIONS = [
+    # (report fields, expected state, reason fragment)
+    ({"power": "off"}, NodeState.DOWN, "power off"),
+    ({"power": "battery_low"}, NodeState.DOWN, "power battery_low"),
+    ({"uplinks": {"u1": "down", "u2": "down"}}, NodeState.DOWN, "every uplink down"),
+    ({"power": "battery"}, NodeState.DRAINING, "on battery"),
+    ({"load": 95.0}, NodeState.DRAINING, "load 95% of capacity"),
+    ({"uplinks": {"u1": "degraded", "u2": "down"}}, NodeState.DRAINING, "degraded"),
+    ({"uplinks": {"u1": "up", "u2": "down"}}, NodeState.UP, "heartbeats good"),
+    ({}, NodeState.UP, "heartbeats good"),
+]
+
+
+@pytest.mark.parametrize("fields, state, reason", TRANSITIONS)
+def test_one_report_makes_a_node_worse_at_once(fields: dict, state: NodeState, reason: str) -> None:
+    m = monitor()
+    changed = m.report(beat(**fields), now=1.0)
+    assert changed == (state != NodeState.UP)
+    assert NodeState(int(m.state[0])) == state and reason in m.reason[0]
+    assert m.state[1] == NodeState.UP  # the other node is untouched
+
+
+def test_recovery_needs_good_reports_and_the_hold_down() -> None:
+    m = monitor()
+    m.report(beat(seq=1, power="off"), now=1.0)
+    # Good reports every second: 3 in a row are not enough before 10 s have passed.
+    for t in range(2, 11):
+        assert not m.report(beat(seq=t), now=float(t))
+        assert m.state[0] == NodeState.DOWN and "held down" in m.reason[0]
+    assert m.report(beat(seq=11), now=11.0)
+    assert m.state[0] == NodeState.UP and m.reason[0].startswith("recovered")
+
+
+def test_recovery_streak_restarts_after_a_bad_report() -> None:
+    m = monitor()
+    m.report(beat(power="battery"), now=1.0)
+    m.report(beat(), now=2.0)
+    m.report(beat(), now=3.0)
+    m.report(beat(power="battery"), now=4.0)  # streak broken
+    m.report(beat(), now=5.0)
+    assert not m.report(beat(), now=6.0)
+    assert m.state[0] == NodeState.DRAINING
+    assert m.report(beat(), now=7.0)
+    assert m.state[0] == NodeState.UP
+
+
+def test_silence_takes_a_node_down_after_the_bound() -> None:
+    m = monitor()
+    m.report(beat("a"), now=1.0)
+    m.report(beat("b"), now=1.0)
+    assert m.tick(now=3.9) == []
+    assert m.tick(now=4.01) == [0, 1]
+    assert "missed 3 heartbeats" in m.reason[0]
+    assert m.tick(now=5.0) == []  # already down: no second change
+
+
+def test_nodes_never_heard_from_go_down_after_the_startup_grace() -> None:
+    m = monitor()
+    m.report(beat("a"), now=4.0)
+    assert m.tick(now=4.9) == []
+    assert m.tick(now=5.1) == [1]
+    assert "no heartbeat since start-up" in m.reason[1]
+
+
+def test_flapping_node_is_held_down() -> None:
+    # Good and bad alternate every 2 s for 5 minutes: never 3 good reports in a row, so the
+    # node goes down once and stays down; the answers toggle once.
+    m = monitor()
+    states = []
+    for second in range(300):
+        bad = (second // 2) % 2 == 1
+        m.report(beat(seq=second + 1, power="off" if bad else "mains"), now=float(second))
+        states.append(int(m.state[0]))
+    toggles = sum(1 for x, y in zip(states, states[1:]) if x != y)
+    assert toggles == 1 and states[-1] == NodeState.DOWN
+
+
+def test_hold_down_doubles_for_a_node_that_keeps_failing_after_recovery() -> None:
+    # Down for 1 s, then good for 14 s, again and again: each recovery is followed by a
+    # quick failure, so each hold-down is twice the last (up to the maximum).
+    m = monitor()
+    recoveries = []
+    previous = int(m.state[0])
+    for second in range(400):
+        bad = second % 15 == 0
+        m.report(beat(seq=second + 1, power="off" if bad else "mains"), now=float(second))
+        if previous == NodeState.DOWN and m.state[0] == NodeState.UP:
+            recoveries.append(second)
+        previous = int(m.state[0])
+    gaps = [b - a for a, b in zip(recoveries, recoveries[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
+    assert m.hold_down[0] == SETTINGS.max_hold_down_s
+    # At most one recovery per (base) hold-down period over the whole run.
+    assert len(recoveries) <= 400 / SETTINGS.hold_down_s
+
+
+def test_admin_override_wins_and_up_clears_it() -> None:
+    m = monitor()
+    health = NodeHealth(("a", "b"), m)
+    assert health.heartbeat(beat("a", power="battery"), now=1.0)
+    assert health.states().tolist() == [NodeState.DRAINING, NodeState.UP]
+    assert health.set_admin_state("a", "down")
+    assert health.status()[0].reason == "admin: set down by operator"
+    assert not health.heartbeat(beat("a", seq=2), now=2.0)  # monitor improves; override holds
+    assert health.set_admin_state("a", "up")
+    assert health.states().tolist()[0] == NodeState.DRAINING  # back to what the monitor says
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "nodes.json"
+    first = NodeHealth(("a", "b"), monitor())
+    first.heartbeat(beat("a", power="off"), now=1.0)
+    first.set_admin_state("b", "drain")
+    first.save(path)
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temp file left
+    second = NodeHealth(("a", "b"), monitor())
+    assert second.load(path, now=0.0) == []
+    assert second.states().tolist() == [NodeState.DOWN, NodeState.DRAINING]
+    assert "restored" in second.status()[0].reason and second.status()[1].admin_state == "drain"
+    # A restored down node still needs the hold-down and good reports to return.
+    for t in range(1, 4):
+        second.heartbeat(beat("a", seq=t), now=float(t))
+    assert second.states().tolist()[0] == NodeState.DOWN
+
+
+def test_unreadable_state_file_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.json"
+    path.write_text("{broken")
+    health = NodeHealth(("a", "b"), monitor())
+    warnings = health.load(path, now=0.0)
+    assert len(warnings) == 1 and "unreadable" in warnings[0]
+    assert health.states().tolist() == [NodeState.UP, NodeState.UP]
