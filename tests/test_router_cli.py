@@ -70,3 +70,14 @@ def test_serve_refuses_a_broken_deployment(tmp_path: Path) -> None:
     result = _serve("--zones", str(tmp_path / "zones"), "--listen", "127.0.0.1:0")
     assert result.returncode == 1
     assert f"{tmp_path / 'zones' / 'deployment.yaml'}:1: cannot read file" in result.stderr
+
+
+def test_serve_refuses_telemetry_without_health_settings(tmp_path: Path) -> None:
+    from tests.conftest import make_deployment
+
+    zones = make_deployment(tmp_path)
+    text = (zones / "deployment.yaml").read_text()
+    (zones / "deployment.yaml").write_text(text[: text.index("\n# Heartbeat telemetry")] + "\n")
+    result = _serve("--zones", str(zones), "--listen", "127.0.0.1:0", "--telemetry", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "--telemetry needs a health: section with keys in deployment.yaml" in result.stderr

@@ -248,6 +248,18 @@ NEGATIVE = [
         "zones/deployment.yaml:2: client_map: no such file geodata/iberia-client.mmdb (paths are relative to deployment.yaml)",
     ),
     case(
+        "health-key-unknown-node",
+        "zones/node-keys.sample.yaml:23: key for unknown node \"tef-mad-9\" (not in nodes.yaml)",
+    ),
+    case(
+        "health-key-not-hex",
+        "zones/node-keys.sample.yaml:21: node \"ix-lis-1\": key must be hexadecimal",
+    ),
+    case(
+        "health-node-without-key",
+        "zones/node-keys.sample.yaml:4: node \"pop-par-1\" has no key: it could never report",
+    ),
+    case(
         "latency-rtt-not-a-number",
         "geodata/country-rtt.csv:3: rtt_ms must be a number, got 'n/a'",
     ),
