@@ -53,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     from router import simulator
 
     simulator.add_arguments(simulate)
+    announce = sub.add_parser("anycast-announce", help="run under ExaBGP: announce the service and node prefixes while they can serve")
+    from router.anycast import announcer
+
+    announcer.add_arguments(announce)
 
     args = parser.parse_args(argv)
     if args.command == "simulate-nodes":
         return simulator.run(args)
+    if args.command == "anycast-announce":
+        return announcer.run(args)
     if args.command == "check":
         return cmd_check(args.directory)
     if args.command == "explain":

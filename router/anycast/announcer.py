@@ -181,7 +181,7 @@ class Announcer:
             self._reason = obs.reason
         wanted = wanted_routes(self.service_prefixes, obs)
         lines = changes(self.announced, wanted)
-        # Record first: if a signal cuts the writes short, withdraw_all still covers them all.
+        # Record first: if a write fails half-way (broken pipe), withdraw_all still covers every route.
         self.announced = wanted
         self._emit(lines)
         return lines

@@ -88,4 +88,5 @@ def worker_main(
     except WorkerStop:
         pass  # the signal arrived outside recvfrom
     stop.set()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second signal must not interrupt the join
     tcp_thread.join(timeout=2)
