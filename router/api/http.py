@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -70,7 +71,9 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         if state not in ADMIN_STATES:
             valid = ", ".join(f'"{s}"' for s in ADMIN_STATES)
             return web.json_response({"error": f"state must be one of {valid}, got {state!r}"}, status=400)
-        supervisor.set_admin_state(node_id, state)
+        # Waits until every worker serves the change; off the event loop, which keeps
+        # taking heartbeats meanwhile.
+        await asyncio.to_thread(supervisor.set_admin_state, node_id, state)
         log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
         return web.json_response({**node_json(node_id), "generation": supervisor.table.generation})
 

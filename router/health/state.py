@@ -57,8 +57,8 @@ class NodeHealth:
         self._admin: dict[str, tuple[str, str]] = {}  # node -> (admin state, reason)
         now = time.time()
         self._since = [now] * len(node_ids)
-        self._effective = self._compute()
         self._lock = threading.Lock()
+        self._effective = self._compute()
 
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._index
@@ -75,23 +75,23 @@ class NodeHealth:
                 self._admin.pop(node_id, None)
             else:
                 self._admin[node_id] = (admin, f"admin: set {admin} by operator")
-            return self._refresh()
+            return self._refresh_node(self._index[node_id])
 
     def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
-        """An accepted heartbeat; True when any effective state changed."""
+        """An accepted heartbeat; True when its node's effective state changed."""
         assert self.monitor is not None
         with self._lock:
-            self.monitor.report(heartbeat, now)
-            return self._refresh()
+            if not self.monitor.report(heartbeat, now):
+                return False
+            return self._refresh_node(self._index[heartbeat.node])
 
     def tick(self, now: float) -> bool:
         """Withdraw silent nodes; True when any effective state changed."""
         if self.monitor is None:
             return False
         with self._lock:
-            if not self.monitor.tick(now):
-                return False
-            return self._refresh()
+            changed = [self._refresh_node(i) for i in self.monitor.tick(now)]
+            return any(changed)
 
     # -- outputs -----------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class NodeHealth:
         with self._lock:
             return [
                 NodeStatus(node_id, state, reason, self._admin.get(node_id, (None, ""))[0], self._since[i])
-                for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._effective))
+                for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._compute()))
             ]
 
     # -- persistence -------------------------------------------------------------------
@@ -156,26 +156,26 @@ class NodeHealth:
         return warnings
 
     # -- combination ---------------------------------------------------------------------
+    # Heartbeats arrive thousands of times a second: each one touches only its own node.
+
+    def _entry(self, i: int) -> tuple[NodeState, str]:
+        admin = self._admin.get(self.node_ids[i])
+        if admin is not None:
+            return ADMIN_STATES[admin[0]], admin[1]  # type: ignore[return-value]
+        if self.monitor is not None:
+            return NodeState(int(self.monitor.state[i])), self.monitor.reason[i]
+        return NodeState.UP, "no health monitoring configured; in service"
 
     def _compute(self) -> list[tuple[NodeState, str]]:
-        result = []
-        for i, node_id in enumerate(self.node_ids):
-            admin = self._admin.get(node_id)
-            if admin is not None:
-                result.append((ADMIN_STATES[admin[0]], admin[1]))  # type: ignore[arg-type]
-            elif self.monitor is not None:
-                result.append((NodeState(int(self.monitor.state[i])), self.monitor.reason[i]))
-            else:
-                result.append((NodeState.UP, "no health monitoring configured; in service"))
-        return result
+        return [self._entry(i) for i in range(len(self.node_ids))]
+
+    def _refresh_node(self, i: int) -> bool:
+        entry = self._entry(i)
+        changed = entry[0] != self._effective[i][0]
+        if changed:
+            self._since[i] = time.time()
+        self._effective[i] = entry
+        return changed
 
     def _refresh(self) -> bool:
-        new = self._compute()
-        changed = False
-        now = time.time()
-        for i, ((old_state, _), (new_state, _)) in enumerate(zip(self._effective, new)):
-            if old_state != new_state:
-                self._since[i] = now
-                changed = True
-        self._effective = new
-        return changed
+        return any([self._refresh_node(i) for i in range(len(self.node_ids))])

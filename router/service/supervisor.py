@@ -150,7 +150,14 @@ class Supervisor:
         self.host = host
         self.worker_count = workers
         self.tcp_idle_timeout = tcp_idle_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # node health
+        self._workers_lock = threading.Lock()  # worker processes and their pipes
+        self._published = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._dirty = False
+        self._closing = False
+        self._publisher_thread: threading.Thread | None = None
         # "serving", or "draining" once asked to stop: still answering for a grace period
         # while anycast announcements are withdrawn, so resolvers move away without loss.
         self.service_state = "serving"
@@ -175,6 +182,8 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT
         for worker in self._workers:
             self._expect(worker, "ready", deadline)
+        self._publisher_thread = threading.Thread(target=self._publisher, name="publisher", daemon=True)
+        self._publisher_thread.start()
 
     def _spawn(self, index: int) -> _Worker:
         ours, theirs = self._context.Pipe()
@@ -202,7 +211,7 @@ class Supervisor:
 
     def check_workers(self) -> None:
         """Replace any worker that died; it starts on the current routing table."""
-        with self._lock:
+        with self._workers_lock:
             for i, worker in enumerate(self._workers):
                 if worker.process.is_alive():
                     continue
@@ -212,6 +221,11 @@ class Supervisor:
                 self._expect(self._workers[i], "ready", time.monotonic() + READY_TIMEOUT)
 
     def stop(self) -> None:
+        with self._published:
+            self._closing = True
+            self._published.notify_all()
+        if self._publisher_thread is not None:
+            self._publisher_thread.join(timeout=30)
         for worker in self._workers:
             try:
                 worker.control.send(("stop",))
@@ -231,16 +245,16 @@ class Supervisor:
     # -- state changes -------------------------------------------------------------------
 
     def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
-        """Apply an operator override and, if it changes anything, publish a new table."""
+        """Apply an operator override; return once every worker serves the result."""
         with self._lock:
             changed = self.health.set_admin_state(node_id, state)
             self._save_state()
-            if changed:
-                self._rebuild()
-            return next(s for s in self.health.status() if s.node_id == node_id)
+        if changed:
+            self.wait_published(self.request_rebuild())
+        return next(s for s in self.health.status() if s.node_id == node_id)
 
     def on_heartbeat(self, packet: bytes, now: float | None = None) -> None:
-        """One telemetry datagram: verify it, apply it, publish at once if a state changed."""
+        """One telemetry datagram: verify it, apply it, ask for a new table if a state changed."""
         assert self.verifier is not None
         try:
             heartbeat = self.verifier.verify(packet)
@@ -249,26 +263,64 @@ class Supervisor:
             return
         now = time.monotonic() if now is None else now
         with self._lock:
-            if self.health.heartbeat(heartbeat, now):
+            changed = self.health.heartbeat(heartbeat, now)
+            if changed:
                 self._save_state()
-                self._rebuild()
-            elif now - self._published_at >= LOAD_REFRESH_S:
-                # Load moves every second; republish only when it moved enough to matter.
-                if np.abs(self.health.utilization() - self._published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
-                    self._rebuild()
+        if changed:
+            self.request_rebuild()
+        elif now - self._published_at >= LOAD_REFRESH_S and not self._dirty:
+            # Load moves every second; republish only when it moved enough to matter.
+            if np.abs(self.health.utilization() - self._published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
+                self.request_rebuild()
 
     def tick(self, now: float | None = None) -> None:
         """Withdraw nodes that went silent."""
         with self._lock:
-            if self.health.tick(time.monotonic() if now is None else now):
+            changed = self.health.tick(time.monotonic() if now is None else now)
+            if changed:
                 self._save_state()
-                self._rebuild()
+        if changed:
+            self.request_rebuild()
 
-    def _rebuild(self) -> None:
-        util = self.health.utilization()
-        self._publish(build_routing_table(self.model, self.health.states(), util, self.table.generation + 1))
-        self._published_util = util
-        self._published_at = time.monotonic()
+    # -- the publisher thread ------------------------------------------------------------
+    # Building a table can take a while on a large footprint. It runs in its own thread
+    # (the numba kernels release the GIL), so heartbeat intake never waits for it, and
+    # changes that arrive during a build are coalesced into the next one.
+
+    def request_rebuild(self) -> int:
+        """Ask for a table reflecting the current state; returns a ticket to wait on."""
+        with self._published:
+            self._requested += 1
+            self._dirty = True
+            self._published.notify_all()
+            return self._requested
+
+    def wait_published(self, ticket: int, timeout: float = 30.0) -> bool:
+        with self._published:
+            return self._published.wait_for(lambda: self._done >= ticket or self._closing, timeout)
+
+    def _publisher(self) -> None:
+        while True:
+            with self._published:
+                self._published.wait_for(lambda: self._dirty or self._closing)
+                if self._closing:
+                    return
+                self._dirty = False
+                ticket = self._requested
+            with self._lock:
+                states = self.health.states()
+                util = self.health.utilization().copy()
+            try:
+                table = build_routing_table(self.model, states, util, self.table.generation + 1)
+                with self._workers_lock:
+                    self._publish(table)
+                self._published_util = util
+                self._published_at = time.monotonic()
+            except Exception:
+                log.exception("building or publishing a routing table failed; keeping the last one")
+            with self._published:
+                self._done = ticket
+                self._published.notify_all()
 
     def _save_state(self) -> None:
         if self.state_file is None:
