@@ -183,6 +183,7 @@ async def _run(  # noqa: ANN001
     telemetry_text = "off"
     transport = None
     tick_task = None
+    probe_task = None
     if telemetry is not None:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _HeartbeatProtocol(supervisor), local_addr=telemetry, reuse_port=False
@@ -190,6 +191,14 @@ async def _run(  # noqa: ANN001
         bound = transport.get_extra_info("sockname")
         telemetry_text = _endpoint(bound[0], bound[1])
         tick_task = asyncio.create_task(_tick(supervisor))
+        targets = supervisor.probe_targets()
+        if targets:
+            from router.health.probes import run_probes
+
+            health = supervisor.deployment.health
+            probe_task = asyncio.create_task(
+                run_probes(targets, health.probe_interval_s, health.probe_timeout_s, supervisor.on_probe)
+            )
     dns_text = _endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
     print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
@@ -206,8 +215,13 @@ async def _run(  # noqa: ANN001
             log.info("draining: answering for %.1f s more before stopping", drain_grace)
             await asyncio.sleep(drain_grace)
     finally:
-        if tick_task is not None:
-            tick_task.cancel()
+        for task in (tick_task, probe_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if transport is not None:
             transport.close()
         if runner is not None:

@@ -8,6 +8,7 @@ standard input change what nodes report, one per line; a selector is a node id,
     uplink SEL down|degraded|up          (every uplink of the selected nodes)
     load SEL GBPS
     silence SEL                          (stop sending: a silent death)
+    health SEL fail|ok                   (the health URL answers 503 / 200: a broken service)
     restore SEL                          (mains, uplinks up, base load, sending again)
     quit
 
@@ -43,7 +44,13 @@ class SimulatedNode:
     uplinks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(UPLINKS, "up"))
     load_gbps: float = 0.0
     silent: bool = False
+    health_failing: bool = False
     seq: int = 0
+
+    def healthy(self) -> bool:
+        """What the node's health URL says: serving, or not."""
+        serving = self.power in ("mains", "battery") and any(v != "down" for v in self.uplinks.values())
+        return serving and not self.silent and not self.health_failing
 
     def heartbeat(self) -> bytes:
         self.seq += 1
@@ -116,16 +123,21 @@ class Simulator:
             nodes = self.select(args[0])
             for n in nodes:
                 n.silent = True
+        elif verb == "health" and len(args) == 2 and args[1] in ("fail", "ok"):
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.health_failing = args[1] == "fail"
         elif verb == "restore" and len(args) == 1:
             nodes = self.select(args[0])
             for n in nodes:
-                n.power, n.silent = "mains", False
+                n.power, n.silent, n.health_failing = "mains", False, False
                 n.uplinks = dict.fromkeys(UPLINKS, "up")
                 n.load_gbps = n.node.capacity_gbps * BASE_LOAD_SHARE
         else:
             raise ValueError(
                 f"cannot parse {line.strip()!r}: expected power SEL {'|'.join(POWER_STATES)}, "
-                f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, restore SEL or quit"
+                f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, health SEL fail|ok, "
+                "restore SEL or quit"
             )
         for n in nodes:
             self.send(n)
@@ -165,12 +177,33 @@ class Simulator:
             await asyncio.sleep(min(0.005, max(0.0, next_send - time.monotonic())))
 
 
+async def serve_health(simulator: Simulator, listen: tuple[str, int]):  # noqa: ANN201
+    """Every node's health URL: 200 while it serves, 503 when it does not."""
+    from aiohttp import web
+
+    async def health(request: web.Request) -> web.Response:
+        node = simulator.nodes.get(request.match_info["node"])
+        if node is None:
+            return web.Response(status=404, text="unknown node\n")
+        if node.healthy():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="not serving\n")
+
+    app = web.Application()
+    app.router.add_get("/health/{node}", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, listen[0], listen[1]).start()
+    return runner
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zones", required=True, type=Path, help="deployment directory whose nodes to play")
     parser.add_argument("--target", required=True, help="the router's telemetry address, HOST:PORT")
     parser.add_argument("--keys", required=True, type=Path, help="the per-node keys file")
     parser.add_argument("--interval", type=float, help="seconds between heartbeats (default: the deployment's)")
     parser.add_argument("--duration", type=float, default=3600.0, help="stop by itself after this many seconds")
+    parser.add_argument("--health-listen", help="serve every node's health URL, GET /health/NODE, on HOST:PORT")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,8 +236,15 @@ def run(args: argparse.Namespace) -> int:
             # End of input is not a stop: a simulator without a terminal keeps playing.
 
         threading.Thread(target=read_stdin, daemon=True).start()
+        runner = None
+        if args.health_listen:
+            runner = await serve_health(simulator, parse_endpoint(args.health_listen, "--health-listen"))
         print(f"simulating {len(simulator.nodes)} nodes -> {args.target} every {interval:g} s", flush=True)
-        await simulator.run(args.duration, commands)
+        try:
+            await simulator.run(args.duration, commands)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
 
     try:
         asyncio.run(main())

@@ -223,3 +223,42 @@ def test_known_down_node_stays_down_across_restart(tmp_path: Path) -> None:
         second.stop()
         second.process.stdout.close()
     shutil.rmtree(tmp_path / "var")
+
+
+def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Path) -> None:
+    zones = fast_deployment(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health_port = s.getsockname()[1]
+    inventory = yaml.safe_load((zones / "nodes.yaml").read_text())
+    for node in inventory["nodes"]:
+        node["health_url"] = f"http://127.0.0.1:{health_port}/health/{node['id']}"
+    (zones / "nodes.yaml").write_text(yaml.safe_dump(inventory))
+    settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+    settings["health"].update({"probe_interval_s": 0.2, "probe_timeout_s": 0.5, "probe_failures": 2})
+    (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+    router = start_router(zones, tmp_path / "router.log", "--telemetry", "127.0.0.1:0")
+    assert router.telemetry is not None
+    target = f"{router.telemetry[0]}:{router.telemetry[1]}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones), "--target", target,
+         "--keys", str(zones / "node-keys.sample.yaml"), "--duration", "120",
+         "--health-listen", f"127.0.0.1:{health_port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    simulator = Simulator(process)
+    try:
+        assert process.stdout is not None and process.stdout.readline().startswith("simulating")
+        # Probes that ran before the simulator listened count as failures: wait for recovery.
+        wait_for(lambda: all(n["state"] == "up" for n in nodes(router).values()), 15, "every node up and probed")
+        wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the all-up table")
+        simulator.send("health tef-mad-1 fail")  # the service breaks; heartbeats carry on
+        wait_for(lambda: "192.0.2.11" not in ask(router), 5, "tef-mad-1 to leave on failed probes")
+        reason = nodes(router)["tef-mad-1"]["reason"]
+        assert "failed probes (HTTP 503)" in reason, reason
+        simulator.send("health tef-mad-1 ok")
+        wait_for(lambda: "192.0.2.11" in ask(router), 8, "tef-mad-1 to return once probes pass")
+    finally:
+        simulator.stop()
+        router.stop()
+        router.process.stdout.close()

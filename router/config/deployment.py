@@ -51,13 +51,16 @@ class HealthConfig(BaseModel):
     replay_window_s: float = Field(default=5.0, gt=0, le=300)
     high_water: float = Field(default=0.9, gt=0, le=2)
     startup_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    probe_interval_s: float = Field(default=2.0, gt=0, le=600)
+    probe_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    probe_failures: int = Field(default=3, ge=1, le=100)  # consecutive failed probes: down
 
     def settings(self) -> HealthSettings:
         return HealthSettings(
             heartbeat_interval_s=self.heartbeat_interval_s, missed_heartbeats=self.missed_heartbeats,
             recover_after=self.recover_after, hold_down_s=self.hold_down_s,
             max_hold_down_s=max(self.max_hold_down_s, self.hold_down_s), high_water=self.high_water,
-            startup_grace_s=self.startup_grace_s,
+            startup_grace_s=self.startup_grace_s, probe_failures=self.probe_failures,
         )  # fmt: skip
 
 

@@ -62,6 +62,9 @@ class Node(BaseModel):
     capacity_gbps: float = Field(gt=0)
     # Prefixes announced over BGP with this node as next hop while it is up (optional).
     anycast_prefixes: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Probed by the router as a second signal: http://HOST:PORT/PATH (GET, 2xx = good) or
+    # tcp://HOST:PORT (connect = good). Optional.
+    health_url: str | None = Field(default=None, pattern=r"^(https?://[^\s/]+(/\S*)?|tcp://[^\s/]+:\d+)$")
 
 
 class Inventory(BaseModel):

@@ -9,10 +9,10 @@ fails again soon after recovering has its hold-down doubled (up to ``max_hold_do
 flapping node toggles the answers less and less often; a node that stays up long enough
 gets the base hold-down back.
 
-Why these defaults (1 s interval, 3 missed, 3 good, 10 s hold-down): gdnsd's monitors use
-a 10 s interval with up_thresh 20 / ok_thresh 10 / down_thresh 10, i.e. tens of seconds to
-withdraw; Traffic Monitor polls caches about every 6 s and marks a cache down on the first
-failed poll. Heartbeats pushed every second let us withdraw a silent node in about 3 s and
+Why these defaults (1 s interval, 3 missed, 3 good, 10 s hold-down): gdnsd's documented
+monitor settings are a 10 s interval with up_thresh 20 / ok_thresh 10 / down_thresh 10, i.e.
+tens of seconds to withdraw; Traffic Monitor polls each cache on its health.polling.interval
+(several seconds in common profiles) and marks it down on a failed poll. Heartbeats pushed every second let us withdraw a silent node in about 3 s and
 an explicit failure at once, and 3 good reports plus 10 s keep a node that bounces once
 from coming back before it has shown it is stable.
 
@@ -38,6 +38,7 @@ class HealthSettings:
     max_hold_down_s: float = 160.0
     high_water: float = 0.9  # load / capacity above which a node drains
     startup_grace_s: float = 10.0  # never heard from since start: down after this
+    probe_failures: int = 3  # consecutive failed active probes: down
 
     @property
     def silence_bound_s(self) -> float:
@@ -78,6 +79,8 @@ class NodeMonitor:
         self.last_down = np.full(n, -np.inf)
         self.last_up = np.full(n, -np.inf)
         self.load_gbps = np.zeros(n)
+        self.probe_fail_streak = np.zeros(n, dtype=np.int64)
+        self.probe_detail = [""] * n
         self.started = now
         self.changes = 0  # state changes so far (for flap accounting and tests)
 
@@ -98,6 +101,9 @@ class NodeMonitor:
         self.last_seen[i] = now
         self.load_gbps[i] = heartbeat.load_gbps
         raw, why = assess(heartbeat, float(self.capacity[i]), self.settings.high_water)
+        if self.probe_fail_streak[i] >= self.settings.probe_failures:
+            # Heartbeats say fine, probes say no: the worse signal wins.
+            raw, why = NodeState.DOWN, self._probe_reason(i)
         current = NodeState(int(self.state[i]))
         if raw > current:
             self._set(i, raw, why, now)
@@ -116,6 +122,23 @@ class NodeMonitor:
             return False
         self._set(i, raw, f"recovered: {why}", now)
         return True
+
+    def probe(self, node_id: str, ok: bool, detail: str, now: float) -> bool:
+        """One active probe result; True when the node's state changed (only ever to down:
+        coming back is left to good heartbeats, once probes succeed again)."""
+        i = self.index[node_id]
+        if ok:
+            self.probe_fail_streak[i] = 0
+            return False
+        self.probe_fail_streak[i] += 1
+        self.probe_detail[i] = detail
+        if self.probe_fail_streak[i] >= self.settings.probe_failures and self.state[i] != int(NodeState.DOWN):
+            self._set(i, NodeState.DOWN, self._probe_reason(i), now)
+            return True
+        return False
+
+    def _probe_reason(self, i: int) -> str:
+        return f"{self.probe_fail_streak[i]} failed probes ({self.probe_detail[i]})"
 
     def tick(self, now: float) -> list[int]:
         """Withdraw silent nodes; the indexes of nodes whose state changed."""

@@ -85,6 +85,14 @@ class NodeHealth:
                 return False
             return self._refresh_node(self._index[heartbeat.node])
 
+    def probe(self, node_id: str, ok: bool, detail: str, now: float) -> bool:
+        """An active probe result; True when the node's effective state changed."""
+        assert self.monitor is not None
+        with self._lock:
+            if not self.monitor.probe(node_id, ok, detail, now):
+                return False
+            return self._refresh_node(self._index[node_id])
+
     def tick(self, now: float) -> bool:
         """Withdraw silent nodes; True when any effective state changed."""
         if self.monitor is None:

@@ -273,6 +273,17 @@ class Supervisor:
             if np.abs(self.health.utilization() - self._published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
                 self.request_rebuild()
 
+    def on_probe(self, node_id: str, ok: bool, detail: str) -> None:
+        with self._lock:
+            changed = self.health.probe(node_id, ok, detail, time.monotonic())
+            if changed:
+                self._save_state()
+        if changed:
+            self.request_rebuild()
+
+    def probe_targets(self) -> dict[str, str]:
+        return {n.id: n.health_url for n in self.deployment.inventory.nodes if n.health_url}
+
     def tick(self, now: float | None = None) -> None:
         """Withdraw nodes that went silent."""
         with self._lock:
