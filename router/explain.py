@@ -7,6 +7,7 @@ source address for a bare IP), so what is printed is what a resolver would get.
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass, field
 
 import dns.edns
@@ -18,6 +19,7 @@ import numpy as np
 
 from router.config.deployment import Deployment
 from router.dns.engine import Responder, TableView
+from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeState
 from router.service.supervisor import build_book
 from router.steering.build import build_routing_table
@@ -33,6 +35,7 @@ EXPLAIN_RESOLVER = "127.0.0.1"
 class Candidate:
     node: str
     state: str
+    reason: str
     latency_ms: float
     latency_source: str
     distance_km: float
@@ -76,6 +79,7 @@ class Explanation:
                     f"  {rank:>4}  {c.node:<14} {c.state:<9} {c.latency_ms:>10.1f} {c.latency_source:<9} "
                     f"{c.distance_km:>6.0f} {'yes' if c.onnet else 'no':<6} {(-c.onnet_bonus_ms if c.onnet else 0.0):>8.1f} "
                     f"{c.load_penalty_ms:>7.1f} {c.score:>8.1f}"
+                    + ("" if c.state == "up" else f"  ({c.reason})")
                 )
         scope = "none (no ECS in the query)" if self.ecs_scope is None else f"/{self.ecs_scope}"
         ttl = "-" if self.ttl is None else str(self.ttl)
@@ -84,10 +88,27 @@ class Explanation:
         return "\n".join(lines)
 
 
+def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: ANN001
+    """Node states as the running router last saved them (the state file), else all up."""
+    monitor = None
+    if deployment.health is not None:
+        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+    health = NodeHealth(model.node_ids, monitor)
+    if deployment.state_file is not None:
+        health.load(deployment.state_file, time.monotonic())
+    if monitor is not None:
+        # Offline, no heartbeat will come: what is not known to be down is shown as up.
+        for i, reason in enumerate(monitor.reason):
+            if monitor.state[i] == NodeState.UP and reason.startswith("no heartbeat yet"):
+                monitor.reason[i] = "no recorded problem (state file)"
+        health._refresh()
+    return health
+
+
 def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") -> Explanation:
     model = compile_model(deployment)
     book = build_book(deployment, model)
-    health = NodeHealth(model.node_ids)
+    health = _last_known_health(deployment, model)
     table = build_routing_table(model, health.states(), None, generation=1)
     view = TableView(table.generation, table.group_set, table.set_nodes)
     responder = Responder(book, model.client_map, lambda: view, record_decisions=True)
@@ -130,6 +151,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)))
     parts = group_components(inputs, decision.group)
     chosen = table.nodes_for(policy_index, decision.group)
+    reasons = [status.reason for status in health.status()]
     order = np.lexsort((np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state))
     for n in order:
         if not compiled.in_pool[n]:
@@ -138,6 +160,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
             Candidate(
                 node=model.node_ids[n],
                 state=NodeState(int(table.node_state[n])).label,
+                reason=reasons[n],
                 latency_ms=float(parts.latency_ms[n]),
                 latency_source="measured" if parts.measured[n] else "estimated",
                 distance_km=float(parts.distance_km[n]),

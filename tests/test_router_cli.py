@@ -81,3 +81,20 @@ def test_serve_refuses_telemetry_without_health_settings(tmp_path: Path) -> None
     result = _serve("--zones", str(zones), "--listen", "127.0.0.1:0", "--telemetry", "127.0.0.1:0")
     assert result.returncode == 1
     assert "--telemetry needs a health: section with keys in deployment.yaml" in result.stderr
+
+
+def test_explain_shows_last_known_node_states_and_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import make_deployment
+
+    zones = make_deployment(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "node-state.json").write_text(json.dumps({"nodes": {
+        "tef-mad-1": {"state": "down", "reason": "power off", "admin_state": None, "since": 0},
+        "tef-mad-2": {"state": "up", "reason": "heartbeats good", "admin_state": "drain", "since": 0},
+    }}))  # fmt: skip
+    assert main(["explain", "--zones", str(zones), "--json", "video.cdn.example.", "83.44.10.0/24"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    by_node = {c["node"]: c for c in result["candidates"]}
+    assert by_node["tef-mad-1"]["state"] == "down" and "power off" in by_node["tef-mad-1"]["reason"]
+    assert by_node["tef-mad-2"]["state"] == "draining" and "admin" in by_node["tef-mad-2"]["reason"]
+    assert [c["node"] for c in result["candidates"] if c["chosen"]] == ["tef-svq-1", "tef-bcn-1"]
