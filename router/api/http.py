@@ -33,6 +33,12 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         given = request.headers.get("Authorization", "").encode()
         return hmac.compare_digest(given, expected)
 
+    def unauthorized(request: web.Request) -> web.Response:
+        log.warning("rejected %s %s from %s: bad or missing token", request.method, request.path, request.remote)
+        return web.json_response(
+            {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+
     def node_json(node_id: str) -> dict[str, object]:
         status = next(s for s in supervisor.health.status() if s.node_id == node_id)
         node = next(n for n in supervisor.deployment.inventory.nodes if n.id == node_id)
@@ -56,10 +62,7 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
 
     async def put_admin_state(request: web.Request) -> web.Response:
         if not authorized(request):
-            log.warning("rejected admin-state change from %s: bad or missing token", request.remote)
-            return web.json_response(
-                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-            )
+            return unauthorized(request)
         node_id = request.match_info["node_id"]
         if node_id not in supervisor.health:
             return web.json_response({"error": f'unknown node "{node_id}"'}, status=404)
@@ -85,9 +88,7 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
 
     async def put_service_state(request: web.Request) -> web.Response:
         if not authorized(request):
-            return web.json_response(
-                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-            )
+            return unauthorized(request)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
