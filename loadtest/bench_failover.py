@@ -12,7 +12,10 @@ Runs on the sample deployment (zones/, its health settings as shipped: 1 s heart
 - recovery -> present again;
 - anycast: the router drained, the service route withdrawn in BIRD (ExaBGP + BIRD 2 lab);
 - cost: CPU of the router's control process per 1,000 heartbeats/s with 2,196 simulated
-  nodes (a large real footprint), measured from /proc over a fixed window.
+  nodes (a large real footprint), measured from /proc over a fixed window;
+- peer, same run: gdnsd 3 (multifo resource of 4 node addresses, each watched by its
+  http_status monitor on the simulator's health answer), node's health failed -> its address
+  absent from gdnsd's answer, with gdnsd's default monitor settings and a tuned fast set.
 
 Bounded: a fixed number of trials, each with a timeout; traffic only to 127.0.0.1.
 """
@@ -27,6 +30,7 @@ import random
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +39,9 @@ import urllib.request
 from pathlib import Path
 
 import dns.edns
+import dns.exception
 import dns.message
+import dns.query
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -261,6 +267,275 @@ def measure_heartbeat_cost(root: Path, window_s: float = 10.0) -> dict:
     }
 
 
+# --- Peer: gdnsd 3, multifo + http_status --------------------------------------------------
+#
+# gdnsd monitors the very addresses it answers, one service_type (so one url_path and port)
+# for every address of a resource. So each peer node gets its own loopback address
+# (127.0.1.N for the default-settings resource, 127.0.2.N for the fast one) with a health
+# endpoint on the same port that answers what the simulator's GET /health/NODE answers for
+# that node (SimulatedNode.healthy(): 200 while serving, 503 after `health NODE fail`).
+
+GDNSD_NODES = 4
+# gdnsd 3.8's own defaults (gdnsd.config(5)): interval 10, timeout interval/2 = 5,
+# down_thresh 10, ok_thresh 10, up_thresh 20. Written out so the config says what it runs.
+GDNSD_DEFAULT = {"interval": 10, "timeout": 5, "down_thresh": 10, "ok_thresh": 10, "up_thresh": 20}
+# The fastest gdnsd 3.8.1 accepts: interval >= 2 (checkconf: "Value out of range (2, 3600)"),
+# timeout >= 1 and < interval, thresholds >= 1.
+GDNSD_FAST = {"interval": 2, "timeout": 1, "down_thresh": 1, "ok_thresh": 1, "up_thresh": 1}
+GDNSD_DEFAULT_TIMEOUT_S = 130.0  # expected ~90-100 s (10 failed polls 10 s apart)
+GDNSD_FAST_TRIALS = 5
+
+
+def gdnsd_binary() -> tuple[str | None, str]:
+    """The gdnsd binary, installing the Debian package when missing and running as root."""
+    found = shutil.which("gdnsd") or ("/usr/sbin/gdnsd" if Path("/usr/sbin/gdnsd").exists() else None)
+    if found:
+        return found, ""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, "gdnsd not installed and not root (or no apt-get): peer not measured"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=False)
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", "gdnsd"], env=env, capture_output=True,
+                              text=True, timeout=600, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"installing gdnsd failed: {exc}"
+    found = shutil.which("gdnsd") or ("/usr/sbin/gdnsd" if Path("/usr/sbin/gdnsd").exists() else None)
+    if found is None:
+        return None, f"apt-get install gdnsd failed: {done.stderr.strip()[-300:]}"
+    return found, ""
+
+
+def free_port(kind: int, host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def gdnsd_config(cfg: Path, dns_port: int, health_port: int) -> None:
+    def service(settings: dict) -> str:
+        extra = ", ".join(f"{k} => {v}" for k, v in settings.items())
+        return f"{{ plugin => http_status, port => {health_port}, url_path => /health, {extra} }}"
+
+    def resource(name: str, net: int) -> str:
+        addrs = ", ".join(f"n{i} => 127.0.{net}.{i}" for i in range(1, GDNSD_NODES + 1))
+        return f"    {name} => {{ service_types => hs_{name}, {addrs} }}"
+
+    (cfg / "zones").mkdir(parents=True)
+    (cfg / "config").write_text(f"""options => {{
+  listen => [ 127.0.0.1 ]
+  dns_port => {dns_port}
+  run_dir => {cfg / "run"}
+  state_dir => {cfg / "state"}
+}}
+service_types => {{
+  hs_default => {service(GDNSD_DEFAULT)}
+  hs_fast => {service(GDNSD_FAST)}
+}}
+plugins => {{
+  multifo => {{
+{resource("default", 1)}
+{resource("fast", 2)}
+  }}
+}}
+""")
+    (cfg / "zones" / "peer.example").write_text("""$TTL 60
+@ SOA ns1 hostmaster 1 7200 1800 259200 60
+@ NS ns1
+ns1 A 127.0.0.1
+video-default 30 DYNA multifo!default
+video-fast 30 DYNA multifo!fast
+""")
+
+
+def gdnsd_answer(name: str, port: int) -> set[str] | None:
+    query = dns.message.make_query(f"{name}.peer.example.", "A")
+    try:
+        reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=1.0)
+    except (dns.exception.DNSException, OSError):
+        return None
+    return {rdata.address for rrset in reply.answer for rdata in rrset}
+
+
+def poll_gdnsd(predicate, timeout: float, started: float) -> float | None:  # noqa: ANN001
+    """Like wait_until, polling gdnsd every 10 ms."""
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return (time.monotonic() - started) * 1000.0
+        time.sleep(0.010)
+    return None
+
+
+def measure_gdnsd_peer(root: Path) -> dict:
+    figures: dict = {
+        "gdnsd_version": None, "gdnsd_default_settings": GDNSD_DEFAULT, "gdnsd_fast_settings": GDNSD_FAST,
+        "gdnsd_default_withdraw_ms_p50": None, "gdnsd_default_withdraw_ms_at_least": None,
+        "gdnsd_default_trials": 0, "gdnsd_default_timeouts": 0,
+        "gdnsd_fast_withdraw_ms_p50": None, "gdnsd_fast_withdraw_ms_max": None, "gdnsd_fast_recovery_ms_p50": None,
+        "gdnsd_fast_trials": 0, "gdnsd_fast_timeouts": 0, "gdnsd_note": "",
+    }  # fmt: skip
+    binary, note = gdnsd_binary()
+    if binary is None:
+        figures["gdnsd_note"] = note
+        return figures
+    version = subprocess.run([binary], capture_output=True, text=True, check=False).stderr.split("\n")[0]
+    figures["gdnsd_version"] = version.replace("gdnsd version", "").strip() or None
+    zones = make_deployment(root / "gdnsd-sample")
+    settings = yaml.safe_load((zones / "deployment.yaml").read_text())["health"]
+    node_ids = [n.id for n in load_deployment(zones).inventory.nodes][: 2 * GDNSD_NODES]
+    addr = {node: f"127.0.{1 + i // GDNSD_NODES}.{1 + i % GDNSD_NODES}" for i, node in enumerate(node_ids)}
+    default_nodes, fast_nodes = node_ids[:GDNSD_NODES], node_ids[GDNSD_NODES:]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # heartbeats go nowhere: only health matters here
+    sink.bind(("127.0.0.1", 0))
+    sim = SimulatorThread(zones, zones / settings["keys"], sink.getsockname(), duration=600)
+    health_port = free_port(socket.SOCK_STREAM)
+    dns_port = free_port(socket.SOCK_DGRAM)
+    cfg = root / "gdnsd"
+    gdnsd_config(cfg, dns_port, health_port)
+
+    async def start_health():  # noqa: ANN202
+        from aiohttp import web
+
+        runners = []
+        for node, ip in addr.items():
+            async def health(_request: web.Request, node: str = node) -> web.Response:
+                if sim.simulator.nodes[node].healthy():
+                    return web.Response(text="ok\n")
+                return web.Response(status=503, text="not serving\n")
+
+            app = web.Application()
+            app.router.add_get("/health", health)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, ip, health_port).start()
+            runners.append(runner)
+        return runners
+
+    async def stop_health(runners) -> None:  # noqa: ANN001
+        for runner in runners:
+            await runner.cleanup()
+
+    runners: list = []
+    process = None
+    log = (root / "gdnsd.log").open("w")
+    try:
+        runners = asyncio.run_coroutine_threadsafe(start_health(), sim.loop).result(15)
+        process = subprocess.Popen([binary, "-c", str(cfg), "start"], stdout=log, stderr=subprocess.STDOUT)
+        every = {name: {addr[n] for n in nodes} for name, nodes in (("default", default_nodes), ("fast", fast_nodes))}
+        ready = poll_gdnsd(lambda: all(gdnsd_answer(f"video-{k}", dns_port) == v for k, v in every.items()),
+                           30, time.monotonic())  # fmt: skip
+        if ready is None:
+            raise RuntimeError(f"gdnsd never answered all nodes (exit {process.poll()}); see its log")
+        time.sleep(1.0)
+
+        # Fast settings: several trials, each node failed, then restored (up_thresh 1: back in a poll).
+        fast: list[float] = []
+        recovery: list[float] = []
+        rng = random.Random(5)
+        for trial in range(GDNSD_FAST_TRIALS):
+            node = fast_nodes[trial % GDNSD_NODES]
+            started = sim.send(f"health {node} fail")
+            took = poll_gdnsd(lambda ip=addr[node]: ip not in (gdnsd_answer("video-fast", dns_port) or {ip}), 15, started)
+            started = sim.send(f"restore {node}")
+            back = poll_gdnsd(lambda ip=addr[node]: ip in (gdnsd_answer("video-fast", dns_port) or set()), 15, started)
+            print(f"  gdnsd fast    {trial + 1}/{GDNSD_FAST_TRIALS}: {node:14} withdrawn in "
+                  f"{took if took is None else round(took, 1)} ms, back in {back if back is None else round(back)} ms",
+                  flush=True)  # fmt: skip
+            if took is None:
+                figures["gdnsd_fast_timeouts"] += 1
+            else:
+                fast.append(took)
+            if back is not None:
+                recovery.append(back)
+            # A random pause, so the failures land at random phases of gdnsd's poll interval.
+            time.sleep(rng.uniform(0.2, 0.2 + GDNSD_FAST["interval"]))
+
+        # Default settings: ~90-100 s per withdrawal, so two nodes fail at once (each address
+        # is polled on its own schedule: two independent samples). 2 of 4 left still passes
+        # multifo's up_thresh 0.5, so the answer really drops them. Never restored: coming
+        # back would take up_thresh 20 x 10 s.
+        victims = default_nodes[:2]
+        started_at = {node: sim.send(f"health {node} fail") for node in victims}
+        gone: dict[str, float] = {}
+        while len(gone) < len(victims) and time.monotonic() - min(started_at.values()) < GDNSD_DEFAULT_TIMEOUT_S:
+            current = gdnsd_answer("video-default", dns_port)
+            for node in victims:
+                if node not in gone and current is not None and addr[node] not in current:
+                    gone[node] = (time.monotonic() - started_at[node]) * 1000.0
+            time.sleep(0.010)
+        for node in victims:
+            took = gone.get(node)
+            print(f"  gdnsd default: {node:14} withdrawn in "
+                  f"{f'> {GDNSD_DEFAULT_TIMEOUT_S:g} s (timeout)' if took is None else f'{took:.1f} ms'}", flush=True)
+        figures["gdnsd_default_trials"] = len(gone)
+        figures["gdnsd_default_timeouts"] = len(victims) - len(gone)
+        if gone and len(gone) == len(victims):
+            figures["gdnsd_default_withdraw_ms_p50"] = round(statistics.median(gone.values()), 1)
+        else:
+            figures["gdnsd_default_withdraw_ms_at_least"] = GDNSD_DEFAULT_TIMEOUT_S * 1000.0
+        if fast:
+            figures["gdnsd_fast_withdraw_ms_p50"] = round(statistics.median(fast), 1)
+            figures["gdnsd_fast_withdraw_ms_max"] = round(max(fast), 1)
+        if recovery:
+            figures["gdnsd_fast_recovery_ms_p50"] = round(statistics.median(recovery), 1)
+        figures["gdnsd_fast_trials"] = len(fast)
+        notes = [f"gdnsd {figures['gdnsd_version']} multifo, {GDNSD_NODES} addresses, http_status monitor; "
+                 "time from `health NODE fail` to the address absent, polled over UDP every 10 ms"]  # fmt: skip
+        if figures["gdnsd_default_withdraw_ms_at_least"] is not None:
+            notes.append(f"default settings: not withdrawn within {GDNSD_DEFAULT_TIMEOUT_S:g} s; "
+                         "gdnsd_default_withdraw_ms_at_least is a lower bound")  # fmt: skip
+        figures["gdnsd_note"] = "; ".join(notes)
+    except Exception as exc:  # noqa: BLE001 - the peer never breaks our own figures
+        figures["gdnsd_note"] = f"peer measurement failed: {type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        log.close()
+        if runners:
+            asyncio.run_coroutine_threadsafe(stop_health(runners), sim.loop).result(10)
+        sim.stop()
+        sink.close()
+    return figures
+
+
+def ratio(peer: float | None, ours: float | None) -> float | None:
+    return None if peer is None or not ours else round(peer / ours, 1)
+
+
+def print_peer_table(figures: dict) -> None:
+    def ms(value: float | None, lower_bound: float | None = None) -> str:
+        if value is None:
+            return f">= {lower_bound:,.0f} ms" if lower_bound is not None else "not measured"
+        return f"{value:,.1f} ms"
+
+    def r(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}x"
+
+    gd_default = figures.get("gdnsd_default_withdraw_ms_p50")
+    gd_default_lb = figures.get("gdnsd_default_withdraw_ms_at_least")
+    gd_fast = figures.get("gdnsd_fast_withdraw_ms_p50")
+    explicit, silent = figures.get("explicit_withdraw_ms_p50"), figures.get("silent_withdraw_ms_p50")
+    rows = [
+        ("router: explicit report (power/uplinks), p50", ms(explicit), "1.0x", "-"),
+        ("router: silent death (3 missed heartbeats), p50", ms(silent), "-", "1.0x"),
+        ("gdnsd 3 http_status, defaults (10 s x 10), p50", ms(gd_default, gd_default_lb),
+         r(ratio(gd_default, explicit)), r(ratio(gd_default, silent))),
+        ("gdnsd 3 http_status, fast (2 s x 1), p50", ms(gd_fast), r(ratio(gd_fast, explicit)), r(ratio(gd_fast, silent))),
+    ]  # fmt: skip
+    head = ("failed node -> absent from the answer", "time", "/ router explicit", "/ router silent")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
+    print("peer, same run (ratio = peer / ours; the probe-based peer compares most fairly with our silent path):")
+    for row in [head, *rows]:
+        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    if figures.get("gdnsd_note"):
+        print(f"  note: {figures['gdnsd_note']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -272,6 +547,14 @@ def main() -> int:
         figures = measure_failover(root, args.trials)
         print(f"heartbeat cost with {FOOTPRINT_NODES} simulated nodes:", flush=True)
         figures.update(measure_heartbeat_cost(root))
+        print("peer: gdnsd 3 with http_status monitors (about 3 minutes):", flush=True)
+        figures.update(measure_gdnsd_peer(root))
+        figures["ratio_gdnsd_fast_vs_router_explicit"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
+                                                              figures["explicit_withdraw_ms_p50"])
+        figures["ratio_gdnsd_fast_vs_router_silent"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
+                                                            figures["silent_withdraw_ms_p50"])
+        figures["ratio_gdnsd_default_vs_router_silent"] = ratio(figures["gdnsd_default_withdraw_ms_p50"],
+                                                               figures["silent_withdraw_ms_p50"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     figures["command"] = "python loadtest/bench_failover.py --json FILE --trials " + str(args.trials)
@@ -280,6 +563,7 @@ def main() -> int:
         print(f"  {key:<{width}}  {value}")
     target_ok = figures["explicit_withdraw_ms_p50"] < 100 and figures["silent_withdraw_ms_max"] <= figures["silent_bound_ms"] + 100
     print(f"targets (explicit p50 < 100 ms; silent within bound + 100 ms): {'met' if target_ok else 'NOT met'}")
+    print_peer_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
