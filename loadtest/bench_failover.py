@@ -399,9 +399,8 @@ def measure_gdnsd_peer(root: Path) -> dict:
         runners = []
         for node, ip in addr.items():
             async def health(_request: web.Request, node: str = node) -> web.Response:
-                if sim.simulator.nodes[node].healthy():
-                    return web.Response(text="ok\n")
-                return web.Response(status=503, text="not serving\n")
+                status, body = sim.simulator.nodes[node].health_response()
+                return web.Response(status=status, text=body)
 
             app = web.Application()
             app.router.add_get("/health", health)

@@ -52,6 +52,10 @@ class SimulatedNode:
         serving = self.power in ("mains", "battery") and any(v != "down" for v in self.uplinks.values())
         return serving and not self.silent and not self.health_failing
 
+    def health_response(self) -> tuple[int, str]:
+        """(HTTP status, body) of the node's health URL."""
+        return (200, "ok\n") if self.healthy() else (503, "not serving\n")
+
     def heartbeat(self) -> bytes:
         self.seq += 1
         report = Heartbeat(
@@ -185,9 +189,8 @@ async def serve_health(simulator: Simulator, listen: tuple[str, int]):  # noqa: 
         node = simulator.nodes.get(request.match_info["node"])
         if node is None:
             return web.Response(status=404, text="unknown node\n")
-        if node.healthy():
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="not serving\n")
+        status, body = node.health_response()
+        return web.Response(status=status, text=body)
 
     app = web.Application()
     app.router.add_get("/health/{node}", health)
