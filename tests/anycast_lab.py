@@ -138,6 +138,7 @@ protocol bgp exabgp {{
   multihop;           # loopback peers are not on a shared subnet BIRD would call direct
   hold time 30;
   ipv4 {{ import all; export none; }};
+  ipv6 {{ import all; export none; }};  # IPv6 node prefixes ride the same session (MP-BGP)
 }}
 """
         )
@@ -163,7 +164,7 @@ neighbor {self.bird_address} {{
   connect {self.bird_port};
   passive false;
   hold-time 30;
-  family {{ ipv4 unicast; }}
+  family {{ ipv4 unicast; ipv6 unicast; }}
   api {{ processes [ announcer ]; }}
 }}
 """

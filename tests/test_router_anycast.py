@@ -38,8 +38,10 @@ from tests.conftest import REPO, RunningRouter, make_deployment, start_router
 
 SERVICE = "192.0.2.53/32"
 NODE_PREFIX = "203.0.113.128/25"
+NODE_PREFIX6 = "2001:db8:ff80::/48"
 NODE_ID = "ix-mad-1"
 NODE_IPV4 = "203.0.113.11"
+NODE_IPV6 = "2001:db8:71::1"
 
 
 # -- fakes: the router's API and its DNS ---------------------------------------------------
@@ -304,7 +306,7 @@ def anycast_router(tmp_path: Path) -> Iterator[RunningRouter]:
     marker = f"id: {NODE_ID}, "
     text = nodes.read_text()
     line = next(x for x in text.splitlines() if marker in x)
-    nodes.write_text(text.replace(line, line.replace(" capacity_gbps:", f' anycast_prefixes: ["{NODE_PREFIX}"], capacity_gbps:')))
+    nodes.write_text(text.replace(line, line.replace(" capacity_gbps:", f' anycast_prefixes: ["{NODE_PREFIX}", "{NODE_PREFIX6}"], capacity_gbps:')))
     running = start_router(zones, tmp_path / "router.log", "--drain-grace", "2", workers=2)
     yield running
     running.stop()
@@ -337,14 +339,15 @@ def test_bird_learns_and_loses_routes(anycast_router: RunningRouter, lab: Anycas
         lab.wait_for(lambda: check(lab.routes()), 15, what)
         return lab.routes()
 
-    routes = until("both prefixes", lambda r: SERVICE in r and NODE_PREFIX in r)
+    routes = until("every prefix", lambda r: SERVICE in r and NODE_PREFIX in r and NODE_PREFIX6 in r)
     assert routes[NODE_PREFIX] == NODE_IPV4
+    assert routes[NODE_PREFIX6] == NODE_IPV6  # the node's IPv6 address as next hop
     assert routes[SERVICE] == lab.exabgp_address  # next-hop self
 
     _put(anycast_router, f"/v1/nodes/{NODE_ID}/admin-state", {"state": "down"})
-    until("node prefix withdrawn", lambda r: NODE_PREFIX not in r and SERVICE in r)
+    until("node prefixes withdrawn", lambda r: NODE_PREFIX not in r and NODE_PREFIX6 not in r and SERVICE in r)
     _put(anycast_router, f"/v1/nodes/{NODE_ID}/admin-state", {"state": "up"})
-    until("node prefix back", lambda r: r.get(NODE_PREFIX) == NODE_IPV4)
+    until("node prefixes back", lambda r: r.get(NODE_PREFIX) == NODE_IPV4 and r.get(NODE_PREFIX6) == NODE_IPV6)
 
     _put(anycast_router, "/v1/status", {"state": "draining"})
     until("service prefix withdrawn", lambda r: SERVICE not in r and NODE_PREFIX in r)
