@@ -101,7 +101,6 @@ def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: AN
         for i, reason in enumerate(monitor.reason):
             if monitor.state[i] == NodeState.UP and reason.startswith("no heartbeat yet"):
                 monitor.reason[i] = "no recorded problem (state file)"
-        health._refresh()
     return health
 
 

@@ -221,18 +221,18 @@ class AnswerBook:
                 # DS set, which belongs to the parent side of the cut (RFC 4035 3.1.4.1).
                 ds = node.get_rdataset(IN, dns.rdatatype.DS)
                 if ds is not None:
-                    self.exact[(key, dns.rdatatype.DS)] = self._positive(index, name, name, ds)
+                    self.exact[(key, dns.rdatatype.DS)] = self._positive(index, name, ds)
                 continue
             cname = node.get_rdataset(IN, CNAME)
             if cname is not None:
                 index.cnames[key] = name
-                self.exact[(key, CNAME)] = self._positive(index, name, name, cname)
+                self.exact[(key, CNAME)] = self._positive(index, name, cname)
                 for qtype in (A, AAAA):
                     self.exact[(key, qtype)] = self._cname_chain(index, name, qtype)
-                self.exact[(key, wire.TYPE_ANY)] = self._positive(index, name, name, cname)
+                self.exact[(key, wire.TYPE_ANY)] = self._positive(index, name, cname)
                 continue
             for rdataset in node.rdatasets:
-                self.exact[(key, rdataset.rdtype)] = self._positive(index, name, name, rdataset)
+                self.exact[(key, rdataset.rdtype)] = self._positive(index, name, rdataset)
             self.exact[(key, wire.TYPE_ANY)] = self._any(name)
         for key in self.steered_names:
             if key in index.names and (key, wire.TYPE_ANY) not in self.exact:
@@ -279,9 +279,7 @@ class AnswerBook:
         flags = (wire.AA if authoritative else 0) | rcode
         return StaticAnswer(flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required)
 
-    def _positive(
-        self, index: ZoneIndex, qname: dns.name.Name, owner: dns.name.Name, rdataset: dns.rdataset.Rdataset
-    ) -> StaticAnswer:
+    def _positive(self, index: ZoneIndex, qname: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> StaticAnswer:
         answer = [_rrset(qname, rdataset)]
         return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, answer, [], self._additional(index, answer))
 
