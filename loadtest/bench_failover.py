@@ -99,11 +99,12 @@ def answer(router: RunningRouter, subnet: str, sock: socket.socket) -> list[str]
     return [rdata.address for rrset in reply.answer for rdata in rrset]
 
 
-def wait_until(predicate, timeout: float, started: float) -> float | None:  # noqa: ANN001
+def wait_until(predicate, timeout: float, started: float, every: float = 0.002) -> float | None:  # noqa: ANN001
+    """Milliseconds from ``started`` until ``predicate`` holds, polled every ``every`` s; None on timeout."""
     while time.monotonic() - started < timeout:
         if predicate():
             return (time.monotonic() - started) * 1000.0
-        time.sleep(0.002)
+        time.sleep(every)
     return None
 
 
@@ -357,15 +358,6 @@ def gdnsd_answer(name: str, port: int) -> set[str] | None:
     return {rdata.address for rrset in reply.answer for rdata in rrset}
 
 
-def poll_gdnsd(predicate, timeout: float, started: float) -> float | None:  # noqa: ANN001
-    """Like wait_until, polling gdnsd every 10 ms."""
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return (time.monotonic() - started) * 1000.0
-        time.sleep(0.010)
-    return None
-
-
 def measure_gdnsd_peer(root: Path) -> dict:
     figures: dict = {
         "gdnsd_version": None, "gdnsd_default_settings": GDNSD_DEFAULT, "gdnsd_fast_settings": GDNSD_FAST,
@@ -421,8 +413,8 @@ def measure_gdnsd_peer(root: Path) -> dict:
         runners = asyncio.run_coroutine_threadsafe(start_health(), sim.loop).result(15)
         process = subprocess.Popen([binary, "-c", str(cfg), "start"], stdout=log, stderr=subprocess.STDOUT)
         every = {name: {addr[n] for n in nodes} for name, nodes in (("default", default_nodes), ("fast", fast_nodes))}
-        ready = poll_gdnsd(lambda: all(gdnsd_answer(f"video-{k}", dns_port) == v for k, v in every.items()),
-                           30, time.monotonic())  # fmt: skip
+        ready = wait_until(lambda: all(gdnsd_answer(f"video-{k}", dns_port) == v for k, v in every.items()),
+                           30, time.monotonic(), every=0.010)  # fmt: skip
         if ready is None:
             raise RuntimeError(f"gdnsd never answered all nodes (exit {process.poll()}); see its log")
         time.sleep(1.0)
@@ -434,9 +426,11 @@ def measure_gdnsd_peer(root: Path) -> dict:
         for trial in range(GDNSD_FAST_TRIALS):
             node = fast_nodes[trial % GDNSD_NODES]
             started = sim.send(f"health {node} fail")
-            took = poll_gdnsd(lambda ip=addr[node]: ip not in (gdnsd_answer("video-fast", dns_port) or {ip}), 15, started)
+            took = wait_until(lambda ip=addr[node]: ip not in (gdnsd_answer("video-fast", dns_port) or {ip}), 15, started,
+                              every=0.010)  # fmt: skip
             started = sim.send(f"restore {node}")
-            back = poll_gdnsd(lambda ip=addr[node]: ip in (gdnsd_answer("video-fast", dns_port) or set()), 15, started)
+            back = wait_until(lambda ip=addr[node]: ip in (gdnsd_answer("video-fast", dns_port) or set()), 15, started,
+                              every=0.010)  # fmt: skip
             print(f"  gdnsd fast    {trial + 1}/{GDNSD_FAST_TRIALS}: {node:14} withdrawn in "
                   f"{took if took is None else round(took, 1)} ms, back in {back if back is None else round(back)} ms",
                   flush=True)  # fmt: skip
