@@ -26,6 +26,9 @@ from router.steering.build import build_routing_table
 from router.steering.model import compile_model
 from router.steering.rank import group_components
 
+# Indexed by the kernels' latency source codes (ESTIMATED, COUNTRY_TABLE, NODE_SAMPLES).
+LATENCY_SOURCES = ("estimated", "measured", "node samples")
+
 # A bare client IP is explained as a query sent from that address (no ECS); a subnet as
 # an ECS query from a resolver on loopback.
 EXPLAIN_RESOLVER = "127.0.0.1"
@@ -69,7 +72,9 @@ class Explanation:
             lines.append("policy:  none (static answer from the zone file)")
         else:
             lines.append(f"policy:  {self.policy}")
-            lines.append(f"group:   {self.group} = {self.group_label} (located by {self.located_by})")
+            lines.append(
+                f"group:   {self.group} = {self.group_label} (located by {self.located_by})"
+            )
             lines.append("candidates (best first; score = latency - on-net bonus + load penalty):")
             lines.append(f"  {'rank':>4}  {'node':<14} {'health':<9} {'latency_ms':>10} {'source':<9} "
                          f"{'km':>6} {'on-net':<6} {'bonus_ms':>8} {'load_ms':>7} {'score':>8}")  # fmt: skip
@@ -92,7 +97,9 @@ def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: AN
     """Node states as the running router last saved them (the state file), else all up."""
     monitor = None
     if deployment.health is not None:
-        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+        monitor = NodeMonitor(
+            model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic()
+        )
     health = NodeHealth(model.node_ids, monitor)
     if deployment.state_file is not None:
         health.load(deployment.state_file, time.monotonic())
@@ -127,10 +134,14 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     assert reply_wire is not None
     reply = dns.message.from_wire(reply_wire)
 
-    result = Explanation(name=qname.to_text(), qtype=dns.rdatatype.to_text(rdtype), client=client, steered=False)
+    result = Explanation(
+        name=qname.to_text(), qtype=dns.rdatatype.to_text(rdtype), client=client, steered=False
+    )
     result.rcode = dns.rcode.to_text(reply.rcode())
     result.answer = [rr for rrset in reply.answer for rr in rrset.to_text().split("\n")]
-    result.answer += [f"(authority) {rr}" for rrset in reply.authority for rr in rrset.to_text().split("\n")]
+    result.answer += [
+        f"(authority) {rr}" for rrset in reply.authority for rr in rrset.to_text().split("\n")
+    ]
     ttls = [rrset.ttl for rrset in reply.answer]
     result.ttl = min(ttls) if ttls else None
     for option in reply.options:
@@ -139,7 +150,11 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
 
     policy_index = next((p for n, p in model.steered if n == qname), None)
     decision = responder.last_decision
-    if policy_index is None or decision is None or rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
+    if (
+        policy_index is None
+        or decision is None
+        or rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA)
+    ):
         return result
     compiled = model.policies[policy_index]
     result.steered = True
@@ -151,7 +166,9 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     parts = group_components(inputs, decision.group)
     chosen = table.nodes_for(policy_index, decision.group)
     reasons = [status.reason for status in health.status()]
-    order = np.lexsort((np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state))
+    order = np.lexsort(
+        (np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state)
+    )
     for n in order:
         if not compiled.in_pool[n]:
             continue
@@ -161,7 +178,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
                 state=NodeState(int(table.node_state[n])).label,
                 reason=reasons[n],
                 latency_ms=float(parts.latency_ms[n]),
-                latency_source="measured" if parts.measured[n] else "estimated",
+                latency_source=LATENCY_SOURCES[int(parts.latency_source[n])],
                 distance_km=float(parts.distance_km[n]),
                 onnet=bool(parts.onnet[n]),
                 onnet_bonus_ms=compiled.policy.onnet_bonus_ms if parts.onnet[n] else 0.0,

@@ -1,6 +1,6 @@
 """The numba steering kernels (router/steering/_kernels.py), through router/steering/rank.py.
 
-``rank_groups`` is held equal to the plain reference in ``tests/reference.py`` on random
+``rank_groups`` is held equal to the plain reference in ``router/steering/reference.py`` on random
 inputs, ``group_components`` to the reference score matrix and to the scoring formula, and
 the ranking is checked against metamorphic properties: health tiers and fail-open, pool
 membership, row shape, node-order invariance, monotonicity in load and the on-net bonus.
@@ -13,11 +13,10 @@ import re
 
 import numpy as np
 import pytest
-import reference  # tests/reference.py; tests/ is on sys.path (rootdir conftest)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from router.steering import _kernels
+from router.steering import _kernels, reference
 from router.steering.rank import (
     EST_BASE_MS,
     EST_MS_PER_KM,
@@ -156,7 +155,7 @@ def test_group_components_equals_reference_and_formula(
     cn = inputs.node_country
     rtt = np.where((cg >= 0) & (cn >= 0), inputs.country_rtt[max(cg, 0), np.maximum(cn, 0)], np.nan)
     measured = ~np.isnan(rtt)
-    np.testing.assert_array_equal(parts.measured, measured)
+    np.testing.assert_array_equal(parts.latency_source == _kernels.COUNTRY_TABLE, measured)
     estimate = inputs.est_base_ms + inputs.est_ms_per_km * parts.distance_km
     np.testing.assert_array_equal(parts.latency_ms, np.where(measured, rtt, estimate))
     np.testing.assert_array_equal(parts.onnet, inputs.node_asn == inputs.group_asn[g])
@@ -209,7 +208,7 @@ def test_group_components_measured_latency_by_hand() -> None:
         onnet_bonus_ms=20.0, load_penalty_ms=8.0,
     )  # fmt: skip
     parts = group_components(inputs, 0)
-    assert parts.measured.tolist() == [True, False, False]
+    assert (parts.latency_source == _kernels.COUNTRY_TABLE).tolist() == [True, False, False]
     assert parts.latency_ms.tolist() == [12.0, EST_BASE_MS, EST_BASE_MS]
     assert parts.distance_km.tolist() == [0.0, 0.0, 0.0]
     assert parts.onnet.tolist() == [True, False, False]

@@ -2,15 +2,18 @@
 
 Score of node n for client group g (lower is better)::
 
-    latency_ms(g, n)                         measured country-to-country RTT when known,
-                                             else est_base_ms + est_ms_per_km * distance
+    latency_ms(g, n)                         the node's own RTT samples to the group when
+                                             fresh, else the measured country-to-country
+                                             RTT, else est_base_ms + est_ms_per_km * distance
     - onnet_bonus_ms   if asn(g) == asn(n)   the node sits inside the client's own ISP
     + load_penalty_ms * util(n) ** 2         util = reported load / capacity
 
-Health decides the candidates before the score does: up nodes only; if a pool has no up
-node, its draining nodes; if none of those either, every node of the pool (fail open:
-an answer that might work beats an empty one). Ties on score go to the nearer node, then
-to the lower node index. Every kernel has a plain reference in ``tests/reference.py``.
+Eligibility decides the candidates before the score does. A group may use the nodes of
+its policy's pool that its geofence allows (fence 0 allows every node). Among those: up
+nodes only; if there is no up node, the draining ones; if none of those either, every
+allowed node (fail open inside the fence: an answer that might work beats an empty one,
+and a fence is never crossed). Ties on score go to the nearer node, then to the lower
+node index. Every kernel has a plain reference in ``router/steering/reference.py``.
 """
 
 import math
@@ -21,51 +24,143 @@ from numba import njit
 from router._jit import JIT_OPTIONS
 
 EARTH_RADIUS_KM = 6371.0088
+# The kernels and the reference must compute bit-equal floats (ties are decided on them).
+RADIANS_PER_DEGREE = math.pi / 180.0
 UP = 0
 DRAINING = 1
 DOWN = 2
+# Where a latency came from (explain shows it).
+ESTIMATED = 0
+COUNTRY_TABLE = 1
+NODE_SAMPLES = 2
 
 
 @njit(**JIT_OPTIONS)
 def _distance_km(lat1, lon1, lat2, lon2):
     # Haversine with math.* (libm), the same functions the reference uses.
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
+    p1 = lat1 * RADIANS_PER_DEGREE
+    p2 = lat2 * RADIANS_PER_DEGREE
     dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2.0) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2.0) ** 2
+    dl = (lon2 - lon1) * RADIANS_PER_DEGREE
+    # s * s, not s ** 2: CPython's ** calls pow(), which may round differently.
+    half_dp = math.sin(dp / 2.0)
+    half_dl = math.sin(dl / 2.0)
+    a = half_dp * half_dp + math.cos(p1) * math.cos(p2) * half_dl * half_dl
     return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
+
+
+@njit(**JIT_OPTIONS)
+def _base_latency(cg, cn, distance, country_rtt, est_base_ms, est_ms_per_km):
+    # Returns (latency_ms, source) from the country table or the distance estimate.
+    if cg >= 0 and cn >= 0:
+        latency = country_rtt[cg, cn]
+        if not math.isnan(latency):
+            return latency, COUNTRY_TABLE
+    return est_base_ms + est_ms_per_km * distance, ESTIMATED
+
+
+@njit(**JIT_OPTIONS)
+def _sampled_latency(g, n, meas_start, meas_node, meas_rtt):
+    # The node's fused RTT samples to the group (CSR by group), NaN when there are none.
+    for i in range(meas_start[g], meas_start[g + 1]):
+        if meas_node[i] == n:
+            return meas_rtt[i]
+    return np.nan
 
 
 @njit(**JIT_OPTIONS)
 def _pair(g, n, group_lat, group_lon, group_country, group_asn,
           node_lat, node_lon, node_country, node_asn, node_util,
-          country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms):  # fmt: skip
-    # Returns (score, latency_ms, measured, distance_km, onnet, load_penalty_ms).
+          country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+          meas_start, meas_node, meas_rtt):  # fmt: skip
+    # Returns (score, latency_ms, source, distance_km, onnet, load_penalty_ms).
     distance = _distance_km(group_lat[g], group_lon[g], node_lat[n], node_lon[n])
-    latency = np.nan
-    cg = group_country[g]
-    cn = node_country[n]
-    if cg >= 0 and cn >= 0:
-        latency = country_rtt[cg, cn]
-    measured = not math.isnan(latency)
-    if not measured:
-        latency = est_base_ms + est_ms_per_km * distance
+    latency = _sampled_latency(g, n, meas_start, meas_node, meas_rtt)
+    source = NODE_SAMPLES
+    if math.isnan(latency):
+        latency, source = _base_latency(group_country[g], node_country[n], distance, country_rtt,
+                                        est_base_ms, est_ms_per_km)  # fmt: skip
     onnet = group_asn[g] == node_asn[n]
     util = node_util[n]
     penalty = load_penalty_ms * util * util
     score = latency + penalty
     if onnet:
         score = score - onnet_bonus_ms
-    return score, latency, measured, distance, onnet, penalty
+    return score, latency, source, distance, onnet, penalty
 
 
 @njit(**JIT_OPTIONS)
-def _rank_groups(group_lat, group_lon, group_country, group_asn,
+def _eligibility(node_state, node_in_pool, fence_allowed, out_eligible):
+    """Which nodes each fence's groups may be answered with (the docstring's tiers).
+
+    fence_allowed : bool[F, N]; out_eligible : bool[F, N] output.
+    """
+    n_fences, n_nodes = fence_allowed.shape
+    for f in range(n_fences):
+        tier = DOWN
+        for n in range(n_nodes):
+            if node_in_pool[n] and fence_allowed[f, n] and node_state[n] < tier:
+                tier = node_state[n]
+        for n in range(n_nodes):
+            out_eligible[f, n] = node_in_pool[n] and fence_allowed[f, n] and node_state[n] == tier
+
+
+@njit(**JIT_OPTIONS)
+def _before(score_a, dist_a, node_a, score_b, dist_b, node_b):
+    # The ranking order: score, then distance, then node index.
+    if score_a != score_b:
+        return score_a < score_b
+    if dist_a != dist_b:
+        return dist_a < dist_b
+    return node_a < node_b
+
+
+@njit(**JIT_OPTIONS)
+def _insert(top_score, top_dist, top_node, score, dist, n):
+    # Insert into a sorted top-k held in three rows; no-op when it does not make the cut.
+    k = top_node.shape[0]
+    pos = k
+    while pos > 0 and (top_node[pos - 1] < 0 or _before(score, dist, n, top_score[pos - 1], top_dist[pos - 1],
+                                                        top_node[pos - 1])):  # fmt: skip
+        pos -= 1
+    if pos == k:
+        return
+    for j in range(k - 1, pos, -1):
+        top_score[j] = top_score[j - 1]
+        top_dist[j] = top_dist[j - 1]
+        top_node[j] = top_node[j - 1]
+    top_score[pos] = score
+    top_dist[pos] = dist
+    top_node[pos] = n
+
+
+@njit(**JIT_OPTIONS)
+def _rank_one(g, eligible_row, group_lat, group_lon, group_country, group_asn,
+              node_lat, node_lon, node_country, node_asn, node_util,
+              country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+              meas_start, meas_node, meas_rtt, top_score, top_dist, top_node):  # fmt: skip
+    # Full scan of every eligible node for one group into a cleared top-k.
+    top_score[:] = np.inf
+    top_dist[:] = np.inf
+    top_node[:] = -1
+    for n in range(node_lat.shape[0]):
+        if not eligible_row[n]:
+            continue
+        score, _lat, _src, dist, _onnet, _pen = _pair(
+            g, n, group_lat, group_lon, group_country, group_asn,
+            node_lat, node_lon, node_country, node_asn, node_util,
+            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+            meas_start, meas_node, meas_rtt,
+        )  # fmt: skip
+        _insert(top_score, top_dist, top_node, score, dist, n)
+
+
+@njit(**JIT_OPTIONS)
+def _rank_groups(group_lat, group_lon, group_country, group_asn, group_fence,
                  node_lat, node_lon, node_country, node_asn, node_state, node_util, node_in_pool,
-                 country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                 out_nodes):  # fmt: skip
-    """Pick the best nodes for every client group.
+                 fence_allowed, country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                 meas_start, meas_node, meas_rtt, out_nodes):  # fmt: skip
+    """Pick the best nodes for every client group by scanning every node.
 
     Parameters
     ----------
@@ -75,6 +170,8 @@ def _rank_groups(group_lat, group_lon, group_country, group_asn,
         Row of ``country_rtt`` for the group, -1 when unknown.
     group_asn : int64[G]
         The group's ASN (0 = unknown, matches no node).
+    group_fence : int32[G]
+        Row of ``fence_allowed`` that limits the group's nodes (0: no fence).
     node_lat, node_lon : float64[N]
         Node location (degrees).
     node_country : int32[N]
@@ -87,87 +184,304 @@ def _rank_groups(group_lat, group_lon, group_country, group_asn,
         Reported load divided by capacity (0 when unknown).
     node_in_pool : bool[N]
         Nodes this policy may answer with; at least one must be set.
+    fence_allowed : bool[F, N]
+        Nodes each geofence allows; row 0 allows all.
     country_rtt : float64[C, C]
         Measured RTT in ms between countries, NaN where not measured.
     est_base_ms, est_ms_per_km : float64
         Distance-based latency estimate for unmeasured pairs.
     onnet_bonus_ms, load_penalty_ms : float64
         Policy weights.
+    meas_start : int64[G + 1]; meas_node : int32[M]; meas_rtt : float64[M]
+        Fused RTT samples of nodes to groups (CSR by group); they override the table.
     out_nodes : int32[G, K]
         Output: node indexes, best first, -1 where fewer than K candidates.
     """
-    n_groups = group_lat.shape[0]
-    n_nodes = node_lat.shape[0]
+    eligible = np.empty(fence_allowed.shape, dtype=np.bool_)
+    _eligibility(node_state, node_in_pool, fence_allowed, eligible)
     k = out_nodes.shape[1]
-    best_tier = DOWN
-    for n in range(n_nodes):
-        if node_in_pool[n] and node_state[n] < best_tier:
-            best_tier = node_state[n]
     top_score = np.empty(k, dtype=np.float64)
     top_dist = np.empty(k, dtype=np.float64)
-    top_node = np.empty(k, dtype=np.int32)
-    for g in range(n_groups):
-        top_score[:] = np.inf
-        top_dist[:] = np.inf
-        top_node[:] = -1
-        for n in range(n_nodes):
-            if not node_in_pool[n] or node_state[n] != best_tier:
-                continue
-            score, _lat, _meas, dist, _onnet, _pen = _pair(
-                g, n, group_lat, group_lon, group_country, group_asn,
-                node_lat, node_lon, node_country, node_asn, node_util,
-                country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-            )  # fmt: skip
-            # Insert into the sorted top-k; nodes come in index order, so on a full tie
-            # (score and distance) the earlier index keeps its place.
-            pos = k
-            while pos > 0 and (
-                score < top_score[pos - 1] or (score == top_score[pos - 1] and dist < top_dist[pos - 1])
-            ):
-                pos -= 1
-            if pos == k:
-                continue
-            for j in range(k - 1, pos, -1):
-                top_score[j] = top_score[j - 1]
-                top_dist[j] = top_dist[j - 1]
-                top_node[j] = top_node[j - 1]
-            top_score[pos] = score
-            top_dist[pos] = dist
-            top_node[pos] = n
-        for j in range(k):
-            out_nodes[g, j] = top_node[j]
+    for g in range(group_lat.shape[0]):
+        _rank_one(g, eligible[group_fence[g]], group_lat, group_lon, group_country, group_asn,
+                  node_lat, node_lon, node_country, node_asn, node_util,
+                  country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                  meas_start, meas_node, meas_rtt, top_score, top_dist, out_nodes[g])  # fmt: skip
 
 
 @njit(**JIT_OPTIONS)
 def _group_components(g, group_lat, group_lon, group_country, group_asn,
                       node_lat, node_lon, node_country, node_asn, node_util,
                       country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                      out_score, out_latency, out_measured, out_distance, out_onnet, out_penalty):  # fmt: skip
+                      meas_start, meas_node, meas_rtt,
+                      out_score, out_latency, out_source, out_distance, out_onnet, out_penalty):  # fmt: skip
     """Score components of every node for one group (for ``router explain``).
 
     Parameters
     ----------
     g : int
         Group index.
-    group_*, node_*, country_rtt, est_*, onnet_bonus_ms, load_penalty_ms
+    group_*, node_*, country_rtt, est_*, onnet_bonus_ms, load_penalty_ms, meas_*
         As for ``_rank_groups``.
     out_score, out_latency, out_distance, out_penalty : float64[N]
         Output: total score, latency (ms), distance (km), load penalty (ms).
-    out_measured, out_onnet : bool[N]
-        Output: latency was measured (not estimated); node is on-net for the group.
+    out_source : int8[N]
+        Output: ESTIMATED, COUNTRY_TABLE or NODE_SAMPLES.
+    out_onnet : bool[N]
+        Output: node is on-net for the group.
     """
     for n in range(node_lat.shape[0]):
-        score, latency, measured, distance, onnet, penalty = _pair(
+        score, latency, source, distance, onnet, penalty = _pair(
             g, n, group_lat, group_lon, group_country, group_asn,
             node_lat, node_lon, node_country, node_asn, node_util,
             country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+            meas_start, meas_node, meas_rtt,
         )  # fmt: skip
         out_score[n] = score
         out_latency[n] = latency
-        out_measured[n] = measured
+        out_source[n] = source
         out_distance[n] = distance
         out_onnet[n] = onnet
         out_penalty[n] = penalty
 
 
-KERNELS = (_rank_groups, _group_components)
+# --- capacity-aware planning -----------------------------------------------------------------
+# At internet scale (10^5 groups x 10^3 nodes) a full scan per group is too slow for a
+# sub-second recompute. Groups share locations (country representative points), and
+# without on-net or sampled nodes a group's score of a node is its location's score. So
+# each location ranks its top K_LOC nodes once; a group's candidates are those plus its
+# on-net and sampled nodes, scored exactly. A node outside that set scores at least the
+# location's K-th best, so the group's first entries are exact as long as enough
+# candidates rank at or before that K-th entry; where sampled RTTs push them behind it,
+# the group falls back to a full scan.
+
+
+@njit(**JIT_OPTIONS)
+def _location_topk(locs, loc_lat, loc_lon, loc_country, loc_fence,
+                   node_lat, node_lon, node_country, node_util, eligible,
+                   country_rtt, est_base_ms, est_ms_per_km, load_penalty_ms,
+                   out_node, out_score, out_dist):  # fmt: skip
+    """Best eligible nodes of each location in ``locs`` (score without on-net or samples).
+
+    locs : int32[S] locations to (re)compute; loc_* : per location [L];
+    eligible : bool[F, N] from ``_eligibility``; out_* : [L, K], rows of ``locs`` written.
+    """
+    for i in range(locs.shape[0]):
+        loc = locs[i]
+        row_score = out_score[loc]
+        row_dist = out_dist[loc]
+        row_node = out_node[loc]
+        row_score[:] = np.inf
+        row_dist[:] = np.inf
+        row_node[:] = -1
+        allowed = eligible[loc_fence[loc]]
+        for n in range(node_lat.shape[0]):
+            if not allowed[n]:
+                continue
+            dist = _distance_km(loc_lat[loc], loc_lon[loc], node_lat[n], node_lon[n])
+            latency, _src = _base_latency(loc_country[loc], node_country[n], dist, country_rtt,
+                                          est_base_ms, est_ms_per_km)  # fmt: skip
+            util = node_util[n]
+            score = latency + load_penalty_ms * util * util
+            _insert(row_score, row_dist, row_node, score, dist, n)
+
+
+@njit(**JIT_OPTIONS)
+def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, group_fence, group_loc,
+                      loc_node, loc_score, loc_dist, onnet_asn, onnet_start, onnet_node,
+                      node_lat, node_lon, node_country, node_asn, node_util, eligible,
+                      country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                      meas_start, meas_node, meas_rtt, out_node, out_score, out_dist):  # fmt: skip
+    """Each group's best C eligible nodes, exact, ranked as ``_rank_groups`` ranks.
+
+    groups : int32[S] groups to (re)compute; loc_* : ``_location_topk`` output [L, K];
+    onnet_asn : int64[A] sorted, onnet_start : int64[A + 1], onnet_node : int32[...]:
+    the nodes of each ASN; out_* : [G, C] with C <= K, rows of ``groups`` written.
+    Returns the number of groups that needed a full scan.
+    """
+    k_loc = loc_node.shape[1]
+    full_scans = 0
+    for i in range(groups.shape[0]):
+        g = groups[i]
+        loc = group_loc[g]
+        allowed = eligible[group_fence[g]]
+        row_score = out_score[g]
+        row_dist = out_dist[g]
+        row_node = out_node[g]
+        row_score[:] = np.inf
+        row_dist[:] = np.inf
+        row_node[:] = -1
+        # The location's list, then the group's sampled and on-net nodes, each once.
+        a = np.searchsorted(onnet_asn, group_asn[g])
+        has_onnet = a < onnet_asn.shape[0] and onnet_asn[a] == group_asn[g]
+        has_samples = meas_start[g + 1] > meas_start[g]
+        for j in range(k_loc):
+            n = loc_node[loc, j]
+            if n < 0:
+                break
+            if has_onnet and node_asn[n] == group_asn[g]:
+                continue  # scored with the on-net list below
+            if has_samples:
+                score, _l, _s, dist, _o, _p = _pair(
+                    g, n, group_lat, group_lon, group_country, group_asn,
+                    node_lat, node_lon, node_country, node_asn, node_util,
+                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                    meas_start, meas_node, meas_rtt,
+                )  # fmt: skip
+                _insert(row_score, row_dist, row_node, score, dist, n)
+            else:
+                _insert(row_score, row_dist, row_node, loc_score[loc, j], loc_dist[loc, j], n)
+        for m in range(meas_start[g], meas_start[g + 1]):
+            n = meas_node[m]
+            if not allowed[n] or (has_onnet and node_asn[n] == group_asn[g]):
+                continue
+            in_loc = False
+            for j in range(k_loc):
+                if loc_node[loc, j] == n:
+                    in_loc = True
+                    break
+            if in_loc:
+                continue
+            score, _l, _s, dist, _o, _p = _pair(
+                g, n, group_lat, group_lon, group_country, group_asn,
+                node_lat, node_lon, node_country, node_asn, node_util,
+                country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                meas_start, meas_node, meas_rtt,
+            )  # fmt: skip
+            _insert(row_score, row_dist, row_node, score, dist, n)
+        if has_onnet:
+            for j in range(onnet_start[a], onnet_start[a + 1]):
+                n = onnet_node[j]
+                if not allowed[n]:
+                    continue
+                score, _l, _s, dist, _o, _p = _pair(
+                    g, n, group_lat, group_lon, group_country, group_asn,
+                    node_lat, node_lon, node_country, node_asn, node_util,
+                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                    meas_start, meas_node, meas_rtt,
+                )  # fmt: skip
+                _insert(row_score, row_dist, row_node, score, dist, n)
+        # Exact when the location list held every eligible node, or when every output
+        # entry ranks at or before the location's last entry (nothing unseen beats it).
+        last = loc_node[loc, k_loc - 1]
+        if last >= 0:
+            exact = True
+            for j in range(row_node.shape[0]):
+                if row_node[j] < 0 or _before(loc_score[loc, k_loc - 1], loc_dist[loc, k_loc - 1], last,
+                                              row_score[j], row_dist[j], row_node[j]):  # fmt: skip
+                    exact = False
+                    break
+            if not exact:
+                full_scans += 1
+                _rank_one(g, allowed, group_lat, group_lon, group_country, group_asn,
+                          node_lat, node_lon, node_country, node_asn, node_util,
+                          country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                          meas_start, meas_node, meas_rtt, row_score, row_dist, row_node)  # fmt: skip
+    return full_scans
+
+
+@njit(**JIT_OPTIONS)
+def _fill(groups, cand_node, cand_score, demand_left, remaining, out_amount):
+    """Greedy fill: every (group, candidate) edge cheapest first, as much as fits.
+
+    groups : int32[S]; cand_* : [G, C]; demand_left : float64[G] (decreased);
+    remaining : float64[N] capacity left (decreased); out_amount : float64[G, C] (increased).
+    Ties on score: lower group index first, then the group's own candidate order.
+    """
+    c = cand_node.shape[1]
+    count = 0
+    for i in range(groups.shape[0]):
+        g = groups[i]
+        if demand_left[g] > 0.0:
+            for j in range(c):
+                if cand_node[g, j] >= 0:
+                    count += 1
+    edge_score = np.empty(count, dtype=np.float64)
+    edge_group = np.empty(count, dtype=np.int32)
+    edge_slot = np.empty(count, dtype=np.int32)
+    e = 0
+    # Edges in (group, slot) order so that a stable sort breaks score ties that way.
+    order_groups = np.sort(groups)
+    for i in range(order_groups.shape[0]):
+        g = order_groups[i]
+        if demand_left[g] > 0.0:
+            for j in range(c):
+                if cand_node[g, j] >= 0:
+                    edge_score[e] = cand_score[g, j]
+                    edge_group[e] = g
+                    edge_slot[e] = j
+                    e += 1
+    order = np.argsort(edge_score, kind="mergesort")
+    for i in range(count):
+        e = order[i]
+        g = edge_group[e]
+        need = demand_left[g]
+        if need <= 0.0:
+            continue
+        n = cand_node[g, edge_slot[e]]
+        free = remaining[n]
+        if free <= 0.0:
+            continue
+        if need <= free:
+            out_amount[g, edge_slot[e]] += need
+            demand_left[g] = 0.0
+            remaining[n] = free - need
+        else:
+            out_amount[g, edge_slot[e]] += free
+            demand_left[g] = need - free
+            remaining[n] = 0.0
+
+
+@njit(**JIT_OPTIONS)
+def _spill(groups, group_lat, group_lon, group_country, group_asn, group_fence,
+           node_lat, node_lon, node_country, node_asn, node_util, eligible,
+           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+           meas_start, meas_node, meas_rtt, demand_left, remaining,
+           out_group, out_node, out_amount):  # fmt: skip
+    """Demand left after the candidates are full goes to any eligible node with room.
+
+    Groups in index order; for each, its eligible nodes by score (then node index).
+    out_* : preallocated; returns how many entries were written (-1: out of room).
+    """
+    n_nodes = node_lat.shape[0]
+    scores = np.empty(n_nodes, dtype=np.float64)
+    written = 0
+    order_groups = np.sort(groups)
+    for i in range(order_groups.shape[0]):
+        g = order_groups[i]
+        if demand_left[g] <= 0.0:
+            continue
+        allowed = eligible[group_fence[g]]
+        for n in range(n_nodes):
+            scores[n] = np.inf
+            if allowed[n] and remaining[n] > 0.0:
+                score, _l, _s, _d, _o, _p = _pair(
+                    g, n, group_lat, group_lon, group_country, group_asn,
+                    node_lat, node_lon, node_country, node_asn, node_util,
+                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                    meas_start, meas_node, meas_rtt,
+                )  # fmt: skip
+                scores[n] = score
+        order = np.argsort(scores, kind="mergesort")
+        for j in range(n_nodes):
+            n = order[j]
+            if scores[n] == np.inf or demand_left[g] <= 0.0:
+                break
+            if written >= out_group.shape[0]:
+                return -1
+            take = min(demand_left[g], remaining[n])
+            out_group[written] = g
+            out_node[written] = n
+            out_amount[written] = take
+            written += 1
+            if take >= demand_left[g]:
+                demand_left[g] = 0.0
+            else:
+                demand_left[g] -= take
+            remaining[n] -= take
+            if remaining[n] < 0.0:
+                remaining[n] = 0.0
+    return written
+
+
+KERNELS = (_rank_groups, _group_components, _location_topk, _group_candidates, _fill, _spill)

@@ -32,15 +32,44 @@ class RankInputs:
     country_rtt: np.ndarray
     onnet_bonus_ms: float
     load_penalty_ms: float
+    # Geofences: group_fence int32[G] indexes fence_allowed bool[F, N]; row 0 allows all.
+    group_fence: np.ndarray
+    fence_allowed: np.ndarray
+    # Fused RTT samples of nodes to groups, CSR by group (see router.steering.latency).
+    meas_start: np.ndarray
+    meas_node: np.ndarray
+    meas_rtt: np.ndarray
     est_base_ms: float = EST_BASE_MS
     est_ms_per_km: float = EST_MS_PER_KM
 
     @classmethod
     def create(cls, **arrays: object) -> RankInputs:
-        """Coerce dtypes and check shapes; raise ValueError on inconsistent inputs."""
-        f64 = {"group_lat", "group_lon", "node_lat", "node_lon", "node_util", "country_rtt"}
+        """Coerce dtypes and check shapes; raise ValueError on inconsistent inputs.
+
+        Without fences every group may use the whole pool; without samples every latency
+        comes from the country table or the distance estimate.
+        """
+        f64 = {
+            "group_lat",
+            "group_lon",
+            "node_lat",
+            "node_lon",
+            "node_util",
+            "country_rtt",
+            "meas_rtt",
+        }
         dtypes = {"group_country": np.int32, "node_country": np.int32, "group_asn": np.int64,
-                  "node_asn": np.int64, "node_state": np.int8, "node_in_pool": np.bool_}  # fmt: skip
+                  "node_asn": np.int64, "node_state": np.int8, "node_in_pool": np.bool_,
+                  "group_fence": np.int32, "fence_allowed": np.bool_, "meas_start": np.int64,
+                  "meas_node": np.int32}  # fmt: skip
+        groups = len(arrays["group_lat"])  # type: ignore[arg-type]
+        nodes = len(arrays["node_lat"])  # type: ignore[arg-type]
+        arrays.setdefault("group_fence", np.zeros(groups))
+        arrays.setdefault("fence_allowed", np.ones((1, nodes)))
+        if "meas_start" not in arrays:
+            arrays.update(
+                meas_start=np.zeros(groups + 1), meas_node=np.zeros(0), meas_rtt=np.zeros(0)
+            )
         values: dict[str, object] = {}
         for name, value in arrays.items():
             if name in f64:
@@ -59,7 +88,14 @@ class RankInputs:
         for name in ("group_lon", "group_country", "group_asn"):
             if getattr(self, name).shape != (g,):
                 raise ValueError(f"{name} must have shape ({g},)")
-        for name in ("node_lon", "node_country", "node_asn", "node_state", "node_util", "node_in_pool"):
+        for name in (
+            "node_lon",
+            "node_country",
+            "node_asn",
+            "node_state",
+            "node_util",
+            "node_in_pool",
+        ):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},)")
         c = self.country_rtt.shape[0]
@@ -86,6 +122,30 @@ class RankInputs:
             raise ValueError("the pool has no node")
         if ((self.node_state < 0) | (self.node_state > 2)).any():
             raise ValueError("node_state must be 0 (up), 1 (draining) or 2 (down)")
+        fences = self.fence_allowed.shape[0]
+        if self.fence_allowed.shape != (fences, n) or fences < 1:
+            raise ValueError(f"fence_allowed must have shape (F >= 1, {n})")
+        if self.group_fence.shape != (g,) or (
+            g and (self.group_fence.min() < 0 or self.group_fence.max() >= fences)
+        ):
+            raise ValueError("group_fence must have one row of fence_allowed per group")
+        if not (self.fence_allowed & self.node_in_pool).any(axis=1).all():
+            raise ValueError("every geofence must allow at least one node of the pool")
+        m = self.meas_node.shape[0]
+        starts = self.meas_start
+        if (
+            starts.shape != (g + 1,)
+            or starts[0] != 0
+            or starts[-1] != m
+            or (np.diff(starts) < 0).any()
+        ):
+            raise ValueError("meas_start must be a CSR index over meas_node by group")
+        if self.meas_rtt.shape != (m,) or (
+            m and (self.meas_node.min() < 0 or self.meas_node.max() >= n)
+        ):
+            raise ValueError("meas_node must index nodes and meas_rtt match it")
+        if not (np.isfinite(self.meas_rtt).all() and (self.meas_rtt >= 0).all()):
+            raise ValueError("meas_rtt must be finite and >= 0")
 
 
 def rank_groups(inputs: RankInputs, answer_count: int) -> np.ndarray:
@@ -94,10 +154,11 @@ def rank_groups(inputs: RankInputs, answer_count: int) -> np.ndarray:
         raise ValueError("answer_count must be at least 1")
     out = np.full((inputs.group_lat.shape[0], answer_count), -1, dtype=np.int32)
     _kernels._rank_groups(
-        inputs.group_lat, inputs.group_lon, inputs.group_country, inputs.group_asn,
+        inputs.group_lat, inputs.group_lon, inputs.group_country, inputs.group_asn, inputs.group_fence,
         inputs.node_lat, inputs.node_lon, inputs.node_country, inputs.node_asn,
-        inputs.node_state, inputs.node_util, inputs.node_in_pool, inputs.country_rtt,
-        inputs.est_base_ms, inputs.est_ms_per_km, inputs.onnet_bonus_ms, inputs.load_penalty_ms, out,
+        inputs.node_state, inputs.node_util, inputs.node_in_pool, inputs.fence_allowed, inputs.country_rtt,
+        inputs.est_base_ms, inputs.est_ms_per_km, inputs.onnet_bonus_ms, inputs.load_penalty_ms,
+        inputs.meas_start, inputs.meas_node, inputs.meas_rtt, out,
     )  # fmt: skip
     return out
 
@@ -108,7 +169,7 @@ class Components:
 
     score: np.ndarray
     latency_ms: np.ndarray
-    measured: np.ndarray
+    latency_source: np.ndarray  # int8: _kernels.ESTIMATED, COUNTRY_TABLE or NODE_SAMPLES
     distance_km: np.ndarray
     onnet: np.ndarray
     load_penalty_ms: np.ndarray
@@ -119,14 +180,15 @@ def group_components(inputs: RankInputs, group: int) -> Components:
         raise ValueError(f"group {group} out of range")
     n = inputs.node_lat.shape[0]
     out = Components(
-        score=np.empty(n), latency_ms=np.empty(n), measured=np.empty(n, dtype=np.bool_),
+        score=np.empty(n), latency_ms=np.empty(n), latency_source=np.empty(n, dtype=np.int8),
         distance_km=np.empty(n), onnet=np.empty(n, dtype=np.bool_), load_penalty_ms=np.empty(n),
     )  # fmt: skip
     _kernels._group_components(
         group, inputs.group_lat, inputs.group_lon, inputs.group_country, inputs.group_asn,
         inputs.node_lat, inputs.node_lon, inputs.node_country, inputs.node_asn, inputs.node_util,
         inputs.country_rtt, inputs.est_base_ms, inputs.est_ms_per_km, inputs.onnet_bonus_ms,
-        inputs.load_penalty_ms, out.score, out.latency_ms, out.measured, out.distance_km,
+        inputs.load_penalty_ms, inputs.meas_start, inputs.meas_node, inputs.meas_rtt,
+        out.score, out.latency_ms, out.latency_source, out.distance_km,
         out.onnet, out.load_penalty_ms,
     )  # fmt: skip
     return out

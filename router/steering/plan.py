@@ -1,0 +1,333 @@
+"""Capacity-aware assignment: which nodes serve how much of each client group's demand.
+
+The way large CDNs map users (Maggs and Sitaraman, "Algorithmic nuggets in content
+delivery", 2015), simplified to a greedy fill that is checked against the min-cost-flow
+optimum in ``loadtest/bench_core.py``:
+
+1. Each group's candidates: its best C eligible nodes by score (``_kernels``), exact.
+2. Fill: every (group, candidate) edge, cheapest first, takes as much of the group's
+   demand as the node has room for up to ``capacity * headroom``.
+3. Spill: demand left over (all candidates full) goes to any eligible node with room,
+   best score first, so no node is planned past its headroom while any room is left.
+4. Reserve: if there is still demand, steps 2 and 3 again up to full capacity.
+5. Overflow: what is left cannot fit anywhere; it stays on the group's best candidate
+   and shows up as a capacity overrun.
+
+A group with no demand yet goes whole to its best candidate that still has room.
+
+Capacity is shared between policies: each policy is planned with what the earlier ones
+left (``used_elsewhere``). A node going down is repaired incrementally
+(``replan_node_down``): only the groups that listed it are released and placed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.steering import _kernels
+from router.steering.rank import RankInputs
+
+# The location list must be longer than a group's candidate list, so that sampled RTTs
+# that push some location entries back rarely force a full scan.
+LOCATION_DEPTH = 24
+CANDIDATES = 16
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What planning needs that does not change with node state: built once per policy."""
+
+    group_loc: np.ndarray  # int32[G] -> location
+    loc_lat: np.ndarray  # float64[L]
+    loc_lon: np.ndarray
+    loc_country: np.ndarray  # int32[L]
+    loc_fence: np.ndarray  # int32[L]
+    onnet_asn: np.ndarray  # int64[A], sorted
+    onnet_start: np.ndarray  # int64[A + 1]
+    onnet_node: np.ndarray  # int32[N]: nodes of each ASN
+
+    @classmethod
+    def create(cls, inputs: RankInputs) -> Topology:
+        keys = np.empty(
+            len(inputs.group_lat), dtype=[("lat", "f8"), ("lon", "f8"), ("c", "i4"), ("f", "i4")]
+        )
+        keys["lat"], keys["lon"] = inputs.group_lat, inputs.group_lon
+        keys["c"], keys["f"] = inputs.group_country, inputs.group_fence
+        locs, group_loc = np.unique(keys, return_inverse=True)
+        order = np.argsort(inputs.node_asn, kind="stable")
+        asns, starts = np.unique(inputs.node_asn[order], return_index=True)
+        return cls(
+            group_loc=group_loc.astype(np.int32).reshape(-1),
+            loc_lat=np.ascontiguousarray(locs["lat"]), loc_lon=np.ascontiguousarray(locs["lon"]),
+            loc_country=np.ascontiguousarray(locs["c"]), loc_fence=np.ascontiguousarray(locs["f"]),
+            onnet_asn=asns.astype(np.int64),
+            onnet_start=np.append(starts, len(order)).astype(np.int64),
+            onnet_node=order.astype(np.int32),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    rank: RankInputs
+    topology: Topology
+    group_demand: np.ndarray  # float64[G], Gbps expected from each group
+    node_capacity: np.ndarray  # float64[N], Gbps
+    headroom: float  # fill nodes up to capacity * headroom before using the reserve
+
+    @classmethod
+    def create(
+        cls,
+        rank: RankInputs,
+        topology: Topology,
+        group_demand: object,
+        node_capacity: object,
+        headroom: float,
+    ) -> PlanInputs:
+        demand = np.ascontiguousarray(group_demand, dtype=np.float64)
+        capacity = np.ascontiguousarray(node_capacity, dtype=np.float64)
+        if demand.shape != rank.group_lat.shape or not (
+            np.isfinite(demand).all() and (demand >= 0).all()
+        ):
+            raise ValueError("group_demand must be finite, >= 0, one per group")
+        if capacity.shape != rank.node_lat.shape or not (
+            np.isfinite(capacity).all() and (capacity > 0).all()
+        ):
+            raise ValueError("node_capacity must be finite, > 0, one per node")
+        if not 0 < headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        if topology.group_loc.shape != demand.shape:
+            raise ValueError("topology was built for other groups")
+        return cls(rank, topology, demand, capacity, float(headroom))
+
+
+@dataclass
+class PolicyPlan:
+    """The plan of one policy. Arrays are owned by the plan; replan_node_down edits them."""
+
+    eligible: np.ndarray  # bool[F, N]
+    loc_node: np.ndarray  # int32[L, LOCATION_DEPTH]
+    loc_score: np.ndarray
+    loc_dist: np.ndarray
+    cand_node: np.ndarray  # int32[G, C], best first, -1 padded
+    cand_score: np.ndarray  # float64[G, C]
+    cand_dist: np.ndarray
+    amount: np.ndarray  # float64[G, C]: demand planned on each candidate
+    extra_group: np.ndarray  # int32[E]: spill beyond the candidates
+    extra_node: np.ndarray
+    extra_amount: np.ndarray
+    overflow: np.ndarray  # float64[G]: demand that fits nowhere (on the best candidate)
+    load: np.ndarray  # float64[N]: this policy's planned load
+    full_scans: int
+
+    def shares(self, group: int) -> list[tuple[int, float]]:
+        """(node, Gbps) of one group in preference order; empty when it has no demand."""
+        out: dict[int, float] = {}
+        for slot, node in enumerate(self.cand_node[group]):
+            if node >= 0 and self.amount[group, slot] > 0:
+                out[int(node)] = out.get(int(node), 0.0) + float(self.amount[group, slot])
+        for node, amount in zip(
+            self.extra_node[self.extra_group == group], self.extra_amount[self.extra_group == group]
+        ):
+            out[int(node)] = out.get(int(node), 0.0) + float(amount)
+        if self.overflow[group] > 0:
+            best = int(self.cand_node[group, 0])
+            out[best] = out.get(best, 0.0) + float(self.overflow[group])
+        return list(out.items())
+
+
+def _rank_args(r: RankInputs) -> tuple:
+    return (r.group_lat, r.group_lon, r.group_country, r.group_asn, r.group_fence)
+
+
+def plan_policy(
+    inputs: PlanInputs,
+    used_elsewhere: np.ndarray | None = None,
+    candidates: int = CANDIDATES,
+    location_depth: int = LOCATION_DEPTH,
+) -> PolicyPlan:
+    """Plan one policy from scratch; ``used_elsewhere`` is load planned by other policies."""
+    r, t = inputs.rank, inputs.topology
+    n_groups, n_nodes = len(r.group_lat), len(r.node_lat)
+    eligible = np.empty(r.fence_allowed.shape, dtype=np.bool_)
+    _kernels._eligibility(r.node_state, r.node_in_pool, r.fence_allowed, eligible)
+    depth = max(location_depth, candidates)
+    n_locs = len(t.loc_lat)
+    plan = PolicyPlan(
+        eligible=eligible,
+        loc_node=np.empty((n_locs, depth), dtype=np.int32), loc_score=np.empty((n_locs, depth)),
+        loc_dist=np.empty((n_locs, depth)),
+        cand_node=np.empty((n_groups, candidates), dtype=np.int32), cand_score=np.empty((n_groups, candidates)),
+        cand_dist=np.empty((n_groups, candidates)), amount=np.zeros((n_groups, candidates)),
+        extra_group=np.zeros(0, dtype=np.int32), extra_node=np.zeros(0, dtype=np.int32), extra_amount=np.zeros(0),
+        overflow=np.zeros(n_groups), load=np.zeros(n_nodes), full_scans=0,
+    )  # fmt: skip
+    _locations(inputs, plan, np.arange(n_locs, dtype=np.int32))
+    groups = np.arange(n_groups, dtype=np.int32)
+    plan.full_scans = _candidates(inputs, plan, groups)
+    _place(inputs, plan, groups, used_elsewhere)
+    return plan
+
+
+def replan_node_down(
+    inputs: PlanInputs, plan: PolicyPlan, node: int, used_elsewhere: np.ndarray | None = None
+) -> PolicyPlan | None:
+    """Repair ``plan`` in place after ``node`` left service; None when a full plan is needed.
+
+    ``inputs`` carries the new node states. Only groups that had the node among their
+    candidates or shares are released and placed again; every other group keeps its
+    plan, so the repair costs what the failure touches, not what the world holds.
+    """
+    r = inputs.rank
+    eligible = np.empty(r.fence_allowed.shape, dtype=np.bool_)
+    _kernels._eligibility(r.node_state, r.node_in_pool, r.fence_allowed, eligible)
+    expected = plan.eligible.copy()
+    expected[:, node] = False
+    if not np.array_equal(eligible, expected):
+        return None  # a health tier changed (e.g. the last up node of a fence): re-plan all
+    plan.eligible = eligible
+    locs = np.flatnonzero((plan.loc_node == node).any(axis=1)).astype(np.int32)
+    _locations(inputs, plan, locs)
+    in_extra = plan.extra_node == node
+    affected = np.union1d(
+        np.flatnonzero((plan.cand_node == node).any(axis=1)), plan.extra_group[in_extra]
+    )
+    groups = affected.astype(np.int32)
+    _release(plan, groups)
+    plan.full_scans += _candidates(inputs, plan, groups)
+    _place(inputs, plan, groups, used_elsewhere)
+    return plan
+
+
+def _locations(inputs: PlanInputs, plan: PolicyPlan, locs: np.ndarray) -> None:
+    r, t = inputs.rank, inputs.topology
+    _kernels._location_topk(
+        locs, t.loc_lat, t.loc_lon, t.loc_country, t.loc_fence,
+        r.node_lat, r.node_lon, r.node_country, r.node_util, plan.eligible,
+        r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.load_penalty_ms,
+        plan.loc_node, plan.loc_score, plan.loc_dist,
+    )  # fmt: skip
+
+
+def _candidates(inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray) -> int:
+    r, t = inputs.rank, inputs.topology
+    return int(_kernels._group_candidates(
+        groups, *_rank_args(r), t.group_loc, plan.loc_node, plan.loc_score, plan.loc_dist,
+        t.onnet_asn, t.onnet_start, t.onnet_node,
+        r.node_lat, r.node_lon, r.node_country, r.node_asn, r.node_util, plan.eligible,
+        r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.onnet_bonus_ms, r.load_penalty_ms,
+        r.meas_start, r.meas_node, r.meas_rtt, plan.cand_node, plan.cand_score, plan.cand_dist,
+    ))  # fmt: skip
+
+
+def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
+    """Take the groups' planned demand off their nodes."""
+    nodes = plan.cand_node[groups]
+    amounts = plan.amount[groups]
+    np.subtract.at(plan.load, nodes[amounts > 0], amounts[amounts > 0])
+    best = plan.cand_node[groups, 0]
+    has_overflow = plan.overflow[groups] > 0
+    np.subtract.at(plan.load, best[has_overflow], plan.overflow[groups][has_overflow])
+    mine = np.isin(plan.extra_group, groups)
+    np.subtract.at(plan.load, plan.extra_node[mine], plan.extra_amount[mine])
+    plan.extra_group, plan.extra_node, plan.extra_amount = (
+        plan.extra_group[~mine],
+        plan.extra_node[~mine],
+        plan.extra_amount[~mine],
+    )
+    plan.amount[groups] = 0.0
+    plan.overflow[groups] = 0.0
+    np.maximum(plan.load, 0.0, out=plan.load)  # float dust from the subtraction
+
+
+def _place(
+    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None
+) -> None:
+    """Fill, spill, reserve, overflow (the module docstring) for ``groups``."""
+    r = inputs.rank
+    used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
+    demand_left = np.zeros_like(inputs.group_demand)
+    demand_left[groups] = inputs.group_demand[groups]
+    before = plan.amount[groups].copy()
+    extras_before = len(plan.extra_group)
+    for limit in (inputs.headroom, 1.0):
+        if not demand_left[groups].any():
+            break
+        remaining = np.maximum(inputs.node_capacity * limit - used, 0.0)
+        remaining[~plan.eligible.any(axis=0)] = 0.0
+        start = remaining.copy()
+        _kernels._fill(groups, plan.cand_node, plan.cand_score, demand_left, remaining, plan.amount)
+        left = groups[demand_left[groups] > 0]
+        if len(left):
+            out_group = np.empty(len(left) + len(remaining) + 1, dtype=np.int32)
+            out_node = np.empty_like(out_group)
+            out_amount = np.empty(len(out_group))
+            written = _kernels._spill(
+                left, *_rank_args(r), r.node_lat, r.node_lon, r.node_country, r.node_asn, r.node_util,
+                plan.eligible, r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.onnet_bonus_ms,
+                r.load_penalty_ms, r.meas_start, r.meas_node, r.meas_rtt, demand_left, remaining,
+                out_group, out_node, out_amount,
+            )  # fmt: skip
+            assert written >= 0, "spill buffer too small"
+            plan.extra_group = np.concatenate([plan.extra_group, out_group[:written]])
+            plan.extra_node = np.concatenate([plan.extra_node, out_node[:written]])
+            plan.extra_amount = np.concatenate([plan.extra_amount, out_amount[:written]])
+        used = used + (start - remaining)
+    plan.overflow[groups] = demand_left[groups]
+    # This policy's load: what the placement just added.
+    added = plan.amount[groups] - before
+    np.add.at(plan.load, plan.cand_node[groups][added > 0], added[added > 0])
+    np.add.at(plan.load, plan.extra_node[extras_before:], plan.extra_amount[extras_before:])
+    spilled = groups[plan.overflow[groups] > 0]
+    np.add.at(plan.load, plan.cand_node[spilled, 0], plan.overflow[spilled])
+
+
+def primary_shares(
+    plan: PolicyPlan, inputs: PlanInputs, used_elsewhere: np.ndarray | None = None
+) -> tuple:
+    """Per group, the nodes that lead its answers and their weights, in preference order.
+
+    Returns (entry_group int32[E], entry_node int32[E], entry_weight float64[E]) sorted
+    by group. Groups with no demand get one entry: their best candidate with room left.
+    """
+    groups_n, c = plan.cand_node.shape
+    has = plan.amount > 0
+    g_idx, slot = np.nonzero(has)
+    order_key = [g_idx * (c + 1) + slot]
+    groups = [g_idx.astype(np.int32)]
+    nodes = [plan.cand_node[g_idx, slot]]
+    weights = [plan.amount[g_idx, slot]]
+    # Spill after the candidates, in the order it was placed.
+    groups.append(plan.extra_group)
+    nodes.append(plan.extra_node)
+    weights.append(plan.extra_amount)
+    order_key.append(plan.extra_group.astype(np.int64) * (c + 1) + c)
+    # Overflow rides on the best candidate.
+    over = np.flatnonzero(plan.overflow > 0)
+    groups.append(over.astype(np.int32))
+    nodes.append(plan.cand_node[over, 0])
+    weights.append(plan.overflow[over])
+    order_key.append(over.astype(np.int64) * (c + 1))
+    # Groups without demand: first candidate that still has room below headroom.
+    planned = np.zeros(groups_n, dtype=bool)
+    planned[g_idx] = True
+    planned[plan.extra_group] = True
+    planned[over] = True
+    idle = np.flatnonzero(~planned)
+    used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
+    room = np.append(used < inputs.node_capacity * inputs.headroom, False)  # index -1 -> no room
+    cands = plan.cand_node[idle]
+    ok = room[cands] & (cands >= 0)
+    first = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)
+    groups.append(idle.astype(np.int32))
+    nodes.append(cands[np.arange(len(idle)), first])
+    weights.append(np.ones(len(idle)))
+    order_key.append(idle.astype(np.int64) * (c + 1))
+    key = np.concatenate(order_key)
+    order = np.argsort(key, kind="stable")
+    return (
+        np.concatenate(groups)[order].astype(np.int32),
+        np.concatenate(nodes)[order].astype(np.int32),
+        np.concatenate(weights)[order],
+    )

@@ -1,0 +1,145 @@
+"""Plain reference implementations that the numba kernels are held equal to.
+
+Written for clarity, not speed: loops and numpy, with the same libm functions (``math``)
+as the kernels so that ties resolve identically. The property tests hold each kernel
+equal to its reference, and ``loadtest/bench_core.py`` times the two on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EARTH_RADIUS_KM = 6371.0088
+# The kernels and the reference must compute bit-equal floats (ties are decided on them).
+RADIANS_PER_DEGREE = math.pi / 180.0
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1 = lat1 * RADIANS_PER_DEGREE
+    p2 = lat2 * RADIANS_PER_DEGREE
+    dp = p2 - p1
+    dl = (lon2 - lon1) * RADIANS_PER_DEGREE
+    # s * s, not s ** 2: CPython's ** calls pow(), which may round differently.
+    half_dp = math.sin(dp / 2.0)
+    half_dl = math.sin(dl / 2.0)
+    a = half_dp * half_dp + math.cos(p1) * math.cos(p2) * half_dl * half_dl
+    return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
+
+
+def score_matrix(inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(score[G, N], distance[G, N]) as defined in router.steering._kernels."""
+    g_count = inputs.group_lat.shape[0]
+    n_count = inputs.node_lat.shape[0]
+    score = np.empty((g_count, n_count))
+    dist = np.empty((g_count, n_count))
+    sampled = {}
+    for g in range(g_count):
+        for i in range(inputs.meas_start[g], inputs.meas_start[g + 1]):
+            sampled[(g, int(inputs.meas_node[i]))] = float(inputs.meas_rtt[i])
+    for g in range(g_count):
+        for n in range(n_count):
+            d = distance_km(
+                inputs.group_lat[g], inputs.group_lon[g], inputs.node_lat[n], inputs.node_lon[n]
+            )
+            cg, cn = inputs.group_country[g], inputs.node_country[n]
+            latency = sampled.get((g, n), math.nan)
+            if math.isnan(latency):
+                latency = inputs.country_rtt[cg, cn] if cg >= 0 and cn >= 0 else math.nan
+            if math.isnan(latency):
+                latency = inputs.est_base_ms + inputs.est_ms_per_km * d
+            util = inputs.node_util[n]
+            s = latency + inputs.load_penalty_ms * util * util
+            if inputs.group_asn[g] == inputs.node_asn[n]:
+                s = s - inputs.onnet_bonus_ms
+            score[g, n] = s
+            dist[g, n] = d
+    return score, dist
+
+
+def eligibility(inputs) -> np.ndarray:
+    """bool[F, N]: per fence, allowed pool nodes of the best health tier present."""
+    out = np.zeros(inputs.fence_allowed.shape, dtype=bool)
+    for f in range(out.shape[0]):
+        allowed = np.flatnonzero(inputs.node_in_pool & inputs.fence_allowed[f])
+        tier = inputs.node_state[allowed].min()
+        out[f, allowed[inputs.node_state[allowed] == tier]] = True
+    return out
+
+
+def ranked_candidates(
+    inputs, score: np.ndarray, dist: np.ndarray, g: int, eligible: np.ndarray
+) -> np.ndarray:
+    nodes = np.flatnonzero(eligible[inputs.group_fence[g]])
+    # lexsort: last key is primary -> score, then distance, then node index.
+    return nodes[np.lexsort((nodes, dist[g, nodes], score[g, nodes]))]
+
+
+def rank_groups(inputs, answer_count: int) -> np.ndarray:
+    score, dist = score_matrix(inputs)
+    eligible = eligibility(inputs)
+    out = np.full((score.shape[0], answer_count), -1, dtype=np.int32)
+    for g in range(score.shape[0]):
+        chosen = ranked_candidates(inputs, score, dist, g, eligible)[:answer_count]
+        out[g, : len(chosen)] = chosen
+    return out
+
+
+def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
+    """The capacity-aware plan of router.steering.plan, written out step by step.
+
+    Returns cand_node[G, C], amount[G, C], extra (group, node, amount) rows, overflow[G]
+    and load[N], the same quantities as ``PolicyPlan``.
+    """
+    r = inputs.rank
+    score, dist = score_matrix(r)
+    eligible = eligibility(r)
+    g_count, n_count = score.shape
+    cand = np.full((g_count, candidates), -1, dtype=np.int32)
+    cand_score = np.full((g_count, candidates), np.inf)
+    for g in range(g_count):
+        chosen = ranked_candidates(r, score, dist, g, eligible)[:candidates]
+        cand[g, : len(chosen)] = chosen
+        cand_score[g, : len(chosen)] = score[g, chosen]
+    amount = np.zeros((g_count, candidates))
+    extras: list[tuple[int, int, float]] = []
+    left = inputs.group_demand.copy()
+    used = np.zeros(n_count) if used_elsewhere is None else used_elsewhere.copy()
+    any_eligible = eligible.any(axis=0)
+    for limit in (inputs.headroom, 1.0):
+        if not left.any():
+            break
+        room = np.where(any_eligible, np.maximum(inputs.node_capacity * limit - used, 0.0), 0.0)
+        start = room.copy()
+        edges = [(cand_score[g, j], g, j) for g in range(g_count) if left[g] > 0
+                 for j in range(candidates) if cand[g, j] >= 0]  # fmt: skip
+        for _score, g, j in sorted(edges):
+            n = cand[g, j]
+            take = min(left[g], room[n])
+            if left[g] > 0 and room[n] > 0:
+                amount[g, j] += take
+                left[g] = 0.0 if take >= left[g] else left[g] - take
+                room[n] = 0.0 if take >= room[n] else room[n] - take
+        for g in range(g_count):
+            if left[g] <= 0:
+                continue
+            nodes = [n for n in range(n_count) if eligible[r.group_fence[g], n] and room[n] > 0]
+            for n in sorted(nodes, key=lambda n: (score[g, n], n)):
+                if left[g] <= 0:
+                    break
+                take = min(left[g], room[n])
+                extras.append((g, n, take))
+                left[g] = 0.0 if take >= left[g] else left[g] - take
+                room[n] = max(room[n] - take, 0.0)
+        used = used + (start - room)
+    load = np.zeros(n_count)
+    for g in range(g_count):
+        for j in range(candidates):
+            if amount[g, j] > 0:
+                load[cand[g, j]] += amount[g, j]
+        if left[g] > 0:
+            load[cand[g, 0]] += left[g]
+    for _g, n, take in extras:
+        load[n] += take
+    return {"cand_node": cand, "amount": amount, "extras": extras, "overflow": left, "load": load}
