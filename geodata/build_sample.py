@@ -500,7 +500,8 @@ def copy_if_elsewhere(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def write_licenses(shared: Path, out: Path) -> None:
+def write_licenses(shared: Path, out: Path, modifications: str = OUR_MODIFICATIONS) -> None:
+    """Copy the upstream licence files to ``out/LICENSES`` with a note of our modifications."""
     licenses = out / LICENSES_DIR
     licenses.mkdir(parents=True, exist_ok=True)
     for name in LICENSE_FILES:
@@ -508,7 +509,7 @@ def write_licenses(shared: Path, out: Path) -> None:
     # One NRO_LICENSE copy covers both packages only if their texts really are the same.
     if (shared / COUNTRY_NRO_LICENSE).read_bytes() != (licenses / "NRO_LICENSE").read_bytes():
         raise ValueError("the two packages' NRO_LICENSE files differ; ship both")
-    (licenses / OUR_MODIFICATIONS_NAME).write_text(OUR_MODIFICATIONS, encoding="utf-8")
+    (licenses / OUR_MODIFICATIONS_NAME).write_text(modifications, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------
