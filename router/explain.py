@@ -116,7 +116,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     book = build_book(deployment, model)
     health = _last_known_health(deployment, model)
     table = build_routing_table(model, health.states(), None, generation=1)
-    view = TableView(table.generation, table.group_set, table.set_nodes)
+    view = TableView(table)
     responder = Responder(book, model.client_map, lambda: view, record_decisions=True)
 
     qname = dns.name.from_text(name)

@@ -109,11 +109,11 @@ NEGATIVE = [
     ),
     case(
         "unknown-node-field",
-        "zones/nodes.yaml:13: node \"ix-mad-1\": unknown field \"capacity_gpbs\" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)",
+        'zones/nodes.yaml:13: node "ix-mad-1": unknown field "capacity_gpbs" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)',
     ),
     case(
         "duplicate-node-id",
-        "zones/nodes.yaml:13: duplicate node id \"ix-mad-1\" (first defined at line 5)",
+        'zones/nodes.yaml:13: duplicate node id "ix-mad-1" (first defined at line 5)',
     ),
     case(
         "node-missing-site",
@@ -141,7 +141,7 @@ NEGATIVE = [
     ),
     case(
         "duplicate-site-id",
-        "zones/nodes.yaml:5: duplicate site id \"mad-espanix\" (first defined at line 3)",
+        'zones/nodes.yaml:5: duplicate site id "mad-espanix" (first defined at line 3)',
     ),
     case(
         "duplicate-node-address",
@@ -150,8 +150,8 @@ NEGATIVE = [
     ),
     case(
         "two-problems-one-file",
-        "zones/nodes.yaml:12: node \"ix-mad-1\": capacity_gbps: Input should be greater than 0, got 0",
-        "zones/nodes.yaml:21: node \"ix-mad-2\": unknown field \"rack\" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)",
+        'zones/nodes.yaml:12: node "ix-mad-1": capacity_gbps: Input should be greater than 0, got 0',
+        'zones/nodes.yaml:21: node "ix-mad-2": unknown field "rack" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)',
     ),
     case(
         "invalid-site-node-reported-undefined",
@@ -161,7 +161,7 @@ NEGATIVE = [
     case(
         "problems-in-two-files",
         "zones/cdn.example.zone:6: unknown rdatatype 'AAA': mail  IN AAA  2001:db8:25::1",
-        "zones/nodes.yaml:15: node \"ix-lis-1\": site \"lis-gigapix\" is not defined in sites (defined: mad-espanix)",
+        'zones/nodes.yaml:15: node "ix-lis-1": site "lis-gigapix" is not defined in sites (defined: mad-espanix)',
     ),
     # --- the zone file -------------------------------------------------------------------------
     case(
@@ -211,7 +211,7 @@ NEGATIVE = [
     ),
     case(
         "policy-default-site-not-a-site",
-        "zones/cdn.example.policy.yaml:7: policy \"video\": default_site \"ix-mad-1\" is not a site in nodes.yaml (sites: lis-gigapix, mad-espanix, meo-lis, meo-opo, nos-lis, nos-opo, ora-es-bcn, ora-es-bio, ora-es-mad, par-pop, tef-bcn, tef-mad, tef-svq, vdf-es-bcn, vdf-es-mad, vdf-es-vlc, vdf-pt-lis)",
+        'zones/cdn.example.policy.yaml:7: policy "video": default_site "ix-mad-1" is not a site in nodes.yaml (sites: lis-gigapix, mad-espanix, meo-lis, meo-opo, nos-lis, nos-opo, ora-es-bcn, ora-es-bio, ora-es-mad, par-pop, tef-bcn, tef-mad, tef-svq, vdf-es-bcn, vdf-es-mad, vdf-es-vlc, vdf-pt-lis)',
     ),
     case(
         "policy-keys-out-of-order",
@@ -220,13 +220,13 @@ NEGATIVE = [
     ),
     case(
         "policy-steered-name-static-a",
-        "zones/cdn.example.policy.yaml:3: name origin.cdn.example. is steered by policy \"video\" but zones/cdn.example.zone line 25 also gives it static A records",
-        "zones/cdn.example.policy.yaml:3: name origin.cdn.example. is steered by policy \"video\" but zones/cdn.example.zone line 26 also gives it static AAAA records",
+        'zones/cdn.example.policy.yaml:3: name origin.cdn.example. is steered by policy "video" but zones/cdn.example.zone line 25 also gives it static A records',
+        'zones/cdn.example.policy.yaml:3: name origin.cdn.example. is steered by policy "video" but zones/cdn.example.zone line 26 also gives it static AAAA records',
     ),
     case(
         "policy-unknown-field",
         'zones/cdn.example.policy.yaml:8: policy "video": unknown field "max_ttl" (valid fields: '
-        "answer_count, default_site, load_penalty_ms, nodes, onnet_bonus_ms, ttl, when_all_down)",
+        "answer_count, default_site, expected_peak_gbps, geofence, headroom, load_penalty_ms, nodes, onnet_bonus_ms, ttl, when_all_down)",
     ),
     case(
         "policy-answer-count-zero",
@@ -249,15 +249,15 @@ NEGATIVE = [
     ),
     case(
         "health-key-unknown-node",
-        "zones/node-keys.sample.yaml:23: key for unknown node \"tef-mad-9\" (not in nodes.yaml)",
+        'zones/node-keys.sample.yaml:23: key for unknown node "tef-mad-9" (not in nodes.yaml)',
     ),
     case(
         "health-key-not-hex",
-        "zones/node-keys.sample.yaml:21: node \"ix-lis-1\": key must be hexadecimal",
+        'zones/node-keys.sample.yaml:21: node "ix-lis-1": key must be hexadecimal',
     ),
     case(
         "health-node-without-key",
-        "zones/node-keys.sample.yaml:4: node \"pop-par-1\" has no key: it could never report",
+        'zones/node-keys.sample.yaml:4: node "pop-par-1" has no key: it could never report',
     ),
     case(
         "latency-rtt-not-a-number",
@@ -360,7 +360,9 @@ def test_load_deployment_raises_sorted_problems(
     assert all(isinstance(p, Problem) for p in problems)
     assert problems == sorted(problems)
     assert problems == [
-        Problem("zones/cdn.example.zone", 6, "unknown rdatatype 'AAA': mail  IN AAA  2001:db8:25::1"),
+        Problem(
+            "zones/cdn.example.zone", 6, "unknown rdatatype 'AAA': mail  IN AAA  2001:db8:25::1"
+        ),
         Problem(
             "zones/nodes.yaml",
             15,

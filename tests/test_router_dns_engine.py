@@ -44,13 +44,15 @@ class Engine:
         for node, state in admin.items():
             self.health.set_admin_state(node.replace("_", "-"), state)
         table = build_routing_table(self.model, self.health.states(), None, 1)
-        self.view = TableView(1, table.group_set, table.set_nodes)
+        self.view = TableView(table)
         self.responder = Responder(self.book, self.model.client_map, lambda: self.view)
 
     def raw(self, wire: bytes, source: str = "127.0.0.1", udp: bool = True) -> bytes | None:
         return self.responder.respond(wire, source, udp)
 
-    def ask(self, query: dns.message.Message, source: str = "127.0.0.1", udp: bool = True) -> dns.message.Message:
+    def ask(
+        self, query: dns.message.Message, source: str = "127.0.0.1", udp: bool = True
+    ) -> dns.message.Message:
         reply = self.raw(query.to_wire(), source, udp)
         assert reply is not None
         return dns.message.from_wire(reply)
@@ -77,7 +79,9 @@ class ServerEngine:
             length = struct.unpack("!H", recv_exactly(s, 2))[0]
             return recv_exactly(s, length)
 
-    def ask(self, query: dns.message.Message, source: str = "127.0.0.1", udp: bool = True) -> dns.message.Message:
+    def ask(
+        self, query: dns.message.Message, source: str = "127.0.0.1", udp: bool = True
+    ) -> dns.message.Message:
         reply = self.raw(query.to_wire(), source, udp)
         assert reply is not None
         return dns.message.from_wire(reply)
@@ -140,8 +144,12 @@ STATIC_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name, rdtype, rcode, expected", [c[1:] for c in STATIC_CASES], ids=[c[0] for c in STATIC_CASES])
-def test_static_answers(engine: Engine, name: str, rdtype: str, rcode: str, expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    "name, rdtype, rcode, expected", [c[1:] for c in STATIC_CASES], ids=[c[0] for c in STATIC_CASES]
+)
+def test_static_answers(
+    engine: Engine, name: str, rdtype: str, rcode: str, expected: set[str]
+) -> None:
     reply = engine.ask(query(name, rdtype))
     assert dns.rcode.to_text(reply.rcode()) == rcode
     assert rrs(reply.answer) == expected
@@ -160,16 +168,38 @@ def test_additional_section_carries_glue_for_ns_and_mx(engine: Engine) -> None:
 
 NEGATIVE_CASES = [
     ("NXDOMAIN", "nope.cdn.example.", "A", "NXDOMAIN", "cdn.example. 300 IN SOA"),
-    ("NODATA: name exists, type does not", "origin.cdn.example.", "MX", "NOERROR", "cdn.example. 300 IN SOA"),
+    (
+        "NODATA: name exists, type does not",
+        "origin.cdn.example.",
+        "MX",
+        "NOERROR",
+        "cdn.example. 300 IN SOA",
+    ),
     ("NODATA at a steered name", "www.cdn.example.", "TXT", "NOERROR", "cdn.example. 300 IN SOA"),
-    ("NODATA at an empty non-terminal", "b.c.edge.example.", "A", "NOERROR", "edge.example. 120 IN SOA"),
-    ("NXDOMAIN below an existing name", "x.origin.cdn.example.", "A", "NXDOMAIN", "cdn.example. 300 IN SOA"),
+    (
+        "NODATA at an empty non-terminal",
+        "b.c.edge.example.",
+        "A",
+        "NOERROR",
+        "edge.example. 120 IN SOA",
+    ),
+    (
+        "NXDOMAIN below an existing name",
+        "x.origin.cdn.example.",
+        "A",
+        "NXDOMAIN",
+        "cdn.example. 300 IN SOA",
+    ),
     ("wildcard NODATA", "foo.wild.edge.example.", "MX", "NOERROR", "edge.example. 120 IN SOA"),
 ]
 
 
-@pytest.mark.parametrize("name, rdtype, rcode, soa", [c[1:] for c in NEGATIVE_CASES], ids=[c[0] for c in NEGATIVE_CASES])
-def test_negative_answers_carry_soa_with_negative_ttl(engine: Engine, name: str, rdtype: str, rcode: str, soa: str) -> None:
+@pytest.mark.parametrize(
+    "name, rdtype, rcode, soa", [c[1:] for c in NEGATIVE_CASES], ids=[c[0] for c in NEGATIVE_CASES]
+)
+def test_negative_answers_carry_soa_with_negative_ttl(
+    engine: Engine, name: str, rdtype: str, rcode: str, soa: str
+) -> None:
     # RFC 2308 section 3: the SOA's TTL in a negative answer is min(SOA TTL, SOA MINIMUM).
     reply = engine.ask(query(name, rdtype))
     assert dns.rcode.to_text(reply.rcode()) == rcode
@@ -220,9 +250,14 @@ def test_question_echoed_exactly_as_cased_with_id_and_rd(engine: Engine) -> None
     reply = engine.raw(wire)
     assert reply is not None
     assert reply[:2] == b"\xbe\xef"
-    assert reply[12 : 12 + len(b"\x06OrIgIn\x03CdN\x07ExAmPlE\x00")] == b"\x06OrIgIn\x03CdN\x07ExAmPlE\x00"
+    assert (
+        reply[12 : 12 + len(b"\x06OrIgIn\x03CdN\x07ExAmPlE\x00")]
+        == b"\x06OrIgIn\x03CdN\x07ExAmPlE\x00"
+    )
     parsed = dns.message.from_wire(reply)
-    assert parsed.flags & dns.flags.RD and parsed.flags & dns.flags.QR and parsed.flags & dns.flags.AA
+    assert (
+        parsed.flags & dns.flags.RD and parsed.flags & dns.flags.QR and parsed.flags & dns.flags.AA
+    )
     assert not parsed.flags & dns.flags.RA
     q.flags &= ~dns.flags.RD
     assert not dns.message.from_wire(engine.raw(q.to_wire())).flags & dns.flags.RD
@@ -251,7 +286,9 @@ FORMERR_PACKETS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("packet", [p for _, p in FORMERR_PACKETS], ids=[n for n, _ in FORMERR_PACKETS])
+@pytest.mark.parametrize(
+    "packet", [p for _, p in FORMERR_PACKETS], ids=[n for n, _ in FORMERR_PACKETS]
+)
 def test_formerr_for_malformed_queries(engine: Engine, packet: bytes) -> None:
     reply = engine.raw(packet)
     assert reply is not None
@@ -267,7 +304,9 @@ def test_too_short_to_answer_is_dropped(engine: Engine) -> None:
     assert engine.raw(b"") is None
 
 
-@pytest.mark.parametrize("opcode", [dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE])
+@pytest.mark.parametrize(
+    "opcode", [dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE]
+)
 def test_notimp_for_other_opcodes(engine: Engine, opcode: int) -> None:
     q = query("cdn.example.", "SOA")
     q.set_opcode(opcode)
@@ -315,7 +354,9 @@ TRUNCATION_CASES = [
 
 
 @pytest.mark.parametrize("name, payload, udp, truncated", TRUNCATION_CASES)
-def test_truncation(engine: Engine, name: str, payload: int | None, udp: bool, truncated: bool) -> None:
+def test_truncation(
+    engine: Engine, name: str, payload: int | None, udp: bool, truncated: bool
+) -> None:
     q = query(name, "TXT", use_edns=0 if payload else False, payload=payload or 512)
     reply_wire = engine.raw(q.to_wire(), udp=udp)
     assert reply_wire is not None
@@ -340,18 +381,28 @@ def test_ecs_steers_by_subnet_and_scopes_to_the_map_entry(engine: Engine) -> Non
     option = ecs_of(reply)
     assert option is not None
     assert (option.address, option.srclen, option.scopelen) == ("83.44.10.0", 24, 11)
-    assert rrs(reply.answer) == {"video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.12"}
+    assert rrs(reply.answer) == {
+        "video.cdn.example. 20 IN A 192.0.2.11",
+        "video.cdn.example. 20 IN A 192.0.2.12",
+    }
 
 
 def test_ecs_ipv6_and_aaaa(engine: Engine) -> None:
     reply = engine.ask(query("www.cdn.example.", "AAAA", ecs="2a02:9100:1234::/48"))
     option = ecs_of(reply)
     assert (option.family, option.srclen, option.scopelen) == (2, 48, 24)
-    assert rrs(reply.answer) == {"www.cdn.example. 30 IN AAAA 2001:db8:11::1", "www.cdn.example. 30 IN AAAA 2001:db8:12::1"}
+    assert rrs(reply.answer) == {
+        "www.cdn.example. 30 IN AAAA 2001:db8:11::1",
+        "www.cdn.example. 30 IN AAAA 2001:db8:12::1",
+    }
 
 
 def test_ecs_scope_zero_for_names_that_are_not_steered(engine: Engine) -> None:
-    for name, rdtype in (("origin.cdn.example.", "A"), ("nope.cdn.example.", "A"), ("images.cdn.example.", "A")):
+    for name, rdtype in (
+        ("origin.cdn.example.", "A"),
+        ("nope.cdn.example.", "A"),
+        ("images.cdn.example.", "A"),
+    ):
         option = ecs_of(engine.ask(query(name, rdtype, ecs="83.44.10.0/24")))
         assert option is not None and option.scopelen == 0 and option.srclen == 24
 
@@ -397,21 +448,34 @@ def test_formerr_for_malformed_ecs(engine: Engine, wire: bytes) -> None:
 def test_private_and_loopback_ecs_fall_back_to_the_source_address(local_engine: Engine) -> None:
     # The resolver sits in Telefonica space; its clients' ECS says 10.x or 127.x.
     via_source = local_engine.ask(query("video.cdn.example.", "A", ecs="83.44.10.0/24"))
-    for subnet, scope in (("10.1.2.0/24", 8), ("127.0.0.0/24", 8), ("192.168.1.0/24", 16), ("fd00::/56", 7)):
+    for subnet, scope in (
+        ("10.1.2.0/24", 8),
+        ("127.0.0.0/24", 8),
+        ("192.168.1.0/24", 16),
+        ("fd00::/56", 7),
+    ):
         reply = local_engine.ask(query("video.cdn.example.", "A", ecs=subnet), source="83.44.10.7")
         assert rrs(reply.answer) == rrs(via_source.answer), subnet
         assert ecs_of(reply).scopelen == scope  # covers the whole special block (RFC 7871 10)
 
 
 def test_ecs_zero_prefix_uses_the_source_address_with_scope_zero(local_engine: Engine) -> None:
-    reply = local_engine.ask(query("video.cdn.example.", "A", ecs="0.0.0.0/0"), source="85.241.20.30")
+    reply = local_engine.ask(
+        query("video.cdn.example.", "A", ecs="0.0.0.0/0"), source="85.241.20.30"
+    )
     assert ecs_of(reply).scopelen == 0
-    assert rrs(reply.answer) == {"video.cdn.example. 20 IN A 198.51.100.11", "video.cdn.example. 20 IN A 198.51.100.12"}
+    assert rrs(reply.answer) == {
+        "video.cdn.example. 20 IN A 198.51.100.11",
+        "video.cdn.example. 20 IN A 198.51.100.12",
+    }
 
 
 def test_source_address_used_without_ecs(local_engine: Engine) -> None:
     reply = local_engine.ask(query("video.cdn.example.", "A"), source="89.153.10.20")  # NOS
-    assert rrs(reply.answer) == {"video.cdn.example. 20 IN A 198.51.100.21", "video.cdn.example. 20 IN A 198.51.100.22"}
+    assert rrs(reply.answer) == {
+        "video.cdn.example. 20 IN A 198.51.100.21",
+        "video.cdn.example. 20 IN A 198.51.100.22",
+    }
 
 
 def test_loopback_source_without_ecs_is_an_unknown_client(engine) -> None:
@@ -419,7 +483,10 @@ def test_loopback_source_without_ecs_is_an_unknown_client(engine) -> None:
     # scoped to the whole loopback-free gap of the map (no ECS in the query: no option).
     reply = engine.ask(query("video.cdn.example.", "A", use_edns=0))
     assert ecs_of(reply) is None
-    assert rrs(reply.answer) == {"video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.31"}
+    assert rrs(reply.answer) == {
+        "video.cdn.example. 20 IN A 192.0.2.11",
+        "video.cdn.example. 20 IN A 192.0.2.31",
+    }
     private = engine.ask(query("video.cdn.example.", "A", ecs="10.9.8.0/24"))
     assert rrs(private.answer) == rrs(reply.answer)
     assert ecs_of(private).scopelen == 8
@@ -428,7 +495,10 @@ def test_loopback_source_without_ecs_is_an_unknown_client(engine) -> None:
 @pytest.mark.parametrize("udp", [True, False], ids=["udp", "tcp"])
 def test_same_answer_over_udp_and_tcp(engine, udp: bool) -> None:
     reply = engine.ask(query("www.cdn.example.", "A", ecs="85.48.0.0/16"), udp=udp)
-    assert rrs(reply.answer) == {"www.cdn.example. 30 IN A 192.0.2.31", "www.cdn.example. 30 IN A 192.0.2.33"}
+    assert rrs(reply.answer) == {
+        "www.cdn.example. 30 IN A 192.0.2.31",
+        "www.cdn.example. 30 IN A 192.0.2.33",
+    }
     assert ecs_of(reply).scopelen == 12
 
 
@@ -444,7 +514,9 @@ CROSS_CHECK = [
 
 
 @pytest.mark.parametrize("name, rdtype, ecs", CROSS_CHECK)
-def test_replies_decode_identically_with_dnslib(engine, name: str, rdtype: str, ecs: str | None) -> None:
+def test_replies_decode_identically_with_dnslib(
+    engine, name: str, rdtype: str, ecs: str | None
+) -> None:
     # A second, independent decoder: both must read the same records from our bytes.
     reply_wire = engine.raw(query(name, rdtype, ecs=ecs).to_wire(), udp=False)
     assert reply_wire is not None
@@ -452,8 +524,15 @@ def test_replies_decode_identically_with_dnslib(engine, name: str, rdtype: str, 
     theirs = dnslib.DNSRecord.parse(reply_wire)
     assert theirs.header.id == ours.id
     assert theirs.header.rcode == ours.rcode() & 0xF
-    for dnslib_section, dnspython_section in ((theirs.rr, ours.answer), (theirs.auth, ours.authority)):
-        expected = sorted((str(rrset.name).lower(), rrset.rdtype, rrset.ttl) for rrset in dnspython_section for _ in rrset)
+    for dnslib_section, dnspython_section in (
+        (theirs.rr, ours.answer),
+        (theirs.auth, ours.authority),
+    ):
+        expected = sorted(
+            (str(rrset.name).lower(), rrset.rdtype, rrset.ttl)
+            for rrset in dnspython_section
+            for _ in rrset
+        )
         decoded = sorted((str(rr.rname).lower(), rr.rtype, rr.ttl) for rr in dnslib_section)
         assert decoded == expected
     assert str(theirs.q.qname).lower() == name

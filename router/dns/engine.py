@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from bisect import bisect_right
 from collections.abc import Callable
 
 from router.dns import wire
@@ -42,19 +43,58 @@ _META_REFUSED = {249, 251, 252}  # TKEY, IXFR, AXFR: no transfers or key exchang
 _META_FORMERR = {wire.OPT_TYPE, 250}  # OPT and TSIG are not questions
 
 
+# A group split over several nodes is split by client subnet: every client of one /24
+# (IPv4) or /48 (IPv6) gets the same node, so caches and connections stay warm.
+STICKY_V4_BITS = 24
+STICKY_V6_BITS = 48
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: spreads neighbouring subnets evenly
+_MASK64 = (1 << 64) - 1
+
+
+def sticky_point(key: int) -> int:
+    """Where a client subnet falls in [0, 65536) of a split group's cumulative weights."""
+    return ((key * _GOLDEN) & _MASK64) >> 48
+
+
 class TableView:
     """One routing table generation plus the answer bodies encoded from it.
 
     Swapped as a single reference, so a query never mixes two generations.
     """
 
-    __slots__ = ("generation", "group_set", "set_nodes", "bodies")
+    __slots__ = (
+        "generation",
+        "group_set",
+        "set_nodes",
+        "split_start",
+        "split_set",
+        "split_cum",
+        "bodies",
+        "splits",
+    )
 
-    def __init__(self, generation: int, group_set, set_nodes) -> None:  # noqa: ANN001 - numpy arrays
-        self.generation = generation
-        self.group_set = group_set  # int32[P, G]
-        self.set_nodes = set_nodes  # int32[S, K]
+    def __init__(self, table) -> None:  # noqa: ANN001 - a RoutingTable (kept import-free of steering)
+        self.generation = table.generation
+        self.group_set = table.group_set  # int32[P, G]
+        self.set_nodes = table.set_nodes  # int32[S, K]
+        self.split_start = table.split_start
+        self.split_set = table.split_set
+        self.split_cum = table.split_cum
         self.bodies: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.splits: dict[int, tuple[list[int], list[int]]] = {}
+
+    def pick(self, row: int, key: int) -> int:
+        """The answer set of split ``row`` for the client subnet ``key``."""
+        split = self.splits.get(row)
+        if split is None:
+            lo, hi = int(self.split_start[row]), int(self.split_start[row + 1])
+            split = (
+                [int(c) for c in self.split_cum[lo:hi]],
+                [int(s) for s in self.split_set[lo:hi]],
+            )
+            self.splits[row] = split
+        cum, sets = split
+        return sets[min(bisect_right(cum, sticky_point(key)), len(sets) - 1)]
 
 
 class Decision:
@@ -73,7 +113,11 @@ class Responder:
     """Answers queries from an answer book, a client map and the current routing table."""
 
     def __init__(
-        self, book: AnswerBook, client_map: ClientMap, view: Callable[[], TableView], record_decisions: bool = False
+        self,
+        book: AnswerBook,
+        client_map: ClientMap,
+        view: Callable[[], TableView],
+        record_decisions: bool = False,
     ) -> None:
         self.book = book
         self.client_map = client_map
@@ -123,9 +167,14 @@ class Responder:
                            entry.extra, entry.extra_required)  # fmt: skip
 
     def _steered(self, q: Query, entry: SteeredAnswer, source: str, udp: bool) -> bytes:
-        group, scope, origin = self._locate(q, source)
+        group, scope, origin, client_key = self._locate(q, source)
         view = self.view()
         answer_set = int(view.group_set[entry.policy, group])
+        if answer_set < 0:
+            answer_set = view.pick(-answer_set - 1, client_key)
+            # The answer now depends on the client's /24 (or /48): say so in the scope.
+            if scope is not None and scope > 0:
+                scope = max(scope, STICKY_V4_BITS if client_key >> 63 == 0 else STICKY_V6_BITS)
         key = (entry.index, answer_set)
         cached = view.bodies.get(key)
         if cached is None:
@@ -137,8 +186,8 @@ class Responder:
         body, count = cached
         return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
 
-    def _locate(self, q: Query, source: str) -> tuple[int, int, str]:
-        """(group, ECS scope, what decided) for a steered query."""
+    def _locate(self, q: Query, source: str) -> tuple[int, int, str, int]:
+        """(group, ECS scope, what decided, sticky client key) for a steered query."""
         ecs = q.ecs
         if ecs is not None:
             family, bits, octets = ecs
@@ -148,26 +197,30 @@ class Responder:
                     special = _special_scope(ipaddress.IPv4Address(value), _SPECIAL_V4)
                     if special is None:
                         group, scope = self.client_map.lookup_v4_int(value)
-                        return group, scope, "ecs"
+                        return group, scope, "ecs", _v4_key(value, bits)
                 else:
                     value = int.from_bytes(octets + b"\0" * (16 - len(octets)), "big")
                     special = _special_scope(ipaddress.IPv6Address(value), _SPECIAL_V6)
                     if special is None:
-                        group, scope = self.client_map.lookup_v6_int(value >> 64, value & 0xFFFFFFFFFFFFFFFF)
-                        return group, scope, "ecs"
-                group, _ = self._by_source(source)
-                return group, min(special, bits), "source (ECS address is not routable)"
+                        group, scope = self.client_map.lookup_v6_int(
+                            value >> 64, value & 0xFFFFFFFFFFFFFFFF
+                        )
+                        return group, scope, "ecs", _v6_key(value, bits)
+                group, _, key = self._by_source(source)
+                return group, min(special, bits), "source (ECS address is not routable)", key
             # SOURCE PREFIX-LENGTH 0: the client asks not to be located by its subnet.
-            group, _ = self._by_source(source)
-            return group, 0, "source (ECS /0)"
-        group, scope = self._by_source(source)
-        return group, scope, "source"
+            group, _, key = self._by_source(source)
+            return group, 0, "source (ECS /0)", key
+        group, scope, key = self._by_source(source)
+        return group, scope, "source", key
 
-    def _by_source(self, source: str) -> tuple[int, int]:
+    def _by_source(self, source: str) -> tuple[int, int, int]:
         address = ipaddress.ip_address(source.split("%", 1)[0])
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        return self.client_map.lookup(address)
+        group, scope = self.client_map.lookup(address)
+        value = int(address)
+        return group, scope, _v4_key(value, 32) if address.version == 4 else _v6_key(value, 128)
 
     # -- encoding ----------------------------------------------------------------------
 
@@ -192,17 +245,29 @@ class Responder:
     ) -> bytes:
         """Assemble header, the client's own question, sections and OPT; truncate for UDP."""
         extended = rcode_flags == wire.BADVERS
-        flags = wire.QR | (q.flags & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+        flags = (
+            wire.QR | (q.flags & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+        )
         opt = b""
         if q.edns:
             ecs = b""
             if q.ecs is not None and ecs_scope is not None and not extended:
                 family, bits, octets = q.ecs
-                ecs = _ECS_HEADER.pack(wire.ECS_OPTION, 4 + len(octets), family, bits, ecs_scope) + octets
+                ecs = (
+                    _ECS_HEADER.pack(wire.ECS_OPTION, 4 + len(octets), family, bits, ecs_scope)
+                    + octets
+                )
             ext_rcode = 1 if extended else 0
-            opt = _OPT_FIXED.pack(0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(ecs)) + ecs
+            opt = (
+                _OPT_FIXED.pack(
+                    0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(ecs)
+                )
+                + ecs
+            )
         opt_count = 1 if opt else 0
-        reply = _HEADER.pack(q.id, flags, 1, an, ns, ar + opt_count) + q.question + main + extra + opt
+        reply = (
+            _HEADER.pack(q.id, flags, 1, an, ns, ar + opt_count) + q.question + main + extra + opt
+        )
         if not udp:
             return reply
         limit = min(q.payload, MAX_UDP_PAYLOAD) if q.edns else NO_EDNS_UDP_PAYLOAD
@@ -216,7 +281,21 @@ class Responder:
         return _HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, opt_count) + q.question + opt
 
 
-def _special_scope(address: ipaddress.IPv4Address | ipaddress.IPv6Address, blocks: list) -> int | None:  # noqa: ANN001
+def _v4_key(value: int, bits: int) -> int:
+    """The client's sticky subnet: its /24, or fewer bits if that is all the client gave."""
+    keep = min(bits, STICKY_V4_BITS)
+    return value & ~((1 << (32 - keep)) - 1) & 0xFFFFFFFF
+
+
+def _v6_key(value: int, bits: int) -> int:
+    keep = min(bits, STICKY_V6_BITS)
+    top = value >> (128 - STICKY_V6_BITS)
+    return (1 << 63) | (top & ~((1 << (STICKY_V6_BITS - keep)) - 1))
+
+
+def _special_scope(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, blocks: list
+) -> int | None:  # noqa: ANN001
     for block in blocks:
         if address in block:
             return block.prefixlen

@@ -25,11 +25,11 @@ import numpy as np
 from router.config.deployment import Deployment
 from router.dns.answers import AnswerBook
 from router.health.monitor import NodeMonitor
-from router.health.state import NodeHealth, NodeStatus
+from router.health.state import NodeHealth, NodeState, NodeStatus
 from router.health.telemetry import Rejected, Verifier
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
-from router.steering.build import RoutingTable, build_routing_table
+from router.steering.build import Planner, RoutingTable
 from router.steering.model import SteeringModel
 
 log = logging.getLogger("router.service")
@@ -63,7 +63,9 @@ def parse_endpoint(text: str, what: str) -> tuple[str, int]:
     return host, value
 
 
-def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.socket], list[socket.socket], int]:
+def bind_dns_sockets(
+    host: str, port: int, count: int
+) -> tuple[list[socket.socket], list[socket.socket], int]:
     """``count`` UDP and TCP sockets in one SO_REUSEPORT group each, on one port."""
     try:
         family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
@@ -135,9 +137,13 @@ class Supervisor:
         self.verifier: Verifier | None = None
         if telemetry:
             if deployment.health is None or deployment.node_keys is None:
-                raise ServiceError("--telemetry needs a health: section with keys in deployment.yaml")
+                raise ServiceError(
+                    "--telemetry needs a health: section with keys in deployment.yaml"
+                )
             settings = deployment.health.settings()
-            monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, settings, time.monotonic())
+            monitor = NodeMonitor(
+                model.node_ids, model.node_capacity_gbps, settings, time.monotonic()
+            )
             self.verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
         self.health = NodeHealth(model.node_ids, monitor)
         self.state_file = state_file
@@ -165,7 +171,11 @@ class Supervisor:
         self._workers: list[_Worker] = []
         # Compile every kernel (first table, both lookups) before taking the port, so
         # the first query never waits for numba.
-        self.table = build_routing_table(model, self.health.states(), self.health.utilization(), generation=1)
+        self.planner = Planner(model)
+        self.table = self.planner.build(
+            self.health.states(), self.health.utilization(), generation=1
+        )
+        self.last_build_ms = 0.0
         model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
         model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
         self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
@@ -182,7 +192,9 @@ class Supervisor:
         deadline = time.monotonic() + READY_TIMEOUT
         for worker in self._workers:
             self._expect(worker, "ready", deadline)
-        self._publisher_thread = threading.Thread(target=self._publisher, name="publisher", daemon=True)
+        self._publisher_thread = threading.Thread(
+            target=self._publisher, name="publisher", daemon=True
+        )
         self._publisher_thread.start()
 
     def _spawn(self, index: int) -> _Worker:
@@ -190,15 +202,25 @@ class Supervisor:
         process = self._context.Process(
             target=worker_main,
             name=f"router-worker-{index}",
-            args=(index, self._udp[index], self._tcp[index], theirs, self.book,
-                  self.model.client_map, self._table_path, self.tcp_idle_timeout),  # fmt: skip
+            args=(
+                index,
+                self._udp[index],
+                self._tcp[index],
+                theirs,
+                self.book,
+                self.model.client_map,
+                self._table_path,
+                self.tcp_idle_timeout,
+            ),  # fmt: skip
             daemon=True,
         )
         process.start()
         theirs.close()
         return _Worker(index, process, ours)
 
-    def _expect(self, worker: _Worker, kind: str, deadline: float, generation: int | None = None) -> None:
+    def _expect(
+        self, worker: _Worker, kind: str, deadline: float, generation: int | None = None
+    ) -> None:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not worker.control.poll(remaining):
@@ -207,7 +229,9 @@ class Supervisor:
             if message[0] == kind and (generation is None or message[1] == generation):
                 return
             if message[0] == "nack":
-                raise ServiceError(f"worker {worker.index} could not load routing table {message[1]}")
+                raise ServiceError(
+                    f"worker {worker.index} could not load routing table {message[1]}"
+                )
 
     def check_workers(self) -> None:
         """Replace any worker that died; it starts on the current routing table."""
@@ -215,7 +239,11 @@ class Supervisor:
             for i, worker in enumerate(self._workers):
                 if worker.process.is_alive():
                     continue
-                log.error("worker %d exited (code %s); starting a new one", worker.index, worker.process.exitcode)
+                log.error(
+                    "worker %d exited (code %s); starting a new one",
+                    worker.index,
+                    worker.process.exitcode,
+                )
                 worker.control.close()
                 self._workers[i] = self._spawn(worker.index)
                 self._expect(self._workers[i], "ready", time.monotonic() + READY_TIMEOUT)
@@ -270,7 +298,10 @@ class Supervisor:
             self.request_rebuild()
         elif now - self._published_at >= LOAD_REFRESH_S and not self._dirty:
             # Load moves every second; republish only when it moved enough to matter.
-            if np.abs(self.health.utilization() - self._published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
+            if (
+                np.abs(self.health.utilization() - self._published_util).max(initial=0.0)
+                >= LOAD_REFRESH_DELTA
+            ):
                 self.request_rebuild()
 
     def on_probe(self, node_id: str, ok: bool, detail: str) -> None:
@@ -322,7 +353,7 @@ class Supervisor:
                 states = self.health.states()
                 util = self.health.utilization().copy()
             try:
-                table = build_routing_table(self.model, states, util, self.table.generation + 1)
+                table = self._plan(states, util)
                 with self._workers_lock:
                     self._publish(table)
                 self._published_util = util
@@ -332,6 +363,29 @@ class Supervisor:
             with self._published:
                 self._done = ticket
                 self._published.notify_all()
+
+    def _plan(self, states: np.ndarray, util: np.ndarray) -> RoutingTable:
+        # One node gone down and nothing else changed (the common failure): repair the
+        # plans instead of planning the world again.
+        generation = self.table.generation + 1
+        started = time.perf_counter()
+        changed = np.flatnonzero(states != self.table.node_state)
+        if (
+            len(changed) == 1
+            and states[changed[0]] == NodeState.DOWN
+            and np.array_equal(util, self._published_util)
+        ):
+            table = self.planner.node_down(int(changed[0]), states, util, generation)
+        else:
+            table = self.planner.build(states, util, generation)
+        self.last_build_ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "routing table %d planned (%s) in %.1f ms",
+            generation,
+            self.planner.last_kind,
+            self.last_build_ms,
+        )
+        return table
 
     def _save_state(self) -> None:
         if self.state_file is None:
@@ -370,4 +424,6 @@ class Supervisor:
         if failed:
             log.error("routing table %d not confirmed: %s", table.generation, "; ".join(failed))
         else:
-            log.info("routing table %d in service on %d workers", table.generation, len(self._workers))
+            log.info(
+                "routing table %d in service on %d workers", table.generation, len(self._workers)
+            )

@@ -21,9 +21,17 @@ import numpy as np
 
 from router.steering.build import RoutingTable
 
-MAGIC = b"RTABLE1\n"
+MAGIC = b"RTABLE2\n"
 _ALIGN = 64
-_ARRAYS = ("group_set", "set_nodes", "node_state")
+_ARRAYS = (
+    "group_set",
+    "set_nodes",
+    "node_state",
+    "split_start",
+    "split_set",
+    "split_cum",
+    "node_planned",
+)
 
 
 def write_table(directory: Path, table: RoutingTable) -> Path:
@@ -31,7 +39,9 @@ def write_table(directory: Path, table: RoutingTable) -> Path:
     entries = []
     offset = 0
     for name, array in arrays.items():
-        entries.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset})
+        entries.append(
+            {"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset}
+        )
         offset += -(-array.nbytes // _ALIGN) * _ALIGN
     header = json.dumps({"generation": table.generation, "arrays": entries}).encode()
     prefix = MAGIC + struct.pack("<Q", len(header)) + header

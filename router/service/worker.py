@@ -26,7 +26,7 @@ log = logging.getLogger("router.worker")
 
 def _view(path: Path) -> TableView:
     table = map_table(path)
-    return TableView(table.generation, table.group_set, table.set_nodes)
+    return TableView(table)
 
 
 def worker_main(
@@ -88,5 +88,7 @@ def worker_main(
     except WorkerStop:
         pass  # the signal arrived outside recvfrom
     stop.set()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping: a second signal must not interrupt the join
+    signal.signal(
+        signal.SIGTERM, signal.SIG_IGN
+    )  # already stopping: a second signal must not interrupt the join
     tcp_thread.join(timeout=2)

@@ -1,7 +1,10 @@
-"""Routing tables: node states in, immutable per-group answer sets out.
+"""Routing tables: node states and demand in, immutable per-group answers out.
 
-A table is built whole whenever an input changes (node state, load) and then swapped
-in atomically; the DNS side only ever reads it.
+A table is built whenever an input changes (node state, load, demand) and swapped in
+atomically; the DNS side only ever reads it. Each policy is planned with
+``router.steering.plan``; a group whose demand the plan splits over several nodes gets
+several answers with weights, and the DNS side picks one per client subnet (sticky).
+Every answer leads with the node the plan chose, followed by the group's next best nodes.
 """
 
 from __future__ import annotations
@@ -11,35 +14,200 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.steering.model import SteeringModel
-from router.steering.rank import rank_groups
+from router.steering.plan import (
+    PlanInputs,
+    PolicyPlan,
+    plan_policy,
+    primary_shares,
+    replan_node_down,
+)
+
+WEIGHT_SCALE = 65536  # split weights are cumulative thresholds in [1, WEIGHT_SCALE]
 
 
 @dataclass(frozen=True)
 class RoutingTable:
     generation: int
-    group_set: np.ndarray  # int32[P, G]: answer set of each policy and client group
+    group_set: np.ndarray  # int32[P, G]: answer set; negative: -(1 + split row)
     set_nodes: np.ndarray  # int32[S, K]: node indexes of each answer set, -1 padded
     node_state: np.ndarray  # int8[N]: the states it was built from
+    split_start: np.ndarray  # int32[R + 1]: each split row's entries in split_set/split_cum
+    split_set: np.ndarray  # int32[T]: answer set of each entry
+    split_cum: np.ndarray  # uint32[T]: cumulative weight, the row's last entry is WEIGHT_SCALE
+    node_planned: np.ndarray  # float64[N]: Gbps the plans put on each node (all policies)
+
+    def entries(self, policy: int, group: int) -> list[tuple[list[int], float]]:
+        """(answer nodes, share of the group's clients) for one group, plan order."""
+        value = int(self.group_set[policy, group])
+        if value >= 0:
+            return [(self._nodes(value), 1.0)]
+        row = -value - 1
+        out = []
+        previous = 0
+        for i in range(int(self.split_start[row]), int(self.split_start[row + 1])):
+            cum = int(self.split_cum[i])
+            out.append((self._nodes(int(self.split_set[i])), (cum - previous) / WEIGHT_SCALE))
+            previous = cum
+        return out
 
     def nodes_for(self, policy: int, group: int) -> list[int]:
-        return [int(n) for n in self.set_nodes[self.group_set[policy, group]] if n >= 0]
+        """The answer most of the group's clients get."""
+        return max(self.entries(policy, group), key=lambda e: e[1])[0]
+
+    def _nodes(self, answer_set: int) -> list[int]:
+        return [int(n) for n in self.set_nodes[answer_set] if n >= 0]
+
+
+class Planner:
+    """Keeps each policy's plan so that a node failure can be repaired, not re-planned."""
+
+    def __init__(self, model: SteeringModel) -> None:
+        self.model = model
+        self.plans: list[PolicyPlan | None] = [None] * len(model.policies)
+        self.inputs: list[PlanInputs | None] = [None] * len(model.policies)
+        self.demand = np.array([p.demand_prior for p in model.policies]).reshape(
+            len(model.policies), -1
+        )
+        self.samples: tuple | None = None
+        self.last_kind = "none"
+
+    def set_demand(self, policy: int, demand: np.ndarray) -> None:
+        self.demand[policy] = demand
+
+    def build(
+        self, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
+    ) -> RoutingTable:
+        """Plan every policy from scratch."""
+        util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
+        used = np.zeros(len(self.model.node_ids))
+        for p in range(len(self.model.policies)):
+            inputs = self._inputs(p, node_state, util)
+            self.plans[p] = plan_policy(inputs, used)
+            self.inputs[p] = inputs
+            used = used + self.plans[p].load
+        self.last_kind = "full"
+        return self._table(node_state, generation)
+
+    def node_down(
+        self, node: int, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
+    ) -> RoutingTable:
+        """One node left service: repair each plan where it can, else plan afresh."""
+        if any(p is None for p in self.plans):
+            return self.build(node_state, node_util, generation)
+        util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
+        previous = self.inputs
+        if any(not np.array_equal(i.rank.node_util, util) for i in previous if i is not None):
+            return self.build(node_state, node_util, generation)
+        total = sum(p.load for p in self.plans if p is not None)
+        for p, plan in enumerate(self.plans):
+            assert plan is not None
+            inputs = self._inputs(p, node_state, util)
+            repaired = replan_node_down(inputs, plan, node, total - plan.load)
+            if repaired is None:
+                return self.build(node_state, node_util, generation)
+            total = sum(q.load for q in self.plans if q is not None)
+            self.inputs[p] = inputs
+        self.last_kind = "incremental"
+        return self._table(node_state, generation)
+
+    def _inputs(self, p: int, node_state: np.ndarray, util: np.ndarray) -> PlanInputs:
+        compiled = self.model.policies[p]
+        rank = self.model.rank_inputs(p, node_state, util, self.samples)
+        return PlanInputs.create(
+            rank,
+            compiled.topology,
+            self.demand[p],
+            self.model.node_capacity_gbps,
+            compiled.policy.headroom,
+        )
+
+    def _table(self, node_state: np.ndarray, generation: int) -> RoutingTable:
+        model = self.model
+        width = max((p.policy.answer_count for p in model.policies), default=1)
+        n_groups = len(model.client_map.groups)
+        rows, owners, weights = [], [], []
+        used = sum(plan.load for plan in self.plans if plan is not None)
+        for p, (compiled, plan, inputs) in enumerate(zip(model.policies, self.plans, self.inputs)):
+            assert plan is not None and inputs is not None
+            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load)
+            rows.append(
+                _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
+            )
+            owners.append(p * n_groups + groups.astype(np.int64))
+            weights.append(weight)
+        all_rows = np.concatenate(rows)
+        owner = np.concatenate(owners)
+        weight = np.concatenate(weights)
+        # Many groups share an answer; store each distinct node list once.
+        keys = (
+            np.ascontiguousarray(all_rows)
+            .view(np.dtype((np.void, all_rows.dtype.itemsize * width)))
+            .ravel()
+        )
+        _, first, answer_set = np.unique(keys, return_index=True, return_inverse=True)
+        sets = all_rows[first]
+        answer_set = answer_set.reshape(-1).astype(np.int32)
+        # Entries arrive sorted by owner (policy, group); owners with one entry map directly.
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        counts = np.diff(np.r_[starts, len(owner)])
+        group_set = np.empty(len(model.policies) * n_groups, dtype=np.int32)
+        single = counts == 1
+        group_set[owner[starts[single]]] = answer_set[starts[single]]
+        split_owner_starts = starts[~single]
+        split_counts = counts[~single]
+        group_set[owner[split_owner_starts]] = -1 - np.arange(
+            len(split_owner_starts), dtype=np.int32
+        )
+        entry = np.flatnonzero(np.repeat(~single, counts))  # entries of split owners, in order
+        row_of_entry = np.repeat(np.arange(len(split_counts)), split_counts)
+        split_cum = _cumulative_weights(weight[entry], row_of_entry, len(split_counts))
+        table = RoutingTable(
+            generation=generation,
+            group_set=group_set.reshape(len(model.policies), n_groups),
+            set_nodes=sets.astype(np.int32),
+            node_state=np.array(node_state, dtype=np.int8),
+            split_start=np.r_[0, np.cumsum(split_counts)].astype(np.int32),
+            split_set=answer_set[entry].astype(np.int32),
+            split_cum=split_cum,
+            node_planned=used,
+        )
+        for array in (table.group_set, table.set_nodes, table.node_state, table.split_start, table.split_set,
+                      table.split_cum, table.node_planned):  # fmt: skip
+            array.flags.writeable = False
+        return table
+
+
+def _answer_rows(
+    cand_node: np.ndarray, groups: np.ndarray, primary: np.ndarray, count: int, width: int
+) -> np.ndarray:
+    """Rows of ``width``: the primary node, then the group's other candidates, ``count`` in all."""
+    out = np.full((len(groups), width), -1, dtype=np.int32)
+    out[:, 0] = primary
+    cands = cand_node[groups]
+    others = (cands != primary[:, None]) & (cands >= 0)
+    position = np.cumsum(others, axis=1)  # 1-based slot among the others
+    keep = others & (position <= count - 1)
+    r, c = np.nonzero(keep)
+    out[r, position[r, c]] = cands[r, c]
+    return out
+
+
+def _cumulative_weights(weight: np.ndarray, row: np.ndarray, rows: int) -> np.ndarray:
+    """Per split row, cumulative thresholds in [0, WEIGHT_SCALE], the last exactly WEIGHT_SCALE."""
+    if not len(weight):
+        return np.zeros(0, dtype=np.uint32)
+    totals = np.bincount(row, weights=weight, minlength=rows)
+    cum = np.cumsum(weight)
+    before = np.r_[0.0, np.cumsum(totals)][row]  # everything in earlier rows
+    share = (cum - before) / totals[row]
+    out = np.rint(share * WEIGHT_SCALE).astype(np.int64)
+    last = np.r_[row[1:] != row[:-1], True]
+    out[last] = WEIGHT_SCALE
+    return np.clip(out, 0, WEIGHT_SCALE).astype(np.uint32)
 
 
 def build_routing_table(
     model: SteeringModel, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
 ) -> RoutingTable:
-    if node_util is None:
-        node_util = np.zeros(len(model.node_ids))
-    width = max((p.policy.answer_count for p in model.policies), default=1)
-    n_groups = len(model.client_map.groups)
-    choices = np.full((len(model.policies), n_groups, width), -1, dtype=np.int32)
-    for p, compiled in enumerate(model.policies):
-        ranked = rank_groups(model.rank_inputs(p, node_state, node_util), compiled.policy.answer_count)
-        choices[p, :, : ranked.shape[1]] = ranked
-    # Many groups share an answer; store each distinct node list once.
-    sets, inverse = np.unique(choices.reshape(-1, width), axis=0, return_inverse=True)
-    group_set = inverse.reshape(len(model.policies), n_groups).astype(np.int32)
-    table = RoutingTable(generation, group_set, sets.astype(np.int32), np.array(node_state, dtype=np.int8))
-    for array in (table.group_set, table.set_nodes, table.node_state):
-        array.flags.writeable = False
-    return table
+    """A table planned from scratch (no repair state kept)."""
+    return Planner(model).build(node_state, node_util, generation)
