@@ -209,6 +209,7 @@ async def _run(  # noqa: ANN001
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
                 supervisor.check_workers()
+                supervisor.observe_demand()
         if drain_grace > 0:
             # Withdraw first (announcers watch /v1/status), then stop answering.
             supervisor.service_state = "draining"

@@ -47,6 +47,8 @@ class Candidate:
     load_penalty_ms: float
     score: float
     chosen: int | None  # position in the answer, 1-based
+    planned_gbps: float = 0.0  # what the capacity plan puts on the node (all policies)
+    capacity_gbps: float = 0.0
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Explanation:
     answer: list[str] = field(default_factory=list)
     ttl: int | None = None
     ecs_scope: int | None = None
+    # The group's answers under the capacity plan: node ids and the share of its clients.
+    split: list[dict] = field(default_factory=list)
 
     def to_text(self) -> str:
         lines = [f"name:    {self.name} {self.qtype}"]
@@ -77,15 +81,19 @@ class Explanation:
             )
             lines.append("candidates (best first; score = latency - on-net bonus + load penalty):")
             lines.append(f"  {'rank':>4}  {'node':<14} {'health':<9} {'latency_ms':>10} {'source':<9} "
-                         f"{'km':>6} {'on-net':<6} {'bonus_ms':>8} {'load_ms':>7} {'score':>8}")  # fmt: skip
+                         f"{'km':>6} {'on-net':<6} {'bonus_ms':>8} {'load_ms':>7} {'score':>8} {'planned/capacity Gbps':>22}")  # fmt: skip
             for c in self.candidates:
                 rank = str(c.chosen) if c.chosen else "-"
                 lines.append(
                     f"  {rank:>4}  {c.node:<14} {c.state:<9} {c.latency_ms:>10.1f} {c.latency_source:<9} "
                     f"{c.distance_km:>6.0f} {'yes' if c.onnet else 'no':<6} {(-c.onnet_bonus_ms if c.onnet else 0.0):>8.1f} "
-                    f"{c.load_penalty_ms:>7.1f} {c.score:>8.1f}"
+                    f"{c.load_penalty_ms:>7.1f} {c.score:>8.1f} {c.planned_gbps:>14.1f}/{c.capacity_gbps:<7.0f}"
                     + ("" if c.state == "up" else f"  ({c.reason})")
                 )
+            if len(self.split) > 1:
+                lines.append("capacity plan: the group is split by client /24 (IPv6 /48):")
+                for entry in self.split:
+                    lines.append(f"  {entry['share'] * 100:5.1f}%  {', '.join(entry['nodes'])}")
         scope = "none (no ECS in the query)" if self.ecs_scope is None else f"/{self.ecs_scope}"
         ttl = "-" if self.ttl is None else str(self.ttl)
         lines.append(f"answer:  {self.rcode}, TTL {ttl}, ECS scope {scope}")
@@ -164,7 +172,12 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     result.located_by = decision.source
     inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)))
     parts = group_components(inputs, decision.group)
-    chosen = table.nodes_for(policy_index, decision.group)
+    # The answer this client got (a split group answers by client subnet).
+    chosen = [int(n) for n in table.set_nodes[decision.answer_set] if n >= 0]
+    result.split = [
+        {"nodes": [model.node_ids[n] for n in nodes], "share": share}
+        for nodes, share in table.entries(policy_index, decision.group)
+    ]
     reasons = [status.reason for status in health.status()]
     order = np.lexsort(
         (np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state)
@@ -185,6 +198,8 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
                 load_penalty_ms=float(parts.load_penalty_ms[n]),
                 score=float(parts.score[n]),
                 chosen=chosen.index(int(n)) + 1 if int(n) in chosen else None,
+                planned_gbps=float(table.node_planned[n]),
+                capacity_gbps=float(model.node_capacity_gbps[n]),
             )
         )
     return result

@@ -9,6 +9,7 @@ standard input change what nodes report, one per line; a selector is a node id,
     load SEL GBPS
     silence SEL                          (stop sending: a silent death)
     health SEL fail|ok                   (the health URL answers 503 / 200: a broken service)
+    rtt SEL PREFIX MS                    (report this RTT to a client prefix in every heartbeat)
     restore SEL                          (mains, uplinks up, base load, sending again)
     quit
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import socket
 import sys
 import threading
@@ -45,6 +47,7 @@ class SimulatedNode:
     load_gbps: float = 0.0
     silent: bool = False
     health_failing: bool = False
+    rtt: dict[str, float] = field(default_factory=dict)  # client prefix -> ms, sent every beat
     seq: int = 0
 
     def healthy(self) -> bool:
@@ -60,7 +63,7 @@ class SimulatedNode:
         self.seq += 1
         report = Heartbeat(
             node=self.node.id, seq=self.seq, ts=time.time(), power=self.power, uplinks=dict(self.uplinks),
-            load_gbps=self.load_gbps, rps=self.load_gbps * 100.0,
+            load_gbps=self.load_gbps, rps=self.load_gbps * 100.0, rtt=tuple(self.rtt.items()),
         )  # fmt: skip
         return encode(report, self.key)
 
@@ -131,17 +134,27 @@ class Simulator:
             nodes = self.select(args[0])
             for n in nodes:
                 n.health_failing = args[1] == "fail"
+        elif verb == "rtt" and len(args) == 3:
+            try:
+                network = str(ipaddress.ip_network(args[1], strict=False))
+                ms = float(args[2])
+            except ValueError:
+                raise ValueError(f"rtt needs a client prefix and milliseconds, got {args[1]!r} {args[2]!r}") from None
+            nodes = self.select(args[0])
+            for n in nodes:
+                n.rtt[network] = ms
         elif verb == "restore" and len(args) == 1:
             nodes = self.select(args[0])
             for n in nodes:
                 n.power, n.silent, n.health_failing = "mains", False, False
+                n.rtt = {}
                 n.uplinks = dict.fromkeys(UPLINKS, "up")
                 n.load_gbps = n.node.capacity_gbps * BASE_LOAD_SHARE
         else:
             raise ValueError(
                 f"cannot parse {line.strip()!r}: expected power SEL {'|'.join(POWER_STATES)}, "
                 f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, health SEL fail|ok, "
-                "restore SEL or quit"
+                "rtt SEL PREFIX MS, restore SEL or quit"
             )
         for n in nodes:
             self.send(n)

@@ -262,3 +262,17 @@ def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Pat
         simulator.stop()
         router.stop()
         router.process.stdout.close()
+
+
+MEO_CLIENT = "2.80.0.0/24"  # MEO, AS3243 (Portugal): no other test here asks for it
+
+
+def test_rtt_samples_from_nodes_steer_the_measuring_group(lab) -> None:
+    router, simulator, _ = lab
+    before = ask(router, MEO_CLIENT)
+    assert before[0] == "198.51.100.11"  # meo-lis-1 leads on the country table alone
+    # meo-opo-1 measures 0.5 ms to these clients: fused into the matrix, it takes the lead.
+    simulator.send(f"rtt meo-opo-1 {MEO_CLIENT} 0.5")
+    wait_for(lambda: ask(router, MEO_CLIENT)[0] == "198.51.100.12", 10, "the sampled node to lead")
+    assert ask(router)[:1] == ["192.0.2.11"]  # other groups are not moved by MEO's samples
+    simulator.send("restore meo-opo-1")

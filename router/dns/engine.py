@@ -118,12 +118,14 @@ class Responder:
         client_map: ClientMap,
         view: Callable[[], TableView],
         record_decisions: bool = False,
+        demand_counts=None,  # noqa: ANN001 - int64[P, G]: steered queries per policy and group
     ) -> None:
         self.book = book
         self.client_map = client_map
         self.view = view
         # Only ``router explain`` wants to see why; the server keeps the hot path lean.
         self.record_decisions = record_decisions
+        self.demand_counts = demand_counts
         self.last_decision: Decision | None = None
 
     def respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
@@ -168,6 +170,8 @@ class Responder:
 
     def _steered(self, q: Query, entry: SteeredAnswer, source: str, udp: bool) -> bytes:
         group, scope, origin, client_key = self._locate(q, source)
+        if self.demand_counts is not None:
+            self.demand_counts[entry.policy, group] += 1
         view = self.view()
         answer_set = int(view.group_set[entry.policy, group])
         if answer_set < 0:

@@ -24,19 +24,30 @@ import numpy as np
 
 from router.config.deployment import Deployment
 from router.dns.answers import AnswerBook
+from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeState, NodeStatus
 from router.health.telemetry import Rejected, Verifier
+from router.service.demand import (
+    DEFAULT_INTERVAL_S,
+    REPLAN_SHIFT,
+    DemandCounters,
+    DemandModel,
+    moved_share,
+)
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import Planner, RoutingTable
 from router.steering.model import SteeringModel
+from router.steering.samples import RttSamples
 
 log = logging.getLogger("router.service")
 
 ACK_TIMEOUT = 5.0
 LOAD_REFRESH_S = 1.0  # republish for load changes at most this often
 LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this much
+SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
+DEMAND_INTERVAL_S = DEFAULT_INTERVAL_S  # query counters are read this often
 READY_TIMEOUT = 60.0
 UDP_RCVBUF = 4 * 1024 * 1024
 
@@ -172,6 +183,17 @@ class Supervisor:
         # Compile every kernel (first table, both lookups) before taking the port, so
         # the first query never waits for numba.
         self.planner = Planner(model)
+        self.rtt = RttSamples(len(model.client_map.groups))
+        self.rtt_rejected = 0
+        self._samples_changed = False
+        self._node_index = {node_id: i for i, node_id in enumerate(model.node_ids)}
+        self.demand_counters = DemandCounters(
+            workers, len(model.policies), len(model.client_map.groups)
+        )
+        self.demand = DemandModel(len(model.policies), len(model.client_map.groups))
+        self._expected_peak = np.array([p.policy.expected_peak_gbps for p in model.policies])
+        self._demand_read_at = time.monotonic()
+        self._pending_demand: np.ndarray | None = None
         self.table = self.planner.build(
             self.health.states(), self.health.utilization(), generation=1
         )
@@ -211,6 +233,7 @@ class Supervisor:
                 self.model.client_map,
                 self._table_path,
                 self.tcp_idle_timeout,
+                self.demand_counters.for_worker(index),
             ),  # fmt: skip
             daemon=True,
         )
@@ -294,7 +317,15 @@ class Supervisor:
             changed = self.health.heartbeat(heartbeat, now)
             if changed:
                 self._save_state()
+            if heartbeat.rtt:
+                self._fuse_rtt(heartbeat.node, heartbeat.rtt, now)
         if changed:
+            self.request_rebuild()
+        elif (
+            self._samples_changed
+            and now - self._published_at >= SAMPLES_REFRESH_S
+            and not self._dirty
+        ):
             self.request_rebuild()
         elif now - self._published_at >= LOAD_REFRESH_S and not self._dirty:
             # Load moves every second; republish only when it moved enough to matter.
@@ -303,6 +334,37 @@ class Supervisor:
                 >= LOAD_REFRESH_DELTA
             ):
                 self.request_rebuild()
+
+    def observe_demand(self, now: float | None = None) -> bool:
+        """Read the workers' query counters; re-plan when demand shifted. True if it did."""
+        now = time.monotonic() if now is None else now
+        if now - self._demand_read_at < DEMAND_INTERVAL_S:
+            return False
+        self._demand_read_at = now
+        self.demand.observe(self.demand_counters.total(), now)
+        with self._lock:
+            reported = float((self.health.utilization() * self.model.node_capacity_gbps).sum())
+        observed = self.demand.demand_gbps(self._expected_peak, reported)
+        if observed is None or moved_share(self.planner.demand, observed) < REPLAN_SHIFT:
+            return False
+        with self._lock:
+            self._pending_demand = observed
+        self.request_rebuild()
+        return True
+
+    def _fuse_rtt(self, node_id: str, samples: tuple[tuple[str, float], ...], now: float) -> None:
+        node = self._node_index[node_id]
+        for prefix, rtt_ms in samples:
+            try:
+                network = ipaddress.ip_network(prefix, strict=False)
+            except ValueError:
+                self.rtt_rejected += 1
+                continue
+            group, _scope = self.model.client_map.lookup(network.network_address)
+            if group == UNKNOWN_GROUP or not self.rtt.add(group, node, rtt_ms, now):
+                self.rtt_rejected += 1  # nothing to steer by, or not a plausible RTT
+                continue
+            self._samples_changed = True
 
     def on_probe(self, node_id: str, ok: bool, detail: str) -> None:
         with self._lock:
@@ -352,8 +414,16 @@ class Supervisor:
             with self._lock:
                 states = self.health.states()
                 util = self.health.utilization().copy()
+                samples_changed = self._samples_changed
+                if samples_changed:
+                    self.planner.samples = self.rtt.csr(time.monotonic())
+                    self._samples_changed = False
+                if self._pending_demand is not None:
+                    self.planner.demand = self._pending_demand
+                    self._pending_demand = None
+                    samples_changed = True  # new demand: plan afresh, not a repair
             try:
-                table = self._plan(states, util)
+                table = self._plan(states, util, samples_changed)
                 with self._workers_lock:
                     self._publish(table)
                 self._published_util = util
@@ -364,7 +434,9 @@ class Supervisor:
                 self._done = ticket
                 self._published.notify_all()
 
-    def _plan(self, states: np.ndarray, util: np.ndarray) -> RoutingTable:
+    def _plan(
+        self, states: np.ndarray, util: np.ndarray, samples_changed: bool = False
+    ) -> RoutingTable:
         # One node gone down and nothing else changed (the common failure): repair the
         # plans instead of planning the world again.
         generation = self.table.generation + 1

@@ -15,6 +15,8 @@ import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
 from router.dns.transport import Counters, WorkerStop, serve_tcp, serve_udp
@@ -38,6 +40,7 @@ def worker_main(
     client_map: ClientMap,
     table_path: Path,
     tcp_idle_timeout: float,
+    demand_counts: np.ndarray | None = None,
 ) -> None:
     stop = threading.Event()
 
@@ -55,7 +58,13 @@ def worker_main(
     counters = Counters()
     tcp_thread = threading.Thread(
         target=serve_tcp,
-        args=(tcp_sock, Responder(book, client_map, view), counters, stop, tcp_idle_timeout),
+        args=(
+            tcp_sock,
+            Responder(book, client_map, view, demand_counts=demand_counts),
+            counters,
+            stop,
+            tcp_idle_timeout,
+        ),
         name=f"tcp-{index}",
         daemon=True,
     )
@@ -84,7 +93,9 @@ def worker_main(
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
     try:
-        serve_udp(udp_sock, Responder(book, client_map, view), counters)
+        serve_udp(
+            udp_sock, Responder(book, client_map, view, demand_counts=demand_counts), counters
+        )
     except WorkerStop:
         pass  # the signal arrived outside recvfrom
     stop.set()

@@ -1,0 +1,90 @@
+"""Demand per client group, from the steered queries the workers answer.
+
+Each worker counts steered queries per (policy, group) in its own slice of an anonymous
+shared mapping made before the fork, so counting costs one array increment and no
+message. The supervisor reads the counters every ``interval_s``, turns the differences
+into query rates, and smooths them with an exponentially weighted average (half-life
+``half_life_s``), so a burst does not move traffic but a trend does.
+
+Rates become Gbps for the planner in proportion: the total is what the nodes report
+carrying (telemetry) split between policies by their share of the queries, or, before
+any load is reported, the policy's ``expected_peak_gbps``. Query rates are a proxy for
+users (resolvers cache by TTL and ECS scope), which is why only their shares are used.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+
+import numpy as np
+
+DEFAULT_INTERVAL_S = 10.0
+DEFAULT_HALF_LIFE_S = 60.0
+REPLAN_SHIFT = 0.05  # re-plan when this share of the demand moved between groups
+
+
+class DemandCounters:
+    """int64[workers, policies, groups] in memory shared with forked workers."""
+
+    def __init__(self, workers: int, policies: int, groups: int) -> None:
+        size = max(workers * policies * groups * 8, 8)
+        self._mapping = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
+        counts = np.frombuffer(self._mapping, dtype=np.int64, count=workers * policies * groups)
+        self.counts = counts.reshape(workers, policies, groups)
+
+    def for_worker(self, index: int) -> np.ndarray:
+        return self.counts[index]
+
+    def total(self) -> np.ndarray:
+        return self.counts.sum(axis=0)
+
+
+class DemandModel:
+    def __init__(
+        self, policies: int, groups: int, half_life_s: float = DEFAULT_HALF_LIFE_S
+    ) -> None:
+        self.half_life_s = half_life_s
+        self.qps = np.zeros((policies, groups))
+        self._last_counts: np.ndarray | None = None
+        self._last_time: float | None = None
+
+    def observe(self, counts: np.ndarray, now: float) -> None:
+        """Fold the query counters read at ``now`` into the smoothed rates."""
+        if self._last_counts is None or self._last_time is None:
+            self._last_counts, self._last_time = counts.copy(), now
+            return
+        elapsed = now - self._last_time
+        if elapsed <= 0:
+            return
+        delta = np.maximum(counts - self._last_counts, 0)  # a restarted worker's slot may reset
+        rate = delta / elapsed
+        keep = math.exp(-math.log(2) * elapsed / self.half_life_s)
+        self.qps = keep * self.qps + (1 - keep) * rate
+        self._last_counts, self._last_time = counts.copy(), now
+
+    def demand_gbps(
+        self, expected_peak_gbps: np.ndarray, reported_gbps: float
+    ) -> np.ndarray | None:
+        """float64[P, G] Gbps per policy and group, or None while nothing was observed."""
+        per_policy = self.qps.sum(axis=1)
+        total_qps = per_policy.sum()
+        if total_qps <= 0:
+            return None
+        if reported_gbps > 0:
+            totals = reported_gbps * per_policy / total_qps
+        else:
+            totals = np.asarray(expected_peak_gbps, dtype=np.float64)
+        shares = np.divide(
+            self.qps,
+            per_policy[:, None],
+            out=np.zeros_like(self.qps),
+            where=per_policy[:, None] > 0,
+        )
+        return shares * totals[:, None]
+
+
+def moved_share(old: np.ndarray, new: np.ndarray) -> float:
+    """Share of the total demand that moved between groups or appeared/vanished (0..1+)."""
+    total = max(old.sum(), new.sum())
+    return float(np.abs(new - old).sum() / (2 * total)) if total > 0 else 0.0

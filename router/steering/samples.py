@@ -1,0 +1,73 @@
+"""Latency fusion: RTT samples that nodes measure to client prefixes, per (group, node).
+
+Each sample updates an exponentially weighted average, so one outlier moves the estimate
+by ``alpha`` of the difference, not all the way. An average not refreshed for
+``max_age_s`` ages out and the pair falls back to the country table or the distance
+estimate (``router.steering._kernels``). The kernels read the result as CSR arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_ALPHA = 0.3  # weight of a new sample: about 3 samples to move most of the way
+DEFAULT_MAX_AGE_S = 600.0  # ten minutes without a sample: trust the tables again
+MAX_RTT_MS = 10_000.0
+
+
+class RttSamples:
+    def __init__(
+        self, groups: int, alpha: float = DEFAULT_ALPHA, max_age_s: float = DEFAULT_MAX_AGE_S
+    ) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.groups = groups
+        self.alpha = alpha
+        self.max_age_s = max_age_s
+        self._fused: dict[tuple[int, int], tuple[float, float]] = {}  # (group, node) -> (ms, when)
+
+    def __len__(self) -> int:
+        return len(self._fused)
+
+    def add(self, group: int, node: int, rtt_ms: float, now: float) -> bool:
+        """Fuse one sample; False (and nothing changes) when it is not a usable RTT."""
+        if (
+            not (0 <= group < self.groups)
+            or not math.isfinite(rtt_ms)
+            or not 0 <= rtt_ms <= MAX_RTT_MS
+        ):
+            return False
+        key = (group, node)
+        previous = self._fused.get(key)
+        if previous is None or now - previous[1] > self.max_age_s:
+            value = rtt_ms
+        else:
+            value = previous[0] + self.alpha * (rtt_ms - previous[0])
+        self._fused[key] = (value, now)
+        return True
+
+    def get(self, group: int, node: int, now: float) -> float | None:
+        entry = self._fused.get((group, node))
+        if entry is None or now - entry[1] > self.max_age_s:
+            return None
+        return entry[0]
+
+    def expire(self, now: float) -> int:
+        """Drop averages older than max_age_s; returns how many went."""
+        stale = [key for key, (_, when) in self._fused.items() if now - when > self.max_age_s]
+        for key in stale:
+            del self._fused[key]
+        return len(stale)
+
+    def csr(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(meas_start int64[G + 1], meas_node int32[M], meas_rtt float64[M]) of fresh averages."""
+        self.expire(now)
+        keys = sorted(self._fused)
+        group = np.array([g for g, _ in keys], dtype=np.int64)
+        node = np.array([n for _, n in keys], dtype=np.int32)
+        rtt = np.array([self._fused[k][0] for k in keys], dtype=np.float64)
+        start = np.zeros(self.groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(group, minlength=self.groups), out=start[1:])
+        return start, node, rtt

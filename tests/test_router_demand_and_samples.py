@@ -1,0 +1,69 @@
+"""Demand observed from query counts, and RTT samples fused per (group, node)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from router.service.demand import DemandCounters, DemandModel, moved_share
+from router.steering.samples import RttSamples
+
+
+def test_rtt_samples_fuse_as_an_ewma_and_age_out() -> None:
+    samples = RttSamples(groups=4, alpha=0.5, max_age_s=10)
+    assert samples.add(2, 7, 20.0, now=0.0)
+    assert samples.add(2, 7, 10.0, now=1.0)
+    assert samples.get(2, 7, now=1.0) == 15.0  # half way to the new sample
+    assert samples.add(1, 3, 4.0, now=5.0)
+    start, node, rtt = samples.csr(now=5.0)
+    assert start.tolist() == [0, 0, 1, 2, 2] and node.tolist() == [3, 7] and rtt.tolist() == [4.0, 15.0]
+    assert samples.get(2, 7, now=12.0) is None  # not refreshed for longer than max_age_s
+    start, node, _ = samples.csr(now=12.0)
+    assert start.tolist() == [0, 0, 1, 1, 1] and node.tolist() == [3]
+    # A sample after the average aged out starts afresh instead of blending with it.
+    assert samples.add(1, 3, 40.0, now=30.0) and samples.get(1, 3, now=30.0) == 40.0
+
+
+@pytest.mark.parametrize(("group", "ms"), [(-1, 5.0), (4, 5.0), (0, math.nan), (0, -1.0), (0, math.inf), (0, 1e6)])
+def test_rtt_samples_reject_what_is_not_an_rtt(group: int, ms: float) -> None:
+    samples = RttSamples(groups=4)
+    assert not samples.add(group, 0, ms, now=0.0)
+    assert len(samples) == 0
+
+
+def test_demand_counters_are_shared_with_forked_workers() -> None:
+    import os
+
+    counters = DemandCounters(workers=2, policies=1, groups=3)
+    pid = os.fork()
+    if pid == 0:  # the worker's side: count and leave
+        counters.for_worker(1)[0, 2] += 5
+        os._exit(0)
+    os.waitpid(pid, 0)
+    counters.for_worker(0)[0, 2] += 1
+    assert counters.total().tolist() == [[0, 0, 6]]
+
+
+def test_demand_model_smooths_rates_and_splits_reported_load() -> None:
+    model = DemandModel(policies=2, groups=3, half_life_s=10)
+    counts = np.zeros((2, 3))
+    model.observe(counts, now=0.0)
+    assert model.demand_gbps(np.array([100.0, 50.0]), reported_gbps=0.0) is None  # nothing seen yet
+    counts = np.array([[300.0, 100.0, 0.0], [0.0, 0.0, 400.0]])  # 10 s: 30, 10, 0 and 40 q/s
+    model.observe(counts, now=10.0)
+    np.testing.assert_allclose(model.qps, 0.5 * counts / 10)  # one half-life: half way
+    # Before any load is reported: the policies' expected peaks, spread by query share.
+    np.testing.assert_allclose(model.demand_gbps(np.array([100.0, 50.0]), 0.0), [[75.0, 25.0, 0.0], [0, 0, 50.0]])
+    # With reported load: the total is what nodes carry, split by the policies' query shares.
+    np.testing.assert_allclose(model.demand_gbps(np.array([100.0, 50.0]), 80.0), [[30.0, 10.0, 0.0], [0, 0, 40.0]])
+    # A worker restarted (its counters reset): no negative rates.
+    model.observe(np.zeros((2, 3)), now=20.0)
+    assert (model.qps >= 0).all() and model.qps.sum() < 0.5 * counts.sum() / 10
+
+
+def test_moved_share() -> None:
+    assert moved_share(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
+    assert moved_share(np.array([2.0, 0.0]), np.array([0.0, 2.0])) == 1.0
+    assert moved_share(np.array([0.0, 0.0]), np.array([0.0, 0.0])) == 0.0
