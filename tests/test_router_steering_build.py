@@ -179,3 +179,27 @@ def test_bad_geofence_is_reported_with_its_line(
     text = str(caught.value)
     assert message in text
     assert "cdn.example.policy.yaml:" in text
+
+
+def test_iberian_blackout_plans_no_remaining_node_past_capacity(sample) -> None:
+    """Every Telefonica node loses power: its clients move, and nobody is overfilled."""
+    _, model = sample
+    planner = Planner(model)
+    capacity = model.node_capacity_gbps
+    for p in range(len(model.policies)):  # 60% of the whole footprint, spread by address space
+        planner.set_demand(p, model.group_weight * capacity.sum() * 0.6 / len(model.policies))
+    health = NodeHealth(model.node_ids)
+    before = planner.build(health.states(), None, generation=1)
+    tef = [i for i, node in enumerate(model.node_ids) if node.startswith("tef-")]
+    assert before.node_planned[tef].sum() > 0
+    for i in tef:
+        health.set_admin_state(model.node_ids[i], "down")
+    after = planner.build(health.states(), None, generation=2)
+    assert (after.node_planned[tef] == 0).all()
+    assert (after.node_planned <= capacity + 1e-6).all()
+    assert abs(after.node_planned.sum() - capacity.sum() * 0.6) < 1e-6  # all demand still placed
+    # Headroom first: the reserve is touched only because the survivors cannot take it all below it.
+    survivors = [i for i in range(len(model.node_ids)) if i not in tef]
+    assert after.node_planned[survivors].sum() > 0.8 * capacity[survivors].sum() - 1e-6 or (
+        after.node_planned <= 0.8 * capacity + 1e-6
+    ).all()
