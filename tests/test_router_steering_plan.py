@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.steering import reference
-from router.steering.plan import PlanInputs, Topology, plan_policy, primary_shares, replan_node_down
+from router.steering.plan import (
+    PlanInputs,
+    Topology,
+    plan_policy,
+    primary_shares,
+    replan_groups,
+    replan_node_down,
+)
 from router.steering.rank import RankInputs, rank_groups
 
 PROPERTY = settings(max_examples=120, deadline=None)
@@ -237,3 +244,32 @@ def test_geofence_fails_inside_the_fence_never_across_it() -> None:
     assert plan.shares(0) == [(0, 1.0)]
     assert plan.shares(1) == [(1, 1.0)]
     assert rank_groups(rank, 2).tolist() == [[0, -1], [1, -1]]
+
+
+@PROPERTY
+@given(worlds(), st.data())
+def test_group_repair_after_new_samples_is_valid_and_local(world: tuple, data: st.DataObject) -> None:
+    arrays, demand, capacity, headroom = world
+    inputs = make(world)
+    plan = plan_policy(inputs, candidates=3, location_depth=4)
+    g_count, n_count = len(demand), len(arrays["node_lat"])
+    group = data.draw(st.integers(0, g_count - 1))
+    node = data.draw(st.integers(0, n_count - 1))
+    # New samples for one group: its rows of the CSR change, nothing else.
+    starts = np.asarray(arrays["meas_start"])
+    nodes, rtts = list(arrays["meas_node"]), list(arrays["meas_rtt"])
+    lo, hi = int(starts[group]), int(starts[group + 1])
+    row = {n: ms for n, ms in zip(nodes[lo:hi], rtts[lo:hi])}
+    row[node] = data.draw(st.sampled_from((0.5, 400.0)))
+    new_nodes = nodes[:lo] + sorted(row) + nodes[hi:]
+    new_rtts = rtts[:lo] + [row[n] for n in sorted(row)] + rtts[hi:]
+    new_starts = starts.copy()
+    new_starts[group + 1 :] += len(row) - (hi - lo)
+    changed = {**arrays, "meas_start": new_starts, "meas_node": new_nodes, "meas_rtt": new_rtts}
+    after = make((changed, demand, capacity, headroom))
+    before_amount = plan.amount.copy()
+    repaired = replan_groups(after, plan, np.array([group]))
+    np.testing.assert_array_equal(repaired.cand_node, rank_groups(after.rank, 3))
+    check_valid(after, repaired)
+    others = [g for g in range(g_count) if g != group]
+    np.testing.assert_array_equal(repaired.amount[others], before_amount[others])

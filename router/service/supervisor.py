@@ -414,16 +414,18 @@ class Supervisor:
             with self._lock:
                 states = self.health.states()
                 util = self.health.utilization().copy()
-                samples_changed = self._samples_changed
-                if samples_changed:
+                sampled_groups = None
+                if self._samples_changed:
                     self.planner.samples = self.rtt.csr(time.monotonic())
+                    sampled_groups = np.array(sorted(self.rtt.changed_groups), dtype=np.int32)
+                    self.rtt.changed_groups.clear()
                     self._samples_changed = False
-                if self._pending_demand is not None:
+                new_demand = self._pending_demand is not None
+                if new_demand:
                     self.planner.demand = self._pending_demand
                     self._pending_demand = None
-                    samples_changed = True  # new demand: plan afresh, not a repair
             try:
-                table = self._plan(states, util, samples_changed)
+                table = self._plan(states, util, sampled_groups, full=new_demand)
                 with self._workers_lock:
                     self._publish(table)
                 self._published_util = util
@@ -435,28 +437,24 @@ class Supervisor:
                 self._published.notify_all()
 
     def _plan(
-        self, states: np.ndarray, util: np.ndarray, samples_changed: bool = False
+        self, states: np.ndarray, util: np.ndarray, sampled_groups: np.ndarray | None = None, full: bool = False
     ) -> RoutingTable:
-        # One node gone down and nothing else changed (the common failure): repair the
-        # plans instead of planning the world again.
+        # The common changes are repaired, not planned again: one node gone down, or new
+        # RTT samples for some groups. Anything else (or both at once) plans afresh.
         generation = self.table.generation + 1
         started = time.perf_counter()
         changed = np.flatnonzero(states != self.table.node_state)
-        if (
-            len(changed) == 1
-            and states[changed[0]] == NodeState.DOWN
-            and np.array_equal(util, self._published_util)
-        ):
+        same_load = np.array_equal(util, self._published_util)
+        if full or not same_load:
+            table = self.planner.build(states, util, generation)
+        elif sampled_groups is not None and len(changed) == 0:
+            table = self.planner.groups_changed(sampled_groups, states, util, generation)
+        elif sampled_groups is None and len(changed) == 1 and states[changed[0]] == NodeState.DOWN:
             table = self.planner.node_down(int(changed[0]), states, util, generation)
         else:
             table = self.planner.build(states, util, generation)
         self.last_build_ms = (time.perf_counter() - started) * 1000
-        log.info(
-            "routing table %d planned (%s) in %.1f ms",
-            generation,
-            self.planner.last_kind,
-            self.last_build_ms,
-        )
+        log.info("routing table %d planned (%s) in %.1f ms", generation, self.planner.last_kind, self.last_build_ms)
         return table
 
     def _save_state(self) -> None:

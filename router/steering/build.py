@@ -19,6 +19,7 @@ from router.steering.plan import (
     PolicyPlan,
     plan_policy,
     primary_shares,
+    replan_groups,
     replan_node_down,
 )
 
@@ -106,6 +107,26 @@ class Planner:
             if repaired is None:
                 return self.build(node_state, node_util, generation)
             total = sum(q.load for q in self.plans if q is not None)
+            self.inputs[p] = inputs
+        self.last_kind = "incremental"
+        return self._table(node_state, generation)
+
+    def groups_changed(
+        self, groups: np.ndarray, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
+    ) -> RoutingTable:
+        """Some groups' samples or demand changed (already set here): re-place just them."""
+        util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
+        if any(p is None for p in self.plans) or any(
+            not (np.array_equal(i.rank.node_util, util) and np.array_equal(i.rank.node_state, node_state))
+            for i in self.inputs
+            if i is not None
+        ):
+            return self.build(node_state, node_util, generation)
+        for p, plan in enumerate(self.plans):
+            assert plan is not None
+            inputs = self._inputs(p, node_state, util)
+            total = sum(q.load for q in self.plans if q is not None)
+            replan_groups(inputs, plan, groups, total - plan.load)
             self.inputs[p] = inputs
         self.last_kind = "incremental"
         return self._table(node_state, generation)

@@ -193,7 +193,18 @@ def replan_node_down(
     affected = np.union1d(
         np.flatnonzero((plan.cand_node == node).any(axis=1)), plan.extra_group[in_extra]
     )
-    groups = affected.astype(np.int32)
+    return replan_groups(inputs, plan, affected, used_elsewhere)
+
+
+def replan_groups(
+    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None = None
+) -> PolicyPlan:
+    """Release and place again only ``groups`` (their samples or demand changed), in place.
+
+    Node states, loads and every other group's inputs must be what ``plan`` was made
+    from; the other groups keep their shares.
+    """
+    groups = np.unique(np.asarray(groups, dtype=np.int32))
     _release(plan, groups)
     plan.full_scans += _candidates(inputs, plan, groups)
     _place(inputs, plan, groups, used_elsewhere)

@@ -27,6 +27,7 @@ class RttSamples:
         self.alpha = alpha
         self.max_age_s = max_age_s
         self._fused: dict[tuple[int, int], tuple[float, float]] = {}  # (group, node) -> (ms, when)
+        self.changed_groups: set[int] = set()  # since the caller last cleared it
 
     def __len__(self) -> int:
         return len(self._fused)
@@ -46,6 +47,7 @@ class RttSamples:
         else:
             value = previous[0] + self.alpha * (rtt_ms - previous[0])
         self._fused[key] = (value, now)
+        self.changed_groups.add(group)
         return True
 
     def get(self, group: int, node: int, now: float) -> float | None:
@@ -59,6 +61,7 @@ class RttSamples:
         stale = [key for key, (_, when) in self._fused.items() if now - when > self.max_age_s]
         for key in stale:
             del self._fused[key]
+            self.changed_groups.add(key[0])
         return len(stale)
 
     def csr(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
