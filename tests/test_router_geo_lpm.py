@@ -345,7 +345,7 @@ def test_load_mmdb_rejects_unreadable_file(
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ClientMapError, match="cannot open MaxMind database .*" + name):
+    with pytest.raises(ClientMapError, match=f"^{path}: cannot open MaxMind database: "):
         load_mmdb(path)
 
 
@@ -363,5 +363,5 @@ BROKEN_FILES = [
 )
 @pytest.mark.parametrize(("name", "message"), BROKEN_FILES, ids=[c[0] for c in BROKEN_FILES])
 def test_load_mmdb_rejects_broken_file(name: str, message: str) -> None:
-    with pytest.raises(ClientMapError, match=f"^{message} .*{name}"):
+    with pytest.raises(ClientMapError, match=f"^{MAXMIND_TEST_DATA / name}: {message}: "):
         load_mmdb(MAXMIND_TEST_DATA / name)

@@ -28,7 +28,8 @@ from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
 from router.config.zones import parse_zone, zone_origin
-from router.geo.clientmap import ClientMap, ClientMapError, load_mmdb
+from router.geo.clientmap import ClientMap, ClientMapError
+from router.geo.importers import load_mmdb
 from router.geo.latency import load_country_rtt
 from router.health.monitor import HealthSettings
 

@@ -1,9 +1,9 @@
 """The client network map: address -> (client group, ECS scope).
 
 A client group is the unit of steering: clients of one ISP (ASN) in one place. The map
-is read from a MaxMind-format database (GeoIP2 field names: ``autonomous_system_number``,
-``autonomous_system_organization``, ``country.iso_code``, ``location.latitude/longitude``)
-and compiled to sorted interval arrays searched by the numba kernels in ``_lpm``.
+is built from operator sources by ``router.geo.importers`` (MaxMind-format databases,
+Traffic Control coverage zone files, CSV prefix lists) and compiled to sorted interval
+arrays searched by the numba kernels in ``_lpm``.
 
 Group 0 is reserved for clients the map cannot place.
 """
@@ -12,25 +12,35 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import maxminddb
 import numpy as np
 
 from router.geo import _lpm
 
 UNKNOWN_GROUP = 0
 
-_V4_IN_V6 = ipaddress.IPv6Network("::/96")
-# Aliases of the IPv4 tree that MaxMind-format writers may add; the IPv4 view covers them.
-_V4_ALIASES = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("2002::/16"))
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """One thing wrong with one client-map source file."""
+
+    path: str  # the file, as the operator would name it
+    line: int  # 1-based; 0 when the problem is not tied to a line
+    message: str  # names the entry (line, zone and index, ...) and says what is wrong
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
 
 
 class ClientMapError(Exception):
-    """The client map file cannot be used."""
+    """The client map cannot be built; ``problems`` lists every reason found."""
+
+    def __init__(self, problems: Sequence[SourceProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,11 @@ class Groups:
     def describe(self, group: int) -> str:
         if group == UNKNOWN_GROUP:
             return "unknown (not in the client map)"
-        org = f" {self.org[group]}" if self.org[group] else ""
-        return f"AS{int(self.asn[group])}{org}, {self.country[group] or '??'}"
+        asn = int(self.asn[group])
+        who = " ".join(part for part in (f"AS{asn}" if asn else "", self.org[group]) if part)
+        lat, lon = float(self.lat[group]), float(self.lon[group])
+        where = self.country[group] or ("??" if math.isnan(lat) or math.isnan(lon) else f"{lat:.2f},{lon:.2f}")
+        return f"{who or 'unknown network'}, {where}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,13 @@ class ClientMap:
         for network, group in prefixes:
             target = v4 if network.version == 4 else v6
             target.append((int(network.network_address), network.prefixlen, group))
+        return cls.from_int_prefixes(groups, v4, v6)
+
+    @classmethod
+    def from_int_prefixes(
+        cls, groups: Groups, v4: list[tuple[int, int, int]], v6: list[tuple[int, int, int]]
+    ) -> ClientMap:
+        """Like ``from_prefixes``, with (network address as int, prefix length, group) per family."""
         i4 = _flatten(v4, 32)
         i6 = _flatten(v6, 128)
         mask = (1 << 64) - 1
@@ -137,75 +157,6 @@ class ClientMap:
             self.v6_group, self.v6_scope, addrs_hi, addrs_lo, out_group, out_scope,
         )  # fmt: skip
         return out_group, out_scope
-
-
-def load_mmdb(path: Path) -> ClientMap:
-    """Read a MaxMind-format client map; groups are distinct (ASN, country, location)."""
-    try:
-        reader = maxminddb.open_database(str(path))
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-        raise ClientMapError(f"cannot open MaxMind database {path}: {exc}") from exc
-    keys: dict[tuple[int, str, float, float], int] = {}
-    asn: list[int] = [0]
-    country: list[str] = [""]
-    lat: list[float] = [math.nan]
-    lon: list[float] = [math.nan]
-    org: list[str] = [""]
-    prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]] = []
-    try:
-        with reader:
-            for network, record in reader:
-                network = _ipv4_view(network)
-                if network is None or not isinstance(record, dict):
-                    continue
-                fields = _record_fields(record)
-                key = fields[:4]
-                group = keys.get(key)
-                if group is None:
-                    group = keys[key] = len(asn)
-                    asn.append(fields[0])
-                    country.append(fields[1])
-                    lat.append(fields[2])
-                    lon.append(fields[3])
-                    org.append(fields[4])
-                prefixes.append((network, group))
-    except (maxminddb.InvalidDatabaseError, ValueError, OSError) as exc:
-        raise ClientMapError(f"broken MaxMind database {path}: {exc}") from exc
-    groups = Groups(
-        asn=np.array(asn, dtype=np.int64),
-        country=tuple(country),
-        lat=np.array(lat, dtype=np.float64),
-        lon=np.array(lon, dtype=np.float64),
-        org=tuple(org),
-    )
-    return ClientMap.from_prefixes(groups, prefixes)
-
-
-def _ipv4_view(
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
-) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    if network.version == 4:
-        return network
-    if network.subnet_of(_V4_IN_V6) and network.prefixlen >= 96:  # type: ignore[arg-type]
-        return ipaddress.IPv4Network((int(network.network_address), network.prefixlen - 96))
-    if any(network.subnet_of(alias) for alias in _V4_ALIASES):  # type: ignore[arg-type]
-        return None
-    return network
-
-
-def _record_fields(record: dict[str, Any]) -> tuple[int, str, float, float, str]:
-    asn = record.get("autonomous_system_number")
-    country = record.get("country") or {}
-    location = record.get("location") or {}
-    latitude = location.get("latitude")
-    longitude = location.get("longitude")
-    return (
-        int(asn) if isinstance(asn, int) else 0,
-        str(country.get("iso_code") or "") if isinstance(country, dict) else "",
-        float(latitude) if isinstance(latitude, (int, float)) else math.nan,
-        float(longitude) if isinstance(longitude, (int, float)) else math.nan,
-        str(record.get("autonomous_system_organization") or ""),
-    )
 
 
 def _flatten(entries: list[tuple[int, int, int]], bits: int) -> _Intervals:
