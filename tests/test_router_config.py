@@ -263,6 +263,33 @@ NEGATIVE = [
         "latency-rtt-not-a-number",
         "geodata/country-rtt.csv:3: rtt_ms must be a number, got 'n/a'",
     ),
+    # --- client_map: the sources and their files ----------------------------------------------
+    case(
+        "client-map-csv-bad-row",
+        "geodata/overrides.csv:3: 83.44.11.0/24: asn must be a whole number, got 'AS3352'",
+    ),
+    case(
+        "client-map-czf-bad-network",
+        "geodata/coverage.json:6: zone \"mad\" network[1]: '83.44.11.1/24' has host bits set (the network is 83.44.11.0/24)",
+    ),
+    case(
+        "client-map-unknown-kind",
+        'zones/deployment.yaml:4: client_map[1]: unknown field "geoip" (valid fields: mmdb, czf, dczf, csv, asn, country)',
+        "zones/deployment.yaml:5: client_map[2]: give exactly one of mmdb, czf, dczf, csv (the kind of file, then its path)",
+    ),
+    case(
+        "client-map-source-missing",
+        "zones/deployment.yaml:4: client_map[1]: no such file geodata/deep-coverage.json (paths are relative to deployment.yaml)",
+        "zones/deployment.yaml:5: client_map[2]: asn and country apply to czf and dczf sources only",
+    ),
+    case(
+        "client-map-not-a-list",
+        "zones/deployment.yaml:2: deployment.yaml: client_map: must be a file path or a list of sources (mmdb:, czf:, dczf:, csv:), got {'mmdb': '../geodata/iberia-clients.mmdb'}",
+    ),
+    case(
+        "client-map-unknown-format",
+        "zones/deployment.yaml:2: client_map: geodata/country-locations.txt: cannot tell the format from the file name: use .mmdb, .csv or .json, or a list entry naming it (mmdb:, czf:, dczf:, csv:)",
+    ),
 ]
 
 
@@ -291,6 +318,11 @@ POSITIVE = [
         "valid-small-inventory",
         ["zones: OK:", "1 zone(s) (cdn.example.)", "2 nodes", "1 policies", "1 steered names"],
         id="valid-small-inventory",
+    ),
+    pytest.param(
+        "client-map-sources",
+        ["zones: OK:", "18 nodes", "2019 client groups"],
+        id="client-map-sources",
     ),
 ]
 

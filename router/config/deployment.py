@@ -2,8 +2,8 @@
 
 A deployment directory holds:
 
-- ``deployment.yaml``: where the client map and the latency table are (paths relative
-  to this file);
+- ``deployment.yaml``: where the client map sources and the latency table are (paths
+  relative to this file), and where the compiled client map is cached;
 - ``nodes.yaml``: the node inventory (``router.config.nodes``);
 - ``<zone>.zone``: RFC 1035 zone files, each served with its file name as origin;
 - ``<zone>.policy.yaml``: steering policies for names of that zone.
@@ -17,25 +17,28 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dns.name
 import dns.zone
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.config._validate import validate_item
-from router.config._yaml import load_yaml
+from router.config._yaml import LocatedYaml, YamlPath, load_yaml
 from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
 from router.config.zones import parse_zone, zone_origin
-from router.geo.clientmap import ClientMap, ClientMapError
-from router.geo.importers import load_mmdb
+from router.geo.cache import load_client_map
+from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
+from router.geo.importers import SOURCE_KINDS, Source
 from router.geo.latency import load_country_rtt
 from router.health.monitor import HealthSettings
 
 DEPLOYMENT_FILE = "deployment.yaml"
 NODES_FILE = "nodes.yaml"
 POLICY_SUFFIX = ".policy.yaml"
+DEFAULT_CACHE_DIR = "../var/cache"  # relative to deployment.yaml; /var/ is not versioned
 
 
 class HealthConfig(BaseModel):
@@ -65,15 +68,39 @@ class HealthConfig(BaseModel):
         )  # fmt: skip
 
 
+class ClientMapSource(BaseModel):
+    """One entry of a ``client_map:`` list: its kind as the key, e.g. ``{czf: ops/zones.json}``.
+
+    ``asn`` and ``country`` (czf and dczf only) apply to every coverage zone of the file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mmdb: str | None = None
+    czf: str | None = None
+    dczf: str | None = None
+    csv: str | None = None
+    asn: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+
 class DeploymentSettings(BaseModel):
     """``deployment.yaml``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    client_map: str
+    client_map: str | list[Any]  # one path, or a list of ClientMapSource mappings
     latency: str
     state_file: str | None = None  # node state kept across restarts (relative to this file)
+    cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
+
+    @field_validator("client_map", mode="before")
+    @classmethod
+    def _path_or_list(cls, value: Any) -> Any:
+        if not isinstance(value, (str, list)):
+            raise ValueError(f"must be a file path or a list of sources ({', '.join(k + ':' for k in SOURCE_KINDS)})")
+        return value
 
 
 @dataclass(frozen=True)
@@ -118,14 +145,8 @@ def load_deployment(directory: Path) -> Deployment:
         problems += errors
         settings = validated if isinstance(validated, DeploymentSettings) else None
         if settings is not None:
-            map_path = directory / settings.client_map
-            if not map_path.is_file():
-                problems.append(settings_doc.problem(("client_map",), _no_such_file("client_map", map_path)))
-            else:
-                try:
-                    client_map = load_mmdb(map_path)
-                except ClientMapError as exc:
-                    problems.append(settings_doc.problem(("client_map",), f"client_map: {exc}"))
+            client_map, errors = _load_client_map(directory, settings, settings_doc)
+            problems += errors
             latency_path = directory / settings.latency
             if not latency_path.is_file():
                 problems.append(settings_doc.problem(("latency",), _no_such_file("latency", latency_path)))
@@ -196,6 +217,69 @@ def load_deployment(directory: Path) -> Deployment:
         node_keys=node_keys,
         state_file=directory / settings.state_file if settings.state_file else None,
     )
+
+
+def _client_map_sources(
+    directory: Path, settings: DeploymentSettings, doc: LocatedYaml
+) -> tuple[list[tuple[Source, YamlPath, str]], list[Problem]]:
+    """Each source with where deployment.yaml names it: (source, yaml path, label)."""
+    sources: list[tuple[Source, YamlPath, str]] = []
+    problems: list[Problem] = []
+
+    def add(kind: str | None, relative: str, where: YamlPath, label: str, asn: int = 0, country: str = "") -> None:
+        path = directory / relative
+        if not path.is_file():
+            problems.append(doc.problem(where, _no_such_file(label, path)))
+            return
+        try:
+            source = Source(kind, path, asn, country, _display(path)) if kind else Source.from_path(path, _display(path))
+        except ClientMapError as exc:
+            problems.extend(_client_map_problem(p, doc, where, label) for p in exc.problems)
+            return
+        sources.append((source, where, label))
+
+    if isinstance(settings.client_map, str):
+        add(None, settings.client_map, ("client_map",), "client_map")
+        return sources, problems
+    if not settings.client_map:
+        problems.append(doc.problem(("client_map",), "client_map: the list is empty: name at least one source"))
+    for i, item in enumerate(settings.client_map):
+        label = f"client_map[{i}]"
+        entry, errors = validate_item(ClientMapSource, item, doc, ("client_map", i), label)
+        problems += errors
+        if not isinstance(entry, ClientMapSource):
+            continue
+        kinds = [kind for kind in SOURCE_KINDS if getattr(entry, kind) is not None]
+        if len(kinds) != 1:
+            problems.append(doc.problem(("client_map", i), f"{label}: give exactly one of {', '.join(SOURCE_KINDS)} (the kind of file, then its path)"))
+        elif (entry.asn is not None or entry.country is not None) and kinds[0] not in ("czf", "dczf"):
+            problems.append(doc.problem(("client_map", i), f"{label}: asn and country apply to czf and dczf sources only"))
+        else:
+            kind = kinds[0]
+            add(kind, getattr(entry, kind), ("client_map", i, kind), label, entry.asn or 0, entry.country or "")
+    return sources, problems
+
+
+def _load_client_map(
+    directory: Path, settings: DeploymentSettings, doc: LocatedYaml
+) -> tuple[ClientMap | None, list[Problem]]:
+    """Every source read and merged (or the cached result); problems located in their files."""
+    sources, problems = _client_map_sources(directory, settings, doc)
+    if problems or not sources:
+        return None, problems
+    try:
+        loaded = load_client_map([s for s, _, _ in sources], directory / (settings.cache_dir or DEFAULT_CACHE_DIR))
+    except ClientMapError as exc:
+        named = {source.name: (where, label) for source, where, label in sources}
+        return None, [_client_map_problem(p, doc, *named.get(p.path, (("client_map",), "client_map"))) for p in exc.problems]
+    return loaded.client_map, []
+
+
+def _client_map_problem(problem: SourceProblem, doc: LocatedYaml, where: YamlPath, label: str) -> Problem:
+    """A problem with a line stays in its file; one without points at deployment.yaml."""
+    if problem.line:
+        return Problem(problem.path, problem.line, problem.message)
+    return doc.problem(where, f"{label}: {problem.path}: {problem.message}")
 
 
 def load_node_keys(path: Path, display: str, inventory: Inventory | None) -> tuple[dict[str, bytes], list[Problem]]:
