@@ -1,0 +1,964 @@
+#!/usr/bin/env python3
+"""Steering-core benchmark (issue 4): client-map lookups, planning, numba vs numpy, quality.
+
+    taskset -c 1 .venv/bin/python loadtest/bench_core.py --json var/bench-core.json
+
+Loads a deployment directory as the router would (default ``var/world``, built by
+``geodata/build_world.py`` when missing and ``../shared/data`` exists), then measures, on
+the cores it is allowed (run it under ``taskset -c 1`` for one core):
+
+* LPM: batch lookups of IPv4 and IPv6 addresses drawn inside the map's own intervals
+  (an interval uniformly, then an address uniformly inside it), and single IPv4 lookups
+  from a Python loop (what the DNS hot path calls per query).
+* Planning: ``plan_policy`` for every policy (sharing capacity, as the router's planner
+  does) at two load factors (total demand 70 % and 90 % of all node capacity), the
+  incremental repair after one busy node goes down, and the full-scan ranking.
+* numba vs numpy: the full-scan top-16 ranking, numba kernel against a vectorised numpy
+  version written here, on the same sample; and the plan against the plain reference.
+* Quality: the plan against the min-cost optimum (linear program, HiGHS) with the same
+  capacities and costs, solved over every (client class, node) pair by column generation.
+
+Demand: until the router has a demand model, each group's demand is its IPv4 address
+count (``np.bincount(v4_group, v4_end - v4_start + 1)``), group 0 (unknown) none, scaled
+so that all policies together ask for the load factor times the total node capacity,
+split evenly between the policies. Node loads reported by nodes are zero (no penalty).
+
+The JSON keys listed in ``CONTRACT_KEYS`` are a contract (issue 4). Figures are printed
+next to their targets with PASS or MISS; nothing is tuned to pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from router.steering import _kernels, reference  # noqa: E402
+from router.steering.plan import (  # noqa: E402
+    CANDIDATES,
+    PlanInputs,
+    Topology,
+    plan_policy,
+    replan_node_down,
+)
+from router.steering.rank import RankInputs, group_components, rank_groups  # noqa: E402
+
+CONTRACT_KEYS = (
+    "lpm_v4_batch_per_s", "lpm_v6_batch_per_s", "lpm_single_us", "full_recompute_s",
+    "incremental_recompute_ms", "numba_vs_numpy", "peak_rss_mb", "nodes", "client_groups",
+    "prefixes", "mean_latency_vs_optimum", "p95_latency_vs_optimum", "capacity_overruns",
+)  # fmt: skip
+# key -> (target text, predicate)
+TARGETS = {
+    "lpm_v4_batch_per_s": (">= 5,000,000 /s per core", lambda v: v >= 5e6),
+    "lpm_v6_batch_per_s": (">= 5,000,000 /s per core", lambda v: v >= 5e6),
+    "full_recompute_s": ("< 1 s on one core", lambda v: v < 1.0),
+    "incremental_recompute_ms": ("< 20 ms on one core", lambda v: v < 20.0),
+    "numba_vs_numpy": (">= 10x", lambda v: v >= 10.0),
+    "mean_latency_vs_optimum": ("<= 1.05", lambda v: v <= 1.05),
+    "capacity_overruns": ("0", lambda v: v == 0),
+}
+DEFAULT_ZONES = REPO / "var" / "world"
+SHARED_DATA = REPO.parent / "shared" / "data"
+LOAD_FACTORS = (0.7, 0.9)
+RESERVE_PENALTY_MS = 10_000.0  # LP cost of a Gbps above capacity * headroom
+LP_START_TOP = 32  # LP starts from each class's best 32 nodes, then adds priced-out pairs
+EXIT_NO_WORLD = 2
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def best_of(fn, runs: int) -> float:
+    best = math.inf
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# --- the world ----------------------------------------------------------------------------------
+
+
+def ensure_world(zones: Path) -> str | None:
+    """Build var/world when it is missing and the shared data is there; else say why not."""
+    if (zones / "deployment.yaml").is_file():
+        return None
+    if zones.resolve() != DEFAULT_ZONES.resolve():
+        return f"{zones}: no deployment.yaml (not a deployment directory)"
+    if not SHARED_DATA.is_dir():
+        return (f"{zones} is missing and so is {SHARED_DATA}, from which geodata/build_world.py "
+                "builds it; nothing to measure")  # fmt: skip
+    log(f"{zones} missing: building it with geodata/build_world.py (several minutes)")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "geodata" / "build_world.py"), "--shared", str(SHARED_DATA),
+         "--out", str(zones)], cwd=REPO, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or not (zones / "deployment.yaml").is_file():
+        return f"geodata/build_world.py failed (exit {done.returncode}); {zones} not built"
+    return None
+
+
+def load_model(zones: Path):
+    from router.config.deployment import load_deployment
+    from router.steering.model import compile_model
+
+    return compile_model(load_deployment(zones))
+
+
+# --- LPM ------------------------------------------------------------------------------------------
+
+
+def draw_v4(cm, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = rng.integers(0, len(cm.v4_start), n)
+    span = cm.v4_end[idx] - cm.v4_start[idx] + 1
+    return cm.v4_start[idx] + rng.integers(0, span), idx
+
+
+def draw_v6(cm, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    idx = rng.integers(0, len(cm.v6_start_hi), n)
+    sh, sl = cm.v6_start_hi[idx], cm.v6_start_lo[idx]
+    eh, el = cm.v6_end_hi[idx], cm.v6_end_lo[idx]
+    # High half uniform in [sh, eh]; low half uniform, clamped into the interval at its ends.
+    hi = sh + rng.integers(0, eh - sh, dtype=np.uint64, endpoint=True)
+    lo = rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
+    lo = np.where(hi == sh, np.maximum(lo, sl), lo)
+    lo = np.where(hi == eh, np.minimum(lo, el), lo)
+    return hi, lo, idx
+
+
+def bench_lpm(cm, n_batch: int, n_single: int, runs: int, rng: np.random.Generator) -> dict:
+    out: dict = {"lpm_batch_addresses": n_batch, "lpm_single_addresses": n_single,
+                 "lpm_address_draw": "an interval of the map uniformly, then an address uniformly inside it"}  # fmt: skip
+    v4, idx4 = draw_v4(cm, n_batch, rng)
+    cm.lookup_v4(v4[:1000])  # compile (or load the cache) before timing
+    out["lpm_v4_batch_s"] = best_of(lambda: cm.lookup_v4(v4), runs)
+    out["lpm_v4_batch_per_s"] = n_batch / out["lpm_v4_batch_s"]
+    groups, _ = cm.lookup_v4(v4)
+    out["lpm_v4_correct"] = bool(np.array_equal(groups, cm.v4_group[idx4]))
+
+    # The same binary search written with numpy (searchsorted is C): a second comparison.
+    def numpy_v4() -> None:
+        j = np.searchsorted(cm.v4_start, v4, side="right") - 1
+        hit = (j >= 0) & (v4 <= cm.v4_end[np.maximum(j, 0)])
+        np.where(hit, cm.v4_group[np.maximum(j, 0)], 0)
+
+    out["lpm_v4_numpy_searchsorted_per_s"] = n_batch / best_of(numpy_v4, runs)
+    hi, lo, idx6 = draw_v6(cm, n_batch, rng)
+    cm.lookup_v6(hi[:1000], lo[:1000])
+    out["lpm_v6_batch_s"] = best_of(lambda: cm.lookup_v6(hi, lo), runs)
+    out["lpm_v6_batch_per_s"] = n_batch / out["lpm_v6_batch_s"]
+    groups6, _ = cm.lookup_v6(hi, lo)
+    out["lpm_v6_correct"] = bool(np.array_equal(groups6, cm.v6_group[idx6]))
+    singles = v4[:n_single].tolist()
+    lookup = cm.lookup_v4_int
+    lookup(singles[0])
+
+    def single() -> None:
+        for x in singles:
+            lookup(x)
+
+    out["lpm_single_us"] = best_of(single, min(runs, 3)) / len(singles) * 1e6
+    his, los = hi[: n_single // 2].tolist(), lo[: n_single // 2].tolist()
+    lookup6 = cm.lookup_v6_int
+    lookup6(his[0], los[0])
+
+    def single6() -> None:
+        for h, low in zip(his, los):
+            lookup6(h, low)
+
+    out["lpm_single_v6_us"] = best_of(single6, min(runs, 3)) / len(his) * 1e6
+    return out
+
+
+# --- demand and planning --------------------------------------------------------------------------
+
+
+def address_weight(model) -> np.ndarray:
+    cm = model.client_map
+    weight = np.bincount(
+        cm.v4_group,
+        weights=(cm.v4_end - cm.v4_start + 1).astype(np.float64),
+        minlength=len(cm.groups),
+    )
+    weight[0] = 0.0
+    return weight / weight.sum()
+
+
+class World:
+    """Per policy: rank inputs, topology, headroom; node capacity; the demand shape."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.n_nodes = len(model.node_ids)
+        self.policies = len(model.policies)
+        self.capacity = np.asarray(model.node_capacity_gbps, dtype=np.float64)
+        self.headroom = [float(getattr(p.policy, "headroom", 0.8)) for p in model.policies]
+        self.util = np.zeros(self.n_nodes)
+        self.weight = address_weight(model)
+        self.ranks = [
+            self.rank(p, np.zeros(self.n_nodes, dtype=np.int8)) for p in range(self.policies)
+        ]
+        t0 = time.perf_counter()
+        self.topologies = [Topology.create(r) for r in self.ranks]
+        self.topology_s = time.perf_counter() - t0
+
+    def rank(self, p: int, state: np.ndarray) -> RankInputs:
+        return self.model.rank_inputs(p, state, self.util)
+
+    def demand(self, factor: float) -> list[np.ndarray]:
+        total = factor * self.capacity.sum()
+        return [self.weight * total / self.policies for _ in range(self.policies)]
+
+    def inputs(self, demand: list[np.ndarray], state: np.ndarray | None = None) -> list[PlanInputs]:
+        ranks = self.ranks if state is None else [self.rank(p, state) for p in range(self.policies)]
+        return [
+            PlanInputs.create(
+                ranks[p], self.topologies[p], demand[p], self.capacity, self.headroom[p]
+            )
+            for p in range(self.policies)
+        ]
+
+
+def plan_all(inputs: list[PlanInputs]) -> list:
+    """Every policy, each with what the earlier ones left (as the router's planner does)."""
+    used = np.zeros(len(inputs[0].node_capacity))
+    plans = []
+    for item in inputs:
+        plan = plan_policy(item, used)
+        plans.append(plan)
+        used = used + plan.load
+    return plans
+
+
+def time_stages(inputs: list[PlanInputs]) -> dict:
+    """One instrumented plan_all: seconds in each numba kernel that plan_policy calls."""
+    names = ("_eligibility", "_location_topk", "_group_candidates", "_fill", "_spill")
+    spent = dict.fromkeys(names, 0.0)
+    originals = {name: getattr(_kernels, name) for name in names if hasattr(_kernels, name)}
+
+    def timed(name, fn):
+        def call(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return call
+
+    try:
+        for name, fn in originals.items():
+            setattr(_kernels, name, timed(name, fn))
+        t0 = time.perf_counter()
+        plans = plan_all(inputs)
+        total = time.perf_counter() - t0
+    finally:
+        for name, fn in originals.items():
+            setattr(_kernels, name, fn)
+    out = {name.lstrip("_"): round(s, 4) for name, s in spent.items()}
+    out["numpy_and_python"] = round(total - sum(spent.values()), 4)
+    out["total"] = round(total, 4)
+    out["spill_entries"] = int(sum(len(p.extra_group) for p in plans))
+    out["spill_groups"] = int(sum(len(np.unique(p.extra_group)) for p in plans))
+    out["full_scans"] = int(sum(p.full_scans for p in plans))
+    return out
+
+
+def overruns(world: World, plans: list) -> dict:
+    load = sum(p.load for p in plans)
+    overflow = float(sum(p.overflow.sum() for p in plans))
+    over = load > world.capacity + 1e-6
+    headroom = min(world.headroom)
+    return {
+        # With overflow, every node its groups could use is full: an overrun is then expected.
+        "capacity_overruns": int(over.sum()) if overflow == 0 else 0,
+        "nodes_over_capacity": int(over.sum()),
+        "overflow_gbps": overflow,
+        "nodes_over_headroom": int((load > world.capacity * headroom + 1e-6).sum()),
+        "max_utilisation": float((load / world.capacity).max()),
+        "planned_gbps": float(load.sum()),
+    }
+
+
+def warm_up(world: World) -> None:
+    """Compile (or load from numba's cache) every kernel on a few groups before timing."""
+    groups = np.arange(1, min(40, len(world.weight)))
+    ranks = [subset_rank(world.ranks[0], groups)]
+    item = PlanInputs.create(
+        ranks[0], Topology.create(ranks[0]), np.ones(len(groups)), world.capacity, world.headroom[0]
+    )
+    plan = plan_policy(item)
+    state = np.zeros(world.n_nodes, dtype=np.int8)
+    node = int(np.argmax(plan.load))
+    state[node] = 2
+    down = subset_rank(world.rank(0, state), groups)
+    replan_node_down(
+        PlanInputs.create(
+            down, item.topology, item.group_demand, world.capacity, world.headroom[0]
+        ),
+        plan,
+        node,
+    )
+    rank_groups(ranks[0], CANDIDATES)
+
+
+def bench_full(world: World, factor: float, runs: int) -> tuple[dict, list, list]:
+    demand = world.demand(factor)
+    inputs = world.inputs(demand)
+    totals, per_policy = [], [[] for _ in range(world.policies)]
+    plans: list = []
+    for _ in range(runs):
+        used = np.zeros(world.n_nodes)
+        plans = []
+        t_all = time.perf_counter()
+        for p, item in enumerate(inputs):
+            t0 = time.perf_counter()
+            plan = plan_policy(item, used)
+            per_policy[p].append(time.perf_counter() - t0)
+            plans.append(plan)
+            used = used + plan.load
+        totals.append(time.perf_counter() - t_all)
+    out = {
+        "load_factor": factor,
+        "demand_gbps": float(sum(d.sum() for d in demand)),
+        "full_recompute_s": statistics.median(totals),
+        "full_recompute_runs_s": [round(t, 4) for t in totals],
+        "full_recompute_per_policy_s": [round(statistics.median(t), 4) for t in per_policy],
+        **overruns(world, plans),
+    }
+    return out, plans, inputs
+
+
+def check_repaired(plan, item: PlanInputs, node: int) -> list[str]:
+    problems = []
+    if np.any(plan.amount[plan.cand_node == node] > 0):
+        problems.append("candidate share on the failed node")
+    if np.any(plan.extra_amount[plan.extra_node == node] > 0):
+        problems.append("spill on the failed node")
+    if np.any(plan.overflow[plan.cand_node[:, 0] == node] > 0):
+        problems.append("overflow on the failed node")
+    if plan.load[node] > 1e-6:
+        problems.append(f"load {plan.load[node]:.3g} left on the failed node")
+    placed = plan.amount.sum(axis=1) + plan.overflow
+    np.add.at(placed, plan.extra_group, plan.extra_amount)
+    if not np.allclose(placed, item.group_demand, rtol=1e-9, atol=1e-6):
+        problems.append("demand not conserved")
+    return problems
+
+
+def bench_incremental(world: World, plans: list, inputs: list, count: int,
+                      rng: np.random.Generator) -> dict:  # fmt: skip
+    load = sum(p.load for p in plans)
+    busy = np.flatnonzero(load > 0)
+    nodes = np.sort(rng.choice(busy, size=min(count, len(busy)), replace=False))
+    demand = [item.group_demand for item in inputs]
+    times, with_inputs, touched, fallbacks, problems, detail = [], [], [], 0, [], []
+    over = 0
+    for node in nodes.tolist():
+        state = np.zeros(world.n_nodes, dtype=np.int8)
+        state[node] = 2
+        t0 = time.perf_counter()
+        new_inputs = world.inputs(demand, state)
+        build_s = time.perf_counter() - t0
+        fresh = [copy.deepcopy(p) for p in plans]  # outside the timing
+        # What replan_node_down releases: groups listing the node, or spilled onto it.
+        touched.append(sum(
+            len(np.union1d(np.flatnonzero((p.cand_node == node).any(axis=1)), p.extra_group[p.extra_node == node]))
+            for p in fresh
+        ))  # fmt: skip
+        t0 = time.perf_counter()
+        total = sum(p.load for p in fresh)
+        repaired = []
+        for p, plan in enumerate(fresh):
+            result = replan_node_down(new_inputs[p], plan, node, total - plan.load)
+            if result is None:
+                break
+            repaired.append(result)
+            total = sum(q.load for q in fresh)
+        if len(repaired) < len(fresh):
+            fallbacks += 1
+            repaired = plan_all(new_inputs)
+        elapsed = time.perf_counter() - t0
+        times.append(elapsed * 1e3)
+        with_inputs.append((elapsed + build_s) * 1e3)
+        detail.append({"node": world.model.node_ids[node], "ms": round(elapsed * 1e3, 3),
+                       "groups_released": touched[-1], "load_gbps": round(float(load[node]), 3),
+                       "spill_entries_after": int(sum(len(q.extra_group) for q in repaired))})  # fmt: skip
+        for p, plan in enumerate(repaired):
+            problems += [
+                f"node {node} policy {p}: {m}" for m in check_repaired(plan, new_inputs[p], node)
+            ]
+        if sum(q.overflow.sum() for q in repaired) == 0:
+            over += int((sum(q.load for q in repaired) > world.capacity + 1e-6).sum())
+    return {
+        "incremental_recompute_ms": statistics.median(times),
+        "incremental_recompute_p90_ms": float(np.percentile(times, 90)),
+        "incremental_recompute_max_ms": max(times),
+        "incremental_under_20ms_share": float(np.mean(np.array(times) < 20.0)),
+        "incremental_with_inputs_ms": statistics.median(with_inputs),
+        "incremental_nodes": len(nodes),
+        "incremental_per_node": detail,
+        "incremental_groups_released_median": statistics.median(touched),
+        "incremental_full_plan_fallbacks": fallbacks,
+        "incremental_problems": problems[:20],
+        "incremental_capacity_overruns": over,
+    }
+
+
+# --- vectorised numpy scoring and ranking ---------------------------------------------------------
+
+
+def pair_arrays(
+    r: RankInputs, g: np.ndarray, n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score, latency_ms, distance_km) of group/node index arrays (broadcast), as ``_kernels._pair``."""
+    rad = _kernels.RADIANS_PER_DEGREE
+    p1 = r.group_lat[g] * rad
+    p2 = r.node_lat[n] * rad
+    dp = p2 - p1
+    dl = (r.node_lon[n] - r.group_lon[g]) * rad
+    half_dp = np.sin(dp / 2.0)
+    half_dl = np.sin(dl / 2.0)
+    a = half_dp * half_dp + np.cos(p1) * np.cos(p2) * half_dl * half_dl
+    dist = 2.0 * _kernels.EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
+    cg, cn = r.group_country[g], r.node_country[n]
+    known = (cg >= 0) & (cn >= 0)
+    latency = np.where(known, r.country_rtt[np.maximum(cg, 0), np.maximum(cn, 0)], np.nan)
+    latency = np.where(np.isnan(latency), r.est_base_ms + r.est_ms_per_km * dist, latency)
+    if len(r.meas_node):
+        m_group = np.repeat(np.arange(len(r.group_lat), dtype=np.int64), np.diff(r.meas_start))
+        keys = m_group * len(r.node_lat) + r.meas_node
+        order = np.argsort(keys, kind="stable")
+        keys, rtt = keys[order], r.meas_rtt[order]
+        want = np.asarray(g, dtype=np.int64) * len(r.node_lat) + n
+        pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+        latency = np.where(keys[pos] == want, rtt[pos], latency)
+    util = r.node_util[n]
+    score = latency + r.load_penalty_ms * util * util
+    score = np.where(r.group_asn[g] == r.node_asn[n], score - r.onnet_bonus_ms, score)
+    return score, latency, dist
+
+
+def numpy_rank(r: RankInputs, k: int, chunk: int = 2048) -> np.ndarray:
+    """The full-scan ranking of ``rank_groups`` vectorised with numpy (same order, same ties)."""
+    eligible = reference.eligibility(r)
+    n_groups, n_nodes = len(r.group_lat), len(r.node_lat)
+    out = np.full((n_groups, k), -1, dtype=np.int32)
+    kk = min(k, n_nodes)
+    nodes = np.arange(n_nodes)[None, :]
+    for lo in range(0, n_groups, chunk):
+        rows = np.arange(lo, min(lo + chunk, n_groups))
+        score, _lat, dist = pair_arrays(r, rows[:, None], nodes)
+        score = np.where(eligible[r.group_fence[rows]], score, np.inf)
+        # Every node tied with the k-th best must be in the slice we sort.
+        kth = np.partition(score, kk - 1, axis=1)[:, kk - 1 : kk]
+        width = max(kk, int((score <= kth).sum(axis=1).max()))
+        if width < n_nodes:
+            idx = np.argpartition(score, width - 1, axis=1)[:, :width]
+        else:
+            idx = np.broadcast_to(nodes, score.shape)
+        s = np.take_along_axis(score, idx, axis=1)
+        d = np.take_along_axis(dist, idx, axis=1)
+        order = np.lexsort((idx, d, s), axis=1)[:, :kk]
+        top = np.take_along_axis(idx, order, axis=1)
+        out[rows, :kk] = np.where(np.isinf(np.take_along_axis(s, order, axis=1)), -1, top)
+    return out
+
+
+def subset_rank(r: RankInputs, groups: np.ndarray) -> RankInputs:
+    counts = np.diff(r.meas_start)[groups]
+    take = (
+        np.concatenate([np.arange(r.meas_start[g], r.meas_start[g + 1]) for g in groups])
+        if counts.sum()
+        else np.zeros(0, dtype=np.int64)
+    )
+    return RankInputs.create(
+        group_lat=r.group_lat[groups], group_lon=r.group_lon[groups], group_country=r.group_country[groups],
+        group_asn=r.group_asn[groups], group_fence=r.group_fence[groups], fence_allowed=r.fence_allowed,
+        node_lat=r.node_lat, node_lon=r.node_lon, node_country=r.node_country, node_asn=r.node_asn,
+        node_state=r.node_state, node_util=r.node_util, node_in_pool=r.node_in_pool, country_rtt=r.country_rtt,
+        onnet_bonus_ms=r.onnet_bonus_ms, load_penalty_ms=r.load_penalty_ms,
+        meas_start=np.concatenate([[0], np.cumsum(counts)]), meas_node=r.meas_node[take], meas_rtt=r.meas_rtt[take],
+        est_base_ms=r.est_base_ms, est_ms_per_km=r.est_ms_per_km,
+    )  # fmt: skip
+
+
+def sample_groups(world: World, size: int, rng: np.random.Generator) -> np.ndarray:
+    demanded = np.flatnonzero(world.weight > 0)
+    return np.sort(rng.choice(demanded, size=min(size, len(demanded)), replace=False))
+
+
+def bench_numba_vs_numpy(world: World, numpy_size: int, python_size: int, runs: int,
+                         rng: np.random.Generator) -> dict:  # fmt: skip
+    r = world.ranks[0]
+    k = CANDIDATES
+    sub = subset_rank(r, sample_groups(world, numpy_size, rng))
+    rank_groups(subset_rank(r, np.arange(1, 3)), k)  # compile
+    numba_s = best_of(lambda: rank_groups(sub, k), runs)
+    numpy_s = best_of(lambda: numpy_rank(sub, k), runs)
+    agree = float((rank_groups(sub, k) == numpy_rank(sub, k)).all(axis=1).mean())
+    out = {
+        "numba_vs_numpy": numpy_s / numba_s,
+        "numba_vs_numpy_reference_kind": (
+            f"vectorised numpy full-scan top-{k} ranking written in the bench (broadcast score "
+            "matrix, argpartition, lexsort) against the numba kernel rank_groups, same inputs"
+        ),
+        "numba_vs_numpy_sample": f"{len(sub.group_lat)} groups x {len(sub.node_lat)} nodes, policy 0",
+        "numba_rank_sample_s": numba_s,
+        "numpy_rank_sample_s": numpy_s,
+        "numba_vs_numpy_rows_equal": agree,
+    }
+    # The plain reference (Python loops): ranking, and the whole plan on a smaller sample
+    # whose demand is scaled to the same 70 % of all node capacity.
+    groups = sample_groups(world, python_size, rng)
+    small = subset_rank(r, groups)
+    t0 = time.perf_counter()
+    ref_ranked = reference.rank_groups(small, k)
+    ref_s = time.perf_counter() - t0
+    numba_small_s = best_of(lambda: rank_groups(small, k), runs)
+    out["numba_vs_python_reference_rank"] = ref_s / numba_small_s
+    out["rank_rows_equal_python_reference"] = float(
+        (ref_ranked == rank_groups(small, k)).all(axis=1).mean()
+    )
+    demand = (
+        world.weight[groups] / world.weight[groups].sum() * LOAD_FACTORS[0] * world.capacity.sum()
+    )
+    item = PlanInputs.create(
+        small, Topology.create(small), demand, world.capacity, world.headroom[0]
+    )
+    plan_s = best_of(lambda: plan_policy(item), runs)
+    t0 = time.perf_counter()
+    ref = reference.plan(item, CANDIDATES)
+    ref_plan_s = time.perf_counter() - t0
+    plan = plan_policy(item)
+    out.update({
+        "numba_vs_python_reference_plan": ref_plan_s / plan_s,
+        "python_reference_sample": f"{len(groups)} groups x {len(small.node_lat)} nodes, policy 0, "
+                                   f"demand {LOAD_FACTORS[0]:.0%} of capacity",
+        "python_reference_plan_s": ref_plan_s,
+        "numba_plan_sample_s": plan_s,
+        "plan_equals_python_reference": bool(
+            np.array_equal(plan.cand_node, ref["cand_node"])
+            and np.allclose(plan.load, ref["load"], rtol=1e-9, atol=1e-6)
+        ),
+    })  # fmt: skip
+    return out
+
+
+# --- quality: the plan against the min-cost optimum -----------------------------------------------
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    mean = float((values * weights).sum() / weights.sum())
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    p95 = float(values[order][np.searchsorted(cum, 0.95 * cum[-1])])
+    return mean, p95
+
+
+class Classes:
+    """Groups of one policy that no cost can tell apart: same location, fence, on-net ASN."""
+
+    def __init__(self, world: World, p: int, demand: np.ndarray) -> None:
+        r, topo = world.ranks[p], world.topologies[p]
+        groups = np.flatnonzero(demand > 0)
+        asn = np.where(np.isin(r.group_asn, r.node_asn), r.group_asn, -1)[groups]
+        own = np.where(np.diff(r.meas_start) > 0, np.arange(len(r.group_lat)), -1)[groups]
+        keys = np.stack([topo.group_loc[groups].astype(np.int64), asn, own])
+        _, first, inverse = np.unique(keys, axis=1, return_index=True, return_inverse=True)
+        self.rep = groups[first]
+        self.of_group = np.full(len(r.group_lat), -1, dtype=np.int64)
+        self.of_group[groups] = inverse.reshape(-1)
+        self.demand = np.bincount(inverse.reshape(-1), weights=demand[groups], minlength=len(first))
+        nodes = np.arange(world.n_nodes)[None, :]
+        self.score, self.latency, _ = pair_arrays(r, self.rep[:, None], nodes)
+        self.allowed = reference.eligibility(r)[r.group_fence[self.rep]]
+
+
+def plan_flows(plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    gi, slot = np.nonzero(plan.amount > 0)
+    over = np.flatnonzero(plan.overflow > 0)
+    return (
+        np.concatenate([gi, plan.extra_group, over]),
+        np.concatenate([plan.cand_node[gi, slot], plan.extra_node, plan.cand_node[over, 0]]),
+        np.concatenate([plan.amount[gi, slot], plan.extra_amount, plan.overflow[over]]),
+    )
+
+
+def solve_optimum(world: World, classes: list[Classes], ours: list[tuple], max_rounds: int) -> dict:
+    """Min-cost assignment of every class's demand to nodes, by column generation.
+
+    Capacity: each node takes capacity * headroom at no extra cost, then up to its full
+    capacity at RESERVE_PENALTY_MS per Gbps (the plan uses the reserve only when every
+    node is at headroom). Cost: the plan's score. Starts from each class's best
+    LP_START_TOP nodes plus every pair the plan used (so the plan is feasible for it),
+    and adds pairs with negative reduced cost until there is none: the optimum over all
+    (class, node) pairs.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix
+
+    n_nodes = world.n_nodes
+    headroom = max(world.headroom)  # policies with different headroom: the loosest, still a bound
+    in_lp = []
+    for c, (groups, nodes, _amount) in zip(classes, ours):
+        top = min(LP_START_TOP, n_nodes)
+        masked = np.where(c.allowed, c.score, np.inf)
+        chosen = np.zeros(c.score.shape, dtype=bool)
+        np.put_along_axis(chosen, np.argpartition(masked, top - 1, axis=1)[:, :top], True, axis=1)
+        chosen &= c.allowed
+        chosen[c.of_group[groups], nodes] = True
+        in_lp.append(chosen)
+    offsets = np.cumsum([0] + [len(c.rep) for c in classes])
+    rounds, added = 0, 0
+    while True:
+        rounds += 1
+        rows, cols, cost = [], [], []
+        for p, (c, chosen) in enumerate(zip(classes, in_lp)):
+            ci, ni = np.nonzero(chosen)
+            rows.append(ci + offsets[p])
+            cols.append(ni)
+            cost.append(c.score[ci, ni])
+        e_class, e_node, e_cost = np.concatenate(rows), np.concatenate(cols), np.concatenate(cost)
+        n_edges, n_classes = len(e_class), int(offsets[-1])
+        a_eq = csr_matrix(
+            (np.ones(n_edges), (e_class, np.arange(n_edges))), shape=(n_classes, n_edges + n_nodes)
+        )
+        a_ub = csr_matrix(
+            (np.r_[np.ones(n_edges), -np.ones(n_nodes)],
+             (np.r_[e_node, np.arange(n_nodes)], np.r_[np.arange(n_edges), n_edges + np.arange(n_nodes)])),
+            shape=(n_nodes, n_edges + n_nodes),
+        )  # fmt: skip
+        bounds = np.zeros((n_edges + n_nodes, 2))
+        bounds[:n_edges, 1] = np.inf
+        bounds[n_edges:, 1] = world.capacity * (1.0 - headroom)
+        res = linprog(
+            np.r_[e_cost, np.full(n_nodes, RESERVE_PENALTY_MS)],
+            A_ub=a_ub, b_ub=world.capacity * headroom, A_eq=a_eq,
+            b_eq=np.concatenate([c.demand for c in classes]), bounds=bounds, method="highs",
+        )  # fmt: skip
+        if res.status != 0:
+            return {"lp_status": f"{res.status}: {res.message}"}
+        y, z = res.eqlin.marginals, res.ineqlin.marginals
+        new = 0
+        for p, (c, chosen) in enumerate(zip(classes, in_lp)):
+            reduced = c.score - y[offsets[p] : offsets[p + 1], None] - z[None, :]
+            price = np.where(c.allowed & ~chosen, reduced, np.inf)
+            cand = price < -1e-7
+            if cand.any():
+                # At most 16 of each class's most negative pairs per round.
+                worst = np.argsort(price, axis=1)[:, :16]
+                pick = np.zeros_like(cand)
+                np.put_along_axis(pick, worst, True, axis=1)
+                pick &= cand
+                chosen |= pick
+                new += int(pick.sum())
+        added += new
+        if new == 0 or rounds >= max_rounds:
+            break
+    x = res.x[:n_edges]
+    return {
+        "lp_status": "optimal" if new == 0 else f"stopped after {rounds} rounds with pairs left to price",
+        "lp_rounds": rounds, "lp_pairs": n_edges, "lp_pairs_added_by_pricing": added,
+        "lp_classes": n_classes, "edges": (e_class, e_node, x), "offsets": offsets,
+        "reserve_gbps": float(res.x[n_edges:].sum()),
+    }  # fmt: skip
+
+
+def bench_quality(world: World, plans: list, inputs: list, max_rounds: int) -> dict:
+    classes = [Classes(world, p, inputs[p].group_demand) for p in range(world.policies)]
+    # The vectorised scores must be the router's own: check against group_components.
+    worst = 0.0
+    for p, c in enumerate(classes):
+        for i in np.linspace(0, len(c.rep) - 1, num=min(8, len(c.rep)), dtype=int):
+            comp = group_components(world.ranks[p], int(c.rep[i]))
+            worst = max(worst, float(np.abs(comp.score - c.score[i]).max()),
+                        float(np.abs(comp.latency_ms - c.latency[i]).max()))  # fmt: skip
+    ours = [plan_flows(plan) for plan in plans]
+    t0 = time.perf_counter()
+    opt = solve_optimum(world, classes, ours, max_rounds)
+    out: dict = {
+        "lp_seconds": round(time.perf_counter() - t0, 3),
+        "vectorised_score_max_abs_diff": worst,
+    }
+    if "edges" not in opt:
+        out.update(opt)
+        return out
+    e_class, e_node, x = opt.pop("edges")
+    offsets = opt.pop("offsets")
+    out.update(opt)
+    lat_opt, score_opt = np.empty(len(x)), np.empty(len(x))
+    for p, c in enumerate(classes):
+        sel = (e_class >= offsets[p]) & (e_class < offsets[p + 1])
+        lat_opt[sel] = c.latency[e_class[sel] - offsets[p], e_node[sel]]
+        score_opt[sel] = c.score[e_class[sel] - offsets[p], e_node[sel]]
+    lat_ours, score_ours, w_ours = [], [], []
+    for c, (groups, nodes, amount) in zip(classes, ours):
+        lat_ours.append(c.latency[c.of_group[groups], nodes])
+        score_ours.append(c.score[c.of_group[groups], nodes])
+        w_ours.append(amount)
+    lat_ours, score_ours, w_ours = map(np.concatenate, (lat_ours, score_ours, w_ours))
+    mean_ours, p95_ours = weighted_stats(lat_ours, w_ours)
+    mean_opt, p95_opt = weighted_stats(lat_opt, x)
+    load = sum(p.load for p in plans)
+    total = w_ours.sum()
+    out.update({
+        "mean_latency_ms": mean_ours, "p95_latency_ms": p95_ours,
+        "optimum_mean_latency_ms": mean_opt, "optimum_p95_latency_ms": p95_opt,
+        "mean_latency_vs_optimum": mean_ours / mean_opt, "p95_latency_vs_optimum": p95_ours / p95_opt,
+        # The LP minimises the score (latency - on-net bonus), so this gap is >= 0.
+        "mean_score_ms": float((score_ours * w_ours).sum() / total),
+        "optimum_mean_score_ms": float((score_opt * x).sum() / x.sum()),
+        "reserve_gbps_ours": float(np.maximum(load - world.capacity * max(world.headroom), 0).sum()),
+        "reserve_gbps_optimum": out["reserve_gbps"],
+    })  # fmt: skip
+    out["mean_score_excess_ms"] = out["mean_score_ms"] - out["optimum_mean_score_ms"]
+    del out["reserve_gbps"]
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value >= 1e5:
+            return f"{value:,.0f}"
+        return f"{value:.4g}" if value < 100 else f"{value:,.1f}"
+    return str(value)
+
+
+def print_table(rows: list[tuple[str, object, str, str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--zones", type=Path, default=DEFAULT_ZONES,
+                        help="deployment directory (default var/world; zones/ is the small sample)")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="small counts (for tests and the sample)"
+    )
+    parser.add_argument("--runs", type=int, help="timed runs per figure (default 3, quick 2)")
+    parser.add_argument("--seed", type=int, default=4)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    runs = args.runs or (2 if quick else 3)
+    started = dt.datetime.now(dt.UTC)
+
+    def rng(part: int) -> np.random.Generator:  # each part draws the same whatever runs before it
+        return np.random.default_rng([args.seed, part])
+
+    result: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else " ".join(["bench_core.py", *argv]),
+        "started": started.isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "cpus_allowed": sorted(os.sched_getaffinity(0)),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
+                    "numpy": np.__version__, "numba": __import__("numba").__version__},
+        "zones": str(args.zones), "quick": quick, "runs": runs, "seed": args.seed,
+    }  # fmt: skip
+    problem = ensure_world(args.zones)
+    if problem:
+        print(f"bench_core: {problem}", file=sys.stderr)
+        return EXIT_NO_WORLD
+    summary = args.zones / "world.json"
+    if summary.is_file():
+        result["world"] = json.loads(summary.read_text())
+
+    log(f"loading {args.zones}")
+    t0 = time.perf_counter()
+    model = load_model(args.zones)
+    result["load_s"] = time.perf_counter() - t0
+    cm = model.client_map
+    result.update({
+        "nodes": len(model.node_ids), "client_groups": len(cm.groups),
+        "prefixes": len(cm.v4_start) + len(cm.v6_start_hi),
+        "prefixes_kind": "compiled map intervals, IPv4 + IPv6 (disjoint, after longest-prefix flattening)",
+        "prefixes_v4_intervals": len(cm.v4_start), "prefixes_v6_intervals": len(cm.v6_start_hi),
+        "input_prefixes": result.get("world", {}).get("prefixes", {}).get("total"),
+        "policies": [p.name for p in model.policies],
+        "capacity_gbps": float(np.sum(model.node_capacity_gbps)),
+    })  # fmt: skip
+
+    result["rss_after_load_mb"] = rss_mb()
+
+    log("planning")
+    world = World(model)
+    result["topology_create_s"] = world.topology_s
+    result["headroom"] = world.headroom
+    result["demand_model"] = (
+        "IPv4 addresses per group (group 0 none), scaled so all policies together ask for the load "
+        f"factor times the total node capacity, split evenly between the {world.policies} policies; "
+        "node_util 0 (no load penalty)"
+    )
+    warm_up(world)
+    by_factor = {}
+    for factor in LOAD_FACTORS:
+        log(f"full plan at {factor:.0%}")
+        by_factor[factor] = bench_full(world, factor, runs if factor == LOAD_FACTORS[0] else 1)
+    _figures, plans, inputs = by_factor[LOAD_FACTORS[0]]
+    result["full_recompute_stages_s"] = time_stages(inputs)
+    log("incremental repairs")
+    result.update(bench_incremental(world, plans, inputs, 5 if quick else 20, rng(1)))
+    result["peak_rss_mb"] = rss_mb()
+    result["peak_rss_when"] = (
+        "after loading the world and planning both load factors (before the other parts)"
+    )
+
+    log("LPM")
+    result.update(
+        bench_lpm(
+            cm, 200_000 if quick else 4_000_000, 20_000 if quick else 200_000, max(runs, 3), rng(2)
+        )
+    )
+
+    log("full-scan ranking")
+    t0 = time.perf_counter()
+    rank_groups(world.ranks[0], CANDIDATES)
+    result["rank_groups_full_scan_s"] = time.perf_counter() - t0
+
+    log("numba vs numpy")
+    result.update(
+        bench_numba_vs_numpy(world, 500 if quick else 2000, 40 if quick else 150, runs, rng(3))
+    )
+
+    for factor in LOAD_FACTORS:
+        log(f"optimum at {factor:.0%}")
+        figures, plans, inputs = by_factor[factor]
+        figures.update(bench_quality(world, plans, inputs, 50))
+    tag = {f: f"_{round(f * 100)}" for f in LOAD_FACTORS}
+    for factor, (figures, _plans, _inputs) in by_factor.items():
+        for key, value in figures.items():
+            # The first load factor's figures are the contract's; the others carry a suffix.
+            result[key if factor == LOAD_FACTORS[0] else f"{key}{tag[factor]}"] = value
+    result["lp_capacity"] = (
+        "capacity * headroom at the pair's cost, then up to full capacity at "
+        f"{RESERVE_PENALTY_MS:,.0f} ms per Gbps (the order the plan uses them)"
+    )
+    result["lp_cost"] = (
+        "the plan's score: latency - on-net bonus + load penalty (0: no load reported)"
+    )
+    result["latency_definition"] = (
+        "the (client group, node) pair's latency (_kernels._pair), demand-weighted"
+    )
+    result["peak_rss_mb_end"] = rss_mb()
+    result["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    result["targets"] = {}
+    for key in list(TARGETS) + [k + tag[LOAD_FACTORS[1]] for k in TARGETS]:
+        text, test = TARGETS[key.removesuffix(tag[LOAD_FACTORS[1]])]
+        if key in result:
+            value = result[key]
+            result["targets"][key] = {
+                "target": text,
+                "value": value,
+                "pass": bool(value is not None and test(value)),
+            }
+
+    def row(label: str, key: str, unit: str = "", more: str = "") -> tuple[str, str, str, str]:
+        target = result["targets"].get(key)
+        verdict = ("PASS" if target["pass"] else "MISS") if target else ""
+        return (
+            label,
+            f"{fmt(result.get(key))}{unit}{more}",
+            target["target"] if target else "",
+            verdict,
+        )
+
+    f90 = tag[LOAD_FACTORS[1]]
+    lo, hi = (f"{f:.0%}" for f in LOAD_FACTORS)
+    rows = [
+        ("figure", "value", "target", ""),
+        (
+            "world",
+            f"{result['nodes']:,} nodes, {result['client_groups']:,} groups, "
+            f"{result['prefixes']:,} intervals",
+            "",
+            "",
+        ),
+        row("LPM IPv4 batch, lookups/s", "lpm_v4_batch_per_s"),
+        row("LPM IPv6 batch, lookups/s", "lpm_v6_batch_per_s"),
+        row("LPM IPv4 single (Python loop), us", "lpm_single_us"),
+        row("LPM IPv6 single (Python loop), us", "lpm_single_v6_us"),
+        row("Topology.create, all policies (once per config), s", "topology_create_s"),
+        row(f"full recompute, all policies, {lo} load, median s", "full_recompute_s"),
+        row(f"full recompute, all policies, {hi} load (1 run), s", f"full_recompute_s{f90}"),
+        row("full-scan rank_groups(16), one policy, s", "rank_groups_full_scan_s"),
+        row("incremental (node down), median ms", "incremental_recompute_ms"),
+        row(
+            "incremental, p90 / max ms",
+            "incremental_recompute_p90_ms",
+            more=f" / {fmt(result.get('incremental_recompute_max_ms'))}",
+        ),
+        row("incremental incl. building inputs, median ms", "incremental_with_inputs_ms"),
+        row("numba vs vectorised numpy (top-16 ranking)", "numba_vs_numpy", "x"),
+        row("numba vs Python reference (plan)", "numba_vs_python_reference_plan", "x"),
+        (
+            f"mean latency ours / optimum ({lo}), ms",
+            f"{fmt(result.get('mean_latency_ms'))} / {fmt(result.get('optimum_mean_latency_ms'))}",
+            "",
+            "",
+        ),
+        row(f"mean latency vs optimum ({lo})", "mean_latency_vs_optimum"),
+        row(f"p95 latency vs optimum ({lo})", "p95_latency_vs_optimum"),
+        row(f"mean score above optimum ({lo}), ms", "mean_score_excess_ms"),
+        row(f"mean latency vs optimum ({hi})", f"mean_latency_vs_optimum{f90}"),
+        row(f"p95 latency vs optimum ({hi})", f"p95_latency_vs_optimum{f90}"),
+        row(f"capacity overruns ({lo})", "capacity_overruns"),
+        row(
+            f"capacity overruns ({hi}) / overflow Gbps",
+            f"capacity_overruns{f90}",
+            more=f" / {fmt(result.get('overflow_gbps' + f90))}",
+        ),
+        row("peak RSS, MB", "peak_rss_mb"),
+    ]
+    print_table(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
