@@ -433,54 +433,309 @@ def _fill(groups, cand_node, cand_score, demand_left, remaining, out_amount):
 
 
 @njit(**JIT_OPTIONS)
-def _spill(groups, group_lat, group_lon, group_country, group_asn, group_fence,
-           node_lat, node_lon, node_country, node_asn, node_util, eligible,
+def _sort_nodes(score, dist, nodes):
+    """Sort ``nodes`` (given in increasing index order) in place by (score, dist, node)."""
+    # Two stable sorts: by distance, then by score; equal keys keep index order.
+    by_dist = nodes[np.argsort(dist[nodes], kind="mergesort")]
+    nodes[:] = by_dist[np.argsort(score[by_dist], kind="mergesort")]
+
+
+@njit(**JIT_OPTIONS)
+def _group_order(g, group_lat, group_lon, group_country, group_asn, group_fence,
+                 node_lat, node_lon, node_country, node_asn, node_util, eligible,
+                 country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                 meas_start, meas_node, meas_rtt, score, dist):  # fmt: skip
+    """Every node the group may use, in its ranking order (score/dist: scratch [N])."""
+    allowed = eligible[group_fence[g]]
+    count = 0
+    for n in range(node_lat.shape[0]):
+        if allowed[n]:
+            count += 1
+    nodes = np.empty(count, dtype=np.int64)
+    i = 0
+    for n in range(node_lat.shape[0]):
+        if allowed[n]:
+            sc, _l, _s, d, _o, _p = _pair(
+                g, n, group_lat, group_lon, group_country, group_asn,
+                node_lat, node_lon, node_country, node_asn, node_util,
+                country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                meas_start, meas_node, meas_rtt,
+            )  # fmt: skip
+            score[n] = sc
+            dist[n] = d
+            nodes[i] = n
+            i += 1
+    _sort_nodes(score, dist, nodes)
+    return nodes
+
+
+@njit(**JIT_OPTIONS)
+def _heap_push(key, tie, item, size, k, t, i):
+    # Binary min-heap on (key, tie) held in three arrays; returns the new size.
+    pos = size
+    key[pos], tie[pos], item[pos] = k, t, i
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if key[parent] < key[pos] or (key[parent] == key[pos] and tie[parent] <= tie[pos]):
+            break
+        key[parent], key[pos] = key[pos], key[parent]
+        tie[parent], tie[pos] = tie[pos], tie[parent]
+        item[parent], item[pos] = item[pos], item[parent]
+        pos = parent
+    return size + 1
+
+
+@njit(**JIT_OPTIONS)
+def _heap_pop(key, tie, item, size):
+    # Removes the top; the caller read it first. Returns the new size.
+    size -= 1
+    key[0], tie[0], item[0] = key[size], tie[size], item[size]
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            break
+        child = left
+        right = left + 1
+        if right < size and (key[right] < key[left] or (key[right] == key[left] and tie[right] < tie[left])):
+            child = right
+        if key[pos] < key[child] or (key[pos] == key[child] and tie[pos] <= tie[child]):
+            break
+        key[child], key[pos] = key[pos], key[child]
+        tie[child], tie[pos] = tie[pos], tie[child]
+        item[child], item[pos] = item[pos], item[child]
+        pos = child
+    return size
+
+
+@njit(**JIT_OPTIONS)
+def _spill(groups, group_lat, group_lon, group_country, group_asn, group_fence, group_loc,
+           onnet_asn, onnet_start, onnet_node, node_lat, node_lon, node_country, node_asn, node_util, eligible,
            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
            meas_start, meas_node, meas_rtt, demand_left, remaining,
            out_group, out_node, out_amount):  # fmt: skip
-    """Demand left after the candidates are full goes to any eligible node with room.
+    """Demand left once the candidates are full goes on down each group's ranking.
 
-    Groups in index order; for each, its eligible nodes by score (then node index).
+    Cheapest edge first, as in ``_fill``, over every node the group may use: a heap holds,
+    for each "spiller", the score of its best node that still has room. Groups of one
+    location without on-net nodes or RTT samples rank every node alike, so they spill as
+    one spiller along the location's order (sorted once), served in group order; other
+    groups spill on their own order. Ties: lower first group index. A spiller whose node
+    filled up meanwhile is re-keyed to its next node with room (keys only grow).
     out_* : preallocated; returns how many entries were written (-1: out of room).
     """
     n_nodes = node_lat.shape[0]
-    scores = np.empty(n_nodes, dtype=np.float64)
-    written = 0
-    order_groups = np.sort(groups)
-    for i in range(order_groups.shape[0]):
-        g = order_groups[i]
-        if demand_left[g] <= 0.0:
+    short = np.sort(groups)
+    n_short = 0
+    for i in range(short.shape[0]):
+        if demand_left[short[i]] > 0.0:
+            short[n_short] = short[i]
+            n_short += 1
+    short = short[:n_short]
+    if n_short == 0:
+        return 0
+    n_locs = 0
+    for i in range(group_loc.shape[0]):
+        if group_loc[i] + 1 > n_locs:
+            n_locs = group_loc[i] + 1
+    # Split the short groups into location queues (plain) and own-order spillers (special).
+    special = np.zeros(n_short, dtype=np.bool_)
+    n_special = 0
+    for i in range(n_short):
+        g = short[i]
+        a = np.searchsorted(onnet_asn, group_asn[g])
+        if (a < onnet_asn.shape[0] and onnet_asn[a] == group_asn[g]) or meas_start[g + 1] > meas_start[g]:
+            special[i] = True
+            n_special += 1
+    queue_count = np.zeros(n_locs + 1, dtype=np.int64)
+    for i in range(n_short):
+        if not special[i]:
+            queue_count[group_loc[short[i]] + 1] += 1
+    queue_start = np.cumsum(queue_count)
+    queue = np.empty(n_short - n_special, dtype=np.int64)
+    fill_at = queue_start[:-1].copy()
+    for i in range(n_short):  # short is sorted, so each queue is in group order
+        if not special[i]:
+            loc = group_loc[short[i]]
+            queue[fill_at[loc]] = short[i]
+            fill_at[loc] += 1
+    queue_ptr = queue_start[:-1].copy()
+    # Orders: one row per location with a short group, one per special group.
+    loc_row = np.full(n_locs, -1, dtype=np.int64)
+    loc_group = np.full(n_locs, -1, dtype=np.int64)  # any group there: they share place and fence
+    n_loc_rows = 0
+    for i in range(n_short):
+        loc = group_loc[short[i]]
+        if loc_row[loc] < 0:
+            loc_row[loc] = n_loc_rows
+            loc_group[loc] = short[i]
+            n_loc_rows += 1
+    n_rows = n_loc_rows + n_special
+    order = np.full((n_rows, n_nodes), -1, dtype=np.int64)
+    order_score = np.empty((n_rows, n_nodes), dtype=np.float64)
+    order_dist = np.empty((n_rows, n_nodes), dtype=np.float64)
+    order_len = np.zeros(n_rows, dtype=np.int64)
+    cursor = np.zeros(n_rows, dtype=np.int64)
+    row_group = np.full(n_rows, -1, dtype=np.int64)  # the special group of a row, -1: a location's
+    row_loc = np.full(n_rows, -1, dtype=np.int64)
+    dist = np.empty(n_nodes, dtype=np.float64)
+    scratch = np.empty(n_nodes, dtype=np.float64)
+    for loc in range(n_locs):
+        row = loc_row[loc]
+        if row < 0:
             continue
+        g = loc_group[loc]
         allowed = eligible[group_fence[g]]
+        count = 0
         for n in range(n_nodes):
-            scores[n] = np.inf
-            if allowed[n] and remaining[n] > 0.0:
-                score, _l, _s, _d, _o, _p = _pair(
+            if allowed[n]:
+                d = _distance_km(group_lat[g], group_lon[g], node_lat[n], node_lon[n])
+                latency, _src = _base_latency(group_country[g], node_country[n], d, country_rtt,
+                                              est_base_ms, est_ms_per_km)  # fmt: skip
+                util = node_util[n]
+                scratch[n] = latency + load_penalty_ms * util * util
+                dist[n] = d
+                order[row, count] = n
+                count += 1
+        nodes = order[row, :count].copy()
+        _sort_nodes(scratch, dist, nodes)
+        order_len[row] = count
+        row_loc[row] = loc
+        for j in range(count):
+            order[row, j] = nodes[j]
+            order_score[row, j] = scratch[nodes[j]]
+            order_dist[row, j] = dist[nodes[j]]
+    r = n_loc_rows
+    for i in range(n_short):
+        if not special[i]:
+            continue
+        g = short[i]
+        row_group[r] = g
+        if meas_start[g + 1] > meas_start[g]:
+            # RTT samples can reorder anything: rank every node for this group.
+            nodes = _group_order(g, group_lat, group_lon, group_country, group_asn, group_fence,
+                                 node_lat, node_lon, node_country, node_asn, node_util, eligible,
+                                 country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
+                                 meas_start, meas_node, meas_rtt, scratch, dist)  # fmt: skip
+            order_len[r] = nodes.shape[0]
+            for j in range(nodes.shape[0]):
+                order[r, j] = nodes[j]
+                order_score[r, j] = scratch[nodes[j]]
+            r += 1
+            continue
+        # On-net only: the location's order without the group's ASN, merged with its
+        # on-net nodes scored with the bonus.
+        lrow = loc_row[group_loc[g]]
+        allowed = eligible[group_fence[g]]
+        a = np.searchsorted(onnet_asn, group_asn[g])
+        m = 0
+        for j in range(onnet_start[a], onnet_start[a + 1]):
+            if allowed[onnet_node[j]]:
+                m += 1
+        own = np.empty(m, dtype=np.int64)
+        m = 0
+        for j in range(onnet_start[a], onnet_start[a + 1]):
+            n = onnet_node[j]
+            if allowed[n]:
+                sc, _l, _s, d, _o, _p = _pair(
                     g, n, group_lat, group_lon, group_country, group_asn,
                     node_lat, node_lon, node_country, node_asn, node_util,
                     country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
                     meas_start, meas_node, meas_rtt,
                 )  # fmt: skip
-                scores[n] = score
-        order = np.argsort(scores, kind="mergesort")
-        for j in range(n_nodes):
-            n = order[j]
-            if scores[n] == np.inf or demand_left[g] <= 0.0:
+                scratch[n] = sc
+                dist[n] = d
+                own[m] = n
+                m += 1
+        _sort_nodes(scratch, dist, own)
+        j = 0
+        o = 0
+        out = 0
+        while True:
+            while j < order_len[lrow] and node_asn[order[lrow, j]] == group_asn[g]:
+                j += 1
+            has_loc = j < order_len[lrow]
+            has_own = o < m
+            if not has_loc and not has_own:
                 break
+            use_loc = has_loc
+            if has_loc and has_own:
+                nl = order[lrow, j]
+                use_loc = _before(order_score[lrow, j], order_dist[lrow, j], nl, scratch[own[o]], dist[own[o]], own[o])
+            if use_loc:
+                order[r, out] = order[lrow, j]
+                order_score[r, out] = order_score[lrow, j]
+                j += 1
+            else:
+                order[r, out] = own[o]
+                order_score[r, out] = scratch[own[o]]
+                o += 1
+            out += 1
+        order_len[r] = out
+        r += 1
+    # The heap of spillers: key = score of the row's next node with room, tie = first group.
+    heap_key = np.empty(n_rows, dtype=np.float64)
+    heap_tie = np.empty(n_rows, dtype=np.int64)
+    heap_row = np.empty(n_rows, dtype=np.int64)
+    size = 0
+    for row in range(n_rows):
+        if row_group[row] < 0 and queue_ptr[row_loc[row]] >= queue_start[row_loc[row] + 1]:
+            continue  # a location row kept only for its special groups to merge from
+        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
+            cursor[row] += 1
+        if cursor[row] < order_len[row]:
+            first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
+            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
+    written = 0
+    while size > 0:
+        row = heap_row[0]
+        popped = heap_key[0]
+        size = _heap_pop(heap_key, heap_tie, heap_row, size)
+        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
+            cursor[row] += 1
+        if cursor[row] >= order_len[row]:
+            continue  # nothing this spiller may use has room: what is left is overflow
+        if order_score[row, cursor[row]] > popped:
+            # Its node filled since it was keyed: back in line at its next node's score.
+            first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
+            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
+            continue
+        n = order[row, cursor[row]]
+        while remaining[n] > 0.0:
+            if row_group[row] >= 0:
+                g = row_group[row]
+            else:
+                loc = row_loc[row]
+                if queue_ptr[loc] >= queue_start[loc + 1]:
+                    break
+                g = queue[queue_ptr[loc]]
+            need = demand_left[g]
             if written >= out_group.shape[0]:
                 return -1
-            take = min(demand_left[g], remaining[n])
+            free = remaining[n]
+            take = need if need <= free else free
             out_group[written] = g
             out_node[written] = n
             out_amount[written] = take
             written += 1
-            if take >= demand_left[g]:
+            if need <= free:
                 demand_left[g] = 0.0
+                remaining[n] = free - need
+                if row_group[row] >= 0:
+                    break
+                queue_ptr[row_loc[row]] += 1
             else:
-                demand_left[g] -= take
-            remaining[n] -= take
-            if remaining[n] < 0.0:
+                demand_left[g] = need - free
                 remaining[n] = 0.0
+        done = demand_left[row_group[row]] <= 0.0 if row_group[row] >= 0 else (
+            queue_ptr[row_loc[row]] >= queue_start[row_loc[row] + 1])  # fmt: skip
+        if done:
+            continue
+        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
+            cursor[row] += 1
+        if cursor[row] < order_len[row]:
+            first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
+            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
     return written
 
 

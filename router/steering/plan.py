@@ -7,8 +7,10 @@ optimum in ``loadtest/bench_core.py``:
 1. Each group's candidates: its best C eligible nodes by score (``_kernels``), exact.
 2. Fill: every (group, candidate) edge, cheapest first, takes as much of the group's
    demand as the node has room for up to ``capacity * headroom``.
-3. Spill: demand left over (all candidates full) goes to any eligible node with room,
-   best score first, so no node is planned past its headroom while any room is left.
+3. Spill: demand left over (all candidates full) goes further down each group's
+   ranking, still cheapest edge first across groups (a heap of each group's next node
+   with room). No node is planned past its headroom while any node the group may use
+   has room.
 4. Reserve: if there is still demand, steps 2 and 3 again up to full capacity.
 5. Overflow: what is left cannot fit anywhere; it stays on the group's best candidate
    and shows up as a capacity overrun.
@@ -204,7 +206,8 @@ def replan_groups(
     Node states, loads and every other group's inputs must be what ``plan`` was made
     from; the other groups keep their shares.
     """
-    groups = np.unique(np.asarray(groups, dtype=np.int32))
+    # Groups that did not fit anywhere get another try: the repair may have freed room.
+    groups = np.union1d(np.asarray(groups, dtype=np.int32), np.flatnonzero(plan.overflow > 0)).astype(np.int32)
     _release(plan, groups)
     plan.full_scans += _candidates(inputs, plan, groups)
     _place(inputs, plan, groups, used_elsewhere)
@@ -256,7 +259,6 @@ def _place(
     inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None
 ) -> None:
     """Fill, spill, reserve, overflow (the module docstring) for ``groups``."""
-    r = inputs.rank
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
     demand_left = np.zeros_like(inputs.group_demand)
     demand_left[groups] = inputs.group_demand[groups]
@@ -268,22 +270,12 @@ def _place(
         remaining = np.maximum(inputs.node_capacity * limit - used, 0.0)
         remaining[~plan.eligible.any(axis=0)] = 0.0
         start = remaining.copy()
-        _kernels._fill(groups, plan.cand_node, plan.cand_score, demand_left, remaining, plan.amount)
-        left = groups[demand_left[groups] > 0]
-        if len(left):
-            out_group = np.empty(len(left) + len(remaining) + 1, dtype=np.int32)
-            out_node = np.empty_like(out_group)
-            out_amount = np.empty(len(out_group))
-            written = _kernels._spill(
-                left, *_rank_args(r), r.node_lat, r.node_lon, r.node_country, r.node_asn, r.node_util,
-                plan.eligible, r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.onnet_bonus_ms,
-                r.load_penalty_ms, r.meas_start, r.meas_node, r.meas_rtt, demand_left, remaining,
-                out_group, out_node, out_amount,
-            )  # fmt: skip
-            assert written >= 0, "spill buffer too small"
-            plan.extra_group = np.concatenate([plan.extra_group, out_group[:written]])
-            plan.extra_node = np.concatenate([plan.extra_node, out_node[:written]])
-            plan.extra_amount = np.concatenate([plan.extra_amount, out_amount[:written]])
+        # Fenced groups first: they may use fewer nodes, so the others must not take those
+        # nodes while any other node has room for them.
+        fenced = inputs.rank.group_fence[groups] != 0
+        for cohort in (groups[fenced], groups[~fenced]):
+            if len(cohort):
+                _fill_and_spill(inputs, plan, cohort, demand_left, remaining)
         used = used + (start - remaining)
     plan.overflow[groups] = demand_left[groups]
     # This policy's load: what the placement just added.
@@ -292,6 +284,30 @@ def _place(
     np.add.at(plan.load, plan.extra_node[extras_before:], plan.extra_amount[extras_before:])
     spilled = groups[plan.overflow[groups] > 0]
     np.add.at(plan.load, plan.cand_node[spilled, 0], plan.overflow[spilled])
+
+
+def _fill_and_spill(
+    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, demand_left: np.ndarray, remaining: np.ndarray
+) -> None:
+    r, t = inputs.rank, inputs.topology
+    _kernels._fill(groups, plan.cand_node, plan.cand_score, demand_left, remaining, plan.amount)
+    left = groups[demand_left[groups] > 0]
+    if not len(left):
+        return
+    out_group = np.empty(len(left) + len(remaining) + 1, dtype=np.int32)
+    out_node = np.empty_like(out_group)
+    out_amount = np.empty(len(out_group))
+    written = _kernels._spill(
+        left, *_rank_args(r), t.group_loc, t.onnet_asn, t.onnet_start, t.onnet_node,
+        r.node_lat, r.node_lon, r.node_country, r.node_asn, r.node_util,
+        plan.eligible, r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.onnet_bonus_ms,
+        r.load_penalty_ms, r.meas_start, r.meas_node, r.meas_rtt, demand_left, remaining,
+        out_group, out_node, out_amount,
+    )  # fmt: skip
+    assert written >= 0, "spill buffer too small"
+    plan.extra_group = np.concatenate([plan.extra_group, out_group[:written]])
+    plan.extra_node = np.concatenate([plan.extra_node, out_node[:written]])
+    plan.extra_amount = np.concatenate([plan.extra_amount, out_amount[:written]])
 
 
 def primary_shares(

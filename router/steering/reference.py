@@ -112,26 +112,10 @@ def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
             break
         room = np.where(any_eligible, np.maximum(inputs.node_capacity * limit - used, 0.0), 0.0)
         start = room.copy()
-        edges = [(cand_score[g, j], g, j) for g in range(g_count) if left[g] > 0
-                 for j in range(candidates) if cand[g, j] >= 0]  # fmt: skip
-        for _score, g, j in sorted(edges):
-            n = cand[g, j]
-            take = min(left[g], room[n])
-            if left[g] > 0 and room[n] > 0:
-                amount[g, j] += take
-                left[g] = 0.0 if take >= left[g] else left[g] - take
-                room[n] = 0.0 if take >= room[n] else room[n] - take
-        for g in range(g_count):
-            if left[g] <= 0:
-                continue
-            nodes = [n for n in range(n_count) if eligible[r.group_fence[g], n] and room[n] > 0]
-            for n in sorted(nodes, key=lambda n: (score[g, n], n)):
-                if left[g] <= 0:
-                    break
-                take = min(left[g], room[n])
-                extras.append((g, n, take))
-                left[g] = 0.0 if take >= left[g] else left[g] - take
-                room[n] = max(room[n] - take, 0.0)
+        fenced = [g for g in range(g_count) if r.group_fence[g] != 0]
+        others = [g for g in range(g_count) if r.group_fence[g] == 0]
+        for cohort in (fenced, others):  # fenced groups first
+            _fill_and_spill(cohort, cand, cand_score, amount, extras, left, room, r, score, dist, eligible)
         used = used + (start - room)
     load = np.zeros(n_count)
     for g in range(g_count):
@@ -143,3 +127,48 @@ def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
     for _g, n, take in extras:
         load[n] += take
     return {"cand_node": cand, "amount": amount, "extras": extras, "overflow": left, "load": load}
+
+
+def _fill_and_spill(cohort, cand, cand_score, amount, extras, left, room, r, score, dist, eligible):
+    """Fill the cohort's candidate edges cheapest first, then spill in rounds."""
+    edges = [(cand_score[g, j], g, j) for g in cohort if left[g] > 0
+             for j in range(cand.shape[1]) if cand[g, j] >= 0]  # fmt: skip
+    for _score, g, j in sorted(edges):
+        n = cand[g, j]
+        take = min(left[g], room[n])
+        if left[g] > 0 and room[n] > 0:
+            amount[g, j] += take
+            left[g] = 0.0 if take >= left[g] else left[g] - take
+            room[n] = 0.0 if take >= room[n] else room[n] - take
+    # Spill: cheapest next edge first over every short group's nodes with room. Groups of
+    # one location without on-net nodes or samples spill together (in group order).
+    spillers: dict[object, list[int]] = {}
+    for g in cohort:
+        if left[g] <= 0:
+            continue
+        special = bool((r.node_asn == r.group_asn[g]).any()) or r.meas_start[g + 1] > r.meas_start[g]
+        key = ("group", g) if special else ("loc", r.group_lat[g], r.group_lon[g], r.group_country[g], r.group_fence[g])
+        spillers.setdefault(key, []).append(g)
+    while True:
+        best = None
+        for members in spillers.values():
+            short = [g for g in members if left[g] > 0]
+            if not short:
+                continue
+            order = ranked_candidates(r, score, dist, short[0], eligible)
+            room_nodes = [n for n in order if room[n] > 0]
+            if room_nodes:
+                n = room_nodes[0]
+                candidate = (score[short[0], n], short[0], n, short)
+                if best is None or candidate[:2] < best[:2]:
+                    best = candidate
+        if best is None:
+            break
+        _, _, n, short = best
+        for g in short:
+            if room[n] <= 0:
+                break
+            take = min(left[g], room[n])
+            extras.append((g, n, take))
+            left[g] = 0.0 if take >= left[g] else left[g] - take
+            room[n] = 0.0 if take >= room[n] else room[n] - take
