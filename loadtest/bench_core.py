@@ -255,7 +255,7 @@ def plan_all(inputs: list[PlanInputs]) -> list:
 
 def time_stages(inputs: list[PlanInputs]) -> dict:
     """One instrumented plan_all: seconds in each numba kernel that plan_policy calls."""
-    names = ("_eligibility", "_location_topk", "_group_candidates", "_fill", "_spill")
+    names = ("_eligibility", "_location_topk", "_group_candidates", "_fill")
     spent = dict.fromkeys(names, 0.0)
     originals = {name: getattr(_kernels, name) for name in names if hasattr(_kernels, name)}
 
@@ -281,8 +281,8 @@ def time_stages(inputs: list[PlanInputs]) -> dict:
     out = {name.lstrip("_"): round(s, 4) for name, s in spent.items()}
     out["numpy_and_python"] = round(total - sum(spent.values()), 4)
     out["total"] = round(total, 4)
-    out["spill_entries"] = int(sum(len(p.extra_group) for p in plans))
-    out["spill_groups"] = int(sum(len(np.unique(p.extra_group)) for p in plans))
+    out["alloc_entries"] = int(sum(len(p.alloc_group) for p in plans))
+    out["split_groups"] = int(sum(int((np.bincount(p.alloc_group) > 1).sum()) for p in plans))
     out["full_scans"] = int(sum(p.full_scans for p in plans))
     return out
 
@@ -354,16 +354,14 @@ def bench_full(world: World, factor: float, runs: int) -> tuple[dict, list, list
 
 def check_repaired(plan, item: PlanInputs, node: int) -> list[str]:
     problems = []
-    if np.any(plan.amount[plan.cand_node == node] > 0):
-        problems.append("candidate share on the failed node")
-    if np.any(plan.extra_amount[plan.extra_node == node] > 0):
-        problems.append("spill on the failed node")
+    if np.any(plan.alloc_amount[plan.alloc_node == node] > 0):
+        problems.append("demand placed on the failed node")
     if np.any(plan.overflow[plan.cand_node[:, 0] == node] > 0):
         problems.append("overflow on the failed node")
     if plan.load[node] > 1e-6:
         problems.append(f"load {plan.load[node]:.3g} left on the failed node")
-    placed = plan.amount.sum(axis=1) + plan.overflow
-    np.add.at(placed, plan.extra_group, plan.extra_amount)
+    placed = plan.overflow.copy()
+    np.add.at(placed, plan.alloc_group, plan.alloc_amount)
     if not np.allclose(placed, item.group_demand, rtol=1e-9, atol=1e-6):
         problems.append("demand not conserved")
     return problems
@@ -384,9 +382,9 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
         new_inputs = world.inputs(demand, state)
         build_s = time.perf_counter() - t0
         fresh = [copy.deepcopy(p) for p in plans]  # outside the timing
-        # What replan_node_down releases: groups listing the node, or spilled onto it.
+        # What replan_node_down releases: groups listing the node, or placed on it.
         touched.append(sum(
-            len(np.union1d(np.flatnonzero((p.cand_node == node).any(axis=1)), p.extra_group[p.extra_node == node]))
+            len(np.union1d(np.flatnonzero((p.cand_node == node).any(axis=1)), p.alloc_group[p.alloc_node == node]))
             for p in fresh
         ))  # fmt: skip
         t0 = time.perf_counter()
@@ -406,7 +404,7 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
         with_inputs.append((elapsed + build_s) * 1e3)
         detail.append({"node": world.model.node_ids[node], "ms": round(elapsed * 1e3, 3),
                        "groups_released": touched[-1], "load_gbps": round(float(load[node]), 3),
-                       "spill_entries_after": int(sum(len(q.extra_group) for q in repaired))})  # fmt: skip
+                       "alloc_entries_after": int(sum(len(q.alloc_group) for q in repaired))})  # fmt: skip
         for p, plan in enumerate(repaired):
             problems += [
                 f"node {node} policy {p}: {m}" for m in check_repaired(plan, new_inputs[p], node)
@@ -601,12 +599,11 @@ class Classes:
 
 
 def plan_flows(plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    gi, slot = np.nonzero(plan.amount > 0)
     over = np.flatnonzero(plan.overflow > 0)
     return (
-        np.concatenate([gi, plan.extra_group, over]),
-        np.concatenate([plan.cand_node[gi, slot], plan.extra_node, plan.cand_node[over, 0]]),
-        np.concatenate([plan.amount[gi, slot], plan.extra_amount, plan.overflow[over]]),
+        np.concatenate([plan.alloc_group, over]),
+        np.concatenate([plan.alloc_node, plan.cand_node[over, 0]]),
+        np.concatenate([plan.alloc_amount, plan.overflow[over]]),
     )
 
 

@@ -381,58 +381,6 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
 
 
 @njit(**JIT_OPTIONS)
-def _fill(groups, cand_node, cand_score, demand_left, remaining, out_amount):
-    """Greedy fill: every (group, candidate) edge cheapest first, as much as fits.
-
-    groups : int32[S]; cand_* : [G, C]; demand_left : float64[G] (decreased);
-    remaining : float64[N] capacity left (decreased); out_amount : float64[G, C] (increased).
-    Ties on score: lower group index first, then the group's own candidate order.
-    """
-    c = cand_node.shape[1]
-    count = 0
-    for i in range(groups.shape[0]):
-        g = groups[i]
-        if demand_left[g] > 0.0:
-            for j in range(c):
-                if cand_node[g, j] >= 0:
-                    count += 1
-    edge_score = np.empty(count, dtype=np.float64)
-    edge_group = np.empty(count, dtype=np.int32)
-    edge_slot = np.empty(count, dtype=np.int32)
-    e = 0
-    # Edges in (group, slot) order so that a stable sort breaks score ties that way.
-    order_groups = np.sort(groups)
-    for i in range(order_groups.shape[0]):
-        g = order_groups[i]
-        if demand_left[g] > 0.0:
-            for j in range(c):
-                if cand_node[g, j] >= 0:
-                    edge_score[e] = cand_score[g, j]
-                    edge_group[e] = g
-                    edge_slot[e] = j
-                    e += 1
-    order = np.argsort(edge_score, kind="mergesort")
-    for i in range(count):
-        e = order[i]
-        g = edge_group[e]
-        need = demand_left[g]
-        if need <= 0.0:
-            continue
-        n = cand_node[g, edge_slot[e]]
-        free = remaining[n]
-        if free <= 0.0:
-            continue
-        if need <= free:
-            out_amount[g, edge_slot[e]] += need
-            demand_left[g] = 0.0
-            remaining[n] = free - need
-        else:
-            out_amount[g, edge_slot[e]] += free
-            demand_left[g] = need - free
-            remaining[n] = 0.0
-
-
-@njit(**JIT_OPTIONS)
 def _sort_nodes(score, dist, nodes):
     """Sort ``nodes`` (given in increasing index order) in place by (score, dist, node)."""
     # Two stable sorts: by distance, then by score; equal keys keep index order.
@@ -509,14 +457,14 @@ def _heap_pop(key, tie, item, size):
 
 
 @njit(**JIT_OPTIONS)
-def _spill(groups, group_lat, group_lon, group_country, group_asn, group_fence, group_loc,
+def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, group_loc,
            onnet_asn, onnet_start, onnet_node, node_lat, node_lon, node_country, node_asn, node_util, eligible,
            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
            meas_start, meas_node, meas_rtt, demand_left, remaining,
            out_group, out_node, out_amount):  # fmt: skip
-    """Demand left once the candidates are full goes on down each group's ranking.
+    """Place demand cheapest edge first over every (group, node) the group may use.
 
-    Cheapest edge first, as in ``_fill``, over every node the group may use: a heap holds,
+    A heap holds,
     for each "spiller", the score of its best node that still has room. Groups of one
     location without on-net nodes or RTT samples rank every node alike, so they spill as
     one spiller along the location's order (sorted once), served in group order; other
@@ -739,4 +687,4 @@ def _spill(groups, group_lat, group_lon, group_country, group_asn, group_fence, 
     return written
 
 
-KERNELS = (_rank_groups, _group_components, _location_topk, _group_candidates, _fill, _spill)
+KERNELS = (_rank_groups, _group_components, _location_topk, _group_candidates, _fill)

@@ -5,14 +5,14 @@ delivery", 2015), simplified to a greedy fill that is checked against the min-co
 optimum in ``loadtest/bench_core.py``:
 
 1. Each group's candidates: its best C eligible nodes by score (``_kernels``), exact.
-2. Fill: every (group, candidate) edge, cheapest first, takes as much of the group's
-   demand as the node has room for up to ``capacity * headroom``.
-3. Spill: demand left over (all candidates full) goes further down each group's
-   ranking, still cheapest edge first across groups (a heap of each group's next node
-   with room). No node is planned past its headroom while any node the group may use
-   has room.
-4. Reserve: if there is still demand, steps 2 and 3 again up to full capacity.
-5. Overflow: what is left cannot fit anywhere; it stays on the group's best candidate
+   They rank the answers; the demand goes wherever step 2 puts it.
+2. Fill: every (group, node) edge the group may use, cheapest first across all groups,
+   takes as much of the group's demand as the node has room for up to
+   ``capacity * headroom`` (a heap of each group's next node with room; groups of one
+   location spill together). No node is planned past its headroom while any node the
+   group may use has room. Geofenced groups go first: they have fewer nodes to go to.
+3. Reserve: if there is still demand, step 2 again up to full capacity.
+4. Overflow: what is left cannot fit anywhere; it stays on the group's best candidate
    and shows up as a capacity overrun.
 
 A group with no demand yet goes whole to its best candidate that still has room.
@@ -115,10 +115,9 @@ class PolicyPlan:
     cand_node: np.ndarray  # int32[G, C], best first, -1 padded
     cand_score: np.ndarray  # float64[G, C]
     cand_dist: np.ndarray
-    amount: np.ndarray  # float64[G, C]: demand planned on each candidate
-    extra_group: np.ndarray  # int32[E]: spill beyond the candidates
-    extra_node: np.ndarray
-    extra_amount: np.ndarray
+    alloc_group: np.ndarray  # int32[E]: demand placed, one entry per (group, node) step
+    alloc_node: np.ndarray
+    alloc_amount: np.ndarray  # Gbps
     overflow: np.ndarray  # float64[G]: demand that fits nowhere (on the best candidate)
     load: np.ndarray  # float64[N]: this policy's planned load
     full_scans: int
@@ -126,12 +125,8 @@ class PolicyPlan:
     def shares(self, group: int) -> list[tuple[int, float]]:
         """(node, Gbps) of one group in preference order; empty when it has no demand."""
         out: dict[int, float] = {}
-        for slot, node in enumerate(self.cand_node[group]):
-            if node >= 0 and self.amount[group, slot] > 0:
-                out[int(node)] = out.get(int(node), 0.0) + float(self.amount[group, slot])
-        for node, amount in zip(
-            self.extra_node[self.extra_group == group], self.extra_amount[self.extra_group == group]
-        ):
+        mine = self.alloc_group == group
+        for node, amount in zip(self.alloc_node[mine], self.alloc_amount[mine]):
             out[int(node)] = out.get(int(node), 0.0) + float(amount)
         if self.overflow[group] > 0:
             best = int(self.cand_node[group, 0])
@@ -161,8 +156,8 @@ def plan_policy(
         loc_node=np.empty((n_locs, depth), dtype=np.int32), loc_score=np.empty((n_locs, depth)),
         loc_dist=np.empty((n_locs, depth)),
         cand_node=np.empty((n_groups, candidates), dtype=np.int32), cand_score=np.empty((n_groups, candidates)),
-        cand_dist=np.empty((n_groups, candidates)), amount=np.zeros((n_groups, candidates)),
-        extra_group=np.zeros(0, dtype=np.int32), extra_node=np.zeros(0, dtype=np.int32), extra_amount=np.zeros(0),
+        cand_dist=np.empty((n_groups, candidates)),
+        alloc_group=np.zeros(0, dtype=np.int32), alloc_node=np.zeros(0, dtype=np.int32), alloc_amount=np.zeros(0),
         overflow=np.zeros(n_groups), load=np.zeros(n_nodes), full_scans=0,
     )  # fmt: skip
     _locations(inputs, plan, np.arange(n_locs, dtype=np.int32))
@@ -191,10 +186,7 @@ def replan_node_down(
     plan.eligible = eligible
     locs = np.flatnonzero((plan.loc_node == node).any(axis=1)).astype(np.int32)
     _locations(inputs, plan, locs)
-    in_extra = plan.extra_node == node
-    affected = np.union1d(
-        np.flatnonzero((plan.cand_node == node).any(axis=1)), plan.extra_group[in_extra]
-    )
+    affected = np.union1d(np.flatnonzero((plan.cand_node == node).any(axis=1)), plan.alloc_group[plan.alloc_node == node])
     return replan_groups(inputs, plan, affected, used_elsewhere)
 
 
@@ -237,20 +229,14 @@ def _candidates(inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray) -> int
 
 def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
     """Take the groups' planned demand off their nodes."""
-    nodes = plan.cand_node[groups]
-    amounts = plan.amount[groups]
-    np.subtract.at(plan.load, nodes[amounts > 0], amounts[amounts > 0])
     best = plan.cand_node[groups, 0]
     has_overflow = plan.overflow[groups] > 0
     np.subtract.at(plan.load, best[has_overflow], plan.overflow[groups][has_overflow])
-    mine = np.isin(plan.extra_group, groups)
-    np.subtract.at(plan.load, plan.extra_node[mine], plan.extra_amount[mine])
-    plan.extra_group, plan.extra_node, plan.extra_amount = (
-        plan.extra_group[~mine],
-        plan.extra_node[~mine],
-        plan.extra_amount[~mine],
+    mine = np.isin(plan.alloc_group, groups)
+    np.subtract.at(plan.load, plan.alloc_node[mine], plan.alloc_amount[mine])
+    plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
+        plan.alloc_group[~mine], plan.alloc_node[~mine], plan.alloc_amount[~mine]
     )
-    plan.amount[groups] = 0.0
     plan.overflow[groups] = 0.0
     np.maximum(plan.load, 0.0, out=plan.load)  # float dust from the subtraction
 
@@ -258,12 +244,12 @@ def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
 def _place(
     inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None
 ) -> None:
-    """Fill, spill, reserve, overflow (the module docstring) for ``groups``."""
+    """Fill, reserve, overflow (the module docstring) for ``groups``."""
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
     demand_left = np.zeros_like(inputs.group_demand)
     demand_left[groups] = inputs.group_demand[groups]
-    before = plan.amount[groups].copy()
-    extras_before = len(plan.extra_group)
+    placed_before = len(plan.alloc_group)
+    fenced = inputs.rank.group_fence[groups] != 0
     for limit in (inputs.headroom, 1.0):
         if not demand_left[groups].any():
             break
@@ -272,42 +258,35 @@ def _place(
         start = remaining.copy()
         # Fenced groups first: they may use fewer nodes, so the others must not take those
         # nodes while any other node has room for them.
-        fenced = inputs.rank.group_fence[groups] != 0
         for cohort in (groups[fenced], groups[~fenced]):
-            if len(cohort):
-                _fill_and_spill(inputs, plan, cohort, demand_left, remaining)
+            if demand_left[cohort].any():
+                _fill(inputs, plan, cohort, demand_left, remaining)
         used = used + (start - remaining)
     plan.overflow[groups] = demand_left[groups]
-    # This policy's load: what the placement just added.
-    added = plan.amount[groups] - before
-    np.add.at(plan.load, plan.cand_node[groups][added > 0], added[added > 0])
-    np.add.at(plan.load, plan.extra_node[extras_before:], plan.extra_amount[extras_before:])
+    np.add.at(plan.load, plan.alloc_node[placed_before:], plan.alloc_amount[placed_before:])
     spilled = groups[plan.overflow[groups] > 0]
     np.add.at(plan.load, plan.cand_node[spilled, 0], plan.overflow[spilled])
 
 
-def _fill_and_spill(
+def _fill(
     inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, demand_left: np.ndarray, remaining: np.ndarray
 ) -> None:
     r, t = inputs.rank, inputs.topology
-    _kernels._fill(groups, plan.cand_node, plan.cand_score, demand_left, remaining, plan.amount)
-    left = groups[demand_left[groups] > 0]
-    if not len(left):
-        return
-    out_group = np.empty(len(left) + len(remaining) + 1, dtype=np.int32)
+    short = groups[demand_left[groups] > 0]
+    out_group = np.empty(len(short) + len(remaining) + 1, dtype=np.int32)
     out_node = np.empty_like(out_group)
     out_amount = np.empty(len(out_group))
-    written = _kernels._spill(
-        left, *_rank_args(r), t.group_loc, t.onnet_asn, t.onnet_start, t.onnet_node,
+    written = _kernels._fill(
+        short, *_rank_args(r), t.group_loc, t.onnet_asn, t.onnet_start, t.onnet_node,
         r.node_lat, r.node_lon, r.node_country, r.node_asn, r.node_util,
         plan.eligible, r.country_rtt, r.est_base_ms, r.est_ms_per_km, r.onnet_bonus_ms,
         r.load_penalty_ms, r.meas_start, r.meas_node, r.meas_rtt, demand_left, remaining,
         out_group, out_node, out_amount,
     )  # fmt: skip
-    assert written >= 0, "spill buffer too small"
-    plan.extra_group = np.concatenate([plan.extra_group, out_group[:written]])
-    plan.extra_node = np.concatenate([plan.extra_node, out_node[:written]])
-    plan.extra_amount = np.concatenate([plan.extra_amount, out_amount[:written]])
+    assert written >= 0, "allocation buffer too small"
+    plan.alloc_group = np.concatenate([plan.alloc_group, out_group[:written]])
+    plan.alloc_node = np.concatenate([plan.alloc_node, out_node[:written]])
+    plan.alloc_amount = np.concatenate([plan.alloc_amount, out_amount[:written]])
 
 
 def primary_shares(
@@ -316,30 +295,24 @@ def primary_shares(
     """Per group, the nodes that lead its answers and their weights, in preference order.
 
     Returns (entry_group int32[E], entry_node int32[E], entry_weight float64[E]) sorted
-    by group. Groups with no demand get one entry: their best candidate with room left.
+    by group, each group's entries in the order they were placed (best first). Groups
+    with no demand get one entry: their best candidate with room left.
     """
-    groups_n, c = plan.cand_node.shape
-    has = plan.amount > 0
-    g_idx, slot = np.nonzero(has)
-    order_key = [g_idx * (c + 1) + slot]
-    groups = [g_idx.astype(np.int32)]
-    nodes = [plan.cand_node[g_idx, slot]]
-    weights = [plan.amount[g_idx, slot]]
-    # Spill after the candidates, in the order it was placed.
-    groups.append(plan.extra_group)
-    nodes.append(plan.extra_node)
-    weights.append(plan.extra_amount)
-    order_key.append(plan.extra_group.astype(np.int64) * (c + 1) + c)
-    # Overflow rides on the best candidate.
+    groups_n = plan.cand_node.shape[0]
+    position = np.arange(len(plan.alloc_group), dtype=np.int64)
+    order_key = [plan.alloc_group.astype(np.int64) * (len(position) + 1) + position + 1]
+    groups = [plan.alloc_group]
+    nodes = [plan.alloc_node]
+    weights = [plan.alloc_amount]
+    # Overflow rides on the best candidate, ahead of anything else the group has.
     over = np.flatnonzero(plan.overflow > 0)
     groups.append(over.astype(np.int32))
     nodes.append(plan.cand_node[over, 0])
     weights.append(plan.overflow[over])
-    order_key.append(over.astype(np.int64) * (c + 1))
+    order_key.append(over.astype(np.int64) * (len(position) + 1))
     # Groups without demand: first candidate that still has room below headroom.
     planned = np.zeros(groups_n, dtype=bool)
-    planned[g_idx] = True
-    planned[plan.extra_group] = True
+    planned[plan.alloc_group] = True
     planned[over] = True
     idle = np.flatnonzero(~planned)
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
@@ -350,7 +323,7 @@ def primary_shares(
     groups.append(idle.astype(np.int32))
     nodes.append(cands[np.arange(len(idle)), first])
     weights.append(np.ones(len(idle)))
-    order_key.append(idle.astype(np.int64) * (c + 1))
+    order_key.append(idle.astype(np.int64) * (len(position) + 1))
     key = np.concatenate(order_key)
     order = np.argsort(key, kind="stable")
     return (

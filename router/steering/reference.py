@@ -89,7 +89,7 @@ def rank_groups(inputs, answer_count: int) -> np.ndarray:
 def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
     """The capacity-aware plan of router.steering.plan, written out step by step.
 
-    Returns cand_node[G, C], amount[G, C], extra (group, node, amount) rows, overflow[G]
+    Returns cand_node[G, C], allocs [(group, node, Gbps)] in placement order, overflow[G]
     and load[N], the same quantities as ``PolicyPlan``.
     """
     r = inputs.rank
@@ -97,13 +97,10 @@ def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
     eligible = eligibility(r)
     g_count, n_count = score.shape
     cand = np.full((g_count, candidates), -1, dtype=np.int32)
-    cand_score = np.full((g_count, candidates), np.inf)
     for g in range(g_count):
         chosen = ranked_candidates(r, score, dist, g, eligible)[:candidates]
         cand[g, : len(chosen)] = chosen
-        cand_score[g, : len(chosen)] = score[g, chosen]
-    amount = np.zeros((g_count, candidates))
-    extras: list[tuple[int, int, float]] = []
+    allocs: list[tuple[int, int, float]] = []
     left = inputs.group_demand.copy()
     used = np.zeros(n_count) if used_elsewhere is None else used_elsewhere.copy()
     any_eligible = eligible.any(axis=0)
@@ -115,33 +112,20 @@ def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
         fenced = [g for g in range(g_count) if r.group_fence[g] != 0]
         others = [g for g in range(g_count) if r.group_fence[g] == 0]
         for cohort in (fenced, others):  # fenced groups first
-            _fill_and_spill(cohort, cand, cand_score, amount, extras, left, room, r, score, dist, eligible)
+            _fill(cohort, allocs, left, room, r, score, dist, eligible)
         used = used + (start - room)
     load = np.zeros(n_count)
     for g in range(g_count):
-        for j in range(candidates):
-            if amount[g, j] > 0:
-                load[cand[g, j]] += amount[g, j]
         if left[g] > 0:
             load[cand[g, 0]] += left[g]
-    for _g, n, take in extras:
+    for _g, n, take in allocs:
         load[n] += take
-    return {"cand_node": cand, "amount": amount, "extras": extras, "overflow": left, "load": load}
+    return {"cand_node": cand, "allocs": allocs, "overflow": left, "load": load}
 
 
-def _fill_and_spill(cohort, cand, cand_score, amount, extras, left, room, r, score, dist, eligible):
-    """Fill the cohort's candidate edges cheapest first, then spill in rounds."""
-    edges = [(cand_score[g, j], g, j) for g in cohort if left[g] > 0
-             for j in range(cand.shape[1]) if cand[g, j] >= 0]  # fmt: skip
-    for _score, g, j in sorted(edges):
-        n = cand[g, j]
-        take = min(left[g], room[n])
-        if left[g] > 0 and room[n] > 0:
-            amount[g, j] += take
-            left[g] = 0.0 if take >= left[g] else left[g] - take
-            room[n] = 0.0 if take >= room[n] else room[n] - take
-    # Spill: cheapest next edge first over every short group's nodes with room. Groups of
-    # one location without on-net nodes or samples spill together (in group order).
+def _fill(cohort, allocs, left, room, r, score, dist, eligible) -> None:
+    """Cheapest next edge first over every short group's nodes with room. Groups of one
+    location without on-net nodes or samples fill together (in group order)."""
     spillers: dict[object, list[int]] = {}
     for g in cohort:
         if left[g] <= 0:
@@ -163,12 +147,12 @@ def _fill_and_spill(cohort, cand, cand_score, amount, extras, left, room, r, sco
                 if best is None or candidate[:2] < best[:2]:
                     best = candidate
         if best is None:
-            break
+            return
         _, _, n, short = best
         for g in short:
             if room[n] <= 0:
                 break
             take = min(left[g], room[n])
-            extras.append((g, n, take))
+            allocs.append((g, n, take))
             left[g] = 0.0 if take >= left[g] else left[g] - take
             room[n] = 0.0 if take >= room[n] else room[n] - take
