@@ -15,6 +15,7 @@ from numba import njit
 
 from router._jit import JIT_OPTIONS
 
+LANES = 16  # lookups searched side by side in a batch
 _U64_ONE = np.uint64(1)
 _U64_ZERO = np.uint64(0)
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -30,6 +31,43 @@ def _gap_scope_v4(x, lo, hi):
         if start >= lo and end <= hi:
             return p
     return 32
+
+
+@njit(**JIT_OPTIONS)
+def _count_le(a, x):
+    # How many of the sorted a are <= x. Branch-free halving (the comparison becomes a
+    # select), so random lookups do not pay a mispredicted branch at every level.
+    n = a.shape[0]
+    if n == 0:
+        return 0
+    base = 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if a[base + half] <= x else base
+        n -= half
+    return base + 1 if a[base] <= x else base
+
+
+@njit(**JIT_OPTIONS)
+def _count_le_batch(a, xs, out):
+    # _count_le for many keys, LANES at a time in lockstep: their loads do not depend on
+    # each other, so the CPU overlaps the cache misses of a search over a large array.
+    m = a.shape[0]
+    base = np.zeros(LANES, dtype=np.int64)
+    for start in range(0, xs.shape[0], LANES):
+        k = min(LANES, xs.shape[0] - start)
+        for lane in range(k):
+            base[lane] = 0
+        n = m
+        while n > 1:
+            half = n >> 1
+            for lane in range(k):
+                b = base[lane]
+                base[lane] = b + half if a[b + half] <= xs[start + lane] else b
+            n -= half
+        for lane in range(k):
+            b = base[lane]
+            out[start + lane] = b + 1 if m > 0 and a[b] <= xs[start + lane] else b
 
 
 @njit(**JIT_OPTIONS)
@@ -51,18 +89,20 @@ def _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope):
     out_scope : uint8[Q]
         Output: ECS scope per address.
     """
-    m = starts.shape[0]
+    counts = np.empty(addrs.shape[0], dtype=np.int64)
+    _count_le_batch(starts, addrs, counts)
     for i in range(addrs.shape[0]):
-        x = addrs[i]
-        j = np.searchsorted(starts, x, side="right") - 1
-        if j >= 0 and x <= ends[j]:
-            out_group[i] = groups[j]
-            out_scope[i] = scopes[j]
-        else:
-            lo = ends[j] + 1 if j >= 0 else np.int64(0)
-            hi = starts[j + 1] - 1 if j + 1 < m else np.int64(0xFFFFFFFF)
-            out_group[i] = 0
-            out_scope[i] = _gap_scope_v4(x, lo, hi)
+        out_group[i], out_scope[i] = _resolve_v4(starts, ends, groups, scopes, addrs[i], counts[i] - 1)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _resolve_v4(starts, ends, groups, scopes, x, j):
+    # (group, scope) of x, given j: the last interval starting at or before x (-1: none).
+    if j >= 0 and x <= ends[j]:
+        return groups[j], scopes[j]
+    lo = ends[j] + 1 if j >= 0 else np.int64(0)
+    hi = starts[j + 1] - 1 if j + 1 < starts.shape[0] else np.int64(0xFFFFFFFF)
+    return np.int32(0), np.uint8(_gap_scope_v4(x, lo, hi))
 
 
 @njit(**JIT_OPTIONS)
@@ -71,13 +111,19 @@ def _le128(a_hi, a_lo, b_hi, b_lo):
 
 
 @njit(**JIT_OPTIONS)
-def _search_v6(starts_hi, starts_lo, x_hi, x_lo):
-    # Index of the last interval whose start <= x, or -1.
-    lo = 0
-    hi = starts_hi.shape[0]
+def _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_count):
+    # Index of the last interval whose start <= x, or -1. The upper halves were searched
+    # first (hi_count of them are <= x_hi: one array, and most intervals differ there);
+    # the lower halves are searched within the run of intervals sharing x's upper half.
+    j = hi_count - 1
+    if j < 0 or starts_hi[j] != x_hi:
+        return j
+    first = np.searchsorted(starts_hi, x_hi, side="left")
+    lo = first
+    hi = j + 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if _le128(starts_hi[mid], starts_lo[mid], x_hi, x_lo):
+        if starts_lo[mid] <= x_lo:
             lo = mid + 1
         else:
             hi = mid
@@ -120,10 +166,12 @@ def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi,
         Output: ECS scope per address.
     """
     m = starts_hi.shape[0]
+    hi_counts = np.empty(addrs_hi.shape[0], dtype=np.int64)
+    _count_le_batch(starts_hi, addrs_hi, hi_counts)
     for i in range(addrs_hi.shape[0]):
         x_hi = addrs_hi[i]
         x_lo = addrs_lo[i]
-        j = _search_v6(starts_hi, starts_lo, x_hi, x_lo)
+        j = _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_counts[i])
         if j >= 0 and _le128(x_hi, x_lo, ends_hi[j], ends_lo[j]):
             out_group[i] = groups[j]
             out_scope[i] = scopes[j]
@@ -161,12 +209,7 @@ def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi,
 @njit(**JIT_OPTIONS)
 def _lookup_v4_one(starts, ends, groups, scopes, x):
     """(group, scope) of one IPv4 address; see ``_lookup_v4``."""
-    out_group = np.empty(1, dtype=np.int32)
-    out_scope = np.empty(1, dtype=np.uint8)
-    addrs = np.empty(1, dtype=np.int64)
-    addrs[0] = x
-    _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope)
-    return out_group[0], out_scope[0]
+    return _resolve_v4(starts, ends, groups, scopes, x, _count_le(starts, x) - 1)
 
 
 @njit(**JIT_OPTIONS)
