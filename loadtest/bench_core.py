@@ -73,6 +73,7 @@ TARGETS = {
     "numba_vs_numpy": (">= 10x", lambda v: v >= 10.0),
     "mean_latency_vs_optimum": ("<= 1.05", lambda v: v <= 1.05),
     "capacity_overruns": ("0", lambda v: v == 0),
+    "router_start_s": ("< 5 s", lambda v: v < 5.0),
 }
 DEFAULT_ZONES = REPO / "var" / "world"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -119,6 +120,36 @@ def ensure_world(zones: Path) -> str | None:
     if done.returncode != 0 or not (zones / "deployment.yaml").is_file():
         return f"geodata/build_world.py failed (exit {done.returncode}); {zones} not built"
     return None
+
+
+def router_start(zones: Path, timeout_s: float = 60.0) -> dict:
+    """Seconds from ``router serve`` to READY (a loopback port, one worker), then stop it."""
+    command = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones),
+               "--listen", "127.0.0.1:0", "--workers", "1"]  # fmt: skip
+    t0 = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    ready = None
+    try:
+        assert process.stdout is not None
+        deadline = t0 + timeout_s
+        while time.perf_counter() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            if line.startswith("READY"):
+                ready = time.perf_counter() - t0
+                break
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.stdout is not None:
+            process.stdout.close()
+    return {"router_start_s": ready, "router_start_command": " ".join(command[1:])}
 
 
 def load_model(zones: Path):
@@ -808,6 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary.is_file():
         result["world"] = json.loads(summary.read_text())
 
+    log(f"starting the router on {args.zones}")
+    result.update(router_start(args.zones))
     log(f"loading {args.zones}")
     t0 = time.perf_counter()
     model = load_model(args.zones)
@@ -933,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
             more=f" / {fmt(result.get('incremental_recompute_max_ms'))}",
         ),
         row("incremental incl. building inputs, median ms", "incremental_with_inputs_ms"),
+        row("router serve to READY (one worker), s", "router_start_s"),
         row("numba core vs vectorised numpy (top-16 ranking)", "numba_vs_numpy", "x"),
         row("numba full-scan kernel vs vectorised numpy", "numba_fullscan_vs_numpy", "x"),
         row("numba vs Python reference (plan)", "numba_vs_python_reference_plan", "x"),
