@@ -22,9 +22,10 @@ from router.dns.engine import Responder, TableView
 from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeState
 from router.service.supervisor import build_book
-from router.steering.build import build_routing_table
+from router.steering.build import Planner
 from router.steering.model import compile_model
 from router.steering.rank import group_components
+from router.steering.samples import RttSamples, seed_from_file
 
 # Indexed by the kernels' latency source codes (ESTIMATED, COUNTRY_TABLE, NODE_SAMPLES).
 LATENCY_SOURCES = ("estimated", "measured", "node samples")
@@ -123,7 +124,12 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     model = compile_model(deployment)
     book = build_book(deployment, model)
     health = _last_known_health(deployment, model)
-    table = build_routing_table(model, health.states(), None, generation=1)
+    planner = Planner(model)
+    if deployment.rtt_samples:
+        samples = RttSamples(len(model.client_map.groups))
+        seed_from_file(samples, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic())
+        planner.samples = samples.csr(time.monotonic())
+    table = planner.build(health.states(), None, generation=1)
     view = TableView(table)
     responder = Responder(book, model.client_map, lambda: view, record_decisions=True)
 
@@ -170,7 +176,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     result.group = decision.group
     result.group_label = model.client_map.groups.describe(decision.group)
     result.located_by = decision.source
-    inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)))
+    inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)), planner.samples)
     parts = group_components(inputs, decision.group)
     # The answer this client got (a split group answers by client subnet).
     chosen = [int(n) for n in table.set_nodes[decision.answer_set] if n >= 0]

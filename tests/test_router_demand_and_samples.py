@@ -67,3 +67,50 @@ def test_moved_share() -> None:
     assert moved_share(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
     assert moved_share(np.array([2.0, 0.0]), np.array([0.0, 2.0])) == 1.0
     assert moved_share(np.array([0.0, 0.0]), np.array([0.0, 0.0])) == 0.0
+
+
+def test_rtt_sample_file_rows_are_checked_line_by_line(tmp_path) -> None:
+    from router.geo.latency import load_rtt_samples
+
+    path = tmp_path / "rtt.csv"
+    path.write_text(
+        "prefix,node,rtt_ms,measured_at\n"
+        "2.80.0.0/24,meo-opo-1,0.5,2026-11-22T06:00:00+00:00\n"
+        "2.80.0.1/24,meo-opo-1,0.5,1795000000\n"
+        "2.80.0.0/24,ghost-1,0.5,1795000000\n"
+        "2.80.0.0/24,meo-opo-1,-3,1795000000\n"
+        "2.80.0.0/24,meo-opo-1,3,yesterday\n"
+        "2.80.0.0/24,meo-opo-1,3,2026-11-22T06:00:00\n"
+        "2.80.0.0/24,meo-opo-1\n"
+    )
+    samples, problems = load_rtt_samples(path, "rtt.csv", {"meo-opo-1"})
+    assert [(s.node, s.rtt_ms, s.measured_at) for s in samples] == [("meo-opo-1", 0.5, 1795327200.0)]
+    assert [(p.line, p.message.split(":")[0].split(" ")[0]) for p in problems] == [
+        (3, "prefix"), (4, "unknown"), (5, "rtt_ms"), (6, "measured_at"), (7, "measured_at"), (8, "expected"),
+    ]  # fmt: skip
+    assert "has host bits set" in problems[0].message
+
+
+def test_rtt_sample_file_steers_explain(tmp_path, deployment_dir) -> None:
+    import shutil
+    import time
+
+    import yaml
+
+    from router.config import load_deployment
+    from router.explain import explain
+
+    shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
+    zones = tmp_path / "zones"
+    settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+    settings["rtt_samples"] = "rtt-samples.csv"
+    (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+    (zones / "rtt-samples.csv").write_text(f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 60:.0f}\n")
+    result = explain(load_deployment(zones), "video.cdn.example.", "2.80.0.0/24")
+    first = next(c for c in result.candidates if c.chosen == 1)
+    assert (first.node, first.latency_source, first.latency_ms) == ("meo-opo-1", "node samples", 0.5)
+    # A measurement older than the samples' max age says nothing any more.
+    (zones / "rtt-samples.csv").write_text(f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 3600:.0f}\n")
+    result = explain(load_deployment(zones), "video.cdn.example.", "2.80.0.0/24")
+    first = next(c for c in result.candidates if c.chosen == 1)
+    assert first.node == "meo-lis-1" and first.latency_source == "measured"

@@ -32,7 +32,7 @@ from router.config.zones import parse_zone, zone_origin
 from router.geo.cache import load_client_map
 from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
 from router.geo.importers import SOURCE_KINDS, Source
-from router.geo.latency import load_country_rtt
+from router.geo.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.health.monitor import HealthSettings
 
 DEPLOYMENT_FILE = "deployment.yaml"
@@ -91,6 +91,7 @@ class DeploymentSettings(BaseModel):
 
     client_map: str | list[Any]  # one path, or a list of ClientMapSource mappings
     latency: str
+    rtt_samples: str | None = None  # node-to-prefix RTT measurements (prefix,node,rtt_ms,measured_at)
     state_file: str | None = None  # node state kept across restarts (relative to this file)
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
@@ -117,6 +118,7 @@ class Deployment:
     health: HealthConfig | None = None
     node_keys: dict[str, bytes] | None = None
     state_file: Path | None = None
+    rtt_samples: tuple[RttSample, ...] = ()
 
 
 def _display(path: Path) -> str:
@@ -202,6 +204,17 @@ def load_deployment(directory: Path) -> Deployment:
             node_keys, errors = load_node_keys(keys_path, _display(keys_path), inventory)
             problems += errors
 
+    rtt_samples: list[RttSample] = []
+    if settings is not None and settings_doc is not None and settings.rtt_samples:
+        samples_path = directory / settings.rtt_samples
+        if not samples_path.is_file():
+            problems.append(settings_doc.problem(("rtt_samples",), _no_such_file("rtt_samples", samples_path)))
+        elif inventory is not None:
+            rtt_samples, errors = load_rtt_samples(
+                samples_path, _display(samples_path), {n.id for n in inventory.nodes}
+            )
+            problems += errors
+
     if problems:
         raise ConfigError(problems)
     assert inventory is not None and client_map is not None and settings is not None
@@ -216,6 +229,7 @@ def load_deployment(directory: Path) -> Deployment:
         health=settings.health,
         node_keys=node_keys,
         state_file=directory / settings.state_file if settings.state_file else None,
+        rtt_samples=tuple(rtt_samples),
     )
 
 

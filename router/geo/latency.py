@@ -1,12 +1,20 @@
-"""Measured latency between countries: ``country_a,country_b,rtt_ms,samples`` CSV.
+"""Measured latency: between countries, and from nodes to client prefixes.
 
-Pairs are symmetric; a missing pair is estimated from distance by the steering core.
+``country_a,country_b,rtt_ms,samples``: country-to-country RTT. Pairs are symmetric; a
+missing pair is estimated from distance by the steering core.
+
+``prefix,node,rtt_ms,measured_at``: RTT a node measured to a client prefix (measured_at:
+Unix seconds or ISO 8601 with a zone). Fused like the samples in node heartbeats and
+aged out the same way (``router.steering.samples``).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import ipaddress
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from router.config.problems import Problem
@@ -50,3 +58,69 @@ def load_country_rtt(path: Path, display: str) -> tuple[dict[tuple[str, str], fl
                 continue
             table[key] = rtt
     return table, problems
+
+
+SAMPLES_HEADER = ["prefix", "node", "rtt_ms", "measured_at"]
+
+
+@dataclass(frozen=True)
+class RttSample:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    node: str
+    rtt_ms: float
+    measured_at: float  # Unix seconds
+
+
+def load_rtt_samples(path: Path, display: str, node_ids: set[str]) -> tuple[list[RttSample], list[Problem]]:
+    """Read a node-to-prefix RTT file; every bad row is reported with its line."""
+    samples: list[RttSample] = []
+    problems: list[Problem] = []
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        return [], [Problem(display, 1, f"cannot read RTT samples: {exc}")]
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header != SAMPLES_HEADER:
+            return [], [Problem(display, 1, f"header must be {','.join(SAMPLES_HEADER)}, got {','.join(header or [])}")]
+        for row in reader:
+            line = reader.line_num
+            if len(row) != len(SAMPLES_HEADER):
+                problems.append(Problem(display, line, f"expected {len(SAMPLES_HEADER)} fields, got {len(row)}"))
+                continue
+            prefix, node, rtt_text, when = row
+            try:
+                network = ipaddress.ip_network(prefix, strict=True)
+            except ValueError as exc:
+                problems.append(Problem(display, line, f"prefix: {exc}"))
+                continue
+            if node not in node_ids:
+                problems.append(Problem(display, line, f'unknown node "{node}" (not in nodes.yaml)'))
+                continue
+            try:
+                rtt = float(rtt_text)
+            except ValueError:
+                rtt = math.nan
+            if not math.isfinite(rtt) or not 0 <= rtt <= 10_000:
+                problems.append(Problem(display, line, f"rtt_ms must be a number from 0 to 10000, got {rtt_text!r}"))
+                continue
+            measured_at = _timestamp(when)
+            if measured_at is None:
+                problems.append(Problem(display, line, f"measured_at must be Unix seconds or ISO 8601 with a zone, got {when!r}"))
+                continue
+            samples.append(RttSample(network, node, rtt, measured_at))
+    return samples, problems
+
+
+def _timestamp(text: str) -> float | None:
+    try:
+        value = float(text)
+        return value if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None

@@ -39,7 +39,7 @@ from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import Planner, RoutingTable
 from router.steering.model import SteeringModel
-from router.steering.samples import RttSamples
+from router.steering.samples import RttSamples, seed_from_file
 
 log = logging.getLogger("router.service")
 
@@ -184,6 +184,13 @@ class Supervisor:
         # the first query never waits for numba.
         self.planner = Planner(model)
         self.rtt = RttSamples(len(model.client_map.groups))
+        if deployment.rtt_samples:
+            seeded = seed_from_file(
+                self.rtt, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic()
+            )
+            log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
+            self.rtt.changed_groups.clear()
+            self.planner.samples = self.rtt.csr(time.monotonic())
         self.rtt_rejected = 0
         self._samples_changed = False
         self._node_index = {node_id: i for i, node_id in enumerate(model.node_ids)}

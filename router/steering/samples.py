@@ -74,3 +74,18 @@ class RttSamples:
         start = np.zeros(self.groups + 1, dtype=np.int64)
         np.cumsum(np.bincount(group, minlength=self.groups), out=start[1:])
         return start, node, rtt
+
+
+def seed_from_file(samples: RttSamples, deployment_samples, client_map, node_ids, wall_now: float, now: float) -> int:  # noqa: ANN001
+    """Fuse the deployment's RTT sample file, oldest first, each at its age; returns how many took.
+
+    ``wall_now``/``now``: the same instant as Unix time and on the clock ``samples`` uses.
+    """
+    index = {node_id: i for i, node_id in enumerate(node_ids)}
+    taken = 0
+    for sample in sorted(deployment_samples, key=lambda s: s.measured_at):
+        group, _scope = client_map.lookup(sample.network.network_address)
+        when = now - max(wall_now - sample.measured_at, 0.0)
+        if group != 0 and samples.add(group, index[sample.node], sample.rtt_ms, when):
+            taken += 1
+    return taken
