@@ -114,3 +114,55 @@ def test_rtt_sample_file_steers_explain(tmp_path, deployment_dir) -> None:
     result = explain(load_deployment(zones), "video.cdn.example.", "2.80.0.0/24")
     first = next(c for c in result.candidates if c.chosen == 1)
     assert first.node == "meo-lis-1" and first.latency_source == "measured"
+
+
+def test_answered_queries_become_the_plans_demand(tmp_path, deployment_dir) -> None:
+    """A real worker counts steered queries; the supervisor turns them into Gbps and re-plans."""
+    import ipaddress
+    import shutil
+    import socket
+    import time
+
+    import dns.edns
+    import dns.message
+
+    from router.config import load_deployment
+    from router.service.supervisor import Supervisor
+    from router.steering import compile_model
+
+    shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
+    zones = tmp_path / "zones"
+    policy_file = zones / "cdn.example.policy.yaml"
+    policy_file.write_text(policy_file.read_text().replace(
+        "    default_site: mad-espanix\n", "    default_site: mad-espanix\n    expected_peak_gbps: 300\n", 1))  # fmt: skip
+    deployment = load_deployment(zones)
+    model = compile_model(deployment)
+    video = next(i for i, p in enumerate(model.policies) if p.name == "video")
+    meo_group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
+    supervisor = Supervisor(deployment, model, "127.0.0.1", 0, workers=1)
+    supervisor.start()
+    try:
+        t0 = time.monotonic()
+        assert not supervisor.observe_demand(now=t0 + 11)  # the first reading is the baseline
+        query = dns.message.make_query("video.cdn.example.", "A", use_edns=0,
+                                       options=[dns.edns.ECSOption("2.80.0.0", 24)])  # fmt: skip
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            for _ in range(200):
+                s.sendto(query.to_wire(), ("127.0.0.1", supervisor.port))
+                s.recv(4096)
+        generation = supervisor.table.generation
+        assert supervisor.observe_demand(now=t0 + 22)  # all of it from MEO's group: re-plan
+        deadline = time.monotonic() + 10
+        while supervisor.table.generation == generation and time.monotonic() < deadline:
+            time.sleep(0.02)
+        demand = supervisor.planner.demand[video]
+        assert abs(demand[meo_group] - 300.0) < 1e-6 and abs(demand.sum() - 300.0) < 1e-6
+        meo_nodes = [i for i, n in enumerate(model.node_ids) if n.startswith("meo-")]
+        assert supervisor.table.generation > generation
+        planned = supervisor.table.node_planned
+        # MEO's own nodes fill to their headroom (0.8 x 300 Gbps); the rest spills elsewhere.
+        assert abs(planned[meo_nodes].sum() - 240.0) < 1e-6 and abs(planned.sum() - 300.0) < 1e-6
+        assert (planned <= model.node_capacity_gbps * 0.8 + 1e-6).all()
+    finally:
+        supervisor.stop()
