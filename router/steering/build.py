@@ -160,11 +160,13 @@ class Planner:
         owner = np.concatenate(owners)
         weight = np.concatenate(weights)
         # Many groups share an answer; store each distinct node list once.
-        keys = (
-            np.ascontiguousarray(all_rows)
-            .view(np.dtype((np.void, all_rows.dtype.itemsize * width)))
-            .ravel()
-        )
+        rows_bytes = all_rows.dtype.itemsize * width
+        if rows_bytes <= 8:  # up to two nodes: one int64 per row sorts much faster than bytes
+            padded = np.zeros((len(all_rows), 8 // all_rows.dtype.itemsize), dtype=all_rows.dtype)
+            padded[:, :width] = all_rows
+            keys = padded.view(np.int64).ravel()
+        else:
+            keys = np.ascontiguousarray(all_rows).view(np.dtype((np.void, rows_bytes))).ravel()
         _, first, answer_set = np.unique(keys, return_index=True, return_inverse=True)
         sets = all_rows[first]
         answer_set = answer_set.reshape(-1).astype(np.int32)
