@@ -199,6 +199,14 @@ async def _run(  # noqa: ANN001
             probe_task = asyncio.create_task(
                 run_probes(targets, health.probe_interval_s, health.probe_timeout_s, supervisor.on_probe)
             )
+    policy_probe_tasks = []
+    for policy, targets, interval, timeout in supervisor.policy_probe_targets():
+        from router.health.probes import run_probes
+
+        def report(node_id: str, ok: bool, detail: str, policy: int = policy) -> None:
+            supervisor.on_policy_probe(policy, node_id, ok, detail)
+
+        policy_probe_tasks.append(asyncio.create_task(run_probes(targets, interval, timeout, report)))
     dns_text = _endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
     print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
@@ -216,7 +224,7 @@ async def _run(  # noqa: ANN001
             log.info("draining: answering for %.1f s more before stopping", drain_grace)
             await asyncio.sleep(drain_grace)
     finally:
-        for task in (tick_task, probe_task):
+        for task in (tick_task, probe_task, *policy_probe_tasks):
             if task is not None:
                 task.cancel()
                 try:

@@ -8,7 +8,7 @@ standard input change what nodes report, one per line; a selector is a node id,
     uplink SEL down|degraded|up          (every uplink of the selected nodes)
     load SEL GBPS
     silence SEL                          (stop sending: a silent death)
-    health SEL fail|ok                   (the health URL answers 503 / 200: a broken service)
+    health SEL fail|ok [SERVICE]         (the health URL, or its /SERVICE path, answers 503 / 200)
     rtt SEL PREFIX MS                    (report this RTT to a client prefix in every heartbeat)
     restore SEL                          (mains, uplinks up, base load, sending again)
     quit
@@ -47,6 +47,7 @@ class SimulatedNode:
     load_gbps: float = 0.0
     silent: bool = False
     health_failing: bool = False
+    failing_services: set[str] = field(default_factory=set)  # health URL sub-paths answering 503
     rtt: dict[str, float] = field(default_factory=dict)  # client prefix -> ms, sent every beat
     seq: int = 0
 
@@ -130,10 +131,13 @@ class Simulator:
             nodes = self.select(args[0])
             for n in nodes:
                 n.silent = True
-        elif verb == "health" and len(args) == 2 and args[1] in ("fail", "ok"):
+        elif verb == "health" and len(args) in (2, 3) and args[1] in ("fail", "ok"):
             nodes = self.select(args[0])
             for n in nodes:
-                n.health_failing = args[1] == "fail"
+                if len(args) == 3:
+                    (n.failing_services.add if args[1] == "fail" else n.failing_services.discard)(args[2])
+                else:
+                    n.health_failing = args[1] == "fail"
         elif verb == "rtt" and len(args) == 3:
             try:
                 network = str(ipaddress.ip_network(args[1], strict=False))
@@ -147,13 +151,14 @@ class Simulator:
             nodes = self.select(args[0])
             for n in nodes:
                 n.power, n.silent, n.health_failing = "mains", False, False
+                n.failing_services = set()
                 n.rtt = {}
                 n.uplinks = dict.fromkeys(UPLINKS, "up")
                 n.load_gbps = n.node.capacity_gbps * BASE_LOAD_SHARE
         else:
             raise ValueError(
                 f"cannot parse {line.strip()!r}: expected power SEL {'|'.join(POWER_STATES)}, "
-                f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, health SEL fail|ok, "
+                f"uplink SEL {'|'.join(UPLINK_STATES)}, load SEL GBPS, silence SEL, health SEL fail|ok [SERVICE], "
                 "rtt SEL PREFIX MS, restore SEL or quit"
             )
         for n in nodes:
@@ -203,10 +208,13 @@ async def serve_health(simulator: Simulator, listen: tuple[str, int]):  # noqa: 
         if node is None:
             return web.Response(status=404, text="unknown node\n")
         status, body = node.health_response()
+        if status == 200 and request.match_info.get("service") in node.failing_services:
+            status, body = 503, "service failing\n"
         return web.Response(status=status, text=body)
 
     app = web.Application()
     app.router.add_get("/health/{node}", health)
+    app.router.add_get("/health/{node}/{service}", health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, listen[0], listen[1]).start()

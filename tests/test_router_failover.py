@@ -276,3 +276,51 @@ def test_rtt_samples_from_nodes_steer_the_measuring_group(lab) -> None:
     wait_for(lambda: ask(router, MEO_CLIENT)[0] == "198.51.100.12", 10, "the sampled node to lead")
     assert ask(router)[:1] == ["192.0.2.11"]  # other groups are not moved by MEO's samples
     simulator.send("restore meo-opo-1")
+
+
+def test_a_policy_probe_takes_a_node_out_of_that_policy_only(tmp_path: Path) -> None:
+    zones = make_deployment(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health_port = s.getsockname()[1]
+    inventory = yaml.safe_load((zones / "nodes.yaml").read_text())
+    for node in inventory["nodes"]:
+        node["health_url"] = f"http://127.0.0.1:{health_port}/health/{node['id']}"
+    (zones / "nodes.yaml").write_text(yaml.safe_dump(inventory))
+    policy_file = zones / "cdn.example.policy.yaml"
+    probe = ("    probe: {failures: 2, interval_s: 0.2, recover_after: 2, timeout_s: 0.5,"
+             " url: '{health_url}/video'}\n")  # fmt: skip
+    text = policy_file.read_text()
+    line = next(line for line in text.splitlines(keepends=True) if line.startswith("    onnet_bonus_ms: 25"))
+    policy_file.write_text(text.replace(line, line + probe, 1))
+    router = start_router(zones, tmp_path / "router.log")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # heartbeats go nowhere here
+        sink.bind(("127.0.0.1", 0))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones),
+             "--target", f"127.0.0.1:{sink.getsockname()[1]}", "--keys", str(zones / "node-keys.sample.yaml"),
+             "--duration", "120", "--health-listen", f"127.0.0.1:{health_port}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+        simulator = Simulator(process)
+        try:
+            assert process.stdout is not None and process.stdout.readline().startswith("simulating")
+            # Probes that ran before the simulator listened failed: wait until every node is back.
+            wait_for(lambda: all(n["policies"]["video"]["state"] == "up" for n in nodes(router).values()), 15,
+                     "every node in the video policy")  # fmt: skip
+            wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the all-up video answer")
+            web = ask(router, name="www.cdn.example.")
+            assert "192.0.2.11" in web
+            simulator.send("health tef-mad-1 fail video")  # the video service breaks; the node does not
+            wait_for(lambda: "192.0.2.11" not in ask(router), 5, "tef-mad-1 to leave the video answers")
+            assert ask(router, name="www.cdn.example.") == web  # the web policy still uses it
+            status = nodes(router)["tef-mad-1"]
+            assert status["state"] == "up" and status["policies"]["video"]["state"] == "down"
+            assert "failed policy probes (HTTP 503)" in status["policies"]["video"]["reason"]
+            simulator.send("health tef-mad-1 ok video")
+            wait_for(lambda: "192.0.2.11" in ask(router), 5, "tef-mad-1 back in the video answers")
+        finally:
+            simulator.stop()
+            router.stop()
+            assert router.process.stdout is not None
+            router.process.stdout.close()

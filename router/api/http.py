@@ -54,6 +54,12 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "ipv6": str(node.ipv6),
             "capacity_gbps": node.capacity_gbps,
             "anycast_prefixes": [str(p) for p in node.anycast_prefixes],
+            # Policies with their own probe: whether this node is in them, and why.
+            "policies": {
+                compiled.name: vars(supervisor.policy_probes.result(p, node_id))
+                for p, compiled in enumerate(supervisor.model.policies)
+                if compiled.policy.probe is not None and compiled.in_pool[supervisor.model.node_ids.index(node_id)]
+            },
         }
 
     async def list_nodes(request: web.Request) -> web.Response:

@@ -16,6 +16,8 @@ Example (keys must be sorted so that diffs stay reviewable)::
         load_penalty_ms: 40    # score added at 100% load (grows with load squared)
         nodes: all             # or a list of node ids
         onnet_bonus_ms: 15     # score taken off nodes inside the client's own ISP
+        probe:                 # optional: this policy's own probe of each node in its pool
+          url: "{health_url}/video"   # template; see router.health.policy_probes
         ttl: 20
         when_all_down: fail_open   # answer the best nodes as if healthy; never empty
 
@@ -25,6 +27,7 @@ is answered with those nodes as if healthy, never with a node outside the fence.
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Literal
 
 import dns.exception
@@ -54,6 +57,19 @@ class GeofenceRule(BaseModel):
     )
 
 
+class PolicyProbe(BaseModel):
+    """This policy's own check of each node (``router.health.policy_probes``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failures: int = Field(default=3, ge=1, le=100)  # failed probes in a row: out of this policy
+    interval_s: float = Field(default=2.0, gt=0, le=600)
+    recover_after: int = Field(default=2, ge=1, le=100)  # good probes in a row: back
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # A template: {health_url} {ipv4} {ipv6} {id} are the node's; http(s):// or tcp://.
+    url: str = Field(pattern=r"^((https?|tcp)://|\{health_url\})")
+
+
 class Policy(BaseModel):
     """How one steered name picks nodes for a client group."""
 
@@ -67,6 +83,7 @@ class Policy(BaseModel):
     load_penalty_ms: float = Field(default=0.0, ge=0, le=10_000)
     nodes: Literal["all"] | tuple[str, ...]
     onnet_bonus_ms: float = Field(default=0.0, ge=0, le=10_000)
+    probe: PolicyProbe | None = None
     ttl: int = Field(ge=1, le=86_400)
     when_all_down: Literal["fail_open"]
 
@@ -145,6 +162,7 @@ def parse_policies(
                         )
                     )
             problems += _check_geofence(doc, name, label, policy, inventory)
+            problems += _check_probe(doc, name, label, policy, inventory)
         policies[str(name)] = policy
 
     steered: list[SteeredName] = []
@@ -219,3 +237,25 @@ def _check_geofence(
                                                f"{', '.join(rule.nodes)} but the policy has no node there "
                                                f"(node countries: {', '.join(sorted(c for c in pool_countries if c))})"))  # fmt: skip
     return problems
+
+
+def _check_probe(doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+    """The URL template may only name known fields, and every node it needs must have them."""
+    if policy.probe is None:
+        return []
+    where = ("policies", name, "probe", "url")
+    template = policy.probe.url
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        return [doc.problem(where, f"{label}: probe url {template!r}: {exc}")]
+    unknown = fields - {"health_url", "ipv4", "ipv6", "id"}
+    if unknown:
+        return [doc.problem(where, f"{label}: probe url names {', '.join(sorted('{' + f + '}' for f in unknown))}; "
+                                   "valid: {health_url}, {ipv4}, {ipv6}, {id}")]  # fmt: skip
+    if "health_url" in fields:
+        missing = [n.id for n in inventory.nodes if (policy.nodes == "all" or n.id in policy.nodes) and not n.health_url]
+        if missing:
+            return [doc.problem(where, f"{label}: probe url uses {{health_url}} but these nodes have none: "
+                                       f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")]  # fmt: skip
+    return []

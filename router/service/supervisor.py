@@ -26,6 +26,7 @@ from router.config.deployment import Deployment
 from router.dns.answers import AnswerBook
 from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.monitor import NodeMonitor
+from router.health.policy_probes import PolicyProbeState, probe_url
 from router.health.state import NodeHealth, NodeState, NodeStatus
 from router.health.telemetry import Rejected, Verifier
 from router.service.demand import (
@@ -183,6 +184,7 @@ class Supervisor:
         # Compile every kernel (first table, both lookups) before taking the port, so
         # the first query never waits for numba.
         self.planner = Planner(model)
+        self.policy_probes = PolicyProbeState([c.policy.probe for c in model.policies], model.node_ids)
         self.rtt = RttSamples(len(model.client_map.groups))
         if deployment.rtt_samples:
             seeded = seed_from_file(
@@ -381,6 +383,27 @@ class Supervisor:
         if changed:
             self.request_rebuild()
 
+    def on_policy_probe(self, policy: int, node_id: str, ok: bool, detail: str) -> None:
+        """One result of a policy's own probe; a node entering or leaving it re-plans."""
+        with self._lock:
+            changed = self.policy_probes.report(policy, node_id, ok, detail)
+        if changed:
+            log.warning("node %s %s policy %s: %s", node_id,
+                        "leaves" if self.policy_probes.down[policy, self._node_index[node_id]] else "returns to",
+                        self.model.policies[policy].label, detail)  # fmt: skip
+            self.request_rebuild()
+
+    def policy_probe_targets(self) -> list[tuple[int, dict[str, str], float, float]]:
+        """(policy, node -> url, interval, timeout) for every policy with a probe."""
+        out = []
+        for p, compiled in enumerate(self.model.policies):
+            probe = compiled.policy.probe
+            if probe is None:
+                continue
+            nodes = [n for n, member in zip(self.deployment.inventory.nodes, compiled.in_pool) if member]
+            out.append((p, {n.id: probe_url(probe.url, n) for n in nodes}, probe.interval_s, probe.timeout_s))
+        return out
+
     def probe_targets(self) -> dict[str, str]:
         return {n.id: n.health_url for n in self.deployment.inventory.nodes if n.health_url}
 
@@ -427,12 +450,16 @@ class Supervisor:
                     sampled_groups = np.array(sorted(self.rtt.changed_groups), dtype=np.int32)
                     self.rtt.changed_groups.clear()
                     self._samples_changed = False
-                new_demand = self._pending_demand is not None
-                if new_demand:
+                # New demand or a policy probe verdict: plan afresh, not a repair.
+                policy_down = self.policy_probes.down.copy()
+                full = not np.array_equal(policy_down, self.planner.policy_down)
+                self.planner.policy_down = policy_down
+                if self._pending_demand is not None:
                     self.planner.demand = self._pending_demand
                     self._pending_demand = None
+                    full = True
             try:
-                table = self._plan(states, util, sampled_groups, full=new_demand)
+                table = self._plan(states, util, sampled_groups, full=full)
                 with self._workers_lock:
                     self._publish(table)
                 self._published_util = util

@@ -70,6 +70,8 @@ class Planner:
             len(model.policies), -1
         )
         self.samples: tuple | None = None
+        # Nodes a policy's own probe took out of that policy (bool[P, N]).
+        self.policy_down = np.zeros((len(model.policies), len(model.node_ids)), dtype=np.bool_)
         self.last_kind = "none"
 
     def set_demand(self, policy: int, demand: np.ndarray) -> None:
@@ -133,6 +135,8 @@ class Planner:
 
     def _inputs(self, p: int, node_state: np.ndarray, util: np.ndarray) -> PlanInputs:
         compiled = self.model.policies[p]
+        if self.policy_down[p].any():
+            node_state = np.where(self.policy_down[p], np.int8(2), node_state).astype(np.int8)
         rank = self.model.rank_inputs(p, node_state, util, self.samples)
         return PlanInputs.create(
             rank,
