@@ -80,6 +80,12 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def free_port6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]
+
+
 def parse_birdc_routes(text: str) -> dict[str, str]:
     """``birdc show route all`` output -> {prefix: BGP next hop} (BGP routes only)."""
     routes: dict[str, str] = {}
@@ -116,6 +122,7 @@ class AnycastLab:
         self.exabgp_cmd = find_exabgp(self.python, self.install)
         if self.bird_port == 0:
             self.bird_port = free_port(self.bird_address)
+        self.bird_port6 = free_port6()
         self.socket_path = self.workdir / "bird.ctl"
         self.bird_conf = self.workdir / "bird.conf"
         self.exabgp_conf = self.workdir / "exabgp.conf"
@@ -138,7 +145,14 @@ protocol bgp exabgp {{
   multihop;           # loopback peers are not on a shared subnet BIRD would call direct
   hold time 30;
   ipv4 {{ import all; export none; }};
-  ipv6 {{ import all; export none; }};  # IPv6 node prefixes ride the same session (MP-BGP)
+}}
+protocol bgp exabgp6 {{     # IPv6 routes on their own session over ::1, so next-hop self is IPv6
+  local ::1 port {self.bird_port6} as {BIRD_ASN};
+  neighbor ::1 as {EXABGP_ASN};
+  passive on;
+  multihop;
+  hold time 30;
+  ipv6 {{ import all; export none; }};
 }}
 """
         )
@@ -164,7 +178,18 @@ neighbor {self.bird_address} {{
   connect {self.bird_port};
   passive false;
   hold-time 30;
-  family {{ ipv4 unicast; ipv6 unicast; }}
+  family {{ ipv4 unicast; }}
+  api {{ processes [ announcer ]; }}
+}}
+neighbor ::1 {{
+  router-id {self.exabgp_address};
+  local-address ::1;
+  local-as {EXABGP_ASN};
+  peer-as {BIRD_ASN};
+  connect {self.bird_port6};
+  passive false;
+  hold-time 30;
+  family {{ ipv6 unicast; }}
   api {{ processes [ announcer ]; }}
 }}
 """
@@ -204,7 +229,7 @@ neighbor {self.bird_address} {{
                 [*self.exabgp_cmd, str(self.exabgp_conf)], stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, env=self.exabgp_env(), cwd=self.workdir,
             )  # fmt: skip
-        self.wait_for(self.established, timeout, "the BGP session BIRD <- ExaBGP")
+        self.wait_for(self.established, timeout, "the BGP sessions BIRD <- ExaBGP")
 
     def stop(self) -> None:
         """Stop ExaBGP (which stops the announcer) then BIRD, each by its PID."""
@@ -243,12 +268,15 @@ neighbor {self.bird_address} {{
         return done.stdout if done.returncode == 0 else None
 
     def established(self) -> bool:
-        out = self.birdc("show protocols exabgp") or ""
-        return "Established" in out
+        """Both sessions up: IPv4 over 127.0.0.x, IPv6 over ::1."""
+        return all("Established" in (self.birdc(f"show protocols {name}") or "") for name in ("exabgp", "exabgp6"))
 
     def routes(self) -> dict[str, str]:
-        """BIRD's table: {prefix: BGP next hop} for every route learnt from ExaBGP."""
-        return parse_birdc_routes(self.birdc("show route all protocol exabgp") or "")
+        """BIRD's tables: {prefix: BGP next hop} for every route learnt from ExaBGP."""
+        return {
+            **parse_birdc_routes(self.birdc("show route all protocol exabgp") or ""),
+            **parse_birdc_routes(self.birdc("show route all protocol exabgp6") or ""),
+        }
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -316,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     lab = AnycastLab(workdir, argv_announcer, bird_port=args.port)
     try:
         lab.start()
-        print(f"lab up in {workdir} (BIRD {lab.bird_address}:{lab.bird_port} AS{BIRD_ASN} <- ExaBGP "
-              f"{lab.exabgp_address} AS{EXABGP_ASN})")  # fmt: skip
+        print(f"lab up in {workdir} (BIRD {lab.bird_address}:{lab.bird_port} and [::1]:{lab.bird_port6} "
+              f"AS{BIRD_ASN} <- ExaBGP {lab.exabgp_address} and ::1 AS{EXABGP_ASN})")  # fmt: skip
         print(f"  {lab.birdc_bin} -s {lab.socket_path} show route all")
         print(f"  tail -f {lab.exabgp_log}")
         print("Ctrl-C stops everything.", flush=True)

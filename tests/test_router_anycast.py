@@ -37,6 +37,7 @@ from tests.anycast_lab import AnycastLab, LabUnavailable, parse_birdc_routes
 from tests.conftest import REPO, RunningRouter, make_deployment, start_router
 
 SERVICE = "192.0.2.53/32"
+SERVICE6 = "2001:db8:53::/48"
 NODE_PREFIX = "203.0.113.128/25"
 NODE_PREFIX6 = "2001:db8:ff80::/48"
 NODE_ID = "ix-mad-1"
@@ -318,7 +319,8 @@ def anycast_router(tmp_path: Path) -> Iterator[RunningRouter]:
 def lab(anycast_router: RunningRouter, tmp_path: Path) -> Iterator[AnycastLab]:
     assert anycast_router.api is not None
     argv = [sys.executable, "-m", "router.anycast.announcer", "--api", anycast_router.api,
-            "--service-prefix", SERVICE, "--interval", "0.25", "--timeout", "0.5"]  # fmt: skip
+            "--service-prefix", SERVICE, "--service-prefix", SERVICE6, "--interval", "0.25",
+            "--timeout", "0.5"]  # fmt: skip
     try:
         running = AnycastLab(tmp_path / "lab", argv)  # installs bird2 / exabgp if it can
     except LabUnavailable as exc:
@@ -339,10 +341,11 @@ def test_bird_learns_and_loses_routes(anycast_router: RunningRouter, lab: Anycas
         lab.wait_for(lambda: check(lab.routes()), 15, what)
         return lab.routes()
 
-    routes = until("every prefix", lambda r: SERVICE in r and NODE_PREFIX in r and NODE_PREFIX6 in r)
+    routes = until("every prefix", lambda r: {SERVICE, SERVICE6, NODE_PREFIX, NODE_PREFIX6} <= r.keys())
     assert routes[NODE_PREFIX] == NODE_IPV4
     assert routes[NODE_PREFIX6] == NODE_IPV6  # the node's IPv6 address as next hop
     assert routes[SERVICE] == lab.exabgp_address  # next-hop self
+    assert routes[SERVICE6] == "::1"  # next-hop self on the IPv6 session
 
     _put(anycast_router, f"/v1/nodes/{NODE_ID}/admin-state", {"state": "down"})
     until("node prefixes withdrawn", lambda r: NODE_PREFIX not in r and NODE_PREFIX6 not in r and SERVICE in r)
@@ -350,13 +353,13 @@ def test_bird_learns_and_loses_routes(anycast_router: RunningRouter, lab: Anycas
     until("node prefixes back", lambda r: r.get(NODE_PREFIX) == NODE_IPV4 and r.get(NODE_PREFIX6) == NODE_IPV6)
 
     _put(anycast_router, "/v1/status", {"state": "draining"})
-    until("service prefix withdrawn", lambda r: SERVICE not in r and NODE_PREFIX in r)
+    until("service prefixes withdrawn", lambda r: SERVICE not in r and SERVICE6 not in r and NODE_PREFIX in r)
     _put(anycast_router, "/v1/status", {"state": "serving"})
-    until("service prefix back", lambda r: SERVICE in r)
+    until("service prefixes back", lambda r: SERVICE in r and SERVICE6 in r)
 
     # SIGTERM with --drain-grace 2: the route goes first, answers go on for the grace.
     os.kill(anycast_router.process.pid, signal.SIGTERM)
-    until("service prefix withdrawn on SIGTERM", lambda r: SERVICE not in r)
+    until("service prefixes withdrawn on SIGTERM", lambda r: SERVICE not in r and SERVICE6 not in r)
     assert anycast_router.process.poll() is None, "the router should still be in its drain grace"
     reply = dns.query.udp(dns.message.make_query("cdn.example.", "SOA"), anycast_router.host,
                           port=anycast_router.port, timeout=2)  # fmt: skip
