@@ -135,23 +135,16 @@ def _insert(top_score, top_dist, top_node, score, dist, n):
 
 
 @njit(**JIT_OPTIONS)
-def _rank_one(g, eligible_row, group_lat, group_lon, group_country, group_asn,
-              node_lat, node_lon, node_country, node_asn, node_util,
-              country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-              meas_start, meas_node, meas_rtt, top_score, top_dist, top_node):  # fmt: skip
+def _rank_one(g, eligible_row, ctx, top_score, top_dist, top_node):
     # Full scan of every eligible node for one group into a cleared top-k.
+    # ctx: the arguments of _pair after (g, n), packed once by the calling kernel.
     top_score[:] = np.inf
     top_dist[:] = np.inf
     top_node[:] = -1
-    for n in range(node_lat.shape[0]):
+    for n in range(eligible_row.shape[0]):
         if not eligible_row[n]:
             continue
-        score, _lat, _src, dist, _onnet, _pen = _pair(
-            g, n, group_lat, group_lon, group_country, group_asn,
-            node_lat, node_lon, node_country, node_asn, node_util,
-            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-            meas_start, meas_node, meas_rtt,
-        )  # fmt: skip
+        score, _lat, _src, dist, _onnet, _pen = _pair(g, n, *ctx)
         _insert(top_score, top_dist, top_node, score, dist, n)
 
 
@@ -197,16 +190,15 @@ def _rank_groups(group_lat, group_lon, group_country, group_asn, group_fence,
     out_nodes : int32[G, K]
         Output: node indexes, best first, -1 where fewer than K candidates.
     """
+    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
+           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
     eligible = np.empty(fence_allowed.shape, dtype=np.bool_)
     _eligibility(node_state, node_in_pool, fence_allowed, eligible)
     k = out_nodes.shape[1]
     top_score = np.empty(k, dtype=np.float64)
     top_dist = np.empty(k, dtype=np.float64)
     for g in range(group_lat.shape[0]):
-        _rank_one(g, eligible[group_fence[g]], group_lat, group_lon, group_country, group_asn,
-                  node_lat, node_lon, node_country, node_asn, node_util,
-                  country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                  meas_start, meas_node, meas_rtt, top_score, top_dist, out_nodes[g])  # fmt: skip
+        _rank_one(g, eligible[group_fence[g]], ctx, top_score, top_dist, out_nodes[g])
 
 
 @njit(**JIT_OPTIONS)
@@ -230,13 +222,10 @@ def _group_components(g, group_lat, group_lon, group_country, group_asn,
     out_onnet : bool[N]
         Output: node is on-net for the group.
     """
+    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
+           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
     for n in range(node_lat.shape[0]):
-        score, latency, source, distance, onnet, penalty = _pair(
-            g, n, group_lat, group_lon, group_country, group_asn,
-            node_lat, node_lon, node_country, node_asn, node_util,
-            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-            meas_start, meas_node, meas_rtt,
-        )  # fmt: skip
+        score, latency, source, distance, onnet, penalty = _pair(g, n, *ctx)
         out_score[n] = score
         out_latency[n] = latency
         out_source[n] = source
@@ -299,6 +288,8 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
     the nodes of each ASN; out_* : [G, C] with C <= K, rows of ``groups`` written.
     Returns the number of groups that needed a full scan.
     """
+    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
+           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
     k_loc = loc_node.shape[1]
     full_scans = 0
     for i in range(groups.shape[0]):
@@ -322,12 +313,7 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
             if has_onnet and node_asn[n] == group_asn[g]:
                 continue  # scored with the on-net list below
             if has_samples:
-                score, _l, _s, dist, _o, _p = _pair(
-                    g, n, group_lat, group_lon, group_country, group_asn,
-                    node_lat, node_lon, node_country, node_asn, node_util,
-                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                    meas_start, meas_node, meas_rtt,
-                )  # fmt: skip
+                score, _l, _s, dist, _o, _p = _pair(g, n, *ctx)
                 _insert(row_score, row_dist, row_node, score, dist, n)
             else:
                 _insert(row_score, row_dist, row_node, loc_score[loc, j], loc_dist[loc, j], n)
@@ -342,24 +328,14 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
                     break
             if in_loc:
                 continue
-            score, _l, _s, dist, _o, _p = _pair(
-                g, n, group_lat, group_lon, group_country, group_asn,
-                node_lat, node_lon, node_country, node_asn, node_util,
-                country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                meas_start, meas_node, meas_rtt,
-            )  # fmt: skip
+            score, _l, _s, dist, _o, _p = _pair(g, n, *ctx)
             _insert(row_score, row_dist, row_node, score, dist, n)
         if has_onnet:
             for j in range(onnet_start[a], onnet_start[a + 1]):
                 n = onnet_node[j]
                 if not allowed[n]:
                     continue
-                score, _l, _s, dist, _o, _p = _pair(
-                    g, n, group_lat, group_lon, group_country, group_asn,
-                    node_lat, node_lon, node_country, node_asn, node_util,
-                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                    meas_start, meas_node, meas_rtt,
-                )  # fmt: skip
+                score, _l, _s, dist, _o, _p = _pair(g, n, *ctx)
                 _insert(row_score, row_dist, row_node, score, dist, n)
         # Exact when the location list held every eligible node, or when every output
         # entry ranks at or before the location's last entry (nothing unseen beats it).
@@ -373,10 +349,7 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
                     break
             if not exact:
                 full_scans += 1
-                _rank_one(g, allowed, group_lat, group_lon, group_country, group_asn,
-                          node_lat, node_lon, node_country, node_asn, node_util,
-                          country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                          meas_start, meas_node, meas_rtt, row_score, row_dist, row_node)  # fmt: skip
+                _rank_one(g, allowed, ctx, row_score, row_dist, row_node)
     return full_scans
 
 
@@ -389,26 +362,17 @@ def _sort_nodes(score, dist, nodes):
 
 
 @njit(**JIT_OPTIONS)
-def _group_order(g, group_lat, group_lon, group_country, group_asn, group_fence,
-                 node_lat, node_lon, node_country, node_asn, node_util, eligible,
-                 country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                 meas_start, meas_node, meas_rtt, score, dist):  # fmt: skip
-    """Every node the group may use, in its ranking order (score/dist: scratch [N])."""
-    allowed = eligible[group_fence[g]]
+def _group_order(g, allowed, ctx, score, dist):
+    """Every node in ``allowed`` in the group's ranking order (score/dist: scratch [N])."""
     count = 0
-    for n in range(node_lat.shape[0]):
+    for n in range(allowed.shape[0]):
         if allowed[n]:
             count += 1
     nodes = np.empty(count, dtype=np.int64)
     i = 0
-    for n in range(node_lat.shape[0]):
+    for n in range(allowed.shape[0]):
         if allowed[n]:
-            sc, _l, _s, d, _o, _p = _pair(
-                g, n, group_lat, group_lon, group_country, group_asn,
-                node_lat, node_lon, node_country, node_asn, node_util,
-                country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                meas_start, meas_node, meas_rtt,
-            )  # fmt: skip
+            sc, _l, _s, d, _o, _p = _pair(g, n, *ctx)
             score[n] = sc
             dist[n] = d
             nodes[i] = n
@@ -472,6 +436,8 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     filled up meanwhile is re-keyed to its next node with room (keys only grow).
     out_* : preallocated; returns how many entries were written (-1: out of room).
     """
+    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
+           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
     n_nodes = node_lat.shape[0]
     short = np.sort(groups)
     n_short = 0
@@ -561,10 +527,7 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         row_group[r] = g
         if meas_start[g + 1] > meas_start[g]:
             # RTT samples can reorder anything: rank every node for this group.
-            nodes = _group_order(g, group_lat, group_lon, group_country, group_asn, group_fence,
-                                 node_lat, node_lon, node_country, node_asn, node_util, eligible,
-                                 country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                                 meas_start, meas_node, meas_rtt, scratch, dist)  # fmt: skip
+            nodes = _group_order(g, eligible[group_fence[g]], ctx, scratch, dist)
             order_len[r] = nodes.shape[0]
             for j in range(nodes.shape[0]):
                 order[r, j] = nodes[j]
@@ -585,12 +548,7 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         for j in range(onnet_start[a], onnet_start[a + 1]):
             n = onnet_node[j]
             if allowed[n]:
-                sc, _l, _s, d, _o, _p = _pair(
-                    g, n, group_lat, group_lon, group_country, group_asn,
-                    node_lat, node_lon, node_country, node_asn, node_util,
-                    country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-                    meas_start, meas_node, meas_rtt,
-                )  # fmt: skip
+                sc, _l, _s, d, _o, _p = _pair(g, n, *ctx)
                 scratch[n] = sc
                 dist[n] = d
                 own[m] = n
