@@ -225,8 +225,8 @@ def test_known_down_node_stays_down_across_restart(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "var")
 
 
-def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Path) -> None:
-    zones = fast_deployment(tmp_path)
+def give_nodes_health_urls(zones: Path) -> int:
+    """Point every node's health URL at the simulator's (``--health-listen``); returns its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         health_port = s.getsockname()[1]
@@ -234,6 +234,12 @@ def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Pat
     for node in inventory["nodes"]:
         node["health_url"] = f"http://127.0.0.1:{health_port}/health/{node['id']}"
     (zones / "nodes.yaml").write_text(yaml.safe_dump(inventory))
+    return health_port
+
+
+def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Path) -> None:
+    zones = fast_deployment(tmp_path)
+    health_port = give_nodes_health_urls(zones)
     settings = yaml.safe_load((zones / "deployment.yaml").read_text())
     settings["health"].update({"probe_interval_s": 0.2, "probe_timeout_s": 0.5, "probe_failures": 2})
     (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
@@ -280,13 +286,7 @@ def test_rtt_samples_from_nodes_steer_the_measuring_group(lab) -> None:
 
 def test_a_policy_probe_takes_a_node_out_of_that_policy_only(tmp_path: Path) -> None:
     zones = make_deployment(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        health_port = s.getsockname()[1]
-    inventory = yaml.safe_load((zones / "nodes.yaml").read_text())
-    for node in inventory["nodes"]:
-        node["health_url"] = f"http://127.0.0.1:{health_port}/health/{node['id']}"
-    (zones / "nodes.yaml").write_text(yaml.safe_dump(inventory))
+    health_port = give_nodes_health_urls(zones)
     policy_file = zones / "cdn.example.policy.yaml"
     probe = ("    probe: {failures: 2, interval_s: 0.2, recover_after: 2, timeout_s: 0.5,"
              " url: '{health_url}/video'}\n")  # fmt: skip
