@@ -90,6 +90,17 @@ def _pair(g, n, group_lat, group_lon, group_country, group_asn,
 
 
 @njit(**JIT_OPTIONS)
+def _plain_score(lat, lon, country, n, node_lat, node_lon, node_country, node_util,
+                 country_rtt, est_base_ms, est_ms_per_km, load_penalty_ms):  # fmt: skip
+    # (score, distance) of node n seen from a place, without on-net bonus or samples: what
+    # every group there sees; the same float operations as _pair, so the scores are equal.
+    dist = _distance_km(lat, lon, node_lat[n], node_lon[n])
+    latency, _src = _base_latency(country, node_country[n], dist, country_rtt, est_base_ms, est_ms_per_km)
+    util = node_util[n]
+    return latency + load_penalty_ms * util * util, dist
+
+
+@njit(**JIT_OPTIONS)
 def _eligibility(node_state, node_in_pool, fence_allowed, out_eligible):
     """Which nodes each fence's groups may be answered with (the docstring's tiers).
 
@@ -267,11 +278,9 @@ def _location_topk(locs, loc_lat, loc_lon, loc_country, loc_fence,
         for n in range(node_lat.shape[0]):
             if not allowed[n]:
                 continue
-            dist = _distance_km(loc_lat[loc], loc_lon[loc], node_lat[n], node_lon[n])
-            latency, _src = _base_latency(loc_country[loc], node_country[n], dist, country_rtt,
-                                          est_base_ms, est_ms_per_km)  # fmt: skip
-            util = node_util[n]
-            score = latency + load_penalty_ms * util * util
+            score, dist = _plain_score(loc_lat[loc], loc_lon[loc], loc_country[loc], n, node_lat, node_lon,
+                                       node_country, node_util, country_rtt, est_base_ms, est_ms_per_km,
+                                       load_penalty_ms)  # fmt: skip
             _insert(row_score, row_dist, row_node, score, dist, n)
 
 
@@ -362,15 +371,17 @@ def _sort_nodes(score, dist, nodes):
 
 
 @njit(**JIT_OPTIONS)
-def _group_order(g, allowed, ctx, score, dist):
-    """Every node in ``allowed`` in the group's ranking order (score/dist: scratch [N])."""
+def _ranked(g, candidates, allowed, ctx, score, dist):
+    """The allowed ones of ``candidates`` (increasing node index) in the group's ranking
+    order; score/dist: scratch [N], filled for them."""
     count = 0
-    for n in range(allowed.shape[0]):
-        if allowed[n]:
+    for j in range(candidates.shape[0]):
+        if allowed[candidates[j]]:
             count += 1
     nodes = np.empty(count, dtype=np.int64)
     i = 0
-    for n in range(allowed.shape[0]):
+    for j in range(candidates.shape[0]):
+        n = candidates[j]
         if allowed[n]:
             sc, _l, _s, d, _o, _p = _pair(g, n, *ctx)
             score[n] = sc
@@ -494,6 +505,7 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     row_loc = np.full(n_rows, -1, dtype=np.int64)
     dist = np.empty(n_nodes, dtype=np.float64)
     scratch = np.empty(n_nodes, dtype=np.float64)
+    every_node = np.arange(n_nodes)
     for loc in range(n_locs):
         row = loc_row[loc]
         if row < 0:
@@ -503,12 +515,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         count = 0
         for n in range(n_nodes):
             if allowed[n]:
-                d = _distance_km(group_lat[g], group_lon[g], node_lat[n], node_lon[n])
-                latency, _src = _base_latency(group_country[g], node_country[n], d, country_rtt,
-                                              est_base_ms, est_ms_per_km)  # fmt: skip
-                util = node_util[n]
-                scratch[n] = latency + load_penalty_ms * util * util
-                dist[n] = d
+                scratch[n], dist[n] = _plain_score(group_lat[g], group_lon[g], group_country[g], n, node_lat,
+                                                   node_lon, node_country, node_util, country_rtt, est_base_ms,
+                                                   est_ms_per_km, load_penalty_ms)  # fmt: skip
                 order[row, count] = n
                 count += 1
         nodes = order[row, :count].copy()
@@ -527,7 +536,7 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         row_group[r] = g
         if meas_start[g + 1] > meas_start[g]:
             # RTT samples can reorder anything: rank every node for this group.
-            nodes = _group_order(g, eligible[group_fence[g]], ctx, scratch, dist)
+            nodes = _ranked(g, every_node, eligible[group_fence[g]], ctx, scratch, dist)
             order_len[r] = nodes.shape[0]
             for j in range(nodes.shape[0]):
                 order[r, j] = nodes[j]
@@ -539,21 +548,8 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         lrow = loc_row[group_loc[g]]
         allowed = eligible[group_fence[g]]
         a = np.searchsorted(onnet_asn, group_asn[g])
-        m = 0
-        for j in range(onnet_start[a], onnet_start[a + 1]):
-            if allowed[onnet_node[j]]:
-                m += 1
-        own = np.empty(m, dtype=np.int64)
-        m = 0
-        for j in range(onnet_start[a], onnet_start[a + 1]):
-            n = onnet_node[j]
-            if allowed[n]:
-                sc, _l, _s, d, _o, _p = _pair(g, n, *ctx)
-                scratch[n] = sc
-                dist[n] = d
-                own[m] = n
-                m += 1
-        _sort_nodes(scratch, dist, own)
+        own = _ranked(g, onnet_node[onnet_start[a] : onnet_start[a + 1]], allowed, ctx, scratch, dist)
+        m = own.shape[0]
         j = 0
         o = 0
         out = 0

@@ -92,7 +92,12 @@ def compile_model(deployment: Deployment) -> SteeringModel:
     group_country = np.array([country_index.get(c, -1) for c in groups.country], dtype=np.int32)
     node_ids = tuple(n.id for n in nodes)
     node_countries = [sites[n.site].country for n in nodes]
+    node_lat = np.array([n.lat for n in nodes])
+    node_lon = np.array([n.lon for n in nodes])
+    node_country = np.array([country_index[c] for c in node_countries], dtype=np.int32)
+    node_asn = np.array([n.asn for n in nodes], dtype=np.int64)
     weight = group_address_weight(deployment.client_map)
+    unplaced = ~(np.isfinite(groups.lat) & np.isfinite(groups.lon))
 
     policies: list[CompiledPolicy] = []
     policy_index: dict[tuple[dns.name.Name, str], int] = {}
@@ -100,7 +105,6 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         deployment.policies.items(), key=lambda kv: (kv[0][0].to_text(), kv[0][1])
     ):
         site = sites[policy.default_site]
-        unplaced = ~(np.isfinite(groups.lat) & np.isfinite(groups.lon))
         lat = np.where(unplaced, site.lat, groups.lat)
         lon = np.where(unplaced, site.lon, groups.lon)
         # Clients with no country at all are treated as if in the default site's country.
@@ -121,8 +125,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         fence_allowed = np.array(allowed)
         static = RankInputs.create(
             group_lat=lat, group_lon=lon, group_country=country, group_asn=groups.asn,
-            node_lat=[n.lat for n in nodes], node_lon=[n.lon for n in nodes],
-            node_country=[country_index[c] for c in node_countries], node_asn=[n.asn for n in nodes],
+            node_lat=node_lat, node_lon=node_lon, node_country=node_country, node_asn=node_asn,
             node_state=np.zeros(len(nodes)), node_util=np.zeros(len(nodes)), node_in_pool=in_pool,
             country_rtt=rtt, onnet_bonus_ms=0.0, load_penalty_ms=0.0, group_fence=fence, fence_allowed=fence_allowed,
         )  # fmt: skip
@@ -134,12 +137,10 @@ def compile_model(deployment: Deployment) -> SteeringModel:
 
     return SteeringModel(
         node_ids=node_ids,
-        node_lat=np.array([n.lat for n in nodes]),
-        node_lon=np.array([n.lon for n in nodes]),
-        node_country=np.array(
-            [country_index[sites[n.site].country] for n in nodes], dtype=np.int32
-        ),
-        node_asn=np.array([n.asn for n in nodes], dtype=np.int64),
+        node_lat=node_lat,
+        node_lon=node_lon,
+        node_country=node_country,
+        node_asn=node_asn,
         node_capacity_gbps=np.array([n.capacity_gbps for n in nodes]),
         node_ipv4=tuple(n.ipv4.packed for n in nodes),
         node_ipv6=tuple(n.ipv6.packed for n in nodes),
