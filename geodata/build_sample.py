@@ -517,8 +517,9 @@ def write_licenses(shared: Path, out: Path, modifications: str = OUR_MODIFICATIO
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def folder_parser(description: str, default_out: Path) -> argparse.ArgumentParser:
+    """The --shared and --out options every geodata builder takes (see resolve_folders)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--shared",
         type=Path,
@@ -529,14 +530,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help=f"output folder (default: {DEFAULT_OUT} relative to the repository root)",
+        help=f"output folder (default: {default_out} relative to the repository root)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def resolve_folders(args: argparse.Namespace, default_out: Path) -> argparse.Namespace:
     # Defaults are anchored at the repo root so the script works from any working directory;
     # explicit paths follow the usual convention (relative to the current directory).
     args.shared = (args.shared or REPO_ROOT / DEFAULT_SHARED).resolve()
-    args.out = (args.out or REPO_ROOT / DEFAULT_OUT).resolve()
+    args.out = (args.out or REPO_ROOT / default_out).resolve()
     return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = folder_parser(__doc__.split("\n\n")[0], DEFAULT_OUT)
+    return resolve_folders(parser.parse_args(argv), DEFAULT_OUT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

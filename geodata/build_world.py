@@ -62,8 +62,6 @@ from build_sample import Location, Piece, Span  # noqa: E402
 # Configuration
 # --------------------------------------------------------------------------------------------
 
-REPO_ROOT = GEODATA_DIR.parent
-DEFAULT_SHARED = Path("../shared/data")
 DEFAULT_OUT = Path("var/world")
 
 NODE_COUNT = 2196
@@ -725,25 +723,10 @@ def sha256(path: Path) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--shared",
-        type=Path,
-        default=None,
-        help=f"shared data folder (default: {DEFAULT_SHARED} relative to the repository root)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"output folder (default: {DEFAULT_OUT} relative to the repository root)",
-    )
+    parser = sample.folder_parser(__doc__.split("\n\n")[0], DEFAULT_OUT)
     parser.add_argument("--nodes", type=int, default=NODE_COUNT, help="number of nodes")
     parser.add_argument("--countries", type=int, default=COUNTRY_COUNT, help="countries with nodes")
-    args = parser.parse_args(argv)
-    args.shared = (args.shared or REPO_ROOT / DEFAULT_SHARED).resolve()
-    args.out = (args.out or REPO_ROOT / DEFAULT_OUT).resolve()
-    return args
+    return sample.resolve_folders(parser.parse_args(argv), DEFAULT_OUT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
