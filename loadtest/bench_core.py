@@ -40,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,34 +123,19 @@ def ensure_world(zones: Path) -> str | None:
     return None
 
 
-def router_start(zones: Path, timeout_s: float = 60.0) -> dict:
+def router_start(zones: Path) -> dict:
     """Seconds from ``router serve`` to READY (a loopback port, one worker), then stop it."""
-    command = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones),
-               "--listen", "127.0.0.1:0", "--workers", "1"]  # fmt: skip
-    t0 = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               cwd=Path(__file__).resolve().parents[1])  # fmt: skip
-    ready = None
-    try:
-        assert process.stdout is not None
-        deadline = t0 + timeout_s
-        while time.perf_counter() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if line.startswith("READY"):
-                ready = time.perf_counter() - t0
-                break
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        if process.stdout is not None:
-            process.stdout.close()
-    return {"router_start_s": ready, "router_start_command": " ".join(command[1:])}
+    from tests.conftest import start_router
+
+    with tempfile.TemporaryDirectory() as scratch:
+        t0 = time.perf_counter()
+        running = start_router(zones, Path(scratch) / "router.log", api=False, workers=1)
+        ready = time.perf_counter() - t0
+        running.stop()
+        assert running.process.stdout is not None
+        running.process.stdout.close()
+    return {"router_start_s": ready,
+            "router_start_command": f"router serve --zones {zones} --listen 127.0.0.1:0 --workers 1"}  # fmt: skip
 
 
 def load_model(zones: Path):
