@@ -200,8 +200,10 @@ async def _run(  # noqa: ANN001
                 run_probes(targets, health.probe_interval_s, health.probe_timeout_s, supervisor.on_probe)
             )
     policy_probe_tasks = []
-    for policy, targets, interval, timeout in supervisor.policy_probe_targets():
+    policy_probes = supervisor.policy_probe_targets()
+    if policy_probes:
         from router.health.probes import run_probes
+    for policy, targets, interval, timeout in policy_probes:
 
         def report(node_id: str, ok: bool, detail: str, policy: int = policy) -> None:
             supervisor.on_policy_probe(policy, node_id, ok, detail)

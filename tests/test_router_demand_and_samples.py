@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
+import shutil
+import socket
+import time
 
+import dns.edns
+import dns.message
 import numpy as np
 import pytest
+import yaml
 
+from router.config import load_deployment
+from router.explain import explain
+from router.geo.latency import load_rtt_samples
 from router.service.demand import DemandCounters, DemandModel, moved_share
+from router.service.supervisor import Supervisor
+from router.steering import compile_model
 from router.steering.samples import RttSamples
 
 
@@ -34,8 +47,6 @@ def test_rtt_samples_reject_what_is_not_an_rtt(group: int, ms: float) -> None:
 
 
 def test_demand_counters_are_shared_with_forked_workers() -> None:
-    import os
-
     counters = DemandCounters(workers=2, policies=1, groups=3)
     pid = os.fork()
     if pid == 0:  # the worker's side: count and leave
@@ -70,8 +81,6 @@ def test_moved_share() -> None:
 
 
 def test_rtt_sample_file_rows_are_checked_line_by_line(tmp_path) -> None:
-    from router.geo.latency import load_rtt_samples
-
     path = tmp_path / "rtt.csv"
     path.write_text(
         "prefix,node,rtt_ms,measured_at\n"
@@ -92,14 +101,6 @@ def test_rtt_sample_file_rows_are_checked_line_by_line(tmp_path) -> None:
 
 
 def test_rtt_sample_file_steers_explain(tmp_path, deployment_dir) -> None:
-    import shutil
-    import time
-
-    import yaml
-
-    from router.config import load_deployment
-    from router.explain import explain
-
     shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
     zones = tmp_path / "zones"
     settings = yaml.safe_load((zones / "deployment.yaml").read_text())
@@ -118,18 +119,6 @@ def test_rtt_sample_file_steers_explain(tmp_path, deployment_dir) -> None:
 
 def test_answered_queries_become_the_plans_demand(tmp_path, deployment_dir) -> None:
     """A real worker counts steered queries; the supervisor turns them into Gbps and re-plans."""
-    import ipaddress
-    import shutil
-    import socket
-    import time
-
-    import dns.edns
-    import dns.message
-
-    from router.config import load_deployment
-    from router.service.supervisor import Supervisor
-    from router.steering import compile_model
-
     shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
     zones = tmp_path / "zones"
     policy_file = zones / "cdn.example.policy.yaml"
