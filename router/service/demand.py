@@ -15,9 +15,10 @@ users (resolvers cache by TTL and ECS scope), which is why only their shares are
 from __future__ import annotations
 
 import math
-import mmap
 
 import numpy as np
+
+from router.service.shared import shared_zeros
 
 DEFAULT_INTERVAL_S = 10.0
 DEFAULT_HALF_LIFE_S = 60.0
@@ -28,10 +29,7 @@ class DemandCounters:
     """int64[workers, policies, groups] in memory shared with forked workers."""
 
     def __init__(self, workers: int, policies: int, groups: int) -> None:
-        size = max(workers * policies * groups * 8, 8)
-        self._mapping = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
-        counts = np.frombuffer(self._mapping, dtype=np.int64, count=workers * policies * groups)
-        self.counts = counts.reshape(workers, policies, groups)
+        self.counts = shared_zeros((workers, policies, groups))
 
     def for_worker(self, index: int) -> np.ndarray:
         return self.counts[index]
