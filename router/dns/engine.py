@@ -29,12 +29,12 @@ _ECS_HEADER = struct.Struct("!HHHBB")  # option code, length, family, source, sc
 # RFC 7871 section 10 / RFC 6890: ECS addresses in these blocks say nothing about where
 # the client is, so the answer falls back to the resolver's address and the scope covers
 # the whole special block.
-_SPECIAL_V4 = [ipaddress.IPv4Network(n) for n in (
+SPECIAL_V4 = [ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
     "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
 )]  # fmt: skip
-_SPECIAL_V6 = [ipaddress.IPv6Network(n) for n in (
+SPECIAL_V6 = [ipaddress.IPv6Network(n) for n in (
     "::/127", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7",
     "fe80::/10", "ff00::/8",
 )]  # fmt: skip
@@ -198,13 +198,13 @@ class Responder:
             if bits > 0:
                 if family == 1:
                     value = int.from_bytes(octets + b"\0" * (4 - len(octets)), "big")
-                    special = _special_scope(ipaddress.IPv4Address(value), _SPECIAL_V4)
+                    special = _special_scope(ipaddress.IPv4Address(value), SPECIAL_V4)
                     if special is None:
                         group, scope = self.client_map.lookup_v4_int(value)
                         return group, scope, "ecs", _v4_key(value, bits)
                 else:
                     value = int.from_bytes(octets + b"\0" * (16 - len(octets)), "big")
-                    special = _special_scope(ipaddress.IPv6Address(value), _SPECIAL_V6)
+                    special = _special_scope(ipaddress.IPv6Address(value), SPECIAL_V6)
                     if special is None:
                         group, scope = self.client_map.lookup_v6_int(
                             value >> 64, value & 0xFFFFFFFFFFFFFFFF

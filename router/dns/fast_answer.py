@@ -1,0 +1,814 @@
+"""The fast path: the responder's per-query work in numba, on numpy arrays.
+
+The answer book is compiled once into flat arrays (a hash table of names, the encoded
+bytes of every static answer and steered record, the negative templates of every zone for
+every question length) and ``answer_query`` answers one packet from them without touching
+the interpreter. It mirrors ``Responder.respond`` (router/dns/engine.py) byte for byte; the
+property tests run both on the same packets. What it does not know how to answer (CNAME
+chains reached by other types, wildcards, referrals) it hands back as ``PUNT`` and the
+general path answers it: those names are rare and their answers are built on demand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from router._jit import JIT_OPTIONS
+from router.dns import wire
+from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
+from router.dns.engine import (
+    MAX_UDP_PAYLOAD,
+    NO_EDNS_UDP_PAYLOAD,
+    SPECIAL_V4,
+    SPECIAL_V6,
+    STICKY_V4_BITS,
+    STICKY_V6_BITS,
+)
+from router.geo import _lpm
+from router.geo.clientmap import ClientMap
+
+PUNT = -1  # answer_query's "ask the general path"
+NO_REPLY = 0
+
+# Hash-table tags: a query type (0..65535) for exact answers, or one of these.
+TAG_APEX = 1 << 30  # value: zone id
+TAG_ZONE_NAME = 1 << 29  # + zone id; value: F_* flags of the name in that zone
+
+F_NAME = 1  # an existing (non-occluded) name
+F_ENT = 2  # an empty non-terminal
+F_CUT = 4  # a delegation point
+F_CNAME = 8  # owns a CNAME
+F_WILDCARD = 16  # has a wildcard child (*.name)
+
+MAX_QUESTION_LABELS = 128  # 255 octets hold at most 127 labels plus the root
+BODY_SCRATCH = 65536
+QUERY_FIELDS = 16
+
+# Fields of the parsed query in the int64 scratch array.
+Q_ID, Q_FLAGS, Q_QEND, Q_QTYPE, Q_QCLASS, Q_EDNS, Q_PAYLOAD, Q_VERSION = range(8)
+Q_DO, Q_ECS, Q_ECS_ERR, Q_ECS_FAMILY, Q_ECS_BITS, Q_ECS_ADDR, Q_ECS_ALEN, Q_OPCODE = range(8, 16)
+
+# Positions in FastBook.arrays (numba indexes a tuple of mixed arrays by constant).
+(
+    B_KEYS,
+    B_KEY_OFF,
+    B_KEY_TAG,
+    B_KEY_VAL,
+    B_SLOTS,
+    B_ST_HEAD,
+    B_ST_OFF,
+    B_ST_MAIN_LEN,
+    B_ST_EXTRA_LEN,
+    B_ST_BYTES,
+    B_SA_POLICY,
+    B_NODE_COUNT,
+    B_REC_OFF,
+    B_REC_BYTES,
+    B_ORIGIN_LEN,
+    B_NEGATIVE,
+    B_SP4_NET,
+    B_SP4_LEN,
+    B_SP6_HI,
+    B_SP6_LO,
+    B_SP6_LEN,
+    B_V4_START,
+    B_V4_END,
+    B_V4_GROUP,
+    B_V4_SCOPE,
+    B_V6_START_HI,
+    B_V6_START_LO,
+    B_V6_END_HI,
+    B_V6_END_LO,
+    B_V6_GROUP,
+    B_V6_SCOPE,
+) = range(31)
+
+_TYPE_DS = 43
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U64_16 = np.uint64(16)
+_U64_29 = np.uint64(29)
+_U64_48 = np.uint64(48)
+_U64_63 = np.uint64(63)
+_U64_80_MASK = np.uint64(0xFFFFFFFFFFFF)  # 48 bits
+_MAPPED_HI = np.uint64(0)
+_MAPPED_LO_TOP = np.uint64(0xFFFF)
+
+
+# --- compiling the book ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastBook:
+    """The answer book and client map as the arrays ``answer_query`` reads (see ``arrays``)."""
+
+    arrays: tuple
+    steered_count: int
+    static_count: int
+    hash_entries: int
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.tags: list[int] = []
+        self.values: list[int] = []
+        self.statics: list[StaticAnswer] = []
+        self.static_index: dict[int, int] = {}
+
+    def add(self, key: bytes, tag: int, value: int) -> None:
+        self.keys.append(key.lower())
+        self.tags.append(tag)
+        self.values.append(value)
+
+    def static(self, answer: StaticAnswer) -> int:
+        index = self.static_index.get(id(answer))
+        if index is None:
+            index = len(self.statics)
+            self.statics.append(answer)
+            self.static_index[id(answer)] = index
+        return index
+
+
+def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
+    """Flatten ``book`` (and the client map's arrays) for ``answer_query``."""
+    b = _Builder()
+    for (key, qtype), entry in book.exact.items():
+        if type(entry) is SteeredAnswer:
+            b.add(key, qtype, -(entry.index + 1))
+        else:
+            b.add(key, qtype, b.static(entry))
+    zone_ids: dict[bytes, int] = {}
+    origin_lens: list[int] = []
+    for origin_key, index in book.zones.items():
+        z = len(origin_lens)
+        zone_ids[origin_key] = z
+        origin_lens.append(len(origin_key))
+        b.add(origin_key, TAG_APEX, z)
+        flags: dict[bytes, int] = {}
+        for names, flag in ((index.names, F_NAME), (index.empty_non_terminals, F_ENT),
+                            (index.cuts, F_CUT), (index.cnames, F_CNAME), (index.wildcards, F_WILDCARD)):  # fmt: skip
+            for key in names:
+                flags[key] = flags.get(key, 0) | flag
+        for key, value in flags.items():
+            b.add(key, TAG_ZONE_NAME + z, value)
+    # Negative answers depend on the zone and the question's length only: every length a
+    # name in the zone can have is encoded now, so random names never reach Python.
+    negative = np.full((max(len(origin_lens), 1), 2, 256), -1, dtype=np.int32)
+    for origin_key, index in book.zones.items():
+        z = zone_ids[origin_key]
+        for qlen in range(len(origin_key), 256):
+            for slot, rcode in ((0, wire.NOERROR), (1, wire.NXDOMAIN)):
+                negative[z, slot, qlen] = b.static(book._negative(index, rcode, qlen))
+
+    keys_flat = np.frombuffer(b"".join(b.keys), dtype=np.uint8).copy()
+    key_off = np.zeros(len(b.keys) + 1, dtype=np.int64)
+    key_off[1:] = np.cumsum([len(k) for k in b.keys])
+    key_tag = np.array(b.tags, dtype=np.int64)
+    key_val = np.array(b.values, dtype=np.int64)
+    capacity = 16
+    while capacity < 2 * len(b.keys):
+        capacity *= 2
+    slots = np.full(capacity, -1, dtype=np.int64)
+    _fill_slots(keys_flat, key_off, key_tag, slots)
+
+    st = b.statics
+    st_bytes = np.frombuffer(b"".join(a.main + a.extra for a in st), dtype=np.uint8).copy()
+    st_main_len = np.array([len(a.main) for a in st], dtype=np.int64)
+    st_extra_len = np.array([len(a.extra) for a in st], dtype=np.int64)
+    st_off = np.zeros(len(st) + 1, dtype=np.int64)
+    st_off[1:] = np.cumsum(st_main_len + st_extra_len)
+    st_head = np.array([[a.flags, a.an, a.ns, a.ar, int(a.extra_required)] for a in st] or np.zeros((0, 5)),
+                       dtype=np.int64).reshape(len(st), 5)  # fmt: skip
+
+    steered = book.steered
+    node_count = len(steered[0].records) if steered else 0
+    records = [r for entry in steered for r in entry.records]
+    rec_bytes = np.frombuffer(b"".join(records), dtype=np.uint8).copy()
+    rec_off = np.zeros(len(records) + 1, dtype=np.int64)
+    rec_off[1:] = np.cumsum([len(r) for r in records])
+    sa_policy = np.array([entry.policy for entry in steered], dtype=np.int64)
+
+    sp4_net = np.array([int(n.network_address) for n in SPECIAL_V4], dtype=np.int64)
+    sp4_len = np.array([n.prefixlen for n in SPECIAL_V4], dtype=np.int64)
+    sp6_hi = np.array([int(n.network_address) >> 64 for n in SPECIAL_V6], dtype=np.uint64)
+    sp6_lo = np.array([int(n.network_address) & 0xFFFFFFFFFFFFFFFF for n in SPECIAL_V6], dtype=np.uint64)
+    sp6_len = np.array([n.prefixlen for n in SPECIAL_V6], dtype=np.int64)
+
+    cm = client_map
+    arrays = (
+        keys_flat, key_off, key_tag, key_val, slots,
+        st_head, st_off, st_main_len, st_extra_len, st_bytes,
+        sa_policy, np.int64(node_count), rec_off, rec_bytes,
+        np.array(origin_lens, dtype=np.int64), negative,
+        sp4_net, sp4_len, sp6_hi, sp6_lo, sp6_len,
+        cm.v4_start, cm.v4_end, cm.v4_group, cm.v4_scope,
+        cm.v6_start_hi, cm.v6_start_lo, cm.v6_end_hi, cm.v6_end_lo, cm.v6_group, cm.v6_scope,
+    )  # fmt: skip
+    return FastBook(arrays, len(steered), len(st), len(b.keys))
+
+
+@njit(**JIT_OPTIONS)
+def _fill_slots(keys, key_off, key_tag, slots):
+    mask = slots.shape[0] - 1
+    for e in range(key_off.shape[0] - 1):
+        i = np.int64(_name_hash(keys, key_off[e], key_off[e + 1] - key_off[e], key_tag[e]) & np.uint64(mask))
+        while slots[i] >= 0:
+            i = (i + 1) & mask
+        slots[i] = e
+
+
+# --- the hash table -----------------------------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _lower(octet):
+    return octet + 32 if 65 <= octet <= 90 else octet
+
+
+@njit(**JIT_OPTIONS)
+def _name_hash(buf, start, length, tag):
+    # FNV-1a over the lower-cased name, then the tag.
+    h = _FNV_OFFSET
+    for i in range(length):
+        h = (h ^ np.uint64(_lower(np.int64(buf[start + i])))) * _FNV_PRIME
+    h = (h ^ np.uint64(tag)) * _FNV_PRIME
+    return h ^ (h >> _U64_29)
+
+
+@njit(**JIT_OPTIONS)
+def _find(keys, key_off, key_tag, slots, buf, start, length, tag):
+    """Index of the entry for (name at buf[start:start+length], tag), or -1."""
+    mask = slots.shape[0] - 1
+    i = np.int64(_name_hash(buf, start, length, tag) & np.uint64(mask))
+    while True:
+        e = slots[i]
+        if e < 0:
+            return -1
+        k0 = key_off[e]
+        if key_tag[e] == tag and key_off[e + 1] - k0 == length:
+            same = True
+            for j in range(length):
+                if keys[k0 + j] != _lower(np.int64(buf[start + j])):
+                    same = False
+                    break
+            if same:
+                return e
+        i = (i + 1) & mask
+
+
+# --- parsing (router/dns/wire.py, mirrored) ------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _u16(pkt, pos):
+    return (np.int64(pkt[pos]) << 8) | np.int64(pkt[pos + 1])
+
+
+@njit(**JIT_OPTIONS)
+def _read_name(pkt, n, pos):
+    """Offset after a (possibly compressed) name, or -1 where wire.read_name raises."""
+    jumped_to = -1
+    hops = 0
+    length = 0
+    while True:
+        if pos >= n:
+            return -1
+        label = np.int64(pkt[pos])
+        if label == 0:
+            pos += 1
+            break
+        kind = label & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= n:
+                return -1
+            target = ((label & 0x3F) << 8) | np.int64(pkt[pos + 1])
+            if jumped_to < 0:
+                jumped_to = pos + 2
+            hops += 1
+            if hops > 127 or target >= pos:
+                return -1
+            pos = target
+            continue
+        if kind:
+            return -1
+        length += label + 1
+        if length > 254:
+            return -1
+        pos += label + 1
+    return jumped_to if jumped_to >= 0 else pos
+
+
+@njit(**JIT_OPTIONS)
+def _skip_rr(pkt, n, pos):
+    pos = _read_name(pkt, n, pos)
+    if pos < 0 or pos + 10 > n:
+        return -1
+    pos += 10 + _u16(pkt, pos + 8)
+    return -1 if pos > n else pos
+
+
+@njit(**JIT_OPTIONS)
+def _parse_ecs(pkt, pos, length, q):
+    """RFC 7871 section 6; False when malformed."""
+    if length < 4:
+        return False
+    family = _u16(pkt, pos)
+    source = np.int64(pkt[pos + 2])
+    scope = np.int64(pkt[pos + 3])
+    alen = length - 4
+    if family == 1:
+        max_bits = 32
+    elif family == 2:
+        max_bits = 128
+    else:
+        return False
+    if source > max_bits or scope != 0:
+        return False
+    if alen != (source + 7) // 8:
+        return False
+    if source % 8 and np.int64(pkt[pos + 4 + alen - 1]) & (0xFF >> (source % 8)):
+        return False
+    q[Q_ECS] = 1
+    q[Q_ECS_FAMILY] = family
+    q[Q_ECS_BITS] = source
+    q[Q_ECS_ADDR] = pos + 4
+    q[Q_ECS_ALEN] = alen
+    return True
+
+
+@njit(**JIT_OPTIONS)
+def _parse_opt(pkt, n, pos, q):
+    # pos is just after the root owner name.
+    if pos + 10 > n:
+        return -1
+    payload = _u16(pkt, pos + 2)
+    ttl = (_u16(pkt, pos + 4) << 16) | _u16(pkt, pos + 6)
+    rdlength = _u16(pkt, pos + 8)
+    pos += 10
+    rdend = pos + rdlength
+    if rdend > n:
+        return -1
+    q[Q_EDNS] = 1
+    q[Q_PAYLOAD] = max(payload, 512)
+    q[Q_VERSION] = (ttl >> 16) & 0xFF
+    q[Q_DO] = 1 if ttl & 0x8000 else 0
+    while pos < rdend:
+        if pos + 4 > rdend:
+            return -1
+        code = _u16(pkt, pos)
+        length = _u16(pkt, pos + 2)
+        pos += 4
+        if pos + length > rdend:
+            return -1
+        if code == wire.ECS_OPTION:
+            if q[Q_ECS] or q[Q_ECS_ERR]:
+                q[Q_ECS_ERR] = 1  # RFC 7871: at most one ECS option
+            elif not _parse_ecs(pkt, pos, length, q):
+                q[Q_ECS_ERR] = 1
+        pos += length
+    return rdend
+
+
+@njit(**JIT_OPTIONS)
+def _parse_query(pkt, n, q):
+    """Fill ``q``; False where wire.parse_query raises FormatError."""
+    for i in range(QUERY_FIELDS):
+        q[i] = 0
+    q[Q_PAYLOAD] = 512
+    q[Q_ID] = _u16(pkt, 0)
+    flags = _u16(pkt, 2)
+    q[Q_FLAGS] = flags
+    q[Q_OPCODE] = (flags >> 11) & 0xF
+    if _u16(pkt, 4) != 1:
+        return False
+    rr_count = _u16(pkt, 6) + _u16(pkt, 8)
+    arcount = _u16(pkt, 10)
+    pos = 12
+    while True:
+        if pos >= n:
+            return False
+        label = np.int64(pkt[pos])
+        if label == 0:
+            pos += 1
+            break
+        if label > 63:
+            return False
+        pos += label + 1
+        if pos - 12 > 254:
+            return False
+    if pos + 4 > n:
+        return False
+    q[Q_QEND] = pos
+    q[Q_QTYPE] = _u16(pkt, pos)
+    q[Q_QCLASS] = _u16(pkt, pos + 2)
+    pos += 4
+    for _ in range(rr_count):
+        pos = _skip_rr(pkt, n, pos)
+        if pos < 0:
+            return False
+    seen_opt = False
+    for _ in range(arcount):
+        if pos < n and pkt[pos] == 0 and pos + 3 <= n and pkt[pos + 1] == 0 and pkt[pos + 2] == wire.OPT_TYPE:
+            if seen_opt:
+                return False
+            seen_opt = True
+            pos = _parse_opt(pkt, n, pos + 1, q)
+            if pos < 0:
+                return False
+        else:
+            start = pos
+            pos = _skip_rr(pkt, n, pos)
+            if pos < 0:
+                return False
+            at = _read_name(pkt, n, start)
+            if _u16(pkt, at) == wire.OPT_TYPE:
+                return False  # OPT not owned by the root
+    return pos == n
+
+
+# --- encoding (Responder._reply, mirrored) -------------------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _copy(dst, at, src, start, length):
+    # A plain loop: numba's slice assignment checks for overlap and may copy through a
+    # temporary array, which cost more than the whole rest of an answer.
+    for i in range(length):
+        dst[at + i] = src[start + i]
+
+
+@njit(**JIT_OPTIONS)
+def _put16(out, pos, value):
+    out[pos] = (value >> 8) & 0xFF
+    out[pos + 1] = value & 0xFF
+
+
+@njit(**JIT_OPTIONS)
+def _reply(pkt, q, out, rcode_flags, an, ns, ar, body, main_off, main_len, extra_len, extra_required, udp, ecs_scope):
+    """Header, the client's question, sections and OPT, truncated for UDP; returns the length.
+
+    ``body[main_off:]`` holds the answer and authority sections then the additional one;
+    ``ecs_scope`` < 0 means no ECS option in the reply.
+    """
+    extended = rcode_flags == wire.BADVERS
+    flags = wire.QR | (q[Q_FLAGS] & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+    qend = q[Q_QEND] + 4
+    with_ecs = q[Q_ECS] == 1 and ecs_scope >= 0 and not extended
+    opt_len = 0
+    if q[Q_EDNS]:
+        opt_len = 11 + (8 + q[Q_ECS_ALEN] if with_ecs else 0)
+    opt_count = 1 if opt_len else 0
+    size = qend + main_len + extra_len + opt_len
+    use_main = True
+    use_extra = True
+    if udp:
+        limit = min(q[Q_PAYLOAD], MAX_UDP_PAYLOAD) if q[Q_EDNS] else NO_EDNS_UDP_PAYLOAD
+        if size > limit:
+            use_extra = False
+            ar = 0
+            if extra_len == 0 or extra_required or qend + main_len + opt_len > limit:
+                # RFC 2181 9: dropping additional data alone does not call for TC.
+                use_main = False
+                an = 0
+                ns = 0
+                flags |= wire.TC
+    _put16(out, 0, q[Q_ID])
+    _put16(out, 2, flags)
+    _put16(out, 4, 1)
+    _put16(out, 6, an)
+    _put16(out, 8, ns)
+    _put16(out, 10, ar + opt_count)
+    _copy(out, 12, pkt, 12, qend - 12)
+    pos = qend
+    if use_main:
+        _copy(out, pos, body, main_off, main_len)
+        pos += main_len
+        if use_extra:
+            _copy(out, pos, body, main_off + main_len, extra_len)
+            pos += extra_len
+    if opt_len:
+        out[pos] = 0
+        _put16(out, pos + 1, wire.OPT_TYPE)
+        _put16(out, pos + 3, MAX_UDP_PAYLOAD)
+        out[pos + 5] = 1 if extended else 0
+        out[pos + 6] = 0
+        _put16(out, pos + 7, 0x8000 if q[Q_DO] else 0)
+        _put16(out, pos + 9, opt_len - 11)
+        pos += 11
+        if with_ecs:
+            alen = q[Q_ECS_ALEN]
+            _put16(out, pos, wire.ECS_OPTION)
+            _put16(out, pos + 2, 4 + alen)
+            _put16(out, pos + 4, q[Q_ECS_FAMILY])
+            out[pos + 6] = q[Q_ECS_BITS]
+            out[pos + 7] = ecs_scope
+            a = q[Q_ECS_ADDR]
+            _copy(out, pos + 8, pkt, a, alen)
+            pos += 8 + alen
+    return pos
+
+
+@njit(**JIT_OPTIONS)
+def _empty_reply(pkt, q, out, rcode, body, udp):
+    return _reply(pkt, q, out, rcode, 0, 0, 0, body, 0, 0, 0, False, udp, -1)
+
+
+# --- locating the client (Responder._locate, mirrored) -------------------------------------
+
+
+@njit(**JIT_OPTIONS)
+def _v4_key(value, bits):
+    keep = min(bits, STICKY_V4_BITS)
+    return np.uint64(value & ~((np.int64(1) << (32 - keep)) - 1) & 0xFFFFFFFF)
+
+
+@njit(**JIT_OPTIONS)
+def _v6_key(hi, bits):
+    keep = min(bits, STICKY_V6_BITS)
+    top = (hi >> _U64_16) & _U64_80_MASK
+    keep_mask = ~((np.uint64(1) << np.uint64(STICKY_V6_BITS - keep)) - np.uint64(1))
+    return (np.uint64(1) << _U64_63) | (top & keep_mask)
+
+
+@njit(**JIT_OPTIONS)
+def _special_v4(value, nets, lens):
+    for i in range(nets.shape[0]):
+        shift = 32 - lens[i]
+        if (value >> shift) == (nets[i] >> shift):
+            return lens[i]
+    return -1
+
+
+@njit(**JIT_OPTIONS)
+def _in_v6(hi, lo, net_hi, net_lo, bits):
+    if bits == 0:
+        return True
+    if bits <= 64:
+        shift = np.uint64(64 - bits)
+        return (hi >> shift) == (net_hi >> shift) if bits < 64 else hi == net_hi
+    if hi != net_hi:
+        return False
+    shift = np.uint64(128 - bits)
+    return (lo >> shift) == (net_lo >> shift) if bits < 128 else lo == net_lo
+
+
+@njit(**JIT_OPTIONS)
+def _special_v6(hi, lo, nets_hi, nets_lo, lens):
+    for i in range(nets_hi.shape[0]):
+        if _in_v6(hi, lo, nets_hi[i], nets_lo[i], lens[i]):
+            return lens[i]
+    return -1
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _lookup_v6(book, hi, lo):
+    group, scope = _lpm._lookup_v6_one(book[B_V6_START_HI], book[B_V6_START_LO], book[B_V6_END_HI], book[B_V6_END_LO], book[B_V6_GROUP], book[B_V6_SCOPE], hi, lo)
+    return np.int64(group), np.int64(scope)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _by_source(book, src_v6, src_hi, src_lo):
+    """(group, scope, sticky key) from the packet's source address."""
+    if src_v6 and not (src_hi == _MAPPED_HI and (src_lo >> np.uint64(32)) == _MAPPED_LO_TOP):
+        group, scope = _lookup_v6(book, src_hi, src_lo)
+        return group, scope, _v6_key(src_hi, 128)
+    value = np.int64(src_lo & np.uint64(0xFFFFFFFF))
+    group, scope = _lpm._lookup_v4_one(book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value)
+    return np.int64(group), np.int64(scope), _v4_key(value, 32)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _locate(pkt, q, book, src_v6, src_hi, src_lo):
+    """(group, ECS scope, sticky client key)."""
+    if q[Q_ECS]:
+        bits = q[Q_ECS_BITS]
+        if bits > 0:
+            a = q[Q_ECS_ADDR]
+            alen = q[Q_ECS_ALEN]
+            if q[Q_ECS_FAMILY] == 1:
+                value = np.int64(0)
+                for i in range(4):
+                    value = (value << 8) | (np.int64(pkt[a + i]) if i < alen else 0)
+                special = _special_v4(value, book[B_SP4_NET], book[B_SP4_LEN])
+                if special < 0:
+                    group, scope = _lpm._lookup_v4_one(book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value)
+                    return np.int64(group), np.int64(scope), _v4_key(value, bits)
+            else:
+                hi = np.uint64(0)
+                lo = np.uint64(0)
+                for i in range(8):
+                    hi = (hi << np.uint64(8)) | np.uint64(pkt[a + i] if i < alen else 0)
+                for i in range(8, 16):
+                    lo = (lo << np.uint64(8)) | np.uint64(pkt[a + i] if i < alen else 0)
+                special = _special_v6(hi, lo, book[B_SP6_HI], book[B_SP6_LO], book[B_SP6_LEN])
+                if special < 0:
+                    group, scope = _lookup_v6(book, hi, lo)
+                    return group, scope, _v6_key(hi, bits)
+            group, _, key = _by_source(book, src_v6, src_hi, src_lo)
+            return group, min(special, bits), key
+        # SOURCE PREFIX-LENGTH 0: the client asks not to be located by its subnet.
+        group, _, key = _by_source(book, src_v6, src_hi, src_lo)
+        return group, np.int64(0), key
+    return _by_source(book, src_v6, src_hi, src_lo)
+
+
+@njit(**JIT_OPTIONS)
+def _pick(view, row, key):
+    """TableView.pick: the answer set of split ``row`` for the client subnet ``key``."""
+    split_start, split_set, split_cum = view[2], view[3], view[4]
+    lo = np.int64(split_start[row])
+    hi = np.int64(split_start[row + 1])
+    point = np.int64((key * _GOLDEN) >> _U64_48)
+    i = lo
+    while i < hi and split_cum[i] <= point:  # bisect_right
+        i += 1
+    return np.int64(split_set[min(i, hi - 1)])
+
+
+# --- the responder --------------------------------------------------------------------------
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, q, labels, body, out):
+    """Reply to ``pkt[:n]`` into ``out``: its length, NO_REPLY, or PUNT (see Responder.respond).
+
+    ``src_v6``/``src_hi``/``src_lo``: the source address (IPv4 in ``src_lo``). ``view`` is
+    (group_set, set_nodes, split_start, split_set, split_cum) of the current routing table;
+    ``demand[policy, group]`` counts steered queries when ``count_demand``.
+    """
+    if n < 12 or pkt[2] & 0x80:
+        return NO_REPLY  # no header to answer, or a response: never reply (reflection loops)
+    if not _parse_query(pkt, n, q):
+        out[0] = pkt[0]
+        out[1] = pkt[1]
+        _put16(out, 2, wire.QR | (_u16(pkt, 2) & 0x7900) | wire.FORMERR)
+        for i in range(4, 12):
+            out[i] = 0
+        return 12
+    if q[Q_EDNS] and q[Q_VERSION] != 0:
+        return _empty_reply(pkt, q, out, wire.BADVERS, body, udp)
+    if q[Q_OPCODE] != 0:
+        return _empty_reply(pkt, q, out, wire.NOTIMP, body, udp)
+    if q[Q_ECS_ERR]:
+        return _empty_reply(pkt, q, out, wire.FORMERR, body, udp)
+    qtype = q[Q_QTYPE]
+    if qtype == wire.OPT_TYPE or qtype == 250:
+        return _empty_reply(pkt, q, out, wire.FORMERR, body, udp)
+    if q[Q_QCLASS] != wire.CLASS_IN or qtype == 249 or qtype == 251 or qtype == 252:
+        return _empty_reply(pkt, q, out, wire.REFUSED, body, udp)
+    if 128 <= qtype <= 254:
+        return _empty_reply(pkt, q, out, wire.NOTIMP, body, udp)
+
+    keys, key_off, key_tag, key_val, slots = book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_KEY_VAL], book[B_SLOTS]
+    qend = q[Q_QEND]
+    qlen = qend - 12
+    e = _find(keys, key_off, key_tag, slots, pkt, 12, qlen, qtype)
+    if e >= 0:
+        value = key_val[e]
+        if value >= 0:
+            return _static(pkt, q, out, book, value, udp)
+        return _steered(pkt, q, out, book, view, demand, count_demand, body, -value - 1, udp, src_v6, src_hi, src_lo)
+    # AnswerBook.resolve for the cases that need no encoding: REFUSED, NODATA, NXDOMAIN.
+    count = 0
+    pos = 12
+    while True:
+        labels[count] = pos
+        count += 1
+        if pkt[pos] == 0:
+            break
+        pos += np.int64(pkt[pos]) + 1
+    z = -1
+    for k in range(count):
+        e = _find(keys, key_off, key_tag, slots, pkt, labels[k], qend - labels[k], TAG_APEX)
+        if e >= 0:
+            z = key_val[e]
+            break
+    if z < 0:
+        return _empty_reply(pkt, q, out, wire.REFUSED, body, udp)
+    origin_len = book[B_ORIGIN_LEN][z]
+    tag = TAG_ZONE_NAME + z
+    for k in range(count):
+        if qend - labels[k] <= origin_len:
+            break
+        if _flags(book, pkt, labels[k], qend, tag) & F_CUT and not (k == 0 and qtype == _TYPE_DS):
+            return PUNT  # referral
+    own = _flags(book, pkt, 12, qend, tag)
+    if own & F_CNAME:
+        return PUNT  # a chain for this type
+    if own & (F_NAME | F_ENT | F_CUT):
+        if qtype == wire.TYPE_ANY and own & F_NAME:
+            return PUNT
+        return _negative(pkt, q, out, book, z, 0, qlen, udp)
+    for k in range(1, count):
+        fk = _flags(book, pkt, labels[k], qend, tag)
+        if fk & (F_NAME | F_ENT) or qend - labels[k] <= origin_len:
+            if fk & F_WILDCARD:
+                return PUNT  # synthesised from a wildcard
+            break
+    return _negative(pkt, q, out, book, z, 1, qlen, udp)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _flags(book, pkt, start, qend, tag):
+    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, start, qend - start, tag)
+    return book[B_KEY_VAL][e] if e >= 0 else 0
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _negative(pkt, q, out, book, z, slot, qlen, udp):
+    index = book[B_NEGATIVE][z, slot, qlen]
+    if index < 0:
+        return PUNT
+    return _static(pkt, q, out, book, index, udp)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _static(pkt, q, out, book, index, udp):
+    head = book[B_ST_HEAD]
+    return _reply(pkt, q, out, head[index, 0], head[index, 1], head[index, 2], head[index, 3], book[B_ST_BYTES],
+                  book[B_ST_OFF][index], book[B_ST_MAIN_LEN][index], book[B_ST_EXTRA_LEN][index], head[index, 4] != 0, udp, 0)  # fmt: skip
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _steered(pkt, q, out, book, view, demand, count_demand, body, s, udp, src_v6, src_hi, src_lo):
+    group, scope, key = _locate(pkt, q, book, src_v6, src_hi, src_lo)
+    policy = book[B_SA_POLICY][s]
+    if count_demand:
+        demand[policy, group] += 1
+    answer_set = np.int64(view[0][policy, group])
+    if answer_set < 0:
+        answer_set = _pick(view, -answer_set - 1, key)
+        # The answer now depends on the client's /24 (or /48): say so in the scope.
+        if scope > 0:
+            scope = max(scope, STICKY_V4_BITS if (key >> _U64_63) == np.uint64(0) else STICKY_V6_BITS)
+    node_count = book[B_NODE_COUNT]
+    rec_off, rec_bytes = book[B_REC_OFF], book[B_REC_BYTES]
+    set_nodes = view[1]
+    size = 0
+    count = 0
+    for j in range(set_nodes.shape[1]):
+        node = set_nodes[answer_set, j]
+        if node < 0:
+            continue
+        r = s * node_count + node
+        length = rec_off[r + 1] - rec_off[r]
+        _copy(body, size, rec_bytes, rec_off[r], length)
+        size += length
+        count += 1
+    return _reply(pkt, q, out, wire.AA, count, 0, 0, body, 0, size, 0, False, udp, scope)
+
+
+# --- a Python entry point (tests, TCP) -------------------------------------------------------
+
+
+class FastResponder:
+    """``answer_query`` for one packet at a time, with the same inputs as Responder.respond."""
+
+    def __init__(self, fast: FastBook, view, demand_counts: np.ndarray | None = None) -> None:  # noqa: ANN001
+        self.fast = fast
+        self.view = view  # callable returning the current TableView
+        self.demand = demand_counts if demand_counts is not None else np.zeros((1, 1), dtype=np.int64)
+        self.count_demand = demand_counts is not None
+        self.q = np.zeros(QUERY_FIELDS, dtype=np.int64)
+        self.labels = np.zeros(MAX_QUESTION_LABELS, dtype=np.int64)
+        self.body = np.zeros(BODY_SCRATCH, dtype=np.uint8)
+        self.out = np.zeros(1 << 17, dtype=np.uint8)
+
+    def respond(self, packet: bytes, source: str, udp: bool) -> bytes | None | int:
+        """The reply, None for no reply, or PUNT."""
+        src_v6, hi, lo = source_address(source)
+        pkt = np.frombuffer(packet, dtype=np.uint8)
+        length = answer_query(pkt, len(packet), src_v6, hi, lo, udp, self.fast.arrays, table_arrays(self.view()),
+                              self.demand, self.count_demand, self.q, self.labels, self.body, self.out)  # fmt: skip
+        if length == PUNT:
+            return PUNT
+        if length == NO_REPLY:
+            return None
+        return self.out[:length].tobytes()
+
+
+def table_arrays(view) -> tuple:  # noqa: ANN001 - a TableView
+    return (view.group_set, view.set_nodes, view.split_start, view.split_set, view.split_cum)
+
+
+def source_address(source: str) -> tuple[bool, np.uint64, np.uint64]:
+    address = ipaddress.ip_address(source.split("%", 1)[0])
+    value = int(address)
+    if address.version == 4:
+        return False, np.uint64(0), np.uint64(value)
+    return True, np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def sockaddr_source(raw: bytes) -> str:
+    """The address text of a sockaddr_in / sockaddr_in6 as recvmmsg filled it."""
+    family = int.from_bytes(raw[0:2], "little")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8])
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24])
