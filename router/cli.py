@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--api", help="HTTP API address, HOST:PORT")
     serve.add_argument("--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DNS worker processes (default: one per core)")
+    serve.add_argument("--udp-path", choices=("batched", "per-packet"), default="batched",
+                       help="UDP loop: batched system calls and the compiled responder (default), or one "
+                            "packet at a time in Python")  # fmt: skip
     serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed")
     serve.add_argument("--telemetry", help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml")
     serve.add_argument("--state-file", type=Path, help="keep node states across restarts here (default: state_file in deployment.yaml)")
@@ -145,6 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor = Supervisor(
             deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout,
             telemetry=telemetry is not None, state_file=args.state_file or deployment.state_file,
+            udp_path=args.udp_path,
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)

@@ -112,6 +112,10 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             return web.json_response({"enabled": False})
         return web.json_response({"enabled": True, "accepted": verifier.accepted, "rejected": verifier.rejected})
 
+    async def dns_counters(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(supervisor.dns_counters))
+
+    app.router.add_get("/v1/dns", dns_counters)
     app.router.add_get("/v1/telemetry", telemetry_counters)
     app.router.add_get("/v1/status", service_status)
     app.router.add_put("/v1/status", put_service_state)

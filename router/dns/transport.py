@@ -35,7 +35,7 @@ class Counters:
         self.tcp_refused = 0
 
 
-def _safe_respond(responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters) -> bytes | None:
+def safe_respond(responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters) -> bytes | None:
     try:
         return responder.respond(packet, source, udp)
     except Exception:  # a bug must cost one query, never the worker
@@ -70,7 +70,7 @@ def serve_udp(sock: socket.socket, responder: Responder, counters: Counters) -> 
             log.warning("UDP receive failed: %s", exc)
             continue
         counters.udp_queries += 1
-        reply = _safe_respond(responder, packet, address[0], True, counters)
+        reply = safe_respond(responder, packet, address[0], True, counters)
         if reply is not None:
             try:
                 sendto(reply, address)
@@ -159,7 +159,7 @@ def serve_tcp(
                 packet = bytes(conn.inbuf[2 : 2 + length])
                 del conn.inbuf[: 2 + length]
                 counters.tcp_queries += 1
-                reply = _safe_respond(responder, packet, conn.peer, False, counters)
+                reply = safe_respond(responder, packet, conn.peer, False, counters)
                 if reply is not None:
                     conn.outbuf += _LENGTH.pack(len(reply)) + reply
             if len(conn.outbuf) > MAX_TCP_PENDING_OUTPUT:

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from router.config.deployment import Deployment
+from router.dns import udp_batch
 from router.dns.answers import AnswerBook
+from router.dns.fast_answer import compile_book
 from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.monitor import NodeMonitor
 from router.health.policy_probes import PolicyProbeState, probe_url
@@ -36,6 +38,7 @@ from router.service.demand import (
     DemandModel,
     moved_share,
 )
+from router.service.shared import shared_zeros
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import Planner, RoutingTable
@@ -51,6 +54,7 @@ SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
 DEMAND_INTERVAL_S = DEFAULT_INTERVAL_S  # query counters are read this often
 READY_TIMEOUT = 60.0
 UDP_RCVBUF = 4 * 1024 * 1024
+UDP_PATHS = ("batched", "per-packet")
 
 
 class ServiceError(Exception):
@@ -61,6 +65,23 @@ def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
     steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
     addresses = list(zip(model.node_ipv4, model.node_ipv6))
     return AnswerBook(deployment.zones, steered, addresses)
+
+
+def udp_socket_drops(fds: list[int]) -> tuple[int, int]:
+    """(drops, bytes queued) of these UDP sockets, from /proc/net/udp and udp6 (Linux)."""
+    inodes = {os.fstat(fd).st_ino for fd in fds}
+    drops = queued = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and int(fields[9]) in inodes:
+                queued += int(fields[4].split(":")[1], 16)
+                drops += int(fields[12])
+    return drops, queued
 
 
 def parse_endpoint(text: str, what: str) -> tuple[str, int]:
@@ -139,12 +160,19 @@ class Supervisor:
         tcp_idle_timeout: float = 10.0,
         telemetry: bool = False,
         state_file: Path | None = None,
+        udp_path: str = "batched",
     ) -> None:
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
         self.deployment = deployment
         self.model = model
         self.book = build_book(deployment, model)
+        if udp_path not in UDP_PATHS:
+            raise ServiceError(f"udp path must be one of {', '.join(UDP_PATHS)}, got {udp_path!r}")
+        # "batched": recvmmsg/sendmmsg and the compiled responder (router/dns/udp_batch.py);
+        # "per-packet": the Python loop, kept for platforms without recvmmsg and for comparison.
+        self.fast_book = compile_book(self.book, model.client_map) if udp_path == "batched" else None
+        self.packet_counters = shared_zeros((workers, udp_batch.COUNTERS))
         monitor = None
         self.verifier: Verifier | None = None
         if telemetry:
@@ -209,6 +237,8 @@ class Supervisor:
         self.last_build_ms = 0.0
         model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
         model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
+        if self.fast_book is not None:
+            udp_batch.warm_up(self.fast_book, self.table)
         self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
         shm = Path("/dev/shm")
         parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
@@ -243,6 +273,8 @@ class Supervisor:
                 self._table_path,
                 self.tcp_idle_timeout,
                 self.demand_counters.for_worker(index),
+                self.fast_book,
+                self.packet_counters[index],
             ),  # fmt: skip
             daemon=True,
         )
@@ -303,6 +335,23 @@ class Supervisor:
         shutil.rmtree(self._table_dir, ignore_errors=True)
 
     # -- state changes -------------------------------------------------------------------
+
+    def dns_counters(self) -> dict[str, object]:
+        """Packets per worker (batched UDP path) and what the kernel dropped before reading."""
+        names = ("received", "answered", "punted", "send_errors", "batches")
+        workers = [dict(zip(names, (int(v) for v in row))) for row in self.packet_counters]
+        totals = {name: sum(w[name] for w in workers) for name in names}
+        drops, queued = udp_socket_drops([s.fileno() for s in self._udp])
+        return {
+            "udp_path": "batched" if self.fast_book is not None else "per-packet",
+            "workers": workers,
+            "totals": totals,
+            "mean_batch": round(totals["received"] / totals["batches"], 2) if totals["batches"] else None,
+            # Queries the kernel dropped because a worker's receive buffer was full: the
+            # overload signal. Counted per socket since it was opened.
+            "udp_receive_drops": drops,
+            "udp_receive_queue_bytes": queued,
+        }
 
     def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
         """Apply an operator override; return once every worker serves the result."""

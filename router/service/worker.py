@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from router.dns import udp_batch
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
-from router.dns.transport import Counters, WorkerStop, serve_tcp, serve_udp
+from router.dns.fast_answer import FastBook
+from router.dns.transport import Counters, WorkerStop, safe_respond, serve_tcp, serve_udp
 from router.geo.clientmap import ClientMap
 from router.service.tablefile import map_table
 
@@ -41,7 +43,11 @@ def worker_main(
     table_path: Path,
     tcp_idle_timeout: float,
     demand_counts: np.ndarray | None = None,
+    fast_book: FastBook | None = None,
+    packet_counters: np.ndarray | None = None,
 ) -> None:
+    """Serve until SIGTERM. With ``fast_book`` UDP runs batched in compiled code
+    (router/dns/udp_batch.py); without it, one packet at a time in Python."""
     stop = threading.Event()
 
     def on_sigterm(*_: object) -> None:
@@ -51,6 +57,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     current = [_view(table_path)]
+    swap = np.zeros(1, dtype=np.int64)  # tells the compiled UDP loop a new table is in place
 
     def view() -> TableView:
         return current[0]
@@ -82,6 +89,7 @@ def worker_main(
                 _, path, generation = message
                 try:
                     current[0] = _view(Path(path))
+                    swap[udp_batch.CONTROL_SWAP] = 1  # after the view: the loop must find it
                     control.send(("ack", generation))
                 except (OSError, ValueError) as exc:
                     log.error("worker %d cannot map routing table %s: %s", index, path, exc)
@@ -92,10 +100,15 @@ def worker_main(
 
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
+    udp_responder = Responder(book, client_map, view, demand_counts=demand_counts)
     try:
-        serve_udp(
-            udp_sock, Responder(book, client_map, view, demand_counts=demand_counts), counters
-        )
+        if fast_book is not None and udp_batch.supported:
+            if packet_counters is None:
+                packet_counters = np.zeros(udp_batch.COUNTERS, dtype=np.int64)
+            udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
+                                        swap, demand_counts, safe_respond)  # fmt: skip
+        else:
+            serve_udp(udp_sock, udp_responder, counters)
     except WorkerStop:
         pass  # the signal arrived outside recvfrom
     stop.set()

@@ -1,0 +1,264 @@
+"""The UDP loop in compiled code: recvmmsg, answer_query per packet, sendmmsg.
+
+Python's per-packet socket calls cost more than answering does, so the worker hands the
+socket to ``_serve_batches`` (numba, GIL released), which receives up to ``BATCH`` queries
+per system call, answers them from the fast book, and sends all replies with one call.
+It returns to Python only when it must:
+
+- a query the fast path does not answer (``PUNT``): Python answers those with the general
+  Responder, then re-enters;
+- the worker published a new routing table (``control[CONTROL_SWAP]``): checked after each
+  receive, before answering, so no query received after the swap is answered from the old
+  table; the batch already read is answered on re-entry;
+- after ``MAX_BATCHES_PER_CALL`` batches or a receive error or timeout (EINTR from the stop
+  signal, EAGAIN from SO_RCVTIMEO), so Python's signal handlers run.
+
+The mmsghdr/iovec arrays are filled once here; the kernel writes the sources and lengths.
+Layout (Linux, 64-bit): struct msghdr is 56 octets, struct mmsghdr 64, struct iovec 16.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import socket
+import struct
+import sys
+
+import numpy as np
+from numba import carray, njit
+
+from router._jit import JIT_OPTIONS
+from router.dns.fast_answer import (
+    BODY_SCRATCH,
+    MAX_QUESTION_LABELS,
+    PUNT,
+    QUERY_FIELDS,
+    FastBook,
+    answer_query,
+    sockaddr_source,
+    table_arrays,
+)
+
+log = logging.getLogger("router.dns")
+
+BATCH = 64
+RECV_SIZE = 65535  # the largest UDP payload: nothing is ever cut short
+SEND_SIZE = 2048  # UDP replies are at most 1232 octets (engine.MAX_UDP_PAYLOAD)
+ADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
+MAX_BATCHES_PER_CALL = 1024
+RECV_TIMEOUT_S = 0.5
+
+_MMSGHDR = 64
+_MSG_WAITFORONE = 0x10000
+_AF_INET6 = socket.AF_INET6
+
+# Status returned by _serve_batches (>= 0) besides -errno.
+STATUS_YIELD = 0  # ran MAX_BATCHES_PER_CALL batches
+STATUS_PUNTS = 1  # punt_count queries await the general path
+STATUS_SWAP = 2  # a new table: re-enter with the batch already received
+
+# Counters (int64 array shared with the caller).
+C_RECEIVED, C_ANSWERED, C_PUNTED, C_SEND_ERRORS, C_BATCHES = range(5)
+COUNTERS = 5
+
+CONTROL_SWAP = 0
+
+supported = sys.platform.startswith("linux") and struct.calcsize("P") == 8
+
+
+def _libc_call(name: str, restype, argtypes):  # noqa: ANN001, ANN202
+    function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+if supported:
+    _recvmmsg = _libc_call("recvmmsg", ctypes.c_int,
+                           [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p])  # fmt: skip
+    _sendmmsg = _libc_call("sendmmsg", ctypes.c_int,
+                           [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])  # fmt: skip
+    _errno_location = _libc_call("__errno_location", ctypes.POINTER(ctypes.c_int), [])
+
+
+# The libc functions travel as arguments: a ctypes function used as a global would embed
+# its address in the code, and numba could not cache the loop on disk.
+
+
+@njit(**JIT_OPTIONS)
+def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs, outs, out_ptrs, tx_slot,
+                   punts, book, view, demand, count_demand, control, counters, q, labels, body):  # fmt: skip
+    """Answer batches until a status (see the module docstring); returns it or -errno.
+
+    ``pending`` > 0: that many queries of the last receive are still unanswered.
+    ``rx_words``/``tx_words`` are uint32 views of the mmsghdr arrays (msg_namelen at word 2,
+    msg_len at word 14); ``tx_hdr`` is its uint64 view (msg_name at 0, iov at 2).
+    """
+    for _ in range(MAX_BATCHES_PER_CALL):
+        received = pending
+        pending = 0
+        if received == 0:
+            for i in range(BATCH):
+                rx_words[i, 2] = ADDR_SIZE
+            received = recvmmsg(fd, rx_hdr.ctypes.data, BATCH, _MSG_WAITFORONE, 0)
+            if received < 0:
+                return -np.int64(carray(errno_location(), 1)[0])
+            if control[CONTROL_SWAP]:
+                return STATUS_SWAP * 1000000 + received
+        counters[C_RECEIVED] += received
+        counters[C_BATCHES] += 1
+        replies = 0
+        punted = 0
+        for i in range(received):
+            n = np.int64(rx_words[i, 14])
+            addr = addrs[i]
+            family = np.int64(addr[0]) | (np.int64(addr[1]) << 8)
+            src_v6 = family == _AF_INET6
+            hi = np.uint64(0)
+            lo = np.uint64(0)
+            if src_v6:
+                for j in range(8, 16):
+                    hi = (hi << np.uint64(8)) | np.uint64(addr[j])
+                for j in range(16, 24):
+                    lo = (lo << np.uint64(8)) | np.uint64(addr[j])
+            else:
+                for j in range(4, 8):
+                    lo = (lo << np.uint64(8)) | np.uint64(addr[j])
+            out = outs[replies]
+            length = answer_query(bufs[i], n, src_v6, hi, lo, True, book, view, demand, count_demand,
+                                  q, labels, body, out)  # fmt: skip
+            if length == PUNT:
+                punts[punted] = i
+                punted += 1
+            elif length > 0:
+                tx_hdr[replies, 0] = rx_hdr[i, 0]  # msg_name: the source, as received
+                tx_words[replies, 2] = rx_words[i, 2]
+                tx_hdr[replies, 2] = tx_slot[replies]  # msg_iov
+                tx_words[replies, 14] = 0
+                out_ptrs[replies, 1] = length
+                replies += 1
+        counters[C_ANSWERED] += replies
+        sent = 0
+        while sent < replies:
+            done = sendmmsg(fd, tx_hdr[sent:].ctypes.data, replies - sent, 0)
+            if done < 0:
+                counters[C_SEND_ERRORS] += 1  # this reply is lost; try the rest
+                sent += 1
+            else:
+                sent += done
+        if punted:
+            counters[C_PUNTED] += punted
+            return STATUS_PUNTS * 1000000 + punted
+    return STATUS_YIELD
+
+
+class BatchSocket:
+    """The arrays one worker's UDP socket is served with."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.bufs = np.zeros((BATCH, RECV_SIZE), dtype=np.uint8)
+        self.addrs = np.zeros((BATCH, ADDR_SIZE), dtype=np.uint8)
+        self.outs = np.zeros((BATCH, SEND_SIZE), dtype=np.uint8)
+        self.rx_iov = np.zeros((BATCH, 2), dtype=np.uint64)  # iov_base, iov_len
+        self.out_iov = np.zeros((BATCH, 2), dtype=np.uint64)
+        self.rx_hdr = np.zeros((BATCH, _MMSGHDR // 8), dtype=np.uint64)
+        self.tx_hdr = np.zeros((BATCH, _MMSGHDR // 8), dtype=np.uint64)
+        self.tx_slot = np.zeros(BATCH, dtype=np.uint64)
+        for i in range(BATCH):
+            self.rx_iov[i] = (self.bufs[i].ctypes.data, RECV_SIZE)
+            self.out_iov[i] = (self.outs[i].ctypes.data, 0)
+            self.rx_hdr[i, 0] = self.addrs[i].ctypes.data  # msg_name
+            self.rx_hdr[i, 2] = self.rx_iov[i].ctypes.data  # msg_iov
+            self.rx_hdr[i, 3] = 1  # msg_iovlen
+            self.tx_hdr[i, 3] = 1
+            self.tx_slot[i] = self.out_iov[i].ctypes.data
+        self.rx_words = self.rx_hdr.view(np.uint32)
+        self.tx_words = self.tx_hdr.view(np.uint32)
+        self.punts = np.zeros(BATCH, dtype=np.int64)
+        self.q = np.zeros(QUERY_FIELDS, dtype=np.int64)
+        self.labels = np.zeros(MAX_QUESTION_LABELS, dtype=np.int64)
+        self.body = np.zeros(BODY_SCRATCH, dtype=np.uint8)
+
+    def source(self, i: int) -> tuple[str, tuple]:
+        """The source of received slot ``i`` as (address text, sendto address)."""
+        raw = self.addrs[i].tobytes()
+        host = sockaddr_source(raw)
+        port = int.from_bytes(raw[2:4], "big")
+        if int.from_bytes(raw[0:2], "little") == socket.AF_INET6:
+            flowinfo = int.from_bytes(raw[4:8], "big")
+            scope_id = int.from_bytes(raw[24:28], "little")
+            return host, (host, port, flowinfo, scope_id)
+        return host, (host, port)
+
+
+def _run(io: BatchSocket, pending: int, fast: FastBook, current, demand: np.ndarray | None,  # noqa: ANN001
+         control: np.ndarray, counters: np.ndarray) -> int:
+    count_demand = demand is not None
+    demand_array = demand if demand is not None else _NO_DEMAND
+    return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, io.fd, pending, io.rx_hdr, io.rx_words, io.tx_hdr, io.tx_words, io.bufs, io.addrs,
+                          io.outs, io.out_iov, io.tx_slot, io.punts, fast.arrays, table_arrays(current),
+                          demand_array, count_demand, control, counters, io.q, io.labels, io.body)  # fmt: skip
+
+
+_NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
+
+
+def warm_up(fast: FastBook, table) -> None:  # noqa: ANN001 - a RoutingTable
+    """Compile the loop (and the responder) before workers fork, so none compiles its own.
+
+    One query to itself on a loopback socket runs the whole path once.
+    """
+    from router.dns.engine import TableView
+
+    view = TableView(table)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 1000))
+        query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x00\x00\x01\x00\x01"
+        sock.sendto(query, sock.getsockname())
+        io = BatchSocket(sock)
+        counters = np.zeros(COUNTERS, dtype=np.int64)
+        for demand in (None, np.zeros((1, 1), dtype=np.int64)):
+            _run(io, 0, fast, view, demand, np.zeros(1, dtype=np.int64), counters)
+
+
+def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, counters, batch_counters: np.ndarray,
+                      control: np.ndarray, demand: np.ndarray | None, safe_respond) -> None:  # noqa: ANN001  # fmt: skip
+    """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls).
+
+    ``view()`` returns the current TableView; ``responder``/``safe_respond`` answer punted
+    queries exactly as the per-packet loop does (router/dns/transport.py).
+    """
+    sock.setblocking(True)
+    timeout = struct.pack("ll", int(RECV_TIMEOUT_S), int(RECV_TIMEOUT_S % 1 * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+    io = BatchSocket(sock)
+    pending = 0
+    while True:
+        status = _run(io, pending, fast, view(), demand, control, batch_counters)
+        pending = 0
+        if status < 0:
+            code = -status
+            if code not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
+                log.warning("UDP receive failed: %s", errno.errorcode.get(code, code))
+            continue  # a pending signal handler runs here (WorkerStop)
+        kind, count = divmod(status, 1000000)
+        if kind == STATUS_SWAP:
+            control[CONTROL_SWAP] = 0
+            pending = count  # answered from the new table on re-entry
+        elif kind == STATUS_PUNTS:
+            for slot in io.punts[:count]:
+                length = int(io.rx_words[slot, 14])
+                packet = io.bufs[slot, :length].tobytes()
+                host, address = io.source(int(slot))
+                counters.udp_queries += 1
+                reply = safe_respond(responder, packet, host, True, counters)
+                if reply is not None:
+                    try:
+                        sock.sendto(reply, address)
+                    except OSError as exc:
+                        log.debug("UDP send to %s failed: %s", host, exc)
