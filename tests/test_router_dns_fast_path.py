@@ -12,6 +12,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import dns.edns
@@ -38,6 +39,7 @@ from router.dns.udp_batch import (
     supported,
 )
 from router.steering.build import Planner
+from tests.conftest import start_router
 from tests.test_router_dns_engine import Engine
 
 SOURCES = ["127.0.0.1", "83.44.10.7", "89.7.1.1", "2a02:9000::1", "::ffff:83.44.10.7", "::1", "10.0.0.1"]
@@ -310,3 +312,49 @@ def test_batched_socket_loop_answers_punts_and_swaps_tables(engine: Engine, spli
         client.close()
         server.close()
     assert not thread.is_alive()
+
+
+def _get_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_flood_is_counted_as_kernel_drops_and_the_router_keeps_answering(deployment_dir: Path,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    """One worker, then 60,000 queries sent as fast as one process can (bounded, loopback):
+    whatever the worker cannot take is dropped by the kernel and shown in GET /v1/dns; the
+    worker survives and answers correctly afterwards."""
+    router = start_router(deployment_dir, tmp_path / "router.log", workers=1)
+    try:
+        counters = _get_json(f"{router.api}/v1/dns")
+        assert counters["udp_path"] == "batched" and counters["totals"]["received"] == 0
+        packet = make_query("video.cdn.example.", "A", "83.44.10.0/24", True)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # replies may be dropped too
+        sender.bind(("127.0.0.1", 0))
+        sent = 0
+        deadline = time.monotonic() + 20
+        while sent < 60_000 and time.monotonic() < deadline:
+            for _ in range(1000):
+                sender.sendto(packet, (router.host, router.port))
+            sent += 1000
+        sender.close()
+        time.sleep(1.0)  # the worker drains its queue
+        after = _get_json(f"{router.api}/v1/dns")
+        totals = after["totals"]
+        assert totals["received"] + after["udp_receive_drops"] == sent
+        assert totals["answered"] == totals["received"] and totals["punted"] == 0
+        assert after["mean_batch"] >= 1 and after["udp_receive_queue_bytes"] == 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.sendto(packet, (router.host, router.port))
+            reply = dns.message.from_wire(client.recv(65535))
+        assert reply.rcode() == 0 and reply.answer and router.process.poll() is None
+    finally:
+        router.stop()
+        assert router.process.stdout is not None
+        router.process.stdout.close()
+    assert after["udp_receive_drops"] > 0, f"no drops: the flood never outran the worker ({after})"
