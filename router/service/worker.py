@@ -51,6 +51,8 @@ def worker_main(
     stop = threading.Event()
 
     def on_sigterm(*_: object) -> None:
+        if stop.is_set():
+            return  # already stopping (the supervisor may signal and send "stop" both)
         stop.set()
         raise WorkerStop
 
