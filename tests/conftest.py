@@ -31,6 +31,17 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
     return data
 
 
+def load_script(path: Path):  # noqa: ANN201 - the module
+    """Import a script that is not in a package (loadtest/*.py) as a module named after it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_deployment(root: Path) -> Path:
     """The sample deployment plus the protocol-test zone, laid out like the repo."""
     shutil.copytree(REPO / "zones", root / "zones")

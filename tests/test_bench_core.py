@@ -7,29 +7,21 @@ better than the optimum it is compared with (which would mean a broken compariso
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "loadtest" / "bench_core.py"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_core", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_core"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return load_script(BENCH)
 
 
 @pytest.fixture(scope="module")
