@@ -278,6 +278,21 @@ def test_every_query_of_the_throughput_mix_gives_the_same_bytes(engine: Engine, 
     assert (pair.answered - before[0], split_pair.answered - before[2]) == (len(mix), len(mix))
 
 
+def test_negative_templates_of_every_length_equal_a_fresh_encoding(engine: Engine) -> None:
+    """The book encodes a zone's negative answer once and moves its compression pointers for
+    other question lengths; that must be exactly what encoding at that length gives."""
+    book = engine.book
+    checked = 0
+    for origin_key, index in book.zones.items():
+        for rcode in (0, 3):
+            for qlen in range(len(origin_key), 256):
+                shifted = book._negative(index, rcode, qlen)
+                fresh = book._static(None, qlen, index.origin, rcode, True, [], [index.soa], [])
+                assert (shifted.main, shifted.flags, shifted.ns) == (fresh.main, fresh.flags, fresh.ns), (origin_key, qlen)
+                checked += 1
+    assert checked > 400
+
+
 def test_the_book_compiles_every_exact_answer(engine: Engine) -> None:
     fast = compile_book(engine.book, engine.model.client_map)
     assert fast.hash_entries >= len(engine.book.exact)

@@ -364,7 +364,17 @@ class AnswerBook:
         key = ("negative", qlen, bytes([rcode]))
         answer = index.templates.get(key)
         if answer is None:
-            answer = self._static(None, qlen, index.origin, rcode, True, [], [index.soa], [])
+            # Encoded once per zone and rcode for the shortest question; every other length
+            # is the same bytes with each compression pointer moved by the difference, since
+            # both the question's zone suffix and the SOA itself move with the question.
+            base_len = len(index.origin.to_wire())
+            base_key = ("negative", base_len, bytes([rcode]))
+            base = index.templates.get(base_key)
+            if base is None:
+                base = self._static(None, base_len, index.origin, rcode, True, [], [index.soa], [])
+                index.templates[base_key] = base
+            answer = StaticAnswer(base.flags, base.an, base.ns, base.ar, _shift_soa_pointers(base.main, qlen - base_len),
+                                  base.extra, base.extra_required)  # fmt: skip
             index.templates[key] = answer
         return answer
 
@@ -408,6 +418,26 @@ class AnswerBook:
             return self._negative(index, wire.NOERROR, qlen)
         answer = [_rrset(qname, rdataset)]
         return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], self._additional(index, answer))
+
+
+def _shift_soa_pointers(rr: bytes, delta: int) -> bytes:
+    """An SOA record's wire form with every compression pointer (owner, MNAME, RNAME) + delta."""
+    out = bytearray(rr)
+
+    def name(pos: int) -> int:
+        while True:
+            length = out[pos]
+            if length & 0xC0 == 0xC0:
+                pointer = (((length & 0x3F) << 8) | out[pos + 1]) + delta
+                out[pos : pos + 2] = (0xC000 | pointer).to_bytes(2, "big")
+                return pos + 2
+            if length == 0:
+                return pos + 1
+            pos += length + 1
+
+    pos = name(0) + 10  # type, class, TTL, RDLENGTH
+    name(name(pos))
+    return bytes(out)
 
 
 def _steered_record(rdtype: int, ttl: int, address: bytes) -> bytes:
