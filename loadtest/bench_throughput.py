@@ -92,6 +92,10 @@ V6_SUBNET_SHARE = 0.2
 EDNS_PAYLOAD = 1232
 CHECK_SAMPLE = 200  # replies checked against the router's own lookup, per checked run
 CHECK_TIMEOUT_S = 1.0
+# p99 at the maximum rate: a probe client sends one query of the mix every PROBE_INTERVAL_S
+# while dnsperf runs (dnsperf -v would slow dnsperf itself), and times each reply.
+PROBE_INTERVAL_S = 0.005
+PROBE_QUERIES = 500
 RUN_SLACK_S = 30.0  # dnsperf's subprocess timeout beyond its own -l
 START_TIMEOUT_S = 120.0
 # gdnsd's nets may not name the IPv4-like subspaces of IPv6 (gdnsd-plugin-geoip(8)).
@@ -998,6 +1002,8 @@ class Run:
     rcodes: dict
     seconds: float
     p99_ms: float | None = None
+    p99_max_rate_ms: float | None = None  # the probe client's, during a maximum-rate run
+    probe_samples: int = 0
     rate_limit: float | None = None
     checked: int = 0
     wrong: int = 0
@@ -1013,8 +1019,9 @@ def disturbed(run: Run) -> bool:
 
 def run_dnsperf(server: Server, datafile: Path, seconds: float, variant: str, repetition: int,
                 cpus: str | None = LOAD_CORE, extra: list[str] | None = None, qps_limit: float | None = None,
-                verbose: bool = False, during=None) -> Run:  # noqa: ANN001 # fmt: skip
-    """One dnsperf run against ``server``, with the server's CPU and the kernel's drops around it."""
+                verbose: bool = False, during=None, probe: list[bytes] | None = None) -> Run:  # noqa: ANN001 # fmt: skip
+    """One dnsperf run against ``server``, with the server's CPU and the kernel's drops around it;
+    with ``probe``, a LatencyProbe sends those queries alongside and times them."""
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-d", str(datafile), "-B",
             *(extra if extra is not None else DNSPERF_ARGS), "-l", f"{seconds:g}"]  # fmt: skip
     if qps_limit:
@@ -1026,12 +1033,17 @@ def run_dnsperf(server: Server, datafile: Path, seconds: float, variant: str, re
     cpu_before = tree_cpu_s(server.pid)
     busy_before = core_busy_s()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    latency_probe = LatencyProbe(server.port, probe, seconds) if probe else None
     with out_path.open("w") as out:
         process = subprocess.Popen(pinned(cpus, argv), stdout=out, stderr=subprocess.STDOUT)
         try:
+            if latency_probe is not None:
+                latency_probe.start()
             if during is not None:
                 during()
             process.wait(timeout=seconds + RUN_SLACK_S)
+            if latency_probe is not None:
+                latency_probe.join()
         finally:
             if process.poll() is None:
                 process.kill()
@@ -1058,7 +1070,60 @@ def run_dnsperf(server: Server, datafile: Path, seconds: float, variant: str, re
                                          cpu + (dnsperf_cpu if shared_core else 0.0)),
         load_core_other_s=other_busy_s(busy_before, busy_after, None if shared_core else cpus, dnsperf_cpu),
         rcodes=stats["rcodes"], seconds=seconds, p99_ms=None if p99 is None else round(p99, 3), rate_limit=qps_limit,
+        p99_max_rate_ms=latency_probe.p99_ms() if latency_probe else None,
+        probe_samples=len(latency_probe.rtts_ms) if latency_probe else 0,
     )  # fmt: skip
+
+
+class LatencyProbe:
+    """One query at a time, every PROBE_INTERVAL_S, from 0.3 s after the start of a run until
+    0.5 s before its end; the round-trip time of each (a query unanswered in 1 s counts as 1 s).
+
+    It runs in the bench process, on dnsperf's core: its times include waiting for that core,
+    as dnsperf's own latencies do."""
+
+    def __init__(self, port: int, wires: list[bytes], seconds: float) -> None:
+        self.port = port
+        self.wires = wires
+        self.seconds = seconds
+        self.rtts_ms: list[float] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=self.seconds + 5)
+
+    def p99_ms(self) -> float | None:
+        value = percentile(self.rtts_ms, 99)
+        return None if value is None else round(value, 3)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        stop_at = start + self.seconds - 0.5
+        time.sleep(0.3)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            i = 0
+            while time.monotonic() < stop_at and i < 100_000:
+                qid = (i * 40503 + 7) & 0xFFFF
+                wire = struct.pack("!H", qid) + self.wires[i % len(self.wires)][2:]
+                sent = time.perf_counter()
+                sock.sendto(wire, ("127.0.0.1", self.port))
+                deadline = sent + 1.0
+                while True:
+                    sock.settimeout(max(0.001, deadline - time.perf_counter()))
+                    try:
+                        data = sock.recv(65535)
+                    except TimeoutError:
+                        self.rtts_ms.append(1000.0)
+                        break
+                    if len(data) >= 2 and struct.unpack_from("!H", data)[0] == qid:
+                        self.rtts_ms.append((time.perf_counter() - sent) * 1000)
+                        break
+                i += 1
+                time.sleep(PROBE_INTERVAL_S)
 
 
 class Checker:
@@ -1157,6 +1222,7 @@ def summarize_runs(runs: list[Run], server: str, variant: str) -> dict:
     return {
         "qps": None if (v := median([r.qps for r in chosen])) is None else round(v, 1),
         "avg_latency_ms": None if (v := median([r.avg_latency_ms for r in chosen])) is None else round(v, 3),
+        "p99_max_rate_ms": None if (v := median([r.p99_max_rate_ms for r in chosen])) is None else round(v, 3),
         "lost": None if not chosen else int(median([r.lost for r in chosen])),
         "cpu_us_per_query": None if (v := median([r.cpu_us_per_query for r in chosen])) is None else round(v, 2),
         "runs": len(chosen),
@@ -1180,31 +1246,32 @@ def format_table(figures: dict) -> str:
         lines.append(f"{title}; median of {figures['repetitions']} runs of {figures['seconds']:g} s "
                      f"(* = disturbed by other load on the server's core, left out when a clean run exists), "
                      f"dnsperf {' '.join(DNSPERF_ARGS)}")  # fmt: skip
-        head = ("server", "qps", "avg ms", "p99 ms @ half load", "lost", "CPU us/query", "qps per run")
+        head = ("server", "qps", "avg ms", "p99 ms", "p99 ms @ half load", "lost", "CPU us/query", "qps per run")
         rows = [head]
         for key in ("router", "gdnsd", "pdns", "pdns_shared"):
             if key == "pdns_shared" and key not in figures["servers"]:
                 continue
             s = figures["servers"].get(key, {}).get(variant)
             if s is None:
-                rows.append((labels.get(key, key), "not measured", "", "", "", "", ""))
+                rows.append((labels.get(key, key), "not measured", "", "", "", "", "", ""))
                 continue
             p99 = figures["servers"][key].get("p99_half_load_ms") if variant == "ecs" else None
             p99_text = fmt(p99, ".3f") + ("*" if p99 is not None and figures["servers"][key]["half_load"]["disturbed"] else "")
             per_run = " ".join(fmt(q, ".0f") + ("*" if d else "") for q, d in zip(s["qps_all"], s["disturbed_all"]))
-            rows.append((labels.get(key, key), fmt(s["qps"], ",.0f"), fmt(s["avg_latency_ms"], ".3f"), p99_text,
+            rows.append((labels.get(key, key), fmt(s["qps"], ",.0f"), fmt(s["avg_latency_ms"], ".3f"),
+                         fmt(s.get("p99_max_rate_ms"), ".3f"), p99_text,
                          fmt(s["lost"], "d"), fmt(s["cpu_us_per_query"], ".1f"), per_run))  # fmt: skip
         suffix = "" if variant == "ecs" else "_plain"
-        rows.append(("router / gdnsd", fmt(figures.get(f"qps_vs_gdnsd{suffix}"), ".3f") + "x", "", "", "",
+        rows.append(("router / gdnsd", fmt(figures.get(f"qps_vs_gdnsd{suffix}"), ".3f") + "x", "", "", "", "",
                      fmt(figures.get(f"cpu_vs_gdnsd{suffix}"), ".2f") + "x", ""))  # fmt: skip
-        rows.append(("router / PowerDNS", fmt(figures.get(f"qps_vs_pdns{suffix}"), ".2f") + "x", "", "", "",
+        rows.append(("router / PowerDNS", fmt(figures.get(f"qps_vs_pdns{suffix}"), ".2f") + "x", "", "", "", "",
                      fmt(figures.get(f"cpu_vs_pdns{suffix}"), ".2f") + "x", ""))  # fmt: skip
         if figures.get(f"qps_vs_pdns_shared{suffix}") is not None:
             rows.append(("router / PowerDNS (lua shared)", fmt(figures.get(f"qps_vs_pdns_shared{suffix}"), ".2f") + "x",
-                         "", "", "", "", ""))  # fmt: skip
+                         "", "", "", "", "", ""))  # fmt: skip
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
         for row in rows:
-            lines.append("  " + "  ".join(str(c).ljust(w) if i in (0, 6) else str(c).rjust(w)
+            lines.append("  " + "  ".join(str(c).ljust(w) if i in (0, 7) else str(c).rjust(w)
                                           for i, (c, w) in enumerate(zip(row, widths))))  # fmt: skip
         lines.append("")
     w2 = figures.get("router2_qps")
@@ -1273,6 +1340,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     for variant, queries in variants.items():
         files[variant] = root / f"queries-{variant}.bin"
         files[variant].write_bytes(frame([q.wire for q in queries]))
+    probes = {variant: unframe(path.read_bytes())[:PROBE_QUERIES] for variant, path in files.items()}
     figures["mix"] = {v: mix_composition(q) for v, q in variants.items()}
     figures["mix"]["target_shares"] = MIX
     figures["mix"]["subnets"] = {"drawn": len(subnets), "v4_bits": V4_ECS_BITS, "v6_bits": V6_ECS_BITS,
@@ -1355,7 +1423,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
                     checker.start()
 
             run = attempt(key, lambda retry: run_dnsperf(server, files[variant], args.seconds, variant, rep, load_core,
-                                                         during=during))  # fmt: skip
+                                                         during=during, probe=probes[variant]))  # fmt: skip
             if checker is not None:
                 checker.join()
                 checks[(key, variant)] = {"checked": checker.checked, "wrong": checker.wrong, "timeouts": checker.timeouts}
@@ -1482,6 +1550,7 @@ def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: f
             figures[f"{key}_qps{suffix}"] = get(key, variant, "qps")
             figures[f"{key}_cpu_us_per_query{suffix}"] = get(key, variant, "cpu_us_per_query")
             figures[f"{key}_avg_latency_ms{suffix}"] = get(key, variant, "avg_latency_ms")
+            figures[f"{key}_p99_max_rate_ms{suffix}"] = get(key, variant, "p99_max_rate_ms")
             figures[f"{key}_lost{suffix}"] = get(key, variant, "lost")
         figures[f"qps_vs_gdnsd{suffix}"] = ratio(figures[f"router_qps{suffix}"], figures[f"gdnsd_qps{suffix}"])
         figures[f"cpu_vs_gdnsd{suffix}"] = ratio(figures[f"router_cpu_us_per_query{suffix}"],

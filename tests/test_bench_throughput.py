@@ -361,3 +361,41 @@ def test_table_with_a_missing_peer(bench):
         assert key in figures
     text = bench.format_table(figures)
     assert "router (1 worker)" in text and "not measured" in text
+
+
+def test_latency_probe_times_replies_and_counts_silence_as_a_second(bench):
+    import socket
+    import threading
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                data, address = echo.recvfrom(65535)
+            except TimeoutError:
+                continue
+            echo.sendto(data, address)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    wire = bench.encode_query("video.cdn.example.", "A", "83.44.10.0/24", 1)
+    try:
+        probe = bench.LatencyProbe(echo.getsockname()[1], [wire], 1.5)
+        probe.start()
+        probe.join()
+    finally:
+        done.set()
+        thread.join(timeout=2)
+        echo.close()
+    assert len(probe.rtts_ms) > 20 and max(probe.rtts_ms) < 1000
+    assert 0 < probe.p99_ms() < 100
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        probe = bench.LatencyProbe(silent.getsockname()[1], [wire], 1.5)
+        probe.start()
+        probe.join()
+    assert probe.rtts_ms == [1000.0]
