@@ -412,3 +412,26 @@ def test_every_fixture_directory_is_a_case() -> None:
     used = {row.values[0] for row in NEGATIVE + POSITIVE if row.values[0] is not None}
     on_disk = {path.name for path in CASES.iterdir() if path.is_dir()}
     assert on_disk == used
+
+
+def test_libyaml_and_pure_python_parsing_give_the_same_values_and_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are composed with libyaml when PyYAML has it; values, lines and key order must
+    be exactly what the pure-Python parser gives (problems point at the same lines)."""
+    import yaml
+
+    from router.config import _yaml
+
+    if _yaml._FAST_LOADER is yaml.SafeLoader:
+        pytest.skip("PyYAML was built without libyaml")
+    files = sorted((REPO_ROOT / "zones").glob("*.yaml")) + sorted((REPO_ROOT / "tests" / "config").rglob("*.yaml"))
+    assert len(files) > 5
+    for path in files:
+        fast, fast_problems = _yaml.load_yaml(path, path.name)
+        monkeypatch.setattr(_yaml, "_FAST_LOADER", yaml.SafeLoader)
+        slow, slow_problems = _yaml.load_yaml(path, path.name)
+        monkeypatch.undo()
+        assert fast_problems == slow_problems, path
+        if slow is None:
+            assert fast is None
+            continue
+        assert (fast.data, fast.lines, fast.key_order) == (slow.data, slow.lines, slow.key_order), path

@@ -18,6 +18,10 @@ from router.config.problems import Problem
 
 YamlPath = tuple[str | int, ...]
 
+# libyaml's parser composes the same nodes, with the same marks, several times faster
+# (2,196 nodes of the world deployment: about 3 s in pure Python).
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass
 class LocatedYaml:
@@ -47,7 +51,12 @@ def load_yaml(path: Path, display: str) -> tuple[LocatedYaml | None, list[Proble
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Problem(display, 1, f"cannot read file: {exc}")]
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root = yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            # Parse again in pure Python so a broken file reads the same with or without
+            # libyaml (its messages differ); only broken files pay for it.
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
