@@ -12,7 +12,6 @@ general path answers it: those names are rare and their answers are built on dem
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -804,11 +803,3 @@ def source_address(source: str) -> tuple[bool, np.uint64, np.uint64]:
     if address.version == 4:
         return False, np.uint64(0), np.uint64(value)
     return True, np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
-
-
-def sockaddr_source(raw: bytes) -> str:
-    """The address text of a sockaddr_in / sockaddr_in6 as recvmmsg filled it."""
-    family = int.from_bytes(raw[0:2], "little")
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8])
-    return socket.inet_ntop(socket.AF_INET6, raw[8:24])

@@ -30,6 +30,7 @@ import numpy as np
 from numba import carray, njit
 
 from router._jit import JIT_OPTIONS
+from router.dns.engine import TableView
 from router.dns.fast_answer import (
     BODY_SCRATCH,
     MAX_QUESTION_LABELS,
@@ -37,7 +38,6 @@ from router.dns.fast_answer import (
     QUERY_FIELDS,
     FastBook,
     answer_query,
-    sockaddr_source,
     table_arrays,
 )
 
@@ -54,10 +54,11 @@ _MMSGHDR = 64
 _MSG_WAITFORONE = 0x10000
 _AF_INET6 = socket.AF_INET6
 
-# Status returned by _serve_batches (>= 0) besides -errno.
+# What _serve_batches returns: (status, count).
 STATUS_YIELD = 0  # ran MAX_BATCHES_PER_CALL batches
-STATUS_PUNTS = 1  # punt_count queries await the general path
-STATUS_SWAP = 2  # a new table: re-enter with the batch already received
+STATUS_PUNTS = 1  # count queries (slots in punts) await the general path
+STATUS_SWAP = 2  # a new table: re-enter with the count queries already received
+STATUS_ERROR = 3  # the receive failed: count is errno
 
 # Counters (int64 array shared with the caller).
 C_RECEIVED, C_ANSWERED, C_PUNTED, C_SEND_ERRORS, C_BATCHES = range(5)
@@ -88,9 +89,11 @@ if supported:
 
 
 @njit(**JIT_OPTIONS)
-def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs, outs, out_ptrs, tx_slot,
-                   punts, book, view, demand, count_demand, control, counters, q, labels, body):  # fmt: skip
-    """Answer batches until a status (see the module docstring); returns it or -errno.
+def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs,
+                   outs, out_iov, tx_slot, punts, book, view, demand, count_demand, control, counters, q, labels,
+                   body):  # fmt: skip
+    """Answer batches until there is something for Python (see the module docstring);
+    returns (STATUS_*, count).
 
     ``pending`` > 0: that many queries of the last receive are still unanswered.
     ``rx_words``/``tx_words`` are uint32 views of the mmsghdr arrays (msg_namelen at word 2,
@@ -104,9 +107,9 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 rx_words[i, 2] = ADDR_SIZE
             received = recvmmsg(fd, rx_hdr.ctypes.data, BATCH, _MSG_WAITFORONE, 0)
             if received < 0:
-                return -np.int64(carray(errno_location(), 1)[0])
+                return STATUS_ERROR, np.int64(carray(errno_location(), 1)[0])
             if control[CONTROL_SWAP]:
-                return STATUS_SWAP * 1000000 + received
+                return STATUS_SWAP, np.int64(received)
         counters[C_RECEIVED] += received
         counters[C_BATCHES] += 1
         replies = 0
@@ -137,7 +140,7 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 tx_words[replies, 2] = rx_words[i, 2]
                 tx_hdr[replies, 2] = tx_slot[replies]  # msg_iov
                 tx_words[replies, 14] = 0
-                out_ptrs[replies, 1] = length
+                out_iov[replies, 1] = length
                 replies += 1
         counters[C_ANSWERED] += replies
         sent = 0
@@ -150,8 +153,8 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 sent += done
         if punted:
             counters[C_PUNTED] += punted
-            return STATUS_PUNTS * 1000000 + punted
-    return STATUS_YIELD
+            return STATUS_PUNTS, np.int64(punted)
+    return STATUS_YIELD, np.int64(0)
 
 
 class BatchSocket:
@@ -184,19 +187,21 @@ class BatchSocket:
         self.body = np.zeros(BODY_SCRATCH, dtype=np.uint8)
 
     def source(self, i: int) -> tuple[str, tuple]:
-        """The source of received slot ``i`` as (address text, sendto address)."""
+        """The source of received slot ``i`` (a sockaddr_in or sockaddr_in6 as the kernel
+        wrote it) as (address text, sendto address)."""
         raw = self.addrs[i].tobytes()
-        host = sockaddr_source(raw)
         port = int.from_bytes(raw[2:4], "big")
         if int.from_bytes(raw[0:2], "little") == socket.AF_INET6:
+            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
             flowinfo = int.from_bytes(raw[4:8], "big")
             scope_id = int.from_bytes(raw[24:28], "little")
             return host, (host, port, flowinfo, scope_id)
+        host = socket.inet_ntop(socket.AF_INET, raw[4:8])
         return host, (host, port)
 
 
 def _run(io: BatchSocket, pending: int, fast: FastBook, current, demand: np.ndarray | None,  # noqa: ANN001
-         control: np.ndarray, counters: np.ndarray) -> int:
+         control: np.ndarray, counters: np.ndarray) -> tuple[int, int]:
     count_demand = demand is not None
     demand_array = demand if demand is not None else _NO_DEMAND
     return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, io.fd, pending, io.rx_hdr, io.rx_words, io.tx_hdr, io.tx_words, io.bufs, io.addrs,
@@ -207,14 +212,11 @@ def _run(io: BatchSocket, pending: int, fast: FastBook, current, demand: np.ndar
 _NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
 
 
-def warm_up(fast: FastBook, table) -> None:  # noqa: ANN001 - a RoutingTable
+def warm_up(fast: FastBook, view: TableView) -> None:
     """Compile the loop (and the responder) before workers fork, so none compiles its own.
 
     One query to itself on a loopback socket runs the whole path once.
     """
-    from router.dns.engine import TableView
-
-    view = TableView(table)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 1000))
@@ -239,14 +241,12 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
     io = BatchSocket(sock)
     pending = 0
     while True:
-        status = _run(io, pending, fast, view(), demand, control, batch_counters)
+        kind, count = _run(io, pending, fast, view(), demand, control, batch_counters)
         pending = 0
-        if status < 0:
-            code = -status
-            if code not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
-                log.warning("UDP receive failed: %s", errno.errorcode.get(code, code))
+        if kind == STATUS_ERROR:
+            if count not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
+                log.warning("UDP receive failed: %s", errno.errorcode.get(count, count))
             continue  # a pending signal handler runs here (WorkerStop)
-        kind, count = divmod(status, 1000000)
         if kind == STATUS_SWAP:
             control[CONTROL_SWAP] = 0
             pending = count  # answered from the new table on re-entry

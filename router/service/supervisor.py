@@ -25,6 +25,7 @@ import numpy as np
 from router.config.deployment import Deployment
 from router.dns import udp_batch
 from router.dns.answers import AnswerBook
+from router.dns.engine import TableView
 from router.dns.fast_answer import compile_book
 from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.monitor import NodeMonitor
@@ -171,7 +172,10 @@ class Supervisor:
             raise ServiceError(f"udp path must be one of {', '.join(UDP_PATHS)}, got {udp_path!r}")
         # "batched": recvmmsg/sendmmsg and the compiled responder (router/dns/udp_batch.py);
         # "per-packet": the Python loop, kept for platforms without recvmmsg and for comparison.
-        self.fast_book = compile_book(self.book, model.client_map) if udp_path == "batched" else None
+        batched = udp_path == "batched" and udp_batch.supported
+        if udp_path == "batched" and not batched:
+            log.warning("batched UDP needs 64-bit Linux (recvmmsg/sendmmsg): answering one packet at a time")
+        self.fast_book = compile_book(self.book, model.client_map) if batched else None
         self.packet_counters = shared_zeros((workers, udp_batch.COUNTERS))
         monitor = None
         self.verifier: Verifier | None = None
@@ -238,7 +242,7 @@ class Supervisor:
         model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
         model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
         if self.fast_book is not None:
-            udp_batch.warm_up(self.fast_book, self.table)
+            udp_batch.warm_up(self.fast_book, TableView(self.table))
         self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
         shm = Path("/dev/shm")
         parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None

@@ -104,7 +104,7 @@ def worker_main(
     control.send(("ready", current[0].generation))
     udp_responder = Responder(book, client_map, view, demand_counts=demand_counts)
     try:
-        if fast_book is not None and udp_batch.supported:
+        if fast_book is not None:
             if packet_counters is None:
                 packet_counters = np.zeros(udp_batch.COUNTERS, dtype=np.int64)
             udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
