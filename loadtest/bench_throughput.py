@@ -71,6 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from router.config import load_deployment  # noqa: E402
+from router.service.socket_stats import parse_proc_net_udp, udp_socket_stats  # noqa: E402
 from tests.conftest import make_deployment  # noqa: E402
 
 LOAD_CORE = "0"  # dnsperf (and this script, mostly idle)
@@ -337,26 +338,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def udp_drops(proc_net_udp: str, port: int) -> int:
-    """Datagrams the kernel dropped on sockets bound to ``port`` (last column of /proc/net/udp)."""
-    total = 0
-    for line in proc_net_udp.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 13:
-            continue
-        local = fields[1]
-        if int(local.rsplit(":", 1)[1], 16) == port:
-            total += int(fields[-1])
-    return total
+    """Datagrams the kernel dropped on sockets bound to ``port`` in one /proc/net/udp table."""
+    return sum(row.drops for row in parse_proc_net_udp(proc_net_udp) if row.port == port)
 
 
 def kernel_drops(port: int) -> int:
-    total = 0
-    for path in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            total += udp_drops(Path(path).read_text(), port)
-        except OSError:
-            pass
-    return total
+    """The same over IPv4 and IPv6 sockets, read now."""
+    return sum(row.drops for row in udp_socket_stats() if row.port == port)
 
 
 # --- answers and their checks ----------------------------------------------------------------

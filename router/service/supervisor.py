@@ -40,6 +40,7 @@ from router.service.demand import (
     moved_share,
 )
 from router.service.shared import shared_zeros
+from router.service.socket_stats import udp_socket_stats
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import Planner, RoutingTable
@@ -66,23 +67,6 @@ def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
     steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
     addresses = list(zip(model.node_ipv4, model.node_ipv6))
     return AnswerBook(deployment.zones, steered, addresses)
-
-
-def udp_socket_drops(fds: list[int]) -> tuple[int, int]:
-    """(drops, bytes queued) of these UDP sockets, from /proc/net/udp and udp6 (Linux)."""
-    inodes = {os.fstat(fd).st_ino for fd in fds}
-    drops = queued = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 13 and int(fields[9]) in inodes:
-                queued += int(fields[4].split(":")[1], 16)
-                drops += int(fields[12])
-    return drops, queued
 
 
 def parse_endpoint(text: str, what: str) -> tuple[str, int]:
@@ -345,7 +329,8 @@ class Supervisor:
         names = ("received", "answered", "punted", "send_errors", "batches")
         workers = [dict(zip(names, (int(v) for v in row))) for row in self.packet_counters]
         totals = {name: sum(w[name] for w in workers) for name in names}
-        drops, queued = udp_socket_drops([s.fileno() for s in self._udp])
+        inodes = {os.fstat(s.fileno()).st_ino for s in self._udp}
+        ours = [row for row in udp_socket_stats() if row.inode in inodes]
         return {
             "udp_path": "batched" if self.fast_book is not None else "per-packet",
             "workers": workers,
@@ -353,8 +338,8 @@ class Supervisor:
             "mean_batch": round(totals["received"] / totals["batches"], 2) if totals["batches"] else None,
             # Queries the kernel dropped because a worker's receive buffer was full: the
             # overload signal. Counted per socket since it was opened.
-            "udp_receive_drops": drops,
-            "udp_receive_queue_bytes": queued,
+            "udp_receive_drops": sum(row.drops for row in ours),
+            "udp_receive_queue_bytes": sum(row.queued_bytes for row in ours),
         }
 
     def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
