@@ -8,6 +8,7 @@ so the sticky per-subnet pick is compared too.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import dns.edns
@@ -358,9 +360,6 @@ def test_batched_socket_loop_answers_punts_and_swaps_tables(engine: Engine, spli
 
 
 def _get_json(url: str) -> dict:
-    import json
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
 
