@@ -20,6 +20,7 @@ from router.steering import _kernels, reference
 from router.steering.rank import (
     EST_BASE_MS,
     EST_MS_PER_KM,
+    NODE_FIELDS,
     RankInputs,
     group_components,
     rank_groups,
@@ -307,16 +308,7 @@ def test_rank_groups_node_order_does_not_matter_without_ties(
     perm = list(range(inputs.node_lat.shape[0]))
     rnd.shuffle(perm)
     perm_arr = np.array(perm)
-    node_fields = (
-        "node_lat",
-        "node_lon",
-        "node_country",
-        "node_asn",
-        "node_state",
-        "node_util",
-        "node_in_pool",
-    )
-    shuffled = replace(arrays, **{f: np.asarray(getattr(inputs, f))[perm_arr] for f in node_fields})
+    shuffled = replace(arrays, **{f: np.asarray(getattr(inputs, f))[perm_arr] for f in NODE_FIELDS})
     out = rank_groups(inputs, k)
     out_shuffled = rank_groups(shuffled, k)
     # Map the shuffled indexes back to the original node ids: ordered lists must agree.

@@ -14,6 +14,10 @@ EST_BASE_MS = 5.0
 EST_MS_PER_KM = 0.025
 
 
+# The per-node arrays of RankInputs, all indexed by node.
+NODE_FIELDS = ("node_lat", "node_lon", "node_country", "node_asn", "node_state", "node_util", "node_in_pool")
+
+
 @dataclass(frozen=True)
 class RankInputs:
     """Everything the ranking kernel reads, already in kernel dtypes."""
@@ -88,14 +92,7 @@ class RankInputs:
         for name in ("group_lon", "group_country", "group_asn"):
             if getattr(self, name).shape != (g,):
                 raise ValueError(f"{name} must have shape ({g},)")
-        for name in (
-            "node_lon",
-            "node_country",
-            "node_asn",
-            "node_state",
-            "node_util",
-            "node_in_pool",
-        ):
+        for name in NODE_FIELDS:
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},)")
         c = self.country_rtt.shape[0]
