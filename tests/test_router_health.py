@@ -161,23 +161,52 @@ def test_flapping_node_is_held_down() -> None:
     assert toggles == 1 and states[-1] == NodeState.DOWN
 
 
+def test_failing_again_while_held_down_starts_a_longer_hold_down() -> None:
+    # Off at 0 s, good from 2 s, off again at 4 s (still held down), good from 6 s: the
+    # second failure is a flap too, so the node waits 20 s from 4 s, not 10 s from 0 s.
+    # (Found by the flapping-node load test: the node came back between two bounces.)
+    m = monitor()
+    m.report(beat(seq=1, power="off"), now=0.0)
+    m.report(beat(seq=2), now=2.0)
+    m.report(beat(seq=3), now=3.0)
+    m.report(beat(seq=4, power="off"), now=4.0)
+    assert "failed again while held down" in m.reason[0]
+    assert m.hold_down[0] == 2 * SETTINGS.hold_down_s
+    for t in range(6, 24):
+        assert not m.report(beat(seq=t), now=float(t)), t
+    assert m.report(beat(seq=24), now=24.0)
+    assert m.state[0] == NodeState.UP
+
+
+def test_silence_while_held_down_after_good_reports_is_a_flap() -> None:
+    m = monitor()
+    m.report(beat(seq=1, power="off"), now=0.0)
+    m.report(beat(seq=2), now=1.0)
+    assert m.tick(now=4.5) == []  # no state change: it is down already
+    assert m.hold_down[0] == 2 * SETTINGS.hold_down_s and m.last_down[0] == 4.5
+    assert "failed again while held down" in m.reason[0]
+
+
 def test_hold_down_doubles_for_a_node_that_keeps_failing_after_recovery() -> None:
-    # Down for 1 s, then good for 14 s, again and again: each recovery is followed by a
-    # quick failure, so each hold-down is twice the last (up to the maximum).
+    # Down for 1 s every 15 s until 200 s, then stable. Each failure soon after a recovery,
+    # or while held down, doubles the hold-down: once it is longer than the 15 s between
+    # failures the node stays out while it keeps failing, and it returns after the last one
+    # once the (maximum) hold-down has passed.
     m = monitor()
     recoveries = []
     previous = int(m.state[0])
-    for second in range(400):
-        bad = second % 15 == 0
+    last_failure = 0
+    for second in range(600):
+        bad = second % 15 == 0 and second <= 200
+        last_failure = second if bad else last_failure
         m.report(beat(seq=second + 1, power="off" if bad else "mains"), now=float(second))
         if previous == NodeState.DOWN and m.state[0] == NodeState.UP:
             recoveries.append(second)
         previous = int(m.state[0])
-    gaps = [b - a for a, b in zip(recoveries, recoveries[1:])]
-    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]
     assert m.hold_down[0] == SETTINGS.max_hold_down_s
-    # At most one recovery per (base) hold-down period over the whole run.
-    assert len(recoveries) <= 400 / SETTINGS.hold_down_s
+    assert len(recoveries) == 2 and recoveries[0] == SETTINGS.hold_down_s
+    assert last_failure + SETTINGS.max_hold_down_s <= recoveries[1] <= last_failure + SETTINGS.max_hold_down_s + 1
+    assert m.state[0] == NodeState.UP
 
 
 def test_admin_override_wins_and_up_clears_it() -> None:

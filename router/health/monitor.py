@@ -5,9 +5,9 @@ down, takes the node down on that report; ``battery`` or load above the high-wat
 it draining. Silence takes it down once ``missed_heartbeats`` intervals pass without an
 accepted report. Getting better is slow on purpose: ``recover_after`` consecutive good
 reports, and never before the node's hold-down has passed since it went down. A node that
-fails again soon after recovering has its hold-down doubled (up to ``max_hold_down_s``), so a
-flapping node toggles the answers less and less often; a node that stays up long enough
-gets the base hold-down back.
+fails again soon after recovering, or while it is still held down after reporting well, has
+its hold-down doubled (up to ``max_hold_down_s``) and started over, so a flapping node toggles
+the answers less and less often; a node that stays up long enough gets the base hold-down back.
 
 Why these defaults (1 s interval, 3 missed, 3 good, 10 s hold-down): gdnsd's documented
 monitor settings are a 10 s interval with up_thresh 20 / ok_thresh 10 / down_thresh 10, i.e.
@@ -109,6 +109,8 @@ class NodeMonitor:
             self._set(i, raw, why, now)
             return True
         if raw == current:
+            if raw == NodeState.DOWN and self.good_streak[i] > 0:
+                self._failed_while_held_down(i, why, now)
             self.good_streak[i] = 0
             if raw == NodeState.UP:
                 self.reason[i] = why
@@ -145,6 +147,9 @@ class NodeMonitor:
         bound = self.settings.silence_bound_s
         silent = (now - self.last_seen) > bound  # NaN (never heard) compares False
         never = np.isnan(self.last_seen) & (now - self.started > self.settings.startup_grace_s)
+        for i in np.flatnonzero(silent & (self.state == int(NodeState.DOWN)) & (self.good_streak > 0)):
+            self._failed_while_held_down(int(i), f"missed {self.settings.missed_heartbeats} heartbeats", now)
+            self.good_streak[i] = 0
         candidates = np.flatnonzero((silent | never) & (self.state != int(NodeState.DOWN)))
         for i in candidates:
             if np.isnan(self.last_seen[i]):
@@ -153,6 +158,14 @@ class NodeMonitor:
                 why = f"missed {self.settings.missed_heartbeats} heartbeats ({now - self.last_seen[i]:.1f} s silent)"
             self._set(int(i), NodeState.DOWN, why, now)
         return [int(i) for i in candidates]
+
+    def _failed_while_held_down(self, i: int, why: str, now: float) -> None:
+        """A down node that had started to report well failed again before it was let back:
+        a flap the answers never saw, damped like one (the hold-down doubles and starts over),
+        so a node bouncing faster than its hold-down is not let back between two bounces."""
+        self.hold_down[i] = min(2 * self.hold_down[i], self.settings.max_hold_down_s)
+        self.last_down[i] = now
+        self.reason[i] = f"{why} (failed again while held down)"
 
     def _set(self, i: int, state: NodeState, why: str, now: float) -> None:
         self.good_streak[i] = 0
