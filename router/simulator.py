@@ -80,6 +80,10 @@ class Simulator:
         family = socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)[0][0]
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sent = 0
+        self.muted = False  # True: commands change the nodes but nothing is sent (checking a script)
+        self._order = list(self.nodes.values())
+        self._turn = 0
+        self._next_beat: float | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -166,7 +170,7 @@ class Simulator:
         return f"ok {len(nodes)} node(s): {line.strip()}"
 
     def send(self, node: SimulatedNode) -> None:
-        if node.silent:
+        if node.silent or self.muted:
             return
         try:
             self.sock.sendto(node.heartbeat(), self.target)
@@ -174,12 +178,21 @@ class Simulator:
         except OSError as exc:
             print(f"error: sending to {self.target}: {exc}", file=sys.stderr)
 
+    def beat_due(self, now: float) -> float:
+        """Send every heartbeat due by ``now`` (nodes take turns, spread over the interval);
+        return when the next one is due. For callers that run their own loop (the load test)."""
+        if self._next_beat is None:
+            self._next_beat = now
+        nodes = self._order
+        gap = self.interval_s / max(1, len(nodes))
+        while self._next_beat <= now:
+            self.send(nodes[self._turn])
+            self._turn = (self._turn + 1) % len(nodes)
+            self._next_beat += gap
+        return self._next_beat
+
     async def run(self, duration_s: float, commands: asyncio.Queue[str | None]) -> None:
         deadline = time.monotonic() + duration_s
-        nodes = list(self.nodes.values())
-        gap = self.interval_s / max(1, len(nodes))
-        next_send = time.monotonic()
-        i = 0
         while time.monotonic() < deadline:
             while not commands.empty():
                 line = commands.get_nowait()
@@ -191,11 +204,7 @@ class Simulator:
                         print(ack, flush=True)
                 except ValueError as exc:
                     print(f"error: {exc}", file=sys.stderr, flush=True)
-            now = time.monotonic()
-            while next_send <= now:
-                self.send(nodes[i])
-                i = (i + 1) % len(nodes)
-                next_send += gap
+            next_send = self.beat_due(time.monotonic())
             await asyncio.sleep(min(0.005, max(0.0, next_send - time.monotonic())))
 
 
