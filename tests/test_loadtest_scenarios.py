@@ -107,8 +107,9 @@ def test_reply_parser_reads_nodes_ttl_and_scope() -> None:
     assert parse_reply(negative.to_wire(), question, node_of)[:4] == (3, -1, -1, 300)
 
 
-def _run(name: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    args = [sys.executable, "-m", "loadtest.cli", "run", name, "--duration", str(SHORT[name]), "--out", str(out), "--no-progress"]
+def _run(name: str, out: Path, progress: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
+    args = [sys.executable, "-m", "loadtest.cli", "run", name, "--duration", str(SHORT[name]), "--out", str(out)]
+    args += [] if progress else ["--no-progress"]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert (out / "result.json").exists(), result.stderr
     return result, json.loads((out / "result.json").read_text())
@@ -157,7 +158,8 @@ def test_short_scenario_against_the_real_router(name: str, tmp_path: Path) -> No
 def test_report_of_a_real_run_opens_in_chromium(tmp_path: Path) -> None:
     if chromium_binary() is None:
         pytest.skip("no Chromium on this machine (script/bootstrap --test installs Debian's chromium)")
-    _, result = _run("node-power-loss", tmp_path / "run")
+    run, result = _run("node-power-loss", tmp_path / "run", progress=True)
+    assert "answered" in run.stderr and "timeouts" in run.stderr  # the progress display's last state
     dom = dump_dom(tmp_path / "run" / "report.html", user_data_dir=tmp_path / "profile")
     plots = 4 + len(result["failures"])
     assert f'data-plots-loaded="{plots}"' in dom and f'data-plots-total="{plots}"' in dom
