@@ -175,6 +175,8 @@ def _with_progress(player: Player, scenario: Scenario):  # noqa: ANN202
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file: its one final line, not cut at 80 columns
+        console = Console(stderr=True, width=200)
     columns = (
         TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[stats]}"),
     )  # fmt: skip
