@@ -3,7 +3,11 @@
 - ``GET /v1/status``: ``serving`` or ``draining`` (anycast must withdraw now); ``PUT`` it
   with ``{"state": "draining"|"serving"}`` and the token to drain for maintenance.
 - ``GET /v1/telemetry``: heartbeats accepted, and rejected by reason.
-- ``GET /v1/nodes``: every node with its state, the reason, and the override in force.
+- ``GET /v1/nodes``: every node with its state, the reason, the override in force, where it
+  is and the load it last reported.
+- ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
+- ``GET /status``: the status page (``router/api/static/status.html``): the nodes on a map,
+  coloured by state, their load against capacity and the recent changes; it refreshes itself.
 - ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
   ``Authorization: Bearer <token>``: returns once every DNS worker serves the change.
 """
@@ -14,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,6 +26,7 @@ from router.health.state import ADMIN_STATES
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router.api")
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def create_app(supervisor: Supervisor, token: str) -> web.Application:
@@ -39,9 +45,13 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
+    sites = {site.id: site for site in supervisor.deployment.inventory.sites}
+
     def node_json(node_id: str) -> dict[str, object]:
         status = next(s for s in supervisor.health.status() if s.node_id == node_id)
         node = next(n for n in supervisor.deployment.inventory.nodes if n.id == node_id)
+        i = supervisor.model.node_ids.index(node_id)
+        load = supervisor.health.monitor.load_gbps[i] if supervisor.health.monitor is not None else None
         return {
             "id": node.id,
             "state": status.state.label,
@@ -49,6 +59,11 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "admin_state": status.admin_state,
             "since": status.since,
             "site": node.site,
+            "metro": sites[node.site].metro if node.site in sites else None,
+            "lat": node.lat,
+            "lon": node.lon,
+            # What the node last reported carrying (None: no heartbeat telemetry).
+            "load_gbps": None if load is None or load != load else float(load),
             "asn": node.asn,
             "ipv4": str(node.ipv4),
             "ipv6": str(node.ipv6),
@@ -115,6 +130,23 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
     async def dns_counters(request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(supervisor.dns_counters))
 
+    async def recent_changes(request: web.Request) -> web.Response:
+        changes = [
+            {"time": c.time, "node": c.node_id, "from": c.before.label, "to": c.after.label, "reason": c.reason}
+            for c in supervisor.health.recent_changes()
+        ]
+        return web.json_response({"changes": changes})
+
+    async def status_page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "status.html", headers={"Cache-Control": "no-cache"})
+
+    async def country_outlines(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"})
+
+    app.router.add_get("/", lambda request: web.HTTPFound("/status"))
+    app.router.add_get("/status", status_page)
+    app.router.add_get("/static/countries-110m.json", country_outlines)
+    app.router.add_get("/v1/changes", recent_changes)
     app.router.add_get("/v1/dns", dns_counters)
     app.router.add_get("/v1/telemetry", telemetry_counters)
     app.router.add_get("/v1/status", service_status)

@@ -8,6 +8,7 @@ it runs; without it a node is up, and its reason says so.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -47,6 +48,18 @@ class NodeStatus:
     since: float  # unix time of the last change of the effective state
 
 
+@dataclass(frozen=True)
+class StateChange:
+    time: float  # unix time
+    node_id: str
+    before: NodeState
+    after: NodeState
+    reason: str
+
+
+CHANGES_KEPT = 200
+
+
 class NodeHealth:
     """The effective state of every node, changed only through methods that say why."""
 
@@ -59,6 +72,8 @@ class NodeHealth:
         self._since = [now] * len(node_ids)
         self._lock = threading.Lock()
         self._effective = self._compute()
+        # The latest changes of effective state, newest last, for the status page.
+        self._changes: collections.deque[StateChange] = collections.deque(maxlen=CHANGES_KEPT)
 
     def __contains__(self, node_id: str) -> bool:
         return node_id in self._index
@@ -111,6 +126,11 @@ class NodeHealth:
         if self.monitor is None:
             return np.zeros(len(self.node_ids))
         return self.monitor.utilization()
+
+    def recent_changes(self) -> list[StateChange]:
+        """The latest changes of effective state (up to CHANGES_KEPT), newest first."""
+        with self._lock:
+            return list(reversed(self._changes))
 
     def status(self) -> list[NodeStatus]:
         with self._lock:
@@ -182,6 +202,7 @@ class NodeHealth:
         changed = entry[0] != self._effective[i][0]
         if changed:
             self._since[i] = time.time()
+            self._changes.append(StateChange(self._since[i], self.node_ids[i], self._effective[i][0], entry[0], entry[1]))
         self._effective[i] = entry
         return changed
 
