@@ -6,6 +6,7 @@
 - ``GET /v1/nodes``: every node with its state, the reason, the override in force, where it
   is and the load it last reported.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
+- ``GET /metrics``: Prometheus text format (``router/api/metrics.py``).
 - ``GET /status``: the status page (``router/api/static/status.html``): the nodes on a map,
   coloured by state, their load against capacity and the recent changes; it refreshes itself.
 - ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router.api import metrics
 from router.health.state import ADMIN_STATES
 from router.service.supervisor import Supervisor
 
@@ -143,6 +145,13 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
     async def country_outlines(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"})
 
+    registry = metrics.registry_for(supervisor)
+
+    async def prometheus_metrics(request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.render, registry)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    app.router.add_get("/metrics", prometheus_metrics)
     app.router.add_get("/", lambda request: web.HTTPFound("/status"))
     app.router.add_get("/status", status_page)
     app.router.add_get("/static/countries-110m.json", country_outlines)

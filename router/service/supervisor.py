@@ -134,6 +134,22 @@ class _Worker:
     control: Connection
 
 
+class DurationHistogram:
+    """Counts of durations by bucket and kind, read by the /metrics collector (the supervisor
+    itself does not depend on the metrics library)."""
+
+    BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+    def __init__(self) -> None:
+        self.counts: dict[str, np.ndarray] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, seconds: float, kind: str) -> None:
+        counts = self.counts.setdefault(kind, np.zeros(len(self.BOUNDS_S), dtype=np.int64))
+        counts[int(np.searchsorted(self.BOUNDS_S, seconds))] += 1
+        self.sums[kind] = self.sums.get(kind, 0.0) + seconds
+
+
 class Supervisor:
     def __init__(
         self,
@@ -223,6 +239,7 @@ class Supervisor:
             self.health.states(), self.health.utilization(), generation=1
         )
         self.last_build_ms = 0.0
+        self.build_seconds = DurationHistogram()  # every routing table planned since start
         model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
         model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
         if self.fast_book is not None:
@@ -526,6 +543,7 @@ class Supervisor:
         else:
             table = self.planner.build(states, util, generation)
         self.last_build_ms = (time.perf_counter() - started) * 1000
+        self.build_seconds.observe(self.last_build_ms / 1000, self.planner.last_kind)
         log.info("routing table %d planned (%s) in %.1f ms", generation, self.planner.last_kind, self.last_build_ms)
         return table
 

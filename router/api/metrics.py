@@ -1,0 +1,132 @@
+"""Prometheus ``GET /metrics``: what the supervisor knows, read at scrape time.
+
+A collector reads the supervisor's own counters when Prometheus scrapes, so nothing on the
+query path or the heartbeat path calls the metrics library. Names follow Prometheus
+conventions (``_total`` counters, base units: seconds, bytes, Gbps as the capacity unit the
+deployment uses).
+
+Not here yet (issue 7): queries by name, type, rcode and transport, answers per node and ECS
+use (those need counters inside the DNS workers' compiled path), and reloads ok/failed (hot
+reload does not exist yet).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from router.health.state import NodeState
+from router.service.supervisor import DurationHistogram, Supervisor
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# A node's reason is free text with numbers in it ("held down 3.2 s more"); as a label it is
+# reduced to its kind, so the series stay few and stable.
+REASON_KINDS = (
+    ("admin", re.compile(r"^admin:")),
+    ("power", re.compile(r"power|battery")),
+    ("uplink", re.compile(r"uplink")),
+    ("silence", re.compile(r"missed \d+ heartbeats|no heartbeat")),
+    ("load", re.compile(r"^load ")),
+    ("probe", re.compile(r"probe")),
+    ("ok", re.compile(r"heartbeats good|in service|no recorded problem|recovered")),
+)
+
+
+def reason_kind(reason: str) -> str:
+    for kind, pattern in REASON_KINDS:
+        if pattern.search(reason):
+            return kind
+    return "other"
+
+
+class SupervisorCollector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        serving = GaugeMetricFamily("router_service_serving", "1 while serving, 0 while draining (anycast withdrawn)")
+        serving.add_metric([], 1.0 if sup.service_state == "serving" else 0.0)
+        yield serving
+        generation = GaugeMetricFamily("router_routing_table_generation", "generation of the routing table in service")
+        generation.add_metric([], float(sup.table.generation))
+        yield generation
+        yield _histogram(sup.build_seconds)
+
+        states = GaugeMetricFamily("router_node_state", "1 for the state each node is in", labels=["node", "state"])
+        reasons = GaugeMetricFamily("router_node_state_reason", "1 for the kind of reason of each node's state", labels=["node", "reason"])
+        load = GaugeMetricFamily("router_node_load_gbps", "load the node last reported", labels=["node"])
+        capacity = GaugeMetricFamily("router_node_capacity_gbps", "the node's capacity", labels=["node"])
+        monitor = sup.health.monitor
+        for i, status in enumerate(sup.health.status()):
+            for state in NodeState:
+                states.add_metric([status.node_id, state.label], 1.0 if status.state == state else 0.0)
+            reasons.add_metric([status.node_id, reason_kind(status.reason)], 1.0)
+            if monitor is not None and monitor.load_gbps[i] == monitor.load_gbps[i]:  # NaN: never reported
+                load.add_metric([status.node_id], float(monitor.load_gbps[i]))
+            capacity.add_metric([status.node_id], float(sup.model.node_capacity_gbps[i]))
+        yield from (states, reasons, load, capacity)
+
+        verifier = sup.verifier
+        if verifier is not None:
+            accepted = CounterMetricFamily("router_telemetry_heartbeats_accepted", "node heartbeats accepted")
+            accepted.add_metric([], float(verifier.accepted))
+            yield accepted
+            rejected = CounterMetricFamily("router_telemetry_heartbeats_rejected", "node heartbeats rejected, by reason", labels=["reason"])
+            for reason, count in sorted(verifier.rejected.items()):
+                rejected.add_metric([reason], float(count))
+            yield rejected
+        samples = CounterMetricFamily("router_rtt_samples_rejected", "RTT samples in heartbeats that could not be used")
+        samples.add_metric([], float(sup.rtt_rejected))
+        yield samples
+
+        dns = sup.dns_counters()
+        packets = CounterMetricFamily("router_udp_packets", "UDP packets per worker (batched path)", labels=["worker", "kind"])
+        batches = CounterMetricFamily("router_udp_batches", "recvmmsg batches per worker", labels=["worker"])
+        for w, row in enumerate(dns["workers"]):  # type: ignore[arg-type]
+            for kind in ("received", "answered", "punted", "send_errors"):
+                packets.add_metric([str(w), kind], float(row[kind]))
+            batches.add_metric([str(w)], float(row["batches"]))
+        yield from (packets, batches)
+        drops = CounterMetricFamily("router_udp_receive_drops", "queries the kernel dropped: a worker's receive buffer was full")
+        drops.add_metric([], float(dns["udp_receive_drops"]))  # type: ignore[arg-type]
+        yield drops
+        queued = GaugeMetricFamily("router_udp_receive_queue_bytes", "bytes waiting in the DNS sockets' receive queues")
+        queued.add_metric([], float(dns["udp_receive_queue_bytes"]))  # type: ignore[arg-type]
+        yield queued
+
+        demand = GaugeMetricFamily("router_demand_qps", "steered queries per second, smoothed, by policy", labels=["zone", "policy"])
+        for p, compiled in enumerate(sup.model.policies):
+            demand.add_metric([compiled.zone.to_text(), compiled.name], float(sup.demand.qps[p].sum()))
+        yield demand
+
+
+def _histogram(durations: DurationHistogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "router_routing_table_build_seconds", "time to plan a routing table, by kind (full or incremental)", labels=["kind"]
+    )
+    for kind in sorted(durations.counts):
+        cumulative = durations.counts[kind].cumsum()
+        buckets = [("+Inf" if b == float("inf") else repr(b), float(c)) for b, c in zip(DurationHistogram.BOUNDS_S, cumulative)]
+        family.add_metric([kind], buckets, sum_value=durations.sums[kind])
+    return family
+
+
+def registry_for(supervisor: Supervisor) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SupervisorCollector(supervisor))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
