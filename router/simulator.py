@@ -70,15 +70,22 @@ class SimulatedNode:
 
 
 class Simulator:
-    def __init__(self, inventory: Inventory, keys: dict[str, bytes], target: tuple[str, int], interval_s: float) -> None:
+    def __init__(
+        self, inventory: Inventory, keys: dict[str, bytes], target: tuple[str, int], interval_s: float,
+        also: tuple[tuple[str, int], ...] = (),
+    ) -> None:  # fmt: skip
+        """``also``: more routers to send every heartbeat to (each runs its own monitor)."""
         self.inventory = inventory
         self.nodes = {
             n.id: SimulatedNode(n, keys[n.id], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE) for n in inventory.nodes
         }
         self.target = target
+        self.targets = (target, *also)
         self.interval_s = interval_s
-        family = socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)[0][0]
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.socks = []
+        for host, port in self.targets:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            self.socks.append((socket.socket(family, socket.SOCK_DGRAM), address))
         self.sent = 0
         self.muted = False  # True: commands change the nodes but nothing is sent (checking a script)
         self._order = list(self.nodes.values())
@@ -86,7 +93,8 @@ class Simulator:
         self._next_beat: float | None = None
 
     def close(self) -> None:
-        self.sock.close()
+        for sock, _ in self.socks:
+            sock.close()
 
     def select(self, selector: str) -> list[SimulatedNode]:
         sites = {s.id: s for s in self.inventory.sites}
@@ -172,11 +180,13 @@ class Simulator:
     def send(self, node: SimulatedNode) -> None:
         if node.silent or self.muted:
             return
-        try:
-            self.sock.sendto(node.heartbeat(), self.target)
-            self.sent += 1
-        except OSError as exc:
-            print(f"error: sending to {self.target}: {exc}", file=sys.stderr)
+        packet = node.heartbeat()  # one sequence number for all routers: each checks replay on its own
+        for sock, address in self.socks:
+            try:
+                sock.sendto(packet, address)
+            except OSError as exc:
+                print(f"error: sending to {address}: {exc}", file=sys.stderr)
+        self.sent += 1
 
     def beat_due(self, now: float) -> float:
         """Send every heartbeat due by ``now`` (nodes take turns, spread over the interval);
@@ -232,7 +242,8 @@ async def serve_health(simulator: Simulator, listen: tuple[str, int]):  # noqa: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zones", required=True, type=Path, help="deployment directory whose nodes to play")
-    parser.add_argument("--target", required=True, help="the router's telemetry address, HOST:PORT")
+    parser.add_argument("--target", required=True, action="append",
+                        help="the router's telemetry address, HOST:PORT; repeat it to report to several routers")  # fmt: skip
     parser.add_argument("--keys", required=True, type=Path, help="the per-node keys file")
     parser.add_argument("--interval", type=float, help="seconds between heartbeats (default: the deployment's)")
     parser.add_argument("--duration", type=float, default=3600.0, help="stop by itself after this many seconds")
@@ -247,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     if deployment is None:
         return 1
     try:
-        target = parse_endpoint(args.target, "--target")
+        targets = [parse_endpoint(t, "--target") for t in args.target]
     except ServiceError as exc:
         print(f"router simulate-nodes: {exc}", file=sys.stderr)
         return 2
@@ -257,7 +268,11 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     interval = args.interval or (deployment.health.heartbeat_interval_s if deployment.health else 1.0)
-    simulator = Simulator(deployment.inventory, keys, target, interval)
+    try:
+        simulator = Simulator(deployment.inventory, keys, targets[0], interval, also=tuple(targets[1:]))
+    except OSError as exc:  # e.g. a host name that does not resolve
+        print(f"router simulate-nodes: --target: {exc}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -272,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
         runner = None
         if args.health_listen:
             runner = await serve_health(simulator, parse_endpoint(args.health_listen, "--health-listen"))
-        print(f"simulating {len(simulator.nodes)} nodes -> {args.target} every {interval:g} s", flush=True)
+        print(f"simulating {len(simulator.nodes)} nodes -> {', '.join(args.target)} every {interval:g} s", flush=True)
         try:
             await simulator.run(args.duration, commands)
         finally:
