@@ -19,7 +19,7 @@ from loadtest.scenario import SCENARIO_DIR, find_scenario, load_scenario, scaled
 from router.config.problems import ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadtest", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="play one scenario against the router; write result.json and report.html")
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate scenario files: every problem as path:line: message")
     check.add_argument("scenarios", nargs="*", help="files or names (default: every shipped scenario)")
     sub.add_parser("list", help="list the shipped scenarios")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "list":
         for path in sorted(SCENARIO_DIR.glob("*.yaml")):
             try:

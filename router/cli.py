@@ -22,7 +22,8 @@ TOKEN_ENV = "ROUTER_API_TOKEN"
 log = logging.getLogger("router")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option (also used to check the commands docker-compose.yml runs)."""
     parser = argparse.ArgumentParser(prog="router", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -60,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from router.anycast import announcer
 
     announcer.add_arguments(announce)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from router import simulator
+    from router.anycast import announcer
+
+    args = build_parser().parse_args(argv)
     if args.command == "simulate-nodes":
         return simulator.run(args)
     if args.command == "anycast-announce":
