@@ -142,8 +142,8 @@ def analyze(
 
     # Steering quality, for steered A/AAAA answers that name nodes.
     steered = (q_kind[rec.question] == KIND_STEERED) & (rec.rcode == 0) & (rec.node1 >= 0)
-    router_group = np.where(rec.ecs, _groups(model, rec.family, rec.client_hi, rec.client_lo), UNKNOWN_GROUP)
     client_group = _groups(model, rec.family, rec.client_hi, rec.client_lo)
+    router_group = np.where(rec.ecs, client_group, UNKNOWN_GROUP)
     policy = q_policy[rec.question]
     pairs = set(zip(policy[steered].tolist(), router_group[steered].tolist()))
     pairs |= set(zip(policy[steered].tolist(), client_group[steered].tolist()))
@@ -174,15 +174,12 @@ def analyze(
     client_best_share = float(hit_client.mean()) if len(idx) else None
     finite_excess = excess[np.isfinite(excess)]
 
-    # Answers naming a node that was down at that moment.
-    named = np.stack([rec.node1, rec.node2], axis=1).astype(np.int64)
-    k_rows = epoch
+    # Answers naming a node that was down at that moment: the event that took it out.
     dead_event = np.full(rec.n, -1, dtype=np.int64)
-    for col in range(2):
-        node = named[:, col]
+    for node in (rec.node1.astype(np.int64), rec.node2.astype(np.int64)):
         has = node >= 0
         ev = np.full(rec.n, -1, dtype=np.int64)
-        ev[has] = failed_by[k_rows[has], node[has]]
+        ev[has] = failed_by[epoch[has], node[has]]
         dead_event = np.where((dead_event < 0) & (ev >= 0), ev, dead_event)
     counted = rec.rcode >= 0
 
@@ -198,10 +195,9 @@ def analyze(
             # The window ends when the truth changes again for these nodes, or at the end.
             later = [f for f in range(e + 1, len(play.events)) if avail[f + 1][failed].any()]
             window_end = play.events[later[0]].t if later else elapsed
-            mine = counted & (dead_event == e)
+            client_dead = counted & (dead_event == e)  # answers from resolver caches too
             t_rel = (rec.t_done - event.t) * 1000.0
-            wire_dead = mine & wire
-            client_dead = mine
+            wire_dead = client_dead & wire
             last = float(t_rel[wire_dead].max()) if wire_dead.any() else 0.0
             reached_zero = not wire_dead.any() or (event.t + last / 1000.0) < window_end - 0.2
             bins = np.arange(-1000, min((window_end - event.t) * 1000.0, max(5000.0, 3 * bound)) + DEAD_BIN_MS, DEAD_BIN_MS)
@@ -226,7 +222,7 @@ def analyze(
                 "clients_sent_to_dead": int(client_dead.sum()),
                 "clients_sent_to_dead_after_bound": int((client_dead & (t_rel > bound)).sum()),
                 "clients_time_to_zero_dead_ms": round(float(t_rel[client_dead].max()), 1) if client_dead.any() else 0.0,
-                "flaps_seen_by_clients": {model.node_ids[i]: _flaps(rec, wire, i, event.t, elapsed) for i in failed},
+                "flaps_seen_by_clients": {model.node_ids[i]: _flaps(rec, wire, i, event.t) for i in failed},
                 "series": {"t_ms": bins[:-1].tolist(), "answers": hist_all.tolist(), "answers_to_dead": hist_dead.tolist()},
             })  # fmt: skip
         if len(restored):
@@ -242,11 +238,7 @@ def analyze(
 
     # Load on each node against its capacity, per second.
     seconds = max(1, int(math.ceil(elapsed - 0.01)))  # the loop ends a hair after the duration
-    # A client uses the first address of its answer that works, else the second.
-    n1_all, n2_all = rec.node1.astype(np.int64), rec.node2.astype(np.int64)
-    ok1 = (n1_all >= 0) & avail_arr[epoch, np.maximum(n1_all, 0)]
-    ok2 = (n2_all >= 0) & avail_arr[epoch, np.maximum(n2_all, 0)]
-    serving = np.where(ok1, n1_all, np.where(ok2, n2_all, -1))
+    serving = rec.served.astype(np.int64)  # the first address of the answer that worked
     load_rows = (rec.rcode >= 0) & (serving >= 0)
     sec = np.minimum(np.floor(rec.t_done[load_rows]).astype(np.int64), seconds - 1)
     counts = np.zeros((n_nodes, seconds))
@@ -354,7 +346,7 @@ def analyze(
     return result
 
 
-def _flaps(rec, wire: np.ndarray, node: int, since: float, end: float) -> int:  # noqa: ANN001
+def _flaps(rec, wire: np.ndarray, node: int, since: float) -> int:  # noqa: ANN001
     """Times the node came back into answers after being absent for RETURN_GAP_S or more."""
     seen = np.sort(rec.t_done[wire & (rec.rcode >= 0) & (rec.t_done >= since) & ((rec.node1 == node) | (rec.node2 == node))])
     if len(seen) < 2:

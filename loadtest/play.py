@@ -24,11 +24,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from loadtest.population import ECS_V4_BITS, ECS_V6_BITS, Catalogue, Population
+from loadtest.population import ECS_V4_BITS, ECS_V6_BITS, Catalogue, Resolver
 from loadtest.scenario import Scenario
 from loadtest.traffic import carry_step, rate
 from router.simulator import Simulator
@@ -47,7 +47,6 @@ class Records:
 
     t: np.ndarray  # float64: seconds since the start, when the client asked
     question: np.ndarray  # int32: index into the catalogue
-    resolver: np.ndarray  # int32
     family: np.ndarray  # int8: 4 or 6, the client's subnet
     client_hi: np.ndarray  # uint64: the subnet (IPv4: in client_lo; IPv6: high and low 64 bits)
     client_lo: np.ndarray
@@ -56,8 +55,8 @@ class Records:
     t_done: np.ndarray  # float64: when the answer came (cached: at once)
     rcode: np.ndarray  # int16: DNS rcode, RCODE_TIMEOUT or RCODE_UNANSWERED
     node1: np.ndarray  # int16: first and second address of the answer as node indexes, -1 if none
-    node2: np.ndarray  # (a client uses the first that works: load goes there)
-    scope: np.ndarray  # int16: ECS scope of the reply, -1 without ECS
+    node2: np.ndarray
+    served: np.ndarray  # int16: the node the client ends up on (the first address that works), -1 if none
     truncated: np.ndarray  # bool
     n: int = 0
 
@@ -66,13 +65,13 @@ class Records:
         def z(dtype):  # noqa: ANN001, ANN202
             return np.zeros(size, dtype=dtype)
 
-        records = cls(z(np.float64), z(np.int32), z(np.int32), z(np.int8), z(np.uint64), z(np.uint64),
-                      z(np.bool_), z(np.bool_), z(np.float64), z(np.int16), z(np.int16), z(np.int16),
-                      z(np.int16), z(np.bool_))  # fmt: skip
+        records = cls(z(np.float64), z(np.int32), z(np.int8), z(np.uint64), z(np.uint64), z(np.bool_),
+                      z(np.bool_), z(np.float64), z(np.int16), z(np.int16), z(np.int16), z(np.int16),
+                      z(np.bool_))  # fmt: skip
         records.rcode[:] = RCODE_UNANSWERED
         records.node1[:] = -1
         records.node2[:] = -1
-        records.scope[:] = -1
+        records.served[:] = -1
         records.t_done[:] = np.nan
         return records
 
@@ -108,7 +107,6 @@ class Play:
     send_errors: int = 0
     backlog_dropped: int = 0  # client queries the generator could not send in time
     stopped_by: str = "duration"
-    per_second: list[dict] = field(default_factory=list)
 
 
 def parse_reply(data: bytes, qlen: int, node_of: dict[bytes, int]) -> tuple[int, int, int, int, int, bool]:
@@ -175,11 +173,10 @@ class Player:
         self,
         scenario: Scenario,
         catalogue: Catalogue,
-        population: Population,
+        resolvers: tuple[Resolver, ...],
         target: tuple[str, int],
         node_ids: tuple[str, ...],
         node_of: dict[bytes, int],
-        capacity_gbps: np.ndarray,
         high_water: float,
         simulator: Simulator | None,
         seed: int,
@@ -187,10 +184,9 @@ class Player:
     ) -> None:
         self.scenario = scenario
         self.catalogue = catalogue
-        self.population = population
+        self.resolvers = resolvers
         self.target = target
         self.node_of = node_of
-        self.capacity_gbps = capacity_gbps
         self.high_water = high_water
         self.simulator = simulator
         self.rng = random.Random(seed)
@@ -202,7 +198,7 @@ class Player:
     def _truth(self) -> tuple[np.ndarray, np.ndarray]:
         """(available, external load) of every node as the simulator plays it now."""
         if self.simulator is None:
-            return np.ones(len(self.capacity_gbps), dtype=np.bool_), np.zeros(len(self.capacity_gbps))
+            return np.ones(len(self.node_ids), dtype=np.bool_), np.zeros(len(self.node_ids))
         nodes = [self.simulator.nodes[i] for i in self.node_ids]
         external = np.array([n.load_gbps for n in nodes])
         available = np.array(
@@ -221,7 +217,7 @@ class Player:
         twin = self.catalogue.aaaa_twin
         kind_cum = self.catalogue.kind_cum
         aaaa_share = scenario.names.aaaa_share
-        resolvers = self.population.resolvers
+        resolvers = self.resolvers
         n_resolvers = len(resolvers)
         timeout = scenario.resolvers.timeout_ms / 1000.0
         gbps_per_qps = scenario.traffic.gbps_per_qps
@@ -229,7 +225,7 @@ class Player:
         rng = self.rng.random
         rand_index = self.rng.randrange
         node_of = self.node_of
-        n_nodes = len(self.capacity_gbps)
+        n_nodes = len(self.node_ids)
 
         # Sockets: one per resolver, bound to its own loopback address.
         ep = select.epoll()
@@ -251,8 +247,8 @@ class Player:
             plens: list[set] = [set() for _ in resolvers]  # (family, prefix length) cached
             pending: dict[int, int] = {}  # resolver << 16 | id -> record row
             in_flight: collections.deque[tuple[float, int, int]] = collections.deque()
-            available, external = self._truth()
-            play = Play(rec, [], available.copy(), external.copy(), time.time(), 0.0)
+            self._available, self._external = self._truth()
+            play = Play(rec, [], self._available, self._external, time.time(), 0.0)
             timeline = self._timeline()
             node_count = [0] * (n_nodes + 1)  # client answers per node this second (last: none)
             offered_gbps = np.zeros(n_nodes)
@@ -283,8 +279,8 @@ class Player:
                 rec.rcode[row] = entry[1]
                 rec.node1[row] = entry[2]
                 rec.node2[row] = entry[3]
-                rec.scope[row] = entry[4]
-                node_count[serving(entry[2], entry[3])] += 1
+                served = rec.served[row] = serving(entry[2], entry[3])
+                node_count[served] += 1
 
             def receive(fd: int) -> None:
                 """One reply: match it to its question, record it, cache it."""
@@ -319,9 +315,9 @@ class Player:
                 rec.rcode[row] = rcode
                 rec.node1[row] = n1
                 rec.node2[row] = n2
-                rec.scope[row] = scope
+                served = rec.served[row] = serving(n1, n2)
                 rec.truncated[row] = tc
-                node_count[serving(n1, n2)] += 1
+                node_count[served] += 1
                 second_stats["answered"] += 1
                 second_stats["latency"].append(got - rec.t[row])
                 if ttl > MIN_CACHE_TTL_S and not tc:
@@ -333,7 +329,7 @@ class Player:
                         plen = min(scope, ECS_V4_BITS if fam == 4 else ECS_V6_BITS)
                         net = int(rec.client_lo[row]) if fam == 4 else int(rec.client_hi[row]) << 64 | int(rec.client_lo[row])
                         key = (qi, fam, plen, net >> ((32 if fam == 4 else 128) - plen))
-                    caches[r][key] = (got + ttl, rcode, n1, n2, scope)
+                    caches[r][key] = (got + ttl, rcode, n1, n2)
                     if rec.ecs[row]:
                         plens[r].add((fam, plen))
 
@@ -344,9 +340,10 @@ class Player:
                 if n >= max_queries:
                     play.stopped_by = "max_queries"
                     break
-                due += rate(scenario.traffic, duration, now) * (now - last)
+                offered = rate(scenario.traffic, duration, now)
+                due += offered * (now - last)
                 last = now
-                limit = rate(scenario.traffic, duration, now) * 0.1 + BATCH
+                limit = offered * 0.1 + BATCH
                 if due > limit:  # the generator fell behind: do not burst to catch up
                     play.backlog_dropped += int(due - limit)
                     due = limit
@@ -367,7 +364,6 @@ class Player:
                     n += 1
                     rec.t[row] = now
                     rec.question[row] = qi
-                    rec.resolver[row] = r
                     rec.family[row] = fam
                     if fam == 4:
                         rec.client_lo[row] = net
@@ -413,7 +409,7 @@ class Player:
                     in_flight.append((now, key, row))
                     second_stats["sent"] += 1
 
-                wait = 0.0 if due >= 1 else min(0.002, max(0.0, (1 - due) / max(rate(scenario.traffic, duration, now), 1.0)))
+                wait = 0.0 if due >= 1 else min(0.002, max(0.0, (1 - due) / max(offered, 1.0)))
                 for fd, _ in ep.poll(wait, 1024):
                     receive(fd)
 
@@ -439,18 +435,14 @@ class Player:
                     offered_gbps = carry_step(offered_gbps if seconds_done else None, counts, gbps_per_qps, session_s)
                     seconds_done += 1
                     node_count = [0] * (n_nodes + 1)
-                    if self.simulator is not None:
-                        for i, node_id in enumerate(self.node_ids):
-                            ext = self._external[i]
-                            self.simulator.nodes[node_id].load_gbps = ext + offered_gbps[i]
+                    self._report_load(offered_gbps)
                     lat = second_stats["latency"]
                     stats = {
                         "t": round(now, 3), "queries": n, "sent": second_stats["sent"], "answered": second_stats["answered"],
                         "cached": second_stats["cached"], "timeouts": second_stats["timeouts"],
                         "p99_ms": float(np.percentile(lat, 99) * 1000) if lat else None,
-                        "offered_qps": rate(scenario.traffic, duration, now),
+                        "offered_qps": offered,
                     }  # fmt: skip
-                    play.per_second.append(stats)
                     second_stats = {"sent": 0, "answered": 0, "timeouts": 0, "cached": 0, "latency": []}
                     if on_second is not None:
                         on_second(stats)
@@ -482,17 +474,21 @@ class Player:
                 at = failure.at_s + k * (failure.repeat_every_s or 0.0)
                 events.append(Event(at, failure.do, i, k))
         events.sort(key=lambda e: (e.t, e.failure, e.repeat))
-        self._available, self._external = self._truth()
         return events
 
     def _apply(self, event: Event, offered_gbps: np.ndarray) -> None:
         """Play one command; the nodes' reported load stays external + what this test sends them."""
         if self.simulator is None:
             raise RuntimeError("a failure timeline needs the node simulator (the router's telemetry address)")
-        for i, node_id in enumerate(self.node_ids):
-            self.simulator.nodes[node_id].load_gbps = self._external[i]
+        self._report_load(np.zeros(len(self.node_ids)))  # the command sees (and may set) outside load only
         event.ack = self.simulator.command(event.command)
         event.available, event.external_gbps = self._truth()
         self._available, self._external = event.available, event.external_gbps
+        self._report_load(offered_gbps)
+
+    def _report_load(self, offered_gbps: np.ndarray) -> None:
+        """What each simulated node reports carrying: outside load plus what this test sends it."""
+        if self.simulator is None:
+            return
         for i, node_id in enumerate(self.node_ids):
             self.simulator.nodes[node_id].load_gbps = self._external[i] + offered_gbps[i]

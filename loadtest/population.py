@@ -163,16 +163,8 @@ class Resolver:
     subnets: tuple[tuple[int, int], ...]  # its clients: (4 or 6, network address as int)
 
 
-@dataclass(frozen=True)
-class Population:
-    resolvers: tuple[Resolver, ...]
-    v4: dict[int, AddressPool]  # ASN -> pool
-    v6: dict[int, AddressPool]
-    isp_weight: dict[int, float]
-    ipv6_client_share: float
-
-
-def build_population(model: SteeringModel, resolvers: Resolvers, seed: int) -> Population:
+def build_resolvers(model: SteeringModel, resolvers: Resolvers, seed: int) -> tuple[Resolver, ...]:
+    """The resolvers, each in an ISP, with its clients' subnets drawn from that ISP's prefixes."""
     cm = model.client_map
     asn_of_group = cm.groups.asn
     node_countries = {model.countries[int(c)] for c in model.node_country}
@@ -225,5 +217,4 @@ def build_population(model: SteeringModel, resolvers: Resolvers, seed: int) -> P
             else:
                 subnets.append((4, v4[asn].draw(rng) >> (32 - ECS_V4_BITS) << (32 - ECS_V4_BITS)))
         out.append(Resolver(i, address, asn, rng.random() < resolvers.ecs_share, tuple(subnets)))
-    total = sum(weights.values())
-    return Population(tuple(out), v4, v6, {a: w / total for a, w in weights.items()}, resolvers.ipv6_client_share)
+    return tuple(out)

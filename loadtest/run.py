@@ -18,11 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from loadtest.analyze import analyze, check
 from loadtest.play import Player
-from loadtest.population import build_catalogue, build_population
+from loadtest.population import build_catalogue, build_resolvers
 from loadtest.scenario import Scenario
 from loadtest.traffic import expected_queries, peak_rate
 from router.config.deployment import Deployment
@@ -119,7 +117,7 @@ def play_scenario(
             "address and a deployment with health: (heartbeat keys) in deployment.yaml"
         )
     catalogue = build_catalogue(deployment, model, scenario.names, seed)
-    population = build_population(model, scenario.resolvers, seed)
+    resolvers = build_resolvers(model, scenario.resolvers, seed)
     interval = health.heartbeat_interval_s if health else 1.0
     high_water = health.high_water if health else 0.9
     simulator = None
@@ -130,8 +128,8 @@ def play_scenario(
         time.sleep(min(1.0, interval))
     size = int(min(scenario.max_queries, expected_queries(scenario.traffic, scenario.duration_s) * 1.25 + 10_000))
     player = Player(
-        scenario, catalogue, population, router.dns, model.node_ids, node_addresses(model),
-        np.asarray(model.node_capacity_gbps, dtype=np.float64), high_water, simulator, seed, size,
+        scenario, catalogue, resolvers, router.dns, model.node_ids, node_addresses(model), high_water, simulator,
+        seed, size,
     )  # fmt: skip
     try:
         play = _with_progress(player, scenario) if progress else player.run()
@@ -154,7 +152,7 @@ def play_scenario(
             "started_by_loadtest": router.process is not None,
             "workers": scenario.router_workers if router.process is not None else None,
         },
-        "resolvers": len(population.resolvers),
+        "resolvers": len(resolvers),
         "offered_peak_client_qps": round(peak_rate(scenario.traffic, scenario.duration_s), 1),
         "gbps_per_qps": scenario.traffic.gbps_per_qps,
         "events": [{"t_ms": round(e.t * 1000, 1), "command": e.command, "ack": e.ack} for e in play.events],
