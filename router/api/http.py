@@ -19,12 +19,13 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from pathlib import Path
 
 from aiohttp import web
 
 from router.api import metrics
-from router.health.state import ADMIN_STATES
+from router.health.state import ADMIN_STATES, NodeStatus
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router.api")
@@ -48,11 +49,14 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         )
 
     sites = {site.id: site for site in supervisor.deployment.inventory.sites}
+    nodes_by_id = {node.id: node for node in supervisor.deployment.inventory.nodes}
+    node_index = {node_id: i for i, node_id in enumerate(supervisor.model.node_ids)}
 
-    def node_json(node_id: str) -> dict[str, object]:
-        status = next(s for s in supervisor.health.status() if s.node_id == node_id)
-        node = next(n for n in supervisor.deployment.inventory.nodes if n.id == node_id)
-        i = supervisor.model.node_ids.index(node_id)
+    def node_json(status: NodeStatus) -> dict[str, object]:
+        """One node; ``status`` from one ``health.status()`` call per request (it covers all)."""
+        node_id = status.node_id
+        node = nodes_by_id[node_id]
+        i = node_index[node_id]
         load = supervisor.health.monitor.load_gbps[i] if supervisor.health.monitor is not None else None
         return {
             "id": node.id,
@@ -65,7 +69,7 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "lat": node.lat,
             "lon": node.lon,
             # What the node last reported carrying (None: no heartbeat telemetry).
-            "load_gbps": None if load is None or load != load else float(load),
+            "load_gbps": None if load is None or math.isnan(load) else float(load),
             "asn": node.asn,
             "ipv4": str(node.ipv4),
             "ipv6": str(node.ipv6),
@@ -75,12 +79,12 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "policies": {
                 compiled.name: vars(supervisor.policy_probes.result(p, node_id))
                 for p, compiled in enumerate(supervisor.model.policies)
-                if compiled.policy.probe is not None and compiled.in_pool[supervisor.model.node_ids.index(node_id)]
+                if compiled.policy.probe is not None and compiled.in_pool[i]
             },
         }
 
     async def list_nodes(request: web.Request) -> web.Response:
-        nodes = [node_json(node_id) for node_id in supervisor.model.node_ids]
+        nodes = [node_json(status) for status in supervisor.health.status()]
         return web.json_response({"generation": supervisor.table.generation, "nodes": nodes})
 
     async def put_admin_state(request: web.Request) -> web.Response:
@@ -101,7 +105,8 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         # taking heartbeats meanwhile.
         await asyncio.to_thread(supervisor.set_admin_state, node_id, state)
         log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
-        return web.json_response({**node_json(node_id), "generation": supervisor.table.generation})
+        status = supervisor.health.status()[node_index[node_id]]
+        return web.json_response({**node_json(status), "generation": supervisor.table.generation})
 
     async def service_status(request: web.Request) -> web.Response:
         return web.json_response(

@@ -12,6 +12,7 @@ reload does not exist yet).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -72,7 +73,7 @@ class SupervisorCollector(Collector):
             for state in NodeState:
                 states.add_metric([status.node_id, state.label], 1.0 if status.state == state else 0.0)
             reasons.add_metric([status.node_id, reason_kind(status.reason)], 1.0)
-            if monitor is not None and monitor.load_gbps[i] == monitor.load_gbps[i]:  # NaN: never reported
+            if monitor is not None and not math.isnan(monitor.load_gbps[i]):  # NaN: never reported
                 load.add_metric([status.node_id], float(monitor.load_gbps[i]))
             capacity.add_metric([status.node_id], float(sup.model.node_capacity_gbps[i]))
         yield from (states, reasons, load, capacity)
