@@ -32,12 +32,14 @@ from hypothesis import strategies as st
 from router.dns.answers import name_key
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import PUNT, FastResponder, compile_book
-from router.dns.transport import Counters, WorkerStop, safe_respond
+from router.dns.transport import Counters, WorkerStop, safe_respond, serve_udp
 from router.dns.udp_batch import (
     C_ANSWERED,
     C_PUNTED,
     C_RECEIVED,
+    CONTROL_RETIRE,
     CONTROL_SWAP,
+    CONTROLS,
     COUNTERS,
     serve_udp_batched,
     supported,
@@ -309,7 +311,7 @@ def test_batched_socket_loop_answers_punts_and_swaps_tables(engine: Engine, spli
     the general path, and a table swap seen by the next query. It runs in a thread and is
     stopped by a (punted, wildcard) query that the test's general path answers by raising."""
     views = [engine.view]
-    control = np.zeros(1, dtype=np.int64)
+    control = np.zeros(CONTROLS, dtype=np.int64)
     counters = np.zeros(COUNTERS, dtype=np.int64)
     general = Responder(engine.book, engine.model.client_map, lambda: views[0])
     fast = compile_book(engine.book, engine.model.client_map)
@@ -357,6 +359,68 @@ def test_batched_socket_loop_answers_punts_and_swaps_tables(engine: Engine, spli
         client.close()
         server.close()
     assert not thread.is_alive()
+
+
+@pytest.mark.skipif(not supported, reason="recvmmsg/sendmmsg batching needs 64-bit Linux")
+@pytest.mark.parametrize("path", ["batched", "per-packet"])
+def test_a_retiring_loop_answers_every_query_it_took(engine: Engine, path: str) -> None:
+    """A reload retires a worker while queries keep coming: its loop returns on its own,
+    and every query it received was answered (the rest wait in the socket for the next)."""
+    fast = compile_book(engine.book, engine.model.client_map)
+    general = Responder(engine.book, engine.model.client_map, lambda: engine.view)
+    control = np.zeros(CONTROLS, dtype=np.int64)
+    counters = np.zeros(COUNTERS, dtype=np.int64)
+    python_counters = Counters()
+    retire = threading.Event()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(5)
+
+    def serve() -> None:
+        if path == "batched":
+            serve_udp_batched(server, fast, lambda: engine.view, general, python_counters, counters, control, None,
+                              safe_respond)  # fmt: skip
+        else:
+            serve_udp(server, general, python_counters, retire)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    packet = make_query("video.cdn.example.", "A", "83.44.10.0/24", True)
+    try:
+        for _ in range(20):  # warm: the loop is running
+            client.sendto(packet, server.getsockname())
+            client.recv(65535)
+        for i in range(200):  # a burst the loop is still taking when told to retire
+            client.sendto(packet, server.getsockname())
+            if i == 100:
+                control[CONTROL_RETIRE] = 1
+                retire.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the retiring loop did not return"
+        taken = int(counters[C_RECEIVED]) if path == "batched" else python_counters.udp_queries
+        client.settimeout(0.5)
+        replies = 0
+        try:
+            while True:
+                client.recv(65535)
+                replies += 1
+        except TimeoutError:
+            pass
+        assert 20 <= taken <= 220 and replies == taken - 20, (taken, replies)
+        left = 0
+        server.setblocking(False)
+        try:
+            while True:
+                server.recv(65535)
+                left += 1
+        except BlockingIOError:
+            pass
+        assert left == 220 - taken, "queries not taken must stay queued for the successor"
+    finally:
+        client.close()
+        server.close()
 
 
 def _get_json(url: str) -> dict:

@@ -7,6 +7,7 @@ in order, an idle timeout, and a cap on open connections so a flood cannot exhau
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import struct
@@ -22,6 +23,10 @@ MAX_TCP_CONNECTIONS = 1024
 # A client that pipelines queries but never reads its replies is cut off here, so it
 # cannot make the worker buffer without bound.
 MAX_TCP_PENDING_OUTPUT = 1 << 20
+# A retiring worker (a reload started its successor on the same sockets) stops accepting
+# and closes each TCP connection once it is quiet; a busy one is closed after this long.
+RETIRE_QUIET_S = 0.2
+RETIRE_GRACE_S = 5.0
 _LENGTH = struct.Struct("!H")
 
 
@@ -55,15 +60,27 @@ class WorkerStop(BaseException):
     """
 
 
-def serve_udp(sock: socket.socket, responder: Responder, counters: Counters) -> None:
-    """Answer until WorkerStop. The socket stays blocking without a timeout: a timeout
-    would cost a poll() per packet; the stop signal interrupts recvfrom instead."""
-    sock.setblocking(True)
+def serve_udp(
+    sock: socket.socket, responder: Responder, counters: Counters, retire: threading.Event | None = None
+) -> None:
+    """Answer until WorkerStop, or until ``retire`` is set (every query taken is answered).
+
+    Receives without blocking (MSG_DONTWAIT: the socket's own flags are shared with the
+    worker that follows this one on a reload) and waits in poll() only when nothing is
+    queued, so a busy socket costs one system call per packet."""
     recvfrom = sock.recvfrom
     sendto = sock.sendto
-    while True:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while retire is None or not retire.is_set():
         try:
-            packet, address = recvfrom(UDP_RECV_SIZE)
+            packet, address = recvfrom(UDP_RECV_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            try:
+                poller.poll(500)
+            except WorkerStop:
+                return
+            continue
         except WorkerStop:
             return
         except OSError as exc:
@@ -90,8 +107,15 @@ class _Connection:
 
 
 def serve_tcp(
-    listener: socket.socket, responder: Responder, counters: Counters, stop: threading.Event, idle_timeout: float
+    listener: socket.socket,
+    responder: Responder,
+    counters: Counters,
+    stop: threading.Event,
+    idle_timeout: float,
+    retire: threading.Event | None = None,
 ) -> None:
+    """Serve until ``stop``; once ``retire`` is set, accept no more connections and return
+    when the open ones are done (quiet for RETIRE_QUIET_S) or after RETIRE_GRACE_S."""
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
@@ -117,8 +141,12 @@ def serve_tcp(
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
         selector.modify(conn.sock, events, conn)
 
+    retiring_since: float | None = None
     while not stop.is_set():
-        for key, events in selector.select(timeout=0.5):
+        if retire is not None and retire.is_set() and retiring_since is None:
+            retiring_since = time.monotonic()
+            selector.unregister(listener)
+        for key, events in selector.select(timeout=0.05 if retiring_since is not None else 0.5):
             if key.data is None:
                 try:
                     sock, address = listener.accept()
@@ -170,6 +198,11 @@ def serve_tcp(
         now = time.monotonic()
         for conn in [c for c in connections.values() if now - c.last_active > idle_timeout]:
             close(conn)
+        if retiring_since is not None:
+            for conn in [c for c in connections.values() if now - c.last_active > RETIRE_QUIET_S and not c.outbuf]:
+                close(conn)
+            if not connections or now - retiring_since > RETIRE_GRACE_S:
+                break
     for conn in list(connections.values()):
         close(conn)
     selector.close()

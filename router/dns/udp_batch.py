@@ -11,7 +11,9 @@ It returns to Python only when it must:
   receive, before answering, so no query received after the swap is answered from the old
   table; the batch already read is answered on re-entry;
 - after ``MAX_BATCHES_PER_CALL`` batches or a receive error or timeout (EINTR from the stop
-  signal, EAGAIN from SO_RCVTIMEO), so Python's signal handlers run.
+  signal, EAGAIN from SO_RCVTIMEO), so Python's signal handlers run;
+- the worker is retiring (``control[CONTROL_RETIRE]``, a reload put a new worker on the
+  same socket): checked before each receive, so every query it took is answered first.
 
 The mmsghdr/iovec arrays are filled once here; the kernel writes the sources and lengths.
 Layout (Linux, 64-bit): struct msghdr is 56 octets, struct mmsghdr 64, struct iovec 16.
@@ -59,12 +61,15 @@ STATUS_YIELD = 0  # ran MAX_BATCHES_PER_CALL batches
 STATUS_PUNTS = 1  # count queries (slots in punts) await the general path
 STATUS_SWAP = 2  # a new table: re-enter with the count queries already received
 STATUS_ERROR = 3  # the receive failed: count is errno
+STATUS_RETIRED = 4  # asked to retire: every query received has been answered
 
 # Counters (int64 array shared with the caller).
 C_RECEIVED, C_ANSWERED, C_PUNTED, C_SEND_ERRORS, C_BATCHES = range(5)
 COUNTERS = 5
 
 CONTROL_SWAP = 0
+CONTROL_RETIRE = 1
+CONTROLS = 2
 
 supported = sys.platform.startswith("linux") and struct.calcsize("P") == 8
 
@@ -103,6 +108,8 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
         received = pending
         pending = 0
         if received == 0:
+            if control[CONTROL_RETIRE]:
+                return STATUS_RETIRED, np.int64(0)
             for i in range(BATCH):
                 rx_words[i, 2] = ADDR_SIZE
             received = recvmmsg(fd, rx_hdr.ctypes.data, BATCH, _MSG_WAITFORONE, 0)
@@ -225,12 +232,13 @@ def warm_up(fast: FastBook, view: TableView) -> None:
         io = BatchSocket(sock)
         counters = np.zeros(COUNTERS, dtype=np.int64)
         for demand in (None, np.zeros((1, 1), dtype=np.int64)):
-            _run(io, 0, fast, view, demand, np.zeros(1, dtype=np.int64), counters)
+            _run(io, 0, fast, view, demand, np.zeros(CONTROLS, dtype=np.int64), counters)
 
 
 def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, counters, batch_counters: np.ndarray,
                       control: np.ndarray, demand: np.ndarray | None, safe_respond) -> None:  # noqa: ANN001  # fmt: skip
-    """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls).
+    """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls), or
+    until ``control[CONTROL_RETIRE]`` is set: then return once every query taken is answered.
 
     ``view()`` returns the current TableView; ``responder``/``safe_respond`` answer punted
     queries exactly as the per-packet loop does (router/dns/transport.py).
@@ -243,6 +251,8 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
     while True:
         kind, count = _run(io, pending, fast, view(), demand, control, batch_counters)
         pending = 0
+        if kind == STATUS_RETIRED:
+            return
         if kind == STATUS_ERROR:
             if count not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
                 log.warning("UDP receive failed: %s", errno.errorcode.get(count, count))

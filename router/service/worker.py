@@ -3,6 +3,11 @@
 Forked from the supervisor after the deployment is compiled, so the answer book, the
 client map and the numba code are inherited (copy-on-write). Routing tables arrive as
 paths of mapped files over the control pipe; each one is acknowledged once in use.
+
+A reload forks a successor for each worker on the same sockets (its own book, from the new
+config), then sends this one ``retire``: it stops taking queries, answers every one it has
+taken, lets its TCP connections finish, and exits. Both read the same sockets meanwhile, so
+no query waits for a worker that is not there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from router.dns import udp_batch
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import FastBook
-from router.dns.transport import Counters, WorkerStop, safe_respond, serve_tcp, serve_udp
+from router.dns.transport import (
+    RETIRE_GRACE_S,
+    Counters,
+    WorkerStop,
+    safe_respond,
+    serve_tcp,
+    serve_udp,
+)
 from router.geo.clientmap import ClientMap
 from router.service.tablefile import map_table
 
@@ -59,7 +71,9 @@ def worker_main(
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     current = [_view(table_path)]
-    swap = np.zeros(1, dtype=np.int64)  # tells the compiled UDP loop a new table is in place
+    # Tells the compiled UDP loop a new table is in place, or that this worker retires.
+    control_flags = np.zeros(udp_batch.CONTROLS, dtype=np.int64)
+    retire = threading.Event()
 
     def view() -> TableView:
         return current[0]
@@ -73,6 +87,7 @@ def worker_main(
             counters,
             stop,
             tcp_idle_timeout,
+            retire,
         ),
         name=f"tcp-{index}",
         daemon=True,
@@ -91,13 +106,17 @@ def worker_main(
                 _, path, generation = message
                 try:
                     current[0] = _view(Path(path))
-                    swap[udp_batch.CONTROL_SWAP] = 1  # after the view: the loop must find it
+                    control_flags[udp_batch.CONTROL_SWAP] = 1  # after the view: the loop must find it
                     control.send(("ack", generation))
                 except (OSError, ValueError) as exc:
                     log.error("worker %d cannot map routing table %s: %s", index, path, exc)
                     control.send(("nack", generation))
             elif message[0] == "stop":
                 os.kill(os.getpid(), signal.SIGTERM)
+                return
+            elif message[0] == "retire":
+                retire.set()
+                control_flags[udp_batch.CONTROL_RETIRE] = 1
                 return
 
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
@@ -108,9 +127,12 @@ def worker_main(
             if packet_counters is None:
                 packet_counters = np.zeros(udp_batch.COUNTERS, dtype=np.int64)
             udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
-                                        swap, demand_counts, safe_respond)  # fmt: skip
+                                        control_flags, demand_counts, safe_respond)  # fmt: skip
         else:
-            serve_udp(udp_sock, udp_responder, counters)
+            serve_udp(udp_sock, udp_responder, counters, retire)
+        if retire.is_set():
+            control.send(("retired",))  # no more UDP from this worker: the reload may report done
+            tcp_thread.join(timeout=RETIRE_GRACE_S + 1)  # its open connections finish first
     except WorkerStop:
         pass  # the signal arrived outside recvfrom
     stop.set()
