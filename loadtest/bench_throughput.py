@@ -429,7 +429,7 @@ class Oracle:
     def __init__(self, zones: Path) -> None:
         from router.dns.engine import Responder, TableView
         from router.explain import _last_known_health
-        from router.service.supervisor import build_book
+        from router.service.loaded import build_book
         from router.steering.build import Planner
         from router.steering.model import compile_model
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-file", type=Path, help="keep node states across restarts here (default: state_file in deployment.yaml)")
     serve.add_argument("--drain-grace", type=float, default=0.0,
                        help="on SIGTERM, report draining (GET /v1/status) and keep answering this many seconds before stopping")
+    serve.add_argument("--watch", type=float, default=1.0, metavar="S",
+                       help="look for changed config files every S seconds and reload (default 1; 0: reload only "
+                            "on SIGHUP or POST /v1/config/reload)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     check = sub.add_parser("check", help="validate a deployment directory; print every problem as path:line: message")
@@ -134,6 +137,7 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from router.service.config_files import ConfigFiles, fingerprint
     from router.service.supervisor import ServiceError, Supervisor, parse_endpoint
     from router.steering.model import compile_model
 
@@ -148,6 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = _read_token(args) if api else None
     if api and token is None:
         return 2
+    # SIGHUP means "reload": never let it end the process before the handler is in place
+    # (the workers, forked below, inherit this and ignore it too).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Taken before loading: a file changed while loading is seen as changed, and reloaded.
+    seen = fingerprint(args.zones)
+    files = ConfigFiles.read(args.zones)
     deployment = _load(args.zones)
     if deployment is None:
         return 1
@@ -155,14 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor = Supervisor(
             deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout,
             telemetry=telemetry is not None, state_file=args.state_file or deployment.state_file,
-            udp_path=args.udp_path,
+            udp_path=args.udp_path, files=files,
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
     try:
         supervisor.start()
-        return asyncio.run(_run(supervisor, api, token, args.drain_grace, telemetry))
+        return asyncio.run(_run(supervisor, api, token, args.drain_grace, telemetry, args.watch, seen))
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
@@ -171,7 +181,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _run(  # noqa: ANN001
-    supervisor, api: tuple[str, int] | None, token: str | None, drain_grace: float, telemetry: tuple[str, int] | None
+    supervisor, api: tuple[str, int] | None, token: str | None, drain_grace: float, telemetry: tuple[str, int] | None,
+    watch_s: float = 0.0, seen: tuple = (),
 ) -> int:
     from aiohttp import web
 
@@ -181,11 +192,13 @@ async def _run(  # noqa: ANN001
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloader = _Reloader(supervisor, watch_s, seen)
+    loop.add_signal_handler(signal.SIGHUP, reloader.wake.set)
     runner = None
     api_text = "off"
     if api is not None:
         assert token is not None
-        runner = web.AppRunner(create_app(supervisor, token), access_log=None)
+        runner = web.AppRunner(create_app(supervisor, token, reloader.reload), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, api[0], api[1])
         await site.start()
@@ -194,7 +207,6 @@ async def _run(  # noqa: ANN001
     telemetry_text = "off"
     transport = None
     tick_task = None
-    probe_task = None
     if telemetry is not None:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _HeartbeatProtocol(supervisor), local_addr=telemetry, reuse_port=False
@@ -202,24 +214,9 @@ async def _run(  # noqa: ANN001
         bound = transport.get_extra_info("sockname")
         telemetry_text = _endpoint(bound[0], bound[1])
         tick_task = asyncio.create_task(_tick(supervisor))
-        targets = supervisor.probe_targets()
-        if targets:
-            from router.health.probes import run_probes
-
-            health = supervisor.deployment.health
-            probe_task = asyncio.create_task(
-                run_probes(targets, health.probe_interval_s, health.probe_timeout_s, supervisor.on_probe)
-            )
-    policy_probe_tasks = []
-    policy_probes = supervisor.policy_probe_targets()
-    if policy_probes:
-        from router.health.probes import run_probes
-    for policy, targets, interval, timeout in policy_probes:
-
-        def report(node_id: str, ok: bool, detail: str, policy: int = policy) -> None:
-            supervisor.on_policy_probe(policy, node_id, ok, detail)
-
-        policy_probe_tasks.append(asyncio.create_task(run_probes(targets, interval, timeout, report)))
+    reloader.probes = _start_probes(supervisor, telemetry is not None)
+    reloader.on_reload = lambda: _start_probes(supervisor, telemetry is not None)
+    reload_task = asyncio.create_task(reloader.run())
     dns_text = _endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
     print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
@@ -237,7 +234,7 @@ async def _run(  # noqa: ANN001
             log.info("draining: answering for %.1f s more before stopping", drain_grace)
             await asyncio.sleep(drain_grace)
     finally:
-        for task in (tick_task, probe_task, *policy_probe_tasks):
+        for task in (tick_task, reload_task, *reloader.probes):
             if task is not None:
                 task.cancel()
                 try:
@@ -250,6 +247,84 @@ async def _run(  # noqa: ANN001
             await runner.cleanup()
     log.info("stopping")
     return 0
+
+
+def _start_probes(supervisor, telemetry: bool) -> list[asyncio.Task]:  # noqa: ANN001
+    """The active probes of the config in service: node health URLs (with telemetry) and
+    each policy's own probe."""
+    from router.health.probes import run_probes
+
+    tasks = []
+    targets = supervisor.probe_targets() if telemetry else {}
+    if targets:
+        health = supervisor.deployment.health
+        tasks.append(asyncio.create_task(
+            run_probes(targets, health.probe_interval_s, health.probe_timeout_s, supervisor.on_probe)
+        ))  # fmt: skip
+    for policy, targets, interval, timeout in supervisor.policy_probe_targets():
+
+        def report(node_id: str, ok: bool, detail: str, policy: int = policy) -> None:
+            supervisor.on_policy_probe(policy, node_id, ok, detail)
+
+        tasks.append(asyncio.create_task(run_probes(targets, interval, timeout, report)))
+    return tasks
+
+
+class _Reloader:
+    """Reloads one at a time, on SIGHUP (``wake``), on the API's request, and when the
+    config files changed and then stayed unchanged for one more look (an editor writing a
+    file in several steps is not caught half-way)."""
+
+    def __init__(self, supervisor, watch_s: float, seen: tuple) -> None:  # noqa: ANN001
+        self.supervisor = supervisor
+        self.watch_s = watch_s
+        self.seen = seen  # the files' fingerprint when last loaded
+        self.wake = asyncio.Event()
+        self.lock = asyncio.Lock()
+        self.probes: list[asyncio.Task] = []
+        self.on_reload = None
+
+    async def reload(self, trigger: str) -> dict:
+        from router.service.config_files import fingerprint
+
+        async with self.lock:
+            directory = self.supervisor.deployment.directory
+            self.seen = await asyncio.to_thread(fingerprint, directory)
+            attempt = await asyncio.to_thread(self.supervisor.reload, trigger)
+            if attempt["result"] == "ok" and self.on_reload is not None:
+                for task in self.probes:
+                    task.cancel()
+                self.probes = self.on_reload()
+            return attempt
+
+    async def run(self) -> None:
+        from router.service.config_files import fingerprint
+
+        directory = self.supervisor.deployment.directory
+        candidate = None
+        period = self.watch_s if self.watch_s > 0 else 3600.0
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=period)
+            except TimeoutError:
+                pass
+            try:
+                if self.wake.is_set():
+                    self.wake.clear()
+                    await self.reload("SIGHUP")
+                    continue
+                if self.watch_s <= 0:
+                    continue
+                current = await asyncio.to_thread(fingerprint, directory)
+                if current == self.seen:
+                    candidate = None
+                elif current != candidate:
+                    candidate = current  # changed: reload once it holds still
+                else:
+                    candidate = None
+                    await self.reload("file change")
+            except Exception:
+                log.exception("reload failed")
 
 
 class _HeartbeatProtocol(asyncio.DatagramProtocol):

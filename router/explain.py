@@ -21,7 +21,7 @@ from router.config.deployment import Deployment
 from router.dns.engine import Responder, TableView
 from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeState
-from router.service.supervisor import build_book
+from router.service.loaded import build_book
 from router.steering.build import Planner
 from router.steering.model import compile_model
 from router.steering.rank import group_components

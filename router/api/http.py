@@ -11,6 +11,12 @@
   coloured by state, their load against capacity and the recent changes; it refreshes itself.
 - ``PUT /v1/nodes/{id}/admin-state`` with ``{"state": "up"|"down"|"drain"}`` and
   ``Authorization: Bearer <token>``: returns once every DNS worker serves the change.
+- ``GET /v1/config``: the config in service (version, its files' hashes, when loaded), the
+  reload counts, the last attempt and the last error (every problem as path:line: message).
+- ``POST /v1/config/reload`` with the token: reload now; the answer is the attempt.
+
+Everything about the deployment (nodes, sites, policies) is read from the config in
+service at each request: a reload may change it.
 """
 
 from __future__ import annotations
@@ -20,19 +26,25 @@ import hmac
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 
 from router.api import metrics
 from router.health.state import ADMIN_STATES, NodeStatus
+from router.service.loaded import LoadedConfig
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router.api")
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def create_app(supervisor: Supervisor, token: str) -> web.Application:
+def create_app(
+    supervisor: Supervisor, token: str, reload: Callable[[str], Awaitable[dict]] | None = None
+) -> web.Application:
+    """``reload``: runs one reload (the server's, so reloads never overlap); without it the
+    supervisor's own, in a thread."""
     if not token:
         raise ValueError("the API needs a non-empty token")
     app = web.Application()
@@ -48,16 +60,24 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
-    sites = {site.id: site for site in supervisor.deployment.inventory.sites}
-    nodes_by_id = {node.id: node for node in supervisor.deployment.inventory.nodes}
-    node_index = {node_id: i for i, node_id in enumerate(supervisor.model.node_ids)}
+    directories: dict[int, tuple] = {}  # id(config) -> (config, sites, nodes, node index): one entry
 
-    def node_json(status: NodeStatus) -> dict[str, object]:
+    def directory(config: LoadedConfig) -> tuple[dict, dict, dict]:
+        cached = directories.get(id(config))
+        if cached is None or cached[0] is not config:
+            inventory = config.deployment.inventory
+            cached = (config, {s.id: s for s in inventory.sites}, {n.id: n for n in inventory.nodes}, config.node_index)
+            directories.clear()
+            directories[id(config)] = cached
+        return cached[1], cached[2], cached[3]
+
+    def node_json(config: LoadedConfig, status: NodeStatus) -> dict[str, object]:
         """One node; ``status`` from one ``health.status()`` call per request (it covers all)."""
+        sites, nodes_by_id, node_index = directory(config)
         node_id = status.node_id
         node = nodes_by_id[node_id]
         i = node_index[node_id]
-        load = supervisor.health.monitor.load_gbps[i] if supervisor.health.monitor is not None else None
+        load = config.health.monitor.load_gbps[i] if config.health.monitor is not None else None
         return {
             "id": node.id,
             "state": status.state.label,
@@ -77,14 +97,15 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             "anycast_prefixes": [str(p) for p in node.anycast_prefixes],
             # Policies with their own probe: whether this node is in them, and why.
             "policies": {
-                compiled.name: vars(supervisor.policy_probes.result(p, node_id))
-                for p, compiled in enumerate(supervisor.model.policies)
+                compiled.name: vars(config.policy_probes.result(p, node_id))
+                for p, compiled in enumerate(config.model.policies)
                 if compiled.policy.probe is not None and compiled.in_pool[i]
             },
         }
 
     async def list_nodes(request: web.Request) -> web.Response:
-        nodes = [node_json(status) for status in supervisor.health.status()]
+        config = supervisor.config
+        nodes = [node_json(config, status) for status in config.health.status()]
         return web.json_response({"generation": supervisor.table.generation, "nodes": nodes})
 
     async def put_admin_state(request: web.Request) -> web.Response:
@@ -103,10 +124,12 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
             return web.json_response({"error": f"state must be one of {valid}, got {state!r}"}, status=400)
         # Waits until every worker serves the change; off the event loop, which keeps
         # taking heartbeats meanwhile.
-        await asyncio.to_thread(supervisor.set_admin_state, node_id, state)
+        try:
+            status = await asyncio.to_thread(supervisor.set_admin_state, node_id, state)
+        except KeyError:  # a reload removed the node meanwhile
+            return web.json_response({"error": f'unknown node "{node_id}"'}, status=404)
         log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
-        status = supervisor.health.status()[node_index[node_id]]
-        return web.json_response({**node_json(status), "generation": supervisor.table.generation})
+        return web.json_response({**node_json(supervisor.config, status), "generation": supervisor.table.generation})
 
     async def service_status(request: web.Request) -> web.Response:
         return web.json_response(
@@ -144,6 +167,33 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
         ]
         return web.json_response({"changes": changes})
 
+    async def config_json(request: web.Request) -> web.Response:
+        config = supervisor.config
+        log_ = supervisor.reloads
+        return web.json_response({
+            "version": config.version,
+            "directory": str(config.deployment.directory),
+            "loaded_at": config.loaded_at,
+            "files": config.files.hashes,
+            "zones": [str(z) for z in config.deployment.zones],
+            "nodes": len(config.model.node_ids),
+            "policies": [{"zone": str(c.zone), "name": c.name} for c in config.model.policies],
+            "generation": supervisor.table.generation,
+            "reloads": {"ok": log_.ok, "failed": log_.failed, "unchanged": log_.unchanged},
+            "last_attempt": log_.last_attempt,
+            "last_error": log_.last_error,
+        })  # fmt: skip
+
+    async def post_reload(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return unauthorized(request)
+        log.info("reload requested by %s", request.remote)
+        if reload is not None:
+            attempt = await reload("api")
+        else:
+            attempt = await asyncio.to_thread(supervisor.reload, "api")
+        return web.json_response(attempt, status=422 if attempt["result"] == "failed" else 200)
+
     async def status_page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "status.html", headers={"Cache-Control": "no-cache"})
 
@@ -161,6 +211,8 @@ def create_app(supervisor: Supervisor, token: str) -> web.Application:
     app.router.add_get("/status", status_page)
     app.router.add_get("/static/countries-110m.json", country_outlines)
     app.router.add_get("/v1/changes", recent_changes)
+    app.router.add_get("/v1/config", config_json)
+    app.router.add_post("/v1/config/reload", post_reload)
     app.router.add_get("/v1/dns", dns_counters)
     app.router.add_get("/v1/telemetry", telemetry_counters)
     app.router.add_get("/v1/status", service_status)

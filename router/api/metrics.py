@@ -26,6 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from router.health.state import NodeState
+from router.service.loaded import LoadedConfig
 from router.service.supervisor import DurationHistogram, Supervisor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -56,6 +57,8 @@ class SupervisorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sup = self.supervisor
+        config = sup.config  # one config for the whole scrape, even if a reload swaps it
+        yield from _reload_metrics(sup, config)
         serving = GaugeMetricFamily("router_service_serving", "1 while serving, 0 while draining (anycast withdrawn)")
         serving.add_metric([], 1.0 if sup.service_state == "serving" else 0.0)
         yield serving
@@ -68,17 +71,17 @@ class SupervisorCollector(Collector):
         reasons = GaugeMetricFamily("router_node_state_reason", "1 for the kind of reason of each node's state", labels=["node", "reason"])
         load = GaugeMetricFamily("router_node_load_gbps", "load the node last reported", labels=["node"])
         capacity = GaugeMetricFamily("router_node_capacity_gbps", "the node's capacity", labels=["node"])
-        monitor = sup.health.monitor
-        for i, status in enumerate(sup.health.status()):
+        monitor = config.health.monitor
+        for i, status in enumerate(config.health.status()):
             for state in NodeState:
                 states.add_metric([status.node_id, state.label], 1.0 if status.state == state else 0.0)
             reasons.add_metric([status.node_id, reason_kind(status.reason)], 1.0)
             if monitor is not None and not math.isnan(monitor.load_gbps[i]):  # NaN: never reported
                 load.add_metric([status.node_id], float(monitor.load_gbps[i]))
-            capacity.add_metric([status.node_id], float(sup.model.node_capacity_gbps[i]))
+            capacity.add_metric([status.node_id], float(config.model.node_capacity_gbps[i]))
         yield from (states, reasons, load, capacity)
 
-        verifier = sup.verifier
+        verifier = config.verifier
         if verifier is not None:
             accepted = CounterMetricFamily("router_telemetry_heartbeats_accepted", "node heartbeats accepted")
             accepted.add_metric([], float(verifier.accepted))
@@ -107,9 +110,27 @@ class SupervisorCollector(Collector):
         yield queued
 
         demand = GaugeMetricFamily("router_demand_qps", "steered queries per second, smoothed, by policy", labels=["zone", "policy"])
-        for p, compiled in enumerate(sup.model.policies):
-            demand.add_metric([compiled.zone.to_text(), compiled.name], float(sup.demand.qps[p].sum()))
+        for p, compiled in enumerate(config.model.policies):
+            demand.add_metric([compiled.zone.to_text(), compiled.name], float(config.demand.qps[p].sum()))
         yield demand
+
+
+def _reload_metrics(sup: Supervisor, config: LoadedConfig) -> Iterator[Metric]:
+    reloads = sup.reloads
+    total = CounterMetricFamily("router_config_reloads", "config reloads by result (ok, failed, unchanged)", labels=["result"])
+    for result in ("ok", "failed", "unchanged"):
+        total.add_metric([result], float(getattr(reloads, result)))
+    yield total
+    last = reloads.last_attempt
+    success = GaugeMetricFamily("router_config_last_reload_successful", "1 unless the last reload attempt failed")
+    success.add_metric([], 0.0 if last is not None and last["result"] == "failed" else 1.0)
+    yield success
+    loaded = GaugeMetricFamily("router_config_loaded_timestamp_seconds", "when the config in service was loaded")
+    loaded.add_metric([], config.loaded_at)
+    yield loaded
+    info = GaugeMetricFamily("router_config_info", "the version (hash of the files) of the config in service", labels=["version"])
+    info.add_metric([config.version], 1.0)
+    yield info
 
 
 def _histogram(durations: DurationHistogram) -> HistogramMetricFamily:

@@ -92,6 +92,27 @@ class NodeMonitor:
         if state == NodeState.DOWN:
             self.last_down[i] = now
 
+    def carry_from(self, old: NodeMonitor) -> None:
+        """Take over what ``old`` (the monitor of the config before a reload) knew of the
+        nodes both configs have: their state, streaks, hold-downs and load. Nodes new in
+        this config start as at start-up; the start-up grace is the old one."""
+        self.started = old.started
+        self.changes = old.changes
+        for node_id, i in self.index.items():
+            j = old.index.get(node_id)
+            if j is None:
+                continue
+            self.state[i] = old.state[j]
+            self.reason[i] = old.reason[j]
+            self.last_seen[i] = old.last_seen[j]
+            self.good_streak[i] = old.good_streak[j]
+            self.hold_down[i] = old.hold_down[j]
+            self.last_down[i] = old.last_down[j]
+            self.last_up[i] = old.last_up[j]
+            self.load_gbps[i] = old.load_gbps[j]
+            self.probe_fail_streak[i] = old.probe_fail_streak[j]
+            self.probe_detail[i] = old.probe_detail[j]
+
     def utilization(self) -> np.ndarray:
         return self.load_gbps / self.capacity
 

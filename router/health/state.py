@@ -139,6 +139,24 @@ class NodeHealth:
                 for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._compute()))
             ]
 
+    def carry_from(self, old: NodeHealth) -> list[str]:
+        """After a reload: keep the admin overrides, monitor state, times of the last change
+        and the change history of the nodes both configs have. Returns the ids of nodes the
+        new config dropped (their history stays; their overrides go with them)."""
+        with old._lock:
+            admin = dict(old._admin)
+            since = dict(zip(old.node_ids, old._since))
+            changes = list(old._changes)
+            if self.monitor is not None and old.monitor is not None:
+                self.monitor.carry_from(old.monitor)
+        with self._lock:
+            self._admin = {n: a for n, a in admin.items() if n in self._index}
+            self._since = [since.get(n, self._since[i]) for i, n in enumerate(self.node_ids)]
+            self._changes.clear()
+            self._changes.extend(changes)
+            self._effective = self._compute()
+        return [n for n in old.node_ids if n not in self._index]
+
     # -- persistence -------------------------------------------------------------------
 
     def save(self, path: Path) -> None:

@@ -3,6 +3,12 @@
 One worker process per core answers DNS; the supervisor never does. It rebuilds the
 routing table whenever node state changes and publishes it to every worker, returning
 only once all of them serve the new generation, so the next answer reflects the change.
+
+A reload (``reload()``: SIGHUP, a changed file, or the API) loads and compiles the files
+beside the running config (``router/service/loaded.py``), starts a successor for every
+worker on the same sockets, and once all of them answer, swaps the config and retires the
+old workers (they answer what they took, then exit). Any problem leaves the running config
+in service and is kept for ``GET /v1/config`` and the metrics.
 """
 
 from __future__ import annotations
@@ -22,30 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
+from router.config import ConfigError, load_deployment
 from router.config.deployment import Deployment
 from router.dns import udp_batch
-from router.dns.answers import AnswerBook
 from router.dns.engine import TableView
-from router.dns.fast_answer import compile_book
 from router.geo.clientmap import UNKNOWN_GROUP
-from router.health.monitor import NodeMonitor
-from router.health.policy_probes import PolicyProbeState, probe_url
-from router.health.state import NodeHealth, NodeState, NodeStatus
-from router.health.telemetry import Rejected, Verifier
-from router.service.demand import (
-    DEFAULT_INTERVAL_S,
-    REPLAN_SHIFT,
-    DemandCounters,
-    DemandModel,
-    moved_share,
-)
+from router.health.policy_probes import probe_url
+from router.health.state import NodeState, NodeStatus
+from router.health.telemetry import Rejected
+from router.service import loaded
+from router.service.config_files import ConfigFiles
+from router.service.demand import DEFAULT_INTERVAL_S, REPLAN_SHIFT, moved_share
+from router.service.loaded import ConfigUnusable, LoadedConfig
 from router.service.shared import shared_zeros
 from router.service.socket_stats import udp_socket_stats
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
-from router.steering.build import Planner, RoutingTable
-from router.steering.model import SteeringModel
-from router.steering.samples import RttSamples, seed_from_file
+from router.steering.build import RoutingTable
+from router.steering.model import SteeringModel, compile_model
 
 log = logging.getLogger("router.service")
 
@@ -55,18 +55,15 @@ LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this mu
 SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
 DEMAND_INTERVAL_S = DEFAULT_INTERVAL_S  # query counters are read this often
 READY_TIMEOUT = 60.0
+RELOAD_TIMEOUT = 300.0  # a reload waits this long for the publisher to put it in service
+RETIRE_JOIN_S = 10.0  # a retiring worker is ended after this long (TCP grace plus margin)
+RETIRE_UDP_S = 3.0  # a retiring worker stops taking queries within its receive timeout (0.5 s)
 UDP_RCVBUF = 4 * 1024 * 1024
 UDP_PATHS = ("batched", "per-packet")
 
 
 class ServiceError(Exception):
     """The service cannot start or keep running."""
-
-
-def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
-    steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
-    addresses = list(zip(model.node_ipv4, model.node_ipv6))
-    return AnswerBook(deployment.zones, steered, addresses)
 
 
 def parse_endpoint(text: str, what: str) -> tuple[str, int]:
@@ -132,6 +129,28 @@ class _Worker:
     index: int
     process: multiprocessing.process.BaseProcess
     control: Connection
+    retired_at: float = 0.0  # monotonic time it was told to retire
+
+
+@dataclass
+class ReloadLog:
+    """What reloads did since start, for ``GET /v1/config`` and the metrics."""
+
+    ok: int = 0
+    failed: int = 0
+    unchanged: int = 0
+    last_attempt: dict | None = None  # time, trigger, result, version, seconds
+    last_error: dict | None = None  # time, trigger, problems (path:line: message), version kept
+
+    def record(self, trigger: str, result: str, version: str, started: float, problems: list[str] = ()) -> dict:
+        now = time.time()
+        attempt = {"time": now, "trigger": trigger, "result": result, "version": version,
+                   "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+        setattr(self, result, getattr(self, result) + 1)
+        self.last_attempt = attempt
+        if result == "failed":
+            self.last_error = {"time": now, "trigger": trigger, "problems": list(problems), "version_kept": version}
+        return attempt
 
 
 class DurationHistogram:
@@ -162,34 +181,29 @@ class Supervisor:
         telemetry: bool = False,
         state_file: Path | None = None,
         udp_path: str = "batched",
+        files: ConfigFiles | None = None,
     ) -> None:
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
-        self.deployment = deployment
-        self.model = model
-        self.book = build_book(deployment, model)
         if udp_path not in UDP_PATHS:
             raise ServiceError(f"udp path must be one of {', '.join(UDP_PATHS)}, got {udp_path!r}")
         # "batched": recvmmsg/sendmmsg and the compiled responder (router/dns/udp_batch.py);
         # "per-packet": the Python loop, kept for platforms without recvmmsg and for comparison.
-        batched = udp_path == "batched" and udp_batch.supported
-        if udp_path == "batched" and not batched:
+        self._batched = udp_path == "batched" and udp_batch.supported
+        if udp_path == "batched" and not self._batched:
             log.warning("batched UDP needs 64-bit Linux (recvmmsg/sendmmsg): answering one packet at a time")
-        self.fast_book = compile_book(self.book, model.client_map) if batched else None
-        self.packet_counters = shared_zeros((workers, udp_batch.COUNTERS))
-        monitor = None
-        self.verifier: Verifier | None = None
-        if telemetry:
-            if deployment.health is None or deployment.node_keys is None:
-                raise ServiceError(
-                    "--telemetry needs a health: section with keys in deployment.yaml"
-                )
-            settings = deployment.health.settings()
-            monitor = NodeMonitor(
-                model.node_ids, model.node_capacity_gbps, settings, time.monotonic()
+        self._telemetry = telemetry
+        try:
+            self.config: LoadedConfig = loaded.prepare(
+                deployment, model, files or ConfigFiles.read(deployment.directory), workers, self._batched, telemetry
             )
-            self.verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
-        self.health = NodeHealth(model.node_ids, monitor)
+        except ConfigUnusable as exc:
+            raise ServiceError(str(exc)) from exc
+        self.reloads = ReloadLog()
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._install_request: LoadedConfig | None = None
+        self._install_result: str | None = None
+        self.packet_counters = shared_zeros((workers, udp_batch.COUNTERS))
         self.state_file = state_file
         if state_file is not None:
             for warning in self.health.load(state_file, time.monotonic()):
@@ -213,35 +227,18 @@ class Supervisor:
         self.service_state = "serving"
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
-        # Compile every kernel (first table, both lookups) before taking the port, so
-        # the first query never waits for numba.
-        self.planner = Planner(model)
-        self.policy_probes = PolicyProbeState([c.policy.probe for c in model.policies], model.node_ids)
-        self.rtt = RttSamples(len(model.client_map.groups))
-        if deployment.rtt_samples:
-            seeded = seed_from_file(
-                self.rtt, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic()
-            )
-            log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
-            self.rtt.changed_groups.clear()
-            self.planner.samples = self.rtt.csr(time.monotonic())
+        self._retiring: list[_Worker] = []  # replaced by a reload, finishing what they took
         self.rtt_rejected = 0
         self._samples_changed = False
-        self._node_index = {node_id: i for i, node_id in enumerate(model.node_ids)}
-        self.demand_counters = DemandCounters(
-            workers, len(model.policies), len(model.client_map.groups)
-        )
-        self.demand = DemandModel(len(model.policies), len(model.client_map.groups))
-        self._expected_peak = np.array([p.policy.expected_peak_gbps for p in model.policies])
         self._demand_read_at = time.monotonic()
         self._pending_demand: np.ndarray | None = None
+        # Compile every kernel (first table, both lookups) before taking the port, so
+        # the first query never waits for numba.
         self.table = self.planner.build(
             self.health.states(), self.health.utilization(), generation=1
         )
         self.last_build_ms = 0.0
         self.build_seconds = DurationHistogram()  # every routing table planned since start
-        model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
-        model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
         if self.fast_book is not None:
             udp_batch.warm_up(self.fast_book, TableView(self.table))
         self._udp, self._tcp, self.port = bind_dns_sockets(host, port, workers)
@@ -250,11 +247,49 @@ class Supervisor:
         self._table_dir = Path(tempfile.mkdtemp(prefix="router-tables-", dir=parent))
         self._table_path = write_table(self._table_dir, self.table)
 
+    # -- the config in service (swapped whole by a reload) -------------------------------
+
+    @property
+    def deployment(self) -> Deployment:
+        return self.config.deployment
+
+    @property
+    def model(self) -> SteeringModel:
+        return self.config.model
+
+    @property
+    def health(self):  # noqa: ANN201
+        return self.config.health
+
+    @property
+    def planner(self):  # noqa: ANN201
+        return self.config.planner
+
+    @property
+    def fast_book(self):  # noqa: ANN201
+        return self.config.fast_book
+
+    @property
+    def policy_probes(self):  # noqa: ANN201
+        return self.config.policy_probes
+
+    @property
+    def demand(self):  # noqa: ANN201
+        return self.config.demand
+
+    @property
+    def verifier(self):  # noqa: ANN201
+        return self.config.verifier
+
+    @property
+    def rtt(self):  # noqa: ANN201
+        return self.config.rtt
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         for index in range(self.worker_count):
-            self._workers.append(self._spawn(index))
+            self._workers.append(self._spawn(index, self.config, self._table_path))
         deadline = time.monotonic() + READY_TIMEOUT
         for worker in self._workers:
             self._expect(worker, "ready", deadline)
@@ -263,7 +298,7 @@ class Supervisor:
         )
         self._publisher_thread.start()
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, config: LoadedConfig, table_path: Path) -> _Worker:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=worker_main,
@@ -273,12 +308,12 @@ class Supervisor:
                 self._udp[index],
                 self._tcp[index],
                 theirs,
-                self.book,
-                self.model.client_map,
-                self._table_path,
+                config.book,
+                config.model.client_map,
+                table_path,
                 self.tcp_idle_timeout,
-                self.demand_counters.for_worker(index),
-                self.fast_book,
+                config.demand_counters.for_worker(index),
+                config.fast_book,
                 self.packet_counters[index],
             ),  # fmt: skip
             daemon=True,
@@ -314,8 +349,20 @@ class Supervisor:
                     worker.process.exitcode,
                 )
                 worker.control.close()
-                self._workers[i] = self._spawn(worker.index)
+                self._workers[i] = self._spawn(worker.index, self.config, self._table_path)
                 self._expect(self._workers[i], "ready", time.monotonic() + READY_TIMEOUT)
+            self._reap_retired()
+
+    def _reap_retired(self) -> None:
+        """Collect retired workers that finished; end any that overstay."""
+        for worker in list(self._retiring):
+            if worker.process.is_alive() and time.monotonic() - worker.retired_at > RETIRE_JOIN_S:
+                log.warning("retired worker %d (pid %s) still running: ending it", worker.index, worker.process.pid)
+                worker.process.kill()
+            if not worker.process.is_alive():
+                worker.process.join(timeout=1)
+                worker.control.close()
+                self._retiring.remove(worker)
 
     def stop(self) -> None:
         with self._published:
@@ -323,14 +370,15 @@ class Supervisor:
             self._published.notify_all()
         if self._publisher_thread is not None:
             self._publisher_thread.join(timeout=30)
-        for worker in self._workers:
+        everyone = self._workers + self._retiring
+        for worker in everyone:
             try:
                 worker.control.send(("stop",))
             except OSError:
                 pass
             if worker.process.pid is not None and worker.process.is_alive():
                 worker.process.terminate()
-        for worker in self._workers:
+        for worker in everyone:
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
@@ -370,14 +418,14 @@ class Supervisor:
 
     def on_heartbeat(self, packet: bytes, now: float | None = None) -> None:
         """One telemetry datagram: verify it, apply it, ask for a new table if a state changed."""
-        assert self.verifier is not None
-        try:
-            heartbeat = self.verifier.verify(packet)
-        except Rejected as exc:
-            self._log_rejection(exc)
-            return
         now = time.monotonic() if now is None else now
-        with self._lock:
+        with self._lock:  # also keeps the config from being swapped under this heartbeat
+            assert self.verifier is not None
+            try:
+                heartbeat = self.verifier.verify(packet)
+            except Rejected as exc:
+                self._log_rejection(exc)
+                return
             changed = self.health.heartbeat(heartbeat, now)
             if changed:
                 self._save_state()
@@ -405,19 +453,22 @@ class Supervisor:
         if now - self._demand_read_at < DEMAND_INTERVAL_S:
             return False
         self._demand_read_at = now
-        self.demand.observe(self.demand_counters.total(), now)
+        config = self.config
+        config.demand.observe(config.demand_counters.total(), now)
         with self._lock:
-            reported = float((self.health.utilization() * self.model.node_capacity_gbps).sum())
-        observed = self.demand.demand_gbps(self._expected_peak, reported)
-        if observed is None or moved_share(self.planner.demand, observed) < REPLAN_SHIFT:
+            reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
+        observed = config.demand.demand_gbps(config.expected_peak, reported)
+        if observed is None or moved_share(config.planner.demand, observed) < REPLAN_SHIFT:
             return False
         with self._lock:
+            if config is not self.config:
+                return False  # a reload swapped the config meanwhile: its own counters decide
             self._pending_demand = observed
         self.request_rebuild()
         return True
 
     def _fuse_rtt(self, node_id: str, samples: tuple[tuple[str, float], ...], now: float) -> None:
-        node = self._node_index[node_id]
+        node = self.config.node_index[node_id]
         for prefix, rtt_ms in samples:
             try:
                 network = ipaddress.ip_network(prefix, strict=False)
@@ -425,13 +476,15 @@ class Supervisor:
                 self.rtt_rejected += 1
                 continue
             group, _scope = self.model.client_map.lookup(network.network_address)
-            if group == UNKNOWN_GROUP or not self.rtt.add(group, node, rtt_ms, now):
+            if group == UNKNOWN_GROUP or not self.config.rtt.add(group, node, rtt_ms, now):
                 self.rtt_rejected += 1  # nothing to steer by, or not a plausible RTT
                 continue
             self._samples_changed = True
 
     def on_probe(self, node_id: str, ok: bool, detail: str) -> None:
         with self._lock:
+            if node_id not in self.health:
+                return  # a probe started before a reload dropped the node
             changed = self.health.probe(node_id, ok, detail, time.monotonic())
             if changed:
                 self._save_state()
@@ -441,11 +494,14 @@ class Supervisor:
     def on_policy_probe(self, policy: int, node_id: str, ok: bool, detail: str) -> None:
         """One result of a policy's own probe; a node entering or leaving it re-plans."""
         with self._lock:
-            changed = self.policy_probes.report(policy, node_id, ok, detail)
+            config = self.config
+            if policy >= len(config.model.policies) or node_id not in config.node_index:
+                return  # a probe of a config a reload replaced
+            changed = config.policy_probes.report(policy, node_id, ok, detail)
         if changed:
             log.warning("node %s %s policy %s: %s", node_id,
-                        "leaves" if self.policy_probes.down[policy, self._node_index[node_id]] else "returns to",
-                        self.model.policies[policy].label, detail)  # fmt: skip
+                        "leaves" if config.policy_probes.down[policy, config.node_index[node_id]] else "returns to",
+                        config.model.policies[policy].label, detail)  # fmt: skip
             self.request_rebuild()
 
     def policy_probe_targets(self) -> list[tuple[int, dict[str, str], float, float]]:
@@ -491,19 +547,35 @@ class Supervisor:
     def _publisher(self) -> None:
         while True:
             with self._published:
-                self._published.wait_for(lambda: self._dirty or self._closing)
+                self._published.wait_for(lambda: self._dirty or self._closing or self._install_request is not None)
                 if self._closing:
                     return
-                self._dirty = False
-                ticket = self._requested
+                new = self._install_request
+                if new is not None:
+                    self._install_request = None
+                else:
+                    self._dirty = False
+                    ticket = self._requested
+            if new is not None:
+                try:
+                    self._install(new)
+                    result = "ok"
+                except Exception as exc:  # the running config stays; the reload reports why
+                    log.exception("putting the reloaded config in service failed")
+                    result = f"failed: {exc}"
+                with self._published:
+                    self._install_result = result
+                    self._published.notify_all()
+                continue
             with self._lock:
                 states = self.health.states()
                 util = self.health.utilization().copy()
                 sampled_groups = None
                 if self._samples_changed:
-                    self.planner.samples = self.rtt.csr(time.monotonic())
-                    sampled_groups = np.array(sorted(self.rtt.changed_groups), dtype=np.int32)
-                    self.rtt.changed_groups.clear()
+                    rtt = self.config.rtt
+                    self.planner.samples = rtt.csr(time.monotonic())
+                    sampled_groups = np.array(sorted(rtt.changed_groups), dtype=np.int32)
+                    rtt.changed_groups.clear()
                     self._samples_changed = False
                 # New demand or a policy probe verdict: plan afresh, not a repair.
                 policy_down = self.policy_probes.down.copy()
@@ -546,6 +618,131 @@ class Supervisor:
         self.build_seconds.observe(self.last_build_ms / 1000, self.planner.last_kind)
         log.info("routing table %d planned (%s) in %.1f ms", generation, self.planner.last_kind, self.last_build_ms)
         return table
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self, trigger: str = "api") -> dict:
+        """Load the files again and put them in service, or keep the running config and
+        say why. Returns the attempt (``result``: ok, unchanged or failed; ``problems``)."""
+        with self._reload_lock:
+            started = time.monotonic()
+            directory = self.deployment.directory
+            running = self.config.version
+            problems: list[str] = []
+            for _ in range(3):  # files written while we read them: read them again
+                files = ConfigFiles.read(directory)
+                if files.version == running:
+                    log.info("reload (%s): files unchanged (version %s)", trigger, running)
+                    return self.reloads.record(trigger, "unchanged", running, started)
+                try:
+                    deployment = load_deployment(directory)
+                    new = loaded.prepare(deployment, compile_model(deployment), files, self.worker_count,
+                                         self._batched, self._telemetry)  # fmt: skip
+                except ConfigError as exc:
+                    problems = [str(problem) for problem in exc.problems]
+                    break
+                except ConfigUnusable as exc:
+                    problems = [f"{directory}: {exc}"]
+                    break
+                except Exception as exc:  # a bug must not take the running config with it
+                    log.exception("reload (%s): building the new config failed", trigger)
+                    problems = [f"{directory}: internal error building the config: {exc!r}"]
+                    break
+                if ConfigFiles.read(directory).version == files.version:
+                    break
+                log.info("reload (%s): files changed while loading; loading again", trigger)
+            else:
+                problems = [f"{directory}: files kept changing while being loaded; try again"]
+            before = self.config.files.hashes
+            if not problems:
+                problems = self._put_in_service(new)
+            if problems:
+                for problem in problems:
+                    log.error("reload (%s): %s", trigger, problem)
+                log.error("reload (%s) failed with %d problem(s); still serving version %s", trigger, len(problems), running)
+                attempt = self.reloads.record(trigger, "failed", running, started, problems)
+                return {**attempt, "problems": problems}
+            changed = {name for name, _ in set(files.hashes.items()) ^ set(before.items())}
+            attempt = self.reloads.record(trigger, "ok", files.version, started)
+            log.info("reload (%s): version %s in service on %d workers in %.2f s (files changed: %s)", trigger,
+                     files.version, self.worker_count, attempt["seconds"], ", ".join(sorted(changed)))  # fmt: skip
+            return attempt
+
+    def _put_in_service(self, new: LoadedConfig) -> list[str]:
+        """Hand the new config to the publisher thread (it owns tables and workers)."""
+        with self._published:
+            self._install_result = None
+            self._install_request = new
+            self._published.notify_all()
+            done = self._published.wait_for(lambda: self._install_result is not None or self._closing, RELOAD_TIMEOUT)
+            result = self._install_result
+        if not done or result is None:
+            return ["the new config was not in service in time (or the router is stopping)"]
+        return [] if result == "ok" else [result]
+
+    def _install(self, new: LoadedConfig) -> None:
+        """In the publisher thread: plan the new config's first table with the node states
+        carried over, start a successor for every worker on the same sockets, and once all
+        answer, swap the config and retire the old workers. If a successor cannot start,
+        they are all ended and the running config stays."""
+        started = time.perf_counter()
+        with self._lock:
+            for note in loaded.carry_over(new, self.config):
+                log.info("reload: %s", note)
+            states = new.health.states()
+            util = new.health.utilization().copy()
+        new.planner.policy_down = new.policy_probes.down.copy()
+        table = new.planner.build(states, util, self.table.generation + 1)
+        self.build_seconds.observe(time.perf_counter() - started, "reload")
+        if new.fast_book is not None:
+            udp_batch.warm_up(new.fast_book, TableView(table))
+        path = write_table(self._table_dir, table)
+        successors: list[_Worker] = []
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            for index in range(self.worker_count):
+                successors.append(self._spawn(index, new, path))
+            for worker in successors:
+                self._expect(worker, "ready", deadline)
+        except Exception:
+            for worker in successors:
+                worker.process.kill()
+                worker.process.join(timeout=5)
+                worker.control.close()
+            path.unlink(missing_ok=True)
+            raise
+        with self._lock, self._workers_lock:
+            # Heartbeats kept arriving at the old health while the workers started.
+            loaded.carry_over(new, self.config)
+            old_workers, self._workers = self._workers, successors
+            self.config = new
+            old_path = self._table_path
+            self.table, self._table_path = table, path
+            self._published_util = util
+            self._published_at = time.monotonic()
+            self._pending_demand = None
+            self._samples_changed = False
+            now = time.monotonic()
+            for worker in old_workers:
+                try:
+                    worker.control.send(("retire",))
+                except OSError:
+                    worker.process.kill()
+                worker.retired_at = now
+                self._retiring.append(worker)
+            restated = not np.array_equal(new.health.states(), states)
+        old_path.unlink(missing_ok=True)
+        self._save_state()
+        # The reload is done when the old workers take no more queries (each answers what
+        # it took first); their open TCP connections may finish on the old config.
+        deadline = time.monotonic() + RETIRE_UDP_S
+        for worker in old_workers:
+            try:
+                self._expect(worker, "retired", deadline)
+            except (ServiceError, OSError, EOFError) as exc:
+                log.warning("reload: old worker %d did not confirm it stopped taking queries: %s", worker.index, exc)
+        if restated:
+            self.request_rebuild()  # a node changed state while the successors started
 
     def _save_state(self) -> None:
         if self.state_file is None:

@@ -1,0 +1,138 @@
+"""One load of the deployment directory, compiled and ready to serve.
+
+Everything here is derived from the files; a reload builds a new ``LoadedConfig`` beside
+the one in service and the supervisor swaps the reference once the new one is complete,
+so nothing ever serves from a half-built config. Node health is carried across by node id
+(``NodeHealth.carry_from``) at the moment of the swap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.config.deployment import Deployment
+from router.dns.answers import AnswerBook
+from router.dns.fast_answer import FastBook, compile_book
+from router.geo.clientmap import Groups
+from router.health.monitor import NodeMonitor
+from router.health.policy_probes import PolicyProbeState
+from router.health.state import NodeHealth
+from router.health.telemetry import Verifier
+from router.service.config_files import ConfigFiles
+from router.service.demand import DemandCounters, DemandModel
+from router.steering.build import Planner
+from router.steering.model import SteeringModel
+from router.steering.samples import RttSamples, seed_from_file
+
+log = logging.getLogger("router.service")
+
+
+class ConfigUnusable(Exception):
+    """The files are valid but cannot be served by this running process."""
+
+
+def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
+    steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
+    addresses = list(zip(model.node_ipv4, model.node_ipv6))
+    return AnswerBook(deployment.zones, steered, addresses)
+
+
+@dataclass
+class LoadedConfig:
+    deployment: Deployment
+    model: SteeringModel
+    files: ConfigFiles
+    loaded_at: float  # unix time
+    book: AnswerBook
+    fast_book: FastBook | None
+    planner: Planner
+    policy_probes: PolicyProbeState
+    rtt: RttSamples
+    node_index: dict[str, int]
+    demand_counters: DemandCounters
+    demand: DemandModel
+    expected_peak: np.ndarray
+    health: NodeHealth
+    verifier: Verifier | None
+
+    @property
+    def version(self) -> str:
+        return self.files.version
+
+
+def prepare(
+    deployment: Deployment,
+    model: SteeringModel,
+    files: ConfigFiles,
+    workers: int,
+    batched: bool,
+    telemetry: bool,
+) -> LoadedConfig:
+    """Compile everything a config needs, before it serves (the slow part of a reload)."""
+    if telemetry and (deployment.health is None or deployment.node_keys is None):
+        raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
+    book = build_book(deployment, model)
+    monitor = None
+    verifier = None
+    if telemetry:
+        assert deployment.health is not None and deployment.node_keys is not None
+        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+        verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
+    planner = Planner(model)
+    rtt = RttSamples(len(model.client_map.groups))
+    if deployment.rtt_samples:
+        seeded = seed_from_file(rtt, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic())
+        log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
+        rtt.changed_groups.clear()
+        planner.samples = rtt.csr(time.monotonic())
+    # Every lookup compiled now, so the first query never waits for numba.
+    model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
+    model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
+    return LoadedConfig(
+        deployment=deployment,
+        model=model,
+        files=files,
+        loaded_at=time.time(),
+        book=book,
+        fast_book=compile_book(book, model.client_map) if batched else None,
+        planner=planner,
+        policy_probes=PolicyProbeState([c.policy.probe for c in model.policies], model.node_ids),
+        rtt=rtt,
+        node_index={node_id: i for i, node_id in enumerate(model.node_ids)},
+        demand_counters=DemandCounters(workers, len(model.policies), len(model.client_map.groups)),
+        demand=DemandModel(len(model.policies), len(model.client_map.groups)),
+        expected_peak=np.array([p.policy.expected_peak_gbps for p in model.policies]),
+        health=NodeHealth(model.node_ids, monitor),
+        verifier=verifier,
+    )
+
+
+def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
+    """What the running config learnt that the files do not say: node health, the
+    heartbeat sequence numbers (replay protection), and the observed demand when the
+    policies and client groups are the same. Returns notes for the log."""
+    notes = []
+    dropped = new.health.carry_from(old.health)
+    if dropped:
+        notes.append(f"nodes no longer in the config: {', '.join(dropped)}")
+    if new.verifier is not None and old.verifier is not None:
+        keys = new.verifier.keys
+        new.verifier.last_seq = {n: s for n, s in old.verifier.last_seq.items() if keys.get(n) == old.verifier.keys.get(n)}
+        new.verifier.rejected = dict(old.verifier.rejected)
+        new.verifier.accepted = old.verifier.accepted
+    same_policies = [(c.zone, c.name) for c in new.model.policies] == [(c.zone, c.name) for c in old.model.policies]
+    if same_policies and _same_groups(new.model.client_map.groups, old.model.client_map.groups):
+        new.demand.qps = old.demand.qps.copy()
+        new.planner.demand = old.planner.demand.copy()
+    else:
+        notes.append("policies or client groups changed: demand starts again from the configured prior")
+    return notes
+
+
+def _same_groups(a: Groups, b: Groups) -> bool:
+    return a.country == b.country and np.array_equal(a.asn, b.asn) and np.array_equal(a.lat, b.lat, equal_nan=True)
