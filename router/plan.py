@@ -260,6 +260,7 @@ def compare(before: tuple[dict, dict], after: tuple[dict, dict], top: int = TOP_
         "geofence": _geofence(b, a, changed_keys),
         "records": _records(b.decisions.get("zones", {}), a.decisions.get("zones", {})),
         "rtt_samples_before": b.decisions.get("rtt_samples", 0),
+        "generation_before": b.decisions.get("generation", 0),  # 0: planned offline
     }
 
 
@@ -347,7 +348,8 @@ def _of(moved: float, total: float, basis: str) -> str:
 
 def to_text(report: dict[str, Any], new: str, against: str) -> str:
     basis = report["basis"]
-    lines = [f"plan: {new} against {against}"]
+    generation = f" (routing table {report['generation_before']} in service)" if report["generation_before"] else ""
+    lines = [f"plan: {new} against {against}{generation}"]
     source = report["demand_before"]
     if source == PRIOR:
         lines.append("demand: configured prior (expected_peak_gbps), not observed")
