@@ -205,3 +205,21 @@ def test_against_running_router_agrees_with_directory(root: Path, tmp_path: Path
     for report in (via_api, via_dir):
         report.pop("against")
     assert via_api == via_dir
+
+
+def test_observed_demand_is_mapped_by_group_key(root: Path) -> None:
+    from router.plan import compare, plan_offline
+
+    decisions, demand = plan_offline(load_deployment(root / "zones"))
+    keys = [g["key"] for g in decisions["groups"]]
+    telefonica = next(k for k, g in zip(keys, decisions["groups"]) if g["label"].startswith("AS3352 ES Madrid"))
+    observed = {"generation": 5, "source": "observed", "policies": {
+        "cdn.example./video": {"total_gbps": 120.0, "groups": {telefonica: 100.0, keys[1]: 20.0}},
+        "cdn.example./web": {"total_gbps": 0.0, "groups": {}},
+    }}  # fmt: skip
+    after = plan_offline(load_deployment(root / "zones"), (decisions, observed))
+    assert after[1]["source"] == "observed (mapped by client group)"
+    assert after[1]["policies"]["cdn.example./video"]["groups"] == {telefonica: 100.0, keys[1]: 20.0}
+    assert after[1]["policies"]["cdn.example./web"]["total_gbps"] == 0.0  # known groups: no prior
+    report = compare((decisions, observed), after)
+    assert report["total"] == pytest.approx(120.0) and report["basis"] == "gbps"
