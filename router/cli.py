@@ -1,4 +1,4 @@
-"""Command line: ``router serve | check | explain``.
+"""Command line: ``router serve | check | explain | plan``.
 
 ``check`` and ``serve`` load the deployment through the same code path, so a directory
 that passes ``router check`` is exactly one that ``router serve`` accepts.
@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("name", help="the name a resolver asks for, e.g. video.cdn.example.")
     explain.add_argument("client", help="client IP (as query source) or subnet (as ECS), e.g. 83.44.10.0/24")
 
+    plan = sub.add_parser("plan", help="show what applying a new deployment directory would do to traffic")
+    plan.add_argument("--zones", required=True, type=Path, help="the new deployment directory (checked like router check)")
+    plan.add_argument("--against", required=True,
+                      help="the running router's API (http://HOST:PORT) or the current deployment directory")
+    plan.add_argument("--state-file", type=Path, help="with --against DIR: node states from this file (default: all up)")
+    plan.add_argument("--top", type=int, default=5, help="client groups listed per changed name (default 5)")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     simulate = sub.add_parser("simulate-nodes", help="play every node of a deployment: signed heartbeats, commands on stdin")
     from router import simulator
 
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.directory)
     if args.command == "explain":
         return cmd_explain(args)
+    if args.command == "plan":
+        return cmd_plan(args)
     return cmd_serve(args)
 
 
@@ -119,6 +129,39 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else result.to_text())
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Exit 0: no changes; 2: changes (like ``terraform plan -detailed-exitcode``); 1: error."""
+    from router import plan
+
+    new = _load(args.zones)
+    if new is None:
+        print("router plan: the new directory is not valid: nothing planned", file=sys.stderr)
+        return plan.EXIT_ERROR
+    try:
+        if args.against.startswith(("http://", "https://")):
+            if args.state_file is not None:
+                print("router plan: --state-file is for --against DIR (a running router has its own states)",
+                      file=sys.stderr)  # fmt: skip
+                return plan.EXIT_ERROR
+            before = plan.fetch_running(args.against)
+        else:
+            current = _load(Path(args.against))
+            if current is None:
+                return plan.EXIT_ERROR
+            before = plan.plan_offline(current, state_file=args.state_file)
+        after = plan.plan_offline(new, before)
+    except plan.PlanError as exc:
+        print(f"router plan: {exc}", file=sys.stderr)
+        return plan.EXIT_ERROR
+    report = plan.compare(before, after, top=args.top)
+    changed = plan.has_changes(report)
+    if args.json:
+        print(json.dumps({"new": str(args.zones), "against": args.against, "changes": changed, **report}, indent=2))
+    else:
+        print(plan.to_text(report, str(args.zones), args.against))
+    return plan.EXIT_CHANGES if changed else plan.EXIT_NO_CHANGES
 
 
 def _read_token(args: argparse.Namespace) -> str | None:

@@ -5,6 +5,11 @@
 - ``GET /v1/telemetry``: heartbeats accepted, and rejected by reason.
 - ``GET /v1/nodes``: every node with its state, the reason, the override in force, where it
   is and the load it last reported.
+- ``GET /v1/decisions``: every steered name's policy (settings included) and every client
+  group's answers (node ids, split shares) in the routing table in service, keyed so that
+  another config can be compared (``router.steering.decisions``; read by ``router plan``).
+- ``GET /v1/demand``: the demand the plan uses, per policy and client group (Gbps), and
+  whether it was observed or is the configured prior.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
 - ``GET /metrics``: Prometheus text format (``router/api/metrics.py``).
 - ``GET /status``: the status page (``router/api/static/status.html``): the nodes on a map,
@@ -35,6 +40,7 @@ from router.api import metrics
 from router.health.state import ADMIN_STATES, NodeStatus
 from router.service.loaded import LoadedConfig
 from router.service.supervisor import Supervisor
+from router.steering import decisions
 
 log = logging.getLogger("router.api")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -200,6 +206,12 @@ def create_app(
     async def country_outlines(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"})
 
+    async def current_decisions(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(decisions.running_decisions, supervisor))
+
+    async def current_demand(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(decisions.running_demand, supervisor))
+
     registry = metrics.registry_for(supervisor)
 
     async def prometheus_metrics(request: web.Request) -> web.Response:
@@ -213,6 +225,8 @@ def create_app(
     app.router.add_get("/v1/changes", recent_changes)
     app.router.add_get("/v1/config", config_json)
     app.router.add_post("/v1/config/reload", post_reload)
+    app.router.add_get("/v1/decisions", current_decisions)
+    app.router.add_get("/v1/demand", current_demand)
     app.router.add_get("/v1/dns", dns_counters)
     app.router.add_get("/v1/telemetry", telemetry_counters)
     app.router.add_get("/v1/status", service_status)

@@ -285,6 +285,12 @@ class Supervisor:
     def rtt(self):  # noqa: ANN201
         return self.config.rtt
 
+    def in_service(self) -> tuple[LoadedConfig, RoutingTable]:
+        """The config and the routing table in service, from the same moment (a reload
+        swaps both together)."""
+        with self._workers_lock:
+            return self.config, self.table
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
