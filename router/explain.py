@@ -112,6 +112,8 @@ def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: AN
     health = NodeHealth(model.node_ids, monitor)
     if deployment.state_file is not None:
         health.load(deployment.state_file, time.monotonic())
+    for node_id, admin in deployment.admin_state.items():  # the admin_state file, as serve applies it
+        health.set_admin_state(node_id, admin)
     if monitor is not None:
         # Offline, no heartbeat will come: what is not known to be down is shown as up.
         for i, reason in enumerate(monitor.reason):
