@@ -411,9 +411,9 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         problems.append(doc.problem(base + path, f"{label}: {message}"))
 
     if policy.nodes is not None:
-        if policy.pools or policy.rules:
-            add(("nodes",), "give either nodes (one pool for every client) or pools and rules, not both")
-        return problems
+        if not policy.pools and not policy.rules:
+            return problems
+        add(("nodes",), "give either nodes (one pool for every client) or pools and rules, not both")
     if not policy.pools and not policy.rules:
         add((), 'missing required field "nodes" (all, or a list of node ids), or "pools" and "rules"')
         return problems
@@ -426,14 +426,14 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         where = ("pools", pool_name)
         if not pool.nodes:
             add(where + ("nodes",), f'pool "{pool_name}" has no nodes (give node ids or selectors: site:ID, metro:NAME, country:CC, asn:N)')
-        seen: dict[str, int] = {}
+        seen: set[str] = set()
         for i, entry in enumerate(pool.nodes):
             picked = select_nodes(str(entry), inventory)
             if isinstance(picked, str):
                 add(where + ("nodes", i), f'pool "{pool_name}": {picked}')
             if entry in seen:
-                add(where + ("nodes", i), f'pool "{pool_name}" lists "{entry}" twice (first at line {seen[entry]})')
-            seen.setdefault(entry, doc.line(base + where + ("nodes", i)))
+                add(where + ("nodes", i), f'pool "{pool_name}" lists "{entry}" twice')
+            seen.add(entry)
         if pool.fallback is not None and pool.fallback not in policy.pools:
             add(where + ("fallback",), f'pool "{pool_name}": fallback to undefined pool "{pool.fallback}" (defined: {defined})')
     # Fallback loops: each cycle once, at the fallback of its first pool in file order.
@@ -460,10 +460,11 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         number = f"rule {i + 1}"
         if rule.pool not in policy.pools:
             add(where + ("pool",), f'{number}: undefined pool "{rule.pool}" (defined: {defined})')
+        bad_geo = False
         for key in ("geos", "asns"):
             if getattr(rule, key) == ():
                 add(where + (key,), f"{number}: {key} is empty, so the rule matches no client (leave {key} out to match any)")
-        bad_geo = False
+                bad_geo = True
         for j, code in enumerate(rule.geos or ()):
             parsed = parse_geo(code)
             if isinstance(parsed, str):
@@ -512,15 +513,19 @@ def _check_rule_fences(doc: LocatedYaml, base: YamlPath, label: str, policy: Pol
     site_country = {s.id: s.country for s in inventory.sites}
     country_of = {n.id: site_country[n.site] for n in inventory.nodes}
     members = pool_members(policy, inventory)
+    taken: set[str] = set()  # countries earlier rules take whole (geos only, no asns)
     for i, rule in enumerate(policy.rules):
         chain = fallback_chain(policy, rule.pool)
         reach = {country_of[n] for pool in chain for n in members[pool]}
         countries = rule.countries()
         for f, fence in enumerate(policy.geofence):
             clients = set(fence.clients) if countries is None else set(fence.clients) & countries
+            clients -= taken
             if clients and not reach & set(fence.nodes):
                 problems.append(doc.problem(base + ("rules", i), (
                     f"{label}: rule {i + 1} sends clients in {', '.join(sorted(clients))} to pool "
                     f"{' then '.join(chain)}, but geofence rule {f} allows them only nodes in {', '.join(fence.nodes)} "
                     f"and none of these pools has a node there (pool countries: {', '.join(sorted(reach))})")))  # fmt: skip
+        if rule.asns is None and countries is not None:
+            taken |= countries
     return problems
