@@ -21,6 +21,15 @@ Example (keys must be sorted so that diffs stay reviewable)::
         ttl: 20
         when_all_down: fail_open   # answer the best nodes as if healthy; never empty
 
+Instead of ``nodes``, octoDNS-style pools and rules (see docs/policy-format.md)::
+
+        pools:
+          everywhere: {nodes: [all]}
+          pt: {fallback: everywhere, nodes: [country:PT]}   # ids or site: metro: country: asn:
+        rules:                                              # first match wins
+          - {geos: [EU-PT], pool: pt}                       # also asns: [3243]
+          - pool: everywhere                                # the catch-all, last
+
 A fenced group fails open inside its fence: if every node its fence allows is down, it
 is answered with those nodes as if healthy, never with a node outside the fence.
 """
