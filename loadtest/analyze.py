@@ -2,7 +2,8 @@
 
 The oracle is computed from the same world the router steers by: the deployment's latency
 model (measured country RTT, distance elsewhere), the on-net preference, each policy's pool
-and geofence, and the *true* state of every node as the simulator played it (not what the
+and geofence (for a policy with pools and rules: the client's first matching rule, its pool, and
+the fallback the true node states lead to), and the *true* state of every node as the simulator played it (not what the
 router believed). Its best node for a client is the lowest score (latency minus on-net bonus)
 among the nodes truly available at that moment, with no load penalty: the ideal, so capacity
 spill-over and detection delay both show as answers that miss it.
@@ -61,17 +62,47 @@ class Oracle:
         for p, g in pairs:
             parts = group_components(inputs[p], g)
             s = np.where(model.policies[p].in_pool, parts.score, np.inf)
-            fence = int(model.policies[p].group_fence[g])  # 0: unfenced, else 1 + rule
-            if fence:
-                s = np.where(model.policies[p].fence_allowed[fence - 1], s, np.inf)
             score[(p, g)] = np.where(np.isfinite(s), s, np.inf)
             latency[(p, g)] = parts.latency_ms
             distance[(p, g)] = parts.distance_km
         return cls(model, score, latency, distance)
 
+    def allowed(self, policy: int, group: int, available: np.ndarray) -> np.ndarray:
+        """bool[N]: the nodes the group may use when exactly ``available`` are up.
+
+        Written from the policy file's rules, not from the router's class arrays: the
+        group's geofence (the first rule naming its country), its first matching rule, and
+        that rule's pool or the first fallback with an available node inside the fence.
+        Only the pools' node sets (selectors expanded) come from the compiled policy.
+        """
+        model = self.model
+        compiled = model.policies[policy]
+        spec = compiled.policy
+        country = model.countries[int(compiled.group_country[group])]
+        node_country = np.array([model.countries[c] for c in model.node_country])
+        fence = np.ones(len(model.node_ids), dtype=np.bool_)
+        for rule in spec.geofence:
+            if country in rule.clients:
+                fence = np.isin(node_country, rule.nodes)
+                break
+        if not spec.pools:
+            return compiled.in_pool & fence
+        routing = compiled.routing
+        assert routing is not None
+        asn = int(model.client_map.groups.asn[group])
+        rule = next(r for r in spec.rules if (r.geos is None or country in (r.countries() or ()))
+                    and (r.asns is None or asn in r.asns))  # fmt: skip
+        chain, name = [], rule.pool
+        while name is not None and name not in chain:
+            chain.append(name)
+            name = spec.pools[name].fallback
+        members = [routing.pool_nodes[routing.pool_names.index(n)] & fence for n in chain]
+        members = [m for m in members if m.any()]
+        return next((m for m in members if (m & available).any()), members[0])
+
     def best(self, policy: int, group: int, available: np.ndarray) -> np.ndarray:
         """bool[N]: the best available nodes (all False when none is available)."""
-        s = np.where(available, self.score[(policy, group)], np.inf)
+        s = np.where(available & self.allowed(policy, group, available), self.score[(policy, group)], np.inf)
         low = s.min()
         if not np.isfinite(low):
             return np.zeros(len(s), dtype=np.bool_)

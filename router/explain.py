@@ -69,6 +69,12 @@ class Explanation:
     ecs_scope: int | None = None
     # The group's answers under the capacity plan: node ids and the share of its clients.
     split: list[dict] = field(default_factory=list)
+    # Policies with pools: the rule that matched, its pool chain, the pool that answered.
+    rule: str | None = None
+    pool_chain: list[str] = field(default_factory=list)
+    pool: str | None = None
+    fallback_taken: bool = False
+    failed_open: bool = False
 
     def to_text(self) -> str:
         lines = [f"name:    {self.name} {self.qtype}"]
@@ -80,6 +86,14 @@ class Explanation:
             lines.append(
                 f"group:   {self.group} = {self.group_label} (located by {self.located_by})"
             )
+            if self.rule is not None:
+                lines.append(f"rule:    {self.rule}")
+                how = "first pool"
+                if self.failed_open:
+                    how = "every pool of the chain is down: failing open in the first pool"
+                elif self.fallback_taken:
+                    how = f"fallback taken: {', '.join(self.pool_chain[: self.pool_chain.index(self.pool)])} had no node up"
+                lines.append(f"pool:    {self.pool} (chain {' -> '.join(self.pool_chain)}; {how})")
             lines.append("candidates (best first; score = latency - on-net bonus + load penalty):")
             lines.append(f"  {'rank':>4}  {'node':<14} {'health':<9} {'latency_ms':>10} {'source':<9} "
                          f"{'km':>6} {'on-net':<6} {'bonus_ms':>8} {'load_ms':>7} {'score':>8} {'planned/capacity Gbps':>22}")  # fmt: skip
@@ -112,6 +126,8 @@ def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: AN
     health = NodeHealth(model.node_ids, monitor)
     if deployment.state_file is not None:
         health.load(deployment.state_file, time.monotonic())
+    for node_id, admin in deployment.admin_state.items():  # the admin_state file, as serve applies it
+        health.set_admin_state(node_id, admin)
     if monitor is not None:
         # Offline, no heartbeat will come: what is not known to be down is shown as up.
         for i, reason in enumerate(monitor.reason):
@@ -184,12 +200,27 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
         {"nodes": [model.node_ids[n] for n in nodes], "share": share}
         for nodes, share in table.entries(policy_index, decision.group)
     ]
+    allowed = compiled.in_pool
+    if compiled.routing is not None:
+        routing = compiled.routing
+        k = int(compiled.group_fence[decision.group])
+        chain = routing.chain(k)
+        resolved = int(planner.resolved[policy_index][k])
+        rule = int(routing.group_rule[decision.group])
+        result.rule = f"{rule + 1} ({routing.rule_labels[rule]} -> pool {routing.pool_names[int(routing.rule_pool[rule])]})"
+        result.pool_chain = [routing.pool_names[q] for q in chain]
+        result.pool = routing.pool_names[resolved]
+        result.fallback_taken = bool(chain) and resolved != chain[0]
+        state = planner.inputs[policy_index].rank.node_state  # type: ignore[union-attr]
+        pool_nodes = routing.pool_nodes[resolved] & routing.class_fence[k]
+        result.failed_open = not result.fallback_taken and bool((state[pool_nodes] == 2).all())
+        allowed = planner.inputs[policy_index].rank.fence_allowed[k]  # type: ignore[union-attr]
     reasons = [status.reason for status in health.status()]
     order = np.lexsort(
         (np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state)
     )
     for n in order:
-        if not compiled.in_pool[n]:
+        if not allowed[n]:
             continue
         result.candidates.append(
             Candidate(

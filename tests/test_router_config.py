@@ -226,7 +226,7 @@ NEGATIVE = [
     case(
         "policy-unknown-field",
         'zones/cdn.example.policy.yaml:8: policy "video": unknown field "max_ttl" (valid fields: '
-        "answer_count, default_site, expected_peak_gbps, geofence, headroom, load_penalty_ms, nodes, onnet_bonus_ms, probe, ttl, when_all_down)",
+        "answer_count, default_site, expected_peak_gbps, geofence, headroom, load_penalty_ms, nodes, onnet_bonus_ms, pools, probe, rules, ttl, when_all_down)",
     ),
     case(
         "policy-answer-count-zero",

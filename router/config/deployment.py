@@ -6,7 +6,8 @@ A deployment directory holds:
   relative to this file), and where the compiled client map is cached;
 - ``nodes.yaml``: the node inventory (``router.config.nodes``);
 - ``<zone>.zone``: RFC 1035 zone files, each served with its file name as origin;
-- ``<zone>.policy.yaml``: steering policies for names of that zone.
+- ``<zone>.policy.yaml``: steering policies for names of that zone;
+- ``admin_state`` (optional): gdnsd-style admin overrides of nodes (``router.config.admin_state``).
 
 Every file is validated and every problem collected before anything is returned, so
 a broken directory never produces a half-loaded deployment.
@@ -15,7 +16,7 @@ a broken directory never produces a half-loaded deployment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from router.config._validate import validate_item
 from router.config._yaml import LocatedYaml, YamlPath, load_yaml
+from router.config.admin_state import ADMIN_STATE_FILE, parse_admin_state
 from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
@@ -119,6 +121,8 @@ class Deployment:
     node_keys: dict[str, bytes] | None = None
     state_file: Path | None = None
     rtt_samples: tuple[RttSample, ...] = ()
+    # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
+    admin_state: dict[str, str] = field(default_factory=dict)
 
 
 def _display(path: Path) -> str:
@@ -215,6 +219,13 @@ def load_deployment(directory: Path) -> Deployment:
             )
             problems += errors
 
+    admin_state: dict[str, str] = {}
+    admin_path = directory / ADMIN_STATE_FILE
+    if admin_path.exists():
+        node_ids = [n.id for n in inventory.nodes] if inventory is not None else None
+        admin_state, errors = parse_admin_state(admin_path, str(admin_path), node_ids)
+        problems += errors
+
     if problems:
         raise ConfigError(problems)
     assert inventory is not None and client_map is not None and settings is not None
@@ -230,6 +241,7 @@ def load_deployment(directory: Path) -> Deployment:
         node_keys=node_keys,
         state_file=directory / settings.state_file if settings.state_file else None,
         rtt_samples=tuple(rtt_samples),
+        admin_state=admin_state,
     )
 
 

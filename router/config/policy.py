@@ -21,12 +21,22 @@ Example (keys must be sorted so that diffs stay reviewable)::
         ttl: 20
         when_all_down: fail_open   # answer the best nodes as if healthy; never empty
 
+Instead of ``nodes``, octoDNS-style pools and rules (see docs/policy-format.md)::
+
+        pools:
+          everywhere: {nodes: [all]}
+          pt: {fallback: everywhere, nodes: [country:PT]}   # ids or site: metro: country: asn:
+        rules:                                              # first match wins
+          - {geos: [EU-PT], pool: pt}                       # also asns: [3243]
+          - pool: everywhere                                # the catch-all, last
+
 A fenced group fails open inside its fence: if every node its fence allows is down, it
 is answered with those nodes as if healthy, never with a node outside the fence.
 """
 
 from __future__ import annotations
 
+import difflib
 import string
 from typing import Annotated, Literal
 
@@ -38,7 +48,8 @@ import dns.zone
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from router.config._validate import validate_item
-from router.config._yaml import LocatedYaml, unsorted_keys
+from router.config._yaml import LocatedYaml, YamlPath, unsorted_keys
+from router.config.geos import geo_countries, parse_geo
 from router.config.nodes import Inventory
 from router.config.problems import Problem
 from router.config.zones import record_line_index
@@ -70,6 +81,40 @@ class PolicyProbe(BaseModel):
     url: str = Field(pattern=r"^((https?|tcp)://|\{health_url\})")
 
 
+class Pool(BaseModel):
+    """A named set of nodes (octoDNS dynamic-record pools), and the pool to use when it is down."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fallback: str | None = None
+    nodes: tuple[str, ...]  # node ids and selectors: site:ID metro:NAME country:CC asn:N all
+
+
+class Rule(BaseModel):
+    """Clients a pool is for (octoDNS dynamic-record rules); no geos and no asns: everyone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    asns: tuple[Annotated[int, Field(ge=0, le=4_294_967_295)], ...] | None = None
+    geos: tuple[str, ...] | None = None  # EU (a continent) or EU-ES (a country)
+    pool: str
+
+    @property
+    def catch_all(self) -> bool:
+        return self.asns is None and self.geos is None
+
+    def countries(self) -> frozenset[str] | None:
+        """The client countries this rule matches; None: any country."""
+        if self.geos is None:
+            return None
+        out: set[str] = set()
+        for code in self.geos:
+            parsed = parse_geo(code)
+            if isinstance(parsed, tuple):
+                out |= geo_countries(*parsed)
+        return frozenset(out)
+
+
 class Policy(BaseModel):
     """How one steered name picks nodes for a client group."""
 
@@ -81,9 +126,11 @@ class Policy(BaseModel):
     geofence: tuple[GeofenceRule, ...] = ()
     headroom: float = Field(default=0.8, gt=0, le=1)
     load_penalty_ms: float = Field(default=0.0, ge=0, le=10_000)
-    nodes: Literal["all"] | tuple[str, ...]
+    nodes: Literal["all"] | tuple[str, ...] | None = None  # one pool for every client
     onnet_bonus_ms: float = Field(default=0.0, ge=0, le=10_000)
+    pools: dict[str, Pool] = Field(default_factory=dict)  # or named pools, chosen by rules
     probe: PolicyProbe | None = None
+    rules: tuple[Rule, ...] = ()
     ttl: int = Field(ge=1, le=86_400)
     when_all_down: Literal["fail_open"]
 
@@ -146,7 +193,7 @@ def parse_policies(
                         f"(sites: {', '.join(sorted(site_ids))})",
                     )
                 )
-            if policy.nodes != "all":
+            if isinstance(policy.nodes, tuple):
                 for i, node_id in enumerate(policy.nodes):
                     if node_id not in node_ids:
                         problems.append(
@@ -161,6 +208,11 @@ def parse_policies(
                             ("policies", name, "nodes"), f"{label}: nodes lists a node twice"
                         )
                     )
+            pool_problems = _check_pools(doc, name, label, policy, inventory)
+            problems += pool_problems
+            if pool_problems:
+                policies[str(name)] = policy
+                continue
             problems += _check_geofence(doc, name, label, policy, inventory)
             problems += _check_probe(doc, name, label, policy, inventory)
         policies[str(name)] = policy
@@ -222,7 +274,8 @@ def _check_geofence(
     """A client country in one rule at most; every rule must leave its clients a node."""
     problems: list[Problem] = []
     site_country = {s.id: s.country for s in inventory.sites}
-    pool = [n for n in inventory.nodes if policy.nodes == "all" or n.id in policy.nodes]
+    members = policy_node_ids(policy, inventory)
+    pool = [n for n in inventory.nodes if n.id in members]
     pool_countries = {site_country.get(n.site) for n in pool}
     seen: dict[str, int] = {}
     for i, rule in enumerate(policy.geofence):
@@ -254,8 +307,234 @@ def _check_probe(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         return [doc.problem(where, f"{label}: probe url names {', '.join(sorted('{' + f + '}' for f in unknown))}; "
                                    "valid: {health_url}, {ipv4}, {ipv6}, {id}")]  # fmt: skip
     if "health_url" in fields:
-        missing = [n.id for n in inventory.nodes if (policy.nodes == "all" or n.id in policy.nodes) and not n.health_url]
+        members = policy_node_ids(policy, inventory)
+        missing = [n.id for n in inventory.nodes if n.id in members and not n.health_url]
         if missing:
             return [doc.problem(where, f"{label}: probe url uses {{health_url}} but these nodes have none: "
                                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")]  # fmt: skip
     return []
+
+
+SELECTORS = ("site", "metro", "country", "asn")
+
+
+def select_nodes(entry: str, inventory: Inventory) -> tuple[str, ...] | str:
+    """The node ids one pool entry names, or the operator's error message.
+
+    An entry is a node id, ``all``, or a selector: ``site:ID``, ``metro:NAME``,
+    ``country:CC`` (the node's site's country) or ``asn:N`` (the ISP the node sits in).
+    """
+    nodes = inventory.nodes
+    if entry == "all":
+        return tuple(n.id for n in nodes)
+    kind, sep, value = entry.partition(":")
+    if not sep:
+        if any(n.id == entry for n in nodes):
+            return (entry,)
+        return f'unknown node "{entry}"{_close(entry, [n.id for n in nodes], "node ids")}'
+    sites = {s.id: s for s in inventory.sites}
+    if kind == "site":
+        choices = sorted(sites)
+        picked = tuple(n.id for n in nodes if n.site == value)
+    elif kind == "metro":
+        choices = sorted({s.metro for s in inventory.sites})
+        picked = tuple(n.id for n in nodes if sites[n.site].metro == value)
+    elif kind == "country":
+        choices = sorted({s.country for s in inventory.sites})
+        picked = tuple(n.id for n in nodes if sites[n.site].country == value)
+    elif kind == "asn":
+        choices = sorted({str(n.asn) for n in nodes}, key=int)
+        picked = tuple(n.id for n in nodes if str(n.asn) == value.removeprefix("AS"))
+    else:
+        return f'unknown selector "{kind}:" in "{entry}" (valid: a node id, all, {", ".join(k + ":" for k in SELECTORS)})'
+    if not picked:
+        return f'"{entry}" matches no node{_close(value, choices, kind + " values")}'
+    return picked
+
+
+def _close(value: str, choices: list[str], what: str) -> str:
+    near = difflib.get_close_matches(value, choices, n=1)
+    if near:
+        return f' (did you mean "{near[0]}"?)'
+    shown = ", ".join(choices[:12]) + (" ..." if len(choices) > 12 else "")
+    return f" (valid {what}: {shown})"
+
+
+def pool_members(policy: Policy, inventory: Inventory) -> dict[str, frozenset[str]]:
+    """Each pool's node ids (entries that name nothing are left out: check reports them)."""
+    out: dict[str, frozenset[str]] = {}
+    for pool_name, pool in policy.pools.items():
+        ids: set[str] = set()
+        for entry in pool.nodes:
+            picked = select_nodes(str(entry), inventory)
+            if isinstance(picked, tuple):
+                ids.update(picked)
+        out[pool_name] = frozenset(ids)
+    return out
+
+
+def policy_node_ids(policy: Policy, inventory: Inventory) -> frozenset[str]:
+    """Every node the policy may answer with (the union of its pools)."""
+    if policy.nodes == "all":
+        return frozenset(n.id for n in inventory.nodes)
+    if isinstance(policy.nodes, tuple):
+        return frozenset(policy.nodes)
+    return frozenset().union(*pool_members(policy, inventory).values())
+
+
+def fallback_chain(policy: Policy, first: str) -> list[str]:
+    """``first`` and its fallbacks in order (stops before a pool would repeat)."""
+    chain: list[str] = []
+    pool: str | None = first
+    while pool is not None and pool in policy.pools and pool not in chain:
+        chain.append(pool)
+        pool = policy.pools[pool].fallback
+    return chain
+
+
+def _covers(earlier: Rule, later: Rule) -> bool:
+    """Every client ``later`` matches is matched by ``earlier`` too."""
+    a, b = earlier.countries(), later.countries()
+    if a is not None and (b is None or not b <= a):
+        return False
+    if earlier.asns is not None and (later.asns is None or not set(later.asns) <= set(earlier.asns)):
+        return False
+    return True
+
+
+def _describe_rule(rule: Rule) -> str:
+    parts = []
+    if rule.geos is not None:
+        parts.append(f"geos {', '.join(map(str, rule.geos))}")
+    if rule.asns is not None:
+        parts.append(f"asns {', '.join(map(str, rule.asns))}")
+    return f"{' and '.join(parts) or 'catch-all'} -> pool {rule.pool}"
+
+
+def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+    """Pools, rules and fallbacks: every problem, located, saying what would be valid."""
+    base = ("policies", name)
+    problems: list[Problem] = []
+
+    def add(path: YamlPath, message: str) -> None:
+        problems.append(doc.problem(base + path, f"{label}: {message}"))
+
+    if policy.nodes is not None:
+        if not policy.pools and not policy.rules:
+            return problems
+        add(("nodes",), "give either nodes (one pool for every client) or pools and rules, not both")
+    if not policy.pools and not policy.rules:
+        add((), 'missing required field "nodes" (all, or a list of node ids), or "pools" and "rules"')
+        return problems
+    if not policy.pools:
+        add(("rules",), 'rules need "pools": name -> {nodes: [...], fallback: POOL}')
+    if not policy.rules:
+        add(("pools",), 'pools need "rules": an ordered list of {geos, asns, pool}, the last one a catch-all')
+    defined = ", ".join(policy.pools) or "none"
+    for pool_name, pool in policy.pools.items():
+        where = ("pools", pool_name)
+        if not pool.nodes:
+            add(where + ("nodes",), f'pool "{pool_name}" has no nodes (give node ids or selectors: site:ID, metro:NAME, country:CC, asn:N)')
+        seen: set[str] = set()
+        for i, entry in enumerate(pool.nodes):
+            picked = select_nodes(str(entry), inventory)
+            if isinstance(picked, str):
+                add(where + ("nodes", i), f'pool "{pool_name}": {picked}')
+            if entry in seen:
+                add(where + ("nodes", i), f'pool "{pool_name}" lists "{entry}" twice')
+            seen.add(entry)
+        if pool.fallback is not None and pool.fallback not in policy.pools:
+            add(where + ("fallback",), f'pool "{pool_name}": fallback to undefined pool "{pool.fallback}" (defined: {defined})')
+    # Fallback loops: each cycle once, at the fallback of its first pool in file order.
+    reported: set[frozenset[str]] = set()
+    for pool_name in policy.pools:
+        path: list[str] = []
+        current: str | None = pool_name
+        while current is not None and current in policy.pools and current not in path:
+            path.append(current)
+            current = policy.pools[current].fallback
+        if current is None or current not in path:
+            continue
+        cycle = path[path.index(current):]
+        if frozenset(cycle) in reported:
+            continue
+        reported.add(frozenset(cycle))
+        first = min(cycle, key=list(policy.pools).index)
+        ring = cycle[cycle.index(first):] + cycle[: cycle.index(first)] + [first]
+        add(("pools", first, "fallback"), f"fallback loop: {' -> '.join(ring)} (a chain of fallbacks must end in a pool without one)")
+
+    catch_all_at: int | None = None
+    for i, rule in enumerate(policy.rules):
+        where = ("rules", i)
+        number = f"rule {i + 1}"
+        if rule.pool not in policy.pools:
+            add(where + ("pool",), f'{number}: undefined pool "{rule.pool}" (defined: {defined})')
+        bad_geo = False
+        for key in ("geos", "asns"):
+            if getattr(rule, key) == ():
+                add(where + (key,), f"{number}: {key} is empty, so the rule matches no client (leave {key} out to match any)")
+                bad_geo = True
+        for j, code in enumerate(rule.geos or ()):
+            parsed = parse_geo(code)
+            if isinstance(parsed, str):
+                add(where + ("geos", j), f"{number}: {parsed}")
+                bad_geo = True
+        if bad_geo:
+            continue  # what it matches is unknown: no shadowing verdict
+        if catch_all_at is not None:
+            add(where, f"{number} ({_describe_rule(rule)}) never matches: the catch-all rule {catch_all_at + 1} "
+                       f"at line {doc.line(base + ('rules', catch_all_at))} takes every client first")  # fmt: skip
+            continue
+        for k in range(i):
+            if _covers(policy.rules[k], rule):
+                add(where, f"{number} ({_describe_rule(rule)}) never matches: every client it matches is taken "
+                           f"first by rule {k + 1} at line {doc.line(base + ('rules', k))} ({_describe_rule(policy.rules[k])})")  # fmt: skip
+                break
+        else:
+            if rule.geos and rule.asns is None:
+                earlier = [k for k in range(i) if policy.rules[k].asns is None and policy.rules[k].geos]
+                covered = frozenset().union(*(policy.rules[k].countries() or frozenset() for k in earlier))
+                mine = rule.countries() or frozenset()
+                if mine and mine <= covered:
+                    lines = ", ".join(f"{k + 1} (line {doc.line(base + ('rules', k))})" for k in earlier)
+                    add(where, f"{number} ({_describe_rule(rule)}) never matches: rules {lines} take all its countries first")
+        if rule.catch_all:
+            if i != len(policy.rules) - 1:
+                add(where, f"{number} is a catch-all (no geos, no asns) but not the last rule: the rules after it never match; move it to the end")
+            catch_all_at = i
+    if policy.rules and catch_all_at is None:
+        last = policy.rules[-1]
+        add(("rules",), "no catch-all rule: clients no rule matches would have no pool; end the rules with one "
+                        f'without geos and asns, e.g. "- pool: {last.pool}"')  # fmt: skip
+
+    used = {pool for rule in policy.rules for pool in fallback_chain(policy, rule.pool)}
+    for pool_name in policy.pools:
+        if pool_name not in used:
+            add(("pools", pool_name), f'pool "{pool_name}" is never used: no rule names it and it is not the fallback of a pool a rule uses')
+    if not problems:
+        problems += _check_rule_fences(doc, base, label, policy, inventory)
+    return problems
+
+
+def _check_rule_fences(doc: LocatedYaml, base: YamlPath, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+    """A fenced client must find a node inside its fence somewhere along its rule's chain."""
+    problems: list[Problem] = []
+    site_country = {s.id: s.country for s in inventory.sites}
+    country_of = {n.id: site_country[n.site] for n in inventory.nodes}
+    members = pool_members(policy, inventory)
+    taken: set[str] = set()  # countries earlier rules take whole (geos only, no asns)
+    for i, rule in enumerate(policy.rules):
+        chain = fallback_chain(policy, rule.pool)
+        reach = {country_of[n] for pool in chain for n in members[pool]}
+        countries = rule.countries()
+        for f, fence in enumerate(policy.geofence):
+            clients = set(fence.clients) if countries is None else set(fence.clients) & countries
+            clients -= taken
+            if clients and not reach & set(fence.nodes):
+                problems.append(doc.problem(base + ("rules", i), (
+                    f"{label}: rule {i + 1} sends clients in {', '.join(sorted(clients))} to pool "
+                    f"{' then '.join(chain)}, but geofence rule {f} allows them only nodes in {', '.join(fence.nodes)} "
+                    f"and none of these pools has a node there (pool countries: {', '.join(sorted(reach))})")))  # fmt: skip
+        if rule.asns is None and countries is not None:
+            taken |= countries
+    return problems

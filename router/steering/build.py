@@ -72,6 +72,8 @@ class Planner:
         self.samples: tuple | None = None
         # Nodes a policy's own probe took out of that policy (bool[P, N]).
         self.policy_down = np.zeros((len(model.policies), len(model.node_ids)), dtype=np.bool_)
+        # Per policy with pools: the pool each (rule, fence) class answers from (CompiledPolicy.resolve).
+        self.resolved: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(model.policies)
         self.last_kind = "none"
 
     def set_demand(self, policy: int, demand: np.ndarray) -> None:
@@ -100,6 +102,11 @@ class Planner:
         util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
         previous = self.inputs
         if any(not np.array_equal(i.rank.node_util, util) for i in previous if i is not None):
+            return self.build(node_state, node_util, generation)
+        # A pool emptied (or back): its classes move along their fallback chains, which
+        # changes what they may use beyond the one node: plan afresh.
+        if any(not np.array_equal(self.model.policies[p].resolve(self._policy_state(p, node_state)), self.resolved[p])
+               for p in range(len(self.plans))):  # fmt: skip
             return self.build(node_state, node_util, generation)
         total = sum(p.load for p in self.plans if p is not None)
         for p, plan in enumerate(self.plans):
@@ -133,11 +140,20 @@ class Planner:
         self.last_kind = "incremental"
         return self._table(node_state, generation)
 
+    def _policy_state(self, p: int, node_state: np.ndarray) -> np.ndarray:
+        """Node states as policy ``p`` sees them: its own probe's verdicts on top."""
+        if self.policy_down[p].any():
+            return np.where(self.policy_down[p], np.int8(2), node_state).astype(np.int8)
+        return node_state
+
     def _inputs(self, p: int, node_state: np.ndarray, util: np.ndarray) -> PlanInputs:
         compiled = self.model.policies[p]
-        if self.policy_down[p].any():
-            node_state = np.where(self.policy_down[p], np.int8(2), node_state).astype(np.int8)
-        rank = self.model.rank_inputs(p, node_state, util, self.samples)
+        node_state = self._policy_state(p, node_state)
+        fence_allowed = None
+        if compiled.routing is not None:
+            self.resolved[p] = compiled.resolve(node_state)
+            fence_allowed = compiled.allowed(self.resolved[p])
+        rank = self.model.rank_inputs(p, node_state, util, self.samples, fence_allowed)
         return PlanInputs.create(
             rank,
             compiled.topology,

@@ -8,7 +8,8 @@ import dns.name
 import numpy as np
 
 from router.config.deployment import Deployment
-from router.config.policy import Policy
+from router.config.nodes import Inventory
+from router.config.policy import Policy, pool_members
 from router.geo.clientmap import ClientMap
 from router.steering.plan import Topology
 from router.steering.rank import RankInputs
@@ -27,10 +28,86 @@ class CompiledPolicy:
     fence_allowed: np.ndarray  # bool[F, N]
     demand_prior: np.ndarray  # float64[G]: expected_peak_gbps spread by address space
     topology: Topology
+    # Pools and rules; None for a ``nodes:`` policy (one pool, group_fence = geofence).
+    routing: PoolRouting | None = None
 
     @property
     def label(self) -> str:
         return f'"{self.name}" ({self.zone})'
+
+    def resolve(self, node_state: np.ndarray) -> np.ndarray:
+        """int32[K]: the pool each class answers from (empty without pools)."""
+        if self.routing is None:
+            return np.zeros(0, dtype=np.int32)
+        return self.routing.resolve(node_state)
+
+    def allowed(self, resolved: np.ndarray) -> np.ndarray:
+        """bool[K, N]: fence_allowed under a resolution of the classes' pools."""
+        return self.fence_allowed if self.routing is None else self.routing.allowed(resolved)
+
+    def group_allowed(self, group: int, node_state: np.ndarray) -> np.ndarray:
+        """bool[N]: the nodes ``group`` may be answered with under ``node_state``."""
+        k = int(self.group_fence[group])
+        return self.in_pool & self.allowed(self.resolve(node_state))[k]
+
+
+@dataclass(frozen=True)
+class PoolRouting:
+    """A policy's pools and rules as arrays.
+
+    The policy's group_fence then holds each group's class, one per (rule, geofence) pair
+    in use; a class's row of fence_allowed is its fence intersected with the pool its
+    rule's fallback chain resolves to under the current node states (``resolve``).
+    """
+
+    pool_names: tuple[str, ...]
+    pool_nodes: np.ndarray  # bool[Q, N]
+    pool_fallback: np.ndarray  # int32[Q]: next pool, -1 none
+    rule_pool: np.ndarray  # int32[R]
+    rule_labels: tuple[str, ...]
+    group_rule: np.ndarray  # int32[G]: each group's first matching rule
+    class_rule: np.ndarray  # int32[K]
+    class_fence: np.ndarray  # bool[K, N]: the class's geofence (all nodes when unfenced)
+
+    def chain(self, k: int) -> list[int]:
+        """Class ``k``'s pools in fallback order, those with no node inside its fence left out."""
+        out: list[int] = []
+        seen: set[int] = set()
+        q = int(self.rule_pool[self.class_rule[k]])
+        while q >= 0 and q not in seen:
+            seen.add(q)
+            if (self.pool_nodes[q] & self.class_fence[k]).any():
+                out.append(q)
+            q = int(self.pool_fallback[q])
+        return out
+
+    def resolve(self, node_state: np.ndarray) -> np.ndarray:
+        """int32[K]: the pool each class answers from under ``node_state`` (-1: none).
+
+        The first pool of the chain with an up node inside the fence; else the first with a
+        draining one; else (the whole chain down) the first pool, failing open inside it.
+        """
+        out = np.full(len(self.class_rule), -1, dtype=np.int32)
+        for k in range(len(out)):
+            chain = self.chain(k)
+            if not chain:
+                continue
+            out[k] = chain[0]
+            for tier in (0, 1):
+                usable = (node_state <= tier) & self.class_fence[k]
+                alive = [q for q in chain if (usable & self.pool_nodes[q]).any()]
+                if alive:
+                    out[k] = alive[0]
+                    break
+        return out
+
+    def allowed(self, resolved: np.ndarray) -> np.ndarray:
+        """bool[K, N]: each class's fence intersected with its resolved pool."""
+        rows = self.class_fence.copy()
+        for k, q in enumerate(resolved):
+            if q >= 0:
+                rows[k] &= self.pool_nodes[q]
+        return rows
 
 
 @dataclass(frozen=True)
@@ -56,6 +133,7 @@ class SteeringModel:
         node_state: np.ndarray,
         node_util: np.ndarray,
         samples: tuple | None = None,
+        fence_allowed: np.ndarray | None = None,
     ) -> RankInputs:
         """``samples``: (meas_start, meas_node, meas_rtt) fused RTT samples, CSR by group."""
         compiled = self.policies[policy]
@@ -69,7 +147,8 @@ class SteeringModel:
             node_asn=self.node_asn, node_state=node_state, node_util=node_util,
             node_in_pool=compiled.in_pool, country_rtt=self.country_rtt,
             onnet_bonus_ms=compiled.policy.onnet_bonus_ms, load_penalty_ms=compiled.policy.load_penalty_ms,
-            group_fence=compiled.group_fence, fence_allowed=compiled.fence_allowed, **extra,
+            group_fence=compiled.group_fence,
+            fence_allowed=compiled.fence_allowed if fence_allowed is None else fence_allowed, **extra,
         )  # fmt: skip
 
 
@@ -113,7 +192,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         )
         in_pool = (
             np.ones(len(nodes), dtype=np.bool_)
-            if policy.nodes == "all"
+            if not isinstance(policy.nodes, tuple)  # "all", or pools (replaced below)
             else np.array([n.id in policy.nodes for n in nodes], dtype=np.bool_)
         )
         fence = np.zeros(len(groups), dtype=np.int32)
@@ -123,6 +202,11 @@ def compile_model(deployment: Deployment) -> SteeringModel:
             fence[(country >= 0) & fenced[np.maximum(country, 0)]] = i + 1
             allowed.append(np.array([c in rule.nodes for c in node_countries], dtype=np.bool_))
         fence_allowed = np.array(allowed)
+        routing = None
+        if policy.pools:
+            pools = _compile_pools(policy, inventory, countries, country, groups.asn, fence, fence_allowed)
+            routing, in_pool, fence, fence_allowed = (pools["routing"], pools["in_pool"], pools["group_fence"],
+                                                      pools["fence_allowed"])  # fmt: skip
         static = RankInputs.create(
             group_lat=lat, group_lon=lon, group_country=country, group_asn=groups.asn,
             node_lat=node_lat, node_lon=node_lon, node_country=node_country, node_asn=node_asn,
@@ -132,7 +216,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         policy_index[(zone, name)] = len(policies)
         policies.append(CompiledPolicy(
             zone, name, policy, in_pool, lat, lon, country, fence, fence_allowed,
-            policy.expected_peak_gbps * weight, Topology.create(static),
+            policy.expected_peak_gbps * weight, Topology.create(static), routing,
         ))  # fmt: skip
 
     return SteeringModel(
@@ -168,3 +252,55 @@ def group_address_weight(client_map: ClientMap) -> np.ndarray:
     weight[0] = 0.0
     total = weight.sum()
     return weight / total if total > 0 else weight
+
+
+def _compile_pools(
+    policy: Policy, inventory: Inventory, countries: list[str], group_country: np.ndarray,
+    group_asn: np.ndarray, group_geofence: np.ndarray, geofence_allowed: np.ndarray,
+) -> dict:
+    """Pools and rules as arrays: each group's first matching rule, and its (rule, fence) class."""
+    node_ids = [n.id for n in inventory.nodes]
+    members = pool_members(policy, inventory)
+    names = tuple(policy.pools)
+    index = {name: i for i, name in enumerate(names)}
+    pool_nodes = np.array([[n in members[name] for n in node_ids] for name in names], dtype=np.bool_)
+    fallback = np.array([index.get(policy.pools[name].fallback or "", -1) for name in names], dtype=np.int32)
+    rule_pool = np.array([index[rule.pool] for rule in policy.rules], dtype=np.int32)
+    n_groups = len(group_country)
+    group_rule = np.full(n_groups, len(policy.rules) - 1, dtype=np.int32)  # check requires a catch-all
+    unmatched = np.ones(n_groups, dtype=np.bool_)
+    for r, rule in enumerate(policy.rules):
+        match = unmatched.copy()
+        wanted = rule.countries()
+        if wanted is not None:
+            in_rule = np.array([c in wanted for c in countries] + [False], dtype=np.bool_)
+            match &= in_rule[group_country]  # -1 (no country) reads the trailing False
+        if rule.asns is not None:
+            match &= np.isin(group_asn, np.array(rule.asns, dtype=np.int64))
+        group_rule[match] = r
+        unmatched &= ~match
+    # Class 0 is the unfenced catch-all (plan.py places classes other than 0 first).
+    pairs = {(len(policy.rules) - 1, 0): 0}
+    group_class = np.empty(n_groups, dtype=np.int32)
+    for g, key in enumerate(zip(group_rule.tolist(), group_geofence.tolist())):
+        group_class[g] = pairs.setdefault(key, len(pairs))
+    routing = PoolRouting(
+        pool_names=names, pool_nodes=pool_nodes, pool_fallback=fallback, rule_pool=rule_pool,
+        rule_labels=tuple(_rule_label(rule) for rule in policy.rules), group_rule=group_rule,
+        class_rule=np.array([r for r, _ in pairs], dtype=np.int32),
+        class_fence=np.array([geofence_allowed[f] for _, f in pairs], dtype=np.bool_),
+    )  # fmt: skip
+    healthy = np.zeros(len(node_ids), dtype=np.int8)
+    return dict(
+        routing=routing, in_pool=pool_nodes.any(axis=0), group_fence=group_class,
+        fence_allowed=routing.allowed(routing.resolve(healthy)),
+    )
+
+
+def _rule_label(rule) -> str:  # noqa: ANN001 - router.config.policy.Rule
+    parts = []
+    if rule.geos is not None:
+        parts.append("geos " + ", ".join(rule.geos))
+    if rule.asns is not None:
+        parts.append("asns " + ", ".join(map(str, rule.asns)))
+    return " and ".join(parts) or "catch-all"
