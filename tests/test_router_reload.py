@@ -303,6 +303,17 @@ def test_a_changed_file_is_reloaded_and_a_broken_one_is_not(zones: Path, tmp_pat
         wait_for(lambda c: c["reloads"]["ok"] == 2, "the repaired files were not reloaded")
         reply = dns.message.from_wire(_udp(router.host, router.port, txt_query(8)))
         assert reply.answer[0][0].strings[0] == b"v2"
+
+        # The gdnsd-style admin_state file: its overrides come and go with it.
+        (zones / "admin_state").write_text("# maintenance\ntef-mad-1 => DOWN\n")
+        wait_for(lambda c: c["reloads"]["ok"] == 3 and "admin_state" in c["files"], "admin_state was not reloaded")
+        nodes_now = {n["id"]: n for n in _get(f"{router.api}/v1/nodes")["nodes"]}
+        assert nodes_now["tef-mad-1"]["state"] == "down" and nodes_now["tef-mad-1"]["admin_state"] == "down"
+        assert "admin_state file" in nodes_now["tef-mad-1"]["reason"]
+        (zones / "admin_state").unlink()
+        wait_for(lambda c: c["reloads"]["ok"] == 4, "removing admin_state was not reloaded")
+        nodes_now = {n["id"]: n for n in _get(f"{router.api}/v1/nodes")["nodes"]}
+        assert nodes_now["tef-mad-1"]["state"] == "up" and nodes_now["tef-mad-1"]["admin_state"] is None
     finally:
         _stop(router)
 
@@ -353,3 +364,21 @@ def test_a_reload_carries_node_health_by_node_id() -> None:
     assert new_monitor.last_down[1] == 5.0 and new_monitor.started == 0.0
     assert [c.node_id for c in new.recent_changes()] == [c.node_id for c in old.recent_changes()] != []
     assert {s.node_id: s.admin_state for s in new.status()} == {"c": None, "b": None, "d": None}
+
+
+def test_the_admin_state_file_sets_and_lifts_only_its_own_overrides(tmp_path: Path) -> None:
+    health = NodeHealth(("a", "b", "c"))
+    health.set_admin_state("c", "down")  # through the API
+    assert health.apply_admin_file({"a": "down", "b": "drain"})
+    assert list(health.states()) == [NodeState.DOWN, NodeState.DRAINING, NodeState.DOWN]
+    health.save(tmp_path / "state.json")
+    assert health.apply_admin_file({"b": "drain"})  # a is no longer named: lifted; c stays
+    assert list(health.states()) == [NodeState.UP, NodeState.DRAINING, NodeState.DOWN]
+    assert health.apply_admin_file({"c": "up"})  # UP in the file clears any override
+    assert list(health.states()) == [NodeState.UP, NodeState.UP, NodeState.UP]
+    assert not health.apply_admin_file({})
+    # The state file keeps the API's override, not the file's (the file keeps those itself).
+    restored = NodeHealth(("a", "b", "c"), NodeMonitor(("a", "b", "c"), np.ones(3), HealthSettings(), now=0.0))
+    restored.load(tmp_path / "state.json", now=0.0)
+    assert {s.node_id: s.admin_state for s in restored.status()} == {"a": None, "b": None, "c": "down"}
+    assert list(restored.states()) == [NodeState.UP, NodeState.UP, NodeState.DOWN]

@@ -37,6 +37,7 @@ class NodeState(IntEnum):
 
 ADMIN_STATES = {"up": None, "down": NodeState.DOWN, "drain": NodeState.DRAINING}
 _LABELS = {"up": NodeState.UP, "draining": NodeState.DRAINING, "down": NodeState.DOWN}
+ADMIN_FILE_SUFFIX = "in the admin_state file"  # the reason of an override the file set
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,23 @@ class NodeHealth:
             else:
                 self._admin[node_id] = (admin, f"admin: set {admin} by operator")
             return self._refresh_node(self._index[node_id])
+
+    def apply_admin_file(self, entries: dict[str, str]) -> bool:
+        """The deployment's ``admin_state`` file (gdnsd style), at start and on every reload:
+        each node it names gets that override (``up`` clears one, as an operator's would);
+        an override the file set before and no longer names is lifted. Overrides set
+        through the API for nodes the file does not name stay. True when a state changed."""
+        with self._lock:
+            for node_id in [n for n, (_, why) in self._admin.items() if why.endswith(ADMIN_FILE_SUFFIX) and n not in entries]:
+                del self._admin[node_id]
+            for node_id, admin in entries.items():
+                if node_id not in self._index:
+                    continue
+                if ADMIN_STATES[admin] is None:
+                    self._admin.pop(node_id, None)
+                else:
+                    self._admin[node_id] = (admin, f"admin: set {admin} {ADMIN_FILE_SUFFIX}")
+            return self._refresh()
 
     def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
         """An accepted heartbeat; True when its node's effective state changed."""
@@ -164,7 +182,9 @@ class NodeHealth:
         data = {
             "saved_at": time.time(),
             "nodes": {
-                s.node_id: {"state": s.state.label, "reason": s.reason, "admin_state": s.admin_state, "since": s.since}
+                # Overrides from the admin_state file are kept by the file itself.
+                s.node_id: {"state": s.state.label, "reason": s.reason, "since": s.since,
+                            "admin_state": None if s.reason.endswith(ADMIN_FILE_SUFFIX) else s.admin_state}
                 for s in self.status()
             },
         }
@@ -196,7 +216,8 @@ class NodeHealth:
                 if admin in ("down", "drain"):
                     self._admin[node_id] = (admin, f"admin: set {admin} by operator (restored)")
                 state = _LABELS.get(saved.get("state"))
-                if self.monitor is not None and state is not None and admin is None and state != NodeState.UP:
+                from_admin = str(saved.get("reason", "")).startswith("admin:")  # not the monitor's verdict
+                if self.monitor is not None and state is not None and admin is None and state != NodeState.UP and not from_admin:
                     self.monitor.restore(node_id, state, str(saved.get("reason", "")), now)
             self._refresh()
         return warnings

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from router.config.admin_state import ADMIN_STATE_FILE
 from router.config.deployment import DEPLOYMENT_FILE, NODES_FILE, POLICY_SUFFIX
 
-ADMIN_STATE_FILE = "admin_state"
 _REFERENCED_KEYS = ("latency", "rtt_samples")
 _SOURCE_KINDS = ("mmdb", "czf", "dczf", "csv")
 

@@ -208,6 +208,7 @@ class Supervisor:
         if state_file is not None:
             for warning in self.health.load(state_file, time.monotonic()):
                 log.warning("%s", warning)
+        self.health.apply_admin_file(deployment.admin_state)
         self._rejections_logged: dict[str, float] = {}
         self._published_util = self.health.utilization()
         self._published_at = time.monotonic()
@@ -695,6 +696,7 @@ class Supervisor:
         with self._lock:
             for note in loaded.carry_over(new, self.config):
                 log.info("reload: %s", note)
+            new.health.apply_admin_file(new.deployment.admin_state)
             states = new.health.states()
             util = new.health.utilization().copy()
         new.planner.policy_down = new.policy_probes.down.copy()
@@ -720,6 +722,7 @@ class Supervisor:
         with self._lock, self._workers_lock:
             # Heartbeats kept arriving at the old health while the workers started.
             loaded.carry_over(new, self.config)
+            new.health.apply_admin_file(new.deployment.admin_state)
             old_workers, self._workers = self._workers, successors
             self.config = new
             old_path = self._table_path
