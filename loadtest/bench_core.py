@@ -617,7 +617,8 @@ class Classes:
         groups = np.flatnonzero(demand > 0)
         asn = np.where(np.isin(r.group_asn, r.node_asn), r.group_asn, -1)[groups]
         own = np.where(np.diff(r.meas_start) > 0, np.arange(len(r.group_lat)), -1)[groups]
-        keys = np.stack([topo.group_loc[groups].astype(np.int64), asn, own])
+        fence = r.group_fence[groups].astype(np.int64)  # a rule x geofence class: its own node set
+        keys = np.stack([topo.group_loc[groups].astype(np.int64), asn, own, fence])
         _, first, inverse = np.unique(keys, axis=1, return_index=True, return_inverse=True)
         self.rep = groups[first]
         self.of_group = np.full(len(r.group_lat), -1, dtype=np.int64)

@@ -224,8 +224,8 @@ def compare(before: tuple[dict, dict], after: tuple[dict, dict], top: int = TOP_
         rows.sort(key=lambda r: (-r[0], -r[1], r[2]))
         settings_b = b.decisions["policies"][pb]["settings"]
         settings_a = a.decisions["policies"][pa]["settings"]
-        pool_b = set(b.decisions["node_ids"]) if settings_b.get("nodes") == "all" else set(settings_b.get("nodes", ()))
-        pool_a = set(a.decisions["node_ids"]) if settings_a.get("nodes") == "all" else set(settings_a.get("nodes", ()))
+        pool_b = set(b.decisions["policies"][pb]["pool_nodes"])
+        pool_a = set(a.decisions["policies"][pa]["pool_nodes"])
         total_weight += name_total
         moved_weight += name_moved
         names.append({

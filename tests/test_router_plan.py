@@ -18,6 +18,10 @@ from tests.conftest import make_deployment, start_router
 PEAK = 300.0  # Gbps per policy: demand known, so shares are by traffic
 
 
+# The video policy's node list in the sample, as the file writes it.
+VIDEO_NODES = "    nodes: all               # one pool: every node, for every client\n    onnet_bonus_ms: 25       # on-net video saves the ISP transit: prefer it strongly"
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample deployment with a demand prior; new directories are made next to it."""
@@ -80,7 +84,7 @@ def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.Cap
     old = load_deployment(root / "zones")
     ids = [n.id for n in old.inventory.nodes]
     pool = ", ".join(i for i in ids if i != "tef-mad-1")
-    new = new_dir(root, "pool", ("    nodes: all\n    onnet_bonus_ms: 25", f"    nodes: [{pool}]\n    onnet_bonus_ms: 25"))
+    new = new_dir(root, "pool", (VIDEO_NODES, f"    nodes: [{pool}]\n    onnet_bonus_ms: 25"))
     code, report = plan_json(capsys, new, str(root / "zones"))
     assert code == 2 and report["changes"] and report["basis"] == "gbps"
     video = by_name(report, "video.cdn.example.")
@@ -125,7 +129,7 @@ def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.Cap
 
 
 def test_small_node_past_capacity_is_flagged(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    new = new_dir(root, "small", ("    nodes: all\n    onnet_bonus_ms: 25", "    nodes: [ora-es-bio-1]\n    onnet_bonus_ms: 25"))
+    new = new_dir(root, "small", (VIDEO_NODES, "    nodes: [ora-es-bio-1]\n    onnet_bonus_ms: 25"))
     code, report = plan_json(capsys, new, str(root / "zones"))
     assert code == 2
     row = next(n for n in report["nodes"] if n["node"] == "ora-es-bio-1")

@@ -105,6 +105,8 @@ def decisions_json(
             "zone": compiled.zone.to_text(),
             "name": compiled.name,
             "settings": compiled.policy.model_dump(mode="json"),
+            # Every node the policy may answer with (its nodes, or the union of its pools).
+            "pool_nodes": [model.node_ids[n] for n in np.flatnonzero(compiled.in_pool)],
             "probe_down": [model.node_ids[n] for n in np.flatnonzero(down[p])],
             "answers": _answers(table, p),
         }

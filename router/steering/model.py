@@ -135,8 +135,12 @@ class SteeringModel:
         samples: tuple | None = None,
         fence_allowed: np.ndarray | None = None,
     ) -> RankInputs:
-        """``samples``: (meas_start, meas_node, meas_rtt) fused RTT samples, CSR by group."""
+        """``samples``: (meas_start, meas_node, meas_rtt) fused RTT samples, CSR by group.
+        ``fence_allowed``: the pools each class resolved to; by default resolved here from
+        ``node_state`` (a policy with pools), so every caller sees the planner's pools."""
         compiled = self.policies[policy]
+        if fence_allowed is None and compiled.routing is not None:
+            fence_allowed = compiled.allowed(compiled.resolve(node_state))
         extra = {}
         if samples is not None:
             extra = dict(meas_start=samples[0], meas_node=samples[1], meas_rtt=samples[2])
