@@ -66,23 +66,12 @@ def create_app(
             {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
 
-    directories: dict[int, tuple] = {}  # id(config) -> (config, sites, nodes, node index): one entry
-
-    def directory(config: LoadedConfig) -> tuple[dict, dict, dict]:
-        cached = directories.get(id(config))
-        if cached is None or cached[0] is not config:
-            inventory = config.deployment.inventory
-            cached = (config, {s.id: s for s in inventory.sites}, {n.id: n for n in inventory.nodes}, config.node_index)
-            directories.clear()
-            directories[id(config)] = cached
-        return cached[1], cached[2], cached[3]
-
     def node_json(config: LoadedConfig, status: NodeStatus) -> dict[str, object]:
         """One node; ``status`` from one ``health.status()`` call per request (it covers all)."""
-        sites, nodes_by_id, node_index = directory(config)
+        sites, nodes_by_id = config.sites_by_id, config.nodes_by_id
         node_id = status.node_id
         node = nodes_by_id[node_id]
-        i = node_index[node_id]
+        i = config.node_index[node_id]
         load = config.health.monitor.load_gbps[i] if config.health.monitor is not None else None
         return {
             "id": node.id,

@@ -12,10 +12,12 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from router.config.deployment import Deployment
+from router.config.nodes import Node, Site
 from router.dns.answers import AnswerBook
 from router.dns.fast_answer import FastBook, compile_book
 from router.geo.clientmap import Groups
@@ -63,6 +65,14 @@ class LoadedConfig:
     @property
     def version(self) -> str:
         return self.files.version
+
+    @cached_property
+    def nodes_by_id(self) -> dict[str, Node]:
+        return {node.id: node for node in self.deployment.inventory.nodes}
+
+    @cached_property
+    def sites_by_id(self) -> dict[str, Site]:
+        return {site.id: site for site in self.deployment.inventory.sites}
 
 
 def prepare(

@@ -22,6 +22,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -142,7 +143,7 @@ class ReloadLog:
     last_attempt: dict | None = None  # time, trigger, result, version, seconds
     last_error: dict | None = None  # time, trigger, problems (path:line: message), version kept
 
-    def record(self, trigger: str, result: str, version: str, started: float, problems: list[str] = ()) -> dict:
+    def record(self, trigger: str, result: str, version: str, started: float, problems: Sequence[str] = ()) -> dict:
         now = time.time()
         attempt = {"time": now, "trigger": trigger, "result": result, "version": version,
                    "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
