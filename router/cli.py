@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--watch", type=float, default=1.0, metavar="S",
                        help="look for changed config files every S seconds and reload (default 1; 0: reload only "
                             "on SIGHUP or POST /v1/config/reload)")  # fmt: skip
+    serve.add_argument("--query-log", type=Path, metavar="PATH",
+                       help="append a sample of the queries to PATH as JSON lines (client subnet, resolver, group, "
+                            "answer, scope, decision reason); reopened when logrotate moves it")  # fmt: skip
+    serve.add_argument("--query-log-sample", type=int, default=100, metavar="N",
+                       help="with --query-log: log 1 query in N, per worker and transport (default 100; 1 logs every query)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     check = sub.add_parser("check", help="validate a deployment directory; print every problem as path:line: message")
@@ -180,6 +185,7 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from router.dns.query_log import QueryLogSettings, open_check
     from router.service.config_files import ConfigFiles, fingerprint
     from router.service.supervisor import ServiceError, Supervisor, parse_endpoint
     from router.steering.model import compile_model
@@ -195,6 +201,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = _read_token(args) if api else None
     if api and token is None:
         return 2
+    query_log = None
+    if args.query_log is not None:
+        try:
+            query_log = QueryLogSettings(args.query_log, args.query_log_sample)
+            open_check(args.query_log)
+        except (ValueError, OSError) as exc:
+            print(f"router serve: --query-log: {exc}", file=sys.stderr)
+            return 2
     # SIGHUP means "reload": never let it end the process before the handler is in place
     # (the workers, forked below, inherit this and ignore it too).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -208,7 +222,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         supervisor = Supervisor(
             deployment, compile_model(deployment), host, port, args.workers, args.tcp_idle_timeout,
             telemetry=telemetry is not None, state_file=args.state_file or deployment.state_file,
-            udp_path=args.udp_path, files=files,
+            udp_path=args.udp_path, files=files, query_log=query_log,
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.edns
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 from router.dns.answers import name_key
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import PUNT, FastResponder, compile_book
+from router.dns.query_stats import QueryStats
 from router.dns.transport import Counters, WorkerStop, safe_respond, serve_udp
 from router.dns.udp_batch import (
     C_ANSWERED,
@@ -56,29 +58,60 @@ ECS_SUBNETS = [None, "83.44.10.0/24", "83.44.10.128/25", "83.0.0.0/8", "89.7.0.0
 
 
 class Pair:
-    """The general and the fast responder over one book, client map and table."""
+    """The general and the fast responder over one book, client map and table.
+
+    Both count what they answer (router/dns/query_stats.py). As in the server, a query the
+    fast path punts is answered, and counted, by a general responder behind it; the fast
+    path's counts plus that one's must equal the general path's own."""
 
     def __init__(self, engine: Engine, view: TableView) -> None:
         self.view = view
         self.demand_general = np.zeros((len(engine.model.policies), len(engine.model.client_map.groups)), np.int64)
         self.demand_fast = np.zeros_like(self.demand_general)
+        fast_book = compile_book(engine.book, engine.model.client_map)
+        self.labels = fast_book.labels
+        nodes = len(engine.model.node_ids)
+        self.stats_general = QueryStats.zeros(len(self.labels.names), nodes)
+        self.stats_fast = QueryStats.zeros(len(self.labels.names), nodes)
+        self.stats_punted = QueryStats.zeros(len(self.labels.names), nodes)
         self.general = Responder(engine.book, engine.model.client_map, lambda: self.view,
                                  demand_counts=self.demand_general)  # fmt: skip
-        self.fast = FastResponder(compile_book(engine.book, engine.model.client_map), lambda: self.view,
-                                  self.demand_fast)  # fmt: skip
+        # Counts only what ``check`` sends (tests also use ``general`` on its own).
+        self.counting = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_general)
+        self.behind_fast = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_punted,
+                                     labels=self.labels)  # fmt: skip
+        self.fast = FastResponder(fast_book, lambda: self.view, self.demand_fast, self.stats_fast)
         self.answered = 0
         self.punted = 0
         self.punted_names: set[str] = set()
 
     def check(self, packet: bytes, source: str = "127.0.0.1", udp: bool = True) -> None:
         expected = self.general.respond(packet, source, udp)
+        assert self.counting.respond(packet, source, udp) == expected
         got = self.fast.respond(packet, source, udp)
         if got == PUNT:
             self.punted += 1
             self.punted_names.add(dns.name.from_wire(packet, 12)[0].to_text().lower())
+            got = self.behind_fast.respond(packet, source, udp)
+            assert got == expected
             return
         self.answered += 1
         assert got == expected, f"fast path differs for {packet.hex()} from {source} (udp={udp})"
+
+    def assert_counted_alike(self) -> None:
+        for general, fast, punted in zip(self.stats_general.arrays, self.stats_fast.arrays, self.stats_punted.arrays):
+            differs = np.argwhere(general != fast + punted)
+            assert not len(differs), f"counts differ at {differs[:5].tolist()}"
+        assert self.stats_general.queries.sum() > 0
+
+
+@pytest.fixture(autouse=True)
+def _counted_alike(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test that used a pair: both paths counted every reply the same way."""
+    yield
+    for name in ("pair", "split_pair"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).assert_counted_alike()
 
 
 @pytest.fixture(scope="module")

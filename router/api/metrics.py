@@ -5,9 +5,10 @@ query path or the heartbeat path calls the metrics library. Names follow Prometh
 conventions (``_total`` counters, base units: seconds, bytes, Gbps as the capacity unit the
 deployment uses).
 
-Not here yet (issue 7): queries by name, type, rcode and transport, answers per node and ECS
-use (those need counters inside the DNS workers' compiled path), and reloads ok/failed (hot
-reload does not exist yet).
+The per-query series (``router_dns_queries_total`` and the two after it) are counted by the
+workers themselves, in the compiled UDP path too, into memory shared with the supervisor
+(router/dns/query_stats.py, router/service/query_counters.py). Their ``name`` label is
+bounded by the zones: a name the zones do not hold counts as ``(other in <zone>)``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class SupervisorCollector(Collector):
         packets = CounterMetricFamily("router_udp_packets", "UDP packets per worker (batched path)", labels=["worker", "kind"])
         batches = CounterMetricFamily("router_udp_batches", "recvmmsg batches per worker", labels=["worker"])
         for w, row in enumerate(dns["workers"]):  # type: ignore[arg-type]
-            for kind in ("received", "answered", "punted", "send_errors"):
+            for kind in ("received", "answered", "punted", "send_errors", "sampled"):
                 packets.add_metric([str(w), kind], float(row[kind]))
             batches.add_metric([str(w)], float(row["batches"]))
         yield from (packets, batches)
@@ -109,10 +110,36 @@ class SupervisorCollector(Collector):
         queued.add_metric([], float(dns["udp_receive_queue_bytes"]))  # type: ignore[arg-type]
         yield queued
 
+        yield from _query_metrics(sup)
+
         demand = GaugeMetricFamily("router_demand_qps", "steered queries per second, smoothed, by policy", labels=["zone", "policy"])
         for p, compiled in enumerate(config.model.policies):
             demand.add_metric([compiled.zone.to_text(), compiled.name], float(config.demand.qps[p].sum()))
         yield demand
+
+
+def _query_metrics(sup: Supervisor) -> Iterator[Metric]:
+    totals = sup.query_accounts.totals()
+    queries = CounterMetricFamily(
+        "router_dns_queries", "DNS queries answered, by name label, query type, rcode and transport",
+        labels=["name", "type", "rcode", "transport"],
+    )
+    for key, count in sorted(totals.queries.items()):
+        queries.add_metric(list(key), float(count))
+    yield queries
+    nodes = CounterMetricFamily("router_dns_node_answers", "steered answers that listed the node", labels=["node"])
+    for node, count in sorted(totals.node_answers.items()):
+        nodes.add_metric([node], float(count))
+    yield nodes
+    located = CounterMetricFamily(
+        "router_dns_steered_queries",
+        "steered queries by how the client was located: ecs (ECS used), source (no ECS), "
+        "source_ecs_not_routable (ECS address private or reserved), source_ecs_prefix_0",
+        labels=["located_by"],
+    )
+    for way, count in sorted(totals.located.items()):
+        located.add_metric([way], float(count))
+    yield located
 
 
 def _reload_metrics(sup: Supervisor, config: LoadedConfig) -> Iterator[Metric]:

@@ -12,8 +12,10 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable
 
-from router.dns import wire
+from router.dns import query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
+from router.dns.query_log import QueryLog
+from router.dns.query_stats import QueryLabels, QueryStats
 from router.dns.wire import FormatError, Query
 from router.geo.clientmap import ClientMap
 
@@ -69,6 +71,7 @@ class TableView:
         "split_start",
         "split_set",
         "split_cum",
+        "node_state",
         "bodies",
         "splits",
     )
@@ -80,6 +83,7 @@ class TableView:
         self.split_start = table.split_start
         self.split_set = table.split_set
         self.split_cum = table.split_cum
+        self.node_state = table.node_state  # int8[N]: NodeState the table was built from
         self.bodies: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.splits: dict[int, tuple[list[int], list[int]]] = {}
 
@@ -97,16 +101,27 @@ class TableView:
         return sets[min(bisect_right(cum, sticky_point(key)), len(sets) - 1)]
 
 
+# Decision.source -> query_stats.LOCATED_*
+LOCATED_BY = {
+    "ecs": query_stats.LOCATED_ECS,
+    "source": query_stats.LOCATED_SOURCE,
+    "source (ECS address is not routable)": query_stats.LOCATED_ECS_NOT_ROUTABLE,
+    "source (ECS /0)": query_stats.LOCATED_ECS_PREFIX_0,
+}
+
+
 class Decision:
-    """What a steered answer was based on (for explain and tests)."""
+    """What a steered answer was based on (for explain, the query log and tests)."""
 
-    __slots__ = ("group", "scope", "answer_set", "source")
+    __slots__ = ("policy", "group", "scope", "answer_set", "source", "split_row")
 
-    def __init__(self, group: int, scope: int, answer_set: int, source: str) -> None:
+    def __init__(self, policy: int, group: int, scope: int, answer_set: int, source: str, split_row: int) -> None:
+        self.policy = policy
         self.group = group
         self.scope = scope
         self.answer_set = answer_set
         self.source = source
+        self.split_row = split_row  # the capacity split row the answer was picked from, or -1
 
 
 class Responder:
@@ -119,17 +134,52 @@ class Responder:
         view: Callable[[], TableView],
         record_decisions: bool = False,
         demand_counts=None,  # noqa: ANN001 - int64[P, G]: steered queries per policy and group
+        stats: QueryStats | None = None,
+        labels: QueryLabels | None = None,
+        query_log: QueryLog | None = None,
     ) -> None:
         self.book = book
         self.client_map = client_map
         self.view = view
-        # Only ``router explain`` wants to see why; the server keeps the hot path lean.
-        self.record_decisions = record_decisions
+        # Only ``router explain`` and the query log want to see why; the server keeps
+        # this path lean otherwise.
+        self.record_decisions = record_decisions or query_log is not None
         self.demand_counts = demand_counts
+        self.stats = stats
+        if stats is not None and labels is None:
+            labels = QueryLabels.from_book(book)
+        self.labels = labels
+        self.query_log = query_log
         self.last_decision: Decision | None = None
+        self.last_query: Query | None = None  # the last query parsed (None: malformed)
 
-    def respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
-        """Reply to ``packet`` from address ``source``; None means send nothing."""
+    def respond(self, packet: bytes, source: str, udp: bool, sampled: bool = False) -> bytes | None:
+        """Reply to ``packet`` from address ``source``; None means send nothing.
+
+        The reply is counted (``stats``) and, once in ``query_log.every`` queries or when
+        ``sampled`` (the compiled path picked it), written to the query log."""
+        self.last_query = None
+        self.last_decision = None
+        reply = self._respond(packet, source, udp)
+        if reply is not None:
+            self.account(reply, source, udp, sampled)
+        return reply
+
+    def account(self, reply: bytes, source: str, udp: bool, sampled: bool = False) -> None:
+        """Count ``reply`` to the last query (and log it if it is sampled)."""
+        q = self.last_query
+        if self.stats is not None:
+            assert self.labels is not None
+            transport = query_stats.UDP if udp else query_stats.TCP
+            if q is None:
+                self.stats.count(query_stats.NAME_UNPARSED, transport, wire.FORMERR, None)
+            else:
+                name = self.labels.name_label(q.qname.lower(), q.qtype, self.book.exact)
+                self.stats.count(name, transport, reply_rcode(reply, q), q.qtype)
+        if self.query_log is not None and (sampled or self.query_log.due()):
+            self.query_log.write(self, q, self.last_decision, source, udp, reply)
+
+    def _respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
         if len(packet) < 12 or packet[2] & 0x80:
             return None  # no header to answer, or a response: never reply (reflection loops)
         try:
@@ -138,6 +188,7 @@ class Responder:
             return self._formerr(packet)
         except (IndexError, struct.error):
             return self._formerr(packet)
+        self.last_query = q
         if q.edns and q.version != 0:
             return self._reply(q, wire.BADVERS, 0, 0, 0, b"", udp, ecs_scope=None)
         if q.opcode != 0:
@@ -174,8 +225,10 @@ class Responder:
             self.demand_counts[entry.policy, group] += 1
         view = self.view()
         answer_set = int(view.group_set[entry.policy, group])
+        split_row = -1
         if answer_set < 0:
-            answer_set = view.pick(-answer_set - 1, client_key)
+            split_row = -answer_set - 1
+            answer_set = view.pick(split_row, client_key)
             # The answer now depends on the client's /24 (or /48): say so in the scope.
             if scope is not None and scope > 0:
                 scope = max(scope, STICKY_V4_BITS if client_key >> 63 == 0 else STICKY_V6_BITS)
@@ -186,7 +239,10 @@ class Responder:
             cached = (entry.encode(nodes), len(nodes))
             view.bodies[key] = cached
         if self.record_decisions:
-            self.last_decision = Decision(group, scope, answer_set, origin)
+            self.last_decision = Decision(entry.policy, group, scope, answer_set, origin, split_row)
+        if self.stats is not None:
+            nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
+            self.stats.count_steered(query_stats.UDP if udp else query_stats.TCP, nodes, LOCATED_BY[origin])
         body, count = cached
         return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
 
@@ -283,6 +339,13 @@ class Responder:
             if len(reply) <= limit:
                 return reply
         return _HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, opt_count) + q.question + opt
+
+
+def reply_rcode(reply: bytes, q: Query) -> int:
+    """The full rcode of a reply to ``q`` (16, BADVERS, lives in the OPT record)."""
+    if q.edns and q.version != 0:
+        return wire.BADVERS
+    return reply[3] & 0xF
 
 
 def _v4_key(value: int, bits: int) -> int:

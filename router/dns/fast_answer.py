@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from router._jit import JIT_OPTIONS
-from router.dns import wire
+from router.dns import query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
 from router.dns.engine import (
     MAX_UDP_PAYLOAD,
@@ -28,11 +28,13 @@ from router.dns.engine import (
     STICKY_V4_BITS,
     STICKY_V6_BITS,
 )
+from router.dns.query_stats import QueryLabels, QueryStats, stats_shapes_zeros
 from router.geo import _lpm
 from router.geo.clientmap import ClientMap
 
 PUNT = -1  # answer_query's "ask the general path"
 NO_REPLY = 0
+NO_STATS = stats_shapes_zeros(1, 1)  # answer_query's stats when it does not count
 
 # Hash-table tags: a query type (0..65535) for exact answers, or one of these.
 TAG_APEX = 1 << 30  # value: zone id
@@ -46,11 +48,14 @@ F_WILDCARD = 16  # has a wildcard child (*.name)
 
 MAX_QUESTION_LABELS = 128  # 255 octets hold at most 127 labels plus the root
 BODY_SCRATCH = 65536
-QUERY_FIELDS = 16
+QUERY_FIELDS = 18
 
 # Fields of the parsed query in the int64 scratch array.
 Q_ID, Q_FLAGS, Q_QEND, Q_QTYPE, Q_QCLASS, Q_EDNS, Q_PAYLOAD, Q_VERSION = range(8)
 Q_DO, Q_ECS, Q_ECS_ERR, Q_ECS_FAMILY, Q_ECS_BITS, Q_ECS_ADDR, Q_ECS_ALEN, Q_OPCODE = range(8, 16)
+# What the reply is counted as (router/dns/query_stats.py): the name label (-1: not
+# known yet) and the rcode label.
+Q_NAME, Q_RCODE = 16, 17
 
 # Positions in FastBook.arrays (numba indexes a tuple of mixed arrays by constant).
 (
@@ -85,7 +90,10 @@ Q_DO, Q_ECS, Q_ECS_ERR, Q_ECS_FAMILY, Q_ECS_BITS, Q_ECS_ADDR, Q_ECS_ALEN, Q_OPCO
     B_V6_END_LO,
     B_V6_GROUP,
     B_V6_SCOPE,
-) = range(31)
+    B_KEY_NAME,
+    B_ZONE_OTHER,
+    B_TYPE_BUCKET,
+) = range(34)
 
 _TYPE_DS = 43
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -111,6 +119,7 @@ class FastBook:
     steered_count: int
     static_count: int
     hash_entries: int
+    labels: QueryLabels  # what the queries are counted as
 
 
 class _Builder:
@@ -138,11 +147,14 @@ class _Builder:
 def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
     """Flatten ``book`` (and the client map's arrays) for ``answer_query``."""
     b = _Builder()
+    labels = QueryLabels.from_book(book)
+    key_name: list[int] = []  # each hash entry's name label (QueryLabels.name_label, precomputed)
     for (key, qtype), entry in book.exact.items():
         if type(entry) is SteeredAnswer:
             b.add(key, qtype, -(entry.index + 1))
         else:
             b.add(key, qtype, b.static(entry))
+        key_name.append(labels.name_label(key, qtype, book.exact))
     zone_ids: dict[bytes, int] = {}
     origin_lens: list[int] = []
     for origin_key, index in book.zones.items():
@@ -150,6 +162,7 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
         zone_ids[origin_key] = z
         origin_lens.append(len(origin_key))
         b.add(origin_key, TAG_APEX, z)
+        key_name.append(labels.zone_other[origin_key])  # not read: apex entries only find zones
         flags: dict[bytes, int] = {}
         for names, flag in ((index.names, F_NAME), (index.empty_non_terminals, F_ENT),
                             (index.cuts, F_CUT), (index.cnames, F_CNAME), (index.wildcards, F_WILDCARD)):  # fmt: skip
@@ -157,6 +170,8 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
                 flags[key] = flags.get(key, 0) | flag
         for key, value in flags.items():
             b.add(key, TAG_ZONE_NAME + z, value)
+            own = key in labels.zone_names[origin_key]
+            key_name.append(labels.name_ids[key] if own else labels.zone_other[origin_key])
     # Negative answers depend on the zone and the question's length only: every length a
     # name in the zone can have is encoded now, so random names never reach Python.
     negative = np.full((max(len(origin_lens), 1), 2, 256), -1, dtype=np.int32)
@@ -209,8 +224,11 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
         sp4_net, sp4_len, sp6_hi, sp6_lo, sp6_len,
         cm.v4_start, cm.v4_end, cm.v4_group, cm.v4_scope,
         cm.v6_start_hi, cm.v6_start_lo, cm.v6_end_hi, cm.v6_end_lo, cm.v6_group, cm.v6_scope,
+        np.array(key_name, dtype=np.int64),
+        np.array([labels.zone_other[k] for k in book.zones] or [query_stats.NAME_NO_ZONE], dtype=np.int64),
+        query_stats.TYPE_BUCKET,
     )  # fmt: skip
-    return FastBook(arrays, len(steered), len(st), len(b.keys))
+    return FastBook(arrays, len(steered), len(st), len(b.keys), labels)
 
 
 @njit(**JIT_OPTIONS)
@@ -381,6 +399,7 @@ def _parse_query(pkt, n, q):
     for i in range(QUERY_FIELDS):
         q[i] = 0
     q[Q_PAYLOAD] = 512
+    q[Q_NAME] = -1
     q[Q_ID] = _u16(pkt, 0)
     flags = _u16(pkt, 2)
     q[Q_FLAGS] = flags
@@ -458,6 +477,7 @@ def _reply(pkt, q, out, rcode_flags, an, ns, ar, body, main_off, main_len, extra
     """
     extended = rcode_flags == wire.BADVERS
     flags = wire.QR | (q[Q_FLAGS] & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+    q[Q_RCODE] = query_stats.RCODE_BADVERS if extended else rcode_flags & 0xF
     qend = q[Q_QEND] + 4
     with_ecs = q[Q_ECS] == 1 and ecs_scope >= 0 and not extended
     opt_len = 0
@@ -585,7 +605,7 @@ def _by_source(book, src_v6, src_hi, src_lo):
 
 @njit(inline="always", **JIT_OPTIONS)
 def _locate(pkt, q, book, src_v6, src_hi, src_lo):
-    """(group, ECS scope, sticky client key)."""
+    """(group, ECS scope, sticky client key, query_stats.LOCATED_*)."""
     if q[Q_ECS]:
         bits = q[Q_ECS_BITS]
         if bits > 0:
@@ -598,7 +618,7 @@ def _locate(pkt, q, book, src_v6, src_hi, src_lo):
                 special = _special_v4(value, book[B_SP4_NET], book[B_SP4_LEN])
                 if special < 0:
                     group, scope = _lpm._lookup_v4_one(book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value)
-                    return np.int64(group), np.int64(scope), _v4_key(value, bits)
+                    return np.int64(group), np.int64(scope), _v4_key(value, bits), query_stats.LOCATED_ECS
             else:
                 hi = np.uint64(0)
                 lo = np.uint64(0)
@@ -609,13 +629,14 @@ def _locate(pkt, q, book, src_v6, src_hi, src_lo):
                 special = _special_v6(hi, lo, book[B_SP6_HI], book[B_SP6_LO], book[B_SP6_LEN])
                 if special < 0:
                     group, scope = _lookup_v6(book, hi, lo)
-                    return group, scope, _v6_key(hi, bits)
+                    return group, scope, _v6_key(hi, bits), query_stats.LOCATED_ECS
             group, _, key = _by_source(book, src_v6, src_hi, src_lo)
-            return group, min(special, bits), key
+            return group, min(special, bits), key, query_stats.LOCATED_ECS_NOT_ROUTABLE
         # SOURCE PREFIX-LENGTH 0: the client asks not to be located by its subnet.
         group, _, key = _by_source(book, src_v6, src_hi, src_lo)
-        return group, np.int64(0), key
-    return _by_source(book, src_v6, src_hi, src_lo)
+        return group, np.int64(0), key, query_stats.LOCATED_ECS_PREFIX_0
+    group, scope, key = _by_source(book, src_v6, src_hi, src_lo)
+    return group, scope, key, query_stats.LOCATED_SOURCE
 
 
 @njit(**JIT_OPTIONS)
@@ -635,16 +656,37 @@ def _pick(view, row, key):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, q, labels, body, out):
+def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
+                 q, labels, body, out):  # fmt: skip
     """Reply to ``pkt[:n]`` into ``out``: its length, NO_REPLY, or PUNT (see Responder.respond).
 
     ``src_v6``/``src_hi``/``src_lo``: the source address (IPv4 in ``src_lo``). ``view`` is
     (group_set, set_nodes, split_start, split_set, split_cum) of the current routing table;
-    ``demand[policy, group]`` counts steered queries when ``count_demand``.
+    ``demand[policy, group]`` counts steered queries when ``count_demand``; ``stats``
+    (QueryStats.arrays) counts every reply when ``count_stats`` (a punted query is
+    counted by the general path that answers it).
     """
+    length = _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
+                     q, labels, body, out)  # fmt: skip
+    if count_stats and length > 0:
+        name = q[Q_NAME]
+        if name < 0:
+            name = _name_label(pkt, q, book, labels)
+        qtype = q[Q_QTYPE]
+        bucket = query_stats.TYPE_NONE if qtype < 0 else np.int64(book[B_TYPE_BUCKET][qtype])
+        stats[0][name, query_stats.UDP if udp else query_stats.TCP, q[Q_RCODE], bucket] += 1
+    return length
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
+            q, labels, body, out):  # fmt: skip
     if n < 12 or pkt[2] & 0x80:
         return NO_REPLY  # no header to answer, or a response: never reply (reflection loops)
     if not _parse_query(pkt, n, q):
+        q[Q_NAME] = query_stats.NAME_UNPARSED
+        q[Q_QTYPE] = -1
+        q[Q_RCODE] = wire.FORMERR
         out[0] = pkt[0]
         out[1] = pkt[1]
         _put16(out, 2, wire.QR | (_u16(pkt, 2) & 0x7900) | wire.FORMERR)
@@ -670,26 +712,16 @@ def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_
     qlen = qend - 12
     e = _find(keys, key_off, key_tag, slots, pkt, 12, qlen, qtype)
     if e >= 0:
+        q[Q_NAME] = book[B_KEY_NAME][e]
         value = key_val[e]
         if value >= 0:
             return _static(pkt, q, out, book, value, udp)
-        return _steered(pkt, q, out, book, view, demand, count_demand, body, -value - 1, udp, src_v6, src_hi, src_lo)
+        return _steered(pkt, q, out, book, view, demand, count_demand, stats, count_stats, body, -value - 1, udp,
+                        src_v6, src_hi, src_lo)  # fmt: skip
     # AnswerBook.resolve for the cases that need no encoding: REFUSED, NODATA, NXDOMAIN.
-    count = 0
-    pos = 12
-    while True:
-        labels[count] = pos
-        count += 1
-        if pkt[pos] == 0:
-            break
-        pos += np.int64(pkt[pos]) + 1
-    z = -1
-    for k in range(count):
-        e = _find(keys, key_off, key_tag, slots, pkt, labels[k], qend - labels[k], TAG_APEX)
-        if e >= 0:
-            z = key_val[e]
-            break
+    z, count = _zone_of(pkt, qend, book, labels)
     if z < 0:
+        q[Q_NAME] = query_stats.NAME_NO_ZONE
         return _empty_reply(pkt, q, out, wire.REFUSED, body, udp)
     origin_len = book[B_ORIGIN_LEN][z]
     tag = TAG_ZONE_NAME + z
@@ -698,7 +730,9 @@ def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_
             break
         if _flags(book, pkt, labels[k], qend, tag) & F_CUT and not (k == 0 and qtype == _TYPE_DS):
             return PUNT  # referral
-    own = _flags(book, pkt, 12, qend, tag)
+    own_entry = _find(keys, key_off, key_tag, slots, pkt, 12, qlen, tag)
+    own = key_val[own_entry] if own_entry >= 0 else 0
+    q[Q_NAME] = book[B_KEY_NAME][own_entry] if own_entry >= 0 else book[B_ZONE_OTHER][z]
     if own & F_CNAME:
         return PUNT  # a chain for this type
     if own & (F_NAME | F_ENT | F_CUT):
@@ -712,6 +746,39 @@ def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_
                 return PUNT  # synthesised from a wildcard
             break
     return _negative(pkt, q, out, book, z, 1, qlen, udp)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _zone_of(pkt, qend, book, labels):
+    """(zone id or -1, label count): the deepest zone the question name is in; fills
+    ``labels`` with the offset of each suffix of the name, longest first."""
+    count = 0
+    pos = 12
+    while True:
+        labels[count] = pos
+        count += 1
+        if pkt[pos] == 0:
+            break
+        pos += np.int64(pkt[pos]) + 1
+    for k in range(count):
+        e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, labels[k], qend - labels[k], TAG_APEX)
+        if e >= 0:
+            return book[B_KEY_VAL][e], count
+    return -1, count
+
+
+@njit(**JIT_OPTIONS)
+def _name_label(pkt, q, book, labels):
+    """QueryLabels.name_label for a parsed question (replies that did not look the name up)."""
+    qend = q[Q_QEND]
+    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, 12, qend - 12, q[Q_QTYPE])
+    if e >= 0:
+        return book[B_KEY_NAME][e]
+    z, _ = _zone_of(pkt, qend, book, labels)
+    if z < 0:
+        return np.int64(query_stats.NAME_NO_ZONE)
+    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, 12, qend - 12, TAG_ZONE_NAME + z)
+    return book[B_KEY_NAME][e] if e >= 0 else book[B_ZONE_OTHER][z]
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -736,8 +803,8 @@ def _static(pkt, q, out, book, index, udp):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _steered(pkt, q, out, book, view, demand, count_demand, body, s, udp, src_v6, src_hi, src_lo):
-    group, scope, key = _locate(pkt, q, book, src_v6, src_hi, src_lo)
+def _steered(pkt, q, out, book, view, demand, count_demand, stats, count_stats, body, s, udp, src_v6, src_hi, src_lo):
+    group, scope, key, located = _locate(pkt, q, book, src_v6, src_hi, src_lo)
     policy = book[B_SA_POLICY][s]
     if count_demand:
         demand[policy, group] += 1
@@ -750,12 +817,17 @@ def _steered(pkt, q, out, book, view, demand, count_demand, body, s, udp, src_v6
     node_count = book[B_NODE_COUNT]
     rec_off, rec_bytes = book[B_REC_OFF], book[B_REC_BYTES]
     set_nodes = view[1]
+    transport = query_stats.UDP if udp else query_stats.TCP
+    if count_stats:
+        stats[2][transport, located] += 1
     size = 0
     count = 0
     for j in range(set_nodes.shape[1]):
         node = set_nodes[answer_set, j]
         if node < 0:
             continue
+        if count_stats:
+            stats[1][transport, node] += 1
         r = s * node_count + node
         length = rec_off[r + 1] - rec_off[r]
         _copy(body, size, rec_bytes, rec_off[r], length)
@@ -770,11 +842,14 @@ def _steered(pkt, q, out, book, view, demand, count_demand, body, s, udp, src_v6
 class FastResponder:
     """``answer_query`` for one packet at a time, with the same inputs as Responder.respond."""
 
-    def __init__(self, fast: FastBook, view, demand_counts: np.ndarray | None = None) -> None:  # noqa: ANN001
+    def __init__(self, fast: FastBook, view, demand_counts: np.ndarray | None = None,  # noqa: ANN001
+                 stats: QueryStats | None = None) -> None:  # fmt: skip
         self.fast = fast
         self.view = view  # callable returning the current TableView
         self.demand = demand_counts if demand_counts is not None else np.zeros((1, 1), dtype=np.int64)
         self.count_demand = demand_counts is not None
+        self.stats = stats.arrays if stats is not None else NO_STATS
+        self.count_stats = stats is not None
         self.q = np.zeros(QUERY_FIELDS, dtype=np.int64)
         self.labels = np.zeros(MAX_QUESTION_LABELS, dtype=np.int64)
         self.body = np.zeros(BODY_SCRATCH, dtype=np.uint8)
@@ -785,7 +860,8 @@ class FastResponder:
         src_v6, hi, lo = source_address(source)
         pkt = np.frombuffer(packet, dtype=np.uint8)
         length = answer_query(pkt, len(packet), src_v6, hi, lo, udp, self.fast.arrays, table_arrays(self.view()),
-                              self.demand, self.count_demand, self.q, self.labels, self.body, self.out)  # fmt: skip
+                              self.demand, self.count_demand, self.stats, self.count_stats, self.q, self.labels, self.body,
+                              self.out)  # fmt: skip
         if length == PUNT:
             return PUNT
         if length == NO_REPLY:

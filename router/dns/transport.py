@@ -6,6 +6,7 @@ in order, an idle timeout, and a cap on open connections so a flood cannot exhau
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import selectors
@@ -40,16 +41,21 @@ class Counters:
         self.tcp_refused = 0
 
 
-def safe_respond(responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters) -> bytes | None:
+def safe_respond(
+    responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters, sampled: bool = False
+) -> bytes | None:
     try:
-        return responder.respond(packet, source, udp)
+        return responder.respond(packet, source, udp, sampled)
     except Exception:  # a bug must cost one query, never the worker
         counters.errors += 1
         if counters.errors <= 10 or counters.errors % 1000 == 0:
             log.exception("internal error answering a query from %s (%d so far)", source, counters.errors)
         if len(packet) >= 12 and not packet[2] & 0x80:
             qid, flags = struct.unpack_from("!HH", packet)
-            return struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0)  # SERVFAIL
+            reply = struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0)  # SERVFAIL
+            with contextlib.suppress(Exception):  # counted if it can be; answered either way
+                responder.account(reply, source, udp, sampled)
+            return reply
         return None
 
 

@@ -5,7 +5,8 @@ socket to ``_serve_batches`` (numba, GIL released), which receives up to ``BATCH
 per system call, answers them from the fast book, and sends all replies with one call.
 It returns to Python only when it must:
 
-- a query the fast path does not answer (``PUNT``): Python answers those with the general
+- a query the fast path does not answer (``PUNT``), or one the query log samples (every
+  ``sample[0]``th query, router/dns/query_log.py): Python answers those with the general
   Responder, then re-enters;
 - the worker published a new routing table (``control[CONTROL_SWAP]``): checked after each
   receive, before answering, so no query received after the swap is answered from the old
@@ -36,12 +37,14 @@ from router.dns.engine import TableView
 from router.dns.fast_answer import (
     BODY_SCRATCH,
     MAX_QUESTION_LABELS,
+    NO_STATS,
     PUNT,
     QUERY_FIELDS,
     FastBook,
     answer_query,
     table_arrays,
 )
+from router.dns.query_stats import QueryStats
 
 log = logging.getLogger("router.dns")
 
@@ -63,9 +66,10 @@ STATUS_SWAP = 2  # a new table: re-enter with the count queries already received
 STATUS_ERROR = 3  # the receive failed: count is errno
 STATUS_RETIRED = 4  # asked to retire: every query received has been answered
 
-# Counters (int64 array shared with the caller).
-C_RECEIVED, C_ANSWERED, C_PUNTED, C_SEND_ERRORS, C_BATCHES = range(5)
-COUNTERS = 5
+# Counters (int64 array shared with the caller). C_PUNTED includes C_SAMPLED.
+C_RECEIVED, C_ANSWERED, C_PUNTED, C_SEND_ERRORS, C_BATCHES, C_SAMPLED = range(6)
+COUNTER_NAMES = ("received", "answered", "punted", "send_errors", "batches", "sampled")
+COUNTERS = len(COUNTER_NAMES)
 
 CONTROL_SWAP = 0
 CONTROL_RETIRE = 1
@@ -95,12 +99,13 @@ if supported:
 
 @njit(**JIT_OPTIONS)
 def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs,
-                   outs, out_iov, tx_slot, punts, book, view, demand, count_demand, control, counters, q, labels,
-                   body):  # fmt: skip
+                   outs, out_iov, tx_slot, punts, punt_sampled, book, view, demand, count_demand, stats, count_stats,
+                   sample, control, counters, q, labels, body):  # fmt: skip
     """Answer batches until there is something for Python (see the module docstring);
     returns (STATUS_*, count).
 
     ``pending`` > 0: that many queries of the last receive are still unanswered.
+    ``sample``: [N, countdown]: with N > 0 every Nth query is punted marked in ``punt_sampled``.
     ``rx_words``/``tx_words`` are uint32 views of the mmsghdr arrays (msg_namelen at word 2,
     msg_len at word 14); ``tx_hdr`` is its uint64 view (msg_name at 0, iov at 2).
     """
@@ -136,11 +141,21 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
             else:
                 for j in range(4, 8):
                     lo = (lo << np.uint64(8)) | np.uint64(addr[j])
+            if sample[0] > 0:
+                sample[1] -= 1
+                if sample[1] <= 0:
+                    sample[1] = sample[0]
+                    punts[punted] = i
+                    punt_sampled[punted] = 1
+                    punted += 1
+                    counters[C_SAMPLED] += 1
+                    continue
             out = outs[replies]
-            length = answer_query(bufs[i], n, src_v6, hi, lo, True, book, view, demand, count_demand,
-                                  q, labels, body, out)  # fmt: skip
+            length = answer_query(bufs[i], n, src_v6, hi, lo, True, book, view, demand, count_demand, stats,
+                                  count_stats, q, labels, body, out)  # fmt: skip
             if length == PUNT:
                 punts[punted] = i
+                punt_sampled[punted] = 0
                 punted += 1
             elif length > 0:
                 tx_hdr[replies, 0] = rx_hdr[i, 0]  # msg_name: the source, as received
@@ -189,6 +204,8 @@ class BatchSocket:
         self.rx_words = self.rx_hdr.view(np.uint32)
         self.tx_words = self.tx_hdr.view(np.uint32)
         self.punts = np.zeros(BATCH, dtype=np.int64)
+        self.punt_sampled = np.zeros(BATCH, dtype=np.uint8)
+        self.sample = np.zeros(2, dtype=np.int64)
         self.q = np.zeros(QUERY_FIELDS, dtype=np.int64)
         self.labels = np.zeros(MAX_QUESTION_LABELS, dtype=np.int64)
         self.body = np.zeros(BODY_SCRATCH, dtype=np.uint8)
@@ -208,12 +225,14 @@ class BatchSocket:
 
 
 def _run(io: BatchSocket, pending: int, fast: FastBook, current, demand: np.ndarray | None,  # noqa: ANN001
-         control: np.ndarray, counters: np.ndarray) -> tuple[int, int]:
+         stats: QueryStats | None, control: np.ndarray, counters: np.ndarray) -> tuple[int, int]:
     count_demand = demand is not None
     demand_array = demand if demand is not None else _NO_DEMAND
+    stats_arrays = stats.arrays if stats is not None else NO_STATS
     return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, io.fd, pending, io.rx_hdr, io.rx_words, io.tx_hdr, io.tx_words, io.bufs, io.addrs,
-                          io.outs, io.out_iov, io.tx_slot, io.punts, fast.arrays, table_arrays(current),
-                          demand_array, count_demand, control, counters, io.q, io.labels, io.body)  # fmt: skip
+                          io.outs, io.out_iov, io.tx_slot, io.punts, io.punt_sampled, fast.arrays, table_arrays(current),
+                          demand_array, count_demand, stats_arrays, stats is not None, io.sample, control, counters, io.q,
+                          io.labels, io.body)  # fmt: skip
 
 
 _NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
@@ -232,24 +251,28 @@ def warm_up(fast: FastBook, view: TableView) -> None:
         io = BatchSocket(sock)
         counters = np.zeros(COUNTERS, dtype=np.int64)
         for demand in (None, np.zeros((1, 1), dtype=np.int64)):
-            _run(io, 0, fast, view, demand, np.zeros(CONTROLS, dtype=np.int64), counters)
+            _run(io, 0, fast, view, demand, None, np.zeros(CONTROLS, dtype=np.int64), counters)
 
 
 def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, counters, batch_counters: np.ndarray,
-                      control: np.ndarray, demand: np.ndarray | None, safe_respond) -> None:  # noqa: ANN001  # fmt: skip
+                      control: np.ndarray, demand: np.ndarray | None, safe_respond,
+                      stats: QueryStats | None = None, sample_every: int = 0) -> None:  # noqa: ANN001  # fmt: skip
     """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls), or
     until ``control[CONTROL_RETIRE]`` is set: then return once every query taken is answered.
 
     ``view()`` returns the current TableView; ``responder``/``safe_respond`` answer punted
-    queries exactly as the per-packet loop does (router/dns/transport.py).
+    queries exactly as the per-packet loop does (router/dns/transport.py). ``stats`` counts
+    every reply; with ``sample_every`` N > 0, every Nth query goes to ``responder`` marked
+    sampled (for the query log).
     """
     sock.setblocking(True)
     timeout = struct.pack("ll", int(RECV_TIMEOUT_S), int(RECV_TIMEOUT_S % 1 * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
     io = BatchSocket(sock)
+    io.sample[:] = (sample_every, sample_every)
     pending = 0
     while True:
-        kind, count = _run(io, pending, fast, view(), demand, control, batch_counters)
+        kind, count = _run(io, pending, fast, view(), demand, stats, control, batch_counters)
         pending = 0
         if kind == STATUS_RETIRED:
             return
@@ -261,12 +284,16 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
             control[CONTROL_SWAP] = 0
             pending = count  # answered from the new table on re-entry
         elif kind == STATUS_PUNTS:
-            for slot in io.punts[:count]:
+            for k in range(count):
+                slot = int(io.punts[k])
                 length = int(io.rx_words[slot, 14])
                 packet = io.bufs[slot, :length].tobytes()
-                host, address = io.source(int(slot))
+                host, address = io.source(slot)
                 counters.udp_queries += 1
-                reply = safe_respond(responder, packet, host, True, counters)
+                if io.punt_sampled[k]:
+                    reply = safe_respond(responder, packet, host, True, counters, sampled=True)
+                else:
+                    reply = safe_respond(responder, packet, host, True, counters)
                 if reply is not None:
                     try:
                         sock.sendto(reply, address)

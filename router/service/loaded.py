@@ -20,6 +20,7 @@ from router.config.deployment import Deployment
 from router.config.nodes import Node, Site
 from router.dns.answers import AnswerBook
 from router.dns.fast_answer import FastBook, compile_book
+from router.dns.query_stats import QueryLabels
 from router.geo.clientmap import Groups
 from router.health.monitor import NodeMonitor
 from router.health.policy_probes import PolicyProbeState
@@ -27,6 +28,7 @@ from router.health.state import NodeHealth
 from router.health.telemetry import Verifier
 from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel
+from router.service.query_counters import QueryCounters
 from router.steering.build import Planner
 from router.steering.model import SteeringModel
 from router.steering.samples import RttSamples, seed_from_file
@@ -57,6 +59,7 @@ class LoadedConfig:
     rtt: RttSamples
     node_index: dict[str, int]
     demand_counters: DemandCounters
+    query_counters: QueryCounters
     demand: DemandModel
     expected_peak: np.ndarray
     health: NodeHealth
@@ -103,18 +106,21 @@ def prepare(
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
     model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
+    fast_book = compile_book(book, model.client_map) if batched else None
+    labels = fast_book.labels if fast_book is not None else QueryLabels.from_book(book)
     return LoadedConfig(
         deployment=deployment,
         model=model,
         files=files,
         loaded_at=time.time(),
         book=book,
-        fast_book=compile_book(book, model.client_map) if batched else None,
+        fast_book=fast_book,
         planner=planner,
         policy_probes=PolicyProbeState([c.policy.probe for c in model.policies], model.node_ids),
         rtt=rtt,
         node_index={node_id: i for i, node_id in enumerate(model.node_ids)},
         demand_counters=DemandCounters(workers, len(model.policies), len(model.client_map.groups)),
+        query_counters=QueryCounters(workers, labels, model.node_ids),
         demand=DemandModel(len(model.policies), len(model.client_map.groups)),
         expected_peak=np.array([p.policy.expected_peak_gbps for p in model.policies]),
         health=NodeHealth(model.node_ids, monitor),

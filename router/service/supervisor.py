@@ -33,6 +33,7 @@ from router.config import ConfigError, load_deployment
 from router.config.deployment import Deployment
 from router.dns import udp_batch
 from router.dns.engine import TableView
+from router.dns.query_log import QueryLogSettings
 from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.policy_probes import probe_url
 from router.health.state import NodeState, NodeStatus
@@ -41,11 +42,13 @@ from router.service import loaded
 from router.service.config_files import ConfigFiles
 from router.service.demand import DEFAULT_INTERVAL_S, REPLAN_SHIFT, moved_share
 from router.service.loaded import ConfigUnusable, LoadedConfig
+from router.service.query_counters import QueryAccounts, QueryCounters
 from router.service.shared import shared_zeros
 from router.service.socket_stats import udp_socket_stats
 from router.service.tablefile import write_table
-from router.service.worker import worker_main
+from router.service.worker import QueryLogOptions, worker_main
 from router.steering.build import RoutingTable
+from router.steering.decisions import policy_key
 from router.steering.model import SteeringModel, compile_model
 
 log = logging.getLogger("router.service")
@@ -130,6 +133,7 @@ class _Worker:
     index: int
     process: multiprocessing.process.BaseProcess
     control: Connection
+    query_counters: QueryCounters  # of the config it serves
     retired_at: float = 0.0  # monotonic time it was told to retire
 
 
@@ -183,6 +187,7 @@ class Supervisor:
         state_file: Path | None = None,
         udp_path: str = "batched",
         files: ConfigFiles | None = None,
+        query_log: QueryLogSettings | None = None,
     ) -> None:
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
@@ -201,6 +206,9 @@ class Supervisor:
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc
         self.reloads = ReloadLog()
+        self.query_log = query_log
+        self.query_accounts = QueryAccounts()
+        self.query_accounts.add(self.config.query_counters)
         self._reload_lock = threading.Lock()  # one reload at a time
         self._install_request: LoadedConfig | None = None
         self._install_result: str | None = None
@@ -324,11 +332,22 @@ class Supervisor:
                 config.fast_book,
                 self.packet_counters[index],
             ),  # fmt: skip
+            kwargs={
+                "query_stats": config.query_counters.for_worker(index),
+                "query_labels": config.query_counters.labels,
+                "query_log": self._query_log_options(config),
+            },
             daemon=True,
         )
         process.start()
         theirs.close()
-        return _Worker(index, process, ours)
+        return _Worker(index, process, ours, config.query_counters)
+
+    def _query_log_options(self, config: LoadedConfig) -> QueryLogOptions | None:
+        if self.query_log is None:
+            return None
+        keys = tuple(policy_key(c.zone, c.name) for c in config.model.policies)
+        return QueryLogOptions(self.query_log, tuple(config.model.node_ids), keys)
 
     def _expect(
         self, worker: _Worker, kind: str, deadline: float, generation: int | None = None
@@ -371,6 +390,9 @@ class Supervisor:
                 worker.process.join(timeout=1)
                 worker.control.close()
                 self._retiring.remove(worker)
+                counters = worker.query_counters
+                if all(w.query_counters is not counters for w in self._workers + self._retiring):
+                    self.query_accounts.fold(counters)  # its last worker is gone
 
     def stop(self) -> None:
         with self._published:
@@ -399,7 +421,7 @@ class Supervisor:
 
     def dns_counters(self) -> dict[str, object]:
         """Packets per worker (batched UDP path) and what the kernel dropped before reading."""
-        names = ("received", "answered", "punted", "send_errors", "batches")
+        names = udp_batch.COUNTER_NAMES
         workers = [dict(zip(names, (int(v) for v in row))) for row in self.packet_counters]
         totals = {name: sum(w[name] for w in workers) for name in names}
         inodes = {os.fstat(s.fileno()).st_ino for s in self._udp}
@@ -725,6 +747,7 @@ class Supervisor:
             loaded.carry_over(new, self.config)
             new.health.apply_admin_file(new.deployment.admin_state)
             old_workers, self._workers = self._workers, successors
+            self.query_accounts.add(new.query_counters)
             self.config = new
             old_path = self._table_path
             self.table, self._table_path = table, path

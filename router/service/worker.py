@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from router.dns import udp_batch
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import FastBook
+from router.dns.query_log import QueryLog, QueryLogSettings
+from router.dns.query_stats import QueryLabels, QueryStats
 from router.dns.transport import (
     RETIRE_GRACE_S,
     Counters,
@@ -38,6 +41,15 @@ from router.geo.clientmap import ClientMap
 from router.service.tablefile import map_table
 
 log = logging.getLogger("router.worker")
+
+
+@dataclass(frozen=True)
+class QueryLogOptions:
+    """What a worker needs to write the query log: the settings and the config's names."""
+
+    settings: QueryLogSettings
+    node_ids: tuple[str, ...]
+    policy_keys: tuple[str, ...]
 
 
 def _view(path: Path) -> TableView:
@@ -57,9 +69,15 @@ def worker_main(
     demand_counts: np.ndarray | None = None,
     fast_book: FastBook | None = None,
     packet_counters: np.ndarray | None = None,
+    query_stats: QueryStats | None = None,
+    query_labels: QueryLabels | None = None,
+    query_log: QueryLogOptions | None = None,
 ) -> None:
     """Serve until SIGTERM. With ``fast_book`` UDP runs batched in compiled code
-    (router/dns/udp_batch.py); without it, one packet at a time in Python."""
+    (router/dns/udp_batch.py); without it, one packet at a time in Python.
+
+    ``query_stats`` counts every reply (router/dns/query_stats.py); ``query_log`` writes a
+    sample of the queries (router/dns/query_log.py)."""
     stop = threading.Event()
 
     def on_sigterm(*_: object) -> None:
@@ -79,11 +97,19 @@ def worker_main(
         return current[0]
 
     counters = Counters()
+
+    def responder() -> Responder:  # one per thread: a Responder keeps its last query
+        log_writer = None
+        if query_log is not None:
+            log_writer = QueryLog(query_log.settings, index, query_log.node_ids, query_log.policy_keys)
+        return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
+                         query_log=log_writer)  # fmt: skip
+
     tcp_thread = threading.Thread(
         target=serve_tcp,
         args=(
             tcp_sock,
-            Responder(book, client_map, view, demand_counts=demand_counts),
+            responder(),
             counters,
             stop,
             tcp_idle_timeout,
@@ -121,13 +147,14 @@ def worker_main(
 
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
-    udp_responder = Responder(book, client_map, view, demand_counts=demand_counts)
+    udp_responder = responder()
     try:
         if fast_book is not None:
             if packet_counters is None:
                 packet_counters = np.zeros(udp_batch.COUNTERS, dtype=np.int64)
+            sample_every = query_log.settings.every if query_log is not None else 0
             udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
-                                        control_flags, demand_counts, safe_respond)  # fmt: skip
+                                        control_flags, demand_counts, safe_respond, query_stats, sample_every)  # fmt: skip
         else:
             serve_udp(udp_sock, udp_responder, counters, retire)
         if retire.is_set():

@@ -1,0 +1,232 @@
+"""The query log: one JSON object per line for a sample of the queries (``router serve
+--query-log PATH --query-log-sample N``), saying who asked, what they were told and why.
+
+Sampling is 1 in N queries per worker and transport: the compiled UDP path hands every
+Nth query to the general responder marked as sampled (router/dns/udp_batch.py); the
+general path (TCP, punted queries, the per-packet UDP loop) counts its own. A sampled query
+is answered exactly as any other; only the log line is extra.
+
+Every worker appends to the same file through its own ``WatchedFileHandler``: each line is
+one ``write`` on a file opened with O_APPEND, so lines from several processes never mix,
+and a file moved away by logrotate is reopened at the next line.
+
+Fields (null where they do not apply): ``time`` (UTC), ``worker``, ``transport``,
+``resolver`` (the address the query came from), ``client_subnet`` (its ECS option),
+``qname``, ``qtype``, ``rcode``, ``answers`` (answer records), ``truncated``, ``scope`` (the
+ECS scope in the reply); for steered names ``policy``, ``group`` (id, asn, country, name),
+``located_by``, ``nodes`` (the node ids answered, in order); and ``reason``, in words.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import logging.handlers
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dns.name
+import dns.rdatatype
+
+from router.dns import query_stats, wire
+
+if TYPE_CHECKING:
+    from router.dns.engine import Decision, Responder
+    from router.dns.wire import Query
+
+_STATE_LABELS = ("up", "draining", "down")  # NodeState values
+_TC = 0x0200
+_AA = 0x0400
+
+
+@dataclass(frozen=True)
+class QueryLogSettings:
+    path: Path
+    every: int  # log 1 in every ``every`` queries
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"the query log sample must be 1 in N with N >= 1, got {self.every}")
+
+
+def open_check(path: Path) -> None:
+    """Fail now, with the reason, if ``path`` cannot be appended to (before any worker starts)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write the query log {path}: {exc.strerror}") from exc
+
+
+class QueryLog:
+    """One worker's writer. ``node_ids`` and ``policy_keys`` (``zone/name``) are the config's."""
+
+    def __init__(self, settings: QueryLogSettings, worker: int, node_ids: tuple[str, ...] | list[str],
+                 policy_keys: list[str]) -> None:  # fmt: skip
+        self.every = settings.every
+        self.worker = worker
+        self.node_ids = list(node_ids)
+        self.policy_keys = policy_keys
+        self._countdown = settings.every
+        handler = logging.handlers.WatchedFileHandler(settings.path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger = logging.Logger(f"router.query_log.{worker}")  # not in the logging tree
+        self._logger.addHandler(handler)
+        self._handler = handler
+        self.written = 0
+
+    def due(self) -> bool:
+        """True once in every ``every`` calls."""
+        self._countdown -= 1
+        if self._countdown > 0:
+            return False
+        self._countdown = self.every
+        return True
+
+    def close(self) -> None:
+        self._handler.close()
+
+    def write(self, responder: Responder, q: Query | None, decision: Decision | None, source: str, udp: bool,
+              reply: bytes) -> None:  # fmt: skip
+        record = self.record(responder, q, decision, source, udp, reply)
+        self._logger.info(json.dumps(record, separators=(",", ":")))
+        self.written += 1
+
+    def record(self, responder: Responder, q: Query | None, decision: Decision | None, source: str, udp: bool,
+               reply: bytes) -> dict:  # fmt: skip
+        flags = int.from_bytes(reply[2:4], "big")
+        rcode = wire.FORMERR if q is None else _rcode(reply, q)
+        record: dict = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "worker": self.worker,
+            "transport": "udp" if udp else "tcp",
+            "resolver": source,
+            "client_subnet": _client_subnet(q),
+            "qname": None if q is None else dns.name.from_wire(q.qname, 0)[0].to_text(),
+            "qtype": None if q is None else dns.rdatatype.to_text(q.qtype),
+            "rcode": query_stats.RCODE_LABELS[query_stats.rcode_bucket(rcode)],
+            "answers": int.from_bytes(reply[6:8], "big"),
+            "truncated": bool(flags & _TC),
+            "scope": _reply_scope(reply, q),
+            "policy": None,
+            "group": None,
+            "located_by": None,
+            "nodes": None,
+        }
+        if decision is None:
+            record["reason"] = _static_reason(q, rcode, flags, record["answers"], reply)
+            return record
+        groups = responder.client_map.groups
+        g = decision.group
+        lat, lon = float(groups.lat[g]), float(groups.lon[g])
+        view = responder.view()
+        nodes = [int(n) for n in view.set_nodes[decision.answer_set] if n >= 0]
+        located = query_stats.LOCATED_LABELS[_located(decision.source)]
+        record.update(
+            policy=self.policy_keys[decision.policy],
+            group={
+                "id": g,
+                "asn": int(groups.asn[g]) or None,
+                "country": groups.country[g] or None,
+                "location": None if math.isnan(lat) or math.isnan(lon) else [round(lat, 4), round(lon, 4)],
+                "name": groups.describe(g),
+            },
+            located_by=located,
+            nodes=[self.node_ids[n] for n in nodes],
+        )
+        record["reason"] = _steered_reason(decision, view, nodes, self.node_ids)
+        return record
+
+
+def _located(source: str) -> int:
+    from router.dns.engine import LOCATED_BY  # engine imports this module
+
+    return LOCATED_BY[source]
+
+
+def _rcode(reply: bytes, q: Query) -> int:
+    return wire.BADVERS if q.edns and q.version != 0 else reply[3] & 0xF
+
+
+def _client_subnet(q: Query | None) -> str | None:
+    if q is None or q.ecs is None:
+        return None
+    family, bits, octets = q.ecs
+    size = 4 if family == 1 else 16
+    address = ipaddress.ip_address(bytes(octets) + b"\0" * (size - len(octets)))
+    return f"{address}/{bits}"
+
+
+def _reply_scope(reply: bytes, q: Query | None) -> int | None:
+    """The ECS scope the reply carries, None when it carries no ECS option."""
+    if q is None or q.ecs is None or not q.edns:
+        return None
+    # The reply ends with OPT, whose only option would be ECS: RDLENGTH(2), then
+    # code(2) length(2) family(2) source(1) scope(1) address.
+    option_len = 8 + len(q.ecs[2])
+    option = len(reply) - option_len
+    if option < 14 or int.from_bytes(reply[option - 2 : option], "big") != option_len:
+        return None
+    if int.from_bytes(reply[option : option + 2], "big") != wire.ECS_OPTION:
+        return None
+    return reply[-len(q.ecs[2]) - 1]
+
+
+def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply: bytes) -> str:
+    if q is None:
+        return "malformed query: no question could be read"
+    if rcode == wire.BADVERS:
+        return f"EDNS version {q.version} is not supported (RFC 6891)"
+    if rcode == wire.NOTIMP:
+        return f"opcode {q.opcode} or type {q.qtype} is not implemented"
+    if rcode == wire.FORMERR:
+        return "malformed ECS option (RFC 7871)" if q.ecs_error else "not a question type (OPT or TSIG)"
+    if rcode == wire.REFUSED:
+        if q.qclass != wire.CLASS_IN or q.qtype in (249, 251, 252):
+            return "refused: only class IN, and no zone transfers or key exchange"
+        return "refused: not authoritative for this name"
+    if rcode == wire.NXDOMAIN:
+        return "no such name in the zone (NXDOMAIN)"
+    if rcode == wire.SERVFAIL:
+        return "internal error answering this query"
+    if answers:
+        return "static records from the zone file"
+    authority = int.from_bytes(reply[8:10], "big")
+    if not flags & _AA and authority:
+        return "referral to a delegated zone"
+    return "the name exists but has no records of this type (NODATA)"
+
+
+def _steered_reason(decision: Decision, view, nodes: list[int], node_ids: list[str]) -> str:  # noqa: ANN001
+    parts = [{
+        "ecs": "client located by its ECS subnet",
+        "source": "client located by the resolver's address (no ECS)",
+        "source (ECS address is not routable)": "client located by the resolver's address (the ECS address is private or reserved)",
+        "source (ECS /0)": "client located by the resolver's address (ECS source prefix 0)",
+    }.get(decision.source, decision.source)]  # fmt: skip
+    if decision.split_row < 0:
+        parts.append("the plan gives the whole group this answer")
+    else:
+        lo, hi = int(view.split_start[decision.split_row]), int(view.split_start[decision.split_row + 1])
+        scale = int(view.split_cum[hi - 1])  # a row's last cumulative weight is the whole
+        previous = 0
+        for i in range(lo, hi):
+            cum = int(view.split_cum[i])
+            if int(view.split_set[i]) == decision.answer_set:
+                share = (cum - previous) / scale
+                parts.append(
+                    f"the capacity plan splits the group {hi - lo} ways by client subnet; "
+                    f"this subnet is in the {share:.0%} that gets this answer"
+                )
+                break
+            previous = cum
+    states = [int(view.node_state[n]) for n in nodes]
+    if nodes and all(state != 0 for state in states):
+        parts.append("no answered node is up: failing open")
+    elif nodes and states[0] != 0:
+        parts.append(f"first node {node_ids[nodes[0]]} is {_STATE_LABELS[states[0]]}")
+    return "; ".join(parts)
