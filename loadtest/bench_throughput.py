@@ -92,6 +92,7 @@ V6_ECS_BITS = 56
 V6_SUBNET_SHARE = 0.2
 EDNS_PAYLOAD = 1232
 CHECK_SAMPLE = 200  # replies checked against the router's own lookup, per checked run
+QUERY_LOG_SAMPLE = 100  # the query log run: 1 query in this many is logged
 CHECK_TIMEOUT_S = 1.0
 # p99 at the maximum rate: a probe client sends one query of the mix every PROBE_INTERVAL_S
 # while dnsperf runs (dnsperf -v would slow dnsperf itself), and times each reply.
@@ -749,12 +750,12 @@ def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     return (["taskset", "-c", cpus] if cpus else []) + argv
 
 
-def start_router(zones: Path, root: Path, workers: int, cpus: str | None, key: str) -> Server:
+def start_router(zones: Path, root: Path, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()) -> Server:
     """``router serve`` on 127.0.0.1, port 0; returns once it prints READY (its stdout is then
     drained by a thread until it exits)."""
     log = root / f"{key}.log"
     argv = pinned(cpus, [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen",
-                         "127.0.0.1:0", "--workers", str(workers), "--log-level", "WARNING"])  # fmt: skip
+                         "127.0.0.1:0", "--workers", str(workers), "--log-level", "WARNING", *extra])  # fmt: skip
     with log.open("w") as handle:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=handle, text=True, cwd=REPO)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -1266,6 +1267,12 @@ def format_table(figures: dict) -> str:
     lines.append(f"router, 2 workers (pinned to cores 0-1, core 0 shared with dnsperf), ECS: "
                  f"{fmt(w2, ',.0f')} qps, {fmt(figures.get('router2_cpu_us_per_query'), '.1f')} us CPU/query; "
                  f"vs 1 worker: {fmt(figures.get('workers2_vs_workers1_qps'), '.2f')}x qps")  # fmt: skip
+    if figures.get("router_query_log_qps") is not None:
+        lines.append(f"router, 1 worker, query log on (1 in {figures['query_log_sample']}), ECS: "
+                     f"{fmt(figures['router_query_log_qps'], ',.0f')} qps, "
+                     f"{fmt(figures.get('router_query_log_cpu_us_per_query'), '.1f')} us CPU/query, "
+                     f"{figures.get('router_query_log_lines')} lines written; vs without the log: "
+                     f"{fmt(figures.get('query_log_vs_router_qps'), '.3f')}x qps")  # fmt: skip
     lines.append(f"overload (router, 1 worker, dnsperf {' '.join(OVERLOAD_ARGS)} on cores {OVERLOAD_CORES}): "
                  f"{fmt(figures.get('overload_qps'), ',.0f')} qps answered, {fmt(figures.get('overload_lost'), 'd')} "
                  f"lost by dnsperf, {fmt(figures.get('overload_kernel_drops'), 'd')} dropped by the kernel "
@@ -1282,7 +1289,7 @@ def format_table(figures: dict) -> str:
     for key, t in figures["targets"].items():
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
         lines.append(f"  {key:<18} {t['target']:<7} {fmt(t['value'], '.3f'):>8}  {verdict}")
-    for note_key in ("gdnsd_note", "pdns_note", "router2_note", "notes"):
+    for note_key in ("gdnsd_note", "pdns_note", "router2_note", "router_query_log_note", "notes"):
         if figures.get(note_key):
             lines.append(f"note ({note_key}): {figures[note_key]}")
     return "\n".join(lines)
@@ -1501,13 +1508,38 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
             figures["router2_lost"] = two["lost"]
         except (RuntimeError, OSError) as exc:
             figures["router2_note"] = str(exc)[:500]
+        if "router2" in servers:
+            servers.pop("router2").stop()
+
+        # The query log on (1 in QUERY_LOG_SAMPLE queries through the general responder and
+        # into the file): same core and query file as the 1-worker runs above.
+        print(f"router with the query log (1 in {QUERY_LOG_SAMPLE})", flush=True)
+        query_log = root / "queries.jsonl"
+        try:
+            servers["router_qlog"] = start_router(zones, root, 1, server_core, "router_qlog",
+                                                  ("--query-log", str(query_log), "--query-log-sample", str(QUERY_LOG_SAMPLE)))  # fmt: skip
+            figures["labels"]["router_qlog"] = f"router (1 worker, query log 1 in {QUERY_LOG_SAMPLE})"
+            run_dnsperf(servers["router_qlog"], files["ecs"], args.warmup, "ecs", -1, load_core)
+            for rep in range(args.repetitions):
+                one("router_qlog", "ecs", rep)
+            logged = summarize_runs(runs, "router_qlog", "ecs")
+            without = summarize_runs(runs, "router", "ecs")
+            figures["query_log_sample"] = QUERY_LOG_SAMPLE
+            figures["router_query_log_qps"] = logged["qps"]
+            figures["router_query_log_cpu_us_per_query"] = logged["cpu_us_per_query"]
+            figures["router_query_log_lost"] = logged["lost"]
+            figures["router_query_log_lines"] = len(query_log.read_text().splitlines()) if query_log.exists() else 0
+            if logged["qps"] and without["qps"]:
+                figures["query_log_vs_router_qps"] = round(logged["qps"] / without["qps"], 3)
+        except (RuntimeError, OSError) as exc:
+            figures["router_query_log_note"] = str(exc)[:500]
     finally:
         for server in servers.values():
             server.stop()
 
     problems = {path.stem: [line for line in path.read_text(errors="replace").splitlines()
                             if "ERROR" in line or "Traceback" in line or "CRITICAL" in line]
-                for path in (root / "router.log", root / "router2.log") if path.exists()}  # fmt: skip
+                for path in (root / "router.log", root / "router2.log", root / "router_qlog.log") if path.exists()}  # fmt: skip
     figures["router_log_problems"] = {name: len(lines) for name, lines in problems.items()}
     figures["router_log_problem_lines"] = {name: lines[:5] for name, lines in problems.items() if lines}
     figures["runs"] = [r.__dict__ for r in runs]

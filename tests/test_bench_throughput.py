@@ -361,6 +361,11 @@ def test_table_with_a_missing_peer(bench):
         assert key in figures
     text = bench.format_table(figures)
     assert "router (1 worker)" in text and "not measured" in text
+    assert "query log on" not in text  # not measured: no line
+    figures.update(query_log_sample=100, router_query_log_qps=14000.0, router_query_log_cpu_us_per_query=64.0,
+                   router_query_log_lines=420, query_log_vs_router_qps=0.933)  # fmt: skip
+    assert ("query log on (1 in 100), ECS: 14,000 qps, 64.0 us CPU/query, 420 lines written; "
+            "vs without the log: 0.933x qps") in bench.format_table(figures)
 
 
 def test_latency_probe_times_replies_and_counts_silence_as_a_second(bench):

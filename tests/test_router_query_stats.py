@@ -17,11 +17,13 @@ from pathlib import Path
 
 import dns.edns
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import pytest
 
 from router.config import load_deployment
+from router.dns import query_log
 from router.dns.fast_answer import PUNT, FastResponder, compile_book
 from router.dns.query_stats import MAX_NAME_LABELS, QueryLabels
 from router.service.query_counters import QueryAccounts, QueryCounters
@@ -248,3 +250,25 @@ def test_an_unwritable_query_log_is_refused_before_serving(tmp_path: Path) -> No
                           "127.0.0.1:0", "--query-log", str(tmp_path / "q.jsonl"), "--query-log-sample", "0"],
                          capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
     assert run.returncode == 2 and "N >= 1" in run.stderr
+
+
+def test_the_query_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(query_log, "REOPEN_CHECK_S", 0.0)
+    path = tmp_path / "queries.jsonl"
+    out = query_log.AppendFile(path)
+    out.write_line(b"one\n")
+    path.rename(tmp_path / "queries.jsonl.1")
+    out.write_line(b"two\n")
+    path.unlink()
+    out.write_line(b"three\n")
+    out.close()
+    assert (tmp_path / "queries.jsonl.1").read_bytes() == b"one\n"
+    assert path.read_bytes() == b"three\n"
+    assert out.errors == 0
+
+
+@pytest.mark.parametrize("name", ["video.cdn.example.", ".", "*.Wild.example.", "a\\.b.cdn.example.", "x\\032y.example.",
+                                  "caf\\195\\169.example.", "_sip._udp.example."])  # fmt: skip
+def test_logged_names_read_like_dnspython_writes_them(name: str) -> None:
+    wire_name = dns.name.from_text(name).to_wire()
+    assert query_log._name_text(wire_name) == dns.name.from_text(name).to_text()

@@ -101,15 +101,6 @@ class TableView:
         return sets[min(bisect_right(cum, sticky_point(key)), len(sets) - 1)]
 
 
-# Decision.source -> query_stats.LOCATED_*
-LOCATED_BY = {
-    "ecs": query_stats.LOCATED_ECS,
-    "source": query_stats.LOCATED_SOURCE,
-    "source (ECS address is not routable)": query_stats.LOCATED_ECS_NOT_ROUTABLE,
-    "source (ECS /0)": query_stats.LOCATED_ECS_PREFIX_0,
-}
-
-
 class Decision:
     """What a steered answer was based on (for explain, the query log and tests)."""
 
@@ -242,7 +233,7 @@ class Responder:
             self.last_decision = Decision(entry.policy, group, scope, answer_set, origin, split_row)
         if self.stats is not None:
             nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
-            self.stats.count_steered(query_stats.UDP if udp else query_stats.TCP, nodes, LOCATED_BY[origin])
+            self.stats.count_steered(query_stats.UDP if udp else query_stats.TCP, nodes, query_stats.LOCATED_BY[origin])
         body, count = cached
         return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
 

@@ -43,6 +43,13 @@ UDP, TCP = 0, 1
 # where the client is (a private or documentation block), or its SOURCE PREFIX-LENGTH was 0.
 LOCATED_LABELS = ("ecs", "source", "source_ecs_not_routable", "source_ecs_prefix_0")
 LOCATED_ECS, LOCATED_SOURCE, LOCATED_ECS_NOT_ROUTABLE, LOCATED_ECS_PREFIX_0 = range(4)
+# The general responder's Decision.source -> LOCATED_*
+LOCATED_BY = {
+    "ecs": LOCATED_ECS,
+    "source": LOCATED_SOURCE,
+    "source (ECS address is not routable)": LOCATED_ECS_NOT_ROUTABLE,
+    "source (ECS /0)": LOCATED_ECS_PREFIX_0,
+}
 
 # Beyond this many names, a zone's further names count as its other names: the metric's
 # series stay bounded for zones with very many names.
