@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from router.config.deployment import Deployment
-from router.health.state import NodeState
+from router.health.state import ADMIN_STATES, NodeState, with_admin_file
 from router.steering.build import Planner
 from router.steering.decisions import PRIOR, decisions_json, demand_json, group_keys, policy_key
 from router.steering.model import compile_model
@@ -76,14 +76,17 @@ def plan_offline(
 ) -> tuple[dict, dict]:
     """Plan ``deployment`` as ``router serve`` would; (decisions, demand) dicts.
 
-    With ``before`` (another side's decisions and demand): its node states, load and
-    policy-probe verdicts by node id (new nodes up), and its demand by policy and group
-    key when it was observed (groups new here, and new policies, get the prior). Without:
-    every node up (or as ``state_file`` recorded), demand = the configured prior.
+    With ``before`` (another side's decisions and demand): its node health, API overrides,
+    load and policy-probe verdicts by node id (new nodes up), and its demand by policy and
+    group key when it was observed (groups new here, and new policies, get the prior).
+    Without: every node up (or as ``state_file`` recorded), demand = the configured prior.
+    Either way ``deployment``'s own admin_state file is applied on top, as ``router serve``
+    applies it at a reload (what the old file set and the new one does not name is lifted).
     """
     model = compile_model(deployment)
     node_ids = model.node_ids
-    states = np.zeros(len(node_ids), dtype=np.int8)
+    health = np.zeros(len(node_ids), dtype=np.int8)  # states without admin overrides
+    overrides: dict[str, tuple[str, str]] = {}
     util = np.zeros(len(node_ids))
     planner = Planner(model)
     source = PRIOR
@@ -92,8 +95,11 @@ def plan_offline(
         nodes = decisions["nodes"]
         for i, node_id in enumerate(node_ids):
             if node_id in nodes:
-                states[i] = _STATES[nodes[node_id]["state"]]
-                util[i] = nodes[node_id].get("util", 0.0)
+                node = nodes[node_id]
+                health[i] = _STATES[node.get("health_state", node["state"])]
+                if node.get("admin") is not None:
+                    overrides[node_id] = (node["admin"]["state"], node["admin"]["from"])
+                util[i] = node.get("util", 0.0)
         index = {node_id: i for i, node_id in enumerate(node_ids)}
         keys = group_keys(model.client_map)
         known = {g["key"] for g in decisions["groups"]}
@@ -111,8 +117,13 @@ def plan_offline(
                 ]
                 source = f"{demand['source']} (mapped by client group)"
     elif state_file is not None:
-        saved = _saved_states(state_file)
-        states = np.array([_STATES[saved.get(node_id, "up")] for node_id in node_ids], dtype=np.int8)
+        saved, overrides = _saved_states(state_file)
+        health = np.array([_STATES[saved.get(node_id, "up")] for node_id in node_ids], dtype=np.int8)
+    overrides = with_admin_file(overrides, deployment.admin_state)
+    states = health.copy()
+    for i, node_id in enumerate(node_ids):
+        if node_id in overrides:
+            states[i] = ADMIN_STATES[overrides[node_id][0]]
     if deployment.rtt_samples:
         samples = RttSamples(len(model.client_map.groups))
         seed_from_file(samples, deployment.rtt_samples, model.client_map, node_ids, time.time(), time.monotonic())
@@ -120,16 +131,24 @@ def plan_offline(
     table = planner.build(states, util, generation=0)
     decisions = decisions_json(
         model, table, sites=tuple(deployment.inventory.sites), zones=deployment.zones, node_util=util,
-        policy_down=planner.policy_down,
+        policy_down=planner.policy_down, overrides=overrides, health_states=[NodeState(int(s)) for s in health],
     )  # fmt: skip
     return decisions, demand_json(model, planner.demand, source)
 
 
-def _saved_states(path: Path) -> dict[str, str]:
-    """Node id -> state label as ``router serve`` saved it (``NodeHealth.save``)."""
+def _saved_states(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """What ``router serve`` saved (``NodeHealth.save``): node id -> state without admin
+    overrides (a node an override held is taken as up: its own state was not saved), and
+    the API's overrides (the admin_state file's are the file's to say)."""
     try:
         nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
-        return {node_id: saved["state"] for node_id, saved in nodes.items() if saved.get("state") in _STATES}
+        health, overrides = {}, {}
+        for node_id, saved in nodes.items():
+            if saved.get("state") in _STATES and not str(saved.get("reason", "")).startswith("admin:"):
+                health[node_id] = saved["state"]
+            if saved.get("admin_state") in ("down", "drain"):
+                overrides[node_id] = (saved["admin_state"], "api")
+        return health, overrides
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PlanError(f"--state-file {path}: cannot read node states: {exc}") from exc
 
@@ -274,6 +293,8 @@ def _nodes(before: dict, after: dict) -> list[dict[str, Any]]:
         out.append({
             "node": node_id, "status": "added" if nb is None else "removed" if na is None else "kept",
             "state": (na or nb)["state"], "capacity_gbps": capacity,
+            "state_before": nb["state"] if nb else None, "state_after": na["state"] if na else None,
+            "admin_after": na.get("admin") if na else None,
             "capacity_before_gbps": nb["capacity_gbps"] if nb else None,
             "planned_before_gbps": planned_b, "planned_after_gbps": planned_a,
             "over_capacity_before": bool(nb and nb["planned_gbps"] > nb["capacity_gbps"] * (1 + 1e-9)),
@@ -327,7 +348,7 @@ def has_changes(report: dict[str, Any]) -> bool:
     return bool(
         report["names_added"] or report["names_removed"] or report["geofence"] or report["records"]
         or report["groups_added"] or report["groups_removed"]
-        or any(n["status"] != "kept" for n in report["nodes"])
+        or any(n["status"] != "kept" or n["state_before"] != n["state_after"] for n in report["nodes"])
         or any(n["groups_changed"] or n["settings_changed"] or n["policy_before"] != n["policy_after"]
                for n in report["names"])
     )  # fmt: skip
@@ -399,6 +420,7 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
         )
     lines.append(f"total: {report['moved_share'] * 100:.1f}% of steered traffic moves{_of(report['moved'], report['total'], basis)}")
     moving = [n for n in report["nodes"] if n["status"] != "kept" or n["over_capacity_after"]
+              or n["state_before"] != n["state_after"]
               or abs((n["planned_after_gbps"] or 0) - (n["planned_before_gbps"] or 0)) >= 0.05]  # fmt: skip
     if moving:
         lines.append("nodes (planned Gbps before -> after / capacity):")
@@ -410,6 +432,10 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
                 flag = "  PAST CAPACITY" + (" (already before)" if n["over_capacity_before"] else "")
             elif n["status"] != "kept":
                 flag = f"  ({n['status']})"
+            if n["status"] == "kept" and n["state_before"] != n["state_after"]:
+                admin = n["admin_after"]
+                why = f", set {admin['state']} by the {'admin_state file' if admin['from'] == 'file' else 'API'}" if admin else ""
+                flag += f"  ({n['state_before']} -> {n['state_after']}{why})"
             lines.append(f"  {n['node']:<16} {before:>8} -> {after:>8} / {n['capacity_gbps']:.0f}{flag}")
     for r in report["records"]:
         if r["rrset"] is None:

@@ -227,3 +227,43 @@ def test_observed_demand_is_mapped_by_group_key(root: Path) -> None:
     assert after[1]["policies"]["cdn.example./web"]["total_gbps"] == 0.0  # known groups: no prior
     report = compare((decisions, observed), after)
     assert report["total"] == pytest.approx(120.0) and report["basis"] == "gbps"
+
+
+def test_an_admin_state_file_alone_is_a_change(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The new directory's admin_state file is applied as serve applies it at a reload: a
+    node it sets down takes its traffic with it; a file removed lifts what it set."""
+    down = new_dir(root, "admin-down")
+    (down / "admin_state").write_text("tef-mad-1 => DOWN  # maintenance\n")
+    code, report = plan_json(capsys, down, str(root / "zones"))
+    assert code == 2 and report["changes"]
+    tef = next(n for n in report["nodes"] if n["node"] == "tef-mad-1")
+    assert (tef["state_before"], tef["state_after"]) == ("up", "down")
+    assert tef["admin_after"] == {"state": "down", "from": "file"}
+    assert tef["planned_before_gbps"] > 0 and tef["planned_after_gbps"] == 0
+    video = by_name(report, "video.cdn.example.")
+    assert video["groups_changed"] > 0 and video["moved"] > 0
+    code, out, _ = plan(capsys, down, str(root / "zones"))
+    assert "tef-mad-1" in out and "(up -> down, set down by the admin_state file)" in out
+
+    # Against a router serving that directory: the file's override is its own (from: file),
+    # so a directory without the file brings the node back; the API's overrides would stay.
+    running = start_router(down, tmp_path / "router.log", workers=1)
+    try:
+        code, report = plan_json(capsys, new_dir(root, "admin-lifted"), running.api)
+        code_same, same = plan_json(capsys, down, running.api)
+    finally:
+        running.stop()
+        assert running.process.stdout is not None
+        running.process.stdout.close()
+    tef = next(n for n in report["nodes"] if n["node"] == "tef-mad-1")
+    assert code == 2 and (tef["state_before"], tef["state_after"]) == ("down", "up") and tef["admin_after"] is None
+    assert by_name(report, "video.cdn.example.")["moved"] > 0
+    assert code_same == 0 and not same["changes"]
+
+
+def test_with_admin_file_keeps_the_api_and_replaces_the_file() -> None:
+    from router.health.state import with_admin_file
+
+    before = {"a": ("down", "file"), "b": ("drain", "api"), "c": ("down", "api")}
+    after = with_admin_file(before, {"c": "up", "d": "drain"})
+    assert after == {"b": ("drain", "api"), "d": ("drain", "file")}

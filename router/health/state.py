@@ -61,6 +61,19 @@ class StateChange:
 CHANGES_KEPT = 200
 
 
+def with_admin_file(overrides: dict[str, tuple[str, str]], entries: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """``overrides`` (node id -> (admin state, "file" or "api")) once an admin_state file with
+    ``entries`` is applied: what the file set before goes, each entry sets its node (``up``
+    lifts any override, as an operator's would), the API's other overrides stay."""
+    out = {node_id: entry for node_id, entry in overrides.items() if entry[1] != "file"}
+    for node_id, admin in entries.items():
+        if ADMIN_STATES[admin] is None:
+            out.pop(node_id, None)
+        else:
+            out[node_id] = (admin, "file")
+    return out
+
+
 class NodeHealth:
     """The effective state of every node, changed only through methods that say why."""
 
@@ -99,16 +112,27 @@ class NodeHealth:
         an override the file set before and no longer names is lifted. Overrides set
         through the API for nodes the file does not name stay. True when a state changed."""
         with self._lock:
-            for node_id in [n for n, (_, why) in self._admin.items() if why.endswith(ADMIN_FILE_SUFFIX) and n not in entries]:
-                del self._admin[node_id]
-            for node_id, admin in entries.items():
-                if node_id not in self._index:
-                    continue
-                if ADMIN_STATES[admin] is None:
-                    self._admin.pop(node_id, None)
-                else:
-                    self._admin[node_id] = (admin, f"admin: set {admin} {ADMIN_FILE_SUFFIX}")
+            merged = with_admin_file(self._overrides(), {n: a for n, a in entries.items() if n in self._index})
+            self._admin = {
+                node_id: self._admin[node_id] if source == "api" else (admin, f"admin: set {admin} {ADMIN_FILE_SUFFIX}")
+                for node_id, (admin, source) in merged.items()
+            }
             return self._refresh()
+
+    def overrides(self) -> dict[str, tuple[str, str]]:
+        """The admin overrides in force: node id -> (admin state, ``"file"`` or ``"api"``)."""
+        with self._lock:
+            return self._overrides()
+
+    def _overrides(self) -> dict[str, tuple[str, str]]:
+        return {n: (admin, "file" if why.endswith(ADMIN_FILE_SUFFIX) else "api") for n, (admin, why) in self._admin.items()}
+
+    def health_states(self) -> list[NodeState]:
+        """Each node's state without the admin overrides: the monitor's verdict, else up."""
+        with self._lock:
+            if self.monitor is None:
+                return [NodeState.UP] * len(self.node_ids)
+            return [NodeState(int(state)) for state in self.monitor.state]
 
     def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
         """An accepted heartbeat; True when its node's effective state changed."""

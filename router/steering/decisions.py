@@ -92,8 +92,15 @@ def decisions_json(
     node_util: np.ndarray | None = None,
     policy_down: np.ndarray | None = None,
     rtt_samples: int = 0,
+    overrides: dict[str, tuple[str, str]] | None = None,
+    health_states: list[NodeState] | None = None,
 ) -> dict[str, Any]:
-    """Every steered name's policy and every group's answers under ``table``."""
+    """Every steered name's policy and every group's answers under ``table``.
+
+    Each node has its ``state`` in the table and, to tell what an admin_state file change
+    would do, its ``admin`` override (``{"state", "from": "file"|"api"}`` or null) and
+    ``health_state``, its state without the override."""
+    overrides = overrides or {}
     keys = group_keys(model.client_map)
     labels = group_labels(model.client_map, sites)
     groups = model.client_map.groups
@@ -116,6 +123,8 @@ def decisions_json(
         "nodes": {
             node_id: {
                 "state": NodeState(int(table.node_state[i])).label,
+                "admin": {"state": overrides[node_id][0], "from": overrides[node_id][1]} if node_id in overrides else None,
+                "health_state": (health_states[i] if health_states is not None else NodeState(int(table.node_state[i]))).label,
                 "util": float(util[i]),
                 "planned_gbps": float(table.node_planned[i]),
                 "capacity_gbps": float(model.node_capacity_gbps[i]),
@@ -189,7 +198,7 @@ def running_decisions(supervisor) -> dict[str, Any]:  # noqa: ANN001
     return decisions_json(
         config.model, table, sites=tuple(config.deployment.inventory.sites), zones=config.deployment.zones,
         node_util=config.health.utilization(), policy_down=config.planner.policy_down,
-        rtt_samples=len(config.rtt),
+        rtt_samples=len(config.rtt), overrides=config.health.overrides(), health_states=config.health.health_states(),
     )  # fmt: skip
 
 
