@@ -82,13 +82,13 @@ class Planner:
     def build(
         self, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
     ) -> RoutingTable:
-        """Plan every policy from scratch."""
+        """Plan every policy from scratch, the most constrained first (``planning_order``)."""
         util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
         used = np.zeros(len(self.model.node_ids))
-        for p in range(len(self.model.policies)):
-            inputs = self._inputs(p, node_state, util)
-            self.plans[p] = plan_policy(inputs, used)
-            self.inputs[p] = inputs
+        inputs = [self._inputs(p, node_state, util) for p in range(len(self.model.policies))]
+        for p in planning_order(inputs):
+            self.plans[p] = plan_policy(inputs[p], used)
+            self.inputs[p] = inputs[p]
             used = used + self.plans[p].load
         self.last_kind = "full"
         return self._table(node_state, generation)
@@ -218,6 +218,23 @@ class Planner:
                       table.split_cum, table.node_planned):  # fmt: skip
             array.flags.writeable = False
         return table
+
+
+def planning_order(inputs: list[PlanInputs]) -> list[int]:
+    """Policies in the order they claim capacity: those whose demand may use fewer nodes
+    first (pools, rules and geofences restrict them), so that a policy that can answer from
+    anywhere does not fill the few nodes a restricted one may use. The measure is the
+    number of nodes a unit of the policy's demand may use; ties keep the file's order."""
+
+    def reach(item: PlanInputs) -> float:
+        rank = item.rank
+        allowed = (rank.fence_allowed & rank.node_in_pool[None, :]).sum(axis=1)
+        total = float(item.group_demand.sum())
+        if total <= 0:
+            return float(allowed.max(initial=0))
+        return float((allowed[rank.group_fence] * item.group_demand).sum() / total)
+
+    return sorted(range(len(inputs)), key=lambda p: (reach(inputs[p]), p))
 
 
 def _answer_rows(
