@@ -9,6 +9,7 @@ planner; one starts the real router and asks it over the wire.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -459,7 +460,8 @@ def test_real_router_sends_meo_clients_to_the_fallback_pool_when_meo_is_admin_do
     model = compile_model(load_deployment(zones))
     subnet = meo_subnet(model)
     addresses = {n.id: str(n.ipv4) for n in load_deployment(zones).inventory.nodes}
-    running = start_router(zones, tmp_path / "router.log")
+    query_log = tmp_path / "queries.jsonl"
+    running = start_router(zones, tmp_path / "router.log", "--query-log", str(query_log), "--query-log-sample", "1")
     try:
         def ask() -> set[str]:
             query = dns.message.make_query("www.cdn.example.", "A", use_edns=0,
@@ -478,6 +480,13 @@ def test_real_router_sends_meo_clients_to_the_fallback_pool_when_meo_is_admin_do
         while not (got := ask()) <= fallback and time.monotonic() < deadline:
             time.sleep(0.1)
         assert got and got <= fallback
+        # The query log says which rule matched and which pool answered, and why.
+        logged = [json.loads(line) for line in query_log.read_text().splitlines()]
+        first, last = logged[0], logged[-1]
+        assert (first["qname"], first["rule"], first["pool"]) == ("www.cdn.example.", "1: geos EU-PT and asns 3243", "meo")
+        assert "rule 1: geos EU-PT and asns 3243 -> pool meo" in first["reason"]
+        assert last["pool"] == "pt" and "pool pt (fallback: meo had no node up)" in last["reason"]
+        assert set(last["nodes"]) <= set(PT) - set(MEO)
     finally:
         running.stop()
         assert running.process.stdout is not None

@@ -72,6 +72,7 @@ class TableView:
         "split_set",
         "split_cum",
         "node_state",
+        "policy_pool",
         "bodies",
         "splits",
     )
@@ -84,6 +85,7 @@ class TableView:
         self.split_set = table.split_set
         self.split_cum = table.split_cum
         self.node_state = table.node_state  # int8[N]: NodeState the table was built from
+        self.policy_pool = table.policy_pool  # int32[P, K]: pool of each class (pools policies)
         self.bodies: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.splits: dict[int, tuple[list[int], list[int]]] = {}
 

@@ -16,7 +16,8 @@ Fields (null where they do not apply): ``time`` (UTC), ``worker``, ``transport``
 ``resolver`` (the address the query came from), ``client_subnet`` (its ECS option),
 ``qname``, ``qtype``, ``rcode``, ``answers`` (answer records), ``truncated``, ``scope`` (the
 ECS scope in the reply); for steered names ``policy``, ``group`` (id, asn, country, name),
-``located_by``, ``nodes`` (the node ids answered, in order); and ``reason``, in words.
+``located_by``, ``nodes`` (the node ids answered, in order), and for a policy of pools the
+``rule`` that matched and the ``pool`` that answered; and ``reason``, in words.
 """
 
 from __future__ import annotations
@@ -118,11 +119,13 @@ class QueryLog:
     """One worker thread's writer. ``node_ids`` and ``policy_keys`` (``zone/name``) are the config's."""
 
     def __init__(self, settings: QueryLogSettings, worker: int, node_ids: tuple[str, ...] | list[str],
-                 policy_keys: tuple[str, ...] | list[str]) -> None:  # fmt: skip
+                 policy_keys: tuple[str, ...] | list[str], pools: tuple = ()) -> None:  # fmt: skip
+        """``pools``: per policy, None or (its PoolRouting, its group -> class array)."""
         self.every = settings.every
         self.worker = worker
         self.node_ids = list(node_ids)
         self.policy_keys = list(policy_keys)
+        self.pools = list(pools) or [None] * len(self.policy_keys)
         self._countdown = settings.every
         self._file = AppendFile(settings.path)
         self.written = 0
@@ -164,6 +167,8 @@ class QueryLog:
             "group": None,
             "located_by": None,
             "nodes": None,
+            "rule": None,
+            "pool": None,
         }
         if decision is None:
             record["reason"] = _static_reason(q, rcode, flags, record["answers"], reply)
@@ -186,7 +191,16 @@ class QueryLog:
             located_by=located,
             nodes=[self.node_ids[n] for n in nodes],
         )
-        record["reason"] = _steered_reason(decision, view, nodes, self.node_ids)
+        reasons = [_located_reason(decision.source)]
+        pools = self.pools[decision.policy]
+        if pools is not None:
+            routing, group_class = pools
+            rule = int(routing.group_rule[g])
+            record["rule"] = f"{rule + 1}: {routing.rule_labels[rule]}"
+            reasons.append(_pool_reason(routing, int(group_class[g]), int(view.policy_pool[decision.policy, group_class[g]]),
+                                        view.node_state, record))  # fmt: skip
+        reasons.append(_plan_reason(decision, view, nodes, self.node_ids))
+        record["reason"] = "; ".join(r for r in reasons if r)
         return record
 
 
@@ -264,13 +278,33 @@ def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply:
     return "the name exists but has no records of this type (NODATA)"
 
 
-def _steered_reason(decision: Decision, view, nodes: list[int], node_ids: list[str]) -> str:  # noqa: ANN001
-    parts = [{
+def _located_reason(source: str) -> str:
+    return {
         "ecs": "client located by its ECS subnet",
         "source": "client located by the resolver's address (no ECS)",
         "source (ECS address is not routable)": "client located by the resolver's address (the ECS address is private or reserved)",
         "source (ECS /0)": "client located by the resolver's address (ECS source prefix 0)",
-    }.get(decision.source, decision.source)]  # fmt: skip
+    }.get(source, source)  # fmt: skip
+
+
+def _pool_reason(routing, k: int, resolved: int, node_state, record: dict) -> str:  # noqa: ANN001
+    """Which rule matched and which pool of its fallback chain answered, and why."""
+    rule_text = f"rule {record['rule']}"
+    chain = routing.chain(k)
+    if resolved < 0 or not chain:
+        return f"{rule_text}: no pool of its chain has a node inside the geofence"
+    record["pool"] = routing.pool_names[resolved]
+    if resolved != chain[0]:
+        skipped = ", ".join(routing.pool_names[q] for q in chain[: chain.index(resolved)])
+        return f"{rule_text} -> pool {record['pool']} (fallback: {skipped} had no node up)"
+    inside = routing.pool_nodes[resolved] & routing.class_fence[k]
+    if inside.any() and (node_state[inside] == 2).all():
+        return f"{rule_text} -> pool {record['pool']} (every pool of the chain is down: failing open in the first)"
+    return f"{rule_text} -> pool {record['pool']}"
+
+
+def _plan_reason(decision: Decision, view, nodes: list[int], node_ids: list[str]) -> str:  # noqa: ANN001
+    parts = []
     if decision.split_row < 0:
         parts.append("the plan gives the whole group this answer")
     else:

@@ -346,8 +346,10 @@ class Supervisor:
     def _query_log_options(self, config: LoadedConfig) -> QueryLogOptions | None:
         if self.query_log is None:
             return None
-        keys = tuple(policy_key(c.zone, c.name) for c in config.model.policies)
-        return QueryLogOptions(self.query_log, tuple(config.model.node_ids), keys)
+        policies = config.model.policies
+        keys = tuple(policy_key(c.zone, c.name) for c in policies)
+        pools = tuple(None if c.routing is None else (c.routing, c.group_fence) for c in policies)
+        return QueryLogOptions(self.query_log, tuple(config.model.node_ids), keys, pools)
 
     def _expect(
         self, worker: _Worker, kind: str, deadline: float, generation: int | None = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from router.steering.build import RoutingTable
 
-MAGIC = b"RTABLE2\n"
+MAGIC = b"RTABLE3\n"
 _ALIGN = 64
 _ARRAYS = (
     "group_set",
@@ -31,6 +31,7 @@ _ARRAYS = (
     "split_set",
     "split_cum",
     "node_planned",
+    "policy_pool",
 )
 
 
@@ -70,6 +71,9 @@ def map_table(path: Path) -> RoutingTable:
     for entry in header["arrays"]:
         dtype = np.dtype(entry["dtype"])
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        if count == 0:  # an empty array may sit at the very end of the file: nothing to map
+            arrays[entry["name"]] = np.zeros(entry["shape"], dtype=dtype)
+            continue
         array = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + entry["offset"])
         arrays[entry["name"]] = array.reshape(entry["shape"])
     return RoutingTable(generation=header["generation"], **arrays)

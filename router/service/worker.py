@@ -50,6 +50,8 @@ class QueryLogOptions:
     settings: QueryLogSettings
     node_ids: tuple[str, ...]
     policy_keys: tuple[str, ...]
+    # Per policy with pools: (its PoolRouting, its group -> class array), else None.
+    pools: tuple = ()
 
 
 def _view(path: Path) -> TableView:
@@ -101,7 +103,7 @@ def worker_main(
     def responder() -> Responder:  # one per thread: a Responder keeps its last query
         log_writer = None
         if query_log is not None:
-            log_writer = QueryLog(query_log.settings, index, query_log.node_ids, query_log.policy_keys)
+            log_writer = QueryLog(query_log.settings, index, query_log.node_ids, query_log.policy_keys, query_log.pools)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
                          query_log=log_writer)  # fmt: skip
 

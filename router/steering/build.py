@@ -36,6 +36,9 @@ class RoutingTable:
     split_set: np.ndarray  # int32[T]: answer set of each entry
     split_cum: np.ndarray  # uint32[T]: cumulative weight, the row's last entry is WEIGHT_SCALE
     node_planned: np.ndarray  # float64[N]: Gbps the plans put on each node (all policies)
+    # int32[P, K]: for a policy with pools, the pool each of its (rule, fence) classes
+    # answers from (CompiledPolicy.resolve); -1 elsewhere. For the query log's reasons.
+    policy_pool: np.ndarray
 
     def entries(self, policy: int, group: int) -> list[tuple[list[int], float]]:
         """(answer nodes, share of the group's clients) for one group, plan order."""
@@ -213,11 +216,19 @@ class Planner:
             split_set=answer_set[entry].astype(np.int32),
             split_cum=split_cum,
             node_planned=used,
+            policy_pool=_policy_pool_rows(self.resolved),
         )
         for array in (table.group_set, table.set_nodes, table.node_state, table.split_start, table.split_set,
-                      table.split_cum, table.node_planned):  # fmt: skip
+                      table.split_cum, table.node_planned, table.policy_pool):  # fmt: skip
             array.flags.writeable = False
         return table
+
+
+def _policy_pool_rows(resolved: list[np.ndarray]) -> np.ndarray:
+    out = np.full((len(resolved), max((len(r) for r in resolved), default=0)), -1, dtype=np.int32)
+    for p, row in enumerate(resolved):
+        out[p, : len(row)] = row
+    return out
 
 
 def planning_order(inputs: list[PlanInputs]) -> list[int]:

@@ -1,0 +1,36 @@
+"""Routing tables as mapped files (router/service/tablefile.py): what is written is what is read."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.config import load_deployment
+from router.service.tablefile import _ARRAYS, map_table, write_table
+from router.steering.build import Planner
+from router.steering.model import compile_model
+from tests.conftest import REPO, make_deployment
+
+
+@pytest.mark.parametrize("policy", ["sample", "pools"])
+def test_every_array_round_trips(tmp_path: Path, policy: str) -> None:
+    zones = make_deployment(tmp_path)
+    if policy == "pools":  # a policy with pools: its classes' pools are in the table
+        shutil.copy(REPO / "tests" / "fixtures" / "pools.policy.yaml", zones / "cdn.example.policy.yaml")
+    model = compile_model(load_deployment(zones))
+    table = Planner(model).build(np.zeros(len(model.node_ids), dtype=np.int8), None, generation=7)
+    assert (table.policy_pool.size > 0) == (policy == "pools")  # the sample's is empty, at the end of the file
+    read = map_table(write_table(tmp_path, table))
+    assert read.generation == 7
+    assert {f.name for f in dataclasses.fields(read)} == {"generation", *_ARRAYS}
+    for name in _ARRAYS:
+        ours, theirs = getattr(table, name), getattr(read, name)
+        assert theirs.dtype == ours.dtype and theirs.shape == ours.shape and np.array_equal(theirs, ours), name
+    if policy == "pools":
+        web = next(p for p, c in enumerate(model.policies) if c.name == "web")
+        names = model.policies[web].routing.pool_names
+        assert {names[q] for q in read.policy_pool[web] if q >= 0} == {"everywhere", "fr", "pt"}
