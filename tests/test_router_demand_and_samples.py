@@ -18,6 +18,7 @@ import yaml
 from router.config import load_deployment
 from router.explain import explain
 from router.geo.latency import load_rtt_samples
+from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel, moved_share
 from router.service.supervisor import Supervisor
 from router.steering import compile_model
@@ -153,5 +154,42 @@ def test_answered_queries_become_the_plans_demand(tmp_path, deployment_dir) -> N
         # MEO's own nodes fill to their headroom (0.8 x 300 Gbps); the rest spills elsewhere.
         assert abs(planned[meo_nodes].sum() - 240.0) < 1e-6 and abs(planned.sum() - 300.0) < 1e-6
         assert (planned <= model.node_capacity_gbps * 0.8 + 1e-6).all()
+    finally:
+        supervisor.stop()
+
+
+def test_rtt_averages_carry_over_by_node_id_and_the_fresher_wins() -> None:
+    old = RttSamples(4)
+    old.add(1, 0, 10.0, now=100.0)  # node 0 is "a"
+    old.add(2, 1, 20.0, now=100.0)  # node 1 is "b": gone from the new config
+    old.add(3, 0, 30.0, now=100.0)
+    new = RttSamples(4)
+    new.add(3, 1, 99.0, now=200.0)  # "a" is node 1 here, seeded fresher from the file
+    assert new.carry_from(old, {0: 1}) == 1
+    assert new.get(1, 1, now=150.0) == 10.0 and new.get(3, 1, now=250.0) == 99.0
+    assert new.get(2, 0, now=150.0) is None and new.changed_groups == {1, 3}
+
+
+def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deployment_dir) -> None:
+    shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
+    zones = tmp_path / "zones"
+    deployment = load_deployment(zones)
+    model = compile_model(deployment)
+    supervisor = Supervisor(deployment, model, "127.0.0.1", 0, workers=1, files=ConfigFiles.read(zones))
+    supervisor.start()
+    try:
+        group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
+        with supervisor._lock:  # as a heartbeat carrying one RTT sample would
+            supervisor._fuse_rtt("tef-mad-1", (("2.80.0.0/24", 1.5),), time.monotonic())
+        old = supervisor.config
+        with open(zones / "cdn.example.zone", "a", encoding="utf-8") as zone:
+            zone.write('reloaded 60 IN TXT "v2"\n')
+        assert supervisor.reload("test")["result"] == "ok"
+        config = supervisor.config
+        assert config is not old
+        tef = config.node_index["tef-mad-1"]
+        assert config.rtt.get(group, tef, time.monotonic()) == 1.5
+        start, nodes, rtt = config.planner.samples
+        assert list(zip(nodes[start[group] : start[group + 1]], rtt[start[group] : start[group + 1]])) == [(tef, 1.5)]
     finally:
         supervisor.stop()

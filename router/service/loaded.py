@@ -130,8 +130,9 @@ def prepare(
 
 def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
     """What the running config learnt that the files do not say: node health, the
-    heartbeat sequence numbers (replay protection), and the observed demand when the
-    policies and client groups are the same. Returns notes for the log."""
+    heartbeat sequence numbers (replay protection), the RTT averages fused from heartbeats
+    when the client groups are the same, and the observed demand when the policies are the
+    same too. Returns notes for the log."""
     notes = []
     dropped = new.health.carry_from(old.health)
     if dropped:
@@ -142,11 +143,18 @@ def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
         new.verifier.rejected = dict(old.verifier.rejected)
         new.verifier.accepted = old.verifier.accepted
     same_policies = [(c.zone, c.name) for c in new.model.policies] == [(c.zone, c.name) for c in old.model.policies]
-    if same_policies and _same_groups(new.model.client_map.groups, old.model.client_map.groups):
+    same_groups = _same_groups(new.model.client_map.groups, old.model.client_map.groups)
+    if same_policies and same_groups:
         new.demand.qps = old.demand.qps.copy()
         new.planner.demand = old.planner.demand.copy()
     else:
         notes.append("policies or client groups changed: demand starts again from the configured prior")
+    if same_groups:
+        node_map = {i: new.node_index[node_id] for i, node_id in enumerate(old.model.node_ids) if node_id in new.node_index}
+        if new.rtt.carry_from(old.rtt, node_map):
+            new.planner.samples = new.rtt.csr(time.monotonic())
+    elif len(old.rtt):
+        notes.append(f"client groups changed: {len(old.rtt)} fused RTT averages dropped (the samples file is re-read)")
     return notes
 
 

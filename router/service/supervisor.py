@@ -726,6 +726,7 @@ class Supervisor:
             util = new.health.utilization().copy()
         new.planner.policy_down = new.policy_probes.down.copy()
         table = new.planner.build(states, util, self.table.generation + 1)
+        new.rtt.changed_groups.clear()  # the RTT averages carried so far are in this table
         self.build_seconds.observe(time.perf_counter() - started, "reload")
         if new.fast_book is not None:
             udp_batch.warm_up(new.fast_book, TableView(table))
@@ -756,7 +757,9 @@ class Supervisor:
             self._published_util = util
             self._published_at = time.monotonic()
             self._pending_demand = None
-            self._samples_changed = False
+            # Averages fused while the successors started (carried just now) are not in
+            # the first table yet: the publisher re-places their groups.
+            self._samples_changed = bool(new.rtt.changed_groups)
             now = time.monotonic()
             for worker in old_workers:
                 try:

@@ -64,6 +64,23 @@ class RttSamples:
             self.changed_groups.add(key[0])
         return len(stale)
 
+    def carry_from(self, old: RttSamples, node_map: dict[int, int]) -> int:
+        """After a reload with the same client groups: keep what ``old`` fused, its node
+        indexes mapped by ``node_map`` (old -> new; other nodes are dropped). Where both have
+        a pair (the new one seeded from the samples file), the fresher average wins.
+        Returns how many pairs were taken from ``old``."""
+        taken = 0
+        for (group, node), (value, when) in list(old._fused.items()):
+            new_node = node_map.get(node)
+            if new_node is None or group >= self.groups:
+                continue
+            mine = self._fused.get((group, new_node))
+            if mine is None or mine[1] < when:
+                self._fused[(group, new_node)] = (value, when)
+                self.changed_groups.add(group)
+                taken += 1
+        return taken
+
     def csr(self, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(meas_start int64[G + 1], meas_node int32[M], meas_rtt float64[M]) of fresh averages."""
         self.expire(now)
