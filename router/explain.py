@@ -25,7 +25,7 @@ from router.service.loaded import build_book
 from router.steering.build import Planner
 from router.steering.model import compile_model
 from router.steering.rank import group_components
-from router.steering.samples import RttSamples, seed_from_file
+from router.steering.samples import seeded_samples
 
 # Indexed by the kernels' latency source codes (ESTIMATED, COUNTRY_TABLE, NODE_SAMPLES).
 LATENCY_SOURCES = ("estimated", "measured", "node samples")
@@ -142,9 +142,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     health = _last_known_health(deployment, model)
     planner = Planner(model)
     if deployment.rtt_samples:
-        samples = RttSamples(len(model.client_map.groups))
-        seed_from_file(samples, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic())
-        planner.samples = samples.csr(time.monotonic())
+        planner.samples = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)[0].csr(time.monotonic())
     table = planner.build(health.states(), None, generation=1)
     view = TableView(table)
     responder = Responder(book, model.client_map, lambda: view, record_decisions=True)

@@ -28,7 +28,7 @@ from router.health.state import ADMIN_STATES, NodeState, with_admin_file
 from router.steering.build import Planner
 from router.steering.decisions import PRIOR, decisions_json, demand_json, group_keys, policy_key
 from router.steering.model import compile_model
-from router.steering.samples import RttSamples, seed_from_file
+from router.steering.samples import seeded_samples
 
 EXIT_NO_CHANGES = 0
 EXIT_ERROR = 1
@@ -125,9 +125,7 @@ def plan_offline(
         if node_id in overrides:
             states[i] = ADMIN_STATES[overrides[node_id][0]]
     if deployment.rtt_samples:
-        samples = RttSamples(len(model.client_map.groups))
-        seed_from_file(samples, deployment.rtt_samples, model.client_map, node_ids, time.time(), time.monotonic())
-        planner.samples = samples.csr(time.monotonic())
+        planner.samples = seeded_samples(deployment.rtt_samples, model.client_map, node_ids)[0].csr(time.monotonic())
     table = planner.build(states, util, generation=0)
     decisions = decisions_json(
         model, table, sites=tuple(deployment.inventory.sites), zones=deployment.zones, node_util=util,

@@ -31,7 +31,7 @@ from router.service.demand import DemandCounters, DemandModel
 from router.service.query_counters import QueryCounters
 from router.steering.build import Planner
 from router.steering.model import SteeringModel
-from router.steering.samples import RttSamples, seed_from_file
+from router.steering.samples import RttSamples, seeded_samples
 
 log = logging.getLogger("router.service")
 
@@ -97,11 +97,9 @@ def prepare(
         monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
         verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
     planner = Planner(model)
-    rtt = RttSamples(len(model.client_map.groups))
+    rtt, seeded = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)
     if deployment.rtt_samples:
-        seeded = seed_from_file(rtt, deployment.rtt_samples, model.client_map, model.node_ids, time.time(), time.monotonic())
         log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
-        rtt.changed_groups.clear()
         planner.samples = rtt.csr(time.monotonic())
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))

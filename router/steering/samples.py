@@ -9,6 +9,7 @@ estimate (``router.steering._kernels``). The kernels read the result as CSR arra
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -91,6 +92,17 @@ class RttSamples:
         start = np.zeros(self.groups + 1, dtype=np.int64)
         np.cumsum(np.bincount(group, minlength=self.groups), out=start[1:])
         return start, node, rtt
+
+
+def seeded_samples(deployment_samples, client_map, node_ids) -> tuple[RttSamples, int]:  # noqa: ANN001
+    """RttSamples with the deployment's sample file fused as of now (nothing marked changed);
+    with how many samples took. What serve, ``router plan`` and ``router explain`` start from."""
+    samples = RttSamples(len(client_map.groups))
+    taken = 0
+    if deployment_samples:
+        taken = seed_from_file(samples, deployment_samples, client_map, node_ids, time.time(), time.monotonic())
+        samples.changed_groups.clear()
+    return samples, taken
 
 
 def seed_from_file(samples: RttSamples, deployment_samples, client_map, node_ids, wall_now: float, now: float) -> int:  # noqa: ANN001
