@@ -382,3 +382,19 @@ def test_the_admin_state_file_sets_and_lifts_only_its_own_overrides(tmp_path: Pa
     restored.load(tmp_path / "state.json", now=0.0)
     assert {s.node_id: s.admin_state for s in restored.status()} == {"a": None, "b": None, "c": "down"}
     assert list(restored.states()) == [NodeState.UP, NodeState.UP, NodeState.DOWN]
+
+
+def test_the_watcher_parses_deployment_yaml_only_when_it_changed(zones: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.service import config_files
+
+    parsed = []
+    real = config_files.yaml.safe_load
+    monkeypatch.setattr(config_files.yaml, "safe_load", lambda text: parsed.append(1) or real(text))
+    config_files._referenced_by_version.cache_clear()
+    first = fingerprint(zones)
+    for _ in range(5):
+        assert fingerprint(zones) == first
+    assert len(parsed) == 1
+    settings = zones / "deployment.yaml"
+    settings.write_text(settings.read_text() + "\n# edited\n")
+    assert fingerprint(zones) != first and len(parsed) == 2

@@ -9,6 +9,7 @@ router writes it itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -32,14 +33,25 @@ def config_paths(directory: Path) -> list[Path]:
     return sorted(p for p in paths if p.is_file())
 
 
-def _referenced(settings_path: Path) -> list[str]:
-    """Paths deployment.yaml names, best effort: a broken file names none (and fails the load)."""
+def _referenced(settings_path: Path) -> tuple[str, ...]:
+    """Paths deployment.yaml names, best effort: a broken file names none (and fails the load).
+
+    Parsed again only when the file changed: the reload watcher asks every second."""
     try:
-        data = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
+        st = settings_path.stat()
+    except OSError:
+        return ()
+    return _referenced_by_version(str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _referenced_by_version(path: str, _inode: int, _size: int, _mtime_ns: int) -> tuple[str, ...]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
+        return ()
     if not isinstance(data, dict):
-        return []
+        return ()
     names = [data.get(key) for key in _REFERENCED_KEYS]
     health = data.get("health")
     if isinstance(health, dict):
@@ -49,7 +61,7 @@ def _referenced(settings_path: Path) -> list[str]:
         names += [source.get(kind) for source in client_map if isinstance(source, dict) for kind in _SOURCE_KINDS]
     else:
         names.append(client_map)
-    return [name for name in names if isinstance(name, str)]
+    return tuple(name for name in names if isinstance(name, str))
 
 
 def fingerprint(directory: Path) -> tuple:
