@@ -187,8 +187,9 @@ def analyze(
         and each row's index into them."""
         keys = np.stack([policy[idx], groups[idx], epoch[idx]], axis=1)
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        best = np.array([oracle.best(int(p), int(g), avail_arr[int(k)]) for p, g, k in uniq]).reshape(len(uniq), n_nodes)
-        lat = np.array([oracle.latency[(int(p), int(g))] for p, g, _ in uniq]).reshape(len(uniq), n_nodes)
+        # dtype given: with no steered answer at all the lists are empty (and would be float).
+        best = np.array([oracle.best(int(p), int(g), avail_arr[int(k)]) for p, g, k in uniq], dtype=bool).reshape(len(uniq), n_nodes)
+        lat = np.array([oracle.latency[(int(p), int(g))] for p, g, _ in uniq], dtype=np.float64).reshape(len(uniq), n_nodes)
         return best, lat, inverse.ravel()
 
     second = np.maximum(n2, 0)
