@@ -344,12 +344,23 @@ def test_check_reports_every_pool_and_rule_problem_with_its_line(zones: Path) ->
          "      - {asns: [3352], geos: [EU-ES], pool: a}\n      - {geos: [EU-ES], pool: a}\n      - pool: a\n",
          ['12: policy "web": rule 2 (geos EU-ES and asns 3352 -> pool a) never matches: every client it matches is '
           "taken first by rule 1 at line 11 (asns 3352, 12430 -> pool a)"]),
+        ("    pools:\n      a:\n        nodes: [all]\n    rules:\n      - {asns: [3352], pool: a}\n"
+         "      - {asns: [12479], geos: [EU-ES, EU-FR], pool: a}\n      - {asns: [3352, 12479], geos: [EU-ES, EU-FR], pool: a}\n"
+         "      - {asns: [3352, 12479], geos: [EU-ES, EU-PT], pool: a}\n      - pool: a\n",
+         ['13: policy "web": rule 3 (geos EU-ES, EU-FR and asns 3352, 12479 -> pool a) never matches: rules 1 (line 11), '
+          "2 (line 12) take all its clients (every country and ASN it matches) first"]),
+        ("    pools:\n      a:\n        nodes: [all]\n    rules:\n      - {asns: [3352], geos: [EU-ES], pool: a}\n"
+         "      - {asns: [3352], geos: [EU-PT], pool: a}\n      - {asns: [3352], geos: [EU-ES, EU-PT], pool: a}\n"
+         "      - {asns: [3352, 12479], geos: [EU-PT], pool: a}\n      - pool: a\n",
+         ['13: policy "web": rule 3 (geos EU-ES, EU-PT and asns 3352 -> pool a) never matches: rules 1 (line 11), '
+          "2 (line 12) take all its clients (every country and ASN it matches) first"]),
         ("    rules:\n      - pool: a\n",
          ['7: policy "web": rules need "pools": name -> {nodes: [...], fallback: POOL}',
           '8: policy "web": rule 1: undefined pool "a" (defined: none)']),
         ("", ['4: policy "web": missing required field "nodes" (all, or a list of node ids), or "pools" and "rules"']),
     ],
-    ids=["no-catch-all-and-unused-pool", "shadowed-by-several-geo-rules", "shadowed-by-asns", "rules-without-pools",
+    ids=["no-catch-all-and-unused-pool", "shadowed-by-several-geo-rules", "shadowed-by-asns",
+         "shadowed-by-an-asn-rule-and-a-geo-rule", "shadowed-by-two-rules-of-one-asn", "rules-without-pools",
          "neither-nodes-nor-pools"],
 )  # fmt: skip
 def test_check_pool_mistakes(zones: Path, policy: str, expected: list[str]) -> None:

@@ -402,6 +402,29 @@ def _covers(earlier: Rule, later: Rule) -> bool:
     return True
 
 
+def _covered_together(rules: tuple[Rule, ...] | list[Rule], i: int, earlier: list[int]) -> list[int]:
+    """The ``earlier`` rules that between them match every client rule ``i`` matches (a
+    client is a country and an ASN), or [] when some client of rule ``i`` gets through.
+
+    Per ASN of rule ``i`` (or, for a rule of any ASN, per ASN no rule names: only rules of
+    any ASN match those), the countries the earlier rules matching that ASN take must hold
+    all of rule ``i``'s countries."""
+    rule = rules[i]
+    mine = rule.countries()  # None: every country
+    used: set[int] = set()
+    for asn in rule.asns if rule.asns is not None else (None,):
+        matching = [k for k in earlier if rules[k].asns is None or (asn is not None and asn in rules[k].asns)]
+        anywhere = [k for k in matching if rules[k].countries() is None]
+        if anywhere:
+            used.add(anywhere[0])
+            continue
+        covered = frozenset().union(*(rules[k].countries() or frozenset() for k in matching))
+        if mine is None or not mine <= covered:
+            return []
+        used.update(k for k in matching if (rules[k].countries() or frozenset()) & mine)
+    return sorted(used)
+
+
 def _describe_rule(rule: Rule) -> str:
     parts = []
     if rule.geos is not None:
@@ -464,6 +487,7 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         add(("pools", first, "fallback"), f"fallback loop: {' -> '.join(ring)} (a chain of fallbacks must end in a pool without one)")
 
     catch_all_at: int | None = None
+    valid: list[int] = []  # rules whose geos and asns could be read, in order
     for i, rule in enumerate(policy.rules):
         where = ("rules", i)
         number = f"rule {i + 1}"
@@ -491,13 +515,12 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
                            f"first by rule {k + 1} at line {doc.line(base + ('rules', k))} ({_describe_rule(policy.rules[k])})")  # fmt: skip
                 break
         else:
-            if rule.geos and rule.asns is None:
-                earlier = [k for k in range(i) if policy.rules[k].asns is None and policy.rules[k].geos]
-                covered = frozenset().union(*(policy.rules[k].countries() or frozenset() for k in earlier))
-                mine = rule.countries() or frozenset()
-                if mine and mine <= covered:
-                    lines = ", ".join(f"{k + 1} (line {doc.line(base + ('rules', k))})" for k in earlier)
-                    add(where, f"{number} ({_describe_rule(rule)}) never matches: rules {lines} take all its countries first")
+            together = _covered_together(policy.rules, i, valid)
+            if together:
+                lines = ", ".join(f"{k + 1} (line {doc.line(base + ('rules', k))})" for k in together)
+                what = "countries" if rule.asns is None else "clients (every country and ASN it matches)"
+                add(where, f"{number} ({_describe_rule(rule)}) never matches: rules {lines} take all its {what} first")
+        valid.append(i)
         if rule.catch_all:
             if i != len(policy.rules) - 1:
                 add(where, f"{number} is a catch-all (no geos, no asns) but not the last rule: the rules after it never match; move it to the end")
