@@ -34,3 +34,27 @@ def test_every_array_round_trips(tmp_path: Path, policy: str) -> None:
         web = next(p for p, c in enumerate(model.policies) if c.name == "web")
         names = model.policies[web].routing.pool_names
         assert {names[q] for q in read.policy_pool[web] if q >= 0} == {"everywhere", "fr", "pt"}
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_mapped_table_has_the_types_the_udp_loop_was_compiled_for(tmp_path: Path, split: bool) -> None:
+    """The supervisor compiles the UDP loop on the table it planned (router/dns/udp_batch.py
+    warm_up); a worker runs it on the table it mapped. Any difference in the arrays' numba
+    types (dtype, layout, read-only) makes every worker compile again at its first query,
+    answering nothing for seconds. Empty split arrays (no group split) included."""
+    import numba
+
+    from router.dns.engine import TableView
+    from router.dns.fast_answer import table_arrays
+
+    model = compile_model(load_deployment(make_deployment(tmp_path)))
+    planner = Planner(model)
+    if split:  # demand beyond the nearest nodes splits groups
+        groups = len(model.client_map.groups)
+        for p in range(len(model.policies)):
+            planner.set_demand(p, np.full(groups, 0.9 * float(model.node_capacity_gbps.sum()) / groups / len(model.policies)))
+    table = planner.build(np.zeros(len(model.node_ids), dtype=np.int8), None, generation=1)
+    assert (len(table.split_set) > 0) == split
+    planned = [numba.typeof(a) for a in table_arrays(TableView(table))]
+    mapped = [numba.typeof(a) for a in table_arrays(TableView(map_table(write_table(tmp_path, table))))]
+    assert mapped == planned

@@ -72,7 +72,11 @@ def map_table(path: Path) -> RoutingTable:
         dtype = np.dtype(entry["dtype"])
         count = int(np.prod(entry["shape"])) if entry["shape"] else 1
         if count == 0:  # an empty array may sit at the very end of the file: nothing to map
-            arrays[entry["name"]] = np.zeros(entry["shape"], dtype=dtype)
+            empty = np.zeros(entry["shape"], dtype=dtype)
+            # Read-only like every mapped array: the compiled UDP loop is typed on it, and a
+            # writable one would make each worker compile its own loop at the first query.
+            empty.flags.writeable = False
+            arrays[entry["name"]] = empty
             continue
         array = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + entry["offset"])
         arrays[entry["name"]] = array.reshape(entry["shape"])
