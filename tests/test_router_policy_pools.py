@@ -241,8 +241,8 @@ def test_loadtest_oracle_agrees_with_the_router_on_pools_and_fences(zones: Path)
 
 
 def test_pools_keep_portuguese_and_french_clients_at_home(zones: Path) -> None:
-    # tests/fixtures/pools.policy.yaml: the sample with a web policy of FR and PT pools.
-    _, model = compiled(zones, (REPO / "tests" / "fixtures" / "pools.policy.yaml").read_text())
+    # The sample's own web policy: FR and PT pools.
+    _, model = compiled(zones, (REPO / "zones" / "cdn.example.policy.yaml").read_text())
     p = web(model)
     table = Planner(model).build(states(model, []), None, generation=1)
     assert answered(model, table, p, group_of(model, "PT", 2860)) <= set(PT)

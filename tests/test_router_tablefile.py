@@ -16,14 +16,14 @@ from router.steering.model import compile_model
 from tests.conftest import REPO, make_deployment
 
 
-@pytest.mark.parametrize("policy", ["sample", "pools"])
+@pytest.mark.parametrize("policy", ["pools", "nodes-all"])
 def test_every_array_round_trips(tmp_path: Path, policy: str) -> None:
-    zones = make_deployment(tmp_path)
-    if policy == "pools":  # a policy with pools: its classes' pools are in the table
-        shutil.copy(REPO / "tests" / "fixtures" / "pools.policy.yaml", zones / "cdn.example.policy.yaml")
+    zones = make_deployment(tmp_path)  # the sample: its web policy has pools, in the table
+    if policy == "nodes-all":  # no policy with pools: an empty array, at the end of the file
+        shutil.copy(REPO / "tests" / "fixtures" / "nodes-all.policy.yaml", zones / "cdn.example.policy.yaml")
     model = compile_model(load_deployment(zones))
     table = Planner(model).build(np.zeros(len(model.node_ids), dtype=np.int8), None, generation=7)
-    assert (table.policy_pool.size > 0) == (policy == "pools")  # the sample's is empty, at the end of the file
+    assert (table.policy_pool.size > 0) == (policy == "pools")
     read = map_table(write_table(tmp_path, table))
     assert read.generation == 7
     assert {f.name for f in dataclasses.fields(read)} == {"generation", *_ARRAYS}
