@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import dns.name
 import dns.rdatatype
+import numpy as np
 
 from router.dns import query_stats, wire
 
@@ -128,7 +129,19 @@ class QueryLog:
         self.pools = list(pools) or [None] * len(self.policy_keys)
         self._countdown = settings.every
         self._file = AppendFile(settings.path)
+        self._chains: dict[tuple[int, int, int], tuple[list[int], np.ndarray]] = {}
         self.written = 0
+
+    def _chain(self, policy: int, routing, k: int, resolved: int) -> tuple[list[int], np.ndarray]:  # noqa: ANN001
+        """Class ``k``'s fallback chain and the answering pool's nodes inside its fence; both
+        depend on the config only, so they are worked out once per class and pool."""
+        key = (policy, k, resolved)
+        cached = self._chains.get(key)
+        if cached is None:
+            inside = np.flatnonzero(routing.pool_nodes[resolved] & routing.class_fence[k]) if resolved >= 0 else np.zeros(0, dtype=np.int64)
+            cached = (routing.chain(k), inside)
+            self._chains[key] = cached
+        return cached
 
     def due(self) -> bool:
         """True once in every ``every`` calls."""
@@ -197,8 +210,10 @@ class QueryLog:
             routing, group_class = pools
             rule = int(routing.group_rule[g])
             record["rule"] = f"{rule + 1}: {routing.rule_labels[rule]}"
-            reasons.append(_pool_reason(routing, int(group_class[g]), int(view.policy_pool[decision.policy, group_class[g]]),
-                                        view.node_state, record))  # fmt: skip
+            k = int(group_class[g])
+            resolved = int(view.policy_pool[decision.policy, k])
+            chain, inside = self._chain(decision.policy, routing, k, resolved)
+            reasons.append(_pool_reason(routing, chain, inside, resolved, view.node_state, record))
         reasons.append(_plan_reason(decision, view, nodes, self.node_ids))
         record["reason"] = "; ".join(r for r in reasons if r)
         return record
@@ -287,18 +302,17 @@ def _located_reason(source: str) -> str:
     }.get(source, source)  # fmt: skip
 
 
-def _pool_reason(routing, k: int, resolved: int, node_state, record: dict) -> str:  # noqa: ANN001
-    """Which rule matched and which pool of its fallback chain answered, and why."""
+def _pool_reason(routing, chain: list[int], inside, resolved: int, node_state, record: dict) -> str:  # noqa: ANN001
+    """Which rule matched and which pool of its fallback chain answered, and why.
+    ``inside``: the answering pool's nodes inside the class's geofence."""
     rule_text = f"rule {record['rule']}"
-    chain = routing.chain(k)
     if resolved < 0 or not chain:
         return f"{rule_text}: no pool of its chain has a node inside the geofence"
     record["pool"] = routing.pool_names[resolved]
     if resolved != chain[0]:
         skipped = ", ".join(routing.pool_names[q] for q in chain[: chain.index(resolved)])
         return f"{rule_text} -> pool {record['pool']} (fallback: {skipped} had no node up)"
-    inside = routing.pool_nodes[resolved] & routing.class_fence[k]
-    if inside.any() and (node_state[inside] == 2).all():
+    if len(inside) and (node_state[inside] == 2).all():
         return f"{rule_text} -> pool {record['pool']} (every pool of the chain is down: failing open in the first)"
     return f"{rule_text} -> pool {record['pool']}"
 
