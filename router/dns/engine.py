@@ -161,16 +161,17 @@ class Responder:
     def account(self, reply: bytes, source: str, udp: bool, sampled: bool = False) -> None:
         """Count ``reply`` to the last query (and log it if it is sampled)."""
         q = self.last_query
+        rcode = wire.FORMERR if q is None else reply_rcode(reply, q)
         if self.stats is not None:
             assert self.labels is not None
             transport = query_stats.UDP if udp else query_stats.TCP
             if q is None:
-                self.stats.count(query_stats.NAME_UNPARSED, transport, wire.FORMERR, None)
+                self.stats.count(query_stats.NAME_UNPARSED, transport, rcode, None)
             else:
                 name = self.labels.name_label(q.qname.lower(), q.qtype, self.book.exact)
-                self.stats.count(name, transport, reply_rcode(reply, q), q.qtype)
+                self.stats.count(name, transport, rcode, q.qtype)
         if self.query_log is not None and (sampled or self.query_log.due()):
-            self.query_log.write(self, q, self.last_decision, source, udp, reply)
+            self.query_log.write(self, q, self.last_decision, source, udp, reply, rcode)
 
     def _respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
         if len(packet) < 12 or packet[2] & 0x80:

@@ -49,6 +49,13 @@ log = logging.getLogger("router.query_log")
 REOPEN_CHECK_S = 1.0  # how often the path is looked at for a rotated file
 _PLAIN_LABELS = re.compile(rb"[A-Za-z0-9_*-]+")
 _STATE_LABELS = ("up", "draining", "down")  # NodeState values
+# By query_stats.LOCATED_*.
+_LOCATED_REASONS = (
+    "client located by its ECS subnet",
+    "client located by the resolver's address (no ECS)",
+    "client located by the resolver's address (the ECS address is private or reserved)",
+    "client located by the resolver's address (ECS source prefix 0)",
+)
 _TC = 0x0200
 _AA = 0x0400
 
@@ -155,15 +162,15 @@ class QueryLog:
         self._file.close()
 
     def write(self, responder: Responder, q: Query | None, decision: Decision | None, source: str, udp: bool,
-              reply: bytes) -> None:  # fmt: skip
-        record = self.record(responder, q, decision, source, udp, reply)
+              reply: bytes, rcode: int) -> None:  # fmt: skip
+        """``rcode``: the reply's full rcode (``engine.reply_rcode``)."""
+        record = self.record(responder, q, decision, source, udp, reply, rcode)
         self._file.write_line(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self.written += 1
 
     def record(self, responder: Responder, q: Query | None, decision: Decision | None, source: str, udp: bool,
-               reply: bytes) -> dict:  # fmt: skip
+               reply: bytes, rcode: int) -> dict:  # fmt: skip
         flags = int.from_bytes(reply[2:4], "big")
-        rcode = wire.FORMERR if q is None else _rcode(reply, q)
         record: dict = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "worker": self.worker,
@@ -191,7 +198,8 @@ class QueryLog:
         lat, lon = float(groups.lat[g]), float(groups.lon[g])
         view = responder.view()
         nodes = [int(n) for n in view.set_nodes[decision.answer_set] if n >= 0]
-        located = query_stats.LOCATED_LABELS[query_stats.LOCATED_BY[decision.source]]
+        located_code = query_stats.LOCATED_BY[decision.source]
+        located = query_stats.LOCATED_LABELS[located_code]
         record.update(
             policy=self.policy_keys[decision.policy],
             group={
@@ -204,7 +212,7 @@ class QueryLog:
             located_by=located,
             nodes=[self.node_ids[n] for n in nodes],
         )
-        reasons = [_located_reason(decision.source)]
+        reasons = [_LOCATED_REASONS[located_code]]
         pools = self.pools[decision.policy]
         if pools is not None:
             routing, group_class = pools
@@ -231,10 +239,6 @@ def _name_text(wire_name: bytes) -> str:
     if not all(_PLAIN_LABELS.fullmatch(label) for label in labels):
         return dns.name.from_wire(wire_name, 0)[0].to_text()
     return b".".join(labels).decode("ascii") + "."
-
-
-def _rcode(reply: bytes, q: Query) -> int:
-    return wire.BADVERS if q.edns and q.version != 0 else reply[3] & 0xF
 
 
 def _type_text(qtype: int) -> str:
@@ -291,15 +295,6 @@ def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply:
     if not flags & _AA and authority:
         return "referral to a delegated zone"
     return "the name exists but has no records of this type (NODATA)"
-
-
-def _located_reason(source: str) -> str:
-    return {
-        "ecs": "client located by its ECS subnet",
-        "source": "client located by the resolver's address (no ECS)",
-        "source (ECS address is not routable)": "client located by the resolver's address (the ECS address is private or reserved)",
-        "source (ECS /0)": "client located by the resolver's address (ECS source prefix 0)",
-    }.get(source, source)  # fmt: skip
 
 
 def _pool_reason(routing, chain: list[int], inside, resolved: int, node_state, record: dict) -> str:  # noqa: ANN001
