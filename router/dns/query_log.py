@@ -39,6 +39,7 @@ import dns.rdatatype
 import numpy as np
 
 from router.dns import query_stats, wire
+from router.health.state import NodeState
 
 if TYPE_CHECKING:
     from router.dns.engine import Decision, Responder
@@ -48,7 +49,6 @@ log = logging.getLogger("router.query_log")
 
 REOPEN_CHECK_S = 1.0  # how often the path is looked at for a rotated file
 _PLAIN_LABELS = re.compile(rb"[A-Za-z0-9_*-]+")
-_STATE_LABELS = ("up", "draining", "down")  # NodeState values
 # By query_stats.LOCATED_*.
 _LOCATED_REASONS = (
     "client located by its ECS subnet",
@@ -56,8 +56,6 @@ _LOCATED_REASONS = (
     "client located by the resolver's address (the ECS address is private or reserved)",
     "client located by the resolver's address (ECS source prefix 0)",
 )
-_TC = 0x0200
-_AA = 0x0400
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ class QueryLog:
             "qtype": None if q is None else _type_text(q.qtype),
             "rcode": query_stats.RCODE_LABELS[query_stats.rcode_bucket(rcode)],
             "answers": int.from_bytes(reply[6:8], "big"),
-            "truncated": bool(flags & _TC),
+            "truncated": bool(flags & wire.TC),
             "scope": _reply_scope(reply, q),
             "policy": None,
             "group": None,
@@ -292,7 +290,7 @@ def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply:
     if answers:
         return "static records from the zone file"
     authority = int.from_bytes(reply[8:10], "big")
-    if not flags & _AA and authority:
+    if not flags & wire.AA and authority:
         return "referral to a delegated zone"
     return "the name exists but has no records of this type (NODATA)"
 
@@ -307,7 +305,7 @@ def _pool_reason(routing, chain: list[int], inside, resolved: int, node_state, r
     if resolved != chain[0]:
         skipped = ", ".join(routing.pool_names[q] for q in chain[: chain.index(resolved)])
         return f"{rule_text} -> pool {record['pool']} (fallback: {skipped} had no node up)"
-    if len(inside) and (node_state[inside] == 2).all():
+    if len(inside) and (node_state[inside] == NodeState.DOWN).all():
         return f"{rule_text} -> pool {record['pool']} (every pool of the chain is down: failing open in the first)"
     return f"{rule_text} -> pool {record['pool']}"
 
@@ -331,8 +329,8 @@ def _plan_reason(decision: Decision, view, nodes: list[int], node_ids: list[str]
                 break
             previous = cum
     states = [int(view.node_state[n]) for n in nodes]
-    if nodes and all(state != 0 for state in states):
+    if nodes and all(state != NodeState.UP for state in states):
         parts.append("no answered node is up: failing open")
-    elif nodes and states[0] != 0:
-        parts.append(f"first node {node_ids[nodes[0]]} is {_STATE_LABELS[states[0]]}")
+    elif nodes and states[0] != NodeState.UP:
+        parts.append(f"first node {node_ids[nodes[0]]} is {NodeState(states[0]).label}")
     return "; ".join(parts)
