@@ -121,19 +121,28 @@ class AppendFile:
             self._fd = -1
 
 
-class QueryLog:
-    """One worker thread's writer. ``node_ids`` and ``policy_keys`` (``zone/name``) are the config's."""
+@dataclass(frozen=True)
+class QueryLogOptions:
+    """What a worker needs to write the query log: the settings and the config's names."""
 
-    def __init__(self, settings: QueryLogSettings, worker: int, node_ids: tuple[str, ...] | list[str],
-                 policy_keys: tuple[str, ...] | list[str], pools: tuple = ()) -> None:  # fmt: skip
-        """``pools``: per policy, None or (its PoolRouting, its group -> class array)."""
-        self.every = settings.every
+    settings: QueryLogSettings
+    node_ids: tuple[str, ...]
+    policy_keys: tuple[str, ...]  # zone/name
+    # Per policy: None, or for a policy of pools (its PoolRouting, its group -> class array).
+    pools: tuple
+
+
+class QueryLog:
+    """One worker thread's writer."""
+
+    def __init__(self, options: QueryLogOptions, worker: int) -> None:
+        self.every = options.settings.every
         self.worker = worker
-        self.node_ids = list(node_ids)
-        self.policy_keys = list(policy_keys)
-        self.pools = list(pools) or [None] * len(self.policy_keys)
-        self._countdown = settings.every
-        self._file = AppendFile(settings.path)
+        self.node_ids = options.node_ids
+        self.policy_keys = options.policy_keys
+        self.pools = options.pools
+        self._countdown = options.settings.every
+        self._file = AppendFile(options.settings.path)
         self._chains: dict[tuple[int, int, int], tuple[list[int], np.ndarray]] = {}
         self.written = 0
 

@@ -33,7 +33,7 @@ from router.config import ConfigError, load_deployment
 from router.config.deployment import Deployment
 from router.dns import udp_batch
 from router.dns.engine import TableView
-from router.dns.query_log import QueryLogSettings
+from router.dns.query_log import QueryLogOptions, QueryLogSettings
 from router.geo.clientmap import UNKNOWN_GROUP
 from router.health.policy_probes import probe_url
 from router.health.state import NodeState, NodeStatus
@@ -46,7 +46,7 @@ from router.service.query_counters import QueryAccounts, QueryCounters
 from router.service.shared import shared_zeros
 from router.service.socket_stats import udp_socket_stats
 from router.service.tablefile import write_table
-from router.service.worker import QueryLogOptions, worker_main
+from router.service.worker import worker_main
 from router.steering.build import RoutingTable
 from router.steering.decisions import policy_key
 from router.steering.model import SteeringModel, compile_model

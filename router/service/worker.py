@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import threading
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from router.dns import udp_batch
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import FastBook
-from router.dns.query_log import QueryLog, QueryLogSettings
+from router.dns.query_log import QueryLog, QueryLogOptions
 from router.dns.query_stats import QueryLabels, QueryStats
 from router.dns.transport import (
     RETIRE_GRACE_S,
@@ -41,17 +40,6 @@ from router.geo.clientmap import ClientMap
 from router.service.tablefile import map_table
 
 log = logging.getLogger("router.worker")
-
-
-@dataclass(frozen=True)
-class QueryLogOptions:
-    """What a worker needs to write the query log: the settings and the config's names."""
-
-    settings: QueryLogSettings
-    node_ids: tuple[str, ...]
-    policy_keys: tuple[str, ...]
-    # Per policy with pools: (its PoolRouting, its group -> class array), else None.
-    pools: tuple = ()
 
 
 def _view(path: Path) -> TableView:
@@ -103,7 +91,7 @@ def worker_main(
     def responder() -> Responder:  # one per thread: a Responder keeps its last query
         log_writer = None
         if query_log is not None:
-            log_writer = QueryLog(query_log.settings, index, query_log.node_ids, query_log.policy_keys, query_log.pools)
+            log_writer = QueryLog(query_log, index)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
                          query_log=log_writer)  # fmt: skip
 
