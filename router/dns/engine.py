@@ -86,7 +86,7 @@ class TableView:
         self.split_cum = table.split_cum
         self.node_state = table.node_state  # int8[N]: NodeState the table was built from
         self.policy_pool = table.policy_pool  # int32[P, K]: pool of each class (pools policies)
-        self.bodies: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.bodies: dict[tuple[int, int], tuple[bytes, list[int]]] = {}  # (answer, its nodes)
         self.splits: dict[int, tuple[list[int], list[int]]] = {}
 
     def pick(self, row: int, key: int) -> int:
@@ -230,15 +230,14 @@ class Responder:
         cached = view.bodies.get(key)
         if cached is None:
             nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
-            cached = (entry.encode(nodes), len(nodes))
+            cached = (entry.encode(nodes), nodes)
             view.bodies[key] = cached
+        body, nodes = cached
         if self.record_decisions:
             self.last_decision = Decision(entry.policy, group, scope, answer_set, origin, split_row)
         if self.stats is not None:
-            nodes = [int(n) for n in view.set_nodes[answer_set] if n >= 0]
             self.stats.count_steered(query_stats.UDP if udp else query_stats.TCP, nodes, query_stats.LOCATED_BY[origin])
-        body, count = cached
-        return self._reply(q, wire.AA, count, 0, 0, body, udp, scope)
+        return self._reply(q, wire.AA, len(nodes), 0, 0, body, udp, scope)
 
     def _locate(self, q: Query, source: str) -> tuple[int, int, str, int]:
         """(group, ECS scope, what decided, sticky client key) for a steered query."""
