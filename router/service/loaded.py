@@ -127,14 +127,15 @@ def prepare(
 
 
 def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
-    """What the running config learnt that the files do not say: node health, the
-    heartbeat sequence numbers (replay protection), the RTT averages fused from heartbeats
-    when the client groups are the same, and the observed demand when the policies are the
-    same too. Returns notes for the log."""
+    """What the running config learnt that the files do not say: node health (with the new
+    files' admin_state file applied on top), the heartbeat sequence numbers (replay
+    protection), the RTT averages fused from heartbeats when the client groups are the same,
+    and the observed demand when the policies are the same too. Returns notes for the log."""
     notes = []
     dropped = new.health.carry_from(old.health)
     if dropped:
         notes.append(f"nodes no longer in the config: {', '.join(dropped)}")
+    new.health.apply_admin_file(new.deployment.admin_state)
     if new.verifier is not None and old.verifier is not None:
         keys = new.verifier.keys
         new.verifier.last_seq = {n: s for n, s in old.verifier.last_seq.items() if keys.get(n) == old.verifier.keys.get(n)}

@@ -721,7 +721,6 @@ class Supervisor:
         with self._lock:
             for note in loaded.carry_over(new, self.config):
                 log.info("reload: %s", note)
-            new.health.apply_admin_file(new.deployment.admin_state)
             states = new.health.states()
             util = new.health.utilization().copy()
         new.planner.policy_down = new.policy_probes.down.copy()
@@ -748,7 +747,6 @@ class Supervisor:
         with self._lock, self._workers_lock:
             # Heartbeats kept arriving at the old health while the workers started.
             loaded.carry_over(new, self.config)
-            new.health.apply_admin_file(new.deployment.admin_state)
             old_workers, self._workers = self._workers, successors
             self.query_accounts.add(new.query_counters)
             self.config = new
