@@ -130,9 +130,7 @@ class NodeHealth:
     def health_states(self) -> list[NodeState]:
         """Each node's state without the admin overrides: the monitor's verdict, else up."""
         with self._lock:
-            if self.monitor is None:
-                return [NodeState.UP] * len(self.node_ids)
-            return [NodeState(int(state)) for state in self.monitor.state]
+            return [self._health_entry(i)[0] for i in range(len(self.node_ids))]
 
     def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
         """An accepted heartbeat; True when its node's effective state changed."""
@@ -253,6 +251,10 @@ class NodeHealth:
         admin = self._admin.get(self.node_ids[i])
         if admin is not None:
             return ADMIN_STATES[admin[0]], admin[1]  # type: ignore[return-value]
+        return self._health_entry(i)
+
+    def _health_entry(self, i: int) -> tuple[NodeState, str]:
+        """Node ``i``'s state and reason without admin overrides."""
         if self.monitor is not None:
             return NodeState(int(self.monitor.state[i])), self.monitor.reason[i]
         return NodeState.UP, "no health monitoring configured; in service"
