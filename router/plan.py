@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from router.config.deployment import Deployment
-from router.health.state import ADMIN_STATES, NodeState, with_admin_file
+from router.health.state import ADMIN_STATES, NodeState, held_by_admin, with_admin_file
 from router.steering.build import Planner
 from router.steering.decisions import PRIOR, decisions_json, demand_json, group_keys, policy_key
 from router.steering.model import compile_model
@@ -142,7 +142,7 @@ def _saved_states(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]
         nodes = json.loads(path.read_text(encoding="utf-8"))["nodes"]
         health, overrides = {}, {}
         for node_id, saved in nodes.items():
-            if saved.get("state") in _STATES and not str(saved.get("reason", "")).startswith("admin:"):
+            if saved.get("state") in _STATES and not held_by_admin(str(saved.get("reason", ""))):
                 health[node_id] = saved["state"]
             if saved.get("admin_state") in ("down", "drain"):
                 overrides[node_id] = (saved["admin_state"], "api")

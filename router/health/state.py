@@ -37,7 +37,13 @@ class NodeState(IntEnum):
 
 ADMIN_STATES = {"up": None, "down": NodeState.DOWN, "drain": NodeState.DRAINING}
 _LABELS = {"up": NodeState.UP, "draining": NodeState.DRAINING, "down": NodeState.DOWN}
-ADMIN_FILE_SUFFIX = "in the admin_state file"  # the reason of an override the file set
+ADMIN_REASON_PREFIX = "admin:"  # the reason of every override starts so
+ADMIN_FILE_SUFFIX = "in the admin_state file"  # the reason of an override the file set ends so
+
+
+def held_by_admin(reason: str) -> bool:
+    """The reason is an admin override's, not the node's own health."""
+    return reason.startswith(ADMIN_REASON_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class NodeHealth:
             if ADMIN_STATES[admin] is None:
                 self._admin.pop(node_id, None)
             else:
-                self._admin[node_id] = (admin, f"admin: set {admin} by operator")
+                self._admin[node_id] = (admin, f"{ADMIN_REASON_PREFIX} set {admin} by operator")
             return self._refresh_node(self._index[node_id])
 
     def apply_admin_file(self, entries: dict[str, str]) -> bool:
@@ -114,7 +120,7 @@ class NodeHealth:
         with self._lock:
             merged = with_admin_file(self._overrides(), {n: a for n, a in entries.items() if n in self._index})
             self._admin = {
-                node_id: self._admin[node_id] if source == "api" else (admin, f"admin: set {admin} {ADMIN_FILE_SUFFIX}")
+                node_id: self._admin[node_id] if source == "api" else (admin, f"{ADMIN_REASON_PREFIX} set {admin} {ADMIN_FILE_SUFFIX}")
                 for node_id, (admin, source) in merged.items()
             }
             return self._refresh()
@@ -236,9 +242,9 @@ class NodeHealth:
                     continue
                 admin = saved.get("admin_state")
                 if admin in ("down", "drain"):
-                    self._admin[node_id] = (admin, f"admin: set {admin} by operator (restored)")
+                    self._admin[node_id] = (admin, f"{ADMIN_REASON_PREFIX} set {admin} by operator (restored)")
                 state = _LABELS.get(saved.get("state"))
-                from_admin = str(saved.get("reason", "")).startswith("admin:")  # not the monitor's verdict
+                from_admin = held_by_admin(str(saved.get("reason", "")))  # not the monitor's verdict
                 if self.monitor is not None and state is not None and admin is None and state != NodeState.UP and not from_admin:
                     self.monitor.restore(node_id, state, str(saved.get("reason", "")), now)
             self._refresh()
