@@ -163,7 +163,7 @@ def create_app(
         return web.json_response({"changes": changes})
 
     async def config_json(request: web.Request) -> web.Response:
-        config = supervisor.config
+        config, table = supervisor.in_service()
         log_ = supervisor.reloads
         return web.json_response({
             "version": config.version,
@@ -173,7 +173,7 @@ def create_app(
             "zones": [str(z) for z in config.deployment.zones],
             "nodes": len(config.model.node_ids),
             "policies": [{"zone": str(c.zone), "name": c.name} for c in config.model.policies],
-            "generation": supervisor.table.generation,
+            "generation": table.generation,
             "reloads": {"ok": log_.ok, "failed": log_.failed, "unchanged": log_.unchanged},
             "last_attempt": log_.last_attempt,
             "last_error": log_.last_error,

@@ -58,13 +58,13 @@ class SupervisorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sup = self.supervisor
-        config = sup.config  # one config for the whole scrape, even if a reload swaps it
+        config, table = sup.in_service()  # one config and its table for the whole scrape
         yield from _reload_metrics(sup, config)
         serving = GaugeMetricFamily("router_service_serving", "1 while serving, 0 while draining (anycast withdrawn)")
         serving.add_metric([], 1.0 if sup.service_state == "serving" else 0.0)
         yield serving
         generation = GaugeMetricFamily("router_routing_table_generation", "generation of the routing table in service")
-        generation.add_metric([], float(sup.table.generation))
+        generation.add_metric([], float(table.generation))
         yield generation
         yield _histogram(sup.build_seconds)
 
