@@ -249,7 +249,7 @@ async def _run(  # noqa: ANN001
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reloader = _Reloader(supervisor, watch_s, seen)
+    reloader = _Reloader(supervisor, watch_s, seen, telemetry is not None)
     loop.add_signal_handler(signal.SIGHUP, reloader.wake.set)
     runner = None
     api_text = "off"
@@ -271,8 +271,7 @@ async def _run(  # noqa: ANN001
         bound = transport.get_extra_info("sockname")
         telemetry_text = _endpoint(bound[0], bound[1])
         tick_task = asyncio.create_task(_tick(supervisor))
-    reloader.probes = _start_probes(supervisor, telemetry is not None)
-    reloader.on_reload = lambda: _start_probes(supervisor, telemetry is not None)
+    reloader.restart_probes()
     reload_task = asyncio.create_task(reloader.run())
     dns_text = _endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
@@ -332,14 +331,19 @@ class _Reloader:
     config files changed and then stayed unchanged for one more look (an editor writing a
     file in several steps is not caught half-way)."""
 
-    def __init__(self, supervisor, watch_s: float, seen: tuple) -> None:  # noqa: ANN001
+    def __init__(self, supervisor, watch_s: float, seen: tuple, telemetry: bool) -> None:  # noqa: ANN001
         self.supervisor = supervisor
         self.watch_s = watch_s
         self.seen = seen  # the files' fingerprint when last loaded
+        self.telemetry = telemetry
         self.wake = asyncio.Event()
         self.lock = asyncio.Lock()
-        self.probes: list[asyncio.Task] = []
-        self.on_reload = None
+        self.probes: list[asyncio.Task] = []  # of the config in service
+
+    def restart_probes(self) -> None:
+        for task in self.probes:
+            task.cancel()
+        self.probes = _start_probes(self.supervisor, self.telemetry)
 
     async def reload(self, trigger: str) -> dict:
         from router.service.config_files import fingerprint
@@ -348,10 +352,8 @@ class _Reloader:
             directory = self.supervisor.deployment.directory
             self.seen = await asyncio.to_thread(fingerprint, directory)
             attempt = await asyncio.to_thread(self.supervisor.reload, trigger)
-            if attempt["result"] == "ok" and self.on_reload is not None:
-                for task in self.probes:
-                    task.cancel()
-                self.probes = self.on_reload()
+            if attempt["result"] == "ok":
+                self.restart_probes()
             return attempt
 
     async def run(self) -> None:
