@@ -103,6 +103,16 @@ class Rule(BaseModel):
     def catch_all(self) -> bool:
         return self.asns is None and self.geos is None
 
+    @property
+    def clients(self) -> str:
+        """Whom the rule matches, in words: ``geos EU-PT and asns 3243``, or ``catch-all``."""
+        parts = []
+        if self.geos is not None:
+            parts.append(f"geos {', '.join(self.geos)}")
+        if self.asns is not None:
+            parts.append(f"asns {', '.join(map(str, self.asns))}")
+        return " and ".join(parts) or "catch-all"
+
     def countries(self) -> frozenset[str] | None:
         """The client countries this rule matches; None: any country."""
         if self.geos is None:
@@ -426,12 +436,7 @@ def _covered_together(rules: tuple[Rule, ...] | list[Rule], i: int, earlier: lis
 
 
 def _describe_rule(rule: Rule) -> str:
-    parts = []
-    if rule.geos is not None:
-        parts.append(f"geos {', '.join(map(str, rule.geos))}")
-    if rule.asns is not None:
-        parts.append(f"asns {', '.join(map(str, rule.asns))}")
-    return f"{' and '.join(parts) or 'catch-all'} -> pool {rule.pool}"
+    return f"{rule.clients} -> pool {rule.pool}"
 
 
 def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:

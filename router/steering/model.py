@@ -290,7 +290,7 @@ def _compile_pools(
         group_class[g] = pairs.setdefault(key, len(pairs))
     routing = PoolRouting(
         pool_names=names, pool_nodes=pool_nodes, pool_fallback=fallback, rule_pool=rule_pool,
-        rule_labels=tuple(_rule_label(rule) for rule in policy.rules), group_rule=group_rule,
+        rule_labels=tuple(rule.clients for rule in policy.rules), group_rule=group_rule,
         class_rule=np.array([r for r, _ in pairs], dtype=np.int32),
         class_fence=np.array([geofence_allowed[f] for _, f in pairs], dtype=np.bool_),
     )  # fmt: skip
@@ -300,11 +300,3 @@ def _compile_pools(
         fence_allowed=routing.allowed(routing.resolve(healthy)),
     )
 
-
-def _rule_label(rule) -> str:  # noqa: ANN001 - router.config.policy.Rule
-    parts = []
-    if rule.geos is not None:
-        parts.append("geos " + ", ".join(rule.geos))
-    if rule.asns is not None:
-        parts.append("asns " + ", ".join(map(str, rule.asns)))
-    return " and ".join(parts) or "catch-all"
