@@ -50,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from router.steering import _kernels, reference  # noqa: E402
+from router.steering import _kernels  # noqa: E402
 from router.steering.build import planning_order  # noqa: E402
-from router.steering.plan import (  # noqa: E402
+from router.steering.capacity import (  # noqa: E402
     CANDIDATES,
     PlanInputs,
     Topology,
@@ -60,6 +60,7 @@ from router.steering.plan import (  # noqa: E402
     replan_node_down,
 )
 from router.steering.rank import RankInputs, group_components, rank_groups  # noqa: E402
+from tests import reference  # noqa: E402
 
 CONTRACT_KEYS = (
     "lpm_v4_batch_per_s", "lpm_v6_batch_per_s", "lpm_single_us", "full_recompute_s",

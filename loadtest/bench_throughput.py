@@ -428,21 +428,14 @@ class Oracle:
     """
 
     def __init__(self, zones: Path) -> None:
-        from router.dns.engine import Responder, TableView
-        from router.explain import _last_known_health
-        from router.service.loaded import build_book
-        from router.steering.build import Planner
-        from router.steering.model import compile_model
+        from router.service.compiled import compile_deployment, last_known_health
 
         self.zones = zones
         self.deployment = load_deployment(zones)
-        self.model = compile_model(self.deployment)
-        book = build_book(self.deployment, self.model)
-        health = _last_known_health(self.deployment, self.model)
-        self.planner = Planner(self.model)
-        self.table = self.planner.build(health.states(), None, generation=1)
-        view = TableView(self.table)
-        self.responder = Responder(book, self.model.client_map, lambda: view)
+        compiled = compile_deployment(self.deployment)
+        self.model, self.planner = compiled.model, compiled.planner
+        self.table = compiled.plan(last_known_health(self.deployment, self.model).states())
+        self.responder = compiled.responder(self.table)
 
     def reply(self, wire: bytes, source: str = "127.0.0.1") -> dns.message.Message:
         answer = self.responder.respond(wire, source, udp=True)

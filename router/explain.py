@@ -7,7 +7,6 @@ source address for a bare IP), so what is printed is what a resolver would get.
 from __future__ import annotations
 
 import ipaddress
-import time
 from dataclasses import dataclass, field
 
 import dns.edns
@@ -18,14 +17,9 @@ import dns.rdatatype
 import numpy as np
 
 from router.config.deployment import Deployment
-from router.dns.engine import Responder, TableView
-from router.health.monitor import NodeMonitor
-from router.health.state import NodeHealth, NodeState
-from router.service.loaded import build_book
-from router.steering.build import Planner
-from router.steering.model import compile_model
+from router.health.state import NodeState
+from router.service.compiled import compile_deployment, last_known_health
 from router.steering.rank import group_components
-from router.steering.samples import seeded_samples
 
 # Indexed by the kernels' latency source codes (ESTIMATED, COUNTRY_TABLE, NODE_SAMPLES).
 LATENCY_SOURCES = ("estimated", "measured", "node samples")
@@ -116,36 +110,12 @@ class Explanation:
         return "\n".join(lines)
 
 
-def _last_known_health(deployment: Deployment, model) -> NodeHealth:  # noqa: ANN001
-    """Node states as the running router last saved them (the state file), else all up."""
-    monitor = None
-    if deployment.health is not None:
-        monitor = NodeMonitor(
-            model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic()
-        )
-    health = NodeHealth(model.node_ids, monitor)
-    if deployment.state_file is not None:
-        health.load(deployment.state_file, time.monotonic())
-    for node_id, admin in deployment.admin_state.items():  # the admin_state file, as serve applies it
-        health.set_admin_state(node_id, admin)
-    if monitor is not None:
-        # Offline, no heartbeat will come: what is not known to be down is shown as up.
-        for i, reason in enumerate(monitor.reason):
-            if monitor.state[i] == NodeState.UP and reason.startswith("no heartbeat yet"):
-                monitor.reason[i] = "no recorded problem (state file)"
-    return health
-
-
 def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") -> Explanation:
-    model = compile_model(deployment)
-    book = build_book(deployment, model)
-    health = _last_known_health(deployment, model)
-    planner = Planner(model)
-    if deployment.rtt_samples:
-        planner.samples = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)[0].csr(time.monotonic())
-    table = planner.build(health.states(), None, generation=1)
-    view = TableView(table)
-    responder = Responder(book, model.client_map, lambda: view, record_decisions=True)
+    compiled = compile_deployment(deployment)
+    model, planner = compiled.model, compiled.planner
+    health = last_known_health(deployment, model)
+    table = compiled.plan(health.states())
+    responder = compiled.responder(table, record_decisions=True)
 
     qname = dns.name.from_text(name)
     rdtype = dns.rdatatype.from_text(qtype)

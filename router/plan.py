@@ -4,7 +4,7 @@ Before: the running router's decisions (``GET /v1/decisions``, ``GET /v1/demand`
 API) or a directory planned offline (all nodes up unless a state file says otherwise,
 demand = each policy's configured prior). After: the new directory planned with the same
 node states, load, policy-probe verdicts and demand, matched by node id and client group
-key (``router.steering.decisions``). The two are compared name by name and group by group.
+key (``router.api.decisions``). The two are compared name by name and group by group.
 
 Traffic "moves" where a group's clients get another node first in their answer: the
 share moved is 1 - sum over nodes of min(before share, after share) of the group's
@@ -15,7 +15,6 @@ that share a policy share its demand equally here.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from router.api.decisions import PRIOR, decisions_json, demand_json, group_keys
 from router.config.deployment import Deployment
 from router.health.state import ADMIN_STATES, NodeState, held_by_admin, with_admin_file
-from router.steering.build import Planner
-from router.steering.decisions import PRIOR, decisions_json, demand_json, group_keys, policy_key
-from router.steering.model import compile_model
-from router.steering.samples import seeded_samples
+from router.service.compiled import compile_deployment
 
 EXIT_NO_CHANGES = 0
 EXIT_ERROR = 1
@@ -83,12 +80,12 @@ def plan_offline(
     Either way ``deployment``'s own admin_state file is applied on top, as ``router serve``
     applies it at a reload (what the old file set and the new one does not name is lifted).
     """
-    model = compile_model(deployment)
+    offline = compile_deployment(deployment)
+    model, planner = offline.model, offline.planner
     node_ids = model.node_ids
     health = np.zeros(len(node_ids), dtype=np.int8)  # states without admin overrides
     overrides: dict[str, tuple[str, str]] = {}
     util = np.zeros(len(node_ids))
-    planner = Planner(model)
     source = PRIOR
     if before is not None:
         decisions, demand = before
@@ -104,7 +101,7 @@ def plan_offline(
         keys = group_keys(model.client_map)
         known = {g["key"] for g in decisions["groups"]}
         for p, compiled in enumerate(model.policies):
-            pkey = policy_key(compiled.zone, compiled.name)
+            pkey = compiled.key
             old = decisions["policies"].get(pkey)
             for node_id in old["probe_down"] if old else ():
                 if node_id in index:
@@ -124,9 +121,7 @@ def plan_offline(
     for i, node_id in enumerate(node_ids):
         if node_id in overrides:
             states[i] = ADMIN_STATES[overrides[node_id][0]]
-    if deployment.rtt_samples:
-        planner.samples = seeded_samples(deployment.rtt_samples, model.client_map, node_ids)[0].csr(time.monotonic())
-    table = planner.build(states, util, generation=0)
+    table = offline.plan(states, util, generation=0)
     decisions = decisions_json(
         model, table, sites=tuple(deployment.inventory.sites), zones=deployment.zones, node_util=util,
         policy_down=planner.policy_down, overrides=overrides, health_states=[NodeState(int(s)) for s in health],

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from router.config import load_deployment
+from router.config.latency import load_rtt_samples
 from router.explain import explain
-from router.geo.latency import load_rtt_samples
 from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel, moved_share
 from router.service.supervisor import Supervisor

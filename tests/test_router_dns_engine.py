@@ -26,7 +26,7 @@ import pytest
 from router.config import load_deployment
 from router.dns.engine import Responder, TableView
 from router.health import NodeHealth
-from router.service.loaded import build_book
+from router.service.compiled import build_book
 from router.steering import build_routing_table, compile_model
 from tests.conftest import recv_exactly
 

@@ -21,7 +21,7 @@ from router.config import load_deployment
 from router.config.problems import ConfigError
 from router.dns.engine import Responder, TableView
 from router.health import NodeHealth
-from router.service.loaded import build_book
+from router.service.compiled import build_book
 from router.steering import compile_model
 from router.steering.build import WEIGHT_SCALE, Planner
 

@@ -1,6 +1,6 @@
 """The numba steering kernels (router/steering/_kernels.py), through router/steering/rank.py.
 
-``rank_groups`` is held equal to the plain reference in ``router/steering/reference.py`` on random
+``rank_groups`` is held equal to the plain reference in ``tests/reference.py`` on random
 inputs, ``group_components`` to the reference score matrix and to the scoring formula, and
 the ranking is checked against metamorphic properties: health tiers and fail-open, pool
 membership, row shape, node-order invariance, monotonicity in load and the on-net bonus.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from router.steering import _kernels, reference
+from router.steering import _kernels
 from router.steering.rank import (
     EST_BASE_MS,
     EST_MS_PER_KM,
@@ -25,6 +25,7 @@ from router.steering.rank import (
     group_components,
     rank_groups,
 )
+from tests import reference
 
 UP, DRAINING, DOWN = _kernels.UP, _kernels.DRAINING, _kernels.DOWN
 

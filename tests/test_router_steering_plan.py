@@ -1,4 +1,4 @@
-"""Capacity-aware planning (router/steering/plan.py) against its plain reference.
+"""Capacity-aware planning (router/steering/capacity.py) against its plain reference.
 
 Random worlds with geofences, sampled RTTs, demand and capacity: the numba plan equals
 ``reference.plan``; candidates equal the full-scan ranking even with a short location
@@ -13,8 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.steering import reference
-from router.steering.plan import (
+from router.steering.capacity import (
     PlanInputs,
     Topology,
     plan_policy,
@@ -23,6 +22,7 @@ from router.steering.plan import (
     replan_node_down,
 )
 from router.steering.rank import RankInputs, rank_groups
+from tests import reference
 
 PROPERTY = settings(max_examples=120, deadline=None)
 EPS = 1e-9

@@ -7,7 +7,7 @@
   is and the load it last reported.
 - ``GET /v1/decisions``: every steered name's policy (settings included) and every client
   group's answers (node ids, split shares) in the routing table in service, keyed so that
-  another config can be compared (``router.steering.decisions``; read by ``router plan``).
+  another config can be compared (``router/api/decisions.py``; read by ``router plan``).
 - ``GET /v1/demand``: the demand the plan uses, per policy and client group (Gbps), and
   whether it was observed or is the configured prior.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
@@ -36,11 +36,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from router.api import metrics
+from router.api import decisions, metrics
 from router.health.state import ADMIN_STATES, NodeStatus
 from router.service.loaded import LoadedConfig
 from router.service.supervisor import Supervisor
-from router.steering import decisions
 
 log = logging.getLogger("router.api")
 STATIC = Path(__file__).resolve().parent / "static"

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from router.config._validate import validate_item
 from router.config._yaml import LocatedYaml, YamlPath, load_yaml
 from router.config.admin_state import ADMIN_STATE_FILE, parse_admin_state
+from router.config.health import HealthConfig
+from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
@@ -34,40 +36,11 @@ from router.config.zones import parse_zone, zone_origin
 from router.geo.cache import load_client_map
 from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
 from router.geo.importers import SOURCE_KINDS, Source
-from router.geo.latency import RttSample, load_country_rtt, load_rtt_samples
-from router.health.monitor import HealthSettings
 
 DEPLOYMENT_FILE = "deployment.yaml"
 NODES_FILE = "nodes.yaml"
 POLICY_SUFFIX = ".policy.yaml"
 DEFAULT_CACHE_DIR = "../var/cache"  # relative to deployment.yaml; /var/ is not versioned
-
-
-class HealthConfig(BaseModel):
-    """``health:`` in ``deployment.yaml``: heartbeat telemetry and its hysteresis."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    keys: str  # the per-node HMAC keys file, relative to deployment.yaml; never in zone files
-    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)
-    missed_heartbeats: int = Field(default=3, ge=1, le=100)
-    recover_after: int = Field(default=3, ge=1, le=100)
-    hold_down_s: float = Field(default=10.0, ge=0, le=3600)
-    max_hold_down_s: float = Field(default=160.0, ge=0, le=86400)
-    replay_window_s: float = Field(default=5.0, gt=0, le=300)
-    high_water: float = Field(default=0.9, gt=0, le=2)
-    startup_grace_s: float = Field(default=10.0, ge=0, le=3600)
-    probe_interval_s: float = Field(default=2.0, gt=0, le=600)
-    probe_timeout_s: float = Field(default=1.0, gt=0, le=60)
-    probe_failures: int = Field(default=3, ge=1, le=100)  # consecutive failed probes: down
-
-    def settings(self) -> HealthSettings:
-        return HealthSettings(
-            heartbeat_interval_s=self.heartbeat_interval_s, missed_heartbeats=self.missed_heartbeats,
-            recover_after=self.recover_after, hold_down_s=self.hold_down_s,
-            max_hold_down_s=max(self.max_hold_down_s, self.hold_down_s), high_water=self.high_water,
-            startup_grace_s=self.startup_grace_s, probe_failures=self.probe_failures,
-        )  # fmt: skip
 
 
 class ClientMapSource(BaseModel):

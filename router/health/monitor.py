@@ -21,28 +21,11 @@ All times come from the caller (a monotonic clock), so the logic is deterministi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from router.config.health import HealthSettings
 from router.health.state import NodeState
 from router.health.telemetry import Heartbeat
-
-
-@dataclass(frozen=True)
-class HealthSettings:
-    heartbeat_interval_s: float = 1.0
-    missed_heartbeats: int = 3
-    recover_after: int = 3
-    hold_down_s: float = 10.0
-    max_hold_down_s: float = 160.0
-    high_water: float = 0.9  # load / capacity above which a node drains
-    startup_grace_s: float = 10.0  # never heard from since start: down after this
-    probe_failures: int = 3  # consecutive failed active probes: down
-
-    @property
-    def silence_bound_s(self) -> float:
-        return self.missed_heartbeats * self.heartbeat_interval_s
 
 
 def assess(heartbeat: Heartbeat, capacity_gbps: float, high_water: float) -> tuple[NodeState, str]:

@@ -26,24 +26,19 @@ from router.health.monitor import NodeMonitor
 from router.health.policy_probes import PolicyProbeState
 from router.health.state import NodeHealth
 from router.health.telemetry import Verifier
+from router.service.compiled import compile_deployment
 from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel
 from router.service.query_counters import QueryCounters
 from router.steering.build import Planner
 from router.steering.model import SteeringModel
-from router.steering.samples import RttSamples, seeded_samples
+from router.steering.samples import RttSamples
 
 log = logging.getLogger("router.service")
 
 
 class ConfigUnusable(Exception):
     """The files are valid but cannot be served by this running process."""
-
-
-def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
-    steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
-    addresses = list(zip(model.node_ipv4, model.node_ipv6))
-    return AnswerBook(deployment.zones, steered, addresses)
 
 
 @dataclass
@@ -89,18 +84,14 @@ def prepare(
     """Compile everything a config needs, before it serves (the slow part of a reload)."""
     if telemetry and (deployment.health is None or deployment.node_keys is None):
         raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
-    book = build_book(deployment, model)
+    compiled = compile_deployment(deployment, model)
+    book = compiled.book
     monitor = None
     verifier = None
     if telemetry:
         assert deployment.health is not None and deployment.node_keys is not None
         monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
         verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
-    planner = Planner(model)
-    rtt, seeded = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)
-    if deployment.rtt_samples:
-        log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
-        planner.samples = rtt.csr(time.monotonic())
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
     model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
@@ -113,9 +104,9 @@ def prepare(
         loaded_at=time.time(),
         book=book,
         fast_book=fast_book,
-        planner=planner,
+        planner=compiled.planner,
         policy_probes=PolicyProbeState([c.policy.probe for c in model.policies], model.node_ids),
-        rtt=rtt,
+        rtt=compiled.rtt,
         node_index={node_id: i for i, node_id in enumerate(model.node_ids)},
         demand_counters=DemandCounters(workers, len(model.policies), len(model.client_map.groups)),
         query_counters=QueryCounters(workers, labels, model.node_ids),

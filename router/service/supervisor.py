@@ -48,7 +48,6 @@ from router.service.socket_stats import udp_socket_stats
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import RoutingTable
-from router.steering.decisions import policy_key
 from router.steering.model import SteeringModel, compile_model
 
 log = logging.getLogger("router.service")
@@ -347,7 +346,7 @@ class Supervisor:
         if self.query_log is None:
             return None
         policies = config.model.policies
-        keys = tuple(policy_key(c.zone, c.name) for c in policies)
+        keys = tuple(c.key for c in policies)
         pools = tuple(None if c.routing is None else (c.routing, c.group_fence) for c in policies)
         return QueryLogOptions(self.query_log, tuple(config.model.node_ids), keys, pools)
 

@@ -13,7 +13,7 @@ its policy's pool that its geofence allows (fence 0 allows every node). Among th
 nodes only; if there is no up node, the draining ones; if none of those either, every
 allowed node (fail open inside the fence: an answer that might work beats an empty one,
 and a fence is never crossed). Ties on score go to the nearer node, then to the lower
-node index. Every kernel has a plain reference in ``router/steering/reference.py``.
+node index. Every kernel has a plain reference in ``tests/reference.py``.
 """
 
 import math

@@ -2,7 +2,7 @@
 
 A table is built whenever an input changes (node state, load, demand) and swapped in
 atomically; the DNS side only ever reads it. Each policy is planned with
-``router.steering.plan``; a group whose demand the plan splits over several nodes gets
+``router.steering.capacity``; a group whose demand the plan splits over several nodes gets
 several answers with weights, and the DNS side picks one per client subnet (sticky).
 Every answer leads with the node the plan chose, followed by the group's next best nodes.
 """
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.steering.model import SteeringModel
-from router.steering.plan import (
+from router.steering.capacity import (
     PlanInputs,
     PolicyPlan,
     plan_policy,
@@ -22,6 +21,7 @@ from router.steering.plan import (
     replan_groups,
     replan_node_down,
 )
+from router.steering.model import SteeringModel
 
 WEIGHT_SCALE = 65536  # split weights are cumulative thresholds in [1, WEIGHT_SCALE]
 

@@ -11,9 +11,13 @@ from router.config.deployment import Deployment
 from router.config.nodes import Inventory
 from router.config.policy import Policy, pool_members
 from router.geo.clientmap import ClientMap
-from router.steering.plan import Topology
+from router.steering.capacity import Topology
 from router.steering.rank import RankInputs
 
+
+def policy_key(zone: dns.name.Name | str, name: str) -> str:
+    """A policy's key in ``GET /v1/decisions``, ``router plan`` and the query log."""
+    return f"{zone}/{name}"
 
 @dataclass(frozen=True)
 class CompiledPolicy:
@@ -34,6 +38,11 @@ class CompiledPolicy:
     @property
     def label(self) -> str:
         return f'"{self.name}" ({self.zone})'
+
+    @property
+    def key(self) -> str:
+        """``<zone>/<policy name>``: the policy's identity across config changes."""
+        return policy_key(self.zone, self.name)
 
     def resolve(self, node_state: np.ndarray) -> np.ndarray:
         """int32[K]: the pool each class answers from (empty without pools)."""

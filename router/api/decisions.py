@@ -31,10 +31,6 @@ OBSERVED = "observed"
 METRO_RADIUS_KM = 50.0  # a group this close to a site is labelled with the site's metro
 
 
-def policy_key(zone: dns.name.Name | str, name: str) -> str:
-    return f"{zone}/{name}"
-
-
 def group_keys(client_map: ClientMap) -> list[str]:
     """A key per group that another config's map gives the same clients: ASN/country/lat,lon.
 
@@ -108,7 +104,7 @@ def decisions_json(
     down = np.zeros((len(model.policies), len(model.node_ids)), dtype=bool) if policy_down is None else policy_down
     policies = {}
     for p, compiled in enumerate(model.policies):
-        policies[policy_key(compiled.zone, compiled.name)] = {
+        policies[compiled.key] = {
             "zone": compiled.zone.to_text(),
             "name": compiled.name,
             "settings": compiled.policy.model_dump(mode="json"),
@@ -139,7 +135,7 @@ def decisions_json(
         "answer_sets": [[int(n) for n in row if n >= 0] for row in table.set_nodes],
         "policies": policies,
         "names": {
-            name.to_text(): policy_key(model.policies[p].zone, model.policies[p].name) for name, p in model.steered
+            name.to_text(): model.policies[p].key for name, p in model.steered
         },
         "zones": {origin.to_text(): zone_records(origin, zone) for origin, zone in (zones or {}).items()},
         "rtt_samples": int(rtt_samples),
@@ -177,7 +173,7 @@ def demand_json(model: SteeringModel, demand: np.ndarray, source: str, generatio
     policies = {}
     for p, compiled in enumerate(model.policies):
         row = demand[p]
-        policies[policy_key(compiled.zone, compiled.name)] = {
+        policies[compiled.key] = {
             "total_gbps": float(row.sum()),
             "groups": {keys[g]: float(row[g]) for g in np.flatnonzero(row > 0)},
         }

@@ -87,7 +87,7 @@ def rank_groups(inputs, answer_count: int) -> np.ndarray:
 
 
 def plan(inputs, candidates: int, used_elsewhere=None) -> dict[str, np.ndarray]:
-    """The capacity-aware plan of router.steering.plan, written out step by step.
+    """The capacity-aware plan of router.steering.capacity, written out step by step.
 
     Returns cand_node[G, C], allocs [(group, node, Gbps)] in placement order, overflow[G]
     and load[N], the same quantities as ``PolicyPlan``.

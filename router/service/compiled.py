@@ -1,0 +1,81 @@
+"""A deployment compiled to what answers: the one set-up that serve, explain, plan and the
+benchmarks share.
+
+``compile_deployment`` turns a loaded ``Deployment`` into its steering model, its answers
+(zone records and steered names) and a planner seeded with the deployment's RTT samples.
+``router serve`` builds its ``LoadedConfig`` on top of it (``router/service/loaded.py``);
+``router explain``, ``router plan`` and the benchmarks plan a table from it offline, with
+``last_known_health`` standing in for the heartbeats a running router would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.config.deployment import Deployment
+from router.dns.answers import AnswerBook
+from router.dns.engine import Responder, TableView
+from router.health.monitor import NodeMonitor
+from router.health.state import NodeHealth, NodeState
+from router.steering.build import Planner, RoutingTable
+from router.steering.model import SteeringModel, compile_model
+from router.steering.samples import RttSamples, seeded_samples
+
+log = logging.getLogger("router.service")
+
+
+def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
+    """The zones' records and the steered names, with every node's addresses."""
+    steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
+    addresses = list(zip(model.node_ipv4, model.node_ipv6))
+    return AnswerBook(deployment.zones, steered, addresses)
+
+
+@dataclass
+class CompiledDeployment:
+    deployment: Deployment
+    model: SteeringModel
+    book: AnswerBook
+    planner: Planner  # samples seeded from the deployment's RTT file
+    rtt: RttSamples  # the fused RTT averages the planner's samples come from
+
+    def plan(self, node_state: np.ndarray, node_util: np.ndarray | None = None, generation: int = 1) -> RoutingTable:
+        return self.planner.build(node_state, node_util, generation)
+
+    def responder(self, table: RoutingTable, record_decisions: bool = False) -> Responder:
+        """The general responder (the one TCP and ``router explain`` use) over ``table``."""
+        view = TableView(table)
+        return Responder(self.book, self.model.client_map, lambda: view, record_decisions=record_decisions)
+
+
+def compile_deployment(deployment: Deployment, model: SteeringModel | None = None) -> CompiledDeployment:
+    model = compile_model(deployment) if model is None else model
+    planner = Planner(model)
+    rtt, seeded = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)
+    if deployment.rtt_samples:
+        log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
+        planner.samples = rtt.csr(time.monotonic())
+    return CompiledDeployment(deployment, model, build_book(deployment, model), planner, rtt)
+
+
+def last_known_health(deployment: Deployment, model: SteeringModel) -> NodeHealth:
+    """Node states as the running router last saved them (the state file), else all up,
+    with the admin_state file applied as ``router serve`` applies it."""
+    monitor = None
+    if deployment.health is not None:
+        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+    health = NodeHealth(model.node_ids, monitor)
+    if deployment.state_file is not None:
+        health.load(deployment.state_file, time.monotonic())
+    for node_id, admin in deployment.admin_state.items():
+        health.set_admin_state(node_id, admin)
+    if monitor is not None:
+        # Offline, no heartbeat will come: what is not known to be down is shown as up.
+        for i, reason in enumerate(monitor.reason):
+            if monitor.state[i] == NodeState.UP and reason.startswith("no heartbeat yet"):
+                monitor.reason[i] = "no recorded problem (state file)"
+    return health
