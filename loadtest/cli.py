@@ -82,7 +82,7 @@ def _deployment(path: Path, scenario, zones: Path | None):  # noqa: ANN001, ANN2
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loadtest.run import RouterProcess, RunError, play_scenario, start_router
-    from router.service.supervisor import ServiceError, parse_endpoint
+    from router.service.sockets import ServiceError, parse_endpoint
     from router.steering.model import compile_model
 
     try:

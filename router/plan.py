@@ -129,6 +129,21 @@ def plan_offline(
     return decisions, demand_json(model, planner.demand, source)
 
 
+def plan_change(new: Deployment, against: str, current: Deployment | None = None, state_file: Path | None = None,
+                top: int = TOP_GROUPS) -> tuple[dict[str, Any], bool]:
+    """The report of applying ``new`` over ``against`` (a running router's API URL, or the
+    directory ``current`` was loaded from), and whether anything changes."""
+    if against.startswith(("http://", "https://")):
+        if state_file is not None:
+            raise PlanError("--state-file is for --against DIR (a running router has its own states)")
+        before = fetch_running(against)
+    else:
+        assert current is not None
+        before = plan_offline(current, state_file=state_file)
+    report = compare(before, plan_offline(new, before), top=top)
+    return report, has_changes(report)
+
+
 def _saved_states(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """What ``router serve`` saved (``NodeHealth.save``): node id -> state without admin
     overrides (a node an override held is taken as up: its own state was not saved), and

@@ -179,8 +179,8 @@ def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deploym
     supervisor.start()
     try:
         group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
-        with supervisor._lock:  # as a heartbeat carrying one RTT sample would
-            supervisor._fuse_rtt("tef-mad-1", (("2.80.0.0/24", 1.5),), time.monotonic())
+        with supervisor.health_lock:  # as a heartbeat carrying one RTT sample would
+            supervisor.intake.fuse_rtt("tef-mad-1", (("2.80.0.0/24", 1.5),), time.monotonic())
         old = supervisor.config
         with open(zones / "cdn.example.zone", "a", encoding="utf-8") as zone:
             zone.write('reloaded 60 IN TXT "v2"\n')

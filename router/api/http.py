@@ -163,7 +163,7 @@ def create_app(
 
     async def config_json(request: web.Request) -> web.Response:
         config, table = supervisor.in_service()
-        log_ = supervisor.reloads
+        log_ = supervisor.reloader.log
         return web.json_response({
             "version": config.version,
             "directory": str(config.deployment.directory),

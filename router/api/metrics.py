@@ -28,7 +28,8 @@ from prometheus_client.registry import Collector
 
 from router.health.state import NodeState
 from router.service.loaded import LoadedConfig
-from router.service.supervisor import DurationHistogram, Supervisor
+from router.service.publisher import DurationHistogram
+from router.service.supervisor import Supervisor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -66,7 +67,7 @@ class SupervisorCollector(Collector):
         generation = GaugeMetricFamily("router_routing_table_generation", "generation of the routing table in service")
         generation.add_metric([], float(table.generation))
         yield generation
-        yield _histogram(sup.build_seconds)
+        yield _histogram(sup.publisher.build_seconds)
 
         states = GaugeMetricFamily("router_node_state", "1 for the state each node is in", labels=["node", "state"])
         reasons = GaugeMetricFamily("router_node_state_reason", "1 for the kind of reason of each node's state", labels=["node", "reason"])
@@ -92,7 +93,7 @@ class SupervisorCollector(Collector):
                 rejected.add_metric([reason], float(count))
             yield rejected
         samples = CounterMetricFamily("router_rtt_samples_rejected", "RTT samples in heartbeats that could not be used")
-        samples.add_metric([], float(sup.rtt_rejected))
+        samples.add_metric([], float(sup.intake.rtt_rejected))
         yield samples
 
         dns = sup.dns_counters()
@@ -119,7 +120,7 @@ class SupervisorCollector(Collector):
 
 
 def _query_metrics(sup: Supervisor) -> Iterator[Metric]:
-    totals = sup.query_accounts.totals()
+    totals = sup.workers.query_accounts.totals()
     queries = CounterMetricFamily(
         "router_dns_queries", "DNS queries answered, by name label, query type, rcode and transport",
         labels=["name", "type", "rcode", "transport"],
@@ -143,7 +144,7 @@ def _query_metrics(sup: Supervisor) -> Iterator[Metric]:
 
 
 def _reload_metrics(sup: Supervisor, config: LoadedConfig) -> Iterator[Metric]:
-    reloads = sup.reloads
+    reloads = sup.reloader.log
     total = CounterMetricFamily("router_config_reloads", "config reloads by result (ok, failed, unchanged)", labels=["result"])
     for result in ("ok", "failed", "unchanged"):
         total.add_metric([result], float(getattr(reloads, result)))

@@ -7,6 +7,7 @@ operator fixes a broken deployment in one pass (the way octoDNS reports record e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, order=True)
@@ -30,3 +31,7 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = sorted(set(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def report(self, directory: Path | str) -> str:
+        """Every problem on its own line, then how many: what ``router check`` prints."""
+        return "\n".join([*(str(p) for p in self.problems), f"{len(self.problems)} problem(s) in {directory}"])

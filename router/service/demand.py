@@ -15,10 +15,15 @@ users (resolvers cache by TTL and ECS scope), which is why only their shares are
 from __future__ import annotations
 
 import math
+import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from router.service.shared import shared_zeros
+
+if TYPE_CHECKING:
+    from router.service.supervisor import Supervisor
 
 DEFAULT_INTERVAL_S = 10.0
 DEFAULT_HALF_LIFE_S = 60.0
@@ -86,3 +91,34 @@ def moved_share(old: np.ndarray, new: np.ndarray) -> float:
     """Share of the total demand that moved between groups or appeared/vanished (0..1+)."""
     total = max(old.sum(), new.sum())
     return float(np.abs(new - old).sum() / (2 * total)) if total > 0 else 0.0
+
+
+class DemandObserver:
+    """Reads the workers' query counters every ``interval_s`` and hands the planner a new
+    demand when it shifted by ``REPLAN_SHIFT`` or more."""
+
+    def __init__(self, service: Supervisor, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.service = service
+        self.interval_s = interval_s
+        self._read_at = time.monotonic()
+
+    def observe(self, now: float | None = None) -> bool:
+        """True if demand shifted and a plan was asked for."""
+        service = self.service
+        now = time.monotonic() if now is None else now
+        if now - self._read_at < self.interval_s:
+            return False
+        self._read_at = now
+        config = service.config
+        config.demand.observe(config.demand_counters.total(), now)
+        with service.health_lock:
+            reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
+        observed = config.demand.demand_gbps(config.expected_peak, reported)
+        if observed is None or moved_share(config.planner.demand, observed) < REPLAN_SHIFT:
+            return False
+        with service.health_lock:
+            if config is not service.config:
+                return False  # a reload swapped the config meanwhile: its own counters decide
+            service.publisher.pending_demand = observed
+        service.publisher.request_rebuild()
+        return True

@@ -75,17 +75,18 @@ class LoadedConfig:
 
 def prepare(
     deployment: Deployment,
-    model: SteeringModel,
+    model: SteeringModel | None,
     files: ConfigFiles,
     workers: int,
     batched: bool,
     telemetry: bool,
 ) -> LoadedConfig:
-    """Compile everything a config needs, before it serves (the slow part of a reload)."""
+    """Compile everything a config needs, before it serves (the slow part of a reload);
+    ``model``: the deployment's, if already compiled."""
     if telemetry and (deployment.health is None or deployment.node_keys is None):
         raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
     compiled = compile_deployment(deployment, model)
-    book = compiled.book
+    model, book = compiled.model, compiled.book
     monitor = None
     verifier = None
     if telemetry:

@@ -1,0 +1,119 @@
+"""Telemetry intake: the heartbeat socket -> verify -> node health -> a table when it matters.
+
+Every datagram is verified (``router/health/telemetry.py``) and applied to the node health
+of the config in service; a state change asks the publisher for a new table at once, a
+moved load or new RTT samples at most every so often. Silence is checked by ``tick``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from router.geo.clientmap import UNKNOWN_GROUP
+from router.health.telemetry import Rejected
+
+if TYPE_CHECKING:
+    from router.service.supervisor import Supervisor
+
+log = logging.getLogger("router.service")
+
+LOAD_REFRESH_S = 1.0  # republish for load changes at most this often
+LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this much
+SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
+REJECTION_LOG_S = 10.0  # one log line per rejection reason this often at most
+
+
+class TelemetryIntake:
+    def __init__(self, service: Supervisor) -> None:
+        self.service = service
+        self.rtt_rejected = 0  # RTT samples in heartbeats that could not be used
+        self._rejections_logged: dict[str, float] = {}
+
+    def on_heartbeat(self, packet: bytes, now: float | None = None) -> None:
+        """One telemetry datagram: verify it, apply it, ask for a new table if a state changed."""
+        service, publisher = self.service, self.service.publisher
+        now = time.monotonic() if now is None else now
+        with service.health_lock:  # also keeps the config from being swapped under this heartbeat
+            verifier = service.config.verifier
+            assert verifier is not None
+            try:
+                heartbeat = verifier.verify(packet)
+            except Rejected as exc:
+                self._log_rejection(exc, verifier.rejected[exc.reason])
+                return
+            changed = service.health.heartbeat(heartbeat, now)
+            if changed:
+                service.save_state()
+            if heartbeat.rtt:
+                self.fuse_rtt(heartbeat.node, heartbeat.rtt, now)
+        waited = now - publisher.published_at
+        if changed:
+            publisher.request_rebuild()
+        elif publisher.samples_changed and waited >= SAMPLES_REFRESH_S and not publisher.dirty:
+            publisher.request_rebuild()
+        elif waited >= LOAD_REFRESH_S and not publisher.dirty:
+            # Load moves every second; republish only when it moved enough to matter.
+            moved = np.abs(service.health.utilization() - publisher.published_util).max(initial=0.0)
+            if moved >= LOAD_REFRESH_DELTA:
+                publisher.request_rebuild()
+
+    def fuse_rtt(self, node_id: str, samples: tuple[tuple[str, float], ...], now: float) -> None:
+        """RTT samples a node measured to client prefixes (the caller holds the health lock)."""
+        config = self.service.config
+        node = config.node_index[node_id]
+        for prefix, rtt_ms in samples:
+            try:
+                network = ipaddress.ip_network(prefix, strict=False)
+            except ValueError:
+                self.rtt_rejected += 1
+                continue
+            group, _scope = config.model.client_map.lookup(network.network_address)
+            if group == UNKNOWN_GROUP or not config.rtt.add(group, node, rtt_ms, now):
+                self.rtt_rejected += 1  # nothing to steer by, or not a plausible RTT
+                continue
+            self.service.publisher.samples_changed = True
+
+    def tick(self, now: float | None = None) -> None:
+        """Withdraw nodes that went silent."""
+        service = self.service
+        with service.health_lock:
+            changed = service.health.tick(time.monotonic() if now is None else now)
+            if changed:
+                service.save_state()
+        if changed:
+            service.publisher.request_rebuild()
+
+    def _log_rejection(self, exc: Rejected, count: int) -> None:
+        # At most one line per reason every 10 s: a flood of forged packets cannot flood the log.
+        now = time.monotonic()
+        if now - self._rejections_logged.get(exc.reason, -1e9) >= REJECTION_LOG_S:
+            self._rejections_logged[exc.reason] = now
+            log.warning("rejected heartbeat (%s; %d rejected for this reason so far): %s", exc.reason, count, exc.detail)
+
+
+class HeartbeatProtocol(asyncio.DatagramProtocol):
+    def __init__(self, intake: TelemetryIntake) -> None:
+        self.intake = intake
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            self.intake.on_heartbeat(data)
+        except Exception:  # one bad packet or a failed publish must not stop telemetry
+            log.exception("heartbeat from %s could not be applied", addr[0])
+
+
+async def tick_forever(intake: TelemetryIntake, heartbeat_interval_s: float) -> None:
+    # Silence is checked often, so a dead node leaves within the bound plus one tick.
+    period = min(0.02, heartbeat_interval_s / 10)
+    while True:
+        await asyncio.sleep(period)
+        try:
+            intake.tick()
+        except Exception:
+            log.exception("health tick failed")

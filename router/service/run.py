@@ -1,0 +1,135 @@
+"""``router serve``: the supervisor, the API, telemetry, probes and the reload watcher in one
+process, until SIGINT or SIGTERM (after ``drain_grace`` seconds of reporting draining)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.config import ConfigError, load_deployment
+from router.dns.query_log import QueryLogSettings
+from router.service.config_files import ConfigFiles, fingerprint
+from router.service.intake import HeartbeatProtocol, tick_forever
+from router.service.reloader import ReloadWatcher
+from router.service.sockets import ServiceError, format_endpoint
+from router.service.supervisor import Supervisor
+
+log = logging.getLogger("router")
+
+CHECK_PERIOD_S = 0.5  # workers checked and demand read this often
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    zones: Path
+    listen: tuple[str, int]
+    workers: int
+    api: tuple[str, int] | None = None
+    api_token: str | None = None
+    telemetry: tuple[str, int] | None = None
+    state_file: Path | None = None
+    udp_path: str = "batched"
+    tcp_idle_timeout: float = 10.0
+    drain_grace: float = 0.0
+    watch_s: float = 1.0
+    query_log: QueryLogSettings | None = None
+
+
+def serve(options: ServeOptions) -> int:
+    """Exit status: 0 after a clean stop, 1 if the config or the service failed."""
+    # SIGHUP means "reload": never let it end the process before the handler is in place
+    # (the workers, forked below, inherit this and ignore it too).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Taken before loading: a file changed while loading is seen as changed, and reloaded.
+    seen = fingerprint(options.zones)
+    files = ConfigFiles.read(options.zones)
+    log.info("loading %s", options.zones)
+    try:
+        deployment = load_deployment(options.zones)
+    except ConfigError as exc:
+        print(exc.report(options.zones), file=sys.stderr)
+        return 1
+    host, port = options.listen
+    try:
+        supervisor = Supervisor(
+            deployment, None, host, port, options.workers, options.tcp_idle_timeout,
+            telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,
+            udp_path=options.udp_path, files=files, query_log=options.query_log,
+        )  # fmt: skip
+    except ServiceError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        supervisor.start()
+        return asyncio.run(_run(supervisor, options, seen))
+    except ServiceError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        supervisor.stop()
+
+
+async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple) -> int:
+    from aiohttp import web
+
+    from router.api.http import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = ReloadWatcher(supervisor.reloader, supervisor.probes, options.watch_s, seen)
+    loop.add_signal_handler(signal.SIGHUP, watcher.wake.set)
+    runner = None
+    api_text = "off"
+    if options.api is not None:
+        assert options.api_token is not None
+        runner = web.AppRunner(create_app(supervisor, options.api_token, watcher.reload), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, *options.api).start()
+        api_text = format_endpoint(*runner.addresses[0][:2])
+    telemetry_text = "off"
+    transport = None
+    tasks = []
+    if options.telemetry is not None:
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: HeartbeatProtocol(supervisor.intake), local_addr=options.telemetry, reuse_port=False
+        )
+        telemetry_text = format_endpoint(*transport.get_extra_info("sockname")[:2])
+        tasks.append(asyncio.create_task(tick_forever(supervisor.intake, supervisor.deployment.health.heartbeat_interval_s)))
+    supervisor.probes.restart()
+    tasks.append(asyncio.create_task(watcher.run()))
+    dns_text = format_endpoint(supervisor.host, supervisor.port)
+    zones = ", ".join(str(z) for z in supervisor.deployment.zones)
+    print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
+    print(f"READY dns={dns_text} api={api_text} telemetry={telemetry_text}", flush=True)
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=CHECK_PERIOD_S)
+            except TimeoutError:
+                supervisor.check_workers()
+                supervisor.observe_demand()
+        if options.drain_grace > 0:
+            # Withdraw first (announcers watch /v1/status), then stop answering.
+            supervisor.service_state = "draining"
+            log.info("draining: answering for %.1f s more before stopping", options.drain_grace)
+            await asyncio.sleep(options.drain_grace)
+    finally:
+        for task in tasks:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await supervisor.probes.stop()
+        if transport is not None:
+            transport.close()
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopping")
+    return 0

@@ -1,0 +1,71 @@
+"""The DNS listening sockets and the ``HOST:PORT`` addresses they are given as."""
+
+from __future__ import annotations
+
+import socket
+
+UDP_RCVBUF = 4 * 1024 * 1024
+
+
+class ServiceError(Exception):
+    """The service cannot start or keep running."""
+
+
+def parse_endpoint(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ServiceError(f"{what} must be HOST:PORT (IPv6 as [::1]:PORT), got {text!r}")
+    host = host.removeprefix("[").removesuffix("]")
+    value = int(port)
+    if value > 65535:
+        raise ServiceError(f"{what}: port {value} is out of range")
+    return host, value
+
+
+def format_endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.socket], list[socket.socket], int]:
+    """``count`` UDP and TCP sockets in one SO_REUSEPORT group each, on one port."""
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]
+    except socket.gaierror as exc:
+        raise ServiceError(f"cannot resolve listen address {host!r}: {exc}") from exc
+    last_error: OSError | None = None
+    for _ in range(20 if port == 0 else 1):
+        made: list[socket.socket] = []
+        try:
+            udp, tcp = [], []
+            actual = port
+            for _ in range(count):
+                s = _socket(family, socket.SOCK_DGRAM, made)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                except OSError:
+                    pass
+                s.bind((host, actual))
+                actual = s.getsockname()[1]
+                udp.append(s)
+            for _ in range(count):
+                s = _socket(family, socket.SOCK_STREAM, made)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, actual))
+                s.listen(1024)
+                tcp.append(s)
+            return udp, tcp, actual
+        except OSError as exc:
+            last_error = exc
+            for s in made:
+                s.close()
+    raise ServiceError(f"cannot listen on {host}:{port}: {last_error}")
+
+
+def _socket(family: int, kind: int, made: list[socket.socket]) -> socket.socket:
+    s = socket.socket(family, kind)
+    made.append(s)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
