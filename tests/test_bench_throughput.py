@@ -2,7 +2,8 @@
 
 The query files dnsperf reads, the parsers of its output, the answer checks, the query mix
 on the sample deployment, and the peers' configurations: that gdnsd's nets and PowerDNS's
-LUA records give every client subnet of the mix the node pair the router gives it.
+LUA records give every client subnet of the mix the node pair the router gives it. They
+live in loadtest/throughput/; the whole bench runs in tests/test_bench_smoke.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,33 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.conftest import load_script
+from loadtest.throughput.answers import Oracle, peer_mismatch, router_mismatch, summarize
+from loadtest.throughput.dnsperf import (
+    LatencyProbe,
+    Run,
+    parse_dnsperf,
+    parse_latencies,
+    percentile,
+)
+from loadtest.throughput.figures import finish, format_table, ratio, summarize_runs, target_table
+from loadtest.throughput.peers import Peers, deciding_block, interval_cidrs, map_blocks, pdns_lua
+from loadtest.throughput.proc import other_busy_s, udp_drops
+from loadtest.throughput.queries import (
+    CASE_SHARE,
+    EDNS_PAYLOAD,
+    MIX,
+    V4_ECS_BITS,
+    V6_ECS_BITS,
+    V6_SUBNET_SHARE,
+    build_mix,
+    draw_subnets,
+    encode_query,
+    frame,
+    mix_composition,
+    unframe,
+    zone_inventory,
+)
+from tests.conftest import load_script, make_deployment
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "loadtest" / "bench_throughput.py"
@@ -63,82 +90,82 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def oracle(bench, tmp_path_factory: pytest.TempPathFactory):
-    zones = bench.make_deployment(tmp_path_factory.mktemp("throughput"))
-    return bench.Oracle(zones)
+def oracle(tmp_path_factory: pytest.TempPathFactory):
+    zones = make_deployment(tmp_path_factory.mktemp("throughput"))
+    return Oracle(zones)
 
 
 @pytest.fixture(scope="module")
-def sample(bench, oracle):
+def sample(oracle):
     """The mix as the bench builds it: inventory, 300 subnets, 3,000 queries of each variant."""
     rng = random.Random(1)
     model = oracle.model
     origin = model.policies[model.steered[0][1]].zone
     zone_file = oracle.zones / f"{origin.to_text().rstrip('.')}.zone"
-    inventory = bench.zone_inventory(zone_file, [(n.to_text(), p) for n, p in model.steered], rng)
-    subnets = bench.draw_subnets(model.client_map, rng, 300)
-    ecs = bench.build_mix(inventory, subnets, 3000, rng)
-    plain = bench.build_mix(inventory, None, 3000, rng)
+    inventory = zone_inventory(zone_file, [(n.to_text(), p) for n, p in model.steered], rng)
+    subnets = draw_subnets(model.client_map, rng, 300)
+    ecs = build_mix(inventory, subnets, 3000, rng)
+    plain = build_mix(inventory, None, 3000, rng)
     return {"zone_file": zone_file, "inventory": inventory, "subnets": subnets, "ecs": ecs, "plain": plain}
 
 
 # --- query files and dnsperf output ----------------------------------------------------------
 
 
-def test_frame_round_trip(bench):
-    wires = [bench.encode_query("video.cdn.example.", "A", "83.44.10.0/24", 7),
-             bench.encode_query("Origin.CDN.example.", "AAAA", None, 8)]  # fmt: skip
-    data = bench.frame(wires)
+def test_frame_round_trip():
+    wires = [encode_query("video.cdn.example.", "A", "83.44.10.0/24", 7),
+             encode_query("Origin.CDN.example.", "AAAA", None, 8)]  # fmt: skip
+    data = frame(wires)
     assert data[:2] == struct.pack("!H", len(wires[0]))
-    assert bench.unframe(data) == wires
+    assert unframe(data) == wires
     first = dns.message.from_wire(wires[0])
-    assert not first.flags & dns.flags.RD and first.edns == 0 and first.payload == bench.EDNS_PAYLOAD
+    assert not first.flags & dns.flags.RD and first.edns == 0 and first.payload == EDNS_PAYLOAD
     (option,) = first.options
     assert isinstance(option, dns.edns.ECSOption) and (option.address, option.srclen) == ("83.44.10.0", 24)
     second = dns.message.from_wire(wires[1])
     assert second.options == () and second.question[0].name.to_text() == "Origin.CDN.example."  # case kept
 
 
-def test_unframe_refuses_truncated_files(bench):
-    data = bench.frame([bench.encode_query("video.cdn.example.", "A", None)])
+def test_unframe_refuses_truncated_files():
+    data = frame([encode_query("video.cdn.example.", "A", None)])
     with pytest.raises(ValueError):
-        bench.unframe(data[:-1])
+        unframe(data[:-1])
     with pytest.raises(ValueError):
-        bench.unframe(data + b"\x00")
+        unframe(data + b"\x00")
 
 
-def test_parse_dnsperf(bench):
-    stats = bench.parse_dnsperf(DNSPERF_OUTPUT)
+def test_parse_dnsperf():
+    stats = parse_dnsperf(DNSPERF_OUTPUT)
     assert stats["sent"] == 3940 and stats["completed"] == 3930 and stats["lost"] == 10
     assert stats["qps"] == pytest.approx(1964.710998)
     assert stats["avg_latency_ms"] == pytest.approx(5.061) and stats["max_latency_ms"] == pytest.approx(16.681)
     assert stats["rcodes"] == {"NOERROR": 3284, "NXDOMAIN": 646}
     with pytest.raises(ValueError):
-        bench.parse_dnsperf("dnsperf: error: could not open file")
+        parse_dnsperf("dnsperf: error: could not open file")
 
 
-def test_latency_lines_and_percentile(bench):
+def test_latency_lines_and_percentile():
     text = "[Status] Sending\n> NOERROR binary input 0.000100\n> NXDOMAIN binary input 0.000300\n> T binary input\n"
-    assert bench.parse_latencies(text) == pytest.approx([0.1, 0.3])
+    assert parse_latencies(text) == pytest.approx([0.1, 0.3])
     values = [float(v) for v in range(1, 101)]
-    assert bench.percentile(values, 99) == 99.0
-    assert bench.percentile(values, 50) == 50.0
-    assert bench.percentile([5.0], 99) == 5.0
-    assert bench.percentile([], 99) is None
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 50) == 50.0
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([], 99) is None
 
 
-def test_udp_drops(bench):
-    assert bench.udp_drops(PROC_NET_UDP, 0x14E9) == 20  # both SO_REUSEPORT sockets of one port
-    assert bench.udp_drops(PROC_NET_UDP, 53) == 99
-    assert bench.udp_drops(PROC_NET_UDP, 1) == 0
+def test_udp_drops():
+    assert udp_drops(PROC_NET_UDP, 0x14E9) == 20  # both SO_REUSEPORT sockets of one port
+    assert udp_drops(PROC_NET_UDP, 53) == 99
+    assert udp_drops(PROC_NET_UDP, 1) == 0
 
 
-def test_other_busy_time(bench):
+def test_other_busy_time():
     before, after = {"0": 10.0, "1": 20.0}, {"0": 13.0, "1": 22.5}
-    assert bench.other_busy_s(before, after, "1", 2.0) == 0.5
-    assert bench.other_busy_s(before, after, "0-1", 5.0) == 0.5
-    assert bench.other_busy_s(before, after, None, 0.0) is None
-    assert bench.other_busy_s(before, after, "1", 9.0) == 0.0
+    assert other_busy_s(before, after, "1", 2.0) == 0.5
+    assert other_busy_s(before, after, "0-1", 5.0) == 0.5
+    assert other_busy_s(before, after, None, 0.0) is None
+    assert other_busy_s(before, after, "1", 9.0) == 0.0
 
 
 # --- answer checks ---------------------------------------------------------------------------
@@ -158,63 +185,63 @@ def reply(query: str, qtype: str, answer: list[str], rcode: int = dns.rcode.NOER
     return r
 
 
-def test_router_check(bench):
+def test_router_check():
     a = ["video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.12"]
-    expected = bench.summarize(reply("video.cdn.example.", "A", a, scope=16))
-    assert bench.router_mismatch(expected, bench.summarize(reply("video.cdn.example.", "A", a, scope=16)), True) is None
-    swapped = bench.summarize(reply("video.cdn.example.", "A", a[::-1], scope=16))
-    assert "answer" in bench.router_mismatch(expected, swapped, ordered=True)  # steered: best node first
-    assert bench.router_mismatch(expected, swapped, ordered=False) is None  # any other RRset: a set
-    assert "ecs_scope" in bench.router_mismatch(expected, bench.summarize(reply("video.cdn.example.", "A", a, scope=24)))
-    other = bench.summarize(reply("video.cdn.example.", "A", a[:1] + ["video.cdn.example. 20 IN A 192.0.2.13"], scope=16))
-    assert "answer" in bench.router_mismatch(expected, other)
-    nx = bench.summarize(reply("video.cdn.example.", "A", [], rcode=dns.rcode.NXDOMAIN, scope=16))
-    assert bench.router_mismatch(expected, nx).startswith("rcode")
-    cased = bench.summarize(reply("ViDeO.cdn.example.", "A", a, scope=16))
-    assert "question" in bench.router_mismatch(expected, cased)  # the question is echoed as cased
+    expected = summarize(reply("video.cdn.example.", "A", a, scope=16))
+    assert router_mismatch(expected, summarize(reply("video.cdn.example.", "A", a, scope=16)), True) is None
+    swapped = summarize(reply("video.cdn.example.", "A", a[::-1], scope=16))
+    assert "answer" in router_mismatch(expected, swapped, ordered=True)  # steered: best node first
+    assert router_mismatch(expected, swapped, ordered=False) is None  # any other RRset: a set
+    assert "ecs_scope" in router_mismatch(expected, summarize(reply("video.cdn.example.", "A", a, scope=24)))
+    other = summarize(reply("video.cdn.example.", "A", a[:1] + ["video.cdn.example. 20 IN A 192.0.2.13"], scope=16))
+    assert "answer" in router_mismatch(expected, other)
+    nx = summarize(reply("video.cdn.example.", "A", [], rcode=dns.rcode.NXDOMAIN, scope=16))
+    assert router_mismatch(expected, nx).startswith("rcode")
+    cased = summarize(reply("ViDeO.cdn.example.", "A", a, scope=16))
+    assert "question" in router_mismatch(expected, cased)  # the question is echoed as cased
 
 
-def test_peer_check(bench):
+def test_peer_check():
     a = ["video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.12"]
-    expected = bench.summarize(reply("video.cdn.example.", "A", a, scope=16))
-    rotated = bench.summarize(reply("video.cdn.example.", "A", [x.replace(" 20 ", " 10 ") for x in a[::-1]], scope=13))
-    assert bench.peer_mismatch(expected, rotated, "VIDEO.cdn.example.") is None  # order, TTL, scope, case
-    wrong = bench.summarize(reply("video.cdn.example.", "A", a[:1], scope=16))
-    assert "answer" in bench.peer_mismatch(expected, wrong, "video.cdn.example.")
+    expected = summarize(reply("video.cdn.example.", "A", a, scope=16))
+    rotated = summarize(reply("video.cdn.example.", "A", [x.replace(" 20 ", " 10 ") for x in a[::-1]], scope=13))
+    assert peer_mismatch(expected, rotated, "VIDEO.cdn.example.") is None  # order, TTL, scope, case
+    wrong = summarize(reply("video.cdn.example.", "A", a[:1], scope=16))
+    assert "answer" in peer_mismatch(expected, wrong, "video.cdn.example.")
     cname = ["live.cdn.example. 3600 IN CNAME video.cdn.example."]
-    chased = bench.summarize(reply("live.cdn.example.", "A", cname + a))
-    assert bench.peer_mismatch(bench.summarize(reply("live.cdn.example.", "A", cname)), chased, "live.cdn.example.") is None
+    chased = summarize(reply("live.cdn.example.", "A", cname + a))
+    assert peer_mismatch(summarize(reply("live.cdn.example.", "A", cname)), chased, "live.cdn.example.") is None
 
 
 # --- the mix on the sample deployment --------------------------------------------------------
 
 
-def test_mix_composition(bench, sample):
+def test_mix_composition(sample):
     for variant in ("ecs", "plain"):
-        figures = bench.mix_composition(sample[variant])
-        for kind, share in bench.MIX.items():
+        figures = mix_composition(sample[variant])
+        for kind, share in MIX.items():
             assert figures["kinds"][kind] == pytest.approx(share, abs=0.03), (variant, kind)
-        assert figures["case_mixed"] == pytest.approx(bench.CASE_SHARE, abs=0.03)
+        assert figures["case_mixed"] == pytest.approx(CASE_SHARE, abs=0.03)
         assert set(figures["types"]) >= {"A", "AAAA", "MX", "TXT"}
-    assert bench.mix_composition(sample["ecs"])["with_ecs"] == 1.0
-    assert bench.mix_composition(sample["plain"])["with_ecs"] == 0.0
-    assert bench.mix_composition(sample["ecs"])["distinct_subnets"] > 250  # many client subnets
+    assert mix_composition(sample["ecs"])["with_ecs"] == 1.0
+    assert mix_composition(sample["plain"])["with_ecs"] == 0.0
+    assert mix_composition(sample["ecs"])["distinct_subnets"] > 250  # many client subnets
 
 
-def test_subnets_lie_in_the_client_map(bench, oracle, sample):
+def test_subnets_lie_in_the_client_map(oracle, sample):
     subnets = sample["subnets"]
     assert len(subnets) == len(set(subnets)) == 300
     v6 = [s for s in subnets if ":" in s]
-    assert len(v6) == round(300 * bench.V6_SUBNET_SHARE)
+    assert len(v6) == round(300 * V6_SUBNET_SHARE)
     for subnet in subnets:
         network = ipaddress.ip_network(subnet)
-        assert network.prefixlen == (bench.V6_ECS_BITS if network.version == 6 else bench.V4_ECS_BITS)
+        assert network.prefixlen == (V6_ECS_BITS if network.version == 6 else V4_ECS_BITS)
     groups = [oracle.model.client_map.lookup(ipaddress.ip_network(s).network_address)[0] for s in subnets]
     assert 0 not in groups  # every one placed by the map
     assert len(set(groups)) > 50  # many client groups, not one ISP
 
 
-def test_every_kind_gets_its_answer(bench, oracle, sample):
+def test_every_kind_gets_its_answer(oracle, sample):
     """What the router answers each kind of query with (its own lookup): the mix is what it says."""
     model = oracle.model
     answer_count = {name: model.policies[p].policy.answer_count for name, p in model.steered}
@@ -234,7 +261,7 @@ def test_every_kind_gets_its_answer(bench, oracle, sample):
         assert len(scopes) == (1 if q.ecs else 0), q
 
 
-def test_oracle_agrees_with_router_explain(bench, oracle, sample):
+def test_oracle_agrees_with_router_explain(oracle, sample):
     steered = [q for q in sample["ecs"] if q.kind == "steered"]
     result = oracle.crosscheck(steered[:1] + sample["plain"][:1], 2)
     assert result["explain_crosschecked"] == 2 and result["explain_differences"] == []
@@ -243,29 +270,29 @@ def test_oracle_agrees_with_router_explain(bench, oracle, sample):
 # --- the peers -------------------------------------------------------------------------------
 
 
-def test_interval_cidrs(bench):
-    assert bench.interval_cidrs(0x0A000000, 0x0A0001FF, 24, 32) == [(0x0A000000, 24), (0x0A000100, 24)]
-    assert bench.interval_cidrs(0, 2**32 - 1, 0, 32) == [(0, 0)]
+def test_interval_cidrs():
+    assert interval_cidrs(0x0A000000, 0x0A0001FF, 24, 32) == [(0x0A000000, 24), (0x0A000100, 24)]
+    assert interval_cidrs(0, 2**32 - 1, 0, 32) == [(0, 0)]
     with pytest.raises(ValueError):
-        bench.interval_cidrs(0x0A000080, 0x0A0001FF, 24, 32)
+        interval_cidrs(0x0A000080, 0x0A0001FF, 24, 32)
 
 
-def test_map_blocks_cover_the_map(bench, oracle):
+def test_map_blocks_cover_the_map(oracle):
     client_map = oracle.model.client_map
-    blocks = bench.map_blocks(client_map)
+    blocks = map_blocks(client_map)
     assert len(blocks) >= len(client_map.v4_start) + len(client_map.v6_start_hi)
     for network, group in random.Random(2).sample(blocks, 300):
         assert client_map.lookup(network.network_address) == (group, network.prefixlen)
         assert client_map.lookup(network.broadcast_address) == (group, network.prefixlen)
 
 
-def expected_addresses(bench, oracle, label: str, qtype: str, subnet: str | None) -> set[str]:
-    r = oracle.reply(bench.encode_query(f"{label}.cdn.example.", qtype, subnet))
+def expected_addresses(oracle, label: str, qtype: str, subnet: str | None) -> set[str]:
+    r = oracle.reply(encode_query(f"{label}.cdn.example.", qtype, subnet))
     return {rdata.address for rrset in r.answer for rdata in rrset}
 
 
-def test_gdnsd_nets_send_each_subnet_where_the_router_does(bench, oracle, sample, tmp_path):
-    peers = bench.Peers(oracle, sample["subnets"], sample["zone_file"])
+def test_gdnsd_nets_send_each_subnet_where_the_router_does(oracle, sample, tmp_path):
+    peers = Peers(oracle, sample["subnets"], sample["zone_file"])
     figures = peers.write_gdnsd(tmp_path / "gdnsd", 15353)
     config = (tmp_path / "gdnsd" / "config").read_text()
     assert "listen => [ 127.0.0.1 ]" in config and "dns_port => 15353" in config
@@ -282,11 +309,11 @@ def test_gdnsd_nets_send_each_subnet_where_the_router_does(bench, oracle, sample
                 dcmap[dc.strip()] = set(rest.split("[ ")[1].split(" ]")[0].split(", "))
         default_dc = config.split(f"{s.label}_map => {{ datacenters => [ ", 1)[1].split(",")[0]
         for subnet in sample["subnets"][::5]:
-            block, group = bench.deciding_block(oracle.model.client_map, subnet)
+            block, group = deciding_block(oracle.model.client_map, subnet)
             # An address no prefix of the map covers (group 0) is in no net: gdnsd's default.
             assert str(block) in nets or group == 0
             dc = nets.get(str(block), default_dc)
-            assert dcmap[dc] == expected_addresses(bench, oracle, s.label, "A", subnet), subnet
+            assert dcmap[dc] == expected_addresses(oracle, s.label, "A", subnet), subnet
 
 
 def lua_answer(code: str, client: str) -> set[str]:
@@ -302,8 +329,8 @@ def lua_answer(code: str, client: str) -> set[str]:
     return set(strings(re.search(r"return \{([^}]*)\}$", code).group(1)))
 
 
-def test_pdns_lua_records_send_each_subnet_where_the_router_does(bench, oracle, sample, tmp_path):
-    peers = bench.Peers(oracle, sample["subnets"], sample["zone_file"])
+def test_pdns_lua_records_send_each_subnet_where_the_router_does(oracle, sample, tmp_path):
+    peers = Peers(oracle, sample["subnets"], sample["zone_file"])
     figures = peers.write_pdns(tmp_path / "pdns", 15353)
     assert figures["pdns_netmasks_per_record"] > 0
     conf = (tmp_path / "pdns" / "pdns.conf").read_text().splitlines()
@@ -317,58 +344,60 @@ def test_pdns_lua_records_send_each_subnet_where_the_router_does(bench, oracle, 
             code = line.split(' "', 1)[1].rstrip('"')
             for subnet in sample["subnets"][::3]:
                 client = str(ipaddress.ip_network(subnet).network_address)
-                assert lua_answer(code, client) == expected_addresses(bench, oracle, s.label, qtype, subnet)
+                assert lua_answer(code, client) == expected_addresses(oracle, s.label, qtype, subnet)
             # Without ECS the resolver's address decides: loopback, the unknown group's answer.
-            assert lua_answer(code, "127.0.0.1") == expected_addresses(bench, oracle, s.label, qtype, None)
+            assert lua_answer(code, "127.0.0.1") == expected_addresses(oracle, s.label, qtype, None)
 
 
-def test_pdns_lua_text(bench):
-    code = bench.pdns_lua([(["10.0.0.0/8"], ["192.0.2.1", "192.0.2.2"]), (["2001:db8::/32"], ["192.0.2.3"])],
+def test_pdns_lua_text():
+    code = pdns_lua([(["10.0.0.0/8"], ["192.0.2.1", "192.0.2.2"]), (["2001:db8::/32"], ["192.0.2.3"])],
                           ["192.0.2.9"])  # fmt: skip
     assert code == (";if netmask({'10.0.0.0/8'}) then return {'192.0.2.1','192.0.2.2'} elseif "
                     "netmask({'2001:db8::/32'}) then return {'192.0.2.3'} end return {'192.0.2.9'}")
     assert lua_answer(code, "10.1.2.3") == {"192.0.2.1", "192.0.2.2"}
     assert lua_answer(code, "2001:db8::1") == {"192.0.2.3"}
     assert lua_answer(code, "127.0.0.1") == {"192.0.2.9"}
-    assert bench.pdns_lua([], ["192.0.2.9"]) == ";return {'192.0.2.9'}"
+    assert pdns_lua([], ["192.0.2.9"]) == ";return {'192.0.2.9'}"
 
 
 # --- figures ---------------------------------------------------------------------------------
 
 
-def test_targets_and_ratios(bench):
-    assert bench.ratio(80.0, 100.0) == 0.8 and bench.ratio(1.0, None) is None and bench.ratio(None, 1.0) is None
-    table = bench.target_table({"qps_vs_gdnsd": 0.8, "cpu_vs_gdnsd": 1.6, "qps_vs_pdns": None, "p99_half_load_ms": 0.4})
+def test_targets_and_ratios():
+    assert ratio(80.0, 100.0) == 0.8 and ratio(1.0, None) is None and ratio(None, 1.0) is None
+    table = target_table({"qps_vs_gdnsd": 0.8, "cpu_vs_gdnsd": 1.6, "qps_vs_pdns": None, "p99_half_load_ms": 0.4})
     assert table["qps_vs_gdnsd"]["pass"] is True and table["cpu_vs_gdnsd"]["pass"] is False
     assert table["qps_vs_pdns"]["pass"] is None and table["p99_half_load_ms"]["pass"] is True
 
 
 def test_table_with_a_missing_peer(bench):
+    smoke = bench.parse_args(["--smoke", "--seconds", "2"])
+    assert (smoke.repetitions, smoke.seconds, smoke.queries, smoke.subnets, smoke.warmup) == (1, 2.0, 1000, 100, 0.5)
     args = bench.parse_args(["--quick"])
     assert (args.repetitions, args.seconds, args.queries) == (1, 3.0, 5000)
     args.cpus_at_start = [0, 1]
-    run = bench.Run(server="router", variant="ecs", repetition=0, qps=15000.0, completed=45000, sent=45000, lost=0,
+    run = Run(server="router", variant="ecs", repetition=0, qps=15000.0, completed=45000, sent=45000, lost=0,
                     avg_latency_ms=6.0, cpu_s=2.7, cpu_us_per_query=60.0, kernel_drops=0, dnsperf_cpu_s=1.0,
                     server_core_other_s=0.01, load_core_other_s=0.0, rcodes={"NOERROR": 45000}, seconds=3.0)  # fmt: skip
     figures = {"runs": [run.__dict__], "answers_checked": 200, "wrong_answers": 0, "labels": {"router": "router (1 worker)"},
-               "servers": {"router": {v: bench.summarize_runs([run], "router", v) for v in ("ecs", "plain")}},
+               "servers": {"router": {v: summarize_runs([run], "router", v) for v in ("ecs", "plain")}},
                "pdns_note": "pdns-server not installed"}  # fmt: skip
-    figures = bench.finish(figures, args, [], 0.0)
+    figures = finish(figures, args, [], 0.0)
     assert figures["router_qps"] == 15000.0 and figures["gdnsd_qps"] is None and figures["qps_vs_gdnsd"] is None
     assert figures["router_cpu_us_per_query"] == 60.0 and figures["pdns_note"] == "pdns-server not installed"
     for key in ("router_qps", "gdnsd_qps", "pdns_qps", "router_cpu_us_per_query", "gdnsd_cpu_us_per_query",
                 "qps_vs_gdnsd", "cpu_vs_gdnsd", "qps_vs_pdns", "p99_half_load_ms", "wrong_answers"):  # fmt: skip
         assert key in figures
-    text = bench.format_table(figures)
+    text = format_table(figures)
     assert "router (1 worker)" in text and "not measured" in text
     assert "query log on" not in text  # not measured: no line
     figures.update(query_log_sample=100, router_query_log_qps=14000.0, router_query_log_cpu_us_per_query=64.0,
                    router_query_log_lines=420, query_log_vs_router_qps=0.933)  # fmt: skip
     assert ("query log on (1 in 100), ECS: 14,000 qps, 64.0 us CPU/query, 420 lines written; "
-            "vs without the log: 0.933x qps") in bench.format_table(figures)
+            "vs without the log: 0.933x qps") in format_table(figures)
 
 
-def test_latency_probe_times_replies_and_counts_silence_as_a_second(bench):
+def test_latency_probe_times_replies_and_counts_silence_as_a_second():
     import socket
     import threading
 
@@ -387,9 +416,9 @@ def test_latency_probe_times_replies_and_counts_silence_as_a_second(bench):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    wire = bench.encode_query("video.cdn.example.", "A", "83.44.10.0/24", 1)
+    wire = encode_query("video.cdn.example.", "A", "83.44.10.0/24", 1)
     try:
-        probe = bench.LatencyProbe(echo.getsockname()[1], [wire], 1.5)
+        probe = LatencyProbe(echo.getsockname()[1], [wire], 1.5)
         probe.start()
         probe.join()
     finally:
@@ -400,7 +429,7 @@ def test_latency_probe_times_replies_and_counts_silence_as_a_second(bench):
     assert 0 < probe.p99_ms() < 100
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        probe = bench.LatencyProbe(silent.getsockname()[1], [wire], 1.5)
+        probe = LatencyProbe(silent.getsockname()[1], [wire], 1.5)
         probe.start()
         probe.join()
     assert probe.rtts_ms == [1000.0]
