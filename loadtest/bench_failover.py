@@ -1,6 +1,6 @@
 """Failover figures: how fast a failed node leaves the answers, and what heartbeats cost.
 
-    python loadtest/bench_failover.py --json FILE [--trials N]
+    python loadtest/bench_failover.py --json FILE [--trials N] [--smoke]
 
 Runs on the sample deployment (zones/, its health settings as shipped: 1 s heartbeats,
 3 missed = 3 s bound, 3 good reports and a 10 s hold-down to return) with the real router
@@ -16,6 +16,14 @@ Runs on the sample deployment (zones/, its health settings as shipped: 1 s heart
 - peer, same run: gdnsd 3 (multifo resource of 4 node addresses, each watched by its
   http_status monitor on the simulator's health answer), node's health failed -> its address
   absent from gdnsd's answer, with gdnsd's default monitor settings and a tuned fast set.
+
+About 5 minutes plus about 2.5 for the peer. ``--smoke`` runs every part at the smallest
+size, in about a minute, for the test suite: 2 trials (one explicit, one silent, each
+recovered), a 200-node footprint heartbeating for 3 s, one gdnsd trial with the fast
+settings and none with the defaults (they take about 100 s; ``gdnsd_note`` says so). Its
+figures mean little; what it shows is that the bench still runs and writes its contract keys
+(``CONTRACT_KEYS``, ``PEER_KEYS``). gdnsd is installed with apt-get when missing and running
+as root; when it cannot be had the peer's figures are null and ``gdnsd_note`` says why.
 
 Bounded: a fixed number of trials, each with a timeout; traffic only to 127.0.0.1.
 """
@@ -47,6 +55,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from loadtest import packages  # noqa: E402
 from router.config import load_deployment  # noqa: E402
 from router.config.deployment import load_node_keys  # noqa: E402
 from router.simulator import Simulator  # noqa: E402
@@ -56,6 +65,12 @@ from tests.conftest import RunningRouter, make_deployment, start_router  # noqa:
 CLIENTS = ["83.44.10.0/24", "47.60.1.0/24", "85.48.1.0/24", "85.241.20.0/24", "89.153.10.0/24", "94.60.1.0/24",
            "90.10.20.0/24", "105.145.1.0/24", "83.213.10.0/24"]  # fmt: skip
 FOOTPRINT_NODES = 2196
+# The JSON keys other work relies on: the router's (numbers; bird_withdraw_seen a boolean) ...
+CONTRACT_KEYS = ("explicit_withdraw_ms_p50", "explicit_withdraw_ms_p99", "silent_withdraw_ms_p50", "silent_bound_ms",
+                 "recovery_ms_p50", "bird_withdraw_seen", "cpu_ms_per_1000_heartbeats")  # fmt: skip
+# ... and the peer's (numbers, or null when not measured; gdnsd_note says why, or how it was measured).
+PEER_KEYS = ("gdnsd_default_withdraw_ms_p50", "gdnsd_fast_withdraw_ms_p50", "ratio_gdnsd_fast_vs_router_explicit",
+             "ratio_gdnsd_fast_vs_router_silent", "gdnsd_note")  # fmt: skip
 # Fail a node again only after this long: a node failing within 2 hold-downs of its
 # recovery gets a doubled hold-down (flap damping), which is not what a trial measures.
 REST_S = 45.0
@@ -219,15 +234,22 @@ def measure_bird_withdrawal(router: RunningRouter, root: Path) -> dict:
 
 
 def footprint_deployment(root: Path, count: int) -> Path:
-    """The sample with ``count`` nodes: copies of the sample's nodes at jittered positions."""
+    """The sample with ``count`` nodes: copies of the sample's nodes at jittered positions.
+
+    The first copy of each sample node keeps its id, so whatever the sample's policies name
+    (a pool's ``ix-mad-1``, ``site:`` and ``country:`` entries) still names a node; the
+    other copies are ``n0018``, ``n0019`` ... Every node gets its own address and key.
+    """
     zones = make_deployment(root / "footprint")
     inventory = yaml.safe_load((zones / "nodes.yaml").read_text())
     base = inventory["nodes"]
+    if count < len(base):
+        raise ValueError(f"a footprint needs at least the sample's {len(base)} nodes, not {count}")
     rng = random.Random(11)
     nodes, keys = [], {}
     for i in range(count):
         template = dict(base[i % len(base)])
-        template["id"] = f"n{i:04d}"
+        template["id"] = template["id"] if i < len(base) else f"n{i:04d}"
         template["lat"] = round(template["lat"] + rng.uniform(-0.5, 0.5), 4)
         template["lon"] = round(template["lon"] + rng.uniform(-0.5, 0.5), 4)
         template["ipv4"] = f"10.{i // 250}.{i % 250}.1"
@@ -245,12 +267,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_heartbeat_cost(root: Path, window_s: float = 10.0) -> dict:
-    zones = footprint_deployment(root, FOOTPRINT_NODES)
+def measure_heartbeat_cost(root: Path, nodes: int = FOOTPRINT_NODES, window_s: float = 10.0,
+                           settle_s: float = 5.0) -> dict:  # fmt: skip
+    zones = footprint_deployment(root, nodes)
     router = start_router(zones, root / "footprint.log", "--telemetry", "127.0.0.1:0", api=True, workers=1)
     sim = SimulatorThread(zones, zones / "node-keys.sample.yaml", router.telemetry, duration=window_s + 30)
     try:
-        time.sleep(5)  # every node reporting, tables settled
+        time.sleep(settle_s)  # every node reporting, tables settled
         before = api_json(router, "/v1/telemetry")["accepted"]
         cpu_before = process_cpu_seconds(router.process.pid)
         time.sleep(window_s)
@@ -262,7 +285,7 @@ def measure_heartbeat_cost(root: Path, window_s: float = 10.0) -> dict:
         router.process.stdout.close()
     rate = accepted / window_s
     return {
-        "footprint_nodes": FOOTPRINT_NODES,
+        "footprint_nodes": nodes,
         "heartbeats_per_s": round(rate, 1),
         "cpu_ms_per_1000_heartbeats": round(cpu * 1000.0 / window_s / (rate / 1000.0), 2),
     }
@@ -289,22 +312,10 @@ GDNSD_FAST_TRIALS = 5
 
 def gdnsd_binary() -> tuple[str | None, str]:
     """The gdnsd binary, installing the Debian package when missing and running as root."""
-    found = shutil.which("gdnsd") or ("/usr/sbin/gdnsd" if Path("/usr/sbin/gdnsd").exists() else None)
-    if found:
-        return found, ""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "gdnsd not installed and not root (or no apt-get): peer not measured"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=False)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "gdnsd"], env=env, capture_output=True,
-                              text=True, timeout=600, check=False)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"installing gdnsd failed: {exc}"
-    found = shutil.which("gdnsd") or ("/usr/sbin/gdnsd" if Path("/usr/sbin/gdnsd").exists() else None)
-    if found is None:
-        return None, f"apt-get install gdnsd failed: {done.stderr.strip()[-300:]}"
-    return found, ""
+    missing = packages.ensure({"gdnsd": lambda: packages.binary("gdnsd")})
+    if missing:
+        return None, f"{missing['gdnsd']}: peer not measured"
+    return packages.binary("gdnsd"), ""
 
 
 def free_port(kind: int, host: str = "127.0.0.1") -> int:
@@ -358,7 +369,9 @@ def gdnsd_answer(name: str, port: int) -> set[str] | None:
     return {rdata.address for rrset in reply.answer for rdata in rrset}
 
 
-def measure_gdnsd_peer(root: Path) -> dict:
+def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default_settings: bool = True) -> dict:
+    """gdnsd's withdrawal with its fast settings (``fast_trials`` trials) and, when
+    ``default_settings``, with its defaults (about 100 s: two nodes at once, never restored)."""
     figures: dict = {
         "gdnsd_version": None, "gdnsd_default_settings": GDNSD_DEFAULT, "gdnsd_fast_settings": GDNSD_FAST,
         "gdnsd_default_withdraw_ms_p50": None, "gdnsd_default_withdraw_ms_at_least": None,
@@ -423,7 +436,7 @@ def measure_gdnsd_peer(root: Path) -> dict:
         fast: list[float] = []
         recovery: list[float] = []
         rng = random.Random(5)
-        for trial in range(GDNSD_FAST_TRIALS):
+        for trial in range(fast_trials):
             node = fast_nodes[trial % GDNSD_NODES]
             started = sim.send(f"health {node} fail")
             took = wait_until(lambda ip=addr[node]: ip not in (gdnsd_answer("video-fast", dns_port) or {ip}), 15, started,
@@ -431,7 +444,7 @@ def measure_gdnsd_peer(root: Path) -> dict:
             started = sim.send(f"restore {node}")
             back = wait_until(lambda ip=addr[node]: ip in (gdnsd_answer("video-fast", dns_port) or set()), 15, started,
                               every=0.010)  # fmt: skip
-            print(f"  gdnsd fast    {trial + 1}/{GDNSD_FAST_TRIALS}: {node:14} withdrawn in "
+            print(f"  gdnsd fast    {trial + 1}/{fast_trials}: {node:14} withdrawn in "
                   f"{took if took is None else round(took, 1)} ms, back in {back if back is None else round(back)} ms",
                   flush=True)  # fmt: skip
             if took is None:
@@ -443,29 +456,14 @@ def measure_gdnsd_peer(root: Path) -> dict:
             # A random pause, so the failures land at random phases of gdnsd's poll interval.
             time.sleep(rng.uniform(0.2, 0.2 + GDNSD_FAST["interval"]))
 
-        # Default settings: ~90-100 s per withdrawal, so two nodes fail at once (each address
-        # is polled on its own schedule: two independent samples). 2 of 4 left still passes
-        # multifo's up_thresh 0.5, so the answer really drops them. Never restored: coming
-        # back would take up_thresh 20 x 10 s.
-        victims = default_nodes[:2]
-        started_at = {node: sim.send(f"health {node} fail") for node in victims}
-        gone: dict[str, float] = {}
-        while len(gone) < len(victims) and time.monotonic() - min(started_at.values()) < GDNSD_DEFAULT_TIMEOUT_S:
-            current = gdnsd_answer("video-default", dns_port)
-            for node in victims:
-                if node not in gone and current is not None and addr[node] not in current:
-                    gone[node] = (time.monotonic() - started_at[node]) * 1000.0
-            time.sleep(0.010)
-        for node in victims:
-            took = gone.get(node)
-            print(f"  gdnsd default: {node:14} withdrawn in "
-                  f"{f'> {GDNSD_DEFAULT_TIMEOUT_S:g} s (timeout)' if took is None else f'{took:.1f} ms'}", flush=True)
-        figures["gdnsd_default_trials"] = len(gone)
-        figures["gdnsd_default_timeouts"] = len(victims) - len(gone)
-        if gone and len(gone) == len(victims):
-            figures["gdnsd_default_withdraw_ms_p50"] = round(statistics.median(gone.values()), 1)
-        else:
-            figures["gdnsd_default_withdraw_ms_at_least"] = GDNSD_DEFAULT_TIMEOUT_S * 1000.0
+        if default_settings:
+            gone = gdnsd_default_withdrawals(sim, default_nodes[:2], addr, dns_port)
+            figures["gdnsd_default_trials"] = len(gone)
+            figures["gdnsd_default_timeouts"] = 2 - len(gone)
+            if len(gone) == 2:
+                figures["gdnsd_default_withdraw_ms_p50"] = round(statistics.median(gone.values()), 1)
+            else:
+                figures["gdnsd_default_withdraw_ms_at_least"] = GDNSD_DEFAULT_TIMEOUT_S * 1000.0
         if fast:
             figures["gdnsd_fast_withdraw_ms_p50"] = round(statistics.median(fast), 1)
             figures["gdnsd_fast_withdraw_ms_max"] = round(max(fast), 1)
@@ -477,6 +475,8 @@ def measure_gdnsd_peer(root: Path) -> dict:
         if figures["gdnsd_default_withdraw_ms_at_least"] is not None:
             notes.append(f"default settings: not withdrawn within {GDNSD_DEFAULT_TIMEOUT_S:g} s; "
                          "gdnsd_default_withdraw_ms_at_least is a lower bound")  # fmt: skip
+        if not default_settings:
+            notes.append("default settings not measured (--smoke; they take about 100 s)")
         figures["gdnsd_note"] = "; ".join(notes)
     except Exception as exc:  # noqa: BLE001 - the peer never breaks our own figures
         figures["gdnsd_note"] = f"peer measurement failed: {type(exc).__name__}: {str(exc)[:300]}"
@@ -494,6 +494,30 @@ def measure_gdnsd_peer(root: Path) -> dict:
         sim.stop()
         sink.close()
     return figures
+
+
+def gdnsd_default_withdrawals(sim: SimulatorThread, victims: list[str], addr: dict[str, str],
+                              dns_port: int) -> dict[str, float]:  # fmt: skip
+    """Milliseconds until each of ``victims`` is gone from gdnsd's answer with its default
+    monitor settings, bounded at GDNSD_DEFAULT_TIMEOUT_S (a node not gone is left out).
+
+    About 90-100 s per withdrawal, so the nodes fail at once (each address is polled on its
+    own schedule: independent samples). 2 of 4 left still passes multifo's up_thresh 0.5, so
+    the answer really drops them. Never restored: coming back would take up_thresh 20 x 10 s.
+    """
+    started_at = {node: sim.send(f"health {node} fail") for node in victims}
+    gone: dict[str, float] = {}
+    while len(gone) < len(victims) and time.monotonic() - min(started_at.values()) < GDNSD_DEFAULT_TIMEOUT_S:
+        current = gdnsd_answer("video-default", dns_port)
+        for node in victims:
+            if node not in gone and current is not None and addr[node] not in current:
+                gone[node] = (time.monotonic() - started_at[node]) * 1000.0
+        time.sleep(0.010)
+    for node in victims:
+        took = gone.get(node)
+        print(f"  gdnsd default: {node:14} withdrawn in "
+              f"{f'> {GDNSD_DEFAULT_TIMEOUT_S:g} s (timeout)' if took is None else f'{took:.1f} ms'}", flush=True)
+    return gone
 
 
 def ratio(peer: float | None, ours: float | None) -> float | None:
@@ -529,28 +553,53 @@ def print_peer_table(figures: dict) -> None:
         print(f"  note: {figures['gdnsd_note']}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--trials", type=int, default=20)
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-failover-"))
-    try:
-        print(f"failover on the sample deployment ({args.trials} trials):", flush=True)
-        figures = measure_failover(root, args.trials)
-        print(f"heartbeat cost with {FOOTPRINT_NODES} simulated nodes:", flush=True)
+# What --smoke changes: 2 trials, a 200-node footprint for 3 s, 1 fast gdnsd trial, no gdnsd defaults.
+SMOKE = {"trials": 2, "nodes": 200, "window_s": 3.0, "settle_s": 3.0, "gdnsd_fast_trials": 1, "gdnsd_default": False}
+
+
+def measure(root: Path, trials: int, smoke: bool) -> dict:
+    """Every part in turn: the router's failover, the heartbeat cost, the gdnsd peer, ratios."""
+    nodes = SMOKE["nodes"] if smoke else FOOTPRINT_NODES
+    print(f"failover on the sample deployment ({trials} trials):", flush=True)
+    figures = measure_failover(root, trials)
+    print(f"heartbeat cost with {nodes} simulated nodes:", flush=True)
+    if smoke:
+        figures.update(measure_heartbeat_cost(root, nodes, SMOKE["window_s"], SMOKE["settle_s"]))
+        print("peer: gdnsd 3 with http_status monitors (fast settings only):", flush=True)
+        figures.update(measure_gdnsd_peer(root, SMOKE["gdnsd_fast_trials"], SMOKE["gdnsd_default"]))
+    else:
         figures.update(measure_heartbeat_cost(root))
         print("peer: gdnsd 3 with http_status monitors (about 3 minutes):", flush=True)
         figures.update(measure_gdnsd_peer(root))
-        figures["ratio_gdnsd_fast_vs_router_explicit"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
-                                                              figures["explicit_withdraw_ms_p50"])
-        figures["ratio_gdnsd_fast_vs_router_silent"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
-                                                            figures["silent_withdraw_ms_p50"])
-        figures["ratio_gdnsd_default_vs_router_silent"] = ratio(figures["gdnsd_default_withdraw_ms_p50"],
-                                                               figures["silent_withdraw_ms_p50"])
+    figures["ratio_gdnsd_fast_vs_router_explicit"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
+                                                          figures["explicit_withdraw_ms_p50"])
+    figures["ratio_gdnsd_fast_vs_router_silent"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
+                                                        figures["silent_withdraw_ms_p50"])
+    figures["ratio_gdnsd_default_vs_router_silent"] = ratio(figures["gdnsd_default_withdraw_ms_p50"],
+                                                           figures["silent_withdraw_ms_p50"])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--trials", type=int, help="failover trials, alternately explicit and silent (default 20; "
+                                                   f"--smoke {SMOKE['trials']})")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true",
+                        help="every part at the smallest size, for the test suite (about a minute); "
+                             "the figures mean little")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.trials is None:
+        args.trials = SMOKE["trials"] if args.smoke else 20
+    if args.trials < 2:
+        parser.error("--trials >= 2 (at least one explicit and one silent failure)")
+    root = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    try:
+        figures = measure(root, args.trials, args.smoke)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    figures["command"] = "python loadtest/bench_failover.py --json FILE --trials " + str(args.trials)
+    figures["command"] = ("python loadtest/bench_failover.py --json FILE --trials " + str(args.trials)
+                          + (" --smoke" if args.smoke else ""))  # fmt: skip
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"  {key:<{width}}  {value}")
