@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Steering-core benchmark (issue 4): client-map lookups, planning, numba vs numpy, quality.
+"""Steering-core benchmark: client-map lookups, planning, numba vs numpy, quality.
 
     taskset -c 1 .venv/bin/python loadtest/bench_core.py --json var/bench-core.json
+    .venv/bin/python loadtest/bench_core.py --smoke --json FILE   # the repo's sample, seconds
 
 Loads a deployment directory as the router would (default ``var/world``, built by
 ``geodata/build_world.py`` when missing and ``../shared/data`` exists), then measures, on
@@ -23,8 +24,17 @@ count (``np.bincount(v4_group, v4_end - v4_start + 1)``), group 0 (unknown) none
 so that all policies together ask for the load factor times the total node capacity,
 split evenly between the policies. Node loads reported by nodes are zero (no penalty).
 
-The JSON keys listed in ``CONTRACT_KEYS`` are a contract (issue 4). Figures are printed
-next to their targets with PASS or MISS; nothing is tuned to pass.
+The JSON keys listed in ``CONTRACT_KEYS`` are a contract. Figures are printed next to their
+targets with PASS or MISS; nothing is tuned to pass.
+
+``--quick`` uses small counts; ``--smoke`` is ``--quick`` on the repo's own sample deployment
+(``zones/``, unless ``--zones`` says otherwise) with one timed run per figure: every part
+above in a few seconds and without ``../shared/data``, for the test suite to see that the
+bench still runs and writes its contract keys. Its figures say nothing about the world.
+
+Only the public entry points of ``router.steering`` are called (``rank``, ``capacity``,
+``build``), except in ``time_stages``: the time spent in each numba kernel of a plan
+(``full_recompute_stages_s``) can only be had by wrapping the kernels themselves.
 """
 
 from __future__ import annotations
@@ -50,7 +60,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from router.steering import _kernels  # noqa: E402
 from router.steering.build import planning_order  # noqa: E402
 from router.steering.capacity import (  # noqa: E402
     CANDIDATES,
@@ -79,6 +88,7 @@ TARGETS = {
     "router_start_s": ("< 5 s", lambda v: v < 5.0),
 }
 DEFAULT_ZONES = REPO / "var" / "world"
+SAMPLE_ZONES = REPO / "zones"
 SHARED_DATA = REPO.parent / "shared" / "data"
 LOAD_FACTORS = (0.7, 0.9)
 RESERVE_PENALTY_MS = 10_000.0  # LP cost of a Gbps above capacity * headroom
@@ -273,7 +283,13 @@ def plan_all(inputs: list[PlanInputs]) -> list:
 
 
 def time_stages(inputs: list[PlanInputs]) -> dict:
-    """One instrumented plan_all: seconds in each numba kernel that plan_policy calls."""
+    """One instrumented plan_all: seconds in each numba kernel that plan_policy calls.
+
+    The one use of ``router.steering._kernels`` here: no public entry point runs one stage of
+    a plan alone, so the kernels are wrapped (and put back) for this one plan.
+    """
+    from router.steering import _kernels
+
     names = ("_eligibility", "_location_topk", "_group_candidates", "_fill")
     spent = dict.fromkeys(names, 0.0)
     originals = {name: getattr(_kernels, name) for name in names if hasattr(_kernels, name)}
@@ -450,8 +466,9 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
 def pair_arrays(
     r: RankInputs, g: np.ndarray, n: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(score, latency_ms, distance_km) of group/node index arrays (broadcast), as ``_kernels._pair``."""
-    rad = _kernels.RADIANS_PER_DEGREE
+    """(score, latency_ms, distance_km) of group/node index arrays (broadcast), as the kernels
+    score a pair (held equal to ``group_components`` in ``bench_quality``)."""
+    rad = reference.RADIANS_PER_DEGREE
     p1 = r.group_lat[g] * rad
     p2 = r.node_lat[n] * rad
     dp = p2 - p1
@@ -459,7 +476,7 @@ def pair_arrays(
     half_dp = np.sin(dp / 2.0)
     half_dl = np.sin(dl / 2.0)
     a = half_dp * half_dp + np.cos(p1) * np.cos(p2) * half_dl * half_dl
-    dist = 2.0 * _kernels.EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
+    dist = 2.0 * reference.EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(1.0, a)))
     cg, cn = r.group_country[g], r.node_country[n]
     known = (cg >= 0) & (cn >= 0)
     latency = np.where(known, r.country_rtt[np.maximum(cg, 0), np.maximum(cn, 0)], np.nan)
@@ -795,16 +812,21 @@ def print_table(rows: list[tuple[str, object, str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--zones", type=Path, default=DEFAULT_ZONES,
-                        help="deployment directory (default var/world; zones/ is the small sample)")  # fmt: skip
+    parser.add_argument("--zones", type=Path,
+                        help="deployment directory (default var/world, --smoke zones/: the small sample)")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help="small counts (for tests and the sample)"
     )
-    parser.add_argument("--runs", type=int, help="timed runs per figure (default 3, quick 2)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick on the repo's sample (zones/) with one run per figure: seconds, for the "
+                             "test suite; the figures say nothing about the world")  # fmt: skip
+    parser.add_argument("--runs", type=int, help="timed runs per figure (default 3, quick 2, smoke 1)")
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args(argv)
-    quick = args.quick
-    runs = args.runs or (2 if quick else 3)
+    quick = args.quick or args.smoke
+    runs = args.runs or (1 if args.smoke else 2 if quick else 3)
+    if args.zones is None:
+        args.zones = SAMPLE_ZONES if args.smoke else DEFAULT_ZONES
     started = dt.datetime.now(dt.UTC)
 
     def rng(part: int) -> np.random.Generator:  # each part draws the same whatever runs before it
@@ -817,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(),
                     "numpy": np.__version__, "numba": __import__("numba").__version__},
-        "zones": str(args.zones), "quick": quick, "runs": runs, "seed": args.seed,
+        "zones": str(args.zones), "quick": quick, "smoke": args.smoke, "runs": runs, "seed": args.seed,
     }  # fmt: skip
     problem = ensure_world(args.zones)
     if problem:
@@ -903,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         "the plan's score: latency - on-net bonus + load penalty (0: no load reported)"
     )
     result["latency_definition"] = (
-        "the (client group, node) pair's latency (_kernels._pair), demand-weighted"
+        "the (client group, node) pair's latency (as group_components reports it), demand-weighted"
     )
     result["peak_rss_mb_end"] = rss_mb()
     result["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
