@@ -173,6 +173,7 @@ def _read_token(args: argparse.Namespace) -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the command line, then hand over to the serving runtime (router/service/run.py)."""
+    from router.api.http import create_app
     from router.dns.query_log import QueryLogSettings, open_check
     from router.service.run import ServeOptions, serve
     from router.service.sockets import ServiceError, parse_endpoint
@@ -201,7 +202,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             zones=args.zones, listen=listen, workers=args.workers, api=api, api_token=token, telemetry=telemetry,
             state_file=args.state_file, udp_path=args.udp_path, tcp_idle_timeout=args.tcp_idle_timeout,
             drain_grace=args.drain_grace, watch_s=args.watch, query_log=query_log,
-        )  # fmt: skip
+        ),  # fmt: skip
+        api_app=create_app,
     )
 
 

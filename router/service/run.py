@@ -7,8 +7,11 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiohttp import web
 
 from router.config import ConfigError, load_deployment
 from router.dns.query_log import QueryLogSettings
@@ -39,8 +42,14 @@ class ServeOptions:
     query_log: QueryLogSettings | None = None
 
 
-def serve(options: ServeOptions) -> int:
-    """Exit status: 0 after a clean stop, 1 if the config or the service failed."""
+# (supervisor, token, reload) -> the HTTP API's application: the API is built above the
+# runtime (router/api/), which never imports it.
+ApiFactory = Callable[[Supervisor, str, Callable[[str], Awaitable[dict]]], "web.Application"]
+
+
+def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
+    """Exit status: 0 after a clean stop, 1 if the config or the service failed. With
+    ``options.api``, ``api_app`` makes the API served there."""
     # SIGHUP means "reload": never let it end the process before the handler is in place
     # (the workers, forked below, inherit this and ignore it too).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -65,7 +74,7 @@ def serve(options: ServeOptions) -> int:
         return 1
     try:
         supervisor.start()
-        return asyncio.run(_run(supervisor, options, seen))
+        return asyncio.run(_run(supervisor, options, seen, api_app))
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
         return 1
@@ -73,11 +82,7 @@ def serve(options: ServeOptions) -> int:
         supervisor.stop()
 
 
-async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple) -> int:
-    from aiohttp import web
-
-    from router.api.http import create_app
-
+async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple, api_app: ApiFactory | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,8 +92,8 @@ async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple) -> in
     runner = None
     api_text = "off"
     if options.api is not None:
-        assert options.api_token is not None
-        runner = web.AppRunner(create_app(supervisor, options.api_token, watcher.reload), access_log=None)
+        assert options.api_token is not None and api_app is not None
+        runner = web.AppRunner(api_app(supervisor, options.api_token, watcher.reload), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, *options.api).start()
         api_text = format_endpoint(*runner.addresses[0][:2])
