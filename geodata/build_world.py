@@ -655,7 +655,7 @@ live        IN CNAME video
 # Demand before any is observed: video fills half the footprint at peak, web a tenth.
 VIDEO_PEAK_SHARE = 0.5
 WEB_PEAK_SHARE = 0.1
-# A data-residency example (issue 4): German clients only ever reach German nodes.
+# A data-residency example: German clients only ever reach German nodes.
 GEOFENCED = "DE"
 
 
