@@ -30,9 +30,9 @@ the peers' replies are checked the same way (rcode and answer records).
 
 Sizes: the defaults (3 repetitions of 10 s, 1,000 subnets, 20,000 queries per file) take about
 6 minutes; ``--quick`` (1 repetition of 3 s, 5,000 queries) about a minute; ``--smoke`` (1
-repetition of 1 s, 100 subnets, 1,000 queries, 0.5 s warm-ups, short waits for quiet) well
-under a minute: every step above with the real router, dnsperf, gdnsd and PowerDNS, for the
-test suite to see that the bench still runs and writes its contract keys
+repetition of 1 s, 100 subnets, 1,000 queries, 0.5 s warm-ups, short waits for quiet, no
+second PowerDNS) under a minute: every step above with the real router, dnsperf, gdnsd and
+PowerDNS, for the test suite to see that the bench still runs and writes its contract keys
 (``loadtest.throughput.figures.CONTRACT_KEYS``); its figures mean little. Needs root only to
 install what is missing (dnsperf, gdnsd, pdns-server, pdns-backend-bind, with apt-get); a peer
 that cannot be had gets null figures and a ``gdnsd_note`` / ``pdns_note``. The JSON goes to
@@ -471,9 +471,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-budget", type=float,
                         help="at most this long waiting for quiet in the whole bench (default 120; --quick 30; --smoke 5)")
     parser.add_argument("--no-pdns-shared", dest="pdns_shared", action="store_false",
-                        help="skip the second PowerDNS (enable-lua-records=shared, one Lua state per thread)")
+                        help="skip the second PowerDNS (enable-lua-records=shared, one Lua state per thread; "
+                             "--smoke skips it too: the same set-up as the first, another config value)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.pdns_shared = False
     for name, value in SIZES["smoke" if args.smoke else "quick" if args.quick else "default"].items():
         if getattr(args, name, None) is None:  # warmup is not an option: always the size's
             setattr(args, name, value)
