@@ -96,7 +96,7 @@ class SteeredName:
     ttl: int
 
 
-def gdnsd_nets(blocks: list[tuple[ipaddress._BaseNetwork, int]], dc_of_set: dict[int, str],
+def gdnsd_nets(blocks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]], dc_of_set: dict[int, str],
                set_of_group) -> tuple[list[str], int]:  # noqa: ANN001 # fmt: skip
     """``nets`` file lines (``NET => DC``); blocks in IPv6 subspaces gdnsd refuses are skipped."""
     lines, skipped = [], 0
