@@ -14,10 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from router.config._validate import validate_item
-from router.config._yaml import LocatedYaml, load_yaml
-from router.config.deployment import Deployment
-from router.config.problems import ConfigError, Problem
+from router.config import ConfigError, Deployment, LocatedYaml, Problem, load_yaml, validate_item
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
