@@ -382,8 +382,9 @@ def join_family(shared: Path, version: int) -> list[Piece]:
     countries = flatten(read_country_table(shared / COUNTRY_CSV[version], version))
     selected = [span for span in countries if span.value in SELECTED_COUNTRIES]
     # ASN rows that miss the selected space cannot affect it, so filter before flattening.
-    asn_rows = flatten(candidate_rows(read_asn_table(shared / ASN_CSV[version], version),
-                                      selected, version))
+    asn_rows = flatten(
+        candidate_rows(read_asn_table(shared / ASN_CSV[version], version), selected, version)
+    )
     pieces = intersect(asn_rows, selected)
     if version == 6 and pieces and pieces[0].start < 1 << 32:
         # ::/96 holds the IPv4 tree in an ipv4_compatible MMDB; IPv6 data there would collide.
@@ -617,8 +618,10 @@ def report(
         for piece in pieces:
             per_country.setdefault(piece.country, set()).add(piece.asn)
         summary = ", ".join(f"{c}={len(a)}" for c, a in sorted(per_country.items()))
-        print(f"IPv{version}: {len(pieces):,} ranges -> {network_counts[version]:,} networks; "
-              f"distinct ASNs per country: {summary}")
+        print(
+            f"IPv{version}: {len(pieces):,} ranges -> {network_counts[version]:,} networks; "
+            f"distinct ASNs per country: {summary}"
+        )
     for country, asns in sorted(neighbour_asns.items()):
         print(f"top-{NEIGHBOUR_TOP_N} IPv4 ASNs kept for {country}: {sorted(asns)}")
 

@@ -102,7 +102,9 @@ class Oracle:
 
     def best(self, policy: int, group: int, available: np.ndarray) -> np.ndarray:
         """bool[N]: the best available nodes (all False when none is available)."""
-        s = np.where(available & self.allowed(policy, group, available), self.score[(policy, group)], np.inf)
+        s = np.where(
+            available & self.allowed(policy, group, available), self.score[(policy, group)], np.inf
+        )
         low = s.min()
         if not np.isfinite(low):
             return np.zeros(len(s), dtype=np.bool_)
@@ -134,7 +136,11 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, digits)
+    return (
+        None
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else round(value, digits)
+    )
 
 
 def analyze(
@@ -161,7 +167,9 @@ def analyze(
     avail = [play.node_available_at_start] + [e.available for e in play.events]
     external = [play.external_gbps_at_start] + [e.external_gbps for e in play.events]
     avail_arr = np.array(avail, dtype=np.bool_)  # [E + 1, N]
-    epoch = np.searchsorted(event_t, np.nan_to_num(rec.t_done, nan=elapsed), side="right")  # 0 = before any
+    epoch = np.searchsorted(
+        event_t, np.nan_to_num(rec.t_done, nan=elapsed), side="right"
+    )  # 0 = before any
 
     # Which event took each node out, as of each epoch (-1: available or never failed).
     failed_by = np.full((len(avail), n_nodes), -1, dtype=np.int64)
@@ -188,8 +196,12 @@ def analyze(
         keys = np.stack([policy[idx], groups[idx], epoch[idx]], axis=1)
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
         # dtype given: with no steered answer at all the lists are empty (and would be float).
-        best = np.array([oracle.best(int(p), int(g), avail_arr[int(k)]) for p, g, k in uniq], dtype=bool).reshape(len(uniq), n_nodes)
-        lat = np.array([oracle.latency[(int(p), int(g))] for p, g, _ in uniq], dtype=np.float64).reshape(len(uniq), n_nodes)
+        best = np.array(
+            [oracle.best(int(p), int(g), avail_arr[int(k)]) for p, g, k in uniq], dtype=bool
+        ).reshape(len(uniq), n_nodes)
+        lat = np.array(
+            [oracle.latency[(int(p), int(g))] for p, g, _ in uniq], dtype=np.float64
+        ).reshape(len(uniq), n_nodes)
         return best, lat, inverse.ravel()
 
     second = np.maximum(n2, 0)
@@ -223,7 +235,11 @@ def analyze(
         restored = np.flatnonzero(~before & after)
         spec = scenario.failures[event.failure]
         if len(failed):
-            bound = spec.bound_ms if spec.bound_ms is not None else default_bound_ms(event.command, heartbeat_interval_s, missed_heartbeats)
+            bound = (
+                spec.bound_ms
+                if spec.bound_ms is not None
+                else default_bound_ms(event.command, heartbeat_interval_s, missed_heartbeats)
+            )
             # The window ends when the truth changes again for these nodes, or at the end.
             later = [f for f in range(e + 1, len(play.events)) if avail[f + 1][failed].any()]
             window_end = play.events[later[0]].t if later else elapsed
@@ -232,7 +248,11 @@ def analyze(
             wire_dead = client_dead & wire
             last = float(t_rel[wire_dead].max()) if wire_dead.any() else 0.0
             reached_zero = not wire_dead.any() or (event.t + last / 1000.0) < window_end - 0.2
-            bins = np.arange(-1000, min((window_end - event.t) * 1000.0, max(5000.0, 3 * bound)) + DEAD_BIN_MS, DEAD_BIN_MS)
+            bins = np.arange(
+                -1000,
+                min((window_end - event.t) * 1000.0, max(5000.0, 3 * bound)) + DEAD_BIN_MS,
+                DEAD_BIN_MS,
+            )
             near = counted & wire & (t_rel >= bins[0]) & (t_rel < bins[-1])
             hist_all = np.histogram(t_rel[near], bins=bins)[0]
             hist_dead = np.histogram(t_rel[wire_dead], bins=bins)[0]
@@ -261,7 +281,11 @@ def analyze(
             back = {}
             for i in restored:
                 seen = answered & (rec.t_done >= event.t) & ((rec.node1 == i) | (rec.node2 == i))
-                back[model.node_ids[i]] = round((float(rec.t_done[seen].min()) - event.t) * 1000.0, 1) if seen.any() else None
+                back[model.node_ids[i]] = (
+                    round((float(rec.t_done[seen].min()) - event.t) * 1000.0, 1)
+                    if seen.any()
+                    else None
+                )
             recoveries.append({
                 "label": spec.label or event.command, "command": event.command, "failure": event.failure,
                 "repeat": event.repeat, "at_ms": round(event.t * 1000.0, 1),
@@ -278,14 +302,18 @@ def analyze(
     ext = np.zeros((n_nodes, seconds))
     for s in range(seconds):
         ext[:, s] = external[int(np.searchsorted(event_t, s + 0.5, side="right"))]
-    load_gbps = carried_gbps(counts, scenario.traffic.gbps_per_qps, scenario.traffic.session_s) + ext
+    load_gbps = (
+        carried_gbps(counts, scenario.traffic.gbps_per_qps, scenario.traffic.session_s) + ext
+    )
     util = load_gbps / capacity[:, None]
     full = min(seconds, int(math.floor(elapsed)))  # the last partial second would read low
     overloaded = float((util[:, :full] > 1.0).sum())
 
     # Over time, per second.
     t_sec = np.minimum(np.floor(rec.t).astype(np.int64), seconds - 1)
-    done_sec = np.minimum(np.floor(np.nan_to_num(rec.t_done, nan=elapsed)).astype(np.int64), seconds - 1)
+    done_sec = np.minimum(
+        np.floor(np.nan_to_num(rec.t_done, nan=elapsed)).astype(np.int64), seconds - 1
+    )
     series: dict = {"t_s": list(range(seconds))}
     series["client_queries"] = np.bincount(t_sec, minlength=seconds).tolist()
     series["sent"] = np.bincount(t_sec[wire], minlength=seconds).tolist()
@@ -293,7 +321,9 @@ def analyze(
     series["timeouts"] = np.bincount(t_sec[timeouts], minlength=seconds).tolist()
     series["rcodes"] = {}
     for code in sorted(set(rec.rcode[wire].tolist())):
-        series["rcodes"][RCODE_NAMES.get(code, f"rcode{code}")] = np.bincount(done_sec[wire & (rec.rcode == code)], minlength=seconds).tolist()
+        series["rcodes"][RCODE_NAMES.get(code, f"rcode{code}")] = np.bincount(
+            done_sec[wire & (rec.rcode == code)], minlength=seconds
+        ).tolist()
     p50, p99 = [], []
     for s in range(seconds):
         lat = latency_ms[answered & (done_sec == s)]
@@ -303,9 +333,13 @@ def analyze(
     dead_rows = counted & wire & (dead_event >= 0)
     series["answers_to_dead"] = np.bincount(done_sec[dead_rows], minlength=seconds).tolist()
     steered_sec = done_sec[idx][wire_steered]
-    hits = np.bincount(steered_sec, weights=hit_router[wire_steered].astype(np.float64), minlength=seconds)
+    hits = np.bincount(
+        steered_sec, weights=hit_router[wire_steered].astype(np.float64), minlength=seconds
+    )
     tot = np.bincount(steered_sec, minlength=seconds)
-    series["best_node_share"] = [_round(h / t) if t else None for h, t in zip(hits.tolist(), tot.tolist())]
+    series["best_node_share"] = [
+        _round(h / t) if t else None for h, t in zip(hits.tolist(), tot.tolist())
+    ]
 
     # Where clients went: per client group (by the client's own subnet), the node most sent to.
     client_rows = load_rows & (q_kind[rec.question] == KIND_STEERED)
@@ -325,10 +359,22 @@ def analyze(
             lat, lon = float(gr.lat[g]), float(gr.lon[g])
             if math.isnan(lat) or math.isnan(lon):
                 continue
-            client_map.append({"group": g, "lat": lat, "lon": lon, "asn": int(gr.asn[g]), "node": model.node_ids[node], "queries": total})
+            client_map.append(
+                {
+                    "group": g,
+                    "lat": lat,
+                    "lon": lon,
+                    "asn": int(gr.asn[g]),
+                    "node": model.node_ids[node],
+                    "queries": total,
+                }
+            )
 
     quantiles = np.linspace(0, 100, 201)
-    rcodes = {RCODE_NAMES.get(c, f"rcode{c}"): int(v) for c, v in zip(*np.unique(rec.rcode[wire], return_counts=True))}
+    rcodes = {
+        RCODE_NAMES.get(c, f"rcode{c}"): int(v)
+        for c, v in zip(*np.unique(rec.rcode[wire], return_counts=True))
+    }
     sent = int(wire.sum())
     result = {
         "qps": round(int(answered.sum()) / elapsed, 1) if elapsed > 0 else 0.0,
@@ -351,7 +397,9 @@ def analyze(
         "rcodes": rcodes,
         "client_best_node_share": _round(client_best_share, 4),
         "best_node_share_ecs": _round(best_share_ecs, 4),
-        "latency_excess_ms_mean": _round(float(finite_excess.mean()) if len(finite_excess) else None),
+        "latency_excess_ms_mean": _round(
+            float(finite_excess.mean()) if len(finite_excess) else None
+        ),
         "latency_excess_ms_p95": _round(_pct(finite_excess, 95)),
         "max_node_utilization": _round(float(util[:, :full].max()) if full else None, 4),
         "node_seconds_above_high_water": float((util[:, :full] > high_water).sum()),
@@ -359,28 +407,58 @@ def analyze(
         "failures": failures,
         "recoveries": recoveries,
         "generator": {
-            "sent": play.sent, "received": play.received, "unmatched_replies": play.unmatched,
-            "send_errors": play.send_errors, "backlog_dropped": play.backlog_dropped, "stopped_by": play.stopped_by,
+            "sent": play.sent,
+            "received": play.received,
+            "unmatched_replies": play.unmatched,
+            "send_errors": play.send_errors,
+            "backlog_dropped": play.backlog_dropped,
+            "stopped_by": play.stopped_by,
         },  # fmt: skip
         "series": series,
-        "latency_cdf": {"share": (quantiles / 100).tolist(), "ms": [_round(v) for v in (np.percentile(wire_latency, quantiles).tolist() if len(wire_latency) else [])]},
+        "latency_cdf": {
+            "share": (quantiles / 100).tolist(),
+            "ms": [
+                _round(v)
+                for v in (
+                    np.percentile(wire_latency, quantiles).tolist() if len(wire_latency) else []
+                )
+            ],
+        },
         "node_load": {
-            "nodes": list(model.node_ids), "capacity_gbps": capacity.tolist(), "t_s": list(range(seconds)),
-            "utilization": np.round(util, 4).tolist(), "high_water": high_water,
+            "nodes": list(model.node_ids),
+            "capacity_gbps": capacity.tolist(),
+            "t_s": list(range(seconds)),
+            "utilization": np.round(util, 4).tolist(),
+            "high_water": high_water,
         },  # fmt: skip
         "client_map": client_map,
         "node_locations": [
-            {"node": node, "lat": float(model.node_lat[i]), "lon": float(model.node_lon[i]), "asn": int(model.node_asn[i])}
+            {
+                "node": node,
+                "lat": float(model.node_lat[i]),
+                "lon": float(model.node_lon[i]),
+                "asn": int(model.node_asn[i]),
+            }
             for i, node in enumerate(model.node_ids)
         ],
-        "question_types": {str(t): int(c) for t, c in zip(*np.unique(q_type[rec.question[wire]], return_counts=True))},
+        "question_types": {
+            str(t): int(c)
+            for t, c in zip(*np.unique(q_type[rec.question[wire]], return_counts=True))
+        },
     }
     return result
 
 
 def _flaps(rec, wire: np.ndarray, node: int, since: float) -> int:  # noqa: ANN001
     """Times the node came back into answers after being absent for RETURN_GAP_S or more."""
-    seen = np.sort(rec.t_done[wire & (rec.rcode >= 0) & (rec.t_done >= since) & ((rec.node1 == node) | (rec.node2 == node))])
+    seen = np.sort(
+        rec.t_done[
+            wire
+            & (rec.rcode >= 0)
+            & (rec.t_done >= since)
+            & ((rec.node1 == node) | (rec.node2 == node))
+        ]
+    )
     if len(seen) < 2:
         return 0
     return int((np.diff(seen) >= RETURN_GAP_S).sum())
@@ -399,19 +477,46 @@ def check(expect, result: dict) -> list[dict]:  # noqa: ANN001
             worst <= expect.max_answers_to_dead_after_bound and bool(result["failures"]))  # fmt: skip
         # Withdrawing a node no answer named proves nothing: the first failure must hit one in use.
         first = result["failures"][0]["answers_naming_them_before"] if result["failures"] else 0
-        add("failed_nodes_were_in_answers", "> 0 answers naming them in the second before", first, first > 0)
+        add(
+            "failed_nodes_were_in_answers",
+            "> 0 answers naming them in the second before",
+            first,
+            first > 0,
+        )
     if expect.max_timeout_share is not None:
         share = result["timeout_share"]
-        add("timeout_share", f"<= {expect.max_timeout_share}", share, share is not None and share <= expect.max_timeout_share)
+        add(
+            "timeout_share",
+            f"<= {expect.max_timeout_share}",
+            share,
+            share is not None and share <= expect.max_timeout_share,
+        )
     if expect.min_best_node_share is not None:
         share = result["best_node_share"]
-        add("best_node_share", f">= {expect.min_best_node_share}", share, share is not None and share >= expect.min_best_node_share)
+        add(
+            "best_node_share",
+            f">= {expect.min_best_node_share}",
+            share,
+            share is not None and share >= expect.min_best_node_share,
+        )
     if expect.max_overloaded_node_seconds is not None:
         value = result["overloaded_node_seconds"]
-        add("overloaded_node_seconds", f"<= {expect.max_overloaded_node_seconds}", value, value <= expect.max_overloaded_node_seconds)
+        add(
+            "overloaded_node_seconds",
+            f"<= {expect.max_overloaded_node_seconds}",
+            value,
+            value <= expect.max_overloaded_node_seconds,
+        )
     if expect.max_flaps_seen_by_clients is not None:
-        worst = max((v for f in result["failures"] for v in f["flaps_seen_by_clients"].values()), default=0)
-        add("flaps_seen_by_clients", f"<= {expect.max_flaps_seen_by_clients}", worst, worst <= expect.max_flaps_seen_by_clients)
+        worst = max(
+            (v for f in result["failures"] for v in f["flaps_seen_by_clients"].values()), default=0
+        )
+        add(
+            "flaps_seen_by_clients",
+            f"<= {expect.max_flaps_seen_by_clients}",
+            worst,
+            worst <= expect.max_flaps_seen_by_clients,
+        )
     if expect.max_time_to_back_in_answers_ms is not None:
         times = [v for r in result["recoveries"] for v in r["time_to_back_in_answers_ms"].values()]
         worst = None if not times or any(v is None for v in times) else max(times)
@@ -420,5 +525,10 @@ def check(expect, result: dict) -> list[dict]:  # noqa: ANN001
     if expect.min_qps_share is not None:
         offered = result["generator"]["sent"]
         share = result["answered"] / offered if offered else 0.0
-        add("answered_share", f">= {expect.min_qps_share}", round(share, 4), share >= expect.min_qps_share)
+        add(
+            "answered_share",
+            f">= {expect.min_qps_share}",
+            round(share, 4),
+            share >= expect.min_qps_share,
+        )
     return checks

@@ -557,7 +557,9 @@ def bench_numba_vs_numpy(world: World, numpy_size: int, python_size: int, runs: 
     # The core as the router runs it: locations ranked once, groups scored on their
     # candidates (plan_policy with no demand does only that). Same output, checked.
     topology = Topology.create(sub)
-    idle = PlanInputs.create(sub, topology, np.zeros(len(sub.group_lat)), world.capacity, world.headroom[0])
+    idle = PlanInputs.create(
+        sub, topology, np.zeros(len(sub.group_lat)), world.capacity, world.headroom[0]
+    )
     plan_policy(idle, candidates=k)  # compile
     core_s = best_of(lambda: plan_policy(idle, candidates=k), runs)
     core_agree = float((plan_policy(idle, candidates=k).cand_node == numpy_rows).all(axis=1).mean())
@@ -820,7 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="--quick on the repo's sample (zones/) with one run per figure: seconds, for the "
                              "test suite; the figures say nothing about the world")  # fmt: skip
-    parser.add_argument("--runs", type=int, help="timed runs per figure (default 3, quick 2, smoke 1)")
+    parser.add_argument(
+        "--runs", type=int, help="timed runs per figure (default 3, quick 2, smoke 1)"
+    )
     parser.add_argument("--seed", type=int, default=4)
     args = parser.parse_args(argv)
     quick = args.quick or args.smoke

@@ -108,7 +108,9 @@ class SimulatorThread:
 
 def answer(router: RunningRouter, subnet: str, sock: socket.socket) -> list[str]:
     address, prefix = subnet.split("/")
-    q = dns.message.make_query("video.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
+    q = dns.message.make_query(
+        "video.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))]
+    )
     sock.sendto(q.to_wire(), (router.host, router.port))
     reply = dns.message.from_wire(sock.recv(65535))
     return [rdata.address for rrset in reply.answer for rdata in rrset]
@@ -151,7 +153,9 @@ def measure_failover(root: Path, trials: int) -> dict:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(2)
             deadline = time.monotonic() + 30
-            while not all("heartbeats good" in n["reason"] for n in api_json(router, "/v1/nodes")["nodes"]):
+            while not all(
+                "heartbeats good" in n["reason"] for n in api_json(router, "/v1/nodes")["nodes"]
+            ):
                 assert time.monotonic() < deadline, "nodes never all reported"
                 time.sleep(0.1)
             time.sleep(1.5)  # let the even-load table settle
@@ -173,13 +177,17 @@ def measure_failover(root: Path, trials: int) -> dict:
                 command = {"explicit": rng.choice([f"power {victim} off", f"uplink {victim} down"]),
                            "silent": f"silence {victim}"}[kind]  # fmt: skip
                 started = sim.send(command)
-                took = wait_until(lambda c=client, ip=victim_ip: ip not in answer(router, c, sock), 10, started)
+                took = wait_until(
+                    lambda c=client, ip=victim_ip: ip not in answer(router, c, sock), 10, started
+                )
                 if took is None:
                     timeouts += 1
                 else:
                     results[kind].append(took)
                 started = sim.send(f"restore {victim}")
-                back = wait_until(lambda c=client, ip=victim_ip: ip in answer(router, c, sock), 30, started)
+                back = wait_until(
+                    lambda c=client, ip=victim_ip: ip in answer(router, c, sock), 30, started
+                )
                 if back is None:
                     timeouts += 1
                 else:
@@ -270,8 +278,12 @@ def process_cpu_seconds(pid: int) -> float:
 def measure_heartbeat_cost(root: Path, nodes: int = FOOTPRINT_NODES, window_s: float = 10.0,
                            settle_s: float = 5.0) -> dict:  # fmt: skip
     zones = footprint_deployment(root, nodes)
-    router = start_router(zones, root / "footprint.log", "--telemetry", "127.0.0.1:0", api=True, workers=1)
-    sim = SimulatorThread(zones, zones / "node-keys.sample.yaml", router.telemetry, duration=window_s + 30)
+    router = start_router(
+        zones, root / "footprint.log", "--telemetry", "127.0.0.1:0", api=True, workers=1
+    )
+    sim = SimulatorThread(
+        zones, zones / "node-keys.sample.yaml", router.telemetry, duration=window_s + 30
+    )
     try:
         time.sleep(settle_s)  # every node reporting, tables settled
         before = api_json(router, "/v1/telemetry")["accepted"]
@@ -369,7 +381,9 @@ def gdnsd_answer(name: str, port: int) -> set[str] | None:
     return {rdata.address for rrset in reply.answer for rdata in rrset}
 
 
-def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default_settings: bool = True) -> dict:
+def measure_gdnsd_peer(
+    root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default_settings: bool = True
+) -> dict:
     """gdnsd's withdrawal with its fast settings (``fast_trials`` trials) and, when
     ``default_settings``, with its defaults (about 100 s: two nodes at once, never restored)."""
     figures: dict = {
@@ -383,14 +397,21 @@ def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default
     if binary is None:
         figures["gdnsd_note"] = note
         return figures
-    version = subprocess.run([binary], capture_output=True, text=True, check=False).stderr.split("\n")[0]
+    version = subprocess.run([binary], capture_output=True, text=True, check=False).stderr.split(
+        "\n"
+    )[0]
     figures["gdnsd_version"] = version.replace("gdnsd version", "").strip() or None
     zones = make_deployment(root / "gdnsd-sample")
     settings = yaml.safe_load((zones / "deployment.yaml").read_text())["health"]
     node_ids = [n.id for n in load_deployment(zones).inventory.nodes][: 2 * GDNSD_NODES]
-    addr = {node: f"127.0.{1 + i // GDNSD_NODES}.{1 + i % GDNSD_NODES}" for i, node in enumerate(node_ids)}
+    addr = {
+        node: f"127.0.{1 + i // GDNSD_NODES}.{1 + i % GDNSD_NODES}"
+        for i, node in enumerate(node_ids)
+    }
     default_nodes, fast_nodes = node_ids[:GDNSD_NODES], node_ids[GDNSD_NODES:]
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # heartbeats go nowhere: only health matters here
+    sink = socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM
+    )  # heartbeats go nowhere: only health matters here
     sink.bind(("127.0.0.1", 0))
     sim = SimulatorThread(zones, zones / settings["keys"], sink.getsockname(), duration=600)
     health_port = free_port(socket.SOCK_STREAM)
@@ -403,6 +424,7 @@ def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default
 
         runners = []
         for node, ip in addr.items():
+
             async def health(_request: web.Request, node: str = node) -> web.Response:
                 status, body = sim.simulator.nodes[node].health_response()
                 return web.Response(status=status, text=body)
@@ -424,12 +446,19 @@ def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default
     log = (root / "gdnsd.log").open("w")
     try:
         runners = asyncio.run_coroutine_threadsafe(start_health(), sim.loop).result(15)
-        process = subprocess.Popen([binary, "-c", str(cfg), "start"], stdout=log, stderr=subprocess.STDOUT)
-        every = {name: {addr[n] for n in nodes} for name, nodes in (("default", default_nodes), ("fast", fast_nodes))}
+        process = subprocess.Popen(
+            [binary, "-c", str(cfg), "start"], stdout=log, stderr=subprocess.STDOUT
+        )
+        every = {
+            name: {addr[n] for n in nodes}
+            for name, nodes in (("default", default_nodes), ("fast", fast_nodes))
+        }
         ready = wait_until(lambda: all(gdnsd_answer(f"video-{k}", dns_port) == v for k, v in every.items()),
                            30, time.monotonic(), every=0.010)  # fmt: skip
         if ready is None:
-            raise RuntimeError(f"gdnsd never answered all nodes (exit {process.poll()}); see its log")
+            raise RuntimeError(
+                f"gdnsd never answered all nodes (exit {process.poll()}); see its log"
+            )
         time.sleep(1.0)
 
         # Fast settings: several trials, each node failed, then restored (up_thresh 1: back in a poll).
@@ -461,7 +490,9 @@ def measure_gdnsd_peer(root: Path, fast_trials: int = GDNSD_FAST_TRIALS, default
             figures["gdnsd_default_trials"] = len(gone)
             figures["gdnsd_default_timeouts"] = 2 - len(gone)
             if len(gone) == 2:
-                figures["gdnsd_default_withdraw_ms_p50"] = round(statistics.median(gone.values()), 1)
+                figures["gdnsd_default_withdraw_ms_p50"] = round(
+                    statistics.median(gone.values()), 1
+                )
             else:
                 figures["gdnsd_default_withdraw_ms_at_least"] = GDNSD_DEFAULT_TIMEOUT_S * 1000.0
         if fast:
@@ -507,7 +538,10 @@ def gdnsd_default_withdrawals(sim: SimulatorThread, victims: list[str], addr: di
     """
     started_at = {node: sim.send(f"health {node} fail") for node in victims}
     gone: dict[str, float] = {}
-    while len(gone) < len(victims) and time.monotonic() - min(started_at.values()) < GDNSD_DEFAULT_TIMEOUT_S:
+    while (
+        len(gone) < len(victims)
+        and time.monotonic() - min(started_at.values()) < GDNSD_DEFAULT_TIMEOUT_S
+    ):
         current = gdnsd_answer("video-default", dns_port)
         for node in victims:
             if node not in gone and current is not None and addr[node] not in current:
@@ -515,8 +549,11 @@ def gdnsd_default_withdrawals(sim: SimulatorThread, victims: list[str], addr: di
         time.sleep(0.010)
     for node in victims:
         took = gone.get(node)
-        print(f"  gdnsd default: {node:14} withdrawn in "
-              f"{f'> {GDNSD_DEFAULT_TIMEOUT_S:g} s (timeout)' if took is None else f'{took:.1f} ms'}", flush=True)
+        print(
+            f"  gdnsd default: {node:14} withdrawn in "
+            f"{f'> {GDNSD_DEFAULT_TIMEOUT_S:g} s (timeout)' if took is None else f'{took:.1f} ms'}",
+            flush=True,
+        )
     return gone
 
 
@@ -536,7 +573,10 @@ def print_peer_table(figures: dict) -> None:
     gd_default = figures.get("gdnsd_default_withdraw_ms_p50")
     gd_default_lb = figures.get("gdnsd_default_withdraw_ms_at_least")
     gd_fast = figures.get("gdnsd_fast_withdraw_ms_p50")
-    explicit, silent = figures.get("explicit_withdraw_ms_p50"), figures.get("silent_withdraw_ms_p50")
+    explicit, silent = (
+        figures.get("explicit_withdraw_ms_p50"),
+        figures.get("silent_withdraw_ms_p50"),
+    )
     rows = [
         ("router: explicit report (power/uplinks), p50", ms(explicit), "1.0x", "-"),
         ("router: silent death (3 missed heartbeats), p50", ms(silent), "-", "1.0x"),
@@ -546,15 +586,30 @@ def print_peer_table(figures: dict) -> None:
     ]  # fmt: skip
     head = ("failed node -> absent from the answer", "time", "/ router explicit", "/ router silent")
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
-    print("peer, same run (ratio = peer / ours; the probe-based peer compares most fairly with our silent path):")
+    print(
+        "peer, same run (ratio = peer / ours; the probe-based peer compares most fairly with our silent path):"
+    )
     for row in [head, *rows]:
-        print("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        print(
+            "  "
+            + "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))
+            )
+        )
     if figures.get("gdnsd_note"):
         print(f"  note: {figures['gdnsd_note']}")
 
 
 # What --smoke changes: 2 trials, a 200-node footprint for 3 s, 1 fast gdnsd trial, no gdnsd defaults.
-SMOKE = {"trials": 2, "nodes": 200, "window_s": 3.0, "settle_s": 3.0, "gdnsd_fast_trials": 1, "gdnsd_default": False}
+SMOKE = {
+    "trials": 2,
+    "nodes": 200,
+    "window_s": 3.0,
+    "settle_s": 3.0,
+    "gdnsd_fast_trials": 1,
+    "gdnsd_default": False,
+}
 
 
 def measure(root: Path, trials: int, smoke: bool) -> dict:
@@ -571,12 +626,15 @@ def measure(root: Path, trials: int, smoke: bool) -> dict:
         figures.update(measure_heartbeat_cost(root))
         print("peer: gdnsd 3 with http_status monitors (about 3 minutes):", flush=True)
         figures.update(measure_gdnsd_peer(root))
-    figures["ratio_gdnsd_fast_vs_router_explicit"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
-                                                          figures["explicit_withdraw_ms_p50"])
-    figures["ratio_gdnsd_fast_vs_router_silent"] = ratio(figures["gdnsd_fast_withdraw_ms_p50"],
-                                                        figures["silent_withdraw_ms_p50"])
-    figures["ratio_gdnsd_default_vs_router_silent"] = ratio(figures["gdnsd_default_withdraw_ms_p50"],
-                                                           figures["silent_withdraw_ms_p50"])
+    figures["ratio_gdnsd_fast_vs_router_explicit"] = ratio(
+        figures["gdnsd_fast_withdraw_ms_p50"], figures["explicit_withdraw_ms_p50"]
+    )
+    figures["ratio_gdnsd_fast_vs_router_silent"] = ratio(
+        figures["gdnsd_fast_withdraw_ms_p50"], figures["silent_withdraw_ms_p50"]
+    )
+    figures["ratio_gdnsd_default_vs_router_silent"] = ratio(
+        figures["gdnsd_default_withdraw_ms_p50"], figures["silent_withdraw_ms_p50"]
+    )
     return figures
 
 
@@ -603,8 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"  {key:<{width}}  {value}")
-    target_ok = figures["explicit_withdraw_ms_p50"] < 100 and figures["silent_withdraw_ms_max"] <= figures["silent_bound_ms"] + 100
-    print(f"targets (explicit p50 < 100 ms; silent within bound + 100 ms): {'met' if target_ok else 'NOT met'}")
+    target_ok = (
+        figures["explicit_withdraw_ms_p50"] < 100
+        and figures["silent_withdraw_ms_max"] <= figures["silent_bound_ms"] + 100
+    )
+    print(
+        f"targets (explicit p50 < 100 ms; silent within bound + 100 ms): {'met' if target_ok else 'NOT met'}"
+    )
     print_peer_table(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -120,11 +120,15 @@ class Bench:
         self.rng = random.Random(args.seed)
         self.started = time.time()
         self.notes: list[str] = []
-        self.figures: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))}
+        self.figures: dict = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started))
+        }
         cpus = args.cpus_at_start
         self.pin = int(LOAD_CORE) in cpus and int(SERVER_CORE) in cpus
         if not self.pin:
-            self.notes.append(f"cores {LOAD_CORE} and {SERVER_CORE} not both usable ({cpus}): nothing pinned")
+            self.notes.append(
+                f"cores {LOAD_CORE} and {SERVER_CORE} not both usable ({cpus}): nothing pinned"
+            )
         self.server_core = SERVER_CORE if self.pin else None
         self.load_core = LOAD_CORE if self.pin else None
         self.figures["pinning"] = {"dnsperf": self.load_core, "server": self.server_core,
@@ -189,7 +193,10 @@ class Bench:
         for variant, queries in self.variants.items():
             self.files[variant] = self.root / f"queries-{variant}.bin"
             self.files[variant].write_bytes(frame([q.wire for q in queries]))
-        self.probes = {variant: unframe(path.read_bytes())[:PROBE_QUERIES] for variant, path in self.files.items()}
+        self.probes = {
+            variant: unframe(path.read_bytes())[:PROBE_QUERIES]
+            for variant, path in self.files.items()
+        }
         mix = self.figures["mix"] = {v: mix_composition(q) for v, q in self.variants.items()}
         mix["target_shares"] = MIX
         mix["subnets"] = {"drawn": len(self.subnets), "v4_bits": V4_ECS_BITS, "v6_bits": V6_ECS_BITS,
@@ -201,11 +208,16 @@ class Bench:
         for q in self.variants["ecs"][:2000]:
             rcode = self.oracle.reply(q.wire).rcode()
             expected_kinds[(q.kind, dns.rcode.to_text(rcode))] += 1
-        self.figures["mix"]["kind_rcodes_first_2000"] = {f"{k}:{r}": n for (k, r), n in sorted(expected_kinds.items())}
+        self.figures["mix"]["kind_rcodes_first_2000"] = {
+            f"{k}:{r}": n for (k, r), n in sorted(expected_kinds.items())
+        }
         steered = [q for q in self.variants["ecs"] if q.kind == "steered"]
         limit = 2 if self.args.quick or self.args.smoke else 5
         self.figures.update(self.oracle.crosscheck(steered + self.variants["plain"][:50], limit))
-        self.samples = {v: expected_sample(self.oracle, q, self.rng, CHECK_SAMPLE) for v, q in self.variants.items()}
+        self.samples = {
+            v: expected_sample(self.oracle, q, self.rng, CHECK_SAMPLE)
+            for v, q in self.variants.items()
+        }
 
     def start_servers(self) -> None:
         """The router (1 worker), gdnsd and PowerDNS (a note for a peer that cannot start)."""
@@ -226,7 +238,9 @@ class Bench:
             self.figures["gdnsd_note"] = self.missing.get("gdnsd", "gdnsd not found")
             return
         try:
-            server = self.servers["gdnsd"] = start_gdnsd(self.peers, self.root, gdnsd_bin, self.server_core)
+            server = self.servers["gdnsd"] = start_gdnsd(
+                self.peers, self.root, gdnsd_bin, self.server_core
+            )
             server.version = tool_version([gdnsd_bin], r"gdnsd version (\S+)") or ""
             self.figures.update(server.extra)
         except (RuntimeError, OSError) as exc:
@@ -240,7 +254,9 @@ class Bench:
             return
         try:
             version = tool_version([pdns_bin, "--version"], r"Authoritative Server (\S+)") or ""
-            server = self.servers["pdns"] = start_pdns(self.peers, self.root, pdns_bin, self.server_core)
+            server = self.servers["pdns"] = start_pdns(
+                self.peers, self.root, pdns_bin, self.server_core
+            )
             server.version = version
             self.figures["pdns_netmasks_per_record"] = server.extra["pdns_netmasks_per_record"]
             if self.args.pdns_shared:
@@ -254,16 +270,21 @@ class Bench:
         print(f"warm-up ({self.args.warmup:g} s per server and variant, not counted)", flush=True)
         for server in self.servers.values():
             for variant in self.files:
-                run_dnsperf(server, self.files[variant], self.args.warmup, variant, -1, self.load_core)
+                run_dnsperf(
+                    server, self.files[variant], self.args.warmup, variant, -1, self.load_core
+                )
 
     def maximum_rate(self) -> None:
         """Every server and variant, ``--repetitions`` times, the server order rotating."""
         args = self.args
         order = list(self.servers)
-        print(f"maximum rate: {args.repetitions} repetition(s) of {args.seconds:g} s, servers alternating", flush=True)
+        print(
+            f"maximum rate: {args.repetitions} repetition(s) of {args.seconds:g} s, servers alternating",
+            flush=True,
+        )
         for rep in range(args.repetitions):
             for variant in ("ecs", "plain"):
-                rotated = order[rep % len(order):] + order[: rep % len(order)]
+                rotated = order[rep % len(order) :] + order[: rep % len(order)]
                 for key in rotated:
                     if key in self.servers:
                         self.one(key, variant, rep)
@@ -278,8 +299,19 @@ class Bench:
             top = figures["servers"][key]["ecs"]["qps"]
             if not top:
                 continue
-            run = self.attempt(key, lambda retry, server=server, top=top: run_dnsperf(
-                server, files["ecs"], args.seconds, "ecs", 0, self.load_core, qps_limit=top / 2, verbose=True))
+            run = self.attempt(
+                key,
+                lambda retry, server=server, top=top: run_dnsperf(
+                    server,
+                    files["ecs"],
+                    args.seconds,
+                    "ecs",
+                    0,
+                    self.load_core,
+                    qps_limit=top / 2,
+                    verbose=True,
+                ),
+            )
             self.runs.append(run)
             figures["servers"][key]["p99_half_load_ms"] = run.p99_ms
             figures["servers"][key]["half_load"] = {"rate": round(top / 2), "qps": run.qps, "lost": run.lost,
@@ -287,17 +319,25 @@ class Bench:
                                                      "cpu_us_per_query": run.cpu_us_per_query, "disturbed": disturbed(run),
                                                      "server_core_other_s": run.server_core_other_s}  # fmt: skip
             figures[f"{key}_lost_half_load"] = run.lost
-            print(f"  {figures['labels'][key]:<28} at {top / 2:,.0f} qps: p99 {fmt(run.p99_ms, '.3f')} ms, "
-                  f"avg {fmt(run.avg_latency_ms, '.3f')} ms, lost {run.lost}", flush=True)
+            print(
+                f"  {figures['labels'][key]:<28} at {top / 2:,.0f} qps: p99 {fmt(run.p99_ms, '.3f')} ms, "
+                f"avg {fmt(run.avg_latency_ms, '.3f')} ms, lost {run.lost}",
+                flush=True,
+            )
 
     def read_pdns_stats(self) -> None:
         for key in ("pdns", "pdns_shared"):
             if key in self.servers:
-                self.figures[f"{key}_stats"] = {k: v for k, v in pdns_stats(self.servers[key]).items() if k in PDNS_STATS}
+                self.figures[f"{key}_stats"] = {
+                    k: v for k, v in pdns_stats(self.servers[key]).items() if k in PDNS_STATS
+                }
 
     def overload(self) -> None:
         """The router (1 worker) against far more outstanding queries than its socket holds."""
-        print("overload: the router (1 worker) against far more outstanding queries than its socket holds", flush=True)
+        print(
+            "overload: the router (1 worker) against far more outstanding queries than its socket holds",
+            flush=True,
+        )
         router = self.servers["router"]
         rss_before = tree_rss_mb(router.pid)
         overload_s = max(2.0, min(self.args.seconds, 5.0))
@@ -309,8 +349,11 @@ class Bench:
                              "overload_lost": run.lost, "overload_kernel_drops": run.kernel_drops,
                              "overload_router_alive": alive, "overload_rss_mb_before": rss_before,
                              "overload_rss_mb_after": tree_rss_mb(router.pid), "overload_seconds": overload_s})  # fmt: skip
-        print(f"  {fmt(run.qps, ',.0f')} qps answered, {run.lost} lost, {run.kernel_drops} kernel drops, "
-              f"alive {alive}", flush=True)
+        print(
+            f"  {fmt(run.qps, ',.0f')} qps answered, {run.lost} lost, {run.kernel_drops} kernel drops, "
+            f"alive {alive}",
+            flush=True,
+        )
 
     def two_workers(self) -> None:
         """The router with 2 workers on both cores (shared with dnsperf on core 0)."""
@@ -341,9 +384,16 @@ class Bench:
         query_log = self.root / "queries.jsonl"
         try:
             server = self.servers["router_qlog"] = start_router(
-                self.zones, self.root, 1, self.server_core, "router_qlog",
-                ("--query-log", str(query_log), "--query-log-sample", str(QUERY_LOG_SAMPLE)))
-            figures["labels"]["router_qlog"] = f"router (1 worker, query log 1 in {QUERY_LOG_SAMPLE})"
+                self.zones,
+                self.root,
+                1,
+                self.server_core,
+                "router_qlog",
+                ("--query-log", str(query_log), "--query-log-sample", str(QUERY_LOG_SAMPLE)),
+            )
+            figures["labels"]["router_qlog"] = (
+                f"router (1 worker, query log 1 in {QUERY_LOG_SAMPLE})"
+            )
             run_dnsperf(server, self.files["ecs"], self.args.warmup, "ecs", -1, self.load_core)
             for rep in range(self.args.repetitions):
                 self.one("router_qlog", "ecs", rep)
@@ -353,7 +403,9 @@ class Bench:
             figures["router_query_log_qps"] = logged["qps"]
             figures["router_query_log_cpu_us_per_query"] = logged["cpu_us_per_query"]
             figures["router_query_log_lost"] = logged["lost"]
-            figures["router_query_log_lines"] = len(query_log.read_text().splitlines()) if query_log.exists() else 0
+            figures["router_query_log_lines"] = (
+                len(query_log.read_text().splitlines()) if query_log.exists() else 0
+            )
             if logged["qps"] and without["qps"]:
                 figures["query_log_vs_router_qps"] = round(logged["qps"] / without["qps"], 3)
         except (RuntimeError, OSError) as exc:
@@ -367,7 +419,9 @@ class Bench:
                 problems[name] = [line for line in path.read_text(errors="replace").splitlines()
                                   if "ERROR" in line or "Traceback" in line or "CRITICAL" in line]  # fmt: skip
         self.figures["router_log_problems"] = {name: len(lines) for name, lines in problems.items()}
-        self.figures["router_log_problem_lines"] = {name: lines[:5] for name, lines in problems.items() if lines}
+        self.figures["router_log_problem_lines"] = {
+            name: lines[:5] for name, lines in problems.items() if lines
+        }
 
     def collect_runs_and_checks(self) -> None:
         figures, checks = self.figures, self.checks
@@ -379,12 +433,16 @@ class Bench:
         figures["wrong_answers"] = sum(len(c["wrong"]) for c in router_checks)
         figures["check_timeouts"] = sum(c["timeouts"] for c in router_checks)
         figures["wrong_answer_examples"] = [w for c in router_checks for w in c["wrong"]][:10]
-        figures["peer_answers_checked"] = sum(c["checked"] for (k, _), c in checks.items() if not k.startswith("router"))
+        figures["peer_answers_checked"] = sum(
+            c["checked"] for (k, _), c in checks.items() if not k.startswith("router")
+        )
         for peer in ("gdnsd", "pdns", "pdns_shared"):
             peer_checks = [c for (k, _), c in checks.items() if k == peer]
             if peer_checks:
                 figures[f"{peer}_wrong_answers"] = sum(len(c["wrong"]) for c in peer_checks)
-                figures[f"{peer}_wrong_answer_examples"] = [w for c in peer_checks for w in c["wrong"]][:5]
+                figures[f"{peer}_wrong_answer_examples"] = [
+                    w for c in peer_checks for w in c["wrong"]
+                ][:5]
 
     # --- one measured run ------------------------------------------------------------------
 
@@ -392,7 +450,10 @@ class Bench:
         """A run after the machine is quiet; run once more if something else used the server's core."""
         args = self.args
         for retry in (False, True):
-            waited, busy = wait_quiet(min(args.quiet_wait, max(0.0, args.quiet_budget - self.quiet_spent)), self.quiet_cores)
+            waited, busy = wait_quiet(
+                min(args.quiet_wait, max(0.0, args.quiet_budget - self.quiet_spent)),
+                self.quiet_cores,
+            )
             self.quiet_spent += waited
             run = make_run(retry)
             run.waited_s, run.busy_before, run.retry_of_disturbed = waited, busy, retry
@@ -412,18 +473,32 @@ class Bench:
             checker = Checker(server.port, self.samples[variant], peer=not key.startswith("router"))
 
         def during() -> None:
-            if checker is not None and not checker.thread.is_alive() and not checker.checked + checker.timeouts:
+            if (
+                checker is not None
+                and not checker.thread.is_alive()
+                and not checker.checked + checker.timeouts
+            ):
                 checker.start()
 
         run = self.attempt(key, lambda retry: run_dnsperf(server, self.files[variant], args.seconds, variant, rep,
                                                           self.load_core, during=during, probe=self.probes[variant]))  # fmt: skip
         if checker is not None:
             checker.join()
-            self.checks[(key, variant)] = {"checked": checker.checked, "wrong": checker.wrong, "timeouts": checker.timeouts}
-            run.checked, run.wrong, run.check_timeouts = checker.checked, len(checker.wrong), checker.timeouts
+            self.checks[(key, variant)] = {
+                "checked": checker.checked,
+                "wrong": checker.wrong,
+                "timeouts": checker.timeouts,
+            }
+            run.checked, run.wrong, run.check_timeouts = (
+                checker.checked,
+                len(checker.wrong),
+                checker.timeouts,
+            )
         if not server.alive():
             if key.startswith("router"):
-                raise RuntimeError(f"{server.label} exited during a run; log:\n{server.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{server.label} exited during a run; log:\n{server.log.read_text()[-3000:]}"
+                )
             self.notes.append(f"{server.label} exited during a run; its later runs are missing")
             server.stop()
             del self.servers[key]
@@ -454,33 +529,72 @@ SIZES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", type=Path, help="write the figures here (and the table next to it, .txt)")
+    parser.add_argument(
+        "--json", type=Path, help="write the figures here (and the table next to it, .txt)"
+    )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="short runs, one repetition (a smoke test, about a minute)")
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs, one repetition (a smoke test, about a minute)",
+    )
     size.add_argument("--smoke", action="store_true",
                       help="every step at the smallest size, for the test suite (well under a minute); "
                            "the figures mean little")  # fmt: skip
-    parser.add_argument("--repetitions", type=int, help="runs per server and variant (default 3; --quick, --smoke 1)")
-    parser.add_argument("--seconds", type=float, help="length of each dnsperf run (default 10; --quick 3; --smoke 1)")
-    parser.add_argument("--subnets", type=int, help="distinct ECS client subnets in the mix (default 1000; --smoke 100)")
-    parser.add_argument("--queries", type=int, help="queries per query file (default 20000; --quick 5000; --smoke 1000)")
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        help="runs per server and variant (default 3; --quick, --smoke 1)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="length of each dnsperf run (default 10; --quick 3; --smoke 1)",
+    )
+    parser.add_argument(
+        "--subnets",
+        type=int,
+        help="distinct ECS client subnets in the mix (default 1000; --smoke 100)",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        help="queries per query file (default 20000; --quick 5000; --smoke 1000)",
+    )
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--quiet-wait", type=float,
-                        help="before each run, wait at most this long for other processes to leave the cores idle "
-                             "(default 20; --quick 5; --smoke 1)")
-    parser.add_argument("--quiet-budget", type=float,
-                        help="at most this long waiting for quiet in the whole bench (default 120; --quick 30; --smoke 5)")
-    parser.add_argument("--no-pdns-shared", dest="pdns_shared", action="store_false",
-                        help="skip the second PowerDNS (enable-lua-records=shared, one Lua state per thread; "
-                             "--smoke skips it too: the same set-up as the first, another config value)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        help="before each run, wait at most this long for other processes to leave the cores idle "
+        "(default 20; --quick 5; --smoke 1)",
+    )
+    parser.add_argument(
+        "--quiet-budget",
+        type=float,
+        help="at most this long waiting for quiet in the whole bench (default 120; --quick 30; --smoke 5)",
+    )
+    parser.add_argument(
+        "--no-pdns-shared",
+        dest="pdns_shared",
+        action="store_false",
+        help="skip the second PowerDNS (enable-lua-records=shared, one Lua state per thread; "
+        "--smoke skips it too: the same set-up as the first, another config value)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         args.pdns_shared = False
-    for name, value in SIZES["smoke" if args.smoke else "quick" if args.quick else "default"].items():
+    for name, value in SIZES[
+        "smoke" if args.smoke else "quick" if args.quick else "default"
+    ].items():
         if getattr(args, name, None) is None:  # warmup is not an option: always the size's
             setattr(args, name, value)
-    if args.repetitions < 1 or not 1 <= args.seconds <= 120 or args.queries < 100 or args.subnets < 1:
+    if (
+        args.repetitions < 1
+        or not 1 <= args.seconds <= 120
+        or args.queries < 100
+        or args.subnets < 1
+    ):
         parser.error("--repetitions >= 1, 1 <= --seconds <= 120, --queries >= 100, --subnets >= 1")
     return args
 

@@ -22,18 +22,48 @@ from router.config.problems import ConfigError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadtest", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="play one scenario against the router; write result.json and report.html")
+    run = sub.add_parser(
+        "run", help="play one scenario against the router; write result.json and report.html"
+    )
     run.add_argument("scenario", help=f"a scenario file, or the name of one in {SCENARIO_DIR}")
-    run.add_argument("--duration", type=float, help="play the scenario in this many seconds (its timeline scaled alike)")
-    run.add_argument("--out", type=Path, help="directory for result.json and report.html (default: var/loadtest/NAME-TIME)")
-    run.add_argument("--zones", type=Path, help="deployment directory (default: the scenario's deployment)")
-    run.add_argument("--dns", help="use a running router at HOST:PORT (loopback) instead of starting one")
-    run.add_argument("--telemetry", help="with --dns: the running router's telemetry HOST:PORT, for failure scenarios")
-    run.add_argument("--max-queries", type=int, help="stop after this many client queries (default: the scenario's)")
-    run.add_argument("--seed", type=int, default=1, help="random seed of resolvers, clients and names (default 1)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        help="play the scenario in this many seconds (its timeline scaled alike)",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="directory for result.json and report.html (default: var/loadtest/NAME-TIME)",
+    )
+    run.add_argument(
+        "--zones", type=Path, help="deployment directory (default: the scenario's deployment)"
+    )
+    run.add_argument(
+        "--dns", help="use a running router at HOST:PORT (loopback) instead of starting one"
+    )
+    run.add_argument(
+        "--telemetry",
+        help="with --dns: the running router's telemetry HOST:PORT, for failure scenarios",
+    )
+    run.add_argument(
+        "--max-queries",
+        type=int,
+        help="stop after this many client queries (default: the scenario's)",
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="random seed of resolvers, clients and names (default 1)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress display")
-    check = sub.add_parser("check", help="validate scenario files: every problem as path:line: message")
-    check.add_argument("scenarios", nargs="*", help="files or names (default: every shipped scenario)")
+    check = sub.add_parser(
+        "check", help="validate scenario files: every problem as path:line: message"
+    )
+    check.add_argument(
+        "scenarios", nargs="*", help="files or names (default: every shipped scenario)"
+    )
     sub.add_parser("list", help="list the shipped scenarios")
     return parser
 
@@ -65,7 +95,9 @@ def cmd_check(names: list[str]) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
-        print(f"{path}: ok ({scenario.name}, {scenario.duration_s:g} s, {len(scenario.failures)} failure(s))")
+        print(
+            f"{path}: ok ({scenario.name}, {scenario.duration_s:g} s, {len(scenario.failures)} failure(s))"
+        )
     return 1 if bad else 0
 
 
@@ -118,12 +150,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             router = RouterProcess(None, dns, telemetry, None, None)
         else:
             print(f"loadtest: starting the router on {directory} ...", file=sys.stderr)
-            router = start_router(directory, out, scenario.router_workers, deployment.health is not None)
+            router = start_router(
+                directory, out, scenario.router_workers, deployment.health is not None
+            )
     except (RunError, ServiceError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
     try:
-        result = play_scenario(scenario, scale, path, deployment, model, router, out, args.seed, not args.no_progress)
+        result = play_scenario(
+            scenario, scale, path, deployment, model, router, out, args.seed, not args.no_progress
+        )
     except (RunError, ValueError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +173,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def summary(result: dict, out: Path) -> str:
     def fmt(value, unit: str = "") -> str:  # noqa: ANN001
-        return "-" if value is None else f"{value:,}{unit}" if isinstance(value, int) else f"{value:,.3f}{unit}"
+        return (
+            "-"
+            if value is None
+            else f"{value:,}{unit}"
+            if isinstance(value, int)
+            else f"{value:,.3f}{unit}"
+        )
 
     lines = [
         f"{result['scenario']}: {result['client_queries']:,} client queries in {result['elapsed_s']:.1f} s "
@@ -148,17 +190,30 @@ def summary(result: dict, out: Path) -> str:
         f"{fmt(result['ecs_share'])})  overloaded_node_seconds {fmt(result['overloaded_node_seconds'])}",
     ]
     for f in result["failures"]:
-        zero = "never" if f["time_to_zero_dead_answers_ms"] is None else f"{f['time_to_zero_dead_answers_ms']:,.1f} ms"
+        zero = (
+            "never"
+            if f["time_to_zero_dead_answers_ms"] is None
+            else f"{f['time_to_zero_dead_answers_ms']:,.1f} ms"
+        )
         lines.append(
             f"  failure at {f['at_ms'] / 1000:.2f} s, {f['label']}: answers to dead {f['answers_to_dead']:,}, "
             f"after the {f['bound_ms']:,.0f} ms bound {f['answers_to_dead_after_bound']:,}; time to zero {zero}"
         )
     for r in result["recoveries"]:
-        back = ", ".join(f"{n} {'not back' if v is None else f'{v:,.0f} ms'}" for n, v in r["time_to_back_in_answers_ms"].items())
-        lines.append(f"  recovery at {r['at_ms'] / 1000:.2f} s, {r['label']}: back in answers: {back}")
+        back = ", ".join(
+            f"{n} {'not back' if v is None else f'{v:,.0f} ms'}"
+            for n, v in r["time_to_back_in_answers_ms"].items()
+        )
+        lines.append(
+            f"  recovery at {r['at_ms'] / 1000:.2f} s, {r['label']}: back in answers: {back}"
+        )
     for c in result["checks"]:
-        lines.append(f"  check {c['check']}: {c['actual']} (expected {c['expected']}) {'ok' if c['ok'] else 'FAILED'}")
-    lines.append(f"  {'PASSED' if result['passed'] else 'FAILED'}; {out / 'result.json'}, {out / 'report.html'}")
+        lines.append(
+            f"  check {c['check']}: {c['actual']} (expected {c['expected']}) {'ok' if c['ok'] else 'FAILED'}"
+        )
+    lines.append(
+        f"  {'PASSED' if result['passed'] else 'FAILED'}; {out / 'result.json'}, {out / 'report.html'}"
+    )
     return "\n".join(lines)
 
 

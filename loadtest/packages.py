@@ -42,10 +42,14 @@ def ensure(packages: dict[str, Finder]) -> dict[str, str]:
     print(f"installing {' '.join(missing)} with apt-get ...", flush=True)
     detail = ""
     try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=False)
+        subprocess.run(
+            ["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300, check=False
+        )
         done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
                               capture_output=True, text=True, timeout=900, check=False)  # fmt: skip
         detail = done.stderr.strip()[-300:]
     except (OSError, subprocess.TimeoutExpired) as exc:
         detail = str(exc)
-    return {name: f"apt-get install {name} failed: {detail}" for name in missing if not packages[name]()}
+    return {
+        name: f"apt-get install {name} failed: {detail}" for name in missing if not packages[name]()
+    }

@@ -56,7 +56,9 @@ class Records:
     rcode: np.ndarray  # int16: DNS rcode, RCODE_TIMEOUT or RCODE_UNANSWERED
     node1: np.ndarray  # int16: first and second address of the answer as node indexes, -1 if none
     node2: np.ndarray
-    served: np.ndarray  # int16: the node the client ends up on (the first address that works), -1 if none
+    served: (
+        np.ndarray
+    )  # int16: the node the client ends up on (the first address that works), -1 if none
     truncated: np.ndarray  # bool
     n: int = 0
 
@@ -76,7 +78,9 @@ class Records:
         return records
 
     def trimmed(self) -> Records:
-        kept = {name: getattr(self, name)[: self.n] for name in self.__dataclass_fields__ if name != "n"}
+        kept = {
+            name: getattr(self, name)[: self.n] for name in self.__dataclass_fields__ if name != "n"
+        }
         return Records(**kept, n=self.n)
 
 
@@ -109,7 +113,9 @@ class Play:
     stopped_by: str = "duration"
 
 
-def parse_reply(data: bytes, qlen: int, node_of: dict[bytes, int]) -> tuple[int, int, int, int, int, bool]:
+def parse_reply(
+    data: bytes, qlen: int, node_of: dict[bytes, int]
+) -> tuple[int, int, int, int, int, bool]:
     """(rcode, node1, node2, ttl, scope, truncated) of a reply whose question is ``qlen`` bytes.
 
     Addresses are those of A/AAAA records in the answer section (after any CNAME); the TTL is
@@ -202,7 +208,12 @@ class Player:
         nodes = [self.simulator.nodes[i] for i in self.node_ids]
         external = np.array([n.load_gbps for n in nodes])
         available = np.array(
-            [n.healthy() and n.power == "mains" and n.load_gbps <= self.high_water * n.node.capacity_gbps for n in nodes]
+            [
+                n.healthy()
+                and n.power == "mains"
+                and n.load_gbps <= self.high_water * n.node.capacity_gbps
+                for n in nodes
+            ]
         )
         return available, external
 
@@ -327,7 +338,11 @@ class Player:
                         fam = plen = 0
                     else:
                         plen = min(scope, ECS_V4_BITS if fam == 4 else ECS_V6_BITS)
-                        net = int(rec.client_lo[row]) if fam == 4 else int(rec.client_hi[row]) << 64 | int(rec.client_lo[row])
+                        net = (
+                            int(rec.client_lo[row])
+                            if fam == 4
+                            else int(rec.client_hi[row]) << 64 | int(rec.client_lo[row])
+                        )
                         key = (qi, fam, plen, net >> ((32 if fam == 4 else 128) - plen))
                     caches[r][key] = (got + ttl, rcode, n1, n2)
                     if rec.ecs[row]:
@@ -397,7 +412,11 @@ class Player:
                     if key in pending:  # that id is in flight from this resolver: pick another
                         qid = (qid + 1) & 0xFFFF
                         key = r << 16 | qid
-                    packet = struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 1) + questions[qi].wire + opts[r][si]
+                    packet = (
+                        struct.pack("!HHHHHH", qid, 0, 1, 0, 0, 1)
+                        + questions[qi].wire
+                        + opts[r][si]
+                    )
                     try:
                         socks[r].sendto(packet, target)
                         sendto_ok += 1
@@ -432,7 +451,9 @@ class Player:
                 if now >= next_second:
                     next_second += 1.0
                     counts = np.array(node_count[:n_nodes], dtype=np.float64)
-                    offered_gbps = carry_step(offered_gbps if seconds_done else None, counts, gbps_per_qps, session_s)
+                    offered_gbps = carry_step(
+                        offered_gbps if seconds_done else None, counts, gbps_per_qps, session_s
+                    )
                     seconds_done += 1
                     node_count = [0] * (n_nodes + 1)
                     self._report_load(offered_gbps)
@@ -443,7 +464,13 @@ class Player:
                         "p99_ms": float(np.percentile(lat, 99) * 1000) if lat else None,
                         "offered_qps": offered,
                     }  # fmt: skip
-                    second_stats = {"sent": 0, "answered": 0, "timeouts": 0, "cached": 0, "latency": []}
+                    second_stats = {
+                        "sent": 0,
+                        "answered": 0,
+                        "timeouts": 0,
+                        "cached": 0,
+                        "latency": [],
+                    }
                     if on_second is not None:
                         on_second(stats)
 
@@ -479,8 +506,12 @@ class Player:
     def _apply(self, event: Event, offered_gbps: np.ndarray) -> None:
         """Play one command; the nodes' reported load stays external + what this test sends them."""
         if self.simulator is None:
-            raise RuntimeError("a failure timeline needs the node simulator (the router's telemetry address)")
-        self._report_load(np.zeros(len(self.node_ids)))  # the command sees (and may set) outside load only
+            raise RuntimeError(
+                "a failure timeline needs the node simulator (the router's telemetry address)"
+            )
+        self._report_load(
+            np.zeros(len(self.node_ids))
+        )  # the command sees (and may set) outside load only
         event.ack = self.simulator.command(event.command)
         event.available, event.external_gbps = self._truth()
         self._available, self._external = event.available, event.external_gbps

@@ -53,7 +53,9 @@ def _wire_name(name: str) -> bytes:
 
 
 def _question(name: str, qtype: int, kind: int, policy: int) -> Question:
-    return Question(name, qtype, kind, policy, _wire_name(name) + qtype.to_bytes(2, "big") + b"\x00\x01")
+    return Question(
+        name, qtype, kind, policy, _wire_name(name) + qtype.to_bytes(2, "big") + b"\x00\x01"
+    )
 
 
 def _typo(name: str, rng: random.Random) -> str:
@@ -69,7 +71,9 @@ def _typo(name: str, rng: random.Random) -> str:
     return f"{label}.{rest}"
 
 
-def build_catalogue(deployment: Deployment, model: SteeringModel, names: Names, seed: int) -> Catalogue:
+def build_catalogue(
+    deployment: Deployment, model: SteeringModel, names: Names, seed: int
+) -> Catalogue:
     rng = random.Random(seed)
     steered_policy = {n.to_text().lower(): p for n, p in model.steered}
     existing: set[str] = set()
@@ -84,7 +88,12 @@ def build_catalogue(deployment: Deployment, model: SteeringModel, names: Names, 
                     target = rdataset[0].target.derelativize(origin).to_text().lower()
                     if target in steered_policy:
                         aliases[owner] = steered_policy[target]
-                elif rdataset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.MX, dns.rdatatype.TXT):
+                elif rdataset.rdtype in (
+                    dns.rdatatype.A,
+                    dns.rdatatype.AAAA,
+                    dns.rdatatype.MX,
+                    dns.rdatatype.TXT,
+                ):
                     if owner not in steered_policy:
                         static.append((owner, int(rdataset.rdtype)))
     questions: list[Question] = []
@@ -99,7 +108,9 @@ def build_catalogue(deployment: Deployment, model: SteeringModel, names: Names, 
         questions.append(_question(name, qtype, KIND_STATIC, -1))
     apexes = {origin.to_text().lower() for origin in deployment.zones}
     # Typos below the apex stay in the zone (NXDOMAIN); a misspelt zone name would be REFUSED.
-    sources = [name for name in [n for n, _ in steered] + [n for n, _ in static] if name not in apexes]
+    sources = [
+        name for name in [n for n, _ in steered] + [n for n, _ in static] if name not in apexes
+    ]
     typos: set[str] = set()
     for _ in range(names.typos * 20):
         if len(typos) >= names.typos or not sources:
@@ -116,11 +127,15 @@ def build_catalogue(deployment: Deployment, model: SteeringModel, names: Names, 
             aaaa_twin[i - 1] = i  # steered names are laid out as A then AAAA
     picks = []
     for k in range(3):
-        drawn = [i for i in by_kind[k] if k == KIND_STATIC or questions[i].qtype != dns.rdatatype.AAAA]
+        drawn = [
+            i for i in by_kind[k] if k == KIND_STATIC or questions[i].qtype != dns.rdatatype.AAAA
+        ]
         rng.shuffle(drawn)  # popularity rank: a fixed random order per seed
         picks.append(drawn)
     shares = [names.steered, names.static, names.nxdomain]
-    shares = [share if picks[k] else 0.0 for k, share in enumerate(shares)]  # no such names: none asked
+    shares = [
+        share if picks[k] else 0.0 for k, share in enumerate(shares)
+    ]  # no such names: none asked
     if sum(shares) <= 0:
         raise ValueError("the deployment has no name to ask for")
     pick_cum = []
@@ -177,7 +192,11 @@ def build_resolvers(model: SteeringModel, resolvers: Resolvers, seed: int) -> tu
             sizes.append(end - start + 1)
     v6_parts: dict[int, tuple[list[int], list[int]]] = {}
     for shi, slo, ehi, elo, group in zip(
-        cm.v6_start_hi.tolist(), cm.v6_start_lo.tolist(), cm.v6_end_hi.tolist(), cm.v6_end_lo.tolist(), cm.v6_group.tolist()
+        cm.v6_start_hi.tolist(),
+        cm.v6_start_lo.tolist(),
+        cm.v6_end_hi.tolist(),
+        cm.v6_end_lo.tolist(),
+        cm.v6_group.tolist(),
     ):
         asn = int(asn_of_group[group])
         if asn:
@@ -190,7 +209,9 @@ def build_resolvers(model: SteeringModel, resolvers: Resolvers, seed: int) -> tu
     if resolvers.isps is not None:
         unknown = sorted(a for a in resolvers.isps if a not in v4)
         if unknown:
-            raise ValueError(f"resolvers.isps: AS{unknown[0]} has no IPv4 prefix in the deployment's client map")
+            raise ValueError(
+                f"resolvers.isps: AS{unknown[0]} has no IPv4 prefix in the deployment's client map"
+            )
         weights = {a: w for a, w in resolvers.isps.items() if w > 0}
     else:
         # By address space, among the ISPs of the countries the deployment has nodes in.
@@ -199,7 +220,9 @@ def build_resolvers(model: SteeringModel, resolvers: Resolvers, seed: int) -> tu
             if asn and cm.groups.country[group]:
                 country_of_asn.setdefault(int(asn), cm.groups.country[group])
         weights = {
-            a: float(sum(p[1])) for a, p in v4_parts.items() if country_of_asn.get(a) in node_countries
+            a: float(sum(p[1]))
+            for a, p in v4_parts.items()
+            if country_of_asn.get(a) in node_countries
         } or {a: float(sum(p[1])) for a, p in v4_parts.items()}
     if not weights:
         raise ValueError("the deployment's client map names no ISP (no ASN) to place resolvers in")

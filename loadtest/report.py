@@ -161,7 +161,11 @@ def _cell(value: Any, num: bool | None = None) -> str:
 
 def _table(head: Sequence[str], rows: Iterable[str]) -> str:
     th = "".join(f"<th>{_esc(h)}</th>" for h in head)
-    return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+    return (
+        f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody>\n</table>"
+    )
 
 
 def _nodes(nodes: Any) -> str:
@@ -191,12 +195,16 @@ def _legend(ax: Axes, **kwargs: Any) -> None:
 
 
 def _empty(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=14, color="0.4")
+    ax.text(
+        0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=14, color="0.4"
+    )
 
 
 def _floats(values: Any, n: int | None = None) -> np.ndarray:
     """A per-second (or per-bin) list as floats, None as NaN, cut or padded to ``n``."""
-    arr = np.array([np.nan if v is None else v for v in (values if values is not None else [])], dtype=float)
+    arr = np.array(
+        [np.nan if v is None else v for v in (values if values is not None else [])], dtype=float
+    )
     if n is None:
         return arr
     if len(arr) >= n:
@@ -216,12 +224,30 @@ def _event_times(result: dict, key: str) -> list[float]:
 def _mark_events(ax: Axes, result: dict, label: bool, tags: bool = False) -> None:
     """Dashed red lines at failures and green at recoveries (legend entries once per axes)."""
     trans = blended_transform_factory(ax.transData, ax.transAxes)
-    for key, colour, name, tag in (("failures", FAILURE_COLOUR, "failure", "F"), ("recoveries", RECOVERY_COLOUR, "recovery", "R")):
+    for key, colour, name, tag in (
+        ("failures", FAILURE_COLOUR, "failure", "F"),
+        ("recoveries", RECOVERY_COLOUR, "recovery", "R"),
+    ):
         times = _event_times(result, key)
         for i, t in enumerate(times):
-            ax.axvline(t, color=colour, linestyle="--", linewidth=1.2, label=name if label and i == 0 else None)
+            ax.axvline(
+                t,
+                color=colour,
+                linestyle="--",
+                linewidth=1.2,
+                label=name if label and i == 0 else None,
+            )
             if tags and len(times) <= MAX_FAILOVER_PLOTS:
-                ax.text(t, 1.01, f"{tag}{i}", transform=trans, color=colour, fontsize=8, ha="center", va="bottom")
+                ax.text(
+                    t,
+                    1.01,
+                    f"{tag}{i}",
+                    transform=trans,
+                    color=colour,
+                    fontsize=8,
+                    ha="center",
+                    va="bottom",
+                )
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -251,11 +277,20 @@ def plot_latency_cdf(result: dict) -> Figure:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # "1", not "10^0"
         ms, share = ms[ms > 0], share[ms > 0]
     ax.plot(ms, share, color="#1f4e79", linewidth=2, label="answers")
-    for key, name, colour in (("latency_ms_p50", "p50", "#e08a2c"), ("latency_ms_p99", "p99", FAILURE_COLOUR)):
+    for key, name, colour in (
+        ("latency_ms_p50", "p50", "#e08a2c"),
+        ("latency_ms_p99", "p99", FAILURE_COLOUR),
+    ):
         value = result.get(key)
         if value is None or (log and value <= 0):
             continue
-        ax.axvline(value, color=colour, linestyle="--", linewidth=1.3, label=f"{name} = {_fmt(float(value))} ms")
+        ax.axvline(
+            value,
+            color=colour,
+            linestyle="--",
+            linewidth=1.3,
+            label=f"{name} = {_fmt(float(value))} ms",
+        )
         ax.text(value, 0.6, f"{name} ", rotation=90, color=colour, ha="right", va="bottom", fontsize=9,
                 transform=blended_transform_factory(ax.transData, ax.transAxes),
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})  # fmt: skip
@@ -288,7 +323,13 @@ def plot_qps_rcodes(result: dict) -> Figure:
         if key in series:
             top.plot(t, _floats(series[key], n), color=colour, linewidth=width, label=name)
     rcodes = series.get("rcodes") or {}
-    names = sorted(rcodes, key=lambda r: (list(RCODE_COLOURS).index(r) if r in RCODE_COLOURS else len(RCODE_COLOURS), r))
+    names = sorted(
+        rcodes,
+        key=lambda r: (
+            list(RCODE_COLOURS).index(r) if r in RCODE_COLOURS else len(RCODE_COLOURS),
+            r,
+        ),
+    )
     if names:
         extra = iter(colormaps["tab10"].colors)
         colours = [RCODE_COLOURS.get(r) or next(extra) for r in names]
@@ -317,7 +358,11 @@ def plot_failover(failure: dict) -> Figure:
     after = failure.get("answers_to_dead_after_bound")
     nodes = _nodes(failure.get("nodes"))
     title = f"{failure.get('label') or failure.get('command') or 'failure'}: {nodes or 'no nodes'}"
-    title += "\n" + (f"{after:,} answers to dead after the bound" if after is not None else "answers to dead after the bound: unknown")
+    title += "\n" + (
+        f"{after:,} answers to dead after the bound"
+        if after is not None
+        else "answers to dead after the bound: unknown"
+    )
     ax.set_title(_plain(title))
     ax.set_xlabel("time since the failure (ms)")
     ax.set_ylabel(f"answers per {width:g} ms")
@@ -325,17 +370,39 @@ def plot_failover(failure: dict) -> Figure:
     ax.set_axisbelow(True)
     if len(t):
         ax.bar(t, answers, width=width, align="edge", color="0.75", label="answers")
-        ax.bar(t, dead, width=width, align="edge", color=FAILURE_COLOUR, label="answers naming a failed node")
+        ax.bar(
+            t,
+            dead,
+            width=width,
+            align="edge",
+            color=FAILURE_COLOUR,
+            label="answers naming a failed node",
+        )
     else:
         _empty(ax, "no answers around the failure")
     bound = failure.get("bound_ms")
     if bound is not None:
-        ax.axvspan(0, bound, color="#f5c26b", alpha=0.25, zorder=0, label=f"bound ({_fmt(float(bound))} ms)")
+        ax.axvspan(
+            0,
+            bound,
+            color="#f5c26b",
+            alpha=0.25,
+            zorder=0,
+            label=f"bound ({_fmt(float(bound))} ms)",
+        )
         ax.axvline(bound, color="#b26a00", linestyle=":", linewidth=1.5)
-    ax.axvline(0, color="black", linewidth=1.5, label=_plain(f"failure: {failure.get('command', '')}"))
+    ax.axvline(
+        0, color="black", linewidth=1.5, label=_plain(f"failure: {failure.get('command', '')}")
+    )
     zero = failure.get("time_to_zero_dead_answers_ms")
     if zero is not None and zero > 0:
-        ax.axvline(zero, color=RECOVERY_COLOUR, linestyle="--", linewidth=1.2, label=f"last answer to dead ({_fmt(float(zero))} ms)")
+        ax.axvline(
+            zero,
+            color=RECOVERY_COLOUR,
+            linestyle="--",
+            linewidth=1.2,
+            label=f"last answer to dead ({_fmt(float(zero))} ms)",
+        )
     ax.set_ylim(bottom=0)
     _legend(ax, loc="upper right", fontsize=9)
     return fig
@@ -358,14 +425,18 @@ def plot_node_load(result: dict) -> Figure:
     if not rows or not cols:
         _empty(ax, "no load data")
         return fig
-    grid = np.vstack([_floats(r, cols) for r in util] + [np.full(cols, np.nan)] * (rows - len(util)))
+    grid = np.vstack(
+        [_floats(r, cols) for r in util] + [np.full(cols, np.nan)] * (rows - len(util))
+    )
     grid = np.clip(grid, 0.0, 1.2)
     start = float(t[0]) if len(t) else 0.0
     x = start + np.arange(cols + 1, dtype=float)  # second s covers [s, s + 1)
     y = np.arange(rows + 1, dtype=float)
     # Sequential up to capacity, then red: an overloaded second must not look like a busy one.
     cmap = colormaps["Blues"].with_extremes(over="#d50000", bad="#eeeeee")
-    mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(grid), cmap=cmap, norm=Normalize(0.0, 1.0), shading="flat")
+    mesh = ax.pcolormesh(
+        x, y, np.ma.masked_invalid(grid), cmap=cmap, norm=Normalize(0.0, 1.0), shading="flat"
+    )
     cbar = fig.colorbar(mesh, ax=ax, extend="max", pad=0.01)
     cbar.set_label("load / capacity")
     high = load.get("high_water")
@@ -377,7 +448,9 @@ def plot_node_load(result: dict) -> Figure:
     for i, node in enumerate(nodes):
         cap = capacity[i] if i < len(capacity) else None
         labels.append(_plain(f"{node} ({_fmt(cap)} Gbps)" if cap is not None else str(node)))
-    ax.set_yticks(np.arange(rows) + 0.5, labels, fontsize=9 if rows <= 30 else max(4, 9 - (rows - 30) // 10))
+    ax.set_yticks(
+        np.arange(rows) + 0.5, labels, fontsize=9 if rows <= 30 else max(4, 9 - (rows - 30) // 10)
+    )
     ax.invert_yaxis()
     ax.set_xlim(x[0], x[-1])
     trans = blended_transform_factory(ax.transData, ax.transAxes)
@@ -394,8 +467,16 @@ def plot_client_map(result: dict) -> Figure:
     ax.set_title("Clients to nodes")
     ax.set_xlabel("longitude (deg)")
     ax.set_ylabel("latitude (deg)")
-    clients = [c for c in result.get("client_map") or [] if c.get("lat") is not None and c.get("lon") is not None]
-    locations = [n for n in result.get("node_locations") or [] if n.get("lat") is not None and n.get("lon") is not None]
+    clients = [
+        c
+        for c in result.get("client_map") or []
+        if c.get("lat") is not None and c.get("lon") is not None
+    ]
+    locations = [
+        n
+        for n in result.get("node_locations") or []
+        if n.get("lat") is not None and n.get("lon") is not None
+    ]
     order = [str(n["node"]) for n in locations]
     order += sorted({str(c.get("node")) for c in clients} - set(order))
     if not order and not clients:
@@ -407,9 +488,15 @@ def plot_client_map(result: dict) -> Figure:
     lons = [float(c["lon"]) for c in clients] + [p[0] for p in where.values()]
     lats = [float(c["lat"]) for c in clients] + [p[1] for p in where.values()]
     if clients:
-        segments = [((float(c["lon"]), float(c["lat"])), where[str(c.get("node"))]) for c in clients if str(c.get("node")) in where]
+        segments = [
+            ((float(c["lon"]), float(c["lat"])), where[str(c.get("node"))])
+            for c in clients
+            if str(c.get("node")) in where
+        ]
         seg_colours = [colour[str(c.get("node"))] for c in clients if str(c.get("node")) in where]
-        ax.add_collection(LineCollection(segments, colors=seg_colours, linewidths=0.8, alpha=0.25, zorder=1))
+        ax.add_collection(
+            LineCollection(segments, colors=seg_colours, linewidths=0.8, alpha=0.25, zorder=1)
+        )
         queries = np.array([max(0.0, float(c.get("queries") or 0)) for c in clients])
         top = math.sqrt(queries.max()) if queries.max() > 0 else 1.0
         sizes = 12 + 288 * np.sqrt(queries) / top
@@ -466,7 +553,7 @@ def _failures_table(failures: list[dict]) -> str:
         if i < MAX_FAILOVER_PLOTS:
             label = f'<a href="#plot-failover-{i}">{label}</a>'
         rows.append(
-            f"<tr><td class=\"num\">{i}</td><td>{label}</td><td>{_esc(_nodes(f.get('nodes')))}</td>"
+            f'<tr><td class="num">{i}</td><td>{label}</td><td>{_esc(_nodes(f.get("nodes")))}</td>'
             + _cell(None if at is None else float(at) / 1000.0)
             + _cell(f.get("bound_ms"))
             + _cell(f.get("answers_to_dead"))
@@ -483,7 +570,10 @@ def _recoveries_table(recoveries: list[dict]) -> str:
     rows = []
     for r in recoveries:
         back = r.get("time_to_back_in_answers_ms") or {}
-        text = ", ".join(f"{n}: {_fmt(v)} ms" if v is not None else f"{n}: not back by the end" for n, v in back.items())
+        text = ", ".join(
+            f"{n}: {_fmt(v)} ms" if v is not None else f"{n}: not back by the end"
+            for n, v in back.items()
+        )
         at = r.get("at_ms")
         rows.append(f"<tr><td>{_esc(r.get('label') or r.get('command') or '')}</td><td>{_esc(_nodes(r.get('nodes')))}</td>"
                     + _cell(None if at is None else float(at) / 1000.0)
@@ -524,7 +614,9 @@ def render(result: dict, out_dir: Path) -> Path:
         parts.append(f'<p class="description">{_esc(result["description"])}</p>')
     if result.get("passed") is not None:
         passed = bool(result["passed"])
-        parts.append(f'<p class="banner {"passed" if passed else "failed"}">{"PASSED" if passed else "FAILED"}</p>')
+        parts.append(
+            f'<p class="banner {"passed" if passed else "failed"}">{"PASSED" if passed else "FAILED"}</p>'
+        )
     if checks:
         parts += ["<h2>Checks</h2>", _checks_table(checks)]
     parts += ["<h2>Summary</h2>", _summary(result)]
@@ -572,7 +664,9 @@ def _render(plot: Callable[[dict], Figure], data: dict) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("result", type=Path, help="result.json of a load test")
-    parser.add_argument("-o", "--out-dir", type=Path, help="where to write report.html (default: beside the result)")
+    parser.add_argument(
+        "-o", "--out-dir", type=Path, help="where to write report.html (default: beside the result)"
+    )
     args = parser.parse_args(argv)
     result = json.loads(args.result.read_text(encoding="utf-8"))
     path = render(result, args.out_dir or args.result.parent)

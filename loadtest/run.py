@@ -60,14 +60,18 @@ class RouterProcess:
 def start_router(zones: Path, out: Path, workers: int, telemetry: bool) -> RouterProcess:
     """``router serve`` on loopback with a fresh state file (a run never inherits node states)."""
     log = out / "router.log"
-    (out / "node-state.json").unlink(missing_ok=True)  # a run in the same directory starts afresh too
+    (out / "node-state.json").unlink(
+        missing_ok=True
+    )  # a run in the same directory starts afresh too
     args = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen", "127.0.0.1:0",
             "--api", "127.0.0.1:0", "--workers", str(workers), "--state-file", str(out / "node-state.json")]  # fmt: skip
     if telemetry:
         args += ["--telemetry", "127.0.0.1:0"]
     env = {**os.environ, "ROUTER_API_TOKEN": secrets.token_hex(16)}
     with open(log, "w") as handle:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO)
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO
+        )
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -86,7 +90,9 @@ def start_router(zones: Path, out: Path, workers: int, telemetry: bool) -> Route
             return RouterProcess(process, (match.group(1), int(match.group(2))), tel, api, log)
     process.kill()
     process.wait()
-    raise RunError(f"the router did not start within {START_TIMEOUT_S} s; its log ({log}):\n{log.read_text()[-3000:]}")
+    raise RunError(
+        f"the router did not start within {START_TIMEOUT_S} s; its log ({log}):\n{log.read_text()[-3000:]}"
+    )
 
 
 def node_addresses(model: SteeringModel) -> dict[bytes, int]:
@@ -111,7 +117,9 @@ def play_scenario(
 ) -> dict:
     """Play ``scenario`` against ``router``; write out/result.json and out/report.html."""
     health = deployment.health
-    if scenario.failures and (router.telemetry is None or health is None or not deployment.node_keys):
+    if scenario.failures and (
+        router.telemetry is None or health is None or not deployment.node_keys
+    ):
         raise RunError(
             "this scenario fails nodes through the node simulator, which needs the router's telemetry "
             "address and a deployment with health: (heartbeat keys) in deployment.yaml"
@@ -122,11 +130,18 @@ def play_scenario(
     high_water = health.high_water if health else 0.9
     simulator = None
     if router.telemetry is not None and health is not None and deployment.node_keys:
-        simulator = Simulator(deployment.inventory, deployment.node_keys, router.telemetry, interval)
+        simulator = Simulator(
+            deployment.inventory, deployment.node_keys, router.telemetry, interval
+        )
         for node in simulator.nodes.values():  # every node reports once before the first query
             simulator.send(node)
         time.sleep(min(1.0, interval))
-    size = int(min(scenario.max_queries, expected_queries(scenario.traffic, scenario.duration_s) * 1.25 + 10_000))
+    size = int(
+        min(
+            scenario.max_queries,
+            expected_queries(scenario.traffic, scenario.duration_s) * 1.25 + 10_000,
+        )
+    )
     player = Player(
         scenario, catalogue, resolvers, router.dns, model.node_ids, node_addresses(model), high_water, simulator,
         seed, size,
@@ -148,14 +163,18 @@ def play_scenario(
         "elapsed_s": round(play.elapsed_s, 3),
         "router": {
             "dns": f"{router.dns[0]}:{router.dns[1]}",
-            "telemetry": None if router.telemetry is None else f"{router.telemetry[0]}:{router.telemetry[1]}",
+            "telemetry": None
+            if router.telemetry is None
+            else f"{router.telemetry[0]}:{router.telemetry[1]}",
             "started_by_loadtest": router.process is not None,
             "workers": scenario.router_workers if router.process is not None else None,
         },
         "resolvers": len(resolvers),
         "offered_peak_client_qps": round(peak_rate(scenario.traffic, scenario.duration_s), 1),
         "gbps_per_qps": scenario.traffic.gbps_per_qps,
-        "events": [{"t_ms": round(e.t * 1000, 1), "command": e.command, "ack": e.ack} for e in play.events],
+        "events": [
+            {"t_ms": round(e.t * 1000, 1), "command": e.command, "ack": e.ack} for e in play.events
+        ],
     }
     result.update(analyze(scenario, play, model, catalogue, interval, missed, high_water))
     result["checks"] = check(scenario.expect, result)

@@ -60,7 +60,9 @@ class Names(BaseModel):
     def _shares(self) -> Names:
         total = self.steered + self.static + self.nxdomain
         if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ValueError(f"steered + static + nxdomain must add up to 1, they add up to {total:g}")
+            raise ValueError(
+                f"steered + static + nxdomain must add up to 1, they add up to {total:g}"
+            )
         return self
 
 
@@ -71,11 +73,15 @@ class Traffic(BaseModel):
 
     shape: Literal["steady", "ramp", "flash", "diurnal"]
     qps: float = Field(gt=0, le=200000)  # steady rate; ramp start; flash base; diurnal trough
-    peak_qps: float | None = Field(default=None, gt=0, le=200000)  # ramp end; flash and diurnal peak
+    peak_qps: float | None = Field(
+        default=None, gt=0, le=200000
+    )  # ramp end; flash and diurnal peak
     flash_at_s: float | None = Field(default=None, ge=0)  # when the crowd starts to arrive
     flash_rise_s: float = Field(default=2.0, gt=0)  # base to peak in this long
     flash_hold_s: float = Field(default=10.0, ge=0)  # at the peak this long, then back as fast
-    period_s: float | None = Field(default=None, gt=0)  # diurnal: one day compressed (default: the run)
+    period_s: float | None = Field(
+        default=None, gt=0
+    )  # diurnal: one day compressed (default: the run)
     # Edge traffic that one client query per second stands for at the node it was sent to,
     # so answers become load against each node's capacity.
     gbps_per_qps: float = Field(default=0.5, ge=0)
@@ -139,7 +145,9 @@ class Scenario(BaseModel):
     description: str
     deployment: str = "../../zones"  # relative to the scenario file
     duration_s: float = Field(gt=0, le=3600)
-    max_queries: int = Field(ge=1, le=50_000_000)  # client queries, cached or sent: the run stops there
+    max_queries: int = Field(
+        ge=1, le=50_000_000
+    )  # client queries, cached or sent: the run stops there
     router_workers: int = Field(default=1, ge=1, le=64)  # when loadtest starts the router itself
     resolvers: Resolvers = Resolvers()
     names: Names = Names()
@@ -159,7 +167,9 @@ def load_scenario(path: Path, deployment: Deployment | None = None) -> Scenario:
     if doc is None or problems:
         raise ConfigError(problems)
     if not isinstance(doc.data, dict):
-        raise ConfigError([Problem(display, 1, "a scenario must be a mapping (name, description, traffic, ...)")])
+        raise ConfigError(
+            [Problem(display, 1, "a scenario must be a mapping (name, description, traffic, ...)")]
+        )
     scenario, problems = validate_item(Scenario, doc.data, doc, (), f"scenario {path.stem!r}")
     if problems or scenario is None:
         raise ConfigError(problems)
@@ -192,7 +202,9 @@ def _against(scenario: Scenario, doc: LocatedYaml, deployment: Deployment) -> li
 
     problems = []
     # A muted simulator of the deployment's nodes: commands are parsed and applied, never sent.
-    simulator = Simulator(deployment.inventory, {n.id: b"" for n in deployment.inventory.nodes}, ("127.0.0.1", 9), 1.0)
+    simulator = Simulator(
+        deployment.inventory, {n.id: b"" for n in deployment.inventory.nodes}, ("127.0.0.1", 9), 1.0
+    )
     simulator.muted = True
     try:
         for i, failure in enumerate(scenario.failures):
@@ -209,7 +221,12 @@ def _against(scenario: Scenario, doc: LocatedYaml, deployment: Deployment) -> li
         known = {int(a) for a in deployment.client_map.groups.asn.tolist()}
         for asn in scenario.resolvers.isps:
             if asn not in known:
-                problems.append(doc.problem(("resolvers", "isps", asn), f"resolvers.isps: AS{asn} is not in the deployment's client map"))
+                problems.append(
+                    doc.problem(
+                        ("resolvers", "isps", asn),
+                        f"resolvers.isps: AS{asn} is not in the deployment's client map",
+                    )
+                )
     return problems
 
 
@@ -235,14 +252,23 @@ def scaled(scenario: Scenario, duration_s: float | None) -> tuple[Scenario, floa
     k = duration_s / scenario.duration_s
     traffic = scenario.traffic.model_copy(
         update={
-            "flash_at_s": None if scenario.traffic.flash_at_s is None else scenario.traffic.flash_at_s * k,
+            "flash_at_s": None
+            if scenario.traffic.flash_at_s is None
+            else scenario.traffic.flash_at_s * k,
             "flash_rise_s": scenario.traffic.flash_rise_s * k,
             "flash_hold_s": scenario.traffic.flash_hold_s * k,
-            "period_s": None if scenario.traffic.period_s is None else scenario.traffic.period_s * k,
+            "period_s": None
+            if scenario.traffic.period_s is None
+            else scenario.traffic.period_s * k,
         }
     )
     failures = [
-        f.model_copy(update={"at_s": f.at_s * k, "repeat_every_s": None if f.repeat_every_s is None else f.repeat_every_s * k})
+        f.model_copy(
+            update={
+                "at_s": f.at_s * k,
+                "repeat_every_s": None if f.repeat_every_s is None else f.repeat_every_s * k,
+            }
+        )
         for f in scenario.failures
     ]
     update = {"duration_s": duration_s, "traffic": traffic, "failures": failures}

@@ -43,7 +43,9 @@ def expected_queries(traffic: Traffic, duration_s: float, step_s: float = 0.05) 
     return sum(rate(traffic, duration_s, (i + 0.5) * dt) * dt for i in range(steps))
 
 
-def carry_step(previous_gbps: np.ndarray | None, answers: np.ndarray, gbps_per_qps: float, session_s: float) -> np.ndarray:
+def carry_step(
+    previous_gbps: np.ndarray | None, answers: np.ndarray, gbps_per_qps: float, session_s: float
+) -> np.ndarray:
     """Each node's load this second from last second's and the answers naming it this second.
 
     Traffic outlives the answer that started it, so load follows the answers smoothed
@@ -55,9 +57,13 @@ def carry_step(previous_gbps: np.ndarray | None, answers: np.ndarray, gbps_per_q
     return keep * previous + (1 - keep) * answers * gbps_per_qps
 
 
-def carried_gbps(answers_per_second: np.ndarray, gbps_per_qps: float, session_s: float) -> np.ndarray:
+def carried_gbps(
+    answers_per_second: np.ndarray, gbps_per_qps: float, session_s: float
+) -> np.ndarray:
     """float64[N, S] answers per node and second -> the load each node carries, in Gbps."""
     out = np.zeros(answers_per_second.shape, dtype=np.float64)
     for s in range(answers_per_second.shape[1]):
-        out[:, s] = carry_step(out[:, s - 1] if s else None, answers_per_second[:, s], gbps_per_qps, session_s)
+        out[:, s] = carry_step(
+            out[:, s - 1] if s else None, answers_per_second[:, s], gbps_per_qps, session_s
+        )
     return out

@@ -25,19 +25,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="answer DNS for a deployment directory")
-    serve.add_argument("--zones", required=True, type=Path, help="deployment directory (zones, nodes, policies)")
-    serve.add_argument("--listen", required=True, help="DNS address, HOST:PORT (UDP and TCP); port 0 picks one")
+    serve.add_argument(
+        "--zones", required=True, type=Path, help="deployment directory (zones, nodes, policies)"
+    )
+    serve.add_argument(
+        "--listen", required=True, help="DNS address, HOST:PORT (UDP and TCP); port 0 picks one"
+    )
     serve.add_argument("--api", help="HTTP API address, HOST:PORT")
-    serve.add_argument("--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})")
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DNS worker processes (default: one per core)")
+    serve.add_argument(
+        "--api-token-file", type=Path, help=f"file holding the API bearer token (else ${TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DNS worker processes (default: one per core)",
+    )
     serve.add_argument("--udp-path", choices=("batched", "per-packet"), default="batched",
                        help="UDP loop: batched system calls and the compiled responder (default), or one "
                             "packet at a time in Python")  # fmt: skip
-    serve.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP connection is closed")
-    serve.add_argument("--telemetry", help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml")
-    serve.add_argument("--state-file", type=Path, help="keep node states across restarts here (default: state_file in deployment.yaml)")
-    serve.add_argument("--drain-grace", type=float, default=0.0,
-                       help="on SIGTERM, report draining (GET /v1/status) and keep answering this many seconds before stopping")
+    serve.add_argument(
+        "--tcp-idle-timeout",
+        type=float,
+        default=10.0,
+        help="seconds before an idle TCP connection is closed",
+    )
+    serve.add_argument(
+        "--telemetry",
+        help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml",
+    )
+    serve.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep node states across restarts here (default: state_file in deployment.yaml)",
+    )
+    serve.add_argument(
+        "--drain-grace",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, report draining (GET /v1/status) and keep answering this many seconds before stopping",
+    )
     serve.add_argument("--watch", type=float, default=1.0, metavar="S",
                        help="look for changed config files every S seconds and reload (default 1; 0: reload only "
                             "on SIGHUP or POST /v1/config/reload)")  # fmt: skip
@@ -48,29 +75,57 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --query-log: log 1 query in N, per worker and transport (default 100; 1 logs every query)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
-    check = sub.add_parser("check", help="validate a deployment directory; print every problem as path:line: message")
+    check = sub.add_parser(
+        "check", help="validate a deployment directory; print every problem as path:line: message"
+    )
     check.add_argument("directory", type=Path)
 
     explain = sub.add_parser("explain", help="show how a name is answered for one client")
     explain.add_argument("--zones", required=True, type=Path, help="deployment directory")
-    explain.add_argument("--qtype", default="A", choices=["A", "AAAA", "ANY", "CNAME", "MX", "NS", "SOA", "TXT"])
+    explain.add_argument(
+        "--qtype", default="A", choices=["A", "AAAA", "ANY", "CNAME", "MX", "NS", "SOA", "TXT"]
+    )
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
     explain.add_argument("name", help="the name a resolver asks for, e.g. video.cdn.example.")
-    explain.add_argument("client", help="client IP (as query source) or subnet (as ECS), e.g. 83.44.10.0/24")
+    explain.add_argument(
+        "client", help="client IP (as query source) or subnet (as ECS), e.g. 83.44.10.0/24"
+    )
 
-    plan = sub.add_parser("plan", help="show what applying a new deployment directory would do to traffic")
-    plan.add_argument("--zones", required=True, type=Path, help="the new deployment directory (checked like router check)")
-    plan.add_argument("--against", required=True,
-                      help="the running router's API (http://HOST:PORT) or the current deployment directory")
-    plan.add_argument("--state-file", type=Path, help="with --against DIR: node states from this file (default: all up)")
-    plan.add_argument("--top", type=int, default=5, help="client groups listed per changed name (default 5)")
+    plan = sub.add_parser(
+        "plan", help="show what applying a new deployment directory would do to traffic"
+    )
+    plan.add_argument(
+        "--zones",
+        required=True,
+        type=Path,
+        help="the new deployment directory (checked like router check)",
+    )
+    plan.add_argument(
+        "--against",
+        required=True,
+        help="the running router's API (http://HOST:PORT) or the current deployment directory",
+    )
+    plan.add_argument(
+        "--state-file",
+        type=Path,
+        help="with --against DIR: node states from this file (default: all up)",
+    )
+    plan.add_argument(
+        "--top", type=int, default=5, help="client groups listed per changed name (default 5)"
+    )
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    simulate = sub.add_parser("simulate-nodes", help="play every node of a deployment: signed heartbeats, commands on stdin")
+    simulate = sub.add_parser(
+        "simulate-nodes",
+        help="play every node of a deployment: signed heartbeats, commands on stdin",
+    )
     from router import simulator
 
     simulator.add_arguments(simulate)
-    announce = sub.add_parser("anycast-announce", help="run under ExaBGP: announce the service and node prefixes while they can serve")
+    announce = sub.add_parser(
+        "anycast-announce",
+        help="run under ExaBGP: announce the service and node prefixes while they can serve",
+    )
     from router.anycast import announcer
 
     announcer.add_arguments(announce)
@@ -150,7 +205,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"router plan: {exc}", file=sys.stderr)
         return plan.EXIT_ERROR
     if args.json:
-        print(json.dumps({"new": str(args.zones), "against": args.against, "changes": changed, **report}, indent=2))
+        print(
+            json.dumps(
+                {"new": str(args.zones), "against": args.against, "changes": changed, **report},
+                indent=2,
+            )
+        )
     else:
         print(plan.to_text(report, str(args.zones), args.against))
     return plan.EXIT_CHANGES if changed else plan.EXIT_NO_CHANGES
@@ -166,7 +226,10 @@ def _read_token(args: argparse.Namespace) -> str | None:
     else:
         token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
-        print(f"router serve: --api needs a token: set {TOKEN_ENV} or pass --api-token-file", file=sys.stderr)
+        print(
+            f"router serve: --api needs a token: set {TOKEN_ENV} or pass --api-token-file",
+            file=sys.stderr,
+        )
         return None
     return token
 
@@ -178,7 +241,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.service.run import ServeOptions, serve
     from router.service.sockets import ServiceError, parse_endpoint
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         listen = parse_endpoint(args.listen, "--listen")
         api = parse_endpoint(args.api, "--api") if args.api else None
@@ -199,9 +264,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     return serve(
         ServeOptions(
-            zones=args.zones, listen=listen, workers=args.workers, api=api, api_token=token, telemetry=telemetry,
-            state_file=args.state_file, udp_path=args.udp_path, tcp_idle_timeout=args.tcp_idle_timeout,
-            drain_grace=args.drain_grace, watch_s=args.watch, query_log=query_log,
+            zones=args.zones,
+            listen=listen,
+            workers=args.workers,
+            api=api,
+            api_token=token,
+            telemetry=telemetry,
+            state_file=args.state_file,
+            udp_path=args.udp_path,
+            tcp_idle_timeout=args.tcp_idle_timeout,
+            drain_grace=args.drain_grace,
+            watch_s=args.watch,
+            query_log=query_log,
         ),  # fmt: skip
         api_app=create_app,
     )

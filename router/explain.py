@@ -160,7 +160,9 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     result.group = decision.group
     result.group_label = model.client_map.groups.describe(decision.group)
     result.located_by = decision.source
-    inputs = model.rank_inputs(policy_index, table.node_state, np.zeros(len(model.node_ids)), planner.samples)
+    inputs = model.rank_inputs(
+        policy_index, table.node_state, np.zeros(len(model.node_ids)), planner.samples
+    )
     parts = group_components(inputs, decision.group)
     # The answer this client got (a split group answers by client subnet).
     chosen = [int(n) for n in table.set_nodes[decision.answer_set] if n >= 0]

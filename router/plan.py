@@ -110,12 +110,15 @@ def plan_offline(
             if demand["source"] != PRIOR and observed is not None:
                 by_key = observed["groups"]
                 planner.demand[p] = [
-                    by_key.get(key, 0.0) if key in known else compiled.demand_prior[g] for g, key in enumerate(keys)
+                    by_key.get(key, 0.0) if key in known else compiled.demand_prior[g]
+                    for g, key in enumerate(keys)
                 ]
                 source = f"{demand['source']} (mapped by client group)"
     elif state_file is not None:
         saved, overrides = _saved_states(state_file)
-        health = np.array([_STATES[saved.get(node_id, "up")] for node_id in node_ids], dtype=np.int8)
+        health = np.array(
+            [_STATES[saved.get(node_id, "up")] for node_id in node_ids], dtype=np.int8
+        )
     overrides = with_admin_file(overrides, deployment.admin_state)
     states = health.copy()
     for i, node_id in enumerate(node_ids):
@@ -129,13 +132,20 @@ def plan_offline(
     return decisions, demand_json(model, planner.demand, source)
 
 
-def plan_change(new: Deployment, against: str, current: Deployment | None = None, state_file: Path | None = None,
-                top: int = TOP_GROUPS) -> tuple[dict[str, Any], bool]:
+def plan_change(
+    new: Deployment,
+    against: str,
+    current: Deployment | None = None,
+    state_file: Path | None = None,
+    top: int = TOP_GROUPS,
+) -> tuple[dict[str, Any], bool]:
     """The report of applying ``new`` over ``against`` (a running router's API URL, or the
     directory ``current`` was loaded from), and whether anything changes."""
     if against.startswith(("http://", "https://")):
         if state_file is not None:
-            raise PlanError("--state-file is for --against DIR (a running router has its own states)")
+            raise PlanError(
+                "--state-file is for --against DIR (a running router has its own states)"
+            )
         before = fetch_running(against)
     else:
         assert current is not None
@@ -220,14 +230,18 @@ def _percent(share: float) -> str:
     return f"{share * 100:.0f}%" if share >= 0.01 or share == 0 else "<1%"
 
 
-def compare(before: tuple[dict, dict], after: tuple[dict, dict], top: int = TOP_GROUPS) -> dict[str, Any]:
+def compare(
+    before: tuple[dict, dict], after: tuple[dict, dict], top: int = TOP_GROUPS
+) -> dict[str, Any]:
     """Everything that differs between two sides, as a JSON-ready report."""
     b, a = _Side(*before), _Side(*after)
     b_names, a_names = b.decisions["names"], a.decisions["names"]
     # One basis for every share: Gbps when any demand is known, else the address space.
     by_gbps = any(p["total_gbps"] > 0 for p in b.demand["policies"].values())
     b_groups = b.decisions["groups"]
-    common = [(key, gi, a.group_index[key]) for key, gi in b.group_index.items() if key in a.group_index]
+    common = [
+        (key, gi, a.group_index[key]) for key, gi in b.group_index.items() if key in a.group_index
+    ]
 
     names = []
     changed_keys: dict[str, set[str]] = {}  # after-policy key -> group keys whose answers change
@@ -275,8 +289,12 @@ def compare(before: tuple[dict, dict], after: tuple[dict, dict], top: int = TOP_
         "demand_before": b.demand["source"],
         "demand_after": a.demand["source"],
         "basis": "gbps" if by_gbps else "address space",
-        "names_added": [{"name": n, "policy": a_names[n]} for n in sorted(a_names.keys() - b_names.keys())],
-        "names_removed": [{"name": n, "policy": b_names[n]} for n in sorted(b_names.keys() - a_names.keys())],
+        "names_added": [
+            {"name": n, "policy": a_names[n]} for n in sorted(a_names.keys() - b_names.keys())
+        ],
+        "names_removed": [
+            {"name": n, "policy": b_names[n]} for n in sorted(b_names.keys() - a_names.keys())
+        ],
         "names": names,
         "groups_added": len(a.group_index.keys() - b.group_index.keys()),
         "groups_removed": len(b.group_index.keys() - a.group_index.keys()),
@@ -319,8 +337,14 @@ def _geofence(b: _Side, a: _Side, changed_keys: dict[str, set[str]]) -> list[dic
     out = []
     b_policies, a_policies = b.decisions["policies"], a.decisions["policies"]
     for pkey in sorted(b_policies.keys() | a_policies.keys()):
-        rules_b = {_rule_key(r): r for r in (b_policies.get(pkey) or {"settings": {}})["settings"].get("geofence", [])}
-        rules_a = {_rule_key(r): r for r in (a_policies.get(pkey) or {"settings": {}})["settings"].get("geofence", [])}
+        rules_b = {
+            _rule_key(r): r
+            for r in (b_policies.get(pkey) or {"settings": {}})["settings"].get("geofence", [])
+        }
+        rules_a = {
+            _rule_key(r): r
+            for r in (a_policies.get(pkey) or {"settings": {}})["settings"].get("geofence", [])
+        }
         for clients in sorted(rules_b.keys() | rules_a.keys()):
             rb, ra = rules_b.get(clients), rules_a.get(clients)
             if rb == ra:
@@ -342,7 +366,13 @@ def _records(before: dict, after: dict) -> list[dict[str, Any]]:
     for zone in sorted(before.keys() | after.keys()):
         rb, ra = before.get(zone), after.get(zone)
         if rb is None or ra is None:
-            out.append({"zone": zone, "change": "zone added" if rb is None else "zone removed", "rrset": None})
+            out.append(
+                {
+                    "zone": zone,
+                    "change": "zone added" if rb is None else "zone removed",
+                    "rrset": None,
+                }
+            )
             continue
         for rrset in sorted(rb.keys() | ra.keys()):
             if rb.get(rrset) != ra.get(rrset):
@@ -377,7 +407,11 @@ def _of(moved: float, total: float, basis: str) -> str:
 
 def to_text(report: dict[str, Any], new: str, against: str) -> str:
     basis = report["basis"]
-    generation = f" (routing table {report['generation_before']} in service)" if report["generation_before"] else ""
+    generation = (
+        f" (routing table {report['generation_before']} in service)"
+        if report["generation_before"]
+        else ""
+    )
     lines = [f"plan: {new} against {against}{generation}"]
     source = report["demand_before"]
     if source == PRIOR:
@@ -385,7 +419,9 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
     else:
         lines.append(f"demand: {source} (the new config: {report['demand_after']})")
     if basis != "gbps":
-        lines.append("  no demand known (expected_peak_gbps is 0): shares below are of the client address space")
+        lines.append(
+            "  no demand known (expected_peak_gbps is 0): shares below are of the client address space"
+        )
     if report["rtt_samples_before"]:
         lines.append(f"  note: the running router steers with {report['rtt_samples_before']} fused RTT samples; "
                      "the new plan has only the rtt_samples file")  # fmt: skip
@@ -394,10 +430,18 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
     for entry in report["names_removed"]:
         lines.append(f"- {entry['name']} (policy {entry['policy']}): no longer steered")
     if report["groups_added"] or report["groups_removed"]:
-        lines.append(f"client map: {report['groups_added']} new client group(s), {report['groups_removed']} gone")
+        lines.append(
+            f"client map: {report['groups_added']} new client group(s), {report['groups_removed']} gone"
+        )
     for n in report["names"]:
-        policy = n["policy_before"] if n["policy_before"] == n["policy_after"] else f"{n['policy_before']} -> {n['policy_after']}"
-        if not (n["groups_changed"] or n["settings_changed"] or n["policy_before"] != n["policy_after"]):
+        policy = (
+            n["policy_before"]
+            if n["policy_before"] == n["policy_after"]
+            else f"{n['policy_before']} -> {n['policy_after']}"
+        )
+        if not (
+            n["groups_changed"] or n["settings_changed"] or n["policy_before"] != n["policy_after"]
+        ):
             lines.append(f"  {n['name']} (policy {policy}): no change")
             continue
         lines.append(f"~ {n['name']} (policy {policy})")
@@ -413,7 +457,9 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
             f"{n['moved_share'] * 100:.1f}% of its traffic moves{_of(n['moved'], n['total'], basis)}"
         )
         for g in n["top_groups"]:
-            lines.append(f"      {g['label']}: {g['before']} -> {g['after']}  ({_amount(g['moved'], basis)} moves)")
+            lines.append(
+                f"      {g['label']}: {g['before']} -> {g['after']}  ({_amount(g['moved'], basis)} moves)"
+            )
         if n["groups_changed"] > len(n["top_groups"]):
             lines.append(f"      ... and {n['groups_changed'] - len(n['top_groups'])} more")
     for rule in report["geofence"]:
@@ -426,7 +472,9 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
             f"{sign} geofence {rule['policy']}: {text}: {rule['groups']} client groups "
             f"({rule['demand_gbps']:.1f} Gbps), {rule['groups_changing_answers']} of them change answers"
         )
-    lines.append(f"total: {report['moved_share'] * 100:.1f}% of steered traffic moves{_of(report['moved'], report['total'], basis)}")
+    lines.append(
+        f"total: {report['moved_share'] * 100:.1f}% of steered traffic moves{_of(report['moved'], report['total'], basis)}"
+    )
     moving = [n for n in report["nodes"] if n["status"] != "kept" or n["over_capacity_after"]
               or n["state_before"] != n["state_after"]
               or abs((n["planned_after_gbps"] or 0) - (n["planned_before_gbps"] or 0)) >= 0.05]  # fmt: skip
@@ -437,17 +485,27 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
             after = "-" if n["planned_after_gbps"] is None else f"{n['planned_after_gbps']:.1f}"
             flag = ""
             if n["over_capacity_after"]:
-                flag = "  PAST CAPACITY" + (" (already before)" if n["over_capacity_before"] else "")
+                flag = "  PAST CAPACITY" + (
+                    " (already before)" if n["over_capacity_before"] else ""
+                )
             elif n["status"] != "kept":
                 flag = f"  ({n['status']})"
             if n["status"] == "kept" and n["state_before"] != n["state_after"]:
                 admin = n["admin_after"]
-                why = f", set {admin['state']} by the {'admin_state file' if admin['from'] == 'file' else 'API'}" if admin else ""
+                why = (
+                    f", set {admin['state']} by the {'admin_state file' if admin['from'] == 'file' else 'API'}"
+                    if admin
+                    else ""
+                )
                 flag += f"  ({n['state_before']} -> {n['state_after']}{why})"
-            lines.append(f"  {n['node']:<16} {before:>8} -> {after:>8} / {n['capacity_gbps']:.0f}{flag}")
+            lines.append(
+                f"  {n['node']:<16} {before:>8} -> {after:>8} / {n['capacity_gbps']:.0f}{flag}"
+            )
     for r in report["records"]:
         if r["rrset"] is None:
-            lines.append(f"{'+' if r['change'] == 'zone added' else '-'} zone {r['zone']} ({r['change']})")
+            lines.append(
+                f"{'+' if r['change'] == 'zone added' else '-'} zone {r['zone']} ({r['change']})"
+            )
             continue
         sign = {"added": "+", "removed": "-", "changed": "~"}[r["change"]]
         detail = ""
@@ -459,5 +517,8 @@ def to_text(report: dict[str, Any], new: str, against: str) -> str:
         lines.append(f"{sign} record {r['rrset']}{detail}")
     over = [n["node"] for n in report["nodes"] if n["over_capacity_after"]]
     summary = "changes" if has_changes(report) else "no changes"
-    lines.append(f"{summary}; {len(over)} node(s) planned past capacity" + (f": {', '.join(over)}" if over else ""))
+    lines.append(
+        f"{summary}; {len(over)} node(s) planned past capacity"
+        + (f": {', '.join(over)}" if over else "")
+    )
     return "\n".join(lines)

@@ -53,7 +53,9 @@ class SimulatedNode:
 
     def healthy(self) -> bool:
         """What the node's health URL says: serving, or not."""
-        serving = self.power in ("mains", "battery") and any(v != "down" for v in self.uplinks.values())
+        serving = self.power in ("mains", "battery") and any(
+            v != "down" for v in self.uplinks.values()
+        )
         return serving and not self.silent and not self.health_failing
 
     def health_response(self) -> tuple[int, str]:
@@ -77,7 +79,8 @@ class Simulator:
         """``also``: more routers to send every heartbeat to (each runs its own monitor)."""
         self.inventory = inventory
         self.nodes = {
-            n.id: SimulatedNode(n, keys[n.id], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE) for n in inventory.nodes
+            n.id: SimulatedNode(n, keys[n.id], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE)
+            for n in inventory.nodes
         }
         self.target = target
         self.targets = (target, *also)
@@ -87,7 +90,9 @@ class Simulator:
             family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
             self.socks.append((socket.socket(family, socket.SOCK_DGRAM), address))
         self.sent = 0
-        self.muted = False  # True: commands change the nodes but nothing is sent (checking a script)
+        self.muted = (
+            False  # True: commands change the nodes but nothing is sent (checking a script)
+        )
         self._order = list(self.nodes.values())
         self._turn = 0
         self._next_beat: float | None = None
@@ -108,9 +113,13 @@ class Simulator:
         elif kind == "site":
             chosen = [s for s in self.nodes.values() if s.node.site == value]
         elif kind == "metro":
-            chosen = [s for s in self.nodes.values() if sites[s.node.site].metro.lower() == value.lower()]
+            chosen = [
+                s for s in self.nodes.values() if sites[s.node.site].metro.lower() == value.lower()
+            ]
         else:
-            raise ValueError(f"unknown selector {selector!r}: use NODE, asn:N, site:S, metro:M or all")
+            raise ValueError(
+                f"unknown selector {selector!r}: use NODE, asn:N, site:S, metro:M or all"
+            )
         if not chosen:
             raise ValueError(f"selector {selector!r} matches no node")
         return chosen
@@ -147,7 +156,9 @@ class Simulator:
             nodes = self.select(args[0])
             for n in nodes:
                 if len(args) == 3:
-                    (n.failing_services.add if args[1] == "fail" else n.failing_services.discard)(args[2])
+                    (n.failing_services.add if args[1] == "fail" else n.failing_services.discard)(
+                        args[2]
+                    )
                 else:
                     n.health_failing = args[1] == "fail"
         elif verb == "rtt" and len(args) == 3:
@@ -155,7 +166,9 @@ class Simulator:
                 network = str(ipaddress.ip_network(args[1], strict=False))
                 ms = float(args[2])
             except ValueError:
-                raise ValueError(f"rtt needs a client prefix and milliseconds, got {args[1]!r} {args[2]!r}") from None
+                raise ValueError(
+                    f"rtt needs a client prefix and milliseconds, got {args[1]!r} {args[2]!r}"
+                ) from None
             nodes = self.select(args[0])
             for n in nodes:
                 n.rtt[network] = ms
@@ -180,7 +193,9 @@ class Simulator:
     def send(self, node: SimulatedNode) -> None:
         if node.silent or self.muted:
             return
-        packet = node.heartbeat()  # one sequence number for all routers: each checks replay on its own
+        packet = (
+            node.heartbeat()
+        )  # one sequence number for all routers: each checks replay on its own
         for sock, address in self.socks:
             try:
                 sock.sendto(packet, address)
@@ -241,13 +256,21 @@ async def serve_health(simulator: Simulator, listen: tuple[str, int]):  # noqa: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--zones", required=True, type=Path, help="deployment directory whose nodes to play")
+    parser.add_argument(
+        "--zones", required=True, type=Path, help="deployment directory whose nodes to play"
+    )
     parser.add_argument("--target", required=True, action="append",
                         help="the router's telemetry address, HOST:PORT; repeat it to report to several routers")  # fmt: skip
     parser.add_argument("--keys", required=True, type=Path, help="the per-node keys file")
-    parser.add_argument("--interval", type=float, help="seconds between heartbeats (default: the deployment's)")
-    parser.add_argument("--duration", type=float, default=3600.0, help="stop by itself after this many seconds")
-    parser.add_argument("--health-listen", help="serve every node's health URL, GET /health/NODE, on HOST:PORT")
+    parser.add_argument(
+        "--interval", type=float, help="seconds between heartbeats (default: the deployment's)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=3600.0, help="stop by itself after this many seconds"
+    )
+    parser.add_argument(
+        "--health-listen", help="serve every node's health URL, GET /health/NODE, on HOST:PORT"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -267,9 +290,13 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1
-    interval = args.interval or (deployment.health.heartbeat_interval_s if deployment.health else 1.0)
+    interval = args.interval or (
+        deployment.health.heartbeat_interval_s if deployment.health else 1.0
+    )
     try:
-        simulator = Simulator(deployment.inventory, keys, targets[0], interval, also=tuple(targets[1:]))
+        simulator = Simulator(
+            deployment.inventory, keys, targets[0], interval, also=tuple(targets[1:])
+        )
     except OSError as exc:  # e.g. a host name that does not resolve
         print(f"router simulate-nodes: --target: {exc}", file=sys.stderr)
         return 2
@@ -286,8 +313,13 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=read_stdin, daemon=True).start()
         runner = None
         if args.health_listen:
-            runner = await serve_health(simulator, parse_endpoint(args.health_listen, "--health-listen"))
-        print(f"simulating {len(simulator.nodes)} nodes -> {', '.join(args.target)} every {interval:g} s", flush=True)
+            runner = await serve_health(
+                simulator, parse_endpoint(args.health_listen, "--health-listen")
+            )
+        print(
+            f"simulating {len(simulator.nodes)} nodes -> {', '.join(args.target)} every {interval:g} s",
+            flush=True,
+        )
         try:
             await simulator.run(args.duration, commands)
         finally:

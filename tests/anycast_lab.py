@@ -46,7 +46,9 @@ def find_bird(install: bool = True) -> tuple[str, str]:
     """Paths of ``bird`` and ``birdc`` (Debian package bird2), installing it as root if missing."""
 
     def lookup() -> tuple[str, str] | None:
-        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+        path = os.pathsep.join(
+            [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"]
+        )
         bird, birdc = shutil.which("bird", path=path), shutil.which("birdc", path=path)
         return (bird, birdc) if bird and birdc else None
 
@@ -59,7 +61,9 @@ def find_bird(install: bool = True) -> tuple[str, str]:
             _run_quiet(install_cmd, 600)
         found = lookup()
     if found is None:
-        raise LabUnavailable("BIRD 2 (Debian package bird2) is not installed and cannot be installed (need root and apt-get)")
+        raise LabUnavailable(
+            "BIRD 2 (Debian package bird2) is not installed and cannot be installed (need root and apt-get)"
+        )
     return found
 
 
@@ -68,10 +72,14 @@ def find_exabgp(python: str = sys.executable, install: bool = True) -> list[str]
     command = [python, "-m", "exabgp"]
     if _run_quiet([python, "-c", "import exabgp"], 60):
         return command
-    if install and _run_quiet([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "exabgp"], 600):
+    if install and _run_quiet(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "exabgp"], 600
+    ):
         if _run_quiet([python, "-c", "import exabgp"], 60):
             return command
-    raise LabUnavailable(f"ExaBGP is not installed in {python}'s environment and pip could not install it")
+    raise LabUnavailable(
+        f"ExaBGP is not installed in {python}'s environment and pip could not install it"
+    )
 
 
 def free_port(host: str) -> int:
@@ -208,14 +216,21 @@ neighbor ::1 {{
             "exabgp.log.level": "INFO",
         })  # fmt: skip
         # ExaBGP reads these as exabgp_section_option too; the dotted form is the documented one.
-        env.update({k.replace(".", "_"): v for k, v in list(env.items()) if k.startswith("exabgp.")})
+        env.update(
+            {k.replace(".", "_"): v for k, v in list(env.items()) if k.startswith("exabgp.")}
+        )
         return env
 
     # -- processes ----------------------------------------------------------------------
 
     def start(self, timeout: float = 15.0) -> None:
         self.write_configs()
-        check = subprocess.run([self.bird_bin, "-p", "-c", str(self.bird_conf)], capture_output=True, text=True, check=False)
+        check = subprocess.run(
+            [self.bird_bin, "-p", "-c", str(self.bird_conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if check.returncode != 0:
             raise LabUnavailable(f"bird rejects its config: {check.stderr.strip()}")
         with open(self.bird_log, "w") as log:
@@ -223,7 +238,9 @@ neighbor ::1 {{
                 [self.bird_bin, "-f", "-c", str(self.bird_conf), "-s", str(self.socket_path), "-P", str(self.workdir / "bird.pid")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        self.wait_for(lambda: self.birdc("show status") is not None, timeout, "BIRD's control socket")
+        self.wait_for(
+            lambda: self.birdc("show status") is not None, timeout, "BIRD's control socket"
+        )
         with open(self.exabgp_log, "w") as log:
             self.exabgp = subprocess.Popen(
                 [*self.exabgp_cmd, str(self.exabgp_conf)], stdin=subprocess.DEVNULL, stdout=log,
@@ -269,7 +286,10 @@ neighbor ::1 {{
 
     def established(self) -> bool:
         """Both sessions up: IPv4 over 127.0.0.x, IPv6 over ::1."""
-        return all("Established" in (self.birdc(f"show protocols {name}") or "") for name in ("exabgp", "exabgp6"))
+        return all(
+            "Established" in (self.birdc(f"show protocols {name}") or "")
+            for name in ("exabgp", "exabgp6")
+        )
 
     def routes(self) -> dict[str, str]:
         """BIRD's tables: {prefix: BGP next hop} for every route learnt from ExaBGP."""
@@ -284,11 +304,15 @@ neighbor ::1 {{
             for name in ("bird", "exabgp"):
                 process = getattr(self, name)
                 if process is not None and process.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({process.returncode}) waiting for {what}\n{self.logs()}")
+                    raise RuntimeError(
+                        f"{name} exited ({process.returncode}) waiting for {what}\n{self.logs()}"
+                    )
             if predicate():
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"no {what} after {timeout:.0f} s; routes {self.routes()}\n{self.logs()}")
+        raise TimeoutError(
+            f"no {what} after {timeout:.0f} s; routes {self.routes()}\n{self.logs()}"
+        )
 
     def logs(self) -> str:
         parts = []
@@ -308,12 +332,31 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     parser = argparse.ArgumentParser(prog="script/anycast-lab", description=main.__doc__)
-    parser.add_argument("--api", help="announce for this running router's API (else start one on --zones)")
-    parser.add_argument("--zones", type=Path, default=REPO / "zones", help="deployment for the router started here")
-    parser.add_argument("--service-prefix", action="append", help="service prefix (repeatable; default 192.0.2.53/32)")
-    parser.add_argument("--interval", default="1", help="announcer round interval in seconds (default 1)")
-    parser.add_argument("--port", type=int, default=1179, help="BIRD's BGP port on 127.0.0.1 (default 1179; 0 picks one)")
-    parser.add_argument("--workdir", type=Path, help="where configs, logs and the control socket go (default: a new temp dir)")
+    parser.add_argument(
+        "--api", help="announce for this running router's API (else start one on --zones)"
+    )
+    parser.add_argument(
+        "--zones", type=Path, default=REPO / "zones", help="deployment for the router started here"
+    )
+    parser.add_argument(
+        "--service-prefix",
+        action="append",
+        help="service prefix (repeatable; default 192.0.2.53/32)",
+    )
+    parser.add_argument(
+        "--interval", default="1", help="announcer round interval in seconds (default 1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=1179,
+        help="BIRD's BGP port on 127.0.0.1 (default 1179; 0 picks one)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where configs, logs and the control socket go (default: a new temp dir)",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="anycast-lab-"))
@@ -338,7 +381,15 @@ def main(argv: list[str] | None = None) -> int:
             print("anycast-lab: the router did not start", file=sys.stderr)
             return 1
     prefixes = args.service_prefix or ["192.0.2.53/32"]
-    argv_announcer = [sys.executable, "-m", "router.anycast.announcer", "--api", api, "--interval", args.interval]
+    argv_announcer = [
+        sys.executable,
+        "-m",
+        "router.anycast.announcer",
+        "--api",
+        api,
+        "--interval",
+        args.interval,
+    ]
     for prefix in prefixes:
         argv_announcer += ["--service-prefix", prefix]
     lab = AnycastLab(workdir, argv_announcer, bird_port=args.port)

@@ -56,17 +56,23 @@ def _run(args: list[str], timeout_s: float, user_data_dir: Path | None) -> str:
         profile.mkdir(parents=True, exist_ok=True)
         cmd = [binary, *BASE_FLAGS, f"--user-data-dir={profile}", *args]
         # A session of its own: on timeout the whole group goes, not only the launcher.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             out, err = proc.communicate()
-            raise RuntimeError(f"chromium timed out after {timeout_s} s: {' '.join(cmd)}\n{err[-4000:]}") from None
+            raise RuntimeError(
+                f"chromium timed out after {timeout_s} s: {' '.join(cmd)}\n{err[-4000:]}"
+            ) from None
         finally:
             _kill_group(proc.pid)  # helpers (crashpad, zygote) may outlive the browser
         if proc.returncode != 0:
-            raise RuntimeError(f"chromium exited with {proc.returncode}: {' '.join(cmd)}\n{err[-4000:]}")
+            raise RuntimeError(
+                f"chromium exited with {proc.returncode}: {' '.join(cmd)}\n{err[-4000:]}"
+            )
         return out
 
 
@@ -77,7 +83,9 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def dump_dom(url_or_path: str | Path, timeout_s: float = 60, user_data_dir: Path | None = None) -> str:
+def dump_dom(
+    url_or_path: str | Path, timeout_s: float = 60, user_data_dir: Path | None = None
+) -> str:
     """The page's DOM as serialized after load (and its load handlers) ran."""
     return _run(["--dump-dom", _url(url_or_path)], timeout_s, user_data_dir)
 
@@ -87,7 +95,11 @@ def screenshot(path: str | Path, out_png: str | Path, width: int = 1280, height:
     """A PNG of the page's first ``width`` x ``height`` pixels; returns ``out_png``."""
     out = Path(out_png).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run([f"--screenshot={out}", f"--window-size={width},{height}", "--hide-scrollbars", _url(path)], timeout_s, user_data_dir)
+    _run(
+        [f"--screenshot={out}", f"--window-size={width},{height}", "--hide-scrollbars", _url(path)],
+        timeout_s,
+        user_data_dir,
+    )
     if not out.is_file():
         raise RuntimeError(f"chromium wrote no screenshot to {out}")
     return out
@@ -111,7 +123,9 @@ class LiveBrowser:
         flags = [f for f in BASE_FLAGS if not f.startswith("--virtual-time-budget")]
         cmd = [binary, *flags, f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
                "--remote-debugging-port=0", "about:blank"]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         self._loop = asyncio.new_event_loop()
         self._next_id = 0
         try:
@@ -152,7 +166,10 @@ class LiveBrowser:
     def evaluate(self, expression: str) -> object:
         """The value of a JavaScript expression in the page (JSON-serialisable values)."""
         result = self._loop.run_until_complete(
-            self._call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+            self._call(
+                "Runtime.evaluate",
+                {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            )
         )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")

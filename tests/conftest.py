@@ -45,7 +45,9 @@ def load_script(path: Path):  # noqa: ANN201 - the module
 def make_deployment(root: Path) -> Path:
     """The sample deployment plus the protocol-test zone, laid out like the repo."""
     shutil.copytree(REPO / "zones", root / "zones")
-    shutil.copytree(REPO / "geodata", root / "geodata", ignore=shutil.ignore_patterns("*.py", "LICENSES"))
+    shutil.copytree(
+        REPO / "geodata", root / "geodata", ignore=shutil.ignore_patterns("*.py", "LICENSES")
+    )
     shutil.copy(FIXTURES / "edge.example.zone", root / "zones" / "edge.example.zone")
     return root / "zones"
 
@@ -75,7 +77,9 @@ class RunningRouter:
                 self.process.wait(timeout=5)
 
 
-def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers: int = 2) -> RunningRouter:
+def start_router(
+    zones: Path, log: Path, *extra: str, api: bool = True, workers: int = 2
+) -> RunningRouter:
     """Start ``router serve`` on loopback port 0 and wait for its READY line."""
     args = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen", "127.0.0.1:0",
             "--workers", str(workers), *extra]  # fmt: skip
@@ -83,7 +87,9 @@ def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers:
         args += ["--api", "127.0.0.1:0"]
     env = {**os.environ, "ROUTER_API_TOKEN": API_TOKEN}
     handle = open(log, "w")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO
+    )
     handle.close()
     deadline = time.monotonic() + 120
     assert process.stdout is not None
@@ -98,7 +104,9 @@ def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers:
             if match.group(4) != "off":
                 host, _, port = match.group(4).rpartition(":")
                 telemetry = (host, int(port))
-            return RunningRouter(process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log, telemetry)
+            return RunningRouter(
+                process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log, telemetry
+            )
     process.kill()
     process.wait()
     raise RuntimeError(f"router did not start; log:\n{log.read_text()}")
@@ -107,7 +115,9 @@ def start_router(zones: Path, log: Path, *extra: str, api: bool = True, workers:
 @pytest.fixture(scope="session")
 def router(deployment_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real router (2 workers, API on) shared by read-only tests."""
-    running = start_router(deployment_dir, tmp_path_factory.mktemp("logs") / "router.log", "--tcp-idle-timeout", "2")
+    running = start_router(
+        deployment_dir, tmp_path_factory.mktemp("logs") / "router.log", "--tcp-idle-timeout", "2"
+    )
     yield running
     running.stop()
     assert running.process.stdout is not None

@@ -130,8 +130,14 @@ def _fill(cohort, allocs, left, room, r, score, dist, eligible) -> None:
     for g in cohort:
         if left[g] <= 0:
             continue
-        special = bool((r.node_asn == r.group_asn[g]).any()) or r.meas_start[g + 1] > r.meas_start[g]
-        key = ("group", g) if special else ("loc", r.group_lat[g], r.group_lon[g], r.group_country[g], r.group_fence[g])
+        special = (
+            bool((r.node_asn == r.group_asn[g]).any()) or r.meas_start[g + 1] > r.meas_start[g]
+        )
+        key = (
+            ("group", g)
+            if special
+            else ("loc", r.group_lat[g], r.group_lon[g], r.group_country[g], r.group_fence[g])
+        )
         spillers.setdefault(key, []).append(g)
     while True:
         best = None

@@ -30,7 +30,9 @@ def test_the_footprint_loads_with_the_sample_policies(bench, tmp_path: Path) -> 
     assert len(nodes) == 3 * len(sample) + 1
     ids = [n.id for n in nodes]
     assert len(set(ids)) == len(ids) and set(ids) >= {n["id"] for n in sample}
-    assert len({str(n.ipv4) for n in nodes}) == len(nodes) and len({str(n.ipv6) for n in nodes}) == len(nodes)
+    assert len({str(n.ipv4) for n in nodes}) == len(nodes) and len(
+        {str(n.ipv6) for n in nodes}
+    ) == len(nodes)
     keys = yaml.safe_load((zones / "node-keys.sample.yaml").read_text())["keys"]
     assert set(keys) == set(ids)
 
@@ -41,7 +43,11 @@ def test_the_footprint_needs_the_sample_nodes(bench, tmp_path: Path) -> None:
 
 
 def test_ratio_and_percentile(bench) -> None:
-    assert bench.ratio(2000.0, 20.0) == 100.0 and bench.ratio(None, 20.0) is None and bench.ratio(5.0, None) is None
+    assert (
+        bench.ratio(2000.0, 20.0) == 100.0
+        and bench.ratio(None, 20.0) is None
+        and bench.ratio(5.0, None) is None
+    )
     assert bench.percentile([float(v) for v in range(1, 101)], 99) == 99.0
     assert bench.percentile([7.0], 99) == 7.0
 

@@ -38,7 +38,9 @@ def smoke(script: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{Path(script).stem}.json"
     done = subprocess.run([sys.executable, str(REPO / "loadtest" / script), "--smoke", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)  # fmt: skip
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return json.loads(out.read_text())
 
 
@@ -60,16 +62,28 @@ def test_bench_core_smoke(tmp_path: Path) -> None:
 
 def test_bench_throughput_smoke(tmp_path: Path) -> None:
     if not shutil.which("dnsperf") and not can_install():
-        pytest.skip("dnsperf is not installed and cannot be (not root with apt-get): bench_throughput cannot run")
+        pytest.skip(
+            "dnsperf is not installed and cannot be (not root with apt-get): bench_throughput cannot run"
+        )
     figures = smoke("bench_throughput.py", tmp_path)
     assert "--smoke" in figures["command"]
     for key in THROUGHPUT_KEYS:
         assert key in figures, key
-    for key in ("router_qps", "router_cpu_us_per_query", "p99_half_load_ms", "router2_qps", "overload_qps"):
+    for key in (
+        "router_qps",
+        "router_cpu_us_per_query",
+        "p99_half_load_ms",
+        "router2_qps",
+        "overload_qps",
+    ):
         assert is_number(figures[key]), (key, figures[key])
-    assert isinstance(figures["wrong_answers"], int) and figures["wrong_answers"] == 0, figures["wrong_answer_examples"]
+    assert isinstance(figures["wrong_answers"], int) and figures["wrong_answers"] == 0, figures[
+        "wrong_answer_examples"
+    ]
     assert figures["answers_checked"] > 0 and figures["overload_router_alive"] is True
-    assert all(n == 0 for n in figures["router_log_problems"].values()), figures.get("router_log_problem_lines")
+    assert all(n == 0 for n in figures["router_log_problems"].values()), figures.get(
+        "router_log_problem_lines"
+    )
     missing = []
     for peer, keys in (("gdnsd", ("gdnsd_qps", "gdnsd_cpu_us_per_query", "qps_vs_gdnsd", "cpu_vs_gdnsd")),
                        ("pdns", ("pdns_qps", "qps_vs_pdns"))):  # fmt: skip
@@ -96,7 +110,11 @@ def test_bench_failover_smoke(tmp_path: Path) -> None:
         if key == "bird_withdraw_seen":
             continue
         assert is_number(figures.get(key)), (key, figures.get(key))
-    assert figures["explicit_trials"] >= 1 and figures["silent_trials"] >= 1 and figures["footprint_nodes"] > 18
+    assert (
+        figures["explicit_trials"] >= 1
+        and figures["silent_trials"] >= 1
+        and figures["footprint_nodes"] > 18
+    )
     if figures["bird_withdraw_seen"] is not True:
         assert figures["bird_withdraw_seen"] is False and figures.get("bird_note"), figures
         assert not can_install(), f"BIRD lab could be had here, yet: {figures['bird_note']}"
@@ -105,7 +123,13 @@ def test_bench_failover_smoke(tmp_path: Path) -> None:
     assert isinstance(figures["gdnsd_note"], str) and figures["gdnsd_note"]
     assert figures["gdnsd_default_withdraw_ms_p50"] is None  # --smoke: the defaults take 100 s
     if figures["gdnsd_fast_withdraw_ms_p50"] is None:
-        assert not can_install(), f"gdnsd could be installed here but was not measured: {figures['gdnsd_note']}"
+        assert not can_install(), (
+            f"gdnsd could be installed here but was not measured: {figures['gdnsd_note']}"
+        )
         pytest.skip(f"gdnsd cannot be had here (not root with apt-get): {figures['gdnsd_note']}")
-    for key in ("gdnsd_fast_withdraw_ms_p50", "ratio_gdnsd_fast_vs_router_explicit", "ratio_gdnsd_fast_vs_router_silent"):
+    for key in (
+        "gdnsd_fast_withdraw_ms_p50",
+        "ratio_gdnsd_fast_vs_router_explicit",
+        "ratio_gdnsd_fast_vs_router_silent",
+    ):
         assert is_number(figures[key]), (key, figures[key])

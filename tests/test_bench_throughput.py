@@ -106,7 +106,13 @@ def sample(oracle):
     subnets = draw_subnets(model.client_map, rng, 300)
     ecs = build_mix(inventory, subnets, 3000, rng)
     plain = build_mix(inventory, None, 3000, rng)
-    return {"zone_file": zone_file, "inventory": inventory, "subnets": subnets, "ecs": ecs, "plain": plain}
+    return {
+        "zone_file": zone_file,
+        "inventory": inventory,
+        "subnets": subnets,
+        "ecs": ecs,
+        "plain": plain,
+    }
 
 
 # --- query files and dnsperf output ----------------------------------------------------------
@@ -121,9 +127,14 @@ def test_frame_round_trip():
     first = dns.message.from_wire(wires[0])
     assert not first.flags & dns.flags.RD and first.edns == 0 and first.payload == EDNS_PAYLOAD
     (option,) = first.options
-    assert isinstance(option, dns.edns.ECSOption) and (option.address, option.srclen) == ("83.44.10.0", 24)
+    assert isinstance(option, dns.edns.ECSOption) and (option.address, option.srclen) == (
+        "83.44.10.0",
+        24,
+    )
     second = dns.message.from_wire(wires[1])
-    assert second.options == () and second.question[0].name.to_text() == "Origin.CDN.example."  # case kept
+    assert (
+        second.options == () and second.question[0].name.to_text() == "Origin.CDN.example."
+    )  # case kept
 
 
 def test_unframe_refuses_truncated_files():
@@ -138,7 +149,9 @@ def test_parse_dnsperf():
     stats = parse_dnsperf(DNSPERF_OUTPUT)
     assert stats["sent"] == 3940 and stats["completed"] == 3930 and stats["lost"] == 10
     assert stats["qps"] == pytest.approx(1964.710998)
-    assert stats["avg_latency_ms"] == pytest.approx(5.061) and stats["max_latency_ms"] == pytest.approx(16.681)
+    assert stats["avg_latency_ms"] == pytest.approx(5.061) and stats[
+        "max_latency_ms"
+    ] == pytest.approx(16.681)
     assert stats["rcodes"] == {"NOERROR": 3284, "NXDOMAIN": 646}
     with pytest.raises(ValueError):
         parse_dnsperf("dnsperf: error: could not open file")
@@ -171,7 +184,13 @@ def test_other_busy_time():
 # --- answer checks ---------------------------------------------------------------------------
 
 
-def reply(query: str, qtype: str, answer: list[str], rcode: int = dns.rcode.NOERROR, scope: int | None = None):
+def reply(
+    query: str,
+    qtype: str,
+    answer: list[str],
+    rcode: int = dns.rcode.NOERROR,
+    scope: int | None = None,
+):
     q = dns.message.make_query(query, qtype, use_edns=0,
                                options=[] if scope is None else [dns.edns.ECSOption("83.44.10.0", 24)])  # fmt: skip
     r = dns.message.make_response(q)
@@ -188,12 +207,21 @@ def reply(query: str, qtype: str, answer: list[str], rcode: int = dns.rcode.NOER
 def test_router_check():
     a = ["video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.12"]
     expected = summarize(reply("video.cdn.example.", "A", a, scope=16))
-    assert router_mismatch(expected, summarize(reply("video.cdn.example.", "A", a, scope=16)), True) is None
+    assert (
+        router_mismatch(expected, summarize(reply("video.cdn.example.", "A", a, scope=16)), True)
+        is None
+    )
     swapped = summarize(reply("video.cdn.example.", "A", a[::-1], scope=16))
     assert "answer" in router_mismatch(expected, swapped, ordered=True)  # steered: best node first
     assert router_mismatch(expected, swapped, ordered=False) is None  # any other RRset: a set
-    assert "ecs_scope" in router_mismatch(expected, summarize(reply("video.cdn.example.", "A", a, scope=24)))
-    other = summarize(reply("video.cdn.example.", "A", a[:1] + ["video.cdn.example. 20 IN A 192.0.2.13"], scope=16))
+    assert "ecs_scope" in router_mismatch(
+        expected, summarize(reply("video.cdn.example.", "A", a, scope=24))
+    )
+    other = summarize(
+        reply(
+            "video.cdn.example.", "A", a[:1] + ["video.cdn.example. 20 IN A 192.0.2.13"], scope=16
+        )
+    )
     assert "answer" in router_mismatch(expected, other)
     nx = summarize(reply("video.cdn.example.", "A", [], rcode=dns.rcode.NXDOMAIN, scope=16))
     assert router_mismatch(expected, nx).startswith("rcode")
@@ -204,13 +232,20 @@ def test_router_check():
 def test_peer_check():
     a = ["video.cdn.example. 20 IN A 192.0.2.11", "video.cdn.example. 20 IN A 192.0.2.12"]
     expected = summarize(reply("video.cdn.example.", "A", a, scope=16))
-    rotated = summarize(reply("video.cdn.example.", "A", [x.replace(" 20 ", " 10 ") for x in a[::-1]], scope=13))
+    rotated = summarize(
+        reply("video.cdn.example.", "A", [x.replace(" 20 ", " 10 ") for x in a[::-1]], scope=13)
+    )
     assert peer_mismatch(expected, rotated, "VIDEO.cdn.example.") is None  # order, TTL, scope, case
     wrong = summarize(reply("video.cdn.example.", "A", a[:1], scope=16))
     assert "answer" in peer_mismatch(expected, wrong, "video.cdn.example.")
     cname = ["live.cdn.example. 3600 IN CNAME video.cdn.example."]
     chased = summarize(reply("live.cdn.example.", "A", cname + a))
-    assert peer_mismatch(summarize(reply("live.cdn.example.", "A", cname)), chased, "live.cdn.example.") is None
+    assert (
+        peer_mismatch(
+            summarize(reply("live.cdn.example.", "A", cname)), chased, "live.cdn.example."
+        )
+        is None
+    )
 
 
 # --- the mix on the sample deployment --------------------------------------------------------
@@ -236,7 +271,9 @@ def test_subnets_lie_in_the_client_map(oracle, sample):
     for subnet in subnets:
         network = ipaddress.ip_network(subnet)
         assert network.prefixlen == (V6_ECS_BITS if network.version == 6 else V4_ECS_BITS)
-    groups = [oracle.model.client_map.lookup(ipaddress.ip_network(s).network_address)[0] for s in subnets]
+    groups = [
+        oracle.model.client_map.lookup(ipaddress.ip_network(s).network_address)[0] for s in subnets
+    ]
     assert 0 not in groups  # every one placed by the map
     assert len(set(groups)) > 50  # many client groups, not one ISP
 
@@ -254,7 +291,10 @@ def test_every_kind_gets_its_answer(oracle, sample):
         elif q.kind == "steered":
             assert r.rcode() == dns.rcode.NOERROR and len(r.answer) == 1, q
             rrset = r.answer[0]
-            assert rrset.rdtype == dns.rdatatype.from_text(q.qtype) and len(rrset) == answer_count[rrset.name]
+            assert (
+                rrset.rdtype == dns.rdatatype.from_text(q.qtype)
+                and len(rrset) == answer_count[rrset.name]
+            )
         else:
             assert r.rcode() == dns.rcode.NOERROR and r.answer, q
         scopes = [o.scopelen for o in r.options if isinstance(o, dns.edns.ECSOption)]
@@ -300,7 +340,10 @@ def test_gdnsd_nets_send_each_subnet_where_the_router_does(oracle, sample, tmp_p
     zone = (tmp_path / "gdnsd" / "zones" / "cdn.example").read_text()
     for s in peers.steered:
         assert f"{s.label} {s.ttl} DYNA geoip!{s.label}" in zone
-        nets = dict(line.split(" => ") for line in (tmp_path / "gdnsd" / f"{s.label}.nets").read_text().splitlines())
+        nets = dict(
+            line.split(" => ")
+            for line in (tmp_path / "gdnsd" / f"{s.label}.nets").read_text().splitlines()
+        )
         assert len(nets) == figures["gdnsd_nets_per_map"] - figures["gdnsd_nets_skipped"]
         dcmap = {}
         for line in config.split(f"{s.label}_map\n", 1)[1].splitlines():
@@ -323,7 +366,9 @@ def lua_answer(code: str, client: str) -> set[str]:
         return re.findall(r"'([^']*)'", text)
 
     address = ipaddress.ip_address(client)
-    for nets, result in re.findall(r"(?:if|elseif) netmask\(\{([^}]*)\}\) then return \{([^}]*)\}", code):
+    for nets, result in re.findall(
+        r"(?:if|elseif) netmask\(\{([^}]*)\}\) then return \{([^}]*)\}", code
+    ):
         if any(address in ipaddress.ip_network(n) for n in strings(nets)):
             return set(strings(result))
     return set(strings(re.search(r"return \{([^}]*)\}$", code).group(1)))
@@ -340,11 +385,15 @@ def test_pdns_lua_records_send_each_subnet_where_the_router_does(oracle, sample,
     zone = (tmp_path / "pdns" / "cdn.example.zone").read_text()
     for s in peers.steered:
         for qtype in ("A", "AAAA"):
-            line = next(x for x in zone.splitlines() if x.startswith(f"{s.label} {s.ttl} IN LUA {qtype} "))
+            line = next(
+                x for x in zone.splitlines() if x.startswith(f"{s.label} {s.ttl} IN LUA {qtype} ")
+            )
             code = line.split(' "', 1)[1].rstrip('"')
             for subnet in sample["subnets"][::3]:
                 client = str(ipaddress.ip_network(subnet).network_address)
-                assert lua_answer(code, client) == expected_addresses(oracle, s.label, qtype, subnet)
+                assert lua_answer(code, client) == expected_addresses(
+                    oracle, s.label, qtype, subnet
+                )
             # Without ECS the resolver's address decides: loopback, the unknown group's answer.
             assert lua_answer(code, "127.0.0.1") == expected_addresses(oracle, s.label, qtype, None)
 
@@ -352,8 +401,10 @@ def test_pdns_lua_records_send_each_subnet_where_the_router_does(oracle, sample,
 def test_pdns_lua_text():
     code = pdns_lua([(["10.0.0.0/8"], ["192.0.2.1", "192.0.2.2"]), (["2001:db8::/32"], ["192.0.2.3"])],
                           ["192.0.2.9"])  # fmt: skip
-    assert code == (";if netmask({'10.0.0.0/8'}) then return {'192.0.2.1','192.0.2.2'} elseif "
-                    "netmask({'2001:db8::/32'}) then return {'192.0.2.3'} end return {'192.0.2.9'}")
+    assert code == (
+        ";if netmask({'10.0.0.0/8'}) then return {'192.0.2.1','192.0.2.2'} elseif "
+        "netmask({'2001:db8::/32'}) then return {'192.0.2.3'} end return {'192.0.2.9'}"
+    )
     assert lua_answer(code, "10.1.2.3") == {"192.0.2.1", "192.0.2.2"}
     assert lua_answer(code, "2001:db8::1") == {"192.0.2.3"}
     assert lua_answer(code, "127.0.0.1") == {"192.0.2.9"}
@@ -365,14 +416,22 @@ def test_pdns_lua_text():
 
 def test_targets_and_ratios():
     assert ratio(80.0, 100.0) == 0.8 and ratio(1.0, None) is None and ratio(None, 1.0) is None
-    table = target_table({"qps_vs_gdnsd": 0.8, "cpu_vs_gdnsd": 1.6, "qps_vs_pdns": None, "p99_half_load_ms": 0.4})
+    table = target_table(
+        {"qps_vs_gdnsd": 0.8, "cpu_vs_gdnsd": 1.6, "qps_vs_pdns": None, "p99_half_load_ms": 0.4}
+    )
     assert table["qps_vs_gdnsd"]["pass"] is True and table["cpu_vs_gdnsd"]["pass"] is False
     assert table["qps_vs_pdns"]["pass"] is None and table["p99_half_load_ms"]["pass"] is True
 
 
 def test_table_with_a_missing_peer(bench):
     smoke = bench.parse_args(["--smoke", "--seconds", "2"])
-    assert (smoke.repetitions, smoke.seconds, smoke.queries, smoke.subnets, smoke.warmup) == (1, 2.0, 1000, 100, 0.5)
+    assert (smoke.repetitions, smoke.seconds, smoke.queries, smoke.subnets, smoke.warmup) == (
+        1,
+        2.0,
+        1000,
+        100,
+        0.5,
+    )
     args = bench.parse_args(["--quick"])
     assert (args.repetitions, args.seconds, args.queries) == (1, 3.0, 5000)
     args.cpus_at_start = [0, 1]
@@ -383,8 +442,15 @@ def test_table_with_a_missing_peer(bench):
                "servers": {"router": {v: summarize_runs([run], "router", v) for v in ("ecs", "plain")}},
                "pdns_note": "pdns-server not installed"}  # fmt: skip
     figures = finish(figures, args, [], 0.0)
-    assert figures["router_qps"] == 15000.0 and figures["gdnsd_qps"] is None and figures["qps_vs_gdnsd"] is None
-    assert figures["router_cpu_us_per_query"] == 60.0 and figures["pdns_note"] == "pdns-server not installed"
+    assert (
+        figures["router_qps"] == 15000.0
+        and figures["gdnsd_qps"] is None
+        and figures["qps_vs_gdnsd"] is None
+    )
+    assert (
+        figures["router_cpu_us_per_query"] == 60.0
+        and figures["pdns_note"] == "pdns-server not installed"
+    )
     for key in ("router_qps", "gdnsd_qps", "pdns_qps", "router_cpu_us_per_query", "gdnsd_cpu_us_per_query",
                 "qps_vs_gdnsd", "cpu_vs_gdnsd", "qps_vs_pdns", "p99_half_load_ms", "wrong_answers"):  # fmt: skip
         assert key in figures
@@ -393,8 +459,10 @@ def test_table_with_a_missing_peer(bench):
     assert "query log on" not in text  # not measured: no line
     figures.update(query_log_sample=100, router_query_log_qps=14000.0, router_query_log_cpu_us_per_query=64.0,
                    router_query_log_lines=420, query_log_vs_router_qps=0.933)  # fmt: skip
-    assert ("query log on (1 in 100), ECS: 14,000 qps, 64.0 us CPU/query, 420 lines written; "
-            "vs without the log: 0.933x qps") in format_table(figures)
+    assert (
+        "query log on (1 in 100), ECS: 14,000 qps, 64.0 us CPU/query, 420 lines written; "
+        "vs without the log: 0.933x qps"
+    ) in format_table(figures)
 
 
 def test_latency_probe_times_replies_and_counts_silence_as_a_second():

@@ -29,7 +29,9 @@ BASE_EXECUTABLES = {"sh", "python", "ip", "bird"}
 def _compose_config() -> dict:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed (script/bootstrap --test installs Debian's docker-compose)")
+        pytest.skip(
+            "docker-compose is not installed (script/bootstrap --test installs Debian's docker-compose)"
+        )
     result = subprocess.run([binary, "-f", str(REPO / "docker-compose.yml"), "config"], cwd=REPO,
                             capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -52,7 +54,11 @@ def _dockerfile_copies(dockerfile: Path) -> dict[str, Path]:
         elif words[:1] == ["COPY"]:
             *sources, dest = words[1:]
             for source in sources:
-                target = dest if dest.startswith("/") else f"{workdir.rstrip('/')}/{dest.removeprefix('./')}"
+                target = (
+                    dest
+                    if dest.startswith("/")
+                    else f"{workdir.rstrip('/')}/{dest.removeprefix('./')}"
+                )
                 if len(sources) > 1 or dest.endswith("/"):
                     target = f"{target.rstrip('/')}/{Path(source).name}"
                 out[target.rstrip("/")] = dockerfile.parent / source
@@ -67,7 +73,16 @@ def test_every_dockerfile_copies_only_what_exists() -> None:
 
 def test_compose_is_valid_and_names_only_what_exists(compose: dict) -> None:
     services = compose["services"]
-    assert {"route-server", "router-a", "router-b", "announcer-a", "announcer-b", "nodes", "prometheus", "loadtest"} <= set(services)
+    assert {
+        "route-server",
+        "router-a",
+        "router-b",
+        "announcer-a",
+        "announcer-b",
+        "nodes",
+        "prometheus",
+        "loadtest",
+    } <= set(services)
     built = {}
     for name, service in services.items():
         build = service.get("build")
@@ -80,15 +95,25 @@ def test_compose_is_valid_and_names_only_what_exists(compose: dict) -> None:
         image = service["image"]
         if image not in built:
             repository, _, tag = image.partition(":")
-            assert repository in EXTERNAL_IMAGES and re.match(r"v?\d+\.\d+", tag), f"{name}: image {image} is neither built here nor a pinned known image"
+            assert repository in EXTERNAL_IMAGES and re.match(r"v?\d+\.\d+", tag), (
+                f"{name}: image {image} is neither built here nor a pinned known image"
+            )
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
-            kind = volume.get("type") if isinstance(volume, dict) else ("bind" if source.startswith((".", "/")) else "volume")
+            kind = (
+                volume.get("type")
+                if isinstance(volume, dict)
+                else ("bind" if source.startswith((".", "/")) else "volume")
+            )
             if kind == "bind":
                 path = Path(source)
-                assert path.exists() and REPO in path.resolve().parents, f"{name}: mounts {source}, not a file of the repository"
+                assert path.exists() and REPO in path.resolve().parents, (
+                    f"{name}: mounts {source}, not a file of the repository"
+                )
             else:
-                assert source in compose.get("volumes", {}), f"{name}: volume {source} is not declared"
+                assert source in compose.get("volumes", {}), (
+                    f"{name}: volume {source} is not declared"
+                )
 
 
 def _dockerfile_json(dockerfile: Path, instruction: str) -> list[str]:
@@ -99,7 +124,11 @@ def _dockerfile_json(dockerfile: Path, instruction: str) -> list[str]:
 
 
 def _argv(service: dict) -> list[str]:
-    dockerfile = REPO / ("deploy/bird/Dockerfile" if service["image"].startswith("router-route-server") else "Dockerfile")
+    dockerfile = REPO / (
+        "deploy/bird/Dockerfile"
+        if service["image"].startswith("router-route-server")
+        else "Dockerfile"
+    )
     entrypoint = service.get("entrypoint") or _dockerfile_json(dockerfile, "ENTRYPOINT")
     command = service.get("command") or _dockerfile_json(dockerfile, "CMD")
     entrypoint = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint)
@@ -121,9 +150,13 @@ def _repo_path(in_image: str) -> Path | None:
 
 def _check_router_command(argv: list[str], where: str) -> None:
     program, *args = argv
-    assert program in ("router", "loadtest"), f"{where}: {program} is not one of the image's commands"
+    assert program in ("router", "loadtest"), (
+        f"{where}: {program} is not one of the image's commands"
+    )
     scripts = (REPO / "pyproject.toml").read_text()
-    assert re.search(rf'^{program} = "', scripts, re.M), f"{where}: {program} is not a console script of pyproject.toml"
+    assert re.search(rf'^{program} = "', scripts, re.M), (
+        f"{where}: {program} is not a console script of pyproject.toml"
+    )
     parser = router_parser() if program == "router" else loadtest_parser()
     try:
         parser.parse_args(args)
@@ -171,26 +204,48 @@ def test_exabgp_configs_validate_and_run_the_announcer(tmp_path: Path, compose: 
         _check_router_command(["router", *shlex.split(run.group(2))], conf.name)
         # The image's path to `router` is not this machine's: validate with ours.
         local = tmp_path / conf.name
-        local.write_text(text.replace("/usr/local/bin/router", str(Path(sys.executable).parent / "router")))
-        result = subprocess.run([sys.executable, "-m", "exabgp", "validate", str(local)], capture_output=True, text=True, timeout=120)
+        local.write_text(
+            text.replace("/usr/local/bin/router", str(Path(sys.executable).parent / "router"))
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "exabgp", "validate", str(local)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         address = compose["services"][f"router-{side}"]["networks"]["anycast"]["ipv4_address"]
-        assert f"local-address {address};" in text and f"neighbor {address} as" in (REPO / "deploy/bird/bird.conf").read_text()
+        assert (
+            f"local-address {address};" in text
+            and f"neighbor {address} as" in (REPO / "deploy/bird/bird.conf").read_text()
+        )
 
 
 def test_bird_config_parses(compose: dict) -> None:
     bird = shutil.which("bird") or ("/usr/sbin/bird" if Path("/usr/sbin/bird").exists() else None)
     if bird is None:
         pytest.skip("BIRD 2 is not installed (script/bootstrap --test installs bird2)")
-    result = subprocess.run([bird, "-p", "-c", str(REPO / "deploy/bird/bird.conf")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [bird, "-p", "-c", str(REPO / "deploy/bird/bird.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert "router id " + compose["services"]["route-server"]["networks"]["anycast"]["ipv4_address"] in (REPO / "deploy/bird/bird.conf").read_text()
+    assert (
+        "router id " + compose["services"]["route-server"]["networks"]["anycast"]["ipv4_address"]
+        in (REPO / "deploy/bird/bird.conf").read_text()
+    )
 
 
 def test_prometheus_scrapes_both_routers_api(compose: dict) -> None:
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    targets = {
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
     assert targets == {"router-a:8053", "router-b:8053"}
-    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
+    assert all(
+        job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"]
+    )
     for side in ("a", "b"):
         assert "--api 0.0.0.0:8053" in " ".join(_argv(compose["services"][f"router-{side}"]))

@@ -171,8 +171,16 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("geodata")
     # A subprocess runs the documented command line; -W error keeps the builder warning-free.
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(BUILDER), "--shared", str(SHARED_DATA),
-         "--out", str(out)],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            str(BUILDER),
+            "--shared",
+            str(SHARED_DATA),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -186,8 +194,15 @@ def read_all(path: Path) -> tuple[dict[str, Any], dict[Any, Any]]:
     """Metadata (as a plain dict) and the network -> record map of a database."""
     with maxminddb.open_database(str(path)) as reader:
         meta = reader.metadata()
-        fields = ("database_type", "description", "ip_version", "languages", "build_epoch",
-                  "node_count", "record_size")
+        fields = (
+            "database_type",
+            "description",
+            "ip_version",
+            "languages",
+            "build_epoch",
+            "node_count",
+            "record_size",
+        )
         return {name: getattr(meta, name) for name in fields}, dict(iter(reader))
 
 

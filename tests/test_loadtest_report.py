@@ -19,8 +19,19 @@ from loadtest.report import PLOTS, render
 from tests.chromium import chromium_binary, dump_dom, screenshot
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EXPECTED_PLOTS = ("latency-cdf", "qps-rcodes", "failover-0", "failover-1", "node-load", "client-map")
-NODES = (("fra1", 50.1, 8.7, 3320, 40.0), ("ams1", 52.4, 4.9, 1136, 20.0), ("vie1", 48.2, 16.4, 8447, 10.0))
+EXPECTED_PLOTS = (
+    "latency-cdf",
+    "qps-rcodes",
+    "failover-0",
+    "failover-1",
+    "node-load",
+    "client-map",
+)
+NODES = (
+    ("fra1", 50.1, 8.7, 3320, 40.0),
+    ("ams1", 52.4, 4.9, 1136, 20.0),
+    ("vie1", 48.2, 16.4, 8447, 10.0),
+)
 
 
 def make_result(seconds: int = 20, seed: int = 7) -> dict:
@@ -35,7 +46,15 @@ def make_result(seconds: int = 20, seed: int = 7) -> dict:
     refused = [1 if s % 7 == 0 else 0 for s in t_s]
     noerror = [a - n - r for a, n, r in zip(answered, nxdomain, refused)]
 
-    def failure(label: str, command: str, at_ms: float, node: str, dead: list[int], after: int, zero: float | None) -> dict:
+    def failure(
+        label: str,
+        command: str,
+        at_ms: float,
+        node: str,
+        dead: list[int],
+        after: int,
+        zero: float | None,
+    ) -> dict:
         bins = list(range(-1000, 5000, 100))
         answers = [rng.randint(50, 70) for _ in bins]
         dead_bins = [0] * 10 + dead + [0] * (len(bins) - 10 - len(dead))
@@ -48,8 +67,12 @@ def make_result(seconds: int = 20, seed: int = 7) -> dict:
         }  # fmt: skip
 
     failures = [
-        failure("power off fra1", "power-off fra1", 6000.0, "fra1", [20, 18, 15, 9, 4, 1], 0, 540.0),
-        failure("silent ams1", "blackhole ams1", 10000.0, "ams1", [25] * 30 + [3] * 10 + [1], 12, None),
+        failure(
+            "power off fra1", "power-off fra1", 6000.0, "fra1", [20, 18, 15, 9, 4, 1], 0, 540.0
+        ),
+        failure(
+            "silent ams1", "blackhole ams1", 10000.0, "ams1", [25] * 30 + [3] * 10 + [1], 12, None
+        ),
     ]
     recoveries = [{"label": "power on fra1", "command": "power-on fra1", "failure": 0, "repeat": 0, "at_ms": 14000.0,
                    "nodes": ["fra1"], "time_to_back_in_answers_ms": {"fra1": 11250.0}}]  # fmt: skip
@@ -90,12 +113,26 @@ def make_result(seconds: int = 20, seed: int = 7) -> dict:
         "failures": failures,
         "recoveries": recoveries,
         "series": {
-            "t_s": t_s, "client_queries": client, "sent": sent, "answered": answered, "timeouts": timeouts,
-            "rcodes": {"NOERROR": noerror, "NXDOMAIN": nxdomain, "REFUSED": refused, "timeout": timeouts},
+            "t_s": t_s,
+            "client_queries": client,
+            "sent": sent,
+            "answered": answered,
+            "timeouts": timeouts,
+            "rcodes": {
+                "NOERROR": noerror,
+                "NXDOMAIN": nxdomain,
+                "REFUSED": refused,
+                "timeout": timeouts,
+            },
         },  # fmt: skip
         "latency_cdf": {"share": [i / 200 for i in range(201)], "ms": [round(v, 3) for v in ms]},
-        "node_load": {"nodes": [n[0] for n in NODES], "capacity_gbps": [n[4] for n in NODES], "t_s": t_s,
-                      "utilization": util, "high_water": 0.9},  # fmt: skip
+        "node_load": {
+            "nodes": [n[0] for n in NODES],
+            "capacity_gbps": [n[4] for n in NODES],
+            "t_s": t_s,
+            "utilization": util,
+            "high_water": 0.9,
+        },  # fmt: skip
         "client_map": client_map,
         "node_locations": [{"node": n[0], "lat": n[1], "lon": n[2], "asn": n[3]} for n in NODES],
         "checks": [
@@ -112,7 +149,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def plot_images(page: str) -> dict[str, bytes]:
-    found = re.findall(r'<img class="plot" data-plot="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', page)
+    found = re.findall(
+        r'<img class="plot" data-plot="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', page
+    )
     return {name: base64.b64decode(data, validate=True) for name, data in found}
 
 
@@ -160,13 +199,17 @@ def test_report_without_optional_parts(tmp_path: Path) -> None:
 
 def test_many_failures_draw_the_first_twelve(tmp_path: Path) -> None:
     result = make_result()
-    result["failures"] = [dict(result["failures"][i % 2], at_ms=1000.0 * (i + 1)) for i in range(14)]
+    result["failures"] = [
+        dict(result["failures"][i % 2], at_ms=1000.0 * (i + 1)) for i in range(14)
+    ]
     page = render(result, tmp_path).read_text(encoding="utf-8")
     assert sum(name.startswith("failover-") for name in plot_images(page)) == 12
     assert "2 more failures not drawn" in page
 
 
-@pytest.mark.skipif(chromium_binary() is None, reason="no chromium, chromium-browser or google-chrome on PATH")
+@pytest.mark.skipif(
+    chromium_binary() is None, reason="no chromium, chromium-browser or google-chrome on PATH"
+)
 def test_report_opens_in_chromium_with_every_plot_loaded(report: Path, tmp_path: Path) -> None:
     dom = dump_dom(report, timeout_s=60, user_data_dir=tmp_path / "profile-dom")
     loaded = re.search(r'data-plots-loaded="(\d+)"', dom)

@@ -32,7 +32,13 @@ def test_every_shipped_scenario_has_a_short_version() -> None:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_shipped_scenario_validates_against_the_sample(name: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "loadtest.cli", "check", name], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", "check", name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert f"{name}.yaml: ok" in result.stdout
 
@@ -50,17 +56,43 @@ BASE = f"name: t\ndescription: d\ndeployment: {REPO / 'zones'}\nduration_s: 10\n
     ("body", "line", "message"),
     [
         ("traffic: {shape: steady, qps: 10, peak_qps: 20}\n", 6, "a steady shape has one rate"),
-        ("traffic:\n  shape: flash\n  qps: 10\n  peak_qps: 100\n", 6, 'flash_at_s: required for shape "flash"'),
+        (
+            "traffic:\n  shape: flash\n  qps: 10\n  peak_qps: 100\n",
+            6,
+            'flash_at_s: required for shape "flash"',
+        ),
         ("traffic: {shape: sawtooth, qps: 10}\n", 6, "sawtooth"),
-        ("traffic: {shape: steady, qps: 10}\nnames: {steered: 0.5, static: 0.2, nxdomain: 0.2}\n", 7, "must add up to 1"),
-        ("traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 12\n    do: power tef-mad-1 off\n", 8, "not before the end of the run"),
-        ("traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: power nosuch off\n", 9, "'nosuch' matches no node"),
-        ("traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: explode tef-mad-1\n", 9, "cannot parse 'explode tef-mad-1'"),
-        ("traffic: {shape: steady, qps: 10}\nresolvers:\n  isps: {64999: 1}\n", 8, "AS64999 is not in the deployment's client map"),
+        (
+            "traffic: {shape: steady, qps: 10}\nnames: {steered: 0.5, static: 0.2, nxdomain: 0.2}\n",
+            7,
+            "must add up to 1",
+        ),
+        (
+            "traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 12\n    do: power tef-mad-1 off\n",
+            8,
+            "not before the end of the run",
+        ),
+        (
+            "traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: power nosuch off\n",
+            9,
+            "'nosuch' matches no node",
+        ),
+        (
+            "traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: explode tef-mad-1\n",
+            9,
+            "cannot parse 'explode tef-mad-1'",
+        ),
+        (
+            "traffic: {shape: steady, qps: 10}\nresolvers:\n  isps: {64999: 1}\n",
+            8,
+            "AS64999 is not in the deployment's client map",
+        ),
         ("traffic: {shape: steady, qps: 10}\nwhat: 1\n", 7, 'unknown field "what"'),
     ],
 )
-def test_bad_scenario_is_reported_with_file_and_line(tmp_path: Path, body: str, line: int, message: str) -> None:
+def test_bad_scenario_is_reported_with_file_and_line(
+    tmp_path: Path, body: str, line: int, message: str
+) -> None:
     from router.config.deployment import load_deployment
 
     path = _write(tmp_path, BASE + body)
@@ -71,8 +103,18 @@ def test_bad_scenario_is_reported_with_file_and_line(tmp_path: Path, body: str, 
 
 
 def test_check_command_reports_problems_and_exits_1(tmp_path: Path) -> None:
-    path = _write(tmp_path, BASE + "traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: power nosuch off\n")
-    result = subprocess.run([sys.executable, "-m", "loadtest.cli", "check", str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    path = _write(
+        tmp_path,
+        BASE
+        + "traffic: {shape: steady, qps: 10}\nfailures:\n  - at_s: 2\n    do: power nosuch off\n",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", "check", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert f"{path}:9: failures.0.do: selector 'nosuch' matches no node" in result.stderr
 
@@ -82,7 +124,9 @@ def test_scaling_a_scenario_scales_its_timeline_not_its_bounds() -> None:
     short, k = scaled(scenario, scenario.duration_s / 3)
     assert k == pytest.approx(1 / 3)
     assert short.failures[0].at_s == pytest.approx(scenario.failures[0].at_s / 3)
-    assert short.failures[0].repeat_every_s == pytest.approx(scenario.failures[0].repeat_every_s / 3)
+    assert short.failures[0].repeat_every_s == pytest.approx(
+        scenario.failures[0].repeat_every_s / 3
+    )
     assert short.failures[0].bound_ms == scenario.failures[0].bound_ms
 
 
@@ -92,9 +136,13 @@ def test_reply_parser_reads_nodes_ttl_and_scope() -> None:
     import dns.name
     import dns.rrset
 
-    query = dns.message.make_query("www.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption("83.44.10.0", 24)])
+    query = dns.message.make_query(
+        "www.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption("83.44.10.0", 24)]
+    )
     reply = dns.message.make_response(query)
-    reply.answer.append(dns.rrset.from_text("www.cdn.example.", 30, "IN", "A", "192.0.2.11", "192.0.2.12"))
+    reply.answer.append(
+        dns.rrset.from_text("www.cdn.example.", 30, "IN", "A", "192.0.2.11", "192.0.2.12")
+    )
     reply.use_edns(0, options=[dns.edns.ECSOption("83.44.10.0", 24, 20)])
     wire = reply.to_wire()
     question = len(dns.name.from_text("www.cdn.example.").to_wire()) + 4
@@ -103,12 +151,26 @@ def test_reply_parser_reads_nodes_ttl_and_scope() -> None:
     assert (rcode, {n1, n2}, ttl, scope, truncated) == (0, {0, 1}, 30, 20, False)
     negative = dns.message.make_response(query)
     negative.set_rcode(3)
-    negative.authority.append(dns.rrset.from_text("cdn.example.", 3600, "IN", "SOA", "ns1.cdn.example. h.cdn.example. 1 2 3 4 300"))
+    negative.authority.append(
+        dns.rrset.from_text(
+            "cdn.example.", 3600, "IN", "SOA", "ns1.cdn.example. h.cdn.example. 1 2 3 4 300"
+        )
+    )
     assert parse_reply(negative.to_wire(), question, node_of)[:4] == (3, -1, -1, 300)
 
 
 def _run(name: str, out: Path, progress: bool = False) -> tuple[subprocess.CompletedProcess, dict]:
-    args = [sys.executable, "-m", "loadtest.cli", "run", name, "--duration", str(SHORT[name]), "--out", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "loadtest.cli",
+        "run",
+        name,
+        "--duration",
+        str(SHORT[name]),
+        "--out",
+        str(out),
+    ]
     args += [] if progress else ["--no-progress"]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert (out / "result.json").exists(), result.stderr
@@ -132,19 +194,30 @@ def test_short_scenario_against_the_real_router(name: str, tmp_path: Path) -> No
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"] < 100
     assert result["generator"]["unmatched_replies"] == 0
     # The scenario's own expectations, checked by loadtest itself: every one held.
-    assert result["checks"] and len(result["checks"]) >= sum(v is not None for v in scenario.expect.model_dump().values())
+    assert result["checks"] and len(result["checks"]) >= sum(
+        v is not None for v in scenario.expect.model_dump().values()
+    )
     failed = [c for c in result["checks"] if not c["ok"]]
     assert not failed, f"{failed}\n{run.stdout}\n{run.stderr[-2000:]}"
     assert run.returncode == 0
     if scenario.failures:
-        assert all(key in f for f in result["failures"] for key in ("answers_to_dead_after_bound", "time_to_zero_dead_answers_ms"))
+        assert all(
+            key in f
+            for f in result["failures"]
+            for key in ("answers_to_dead_after_bound", "time_to_zero_dead_answers_ms")
+        )
         first = result["failures"][0]
         assert first["answers_naming_them_before"] > 0  # the failure hit a node clients were using
         assert all(f["answers_to_dead_after_bound"] == 0 for f in result["failures"])
-        assert first["time_to_zero_dead_answers_ms"] is not None and first["time_to_zero_dead_answers_ms"] <= first["bound_ms"]
+        assert (
+            first["time_to_zero_dead_answers_ms"] is not None
+            and first["time_to_zero_dead_answers_ms"] <= first["bound_ms"]
+        )
     if name == "flash-crowd":
         series = result["series"]["client_queries"]
-        assert max(series) > 5 * min(series[1:-1])  # the crowd arrived: 10x offered, at least 5x seen
+        assert max(series) > 5 * min(
+            series[1:-1]
+        )  # the crowd arrived: 10x offered, at least 5x seen
     if name == "flapping-node":
         assert len(result["failures"]) >= 3  # it flapped; clients saw at most one return
         assert max(v for f in result["failures"] for v in f["flaps_seen_by_clients"].values()) <= 1
@@ -157,9 +230,13 @@ def test_short_scenario_against_the_real_router(name: str, tmp_path: Path) -> No
 @pytest.mark.integration
 def test_report_of_a_real_run_opens_in_chromium(tmp_path: Path) -> None:
     if chromium_binary() is None:
-        pytest.skip("no Chromium on this machine (script/bootstrap --test installs Debian's chromium)")
+        pytest.skip(
+            "no Chromium on this machine (script/bootstrap --test installs Debian's chromium)"
+        )
     run, result = _run("node-power-loss", tmp_path / "run", progress=True)
-    assert "answered" in run.stderr and "timeouts" in run.stderr  # the progress display's last state
+    assert (
+        "answered" in run.stderr and "timeouts" in run.stderr
+    )  # the progress display's last state
     dom = dump_dom(tmp_path / "run" / "report.html", user_data_dir=tmp_path / "profile")
     plots = 4 + len(result["failures"])
     assert f'data-plots-loaded="{plots}"' in dom and f'data-plots-total="{plots}"' in dom

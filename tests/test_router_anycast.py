@@ -79,7 +79,13 @@ class FakeDns:
                 if self.mode == "ok":
                     reply.flags |= dns.flags.AA
                 reply.answer.append(
-                    dns.rrset.from_text(query.question[0].name, 300, "IN", "SOA", "ns1.cdn.example. hostmaster.cdn.example. 1 7200 900 1209600 60")
+                    dns.rrset.from_text(
+                        query.question[0].name,
+                        300,
+                        "IN",
+                        "SOA",
+                        "ns1.cdn.example. hostmaster.cdn.example. 1 7200 900 1209600 60",
+                    )
                 )
             self.sock.sendto(reply.to_wire(), peer)
 
@@ -93,7 +99,12 @@ class FakeApi:
     """``GET /v1/status`` and ``GET /v1/nodes`` from mutable dicts."""
 
     def __init__(self, dns_address: str) -> None:
-        self.status: dict[str, object] = {"state": "serving", "generation": 1, "dns": dns_address, "zones": ["cdn.example."]}
+        self.status: dict[str, object] = {
+            "state": "serving",
+            "generation": 1,
+            "dns": dns_address,
+            "zones": ["cdn.example."],
+        }
         self.nodes: list[dict[str, object]] = [
             {"id": NODE_ID, "state": "up", "ipv4": NODE_IPV4, "ipv6": "2001:db8:71::1",
              "anycast_prefixes": [NODE_PREFIX, "2001:db8:ff::/48"]},
@@ -123,7 +134,9 @@ class FakeApi:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         self.running = True
 
@@ -224,7 +237,9 @@ def test_self_check_asks_soa_of_first_zone(fake_api: FakeApi, fake_dns: FakeDns)
     fake_api.status["dns"] = "127.0.0.1:1"  # nothing there
     obs = probe.observe()
     assert not obs.can_serve and "self-check" in obs.reason
-    assert obs.nodes is not None and len(obs.nodes) == 2  # node routes do not depend on the self-check
+    assert (
+        obs.nodes is not None and len(obs.nodes) == 2
+    )  # node routes do not depend on the self-check
 
 
 def test_wanted_routes_and_changes() -> None:
@@ -236,13 +251,22 @@ def test_wanted_routes_and_changes() -> None:
     assert wanted == {Route(SERVICE, "self"), Route("198.51.100.0/24", "192.0.2.1")}
     assert wanted_routes([SERVICE], Observation(False, "down", None)) == set()
     assert changes(wanted, wanted) == []
-    assert changes(set(), {Route("10.0.0.0/8", "self")}) == ["announce route 10.0.0.0/8 next-hop self"]
+    assert changes(set(), {Route("10.0.0.0/8", "self")}) == [
+        "announce route 10.0.0.0/8 next-hop self"
+    ]
 
 
 def _announcer_process(api: str, fake_dns: FakeDns | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "router.anycast.announcer", "--api", api, "--service-prefix", SERVICE,
             "--interval", "0.2", "--timeout", "0.3"]  # fmt: skip
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def _read_lines(process: subprocess.Popen, count: int) -> list[str]:
@@ -307,7 +331,15 @@ def anycast_router(tmp_path: Path) -> Iterator[RunningRouter]:
     marker = f"id: {NODE_ID}, "
     text = nodes.read_text()
     line = next(x for x in text.splitlines() if marker in x)
-    nodes.write_text(text.replace(line, line.replace(" capacity_gbps:", f' anycast_prefixes: ["{NODE_PREFIX}", "{NODE_PREFIX6}"], capacity_gbps:')))
+    nodes.write_text(
+        text.replace(
+            line,
+            line.replace(
+                " capacity_gbps:",
+                f' anycast_prefixes: ["{NODE_PREFIX}", "{NODE_PREFIX6}"], capacity_gbps:',
+            ),
+        )
+    )
     running = start_router(zones, tmp_path / "router.log", "--drain-grace", "2", workers=2)
     yield running
     running.stop()
@@ -341,19 +373,30 @@ def test_bird_learns_and_loses_routes(anycast_router: RunningRouter, lab: Anycas
         lab.wait_for(lambda: check(lab.routes()), 15, what)
         return lab.routes()
 
-    routes = until("every prefix", lambda r: {SERVICE, SERVICE6, NODE_PREFIX, NODE_PREFIX6} <= r.keys())
+    routes = until(
+        "every prefix", lambda r: {SERVICE, SERVICE6, NODE_PREFIX, NODE_PREFIX6} <= r.keys()
+    )
     assert routes[NODE_PREFIX] == NODE_IPV4
     assert routes[NODE_PREFIX6] == NODE_IPV6  # the node's IPv6 address as next hop
     assert routes[SERVICE] == lab.exabgp_address  # next-hop self
     assert routes[SERVICE6] == "::1"  # next-hop self on the IPv6 session
 
     _put(anycast_router, f"/v1/nodes/{NODE_ID}/admin-state", {"state": "down"})
-    until("node prefixes withdrawn", lambda r: NODE_PREFIX not in r and NODE_PREFIX6 not in r and SERVICE in r)
+    until(
+        "node prefixes withdrawn",
+        lambda r: NODE_PREFIX not in r and NODE_PREFIX6 not in r and SERVICE in r,
+    )
     _put(anycast_router, f"/v1/nodes/{NODE_ID}/admin-state", {"state": "up"})
-    until("node prefixes back", lambda r: r.get(NODE_PREFIX) == NODE_IPV4 and r.get(NODE_PREFIX6) == NODE_IPV6)
+    until(
+        "node prefixes back",
+        lambda r: r.get(NODE_PREFIX) == NODE_IPV4 and r.get(NODE_PREFIX6) == NODE_IPV6,
+    )
 
     _put(anycast_router, "/v1/status", {"state": "draining"})
-    until("service prefixes withdrawn", lambda r: SERVICE not in r and SERVICE6 not in r and NODE_PREFIX in r)
+    until(
+        "service prefixes withdrawn",
+        lambda r: SERVICE not in r and SERVICE6 not in r and NODE_PREFIX in r,
+    )
     _put(anycast_router, "/v1/status", {"state": "serving"})
     until("service prefixes back", lambda r: SERVICE in r and SERVICE6 in r)
 
@@ -386,4 +429,7 @@ Table master4:
 \tType: BGP univ
 \tBGP.next_hop: 127.0.0.2
 """
-    assert parse_birdc_routes(text) == {"203.0.113.128/25": "203.0.113.11", "192.0.2.53/32": "127.0.0.2"}
+    assert parse_birdc_routes(text) == {
+        "203.0.113.128/25": "203.0.113.11",
+        "192.0.2.53/32": "127.0.0.2",
+    }

@@ -15,7 +15,10 @@ from tests.conftest import REPO
 
 
 def test_explain_shows_group_candidates_and_answer(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["explain", "--zones", str(REPO / "zones"), "video.cdn.example.", "83.44.10.0/24"]) == 0
+    assert (
+        main(["explain", "--zones", str(REPO / "zones"), "video.cdn.example.", "83.44.10.0/24"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "AS3352 TELEFONICA DE ESPANA" in out and "located by ecs" in out
     assert 'policy:  "video" (cdn.example.)' in out
@@ -32,16 +35,38 @@ def test_explain_shows_group_candidates_and_answer(capsys: pytest.CaptureFixture
 
 
 def test_explain_json_and_plain_ip(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["explain", "--zones", str(REPO / "zones"), "--json", "--qtype", "AAAA", "www.cdn.example.", "89.153.10.20"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--zones",
+                str(REPO / "zones"),
+                "--json",
+                "--qtype",
+                "AAAA",
+                "www.cdn.example.",
+                "89.153.10.20",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["located_by"] == "source" and result["ecs_scope"] is None
     assert [c["node"] for c in result["candidates"] if c["chosen"]] == ["nos-lis-1", "nos-opo-1"]
-    assert result["answer"] == ["www.cdn.example. 30 IN AAAA 2001:db8:51::1", "www.cdn.example. 30 IN AAAA 2001:db8:52::1"]
-    assert {"latency_ms", "onnet", "load_penalty_ms", "state", "score"} <= set(result["candidates"][0])
+    assert result["answer"] == [
+        "www.cdn.example. 30 IN AAAA 2001:db8:51::1",
+        "www.cdn.example. 30 IN AAAA 2001:db8:52::1",
+    ]
+    assert {"latency_ms", "onnet", "load_penalty_ms", "state", "score"} <= set(
+        result["candidates"][0]
+    )
 
 
 def test_explain_static_name(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["explain", "--zones", str(REPO / "zones"), "origin.cdn.example.", "83.44.10.0/24"]) == 0
+    assert (
+        main(["explain", "--zones", str(REPO / "zones"), "origin.cdn.example.", "83.44.10.0/24"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "policy:  none (static answer from the zone file)" in out
     assert "ECS scope /0" in out and "203.0.113.80" in out
@@ -83,7 +108,9 @@ def test_serve_refuses_telemetry_without_health_settings(tmp_path: Path) -> None
     assert "--telemetry needs a health: section with keys in deployment.yaml" in result.stderr
 
 
-def test_explain_shows_last_known_node_states_and_reasons(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_shows_last_known_node_states_and_reasons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.conftest import make_deployment
 
     zones = make_deployment(tmp_path)
@@ -92,7 +119,10 @@ def test_explain_shows_last_known_node_states_and_reasons(tmp_path: Path, capsys
         "tef-mad-1": {"state": "down", "reason": "power off", "admin_state": None, "since": 0},
         "tef-mad-2": {"state": "up", "reason": "heartbeats good", "admin_state": "drain", "since": 0},
     }}))  # fmt: skip
-    assert main(["explain", "--zones", str(zones), "--json", "video.cdn.example.", "83.44.10.0/24"]) == 0
+    assert (
+        main(["explain", "--zones", str(zones), "--json", "video.cdn.example.", "83.44.10.0/24"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     by_node = {c["node"]: c for c in result["candidates"]}
     assert by_node["tef-mad-1"]["state"] == "down" and "power off" in by_node["tef-mad-1"]["reason"]

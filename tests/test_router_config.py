@@ -414,7 +414,9 @@ def test_every_fixture_directory_is_a_case() -> None:
     assert on_disk == used
 
 
-def test_libyaml_and_pure_python_parsing_give_the_same_values_and_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_libyaml_and_pure_python_parsing_give_the_same_values_and_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Files are composed with libyaml when PyYAML has it; values, lines and key order must
     be exactly what the pure-Python parser gives (problems point at the same lines)."""
     import yaml
@@ -423,7 +425,9 @@ def test_libyaml_and_pure_python_parsing_give_the_same_values_and_lines(monkeypa
 
     if _yaml._FAST_LOADER is yaml.SafeLoader:
         pytest.skip("PyYAML was built without libyaml")
-    files = sorted((REPO_ROOT / "zones").glob("*.yaml")) + sorted((REPO_ROOT / "tests" / "config").rglob("*.yaml"))
+    files = sorted((REPO_ROOT / "zones").glob("*.yaml")) + sorted(
+        (REPO_ROOT / "tests" / "config").rglob("*.yaml")
+    )
     assert len(files) > 5
     for path in files:
         fast, fast_problems = _yaml.load_yaml(path, path.name)
@@ -434,4 +438,6 @@ def test_libyaml_and_pure_python_parsing_give_the_same_values_and_lines(monkeypa
         if slow is None:
             assert fast is None
             continue
-        assert (fast.data, fast.lines, fast.key_order) == (slow.data, slow.lines, slow.key_order), path
+        assert (fast.data, fast.lines, fast.key_order) == (slow.data, slow.lines, slow.key_order), (
+            path
+        )

@@ -32,7 +32,11 @@ def test_rtt_samples_fuse_as_an_ewma_and_age_out() -> None:
     assert samples.get(2, 7, now=1.0) == 15.0  # half way to the new sample
     assert samples.add(1, 3, 4.0, now=5.0)
     start, node, rtt = samples.csr(now=5.0)
-    assert start.tolist() == [0, 0, 1, 2, 2] and node.tolist() == [3, 7] and rtt.tolist() == [4.0, 15.0]
+    assert (
+        start.tolist() == [0, 0, 1, 2, 2]
+        and node.tolist() == [3, 7]
+        and rtt.tolist() == [4.0, 15.0]
+    )
     assert samples.get(2, 7, now=12.0) is None  # not refreshed for longer than max_age_s
     start, node, _ = samples.csr(now=12.0)
     assert start.tolist() == [0, 0, 1, 1, 1] and node.tolist() == [3]
@@ -40,7 +44,9 @@ def test_rtt_samples_fuse_as_an_ewma_and_age_out() -> None:
     assert samples.add(1, 3, 40.0, now=30.0) and samples.get(1, 3, now=30.0) == 40.0
 
 
-@pytest.mark.parametrize(("group", "ms"), [(-1, 5.0), (4, 5.0), (0, math.nan), (0, -1.0), (0, math.inf), (0, 1e6)])
+@pytest.mark.parametrize(
+    ("group", "ms"), [(-1, 5.0), (4, 5.0), (0, math.nan), (0, -1.0), (0, math.inf), (0, 1e6)]
+)
 def test_rtt_samples_reject_what_is_not_an_rtt(group: int, ms: float) -> None:
     samples = RttSamples(groups=4)
     assert not samples.add(group, 0, ms, now=0.0)
@@ -67,9 +73,13 @@ def test_demand_model_smooths_rates_and_splits_reported_load() -> None:
     model.observe(counts, now=10.0)
     np.testing.assert_allclose(model.qps, 0.5 * counts / 10)  # one half-life: half way
     # Before any load is reported: the policies' expected peaks, spread by query share.
-    np.testing.assert_allclose(model.demand_gbps(np.array([100.0, 50.0]), 0.0), [[75.0, 25.0, 0.0], [0, 0, 50.0]])
+    np.testing.assert_allclose(
+        model.demand_gbps(np.array([100.0, 50.0]), 0.0), [[75.0, 25.0, 0.0], [0, 0, 50.0]]
+    )
     # With reported load: the total is what nodes carry, split by the policies' query shares.
-    np.testing.assert_allclose(model.demand_gbps(np.array([100.0, 50.0]), 80.0), [[30.0, 10.0, 0.0], [0, 0, 40.0]])
+    np.testing.assert_allclose(
+        model.demand_gbps(np.array([100.0, 50.0]), 80.0), [[30.0, 10.0, 0.0], [0, 0, 40.0]]
+    )
     # A worker restarted (its counters reset): no negative rates.
     model.observe(np.zeros((2, 3)), now=20.0)
     assert (model.qps >= 0).all() and model.qps.sum() < 0.5 * counts.sum() / 10
@@ -94,7 +104,9 @@ def test_rtt_sample_file_rows_are_checked_line_by_line(tmp_path) -> None:
         "2.80.0.0/24,meo-opo-1\n"
     )
     samples, problems = load_rtt_samples(path, "rtt.csv", {"meo-opo-1"})
-    assert [(s.node, s.rtt_ms, s.measured_at) for s in samples] == [("meo-opo-1", 0.5, 1795327200.0)]
+    assert [(s.node, s.rtt_ms, s.measured_at) for s in samples] == [
+        ("meo-opo-1", 0.5, 1795327200.0)
+    ]
     assert [(p.line, p.message.split(":")[0].split(" ")[0]) for p in problems] == [
         (3, "prefix"), (4, "unknown"), (5, "rtt_ms"), (6, "measured_at"), (7, "measured_at"), (8, "expected"),
     ]  # fmt: skip
@@ -107,12 +119,20 @@ def test_rtt_sample_file_steers_explain(tmp_path, deployment_dir) -> None:
     settings = yaml.safe_load((zones / "deployment.yaml").read_text())
     settings["rtt_samples"] = "rtt-samples.csv"
     (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
-    (zones / "rtt-samples.csv").write_text(f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 60:.0f}\n")
+    (zones / "rtt-samples.csv").write_text(
+        f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 60:.0f}\n"
+    )
     result = explain(load_deployment(zones), "video.cdn.example.", "2.80.0.0/24")
     first = next(c for c in result.candidates if c.chosen == 1)
-    assert (first.node, first.latency_source, first.latency_ms) == ("meo-opo-1", "node samples", 0.5)
+    assert (first.node, first.latency_source, first.latency_ms) == (
+        "meo-opo-1",
+        "node samples",
+        0.5,
+    )
     # A measurement older than the samples' max age says nothing any more.
-    (zones / "rtt-samples.csv").write_text(f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 3600:.0f}\n")
+    (zones / "rtt-samples.csv").write_text(
+        f"prefix,node,rtt_ms,measured_at\n2.80.0.0/24,meo-opo-1,0.5,{time.time() - 3600:.0f}\n"
+    )
     result = explain(load_deployment(zones), "video.cdn.example.", "2.80.0.0/24")
     first = next(c for c in result.candidates if c.chosen == 1)
     assert first.node == "meo-lis-1" and first.latency_source == "measured"
@@ -175,7 +195,9 @@ def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deploym
     zones = tmp_path / "zones"
     deployment = load_deployment(zones)
     model = compile_model(deployment)
-    supervisor = Supervisor(deployment, model, "127.0.0.1", 0, workers=1, files=ConfigFiles.read(zones))
+    supervisor = Supervisor(
+        deployment, model, "127.0.0.1", 0, workers=1, files=ConfigFiles.read(zones)
+    )
     supervisor.start()
     try:
         group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
@@ -190,6 +212,8 @@ def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deploym
         tef = config.node_index["tef-mad-1"]
         assert config.rtt.get(group, tef, time.monotonic()) == 1.5
         start, nodes, rtt = config.planner.samples
-        assert list(zip(nodes[start[group] : start[group + 1]], rtt[start[group] : start[group + 1]])) == [(tef, 1.5)]
+        assert list(
+            zip(nodes[start[group] : start[group + 1]], rtt[start[group] : start[group + 1]])
+        ) == [(tef, 1.5)]
     finally:
         supervisor.stop()

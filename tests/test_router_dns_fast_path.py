@@ -51,7 +51,15 @@ from router.steering.build import Planner
 from tests.conftest import REPO, load_script, start_router
 from tests.test_router_dns_engine import Engine
 
-SOURCES = ["127.0.0.1", "83.44.10.7", "89.7.1.1", "2a02:9000::1", "::ffff:83.44.10.7", "::1", "10.0.0.1"]
+SOURCES = [
+    "127.0.0.1",
+    "83.44.10.7",
+    "89.7.1.1",
+    "2a02:9000::1",
+    "::ffff:83.44.10.7",
+    "::1",
+    "10.0.0.1",
+]
 ECS_SUBNETS = [None, "83.44.10.0/24", "83.44.10.128/25", "83.0.0.0/8", "89.7.0.0/16", "2a02:9100:1234::/48",
                "2a02:9000::/29", "10.1.0.0/16", "192.168.1.0/24", "2001:db8::/32", "::ffff:83.44.10.0/120",
                "0.0.0.0/0", "::/0", "83.44.10.7/32", "2a02:9100:1234:5678::1/128"]  # fmt: skip
@@ -66,7 +74,9 @@ class Pair:
 
     def __init__(self, engine: Engine, view: TableView) -> None:
         self.view = view
-        self.demand_general = np.zeros((len(engine.model.policies), len(engine.model.client_map.groups)), np.int64)
+        self.demand_general = np.zeros(
+            (len(engine.model.policies), len(engine.model.client_map.groups)), np.int64
+        )
         self.demand_fast = np.zeros_like(self.demand_general)
         fast_book = compile_book(engine.book, engine.model.client_map)
         self.labels = fast_book.labels
@@ -77,7 +87,9 @@ class Pair:
         self.general = Responder(engine.book, engine.model.client_map, lambda: self.view,
                                  demand_counts=self.demand_general)  # fmt: skip
         # Counts only what ``check`` sends (tests also use ``general`` on its own).
-        self.counting = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_general)
+        self.counting = Responder(
+            engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_general
+        )
         self.behind_fast = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_punted,
                                      labels=self.labels)  # fmt: skip
         self.fast = FastResponder(fast_book, lambda: self.view, self.demand_fast, self.stats_fast)
@@ -99,7 +111,9 @@ class Pair:
         assert got == expected, f"fast path differs for {packet.hex()} from {source} (udp={udp})"
 
     def assert_counted_alike(self) -> None:
-        for general, fast, punted in zip(self.stats_general.arrays, self.stats_fast.arrays, self.stats_punted.arrays):
+        for general, fast, punted in zip(
+            self.stats_general.arrays, self.stats_fast.arrays, self.stats_punted.arrays
+        ):
             differs = np.argwhere(general != fast + punted)
             assert not len(differs), f"counts differ at {differs[:5].tolist()}"
         assert self.stats_general.queries.sum() > 0
@@ -174,7 +188,11 @@ def test_every_name_type_and_client_gives_the_same_bytes(engine: Engine, pair: P
                 packet = make_query(scramble_case(name, rng), rdtype, ecs, edns=rng.random() < 0.5)
                 pair.check(packet, rng.choice(SOURCES))
     # Only referrals, wildcards and CNAME chains for other types go to the general path.
-    cnames = {dns.name.from_wire(k, 0)[0].to_text() for zone in engine.book.zones.values() for k in zone.cnames}
+    cnames = {
+        dns.name.from_wire(k, 0)[0].to_text()
+        for zone in engine.book.zones.values()
+        for k in zone.cnames
+    }
     assert pair.punted_names == cnames | {"deep.ns.sub.edge.example.", "x.wild.edge.example."}
     assert pair.answered > 5 * pair.punted
     assert np.array_equal(pair.demand_fast, pair.demand_general) and pair.demand_fast.sum() > 0
@@ -183,11 +201,20 @@ def test_every_name_type_and_client_gives_the_same_bytes(engine: Engine, pair: P
 def test_truncation_edns_and_flags_give_the_same_bytes(pair: Pair) -> None:
     for name, rdtype in [("big.edge.example.", "TXT"), ("medium.edge.example.", "TXT"), ("edge.example.", "MX"),
                          ("video.cdn.example.", "A"), ("sub.edge.example.", "NS"), ("edge.example.", "ANY")]:  # fmt: skip
-        for edns, payload in [(False, 512), (True, 0), (True, 512), (True, 600), (True, 1232), (True, 4096)]:
+        for edns, payload in [
+            (False, 512),
+            (True, 0),
+            (True, 512),
+            (True, 600),
+            (True, 1232),
+            (True, 4096),
+        ]:
             for do in (False, True):
                 for udp in (True, False):
                     for rd in (True, False):
-                        packet = make_query(name, rdtype, "83.44.10.0/24" if edns else None, edns, payload, do, rd)
+                        packet = make_query(
+                            name, rdtype, "83.44.10.0/24" if edns else None, edns, payload, do, rd
+                        )
                         pair.check(packet, "127.0.0.1", udp)
 
 
@@ -204,9 +231,13 @@ def test_split_groups_pick_the_same_node_per_subnet(engine: Engine, split_pair: 
     assert split_v4 and split_v6, "the plan should split IPv4 and IPv6 client groups"
     for i in split_v4:
         for _ in range(40):
-            address = socket.inet_ntoa(struct.pack("!I", rng.randint(int(cm.v4_start[i]), int(cm.v4_end[i]))))
+            address = socket.inet_ntoa(
+                struct.pack("!I", rng.randint(int(cm.v4_start[i]), int(cm.v4_end[i])))
+            )
             for bits in (24, 32, 20):
-                split_pair.check(make_query("video.cdn.example.", "A", f"{address}/{bits}", edns=True))
+                split_pair.check(
+                    make_query("video.cdn.example.", "A", f"{address}/{bits}", edns=True)
+                )
             split_pair.check(make_query("video.cdn.example.", "AAAA", None, edns=False), address)
     for i in split_v6:
         start = (int(cm.v6_start_hi[i]) << 64) | int(cm.v6_start_lo[i])
@@ -214,7 +245,9 @@ def test_split_groups_pick_the_same_node_per_subnet(engine: Engine, split_pair: 
         for _ in range(40):
             address = socket.inet_ntop(socket.AF_INET6, rng.randint(start, end).to_bytes(16, "big"))
             for bits in (48, 56, 40):
-                split_pair.check(make_query("www.cdn.example.", "AAAA", f"{address}/{bits}", edns=True))
+                split_pair.check(
+                    make_query("www.cdn.example.", "AAAA", f"{address}/{bits}", edns=True)
+                )
             split_pair.check(make_query("www.cdn.example.", "A", None, edns=False), address)
     checked = 160 * (len(split_v4) + len(split_v6))
     assert split_pair.punted == punted and split_pair.answered - answered == checked
@@ -256,7 +289,9 @@ def test_malformed_and_odd_packets_give_the_same_bytes(pair: Pair) -> None:
     for bits in range(17, 24):
         address = bytes([83, 44, 0x80 >> (bits - 16)])
         option = struct.pack("!HHHBB", 8, 7, 1, bits, 0) + address
-        cases.append(header[:10] + b"\x00\x01" + question + opt + struct.pack("!H", len(option)) + option)
+        cases.append(
+            header[:10] + b"\x00\x01" + question + opt + struct.pack("!H", len(option)) + option
+        )
     punted = pair.punted
     for packet in cases:
         for source in ("127.0.0.1", "2a02:9000::1"):
@@ -265,15 +300,27 @@ def test_malformed_and_odd_packets_give_the_same_bytes(pair: Pair) -> None:
 
 
 query_parts = st.tuples(
-    st.sampled_from(["video.cdn.example.", "www.cdn.example.", "cdn.example.", "nope.cdn.example.", "edge.example.",
-                     "big.edge.example.", "x.wild.edge.example.", "example.org."]),
+    st.sampled_from(
+        [
+            "video.cdn.example.",
+            "www.cdn.example.",
+            "cdn.example.",
+            "nope.cdn.example.",
+            "edge.example.",
+            "big.edge.example.",
+            "x.wild.edge.example.",
+            "example.org.",
+        ]
+    ),
     st.sampled_from(TYPES),
     st.sampled_from(ECS_SUBNETS),
     st.booleans(),
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(parts=query_parts, edits=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=4),
        cut=st.integers(0, 400), source=st.sampled_from(SOURCES))  # fmt: skip
 def test_mutated_packets_give_the_same_bytes(pair: Pair, parts, edits, cut, source) -> None:  # noqa: ANN001
@@ -285,7 +332,9 @@ def test_mutated_packets_give_the_same_bytes(pair: Pair, parts, edits, cut, sour
     pair.check(bytes(packet[: max(cut, 12)] if cut < len(packet) else packet), source)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(packet=st.binary(min_size=0, max_size=120), source=st.sampled_from(SOURCES))
 def test_random_bytes_give_the_same_bytes(pair: Pair, packet: bytes, source: str) -> None:
     pair.check(b"\x00\x01\x00\x00\x00\x01" + packet, source)
@@ -304,7 +353,9 @@ def test_every_query_of_the_throughput_mix_gives_the_same_bytes(engine: Engine, 
     zone_file = deployment_dir / f"{origin.to_text().rstrip('.')}.zone"
     inventory = bench.zone_inventory(zone_file, [(n.to_text(), p) for n, p in model.steered], rng)
     subnets = bench.draw_subnets(model.client_map, rng, 1000)
-    mix = bench.build_mix(inventory, subnets, 20_000, rng) + bench.build_mix(inventory, None, 20_000, rng)
+    mix = bench.build_mix(inventory, subnets, 20_000, rng) + bench.build_mix(
+        inventory, None, 20_000, rng
+    )
     assert {q.kind for q in mix} == {"steered", "static", "nodata", "nxdomain"}
     before = (pair.answered, pair.punted, split_pair.answered, split_pair.punted)
     for i, query in enumerate(mix):
@@ -326,7 +377,11 @@ def test_negative_templates_of_every_length_equal_a_fresh_encoding(engine: Engin
             for qlen in range(len(origin_key), 256):
                 shifted = book._negative(index, rcode, qlen)
                 fresh = book._static(None, qlen, index.origin, rcode, True, [], [index.soa], [])
-                assert (shifted.main, shifted.flags, shifted.ns) == (fresh.main, fresh.flags, fresh.ns), (origin_key, qlen)
+                assert (shifted.main, shifted.flags, shifted.ns) == (
+                    fresh.main,
+                    fresh.flags,
+                    fresh.ns,
+                ), (origin_key, qlen)
                 checked += 1
     assert checked > 400
 
@@ -339,7 +394,9 @@ def test_the_book_compiles_every_exact_answer(engine: Engine) -> None:
 
 
 @pytest.mark.skipif(not supported, reason="recvmmsg/sendmmsg batching needs 64-bit Linux")
-def test_batched_socket_loop_answers_punts_and_swaps_tables(engine: Engine, split_pair: Pair) -> None:
+def test_batched_socket_loop_answers_punts_and_swaps_tables(
+    engine: Engine, split_pair: Pair
+) -> None:
     """The compiled loop over a real loopback socket: fast answers, punted queries through
     the general path, and a table swap seen by the next query. It runs in a thread and is
     stopped by a (punted, wildcard) query that the test's general path answers by raising."""
@@ -472,12 +529,18 @@ def test_a_flood_is_counted_as_kernel_drops_and_the_router_keeps_answering(deplo
     try:
         counters = _get_json(f"{router.api}/v1/dns")
         assert counters["udp_path"] == "batched" and counters["totals"]["received"] == 0
-        children = Path(f"/proc/{router.process.pid}/task/{router.process.pid}/children").read_text().split()
+        children = (
+            Path(f"/proc/{router.process.pid}/task/{router.process.pid}/children")
+            .read_text()
+            .split()
+        )
         assert len(children) == 1
         worker = int(children[0])
         packet = make_query("video.cdn.example.", "A", "83.44.10.0/24", True)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # replies may be dropped too
+        sender.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16
+        )  # replies may be dropped too
         sender.bind(("127.0.0.1", 0))
         os.kill(worker, signal.SIGSTOP)
         sent = 0

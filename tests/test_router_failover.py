@@ -71,9 +71,13 @@ def start_simulator(zones: Path, router: RunningRouter) -> Simulator:
     return Simulator(process)
 
 
-def ask(router: RunningRouter, subnet: str = TEF_CLIENT, name: str = "video.cdn.example.") -> list[str]:
+def ask(
+    router: RunningRouter, subnet: str = TEF_CLIENT, name: str = "video.cdn.example."
+) -> list[str]:
     address, prefix = subnet.split("/")
-    q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
+    q = dns.message.make_query(
+        name, "A", use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))]
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         s.sendto(q.to_wire(), (router.host, router.port))
@@ -97,15 +101,25 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningRouter, Simulator, Path]]:
+def lab(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningRouter, Simulator, Path]]:
     root = tmp_path_factory.mktemp("failover")
     zones = fast_deployment(root)
     router = start_router(zones, root / "router.log", "--telemetry", "127.0.0.1:0")
     simulator = start_simulator(zones, router)
     try:
-        wait_for(lambda: all("heartbeats good" in n["reason"] for n in nodes(router).values()), 10, "every node reporting")
+        wait_for(
+            lambda: all("heartbeats good" in n["reason"] for n in nodes(router).values()),
+            10,
+            "every node reporting",
+        )
         # Load reports are republished at most once a second: wait for the even-load table.
-        wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the table with every node's load")
+        wait_for(
+            lambda: ask(router) == ["192.0.2.11", "192.0.2.12"],
+            5,
+            "the table with every node's load",
+        )
         yield router, simulator, zones
     finally:
         simulator.stop()
@@ -119,7 +133,10 @@ def test_power_off_withdraws_at_once_and_restore_returns(lab) -> None:
     assert ask(router) == ["192.0.2.11", "192.0.2.12"]
     simulator.send("power tef-mad-1 off")
     wait_for(lambda: "192.0.2.11" not in ask(router), 2, "tef-mad-1 to leave the answers")
-    assert nodes(router)["tef-mad-1"]["state"] == "down" and nodes(router)["tef-mad-1"]["reason"] == "power off"
+    assert (
+        nodes(router)["tef-mad-1"]["state"] == "down"
+        and nodes(router)["tef-mad-1"]["reason"] == "power off"
+    )
     simulator.send("restore tef-mad-1")
     # Back only after the hold-down (1 s here) and 2 good reports.
     took = wait_for(lambda: "192.0.2.11" in ask(router), 6, "tef-mad-1 to return")
@@ -135,7 +152,11 @@ def test_uplink_down_and_battery(lab) -> None:
     simulator.send("restore tef-mad-2")
     wait_for(lambda: nodes(router)["tef-mad-2"]["state"] == "up", 6, "tef-mad-2 to recover")
     simulator.send("power tef-mad-2 battery")
-    wait_for(lambda: nodes(router)["tef-mad-2"]["state"] == "draining", 2, "tef-mad-2 to drain on battery")
+    wait_for(
+        lambda: nodes(router)["tef-mad-2"]["state"] == "draining",
+        2,
+        "tef-mad-2 to drain on battery",
+    )
     wait_for(lambda: "192.0.2.12" not in ask(router), 2, "draining tef-mad-2 to leave the answers")
     simulator.send("restore tef-mad-2")
     wait_for(lambda: "192.0.2.12" in ask(router), 6, "tef-mad-2 to return from battery")
@@ -157,9 +178,16 @@ def test_iberian_blackout_moves_clients_to_the_next_best_nodes(lab) -> None:
     wait_for(lambda: not set(ask(router)) & TEF_IPS, 2, "every Telefonica node to leave")
     answer = ask(router)
     assert len(answer) == 2  # neighbours in Madrid take the clients; never an empty answer
-    assert answer == ["192.0.2.31", "192.0.2.21"]  # Orange and Vodafone Madrid: nearest after on-net
+    assert answer == [
+        "192.0.2.31",
+        "192.0.2.21",
+    ]  # Orange and Vodafone Madrid: nearest after on-net
     simulator.send("power metro:madrid off")  # then all of Madrid
-    wait_for(lambda: not set(ask(router)) & {"192.0.2.31", "192.0.2.21", "203.0.113.11"}, 2, "Madrid to leave")
+    wait_for(
+        lambda: not set(ask(router)) & {"192.0.2.31", "192.0.2.21", "203.0.113.11"},
+        2,
+        "Madrid to leave",
+    )
     assert len(ask(router)) == 2
     simulator.send("restore all")
     wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 8, "Telefonica to return")
@@ -169,7 +197,9 @@ def test_whole_pool_down_fails_open(lab) -> None:
     router, simulator, _ = lab
     healthy = ask(router)
     simulator.send("power all off")
-    wait_for(lambda: all(n["state"] == "down" for n in nodes(router).values()), 3, "every node down")
+    wait_for(
+        lambda: all(n["state"] == "down" for n in nodes(router).values()), 3, "every node down"
+    )
     time.sleep(0.5)  # the table for the last change is published a moment after the state
     assert ask(router) == healthy  # fail open: the best nodes as if healthy, never empty
     simulator.send("restore all")
@@ -180,9 +210,17 @@ def test_forged_and_replayed_heartbeats_change_nothing(lab) -> None:
     router, _, zones = lab
     keys = yaml.safe_load((zones / "node-keys.sample.yaml").read_text())["keys"]
     target = router.telemetry
-    forged = encode(Heartbeat("tef-mad-1", 10**9, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["vdf-es-mad-1"]))
-    unknown = encode(Heartbeat("ghost", 1, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"]))
-    stale = encode(Heartbeat("tef-mad-1", 10**9, time.time() - 600, "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"]))
+    forged = encode(
+        Heartbeat("tef-mad-1", 10**9, time.time(), "off", {}, 0.0, 0.0),
+        bytes.fromhex(keys["vdf-es-mad-1"]),
+    )
+    unknown = encode(
+        Heartbeat("ghost", 1, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"])
+    )
+    stale = encode(
+        Heartbeat("tef-mad-1", 10**9, time.time() - 600, "off", {}, 0.0, 0.0),
+        bytes.fromhex(keys["tef-mad-1"]),
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for packet in (forged, unknown, stale, b"garbage"):
             for _ in range(50):
@@ -204,7 +242,11 @@ def test_known_down_node_stays_down_across_restart(tmp_path: Path) -> None:
     router = start_router(zones, tmp_path / "first.log", "--telemetry", "127.0.0.1:0")
     simulator = start_simulator(zones, router)
     try:
-        wait_for(lambda: nodes(router)["meo-lis-1"]["reason"] == "heartbeats good", 10, "meo-lis-1 reporting")
+        wait_for(
+            lambda: nodes(router)["meo-lis-1"]["reason"] == "heartbeats good",
+            10,
+            "meo-lis-1 reporting",
+        )
         simulator.send("power meo-lis-1 off")
         wait_for(lambda: nodes(router)["meo-lis-1"]["state"] == "down", 2, "meo-lis-1 down")
     finally:
@@ -241,7 +283,9 @@ def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Pat
     zones = fast_deployment(tmp_path)
     health_port = give_nodes_health_urls(zones)
     settings = yaml.safe_load((zones / "deployment.yaml").read_text())
-    settings["health"].update({"probe_interval_s": 0.2, "probe_timeout_s": 0.5, "probe_failures": 2})
+    settings["health"].update(
+        {"probe_interval_s": 0.2, "probe_timeout_s": 0.5, "probe_failures": 2}
+    )
     (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
     router = start_router(zones, tmp_path / "router.log", "--telemetry", "127.0.0.1:0")
     assert router.telemetry is not None
@@ -256,7 +300,11 @@ def test_failing_probes_withdraw_a_node_whose_heartbeats_look_fine(tmp_path: Pat
     try:
         assert process.stdout is not None and process.stdout.readline().startswith("simulating")
         # Probes that ran before the simulator listened count as failures: wait for recovery.
-        wait_for(lambda: all(n["state"] == "up" for n in nodes(router).values()), 15, "every node up and probed")
+        wait_for(
+            lambda: all(n["state"] == "up" for n in nodes(router).values()),
+            15,
+            "every node up and probed",
+        )
         wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the all-up table")
         simulator.send("health tef-mad-1 fail")  # the service breaks; heartbeats carry on
         wait_for(lambda: "192.0.2.11" not in ask(router), 5, "tef-mad-1 to leave on failed probes")
@@ -291,7 +339,9 @@ def test_a_policy_probe_takes_a_node_out_of_that_policy_only(tmp_path: Path) -> 
     probe = ("    probe: {failures: 2, interval_s: 0.2, recover_after: 2, timeout_s: 0.5,"
              " url: '{health_url}/video'}\n")  # fmt: skip
     text = policy_file.read_text()
-    line = next(line for line in text.splitlines(keepends=True) if line.startswith("    onnet_bonus_ms: 25"))
+    line = next(
+        line for line in text.splitlines(keepends=True) if line.startswith("    onnet_bonus_ms: 25")
+    )
     policy_file.write_text(text.replace(line, line + probe, 1))
     router = start_router(zones, tmp_path / "router.log")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # heartbeats go nowhere here
@@ -308,11 +358,17 @@ def test_a_policy_probe_takes_a_node_out_of_that_policy_only(tmp_path: Path) -> 
             # Probes that ran before the simulator listened failed: wait until every node is back.
             wait_for(lambda: all(n["policies"]["video"]["state"] == "up" for n in nodes(router).values()), 15,
                      "every node in the video policy")  # fmt: skip
-            wait_for(lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the all-up video answer")
+            wait_for(
+                lambda: ask(router) == ["192.0.2.11", "192.0.2.12"], 5, "the all-up video answer"
+            )
             web = ask(router, name="www.cdn.example.")
             assert "192.0.2.11" in web
-            simulator.send("health tef-mad-1 fail video")  # the video service breaks; the node does not
-            wait_for(lambda: "192.0.2.11" not in ask(router), 5, "tef-mad-1 to leave the video answers")
+            simulator.send(
+                "health tef-mad-1 fail video"
+            )  # the video service breaks; the node does not
+            wait_for(
+                lambda: "192.0.2.11" not in ask(router), 5, "tef-mad-1 to leave the video answers"
+            )
             assert ask(router, name="www.cdn.example.") == web  # the web policy still uses it
             status = nodes(router)["tef-mad-1"]
             assert status["state"] == "up" and status["policies"]["video"]["state"] == "down"

@@ -18,8 +18,23 @@ KEYS = {"a": b"k" * 32, "b": b"j" * 32}
 NOW = 1_800_000_000.0
 
 
-def beat(node: str = "a", seq: int = 1, ts: float = NOW, power: str = "mains", uplinks=None, load: float = 10.0) -> Heartbeat:
-    return Heartbeat(node, seq, ts, power, uplinks if uplinks is not None else {"u1": "up", "u2": "up"}, load, 100.0)
+def beat(
+    node: str = "a",
+    seq: int = 1,
+    ts: float = NOW,
+    power: str = "mains",
+    uplinks=None,
+    load: float = 10.0,
+) -> Heartbeat:
+    return Heartbeat(
+        node,
+        seq,
+        ts,
+        power,
+        uplinks if uplinks is not None else {"u1": "up", "u2": "up"},
+        load,
+        100.0,
+    )
 
 
 # -- verification ---------------------------------------------------------------------------
@@ -52,7 +67,9 @@ REJECTIONS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("reason, packet", REJECTIONS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTIONS)])
+@pytest.mark.parametrize(
+    "reason, packet", REJECTIONS, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTIONS)]
+)
 def test_rejections_are_counted_by_reason_and_change_nothing(reason: str, packet) -> None:
     verifier = Verifier(dict(KEYS))
     with pytest.raises(Rejected) as info:
@@ -66,7 +83,11 @@ def test_replayed_or_old_sequence_is_rejected() -> None:
     verifier = Verifier(dict(KEYS))
     packet = encode(beat(seq=5), KEYS["a"])
     verifier.verify(packet, now=NOW)
-    for replay in (packet, encode(beat(seq=4), KEYS["a"]), encode(beat(seq=5, power="off"), KEYS["a"])):
+    for replay in (
+        packet,
+        encode(beat(seq=4), KEYS["a"]),
+        encode(beat(seq=5, power="off"), KEYS["a"]),
+    ):
         with pytest.raises(Rejected) as info:
             verifier.verify(replay, now=NOW)
         assert info.value.reason == "replayed"
@@ -205,7 +226,11 @@ def test_hold_down_doubles_for_a_node_that_keeps_failing_after_recovery() -> Non
         previous = int(m.state[0])
     assert m.hold_down[0] == SETTINGS.max_hold_down_s
     assert len(recoveries) == 2 and recoveries[0] == SETTINGS.hold_down_s
-    assert last_failure + SETTINGS.max_hold_down_s <= recoveries[1] <= last_failure + SETTINGS.max_hold_down_s + 1
+    assert (
+        last_failure + SETTINGS.max_hold_down_s
+        <= recoveries[1]
+        <= last_failure + SETTINGS.max_hold_down_s + 1
+    )
     assert m.state[0] == NodeState.UP
 
 

@@ -51,7 +51,14 @@ def _scrape(api: str) -> dict[tuple[str, tuple], float]:
 def test_metrics_follow_what_the_router_sees(tmp_path_factory: pytest.TempPathFactory) -> None:
     zones = make_deployment(tmp_path_factory.mktemp("metrics"))
     root = zones.parent
-    router = start_router(zones, root / "router.log", "--telemetry", "127.0.0.1:0", "--state-file", str(root / "state.json"))
+    router = start_router(
+        zones,
+        root / "router.log",
+        "--telemetry",
+        "127.0.0.1:0",
+        "--state-file",
+        str(root / "state.json"),
+    )
     deployment = load_deployment(zones)
     simulator = Simulator(deployment.inventory, deployment.node_keys, router.telemetry, 1.0)
     try:
@@ -61,7 +68,12 @@ def test_metrics_follow_what_the_router_sees(tmp_path_factory: pytest.TempPathFa
             junk.sendto(b"not a heartbeat", router.telemetry)
         simulator.command("power meo-lis-1 off")
         for _ in range(20):
-            dns.query.udp(dns.message.make_query("www.cdn.example.", "A"), router.host, port=router.port, timeout=5)
+            dns.query.udp(
+                dns.message.make_query("www.cdn.example.", "A"),
+                router.host,
+                port=router.port,
+                timeout=5,
+            )
         deadline = time.monotonic() + 10
         while True:
             m = _scrape(router.api)
@@ -69,7 +81,9 @@ def test_metrics_follow_what_the_router_sees(tmp_path_factory: pytest.TempPathFa
             if (m.get(("router_telemetry_heartbeats_rejected_total", (("reason", "malformed"),))) == 1.0
                     and m[("router_routing_table_generation", ())] >= 2):  # fmt: skip
                 break
-            assert time.monotonic() < deadline, "the junk heartbeat was not counted or no new table was published"
+            assert time.monotonic() < deadline, (
+                "the junk heartbeat was not counted or no new table was published"
+            )
             time.sleep(0.1)
         node = lambda name, **labels: m[(name, tuple(sorted(labels.items())))]  # noqa: E731
         assert node("router_node_state", node="meo-lis-1", state="down") == 1.0
@@ -81,10 +95,20 @@ def test_metrics_follow_what_the_router_sees(tmp_path_factory: pytest.TempPathFa
         assert m[("router_telemetry_heartbeats_accepted_total", ())] == simulator.sent
         assert m[("router_service_serving", ())] == 1.0
         assert m[("router_routing_table_generation", ())] >= 2
-        builds = sum(v for (name, _), v in m.items() if name == "router_routing_table_build_seconds_count")
+        builds = sum(
+            v for (name, _), v in m.items() if name == "router_routing_table_build_seconds_count"
+        )
         assert builds >= 1
-        received = sum(v for (name, labels), v in m.items() if name == "router_udp_packets_total" and ("kind", "received") in labels)
-        answered = sum(v for (name, labels), v in m.items() if name == "router_udp_packets_total" and ("kind", "answered") in labels)
+        received = sum(
+            v
+            for (name, labels), v in m.items()
+            if name == "router_udp_packets_total" and ("kind", "received") in labels
+        )
+        answered = sum(
+            v
+            for (name, labels), v in m.items()
+            if name == "router_udp_packets_total" and ("kind", "answered") in labels
+        )
         assert received >= 20 and answered >= 20
         assert ("router_udp_receive_drops_total", ()) in m
         assert ("router_demand_qps", (("policy", "web"), ("zone", "cdn.example."))) in m

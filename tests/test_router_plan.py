@@ -29,7 +29,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     policy = zones / "cdn.example.policy.yaml"
     text = policy.read_text()
     assert text.count("    default_site: mad-espanix\n") == 2
-    policy.write_text(text.replace("    default_site: mad-espanix\n", f"    default_site: mad-espanix\n    expected_peak_gbps: {PEAK}\n"))
+    policy.write_text(
+        text.replace(
+            "    default_site: mad-espanix\n",
+            f"    default_site: mad-espanix\n    expected_peak_gbps: {PEAK}\n",
+        )
+    )
     return zones.parent
 
 
@@ -45,7 +50,9 @@ def new_dir(root: Path, name: str, policy_edit: tuple[str, str] | None = None) -
     return target
 
 
-def plan(capsys: pytest.CaptureFixture[str], new: Path, against: str, *extra: str) -> tuple[int, str, str]:
+def plan(
+    capsys: pytest.CaptureFixture[str], new: Path, against: str, *extra: str
+) -> tuple[int, str, str]:
     code = main(["plan", "--zones", str(new), "--against", against, *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -80,7 +87,9 @@ def _lead(table, policy: int, group: int) -> dict[int, float]:  # noqa: ANN001
     return out
 
 
-def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_node_removed_from_pool_moves_its_traffic(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = load_deployment(root / "zones")
     ids = [n.id for n in old.inventory.nodes]
     pool = ", ".join(i for i in ids if i != "tef-mad-1")
@@ -89,13 +98,17 @@ def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.Cap
     assert code == 2 and report["changes"] and report["basis"] == "gbps"
     video = by_name(report, "video.cdn.example.")
     assert video["pool_removed"] == ["tef-mad-1"] and video["pool_added"] == []
-    assert video["groups_changed"] > 0 and video["moved"] > 0 and video["total"] == pytest.approx(PEAK)
+    assert (
+        video["groups_changed"] > 0 and video["moved"] > 0 and video["total"] == pytest.approx(PEAK)
+    )
 
     # Hand check from the routing tables themselves (same client map: same group indexes).
     tables = []
     for directory in (root / "zones", new):
         model = compile_model(load_deployment(directory))
-        tables.append((model, Planner(model).build(np.zeros(len(model.node_ids), dtype=np.int8), None, 1)))
+        tables.append(
+            (model, Planner(model).build(np.zeros(len(model.node_ids), dtype=np.int8), None, 1))
+        )
     (model_b, before), (model_a, after) = tables
     p = next(i for i, c in enumerate(model_b.policies) if c.name == "video")
     demand = model_b.policies[p].demand_prior
@@ -107,10 +120,16 @@ def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.Cap
         la = {model_a.node_ids[n]: s for n, s in _lead(after, p, g).items()}
         moved += demand[g] * (1 - sum(min(s, la.get(n, 0.0)) for n, s in lb.items()))
         on_tef += demand[g] * _lead(before, p, g).get(tef, 0.0)
-        entries_b = [([model_b.node_ids[n] for n in ns], round(s, 3)) for ns, s in before.entries(p, g)]
-        entries_a = [([model_a.node_ids[n] for n in ns], round(s, 3)) for ns, s in after.entries(p, g)]
+        entries_b = [
+            ([model_b.node_ids[n] for n in ns], round(s, 3)) for ns, s in before.entries(p, g)
+        ]
+        entries_a = [
+            ([model_a.node_ids[n] for n in ns], round(s, 3)) for ns, s in after.entries(p, g)
+        ]
         changed += entries_b != entries_a
-        assert all("tef-mad-1" not in [model_a.node_ids[n] for n in ns] for ns, _ in after.entries(p, g))
+        assert all(
+            "tef-mad-1" not in [model_a.node_ids[n] for n in ns] for ns, _ in after.entries(p, g)
+        )
     assert video["moved"] == pytest.approx(moved, rel=1e-6)
     assert video["groups_changed"] == changed
     # Everything tef-mad-1 led for video must move (it left the pool), and it carried some.
@@ -118,26 +137,36 @@ def test_node_removed_from_pool_moves_its_traffic(root: Path, capsys: pytest.Cap
     assert report["moved"] == pytest.approx(sum(n["moved"] for n in report["names"]))
     tef_row = next(n for n in report["nodes"] if n["node"] == "tef-mad-1")
     assert tef_row["planned_before_gbps"] == pytest.approx(float(before.node_planned[tef]))
-    assert tef_row["planned_after_gbps"] == pytest.approx(float(after.node_planned[model_a.node_ids.index("tef-mad-1")]))
+    assert tef_row["planned_after_gbps"] == pytest.approx(
+        float(after.node_planned[model_a.node_ids.index("tef-mad-1")])
+    )
 
     code, out, _ = plan(capsys, new, str(root / "zones"))
     assert code == 2
     assert "~ video.cdn.example. (policy cdn.example./video)" in out
     assert 'nodes: "all" -> 17 (-tef-mad-1)' in out
     assert f"{video['groups_changed']} of {video['groups']} client groups change answers" in out
-    assert "AS3352 ES Madrid (TELEFONICA DE ESPANA S.A.U.): tef-mad-1," in out  # the biggest mover, by its key's label
+    assert (
+        "AS3352 ES Madrid (TELEFONICA DE ESPANA S.A.U.): tef-mad-1," in out
+    )  # the biggest mover, by its key's label
 
 
-def test_small_node_past_capacity_is_flagged(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_small_node_past_capacity_is_flagged(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     new = new_dir(root, "small", (VIDEO_NODES, "    nodes: [ora-es-bio-1]\n    onnet_bonus_ms: 25"))
     code, report = plan_json(capsys, new, str(root / "zones"))
     assert code == 2
     row = next(n for n in report["nodes"] if n["node"] == "ora-es-bio-1")
-    assert row["capacity_gbps"] == 50 and row["planned_after_gbps"] > 50 and row["over_capacity_after"]
+    assert (
+        row["capacity_gbps"] == 50 and row["planned_after_gbps"] > 50 and row["over_capacity_after"]
+    )
     assert not row["over_capacity_before"] and row["planned_before_gbps"] < 50
     assert [n["node"] for n in report["nodes"] if n["over_capacity_after"]] == ["ora-es-bio-1"]
     code, out, _ = plan(capsys, new, str(root / "zones"))
-    assert "PAST CAPACITY" in next(line for line in out.splitlines() if line.strip().startswith("ora-es-bio-1"))
+    assert "PAST CAPACITY" in next(
+        line for line in out.splitlines() if line.strip().startswith("ora-es-bio-1")
+    )
     assert "1 node(s) planned past capacity: ora-es-bio-1" in out
 
 
@@ -160,9 +189,13 @@ def test_geofence_rule_added(root: Path, capsys: pytest.CaptureFixture[str]) -> 
     # Every PT group was answered from PT (or ES) nodes and now goes to the one FR node.
     assert report["geofence"][0]["groups_changing_answers"] == pt
     assert by_name(report, "video.cdn.example.")["groups_changed"] >= pt
-    assert all(g["after"] == "pop-par-1" for g in by_name(report, "video.cdn.example.")["top_groups"])
+    assert all(
+        g["after"] == "pop-par-1" for g in by_name(report, "video.cdn.example.")["top_groups"]
+    )
     code, out, _ = plan(capsys, new, str(root / "zones"))
-    assert f"+ geofence cdn.example./video: {{clients: [PT], nodes: [FR]}}: {pt} client groups" in out
+    assert (
+        f"+ geofence cdn.example./video: {{clients: [PT], nodes: [FR]}}: {pt} client groups" in out
+    )
 
 
 def test_static_record_change_is_listed(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,7 +204,9 @@ def test_static_record_change_is_listed(root: Path, capsys: pytest.CaptureFixtur
     zone.write_text(zone.read_text().replace("203.0.113.80", "203.0.113.81"))
     code, report = plan_json(capsys, new, str(root / "zones"))
     assert code == 2 and report["moved"] == 0
-    assert [(r["change"], r["rrset"]) for r in report["records"]] == [("changed", "origin.cdn.example. A")]
+    assert [(r["change"], r["rrset"]) for r in report["records"]] == [
+        ("changed", "origin.cdn.example. A")
+    ]
     _, out, _ = plan(capsys, new, str(root / "zones"))
     assert "~ record origin.cdn.example. A: 203.0.113.80 (ttl" in out
 
@@ -180,12 +215,18 @@ def test_invalid_new_directory_is_refused(root: Path, capsys: pytest.CaptureFixt
     new = new_dir(root, "invalid", ("    onnet_bonus_ms: 25", "    onnet_bonus_ms: -5"))
     code, out, err = plan(capsys, new, str(root / "zones"))
     assert code == 1 and out == ""
-    line = next(i for i, text in enumerate((new / "cdn.example.policy.yaml").read_text().splitlines(), 1) if "-5" in text)
+    line = next(
+        i
+        for i, text in enumerate((new / "cdn.example.policy.yaml").read_text().splitlines(), 1)
+        if "-5" in text
+    )
     assert f"{new / 'cdn.example.policy.yaml'}:{line}: " in err
     assert "nothing planned" in err
 
 
-def test_against_running_router_agrees_with_directory(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_against_running_router_agrees_with_directory(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     new = new_dir(root, "api", ("    onnet_bonus_ms: 25", "    onnet_bonus_ms: 0"))
     running = start_router(root / "zones", tmp_path / "router.log", workers=1)
     try:
@@ -194,7 +235,10 @@ def test_against_running_router_agrees_with_directory(root: Path, tmp_path: Path
         decisions, demand = fetch_running(running.api)  # no token: read-only
         assert demand["source"] == "configured prior"
         assert demand["policies"]["cdn.example./video"]["total_gbps"] == pytest.approx(PEAK)
-        assert decisions["names"] == {"video.cdn.example.": "cdn.example./video", "www.cdn.example.": "cdn.example./web"}
+        assert decisions["names"] == {
+            "video.cdn.example.": "cdn.example./video",
+            "www.cdn.example.": "cdn.example./web",
+        }
         assert decisions["policies"]["cdn.example./video"]["settings"]["onnet_bonus_ms"] == 25
         assert "origin.cdn.example. A" in decisions["zones"]["cdn.example."]
         code_api, via_api = plan_json(capsys, new, running.api)
@@ -216,20 +260,27 @@ def test_observed_demand_is_mapped_by_group_key(root: Path) -> None:
 
     decisions, demand = plan_offline(load_deployment(root / "zones"))
     keys = [g["key"] for g in decisions["groups"]]
-    telefonica = next(k for k, g in zip(keys, decisions["groups"]) if g["label"].startswith("AS3352 ES Madrid"))
+    telefonica = next(
+        k for k, g in zip(keys, decisions["groups"]) if g["label"].startswith("AS3352 ES Madrid")
+    )
     observed = {"generation": 5, "source": "observed", "policies": {
         "cdn.example./video": {"total_gbps": 120.0, "groups": {telefonica: 100.0, keys[1]: 20.0}},
         "cdn.example./web": {"total_gbps": 0.0, "groups": {}},
     }}  # fmt: skip
     after = plan_offline(load_deployment(root / "zones"), (decisions, observed))
     assert after[1]["source"] == "observed (mapped by client group)"
-    assert after[1]["policies"]["cdn.example./video"]["groups"] == {telefonica: 100.0, keys[1]: 20.0}
+    assert after[1]["policies"]["cdn.example./video"]["groups"] == {
+        telefonica: 100.0,
+        keys[1]: 20.0,
+    }
     assert after[1]["policies"]["cdn.example./web"]["total_gbps"] == 0.0  # known groups: no prior
     report = compare((decisions, observed), after)
     assert report["total"] == pytest.approx(120.0) and report["basis"] == "gbps"
 
 
-def test_an_admin_state_file_alone_is_a_change(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_admin_state_file_alone_is_a_change(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The new directory's admin_state file is applied as serve applies it at a reload: a
     node it sets down takes its traffic with it; a file removed lifts what it set."""
     down = new_dir(root, "admin-down")
@@ -256,7 +307,11 @@ def test_an_admin_state_file_alone_is_a_change(root: Path, tmp_path: Path, capsy
         assert running.process.stdout is not None
         running.process.stdout.close()
     tef = next(n for n in report["nodes"] if n["node"] == "tef-mad-1")
-    assert code == 2 and (tef["state_before"], tef["state_after"]) == ("down", "up") and tef["admin_after"] is None
+    assert (
+        code == 2
+        and (tef["state_before"], tef["state_after"]) == ("down", "up")
+        and tef["admin_after"] is None
+    )
     assert by_name(report, "video.cdn.example.")["moved"] > 0
     assert code_same == 0 and not same["changes"]
 

@@ -134,7 +134,11 @@ def test_first_matching_rule_picks_the_pool(zones: Path) -> None:
     _, model = compiled(zones, POOLED.format(video=VIDEO, geofence=""))
     p = web(model)
     routing = model.policies[p].routing
-    meo, nos, tef = group_of(model, "PT", 3243), group_of(model, "PT", 2860), group_of(model, "ES", 3352)
+    meo, nos, tef = (
+        group_of(model, "PT", 3243),
+        group_of(model, "PT", 2860),
+        group_of(model, "ES", 3352),
+    )
     assert [int(routing.group_rule[g]) for g in (meo, nos, tef)] == [0, 1, 2]
     table = Planner(model).build(states(model, []), None, generation=1)
     assert answered(model, table, p, meo) <= set(MEO)
@@ -182,7 +186,9 @@ def test_whole_chain_down_fails_open_in_the_first_pool(zones: Path) -> None:
 
 def test_geofence_intersects_the_pools_and_is_never_crossed(zones: Path) -> None:
     fence = "    geofence:\n      - {clients: [PT], nodes: [PT]}\n"
-    text = POOLED.format(video=VIDEO, geofence=fence).replace("      - pool: es\n", "      - pool: es\n", 1)
+    text = POOLED.format(video=VIDEO, geofence=fence).replace(
+        "      - pool: es\n", "      - pool: es\n", 1
+    )
     _, model = compiled(zones, text)
     p, meo = web(model), group_of(model, "PT", 3243)
     planner = Planner(model)
@@ -202,7 +208,9 @@ def test_geofence_intersects_the_pools_and_is_never_crossed(zones: Path) -> None
     assert not answered(model, table, p, group_of(model, "ES", 3352)) & set(PT)
 
 
-def test_a_node_down_that_empties_a_pool_plans_afresh_and_matches_a_fresh_build(zones: Path) -> None:
+def test_a_node_down_that_empties_a_pool_plans_afresh_and_matches_a_fresh_build(
+    zones: Path,
+) -> None:
     _, model = compiled(zones, POOLED.format(video=VIDEO, geofence=""))
     p = web(model)
     demand = model.group_weight * 400.0
@@ -214,9 +222,13 @@ def test_a_node_down_that_empties_a_pool_plans_afresh_and_matches_a_fresh_build(
 
     incremental = planner()
     incremental.build(states(model, []), None, generation=1)
-    incremental.node_down(model.node_ids.index("meo-lis-1"), states(model, ["meo-lis-1"]), None, generation=2)
+    incremental.node_down(
+        model.node_ids.index("meo-lis-1"), states(model, ["meo-lis-1"]), None, generation=2
+    )
     assert incremental.last_kind == "incremental"  # the MEO pool still has a node: a repair
-    after = incremental.node_down(model.node_ids.index("meo-opo-1"), states(model, MEO), None, generation=3)
+    after = incremental.node_down(
+        model.node_ids.index("meo-opo-1"), states(model, MEO), None, generation=3
+    )
     assert incremental.last_kind == "full"  # the MEO pool emptied: its clients move pools
     fresh = planner().build(states(model, MEO), None, generation=3)
     for q in range(len(model.policies)):
@@ -237,7 +249,10 @@ def test_loadtest_oracle_agrees_with_the_router_on_pools_and_fences(zones: Path)
         state = np.where(available, 0, 2).astype(np.int8)
         for p, policy in enumerate(model.policies):
             for g in range(0, len(model.group_weight), 7):
-                assert (oracle.allowed(p, g, available) == policy.group_allowed(g, state)).all(), (p, g)
+                assert (oracle.allowed(p, g, available) == policy.group_allowed(g, state)).all(), (
+                    p,
+                    g,
+                )
 
 
 def test_pools_keep_portuguese_and_french_clients_at_home(zones: Path) -> None:
@@ -246,9 +261,15 @@ def test_pools_keep_portuguese_and_french_clients_at_home(zones: Path) -> None:
     p = web(model)
     table = Planner(model).build(states(model, []), None, generation=1)
     assert answered(model, table, p, group_of(model, "PT", 2860)) <= set(PT)
-    french = [g for g in range(len(model.group_weight)) if model.client_map.groups.country[g] == "FR"]
-    assert french and all(table.nodes_for(p, g)[0] == model.node_ids.index("pop-par-1") for g in french)
-    assert all(answered(model, table, p, g) == {"pop-par-1", "ix-mad-1"} for g in french)  # answer_count 2
+    french = [
+        g for g in range(len(model.group_weight)) if model.client_map.groups.country[g] == "FR"
+    ]
+    assert french and all(
+        table.nodes_for(p, g)[0] == model.node_ids.index("pop-par-1") for g in french
+    )
+    assert all(
+        answered(model, table, p, g) == {"pop-par-1", "ix-mad-1"} for g in french
+    )  # answer_count 2
 
 
 # -- router check ----------------------------------------------------------------------
@@ -377,7 +398,7 @@ def test_a_pooled_sample_is_reported_ok_by_router_check(zones: Path) -> None:
 
 def test_admin_state_file_is_parsed_onto_the_deployment(zones: Path) -> None:
     (zones / "admin_state").write_text(
-        "# maintenance CHG-1\ntef-mad-2 => DOWN\n  meo-lis-1=>drain   # gently\n\"nos-lis-1\" => UP\n"
+        '# maintenance CHG-1\ntef-mad-2 => DOWN\n  meo-lis-1=>drain   # gently\n"nos-lis-1" => UP\n'
     )
     try:
         deployment = load_deployment(zones)
@@ -429,11 +450,17 @@ def test_explain_honours_the_admin_state_file_and_shows_the_fallback(zones: Path
         (zones / "admin_state").unlink()
         shutil.copy(REPO / "zones" / "cdn.example.policy.yaml", zones / "cdn.example.policy.yaml")
     assert result.rule == "1 (geos EU-PT and asns 3243 -> pool meo)"
-    assert (result.pool, result.pool_chain, result.fallback_taken) == ("pt", ["meo", "pt", "paris"], True)
+    assert (result.pool, result.pool_chain, result.fallback_taken) == (
+        "pt",
+        ["meo", "pt", "paris"],
+        True,
+    )
     text = result.to_text()
     assert "pool:    pt (chain meo -> pt -> paris; fallback taken: meo had no node up)" in text
     assert {c.node for c in result.candidates} == set(PT)
-    assert not any(ip in " ".join(result.answer) for ip in ("198.51.100.11", "198.51.100.12"))  # MEO's nodes
+    assert not any(
+        ip in " ".join(result.answer) for ip in ("198.51.100.11", "198.51.100.12")
+    )  # MEO's nodes
 
 
 def meo_subnet(model) -> str:  # noqa: ANN001
@@ -452,7 +479,7 @@ def test_every_policy_field_is_documented_with_an_example() -> None:
         for field in model.model_fields:
             heading = re.search(rf"^#+ .*`{field}`", doc, re.MULTILINE)
             assert heading, f"docs/policy-format.md has no heading for {model.__name__}.{field}"
-            section = doc[heading.end():].split("\n#", 1)[0]
+            section = doc[heading.end() :].split("\n#", 1)[0]
             assert "```yaml" in section, f"the section on {field} has no example"
     for word in ("admin_state", "UP", "DOWN", "DRAIN", "site:", "metro:", "country:", "asn:"):
         assert word in doc
@@ -472,8 +499,11 @@ def test_real_router_sends_meo_clients_to_the_fallback_pool_when_meo_is_admin_do
     subnet = meo_subnet(model)
     addresses = {n.id: str(n.ipv4) for n in load_deployment(zones).inventory.nodes}
     query_log = tmp_path / "queries.jsonl"
-    running = start_router(zones, tmp_path / "router.log", "--query-log", str(query_log), "--query-log-sample", "1")
+    running = start_router(
+        zones, tmp_path / "router.log", "--query-log", str(query_log), "--query-log-sample", "1"
+    )
     try:
+
         def ask() -> set[str]:
             query = dns.message.make_query("www.cdn.example.", "A", use_edns=0,
                                            options=[dns.edns.ECSOption(subnet.split("/")[0], 24)])  # fmt: skip
@@ -484,7 +514,9 @@ def test_real_router_sends_meo_clients_to_the_fallback_pool_when_meo_is_admin_do
 
         assert ask() <= {addresses[n] for n in MEO}
         for node in MEO:
-            status, _ = api(running, "PUT", f"/v1/nodes/{node}/admin-state", {"state": "down"}, running.token)
+            status, _ = api(
+                running, "PUT", f"/v1/nodes/{node}/admin-state", {"state": "down"}, running.token
+            )
             assert status == 200
         fallback = {addresses[n] for n in set(PT) - set(MEO)}
         deadline = time.monotonic() + 10
@@ -494,7 +526,11 @@ def test_real_router_sends_meo_clients_to_the_fallback_pool_when_meo_is_admin_do
         # The query log says which rule matched and which pool answered, and why.
         logged = [json.loads(line) for line in query_log.read_text().splitlines()]
         first, last = logged[0], logged[-1]
-        assert (first["qname"], first["rule"], first["pool"]) == ("www.cdn.example.", "1: geos EU-PT and asns 3243", "meo")
+        assert (first["qname"], first["rule"], first["pool"]) == (
+            "www.cdn.example.",
+            "1: geos EU-PT and asns 3243",
+            "meo",
+        )
         assert "rule 1: geos EU-PT and asns 3243 -> pool meo" in first["reason"]
         assert last["pool"] == "pt" and "pool pt (fallback: meo had no node up)" in last["reason"]
         assert set(last["nodes"]) <= set(PT) - set(MEO)

@@ -44,19 +44,29 @@ def test_probe_url_templates() -> None:
 @pytest.mark.parametrize(
     ("probe", "message"),
     [
-        ("{url: 'http://{ipv4}/{port}'}", "probe url names {port}; valid: {health_url}, {ipv4}, {ipv6}, {id}"),
-        ("{url: '{health_url}/video'}", "probe url uses {health_url} but these nodes have none: tef-mad-1"),
+        (
+            "{url: 'http://{ipv4}/{port}'}",
+            "probe url names {port}; valid: {health_url}, {ipv4}, {ipv6}, {id}",
+        ),
+        (
+            "{url: '{health_url}/video'}",
+            "probe url uses {health_url} but these nodes have none: tef-mad-1",
+        ),
         ("{url: 'ftp://{ipv4}'}", "String should match pattern"),
         ("{failures: 0, url: 'tcp://{ipv4}:443'}", "greater than or equal to 1"),
     ],
     ids=["unknown_field", "no_health_url", "scheme", "failures"],
 )
-def test_bad_probe_is_reported_with_its_line(tmp_path: Path, deployment_dir: Path, probe: str, message: str) -> None:
+def test_bad_probe_is_reported_with_its_line(
+    tmp_path: Path, deployment_dir: Path, probe: str, message: str
+) -> None:
     shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
     zones = tmp_path / "zones"
     policy_file = zones / "cdn.example.policy.yaml"
     text = policy_file.read_text()
-    line = next(line for line in text.splitlines(keepends=True) if line.startswith("    onnet_bonus_ms: 25"))
+    line = next(
+        line for line in text.splitlines(keepends=True) if line.startswith("    onnet_bonus_ms: 25")
+    )
     policy_file.write_text(text.replace(line, line + f"    probe: {probe}\n", 1))
     with pytest.raises(ConfigError) as caught:
         load_deployment(zones)

@@ -40,9 +40,15 @@ def engine(deployment_dir: Path) -> Engine:
 
 # (name, type, ECS, EDNS, transport) -> (name label, type label, rcode label)
 CASES = [
-    (("video.cdn.example.", "A", "83.44.10.0/24", True, "udp"), ("video.cdn.example.", "A", "NOERROR")),
+    (
+        ("video.cdn.example.", "A", "83.44.10.0/24", True, "udp"),
+        ("video.cdn.example.", "A", "NOERROR"),
+    ),
     (("VIDEO.cdn.example.", "AAAA", None, False, "tcp"), ("video.cdn.example.", "AAAA", "NOERROR")),
-    (("nope.cdn.example.", "AAAA", None, True, "udp"), ("(other in cdn.example.)", "AAAA", "NXDOMAIN")),
+    (
+        ("nope.cdn.example.", "AAAA", None, True, "udp"),
+        ("(other in cdn.example.)", "AAAA", "NXDOMAIN"),
+    ),
     (("cdn.example.", "HINFO", None, True, "udp"), ("cdn.example.", "other", "NOERROR")),
     (("example.org.", "A", None, True, "udp"), ("(no zone)", "A", "REFUSED")),
     (("video.cdn.example.", "SOA", None, False, "udp"), ("video.cdn.example.", "SOA", "NOERROR")),
@@ -65,12 +71,17 @@ def _totals(responder_kind: str, engine: Engine, queries: list[tuple[bytes, str,
 
 
 @pytest.mark.parametrize("responder_kind", ["general", "fast"])
-def test_each_query_is_counted_by_its_name_label_type_rcode_and_transport(engine: Engine, responder_kind: str) -> None:
+def test_each_query_is_counted_by_its_name_label_type_rcode_and_transport(
+    engine: Engine, responder_kind: str
+) -> None:
     queries = [(make_query(name, rdtype, ecs, edns), "127.0.0.1", transport == "udp")
                for (name, rdtype, ecs, edns, transport), _ in CASES]  # fmt: skip
     bad_version = bytearray(make_query("video.cdn.example.", "A", None, True))
     bad_version[-5] = 1  # EDNS version 1 (OPT: ... ext-rcode, version, flags(2), rdlength(2))
-    queries += [(bytes(bad_version), "127.0.0.1", True), (b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00", "127.0.0.1", True)]
+    queries += [
+        (bytes(bad_version), "127.0.0.1", True),
+        (b"\x12\x34\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00", "127.0.0.1", True),
+    ]
     totals = _totals(responder_kind, engine, queries)
     expected = {(*label, transport): 1 for (*_, transport), label in CASES}
     expected[("video.cdn.example.", "A", "BADVERS", "udp")] = 1
@@ -79,11 +90,22 @@ def test_each_query_is_counted_by_its_name_label_type_rcode_and_transport(engine
 
 
 @pytest.mark.parametrize("responder_kind", ["general", "fast"])
-def test_steered_answers_count_their_nodes_and_how_the_client_was_located(engine: Engine, responder_kind: str) -> None:
-    ecs_cases = {"83.44.10.0/24": "ecs", None: "source", "10.1.0.0/16": "source_ecs_not_routable", "0.0.0.0/0": "source_ecs_prefix_0"}
-    queries = [(make_query("video.cdn.example.", "A", ecs, True), "89.7.1.1", True) for ecs in ecs_cases]
+def test_steered_answers_count_their_nodes_and_how_the_client_was_located(
+    engine: Engine, responder_kind: str
+) -> None:
+    ecs_cases = {
+        "83.44.10.0/24": "ecs",
+        None: "source",
+        "10.1.0.0/16": "source_ecs_not_routable",
+        "0.0.0.0/0": "source_ecs_prefix_0",
+    }
+    queries = [
+        (make_query("video.cdn.example.", "A", ecs, True), "89.7.1.1", True) for ecs in ecs_cases
+    ]
     totals = _totals(responder_kind, engine, queries)
-    assert dict(totals.located) == {way: 1 for way in ("ecs", "source", "source_ecs_not_routable", "source_ecs_prefix_0")}
+    assert dict(totals.located) == {
+        way: 1 for way in ("ecs", "source", "source_ecs_not_routable", "source_ecs_prefix_0")
+    }
     answered = 0
     for packet, source, udp in queries:
         reply = dns.message.from_wire(engine.raw(packet, source, udp))
@@ -100,7 +122,9 @@ def test_name_labels_stay_bounded_by_the_zones(engine: Engine) -> None:
     fast = FastResponder(fast_book, lambda: engine.view, stats=counters.for_worker(0))
     for i in range(2000):  # a random-subdomain flood: one label, not 2,000
         fast.respond(make_query(f"r{i}.cdn.example.", "A", None, False), "127.0.0.1", True)
-    assert dict(counters.totals().queries) == {("(other in cdn.example.)", "A", "NXDOMAIN", "udp"): 2000}
+    assert dict(counters.totals().queries) == {
+        ("(other in cdn.example.)", "A", "NXDOMAIN", "udp"): 2000
+    }
 
 
 def test_retired_counts_are_folded_and_keep_counting_up(engine: Engine) -> None:
@@ -128,7 +152,9 @@ def _queries(m: dict, name: str, qtype: str, rcode: str, transport: str) -> floa
     return m.get(("router_dns_queries_total", labels), 0.0)
 
 
-def _ask(router, name: str, qtype: str, ecs: str | None = None, tcp: bool = False) -> dns.message.Message:  # noqa: ANN001
+def _ask(
+    router, name: str, qtype: str, ecs: str | None = None, tcp: bool = False
+) -> dns.message.Message:  # noqa: ANN001
     options = []
     if ecs:
         address, bits = ecs.split("/")
@@ -146,11 +172,15 @@ def _reload(router) -> dict:  # noqa: ANN001
 
 
 @pytest.mark.integration
-def test_the_router_counts_every_query_and_logs_each_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_the_router_counts_every_query_and_logs_each_one(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     root = tmp_path_factory.mktemp("query-log")
     zones = make_deployment(root)
     log_path = root / "queries.jsonl"
-    router = start_router(zones, root / "router.log", "--query-log", str(log_path), "--query-log-sample", "1")
+    router = start_router(
+        zones, root / "router.log", "--query-log", str(log_path), "--query-log-sample", "1"
+    )
     deployment = load_deployment(zones)
     address_of = {str(node.ipv4): node.id for node in deployment.inventory.nodes}
     try:
@@ -174,7 +204,9 @@ def test_the_router_counts_every_query_and_logs_each_one(tmp_path_factory: pytes
         for reply in steered:
             for rrset in reply.answer:
                 for rdata in rrset:
-                    answered[address_of[rdata.address]] = answered.get(address_of[rdata.address], 0) + 1
+                    answered[address_of[rdata.address]] = (
+                        answered.get(address_of[rdata.address], 0) + 1
+                    )
         for node, count in answered.items():
             assert m[("router_dns_node_answers_total", (("node", node),))] >= count
 
@@ -190,19 +222,29 @@ def test_the_router_counts_every_query_and_logs_each_one(tmp_path_factory: pytes
         reply = steered[0]
         assert first["client_subnet"] == "83.44.10.0/24" and first["resolver"] == "127.0.0.1"
         assert first["transport"] == "udp" and first["rcode"] == "NOERROR" and first["qtype"] == "A"
-        assert first["nodes"] == [address_of[rdata.address] for rrset in reply.answer for rdata in rrset]
+        assert first["nodes"] == [
+            address_of[rdata.address] for rrset in reply.answer for rdata in rrset
+        ]
         ecs = next(o for o in reply.options if isinstance(o, dns.edns.ECSOption))
         assert first["scope"] == ecs.scopelen > 0
-        assert first["located_by"] == "ecs" and first["group"]["asn"] and first["policy"].endswith("/video")
+        assert (
+            first["located_by"] == "ecs"
+            and first["group"]["asn"]
+            and first["policy"].endswith("/video")
+        )
         assert "ECS subnet" in first["reason"]
         nope = next(r for r in lines if r["qname"] == "nope.cdn.example.")
-        assert nope["rcode"] == "NXDOMAIN" and nope["nodes"] is None and "NXDOMAIN" in nope["reason"]
+        assert (
+            nope["rcode"] == "NXDOMAIN" and nope["nodes"] is None and "NXDOMAIN" in nope["reason"]
+        )
         tcp = [r for r in lines if r["transport"] == "tcp"]
-        assert len(tcp) == 5 and all(r["located_by"] == "source" and r["client_subnet"] is None for r in tcp)
+        assert len(tcp) == 5 and all(
+            r["located_by"] == "source" and r["client_subnet"] is None for r in tcp
+        )
 
         # A reload starts new workers with new counters: the series keep counting up.
         with open(zones / "cdn.example.zone", "a") as zone:
-            zone.write("reloaded 60 IN TXT \"v2\"\n")
+            zone.write('reloaded 60 IN TXT "v2"\n')
         assert _reload(router)["result"] == "ok"
         for _ in range(10):
             _ask(router, "video.cdn.example.", "A", "83.44.10.0/24")
@@ -219,7 +261,15 @@ def test_the_query_log_samples_one_in_n(tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("query-log-sample")
     zones = make_deployment(root)
     log_path = root / "queries.jsonl"
-    router = start_router(zones, root / "router.log", "--query-log", str(log_path), "--query-log-sample", "4", workers=1)
+    router = start_router(
+        zones,
+        root / "router.log",
+        "--query-log",
+        str(log_path),
+        "--query-log-sample",
+        "4",
+        workers=1,
+    )
     try:
         for _ in range(40):
             _ask(router, "video.cdn.example.", "A", "83.44.10.0/24")
@@ -252,7 +302,9 @@ def test_an_unwritable_query_log_is_refused_before_serving(tmp_path: Path) -> No
     assert run.returncode == 2 and "N >= 1" in run.stderr
 
 
-def test_the_query_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_query_log_file_is_reopened_after_logrotate_moves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(query_log, "REOPEN_CHECK_S", 0.0)
     path = tmp_path / "queries.jsonl"
     out = query_log.AppendFile(path)

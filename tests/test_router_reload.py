@@ -38,12 +38,14 @@ UDP_TIMEOUT_S = 2.0
 def write_version(zones: Path, version: int, *, ttl: int | None = None) -> None:
     """Version ``version`` of the config: a TXT record saying it, and the video TTL 20+version."""
     zone = zones / "cdn.example.zone"
-    text = re.sub(r'\nversion .*\n', "\n", zone.read_text())
+    text = re.sub(r"\nversion .*\n", "\n", zone.read_text())
     text = re.sub(r"\d{10} ; serial", f"{2026112300 + version} ; serial", text)
     zone.write_text(text + f'version     IN TXT   "v{version}"\n')
     policy = zones / "cdn.example.policy.yaml"
     value = BASE_TTL + version if ttl is None else ttl
-    policy.write_text(re.sub(r"(\n  video:\n(?:    .*\n)*?    ttl: )\S+", rf"\g<1>{value}", policy.read_text()))
+    policy.write_text(
+        re.sub(r"(\n  video:\n(?:    .*\n)*?    ttl: )\S+", rf"\g<1>{value}", policy.read_text())
+    )
 
 
 def txt_query(qid: int) -> bytes:
@@ -53,7 +55,9 @@ def txt_query(qid: int) -> bytes:
 
 
 def video_query(qid: int) -> bytes:
-    message = dns.message.make_query("video.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption("83.44.10.0", 24)])
+    message = dns.message.make_query(
+        "video.cdn.example.", "A", use_edns=0, options=[dns.edns.ECSOption("83.44.10.0", 24)]
+    )
     message.id = qid
     return message.to_wire()
 
@@ -75,7 +79,9 @@ class UdpHammer:
     def __init__(self, host: str, port: int) -> None:
         self.address = (host, port)
         self.stop = threading.Event()
-        self.sent: dict[tuple[int, int], tuple[float, bool]] = {}  # (socket, id) -> (sent at, video?)
+        self.sent: dict[
+            tuple[int, int], tuple[float, bool]
+        ] = {}  # (socket, id) -> (sent at, video?)
         self.answers: list[tuple[float, int]] = []  # (sent at, version)
         self.lost: list[tuple[int, int]] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -171,7 +177,9 @@ def _get(url: str) -> dict:
 
 
 def _reload(api: str, token: str) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{api}/v1/config/reload", method="POST", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{api}/v1/config/reload", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -216,7 +224,10 @@ def test_reloads_under_load_lose_no_query_and_never_go_back(zones: Path, tmp_pat
                 write_version(zones, 99, ttl="twenty")
                 status, attempt = _reload(router.api, router.token)
                 assert status == 422 and attempt["result"] == "failed", attempt
-                assert any(re.match(r".*cdn\.example\.policy\.yaml:\d+: .*ttl", p) for p in attempt["problems"]), attempt
+                assert any(
+                    re.match(r".*cdn\.example\.policy\.yaml:\d+: .*ttl", p)
+                    for p in attempt["problems"]
+                ), attempt
                 config = _get(f"{router.api}/v1/config")
                 assert config["version"] == last_good, "a bad file replaced the running config"
                 assert config["last_error"]["problems"] == attempt["problems"]
@@ -254,20 +265,33 @@ def test_reloads_under_load_lose_no_query_and_never_go_back(zones: Path, tmp_pat
     # Every query sent after a reload returned was answered by that version or a later one.
     for returned_at, version in in_service:
         stale = [(t, v) for t, v in hammer.answers if t > returned_at and v < version]
-        assert not stale, f"{len(stale)} answers from a config older than v{version} after its reload returned"
+        assert not stale, (
+            f"{len(stale)} answers from a config older than v{version} after its reload returned"
+        )
     seen = {v for _, v in hammer.answers}
-    assert seen <= set(range(7)) and {0, 2, 5, 6} <= seen, seen  # never v99, the half of a bad config
-    assert tcp.errors == [] and len(tcp.versions) > 50 and set(tcp.versions) <= set(range(7)), tcp.versions
+    assert seen <= set(range(7)) and {0, 2, 5, 6} <= seen, (
+        seen
+    )  # never v99, the half of a bad config
+    assert tcp.errors == [] and len(tcp.versions) > 50 and set(tcp.versions) <= set(range(7)), (
+        tcp.versions
+    )
     assert tcp.versions == sorted(tcp.versions), "a TCP answer went back to an older config"
 
     assert config["version"] != before["version"]
     assert config["reloads"] == {"ok": 6, "failed": 1, "unchanged": 0}
-    assert config["last_attempt"]["trigger"] == "SIGHUP" and config["last_attempt"]["result"] == "ok"
+    assert (
+        config["last_attempt"]["trigger"] == "SIGHUP" and config["last_attempt"]["result"] == "ok"
+    )
     expected = ConfigFiles.read(zones)
     assert config["files"] == expected.hashes and config["version"] == expected.version
-    assert "cdn.example.policy.yaml" in config["files"] and "../geodata/country-rtt.csv" in config["files"]
+    assert (
+        "cdn.example.policy.yaml" in config["files"]
+        and "../geodata/country-rtt.csv" in config["files"]
+    )
     log = router.log.read_text()
-    assert re.search(r"cdn\.example\.policy\.yaml:\d+: .*ttl", log), "the bad file's problem was not logged"
+    assert re.search(r"cdn\.example\.policy\.yaml:\d+: .*ttl", log), (
+        "the bad file's problem was not logged"
+    )
 
 
 def test_a_changed_file_is_reloaded_and_a_broken_one_is_not(zones: Path, tmp_path: Path) -> None:
@@ -294,7 +318,9 @@ def test_a_changed_file_is_reloaded_and_a_broken_one_is_not(zones: Path, tmp_pat
         nodes.write_text(good_nodes.replace("capacity_gbps:", "capacity_gbsp:", 1))
         third = wait_for(lambda c: c["reloads"]["failed"] == 1, "the broken file was not tried")
         assert third["version"] == second["version"], "a broken file replaced the good config"
-        assert any(p.startswith(f"{nodes}:") for p in third["last_error"]["problems"]), third["last_error"]
+        assert any(p.startswith(f"{nodes}:") for p in third["last_error"]["problems"]), third[
+            "last_error"
+        ]
         reply = dns.message.from_wire(_udp(router.host, router.port, txt_query(7)))
         assert reply.answer[0][0].strings[0] == b"v1"
 
@@ -306,14 +332,23 @@ def test_a_changed_file_is_reloaded_and_a_broken_one_is_not(zones: Path, tmp_pat
 
         # The gdnsd-style admin_state file: its overrides come and go with it.
         (zones / "admin_state").write_text("# maintenance\ntef-mad-1 => DOWN\n")
-        wait_for(lambda c: c["reloads"]["ok"] == 3 and "admin_state" in c["files"], "admin_state was not reloaded")
+        wait_for(
+            lambda c: c["reloads"]["ok"] == 3 and "admin_state" in c["files"],
+            "admin_state was not reloaded",
+        )
         nodes_now = {n["id"]: n for n in _get(f"{router.api}/v1/nodes")["nodes"]}
-        assert nodes_now["tef-mad-1"]["state"] == "down" and nodes_now["tef-mad-1"]["admin_state"] == "down"
+        assert (
+            nodes_now["tef-mad-1"]["state"] == "down"
+            and nodes_now["tef-mad-1"]["admin_state"] == "down"
+        )
         assert "admin_state file" in nodes_now["tef-mad-1"]["reason"]
         (zones / "admin_state").unlink()
         wait_for(lambda c: c["reloads"]["ok"] == 4, "removing admin_state was not reloaded")
         nodes_now = {n["id"]: n for n in _get(f"{router.api}/v1/nodes")["nodes"]}
-        assert nodes_now["tef-mad-1"]["state"] == "up" and nodes_now["tef-mad-1"]["admin_state"] is None
+        assert (
+            nodes_now["tef-mad-1"]["state"] == "up"
+            and nodes_now["tef-mad-1"]["admin_state"] is None
+        )
     finally:
         _stop(router)
 
@@ -362,7 +397,9 @@ def test_a_reload_carries_node_health_by_node_id() -> None:
     assert states == {"c": NodeState.UP, "b": NodeState.DOWN, "d": NodeState.UP}
     assert new_monitor.load_gbps[0] == 7.5 and new.utilization()[0] == pytest.approx(7.5 / 20)
     assert new_monitor.last_down[1] == 5.0 and new_monitor.started == 0.0
-    assert [c.node_id for c in new.recent_changes()] == [c.node_id for c in old.recent_changes()] != []
+    assert (
+        [c.node_id for c in new.recent_changes()] == [c.node_id for c in old.recent_changes()] != []
+    )
     assert {s.node_id: s.admin_state for s in new.status()} == {"c": None, "b": None, "d": None}
 
 
@@ -378,13 +415,21 @@ def test_the_admin_state_file_sets_and_lifts_only_its_own_overrides(tmp_path: Pa
     assert list(health.states()) == [NodeState.UP, NodeState.UP, NodeState.UP]
     assert not health.apply_admin_file({})
     # The state file keeps the API's override, not the file's (the file keeps those itself).
-    restored = NodeHealth(("a", "b", "c"), NodeMonitor(("a", "b", "c"), np.ones(3), HealthSettings(), now=0.0))
+    restored = NodeHealth(
+        ("a", "b", "c"), NodeMonitor(("a", "b", "c"), np.ones(3), HealthSettings(), now=0.0)
+    )
     restored.load(tmp_path / "state.json", now=0.0)
-    assert {s.node_id: s.admin_state for s in restored.status()} == {"a": None, "b": None, "c": "down"}
+    assert {s.node_id: s.admin_state for s in restored.status()} == {
+        "a": None,
+        "b": None,
+        "c": "down",
+    }
     assert list(restored.states()) == [NodeState.UP, NodeState.UP, NodeState.DOWN]
 
 
-def test_the_watcher_parses_deployment_yaml_only_when_it_changed(zones: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_watcher_parses_deployment_yaml_only_when_it_changed(
+    zones: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from router.service import config_files
 
     parsed = []

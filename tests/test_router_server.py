@@ -23,7 +23,9 @@ import pytest
 from tests.conftest import RunningRouter, recv_exactly, start_router
 
 
-def udp_ask(router: RunningRouter, q: dns.message.Message, timeout: float = 2.0) -> dns.message.Message:
+def udp_ask(
+    router: RunningRouter, q: dns.message.Message, timeout: float = 2.0
+) -> dns.message.Message:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(q.to_wire(), (router.host, router.port))
@@ -36,14 +38,22 @@ def answer_ips(reply: dns.message.Message) -> list[str]:
 
 def ecs_query(name: str, subnet: str, rdtype: str = "A") -> dns.message.Message:
     address, prefix = subnet.split("/")
-    return dns.message.make_query(name, rdtype, use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))])
+    return dns.message.make_query(
+        name, rdtype, use_edns=0, options=[dns.edns.ECSOption(address, int(prefix))]
+    )
 
 
 # -- TCP (RFC 7766) ----------------------------------------------------------------------
 
 
 def test_tcp_pipelined_queries_on_one_connection(router: RunningRouter) -> None:
-    names = ["origin.cdn.example.", "www.cdn.example.", "nope.cdn.example.", "cdn.example.", "big.edge.example."]
+    names = [
+        "origin.cdn.example.",
+        "www.cdn.example.",
+        "nope.cdn.example.",
+        "cdn.example.",
+        "big.edge.example.",
+    ]
     queries = [dns.message.make_query(n, "TXT" if n.startswith("big") else "A") for n in names]
     for i, q in enumerate(queries):
         q.id = 1000 + i
@@ -56,7 +66,13 @@ def test_tcp_pipelined_queries_on_one_connection(router: RunningRouter) -> None:
             (length,) = struct.unpack("!H", recv_exactly(s, 2))
             replies.append(dns.message.from_wire(recv_exactly(s, length)))
     assert [r.id for r in replies] == [1000 + i for i in range(len(queries))]
-    assert [dns.rcode.to_text(r.rcode()) for r in replies] == ["NOERROR", "NOERROR", "NXDOMAIN", "NOERROR", "NOERROR"]
+    assert [dns.rcode.to_text(r.rcode()) for r in replies] == [
+        "NOERROR",
+        "NOERROR",
+        "NXDOMAIN",
+        "NOERROR",
+        "NOERROR",
+    ]
     assert len(replies[-1].answer[0]) == 12  # the whole large TXT set over TCP
     assert len(replies[-1].to_wire()) > 1232
 
@@ -108,8 +124,12 @@ DIG_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("tool, args, patterns", DIG_CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in DIG_CASES])
-def test_with_dig_and_kdig(router: RunningRouter, tool: str, args: list[str], patterns: list[str]) -> None:
+@pytest.mark.parametrize(
+    "tool, args, patterns", DIG_CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in DIG_CASES]
+)
+def test_with_dig_and_kdig(
+    router: RunningRouter, tool: str, args: list[str], patterns: list[str]
+) -> None:
     # Ask as a resolver asks an authoritative server: no recursion desired.
     if tool == "dig":
         options = ["+norec", "+tries=1", "+time=3"]
@@ -118,14 +138,20 @@ def test_with_dig_and_kdig(router: RunningRouter, tool: str, args: list[str], pa
     command = [tool, f"@{router.host}", "-p", str(router.port), *options, *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     for pattern in patterns:
-        assert re.search(pattern, result.stdout), f"{pattern!r} not in output of {' '.join(command)}:\n{result.stdout}"
+        assert re.search(pattern, result.stdout), (
+            f"{pattern!r} not in output of {' '.join(command)}:\n{result.stdout}"
+        )
 
 
 # -- steering with real ISP prefixes (sample map) ---------------------------------------
 
 # Prefixes from geodata/iberia-clients.mmdb; expected nodes from zones/nodes.yaml.
 ONNET_CASES = [
-    ("Telefonica de Espana AS3352", "83.44.10.0/24", {"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"}),
+    (
+        "Telefonica de Espana AS3352",
+        "83.44.10.0/24",
+        {"192.0.2.11", "192.0.2.12", "192.0.2.13", "192.0.2.14"},
+    ),
     ("Vodafone Spain AS12430", "47.60.1.0/24", {"192.0.2.21", "192.0.2.22", "192.0.2.23"}),
     ("Orange Spain AS12479", "85.48.1.0/24", {"192.0.2.31", "192.0.2.32", "192.0.2.33"}),
     ("MEO AS3243", "85.241.20.0/24", {"198.51.100.11", "198.51.100.12"}),
@@ -134,8 +160,12 @@ ONNET_CASES = [
 ]
 
 
-@pytest.mark.parametrize("subnet, isp_nodes", [c[1:] for c in ONNET_CASES], ids=[c[0] for c in ONNET_CASES])
-def test_client_of_each_isp_gets_that_isps_nodes(router: RunningRouter, subnet: str, isp_nodes: set[str]) -> None:
+@pytest.mark.parametrize(
+    "subnet, isp_nodes", [c[1:] for c in ONNET_CASES], ids=[c[0] for c in ONNET_CASES]
+)
+def test_client_of_each_isp_gets_that_isps_nodes(
+    router: RunningRouter, subnet: str, isp_nodes: set[str]
+) -> None:
     for name in ("www.cdn.example.", "video.cdn.example."):
         ips = answer_ips(udp_ask(router, ecs_query(name, subnet)))
         assert len(ips) == 2
@@ -148,18 +178,29 @@ def test_client_of_each_isp_gets_that_isps_nodes(router: RunningRouter, subnet: 
 def test_client_of_isp_without_node_gets_nearest_by_latency(router: RunningRouter) -> None:
     # Orange France (AS3215) has no node: FR-FR measured RTT (36.8 ms) beats ES-FR (42.3):
     # the Paris PoP first.
-    assert answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "90.10.20.0/24")))[0] == "203.0.113.13"
+    assert (
+        answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "90.10.20.0/24")))[0]
+        == "203.0.113.13"
+    )
     # Maroc Telecom (AS6713): ES-MA is the best measured pair; among Spanish nodes the
     # one nearest Casablanca (Sevilla) wins the tie.
-    assert answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "105.145.1.0/24")))[0] == "192.0.2.14"
+    assert (
+        answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "105.145.1.0/24")))[0]
+        == "192.0.2.14"
+    )
     # Euskaltel (AS12338, Bilbao): all Spanish nodes measure the same; Bilbao is nearest.
-    assert answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "83.213.10.0/24")))[0] == "192.0.2.33"
+    assert (
+        answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "83.213.10.0/24")))[0]
+        == "192.0.2.33"
+    )
 
 
 # -- the admin-state API ----------------------------------------------------------------
 
 
-def api(router: RunningRouter, method: str, path: str, body: object = None, token: str | None = None):
+def api(
+    router: RunningRouter, method: str, path: str, body: object = None, token: str | None = None
+):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{router.api}{path}", data=data, method=method)
     if token is not None:
@@ -193,25 +234,40 @@ def test_get_nodes_lists_state_and_reason(own_router: RunningRouter) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "wrong", ""], ids=["missing", "wrong", "empty"])
-def test_wrong_or_missing_token_gets_401_and_changes_nothing(own_router: RunningRouter, token: str | None) -> None:
+def test_wrong_or_missing_token_gets_401_and_changes_nothing(
+    own_router: RunningRouter, token: str | None
+) -> None:
     before = answer_ips(udp_ask(own_router, ecs_query("video.cdn.example.", "83.44.10.0/24")))
-    status, _ = api(own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "down"}, token=token)
+    status, _ = api(
+        own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "down"}, token=token
+    )
     assert status == 401
     assert api(own_router, "GET", "/v1/nodes")[1]["nodes"][0]["state"] == "up"
-    assert answer_ips(udp_ask(own_router, ecs_query("video.cdn.example.", "83.44.10.0/24"))) == before
+    assert (
+        answer_ips(udp_ask(own_router, ecs_query("video.cdn.example.", "83.44.10.0/24"))) == before
+    )
 
 
 def test_bad_requests_are_rejected(own_router: RunningRouter) -> None:
     token = own_router.token
-    assert api(own_router, "PUT", "/v1/nodes/no-such-node/admin-state", {"state": "down"}, token)[0] == 404
-    status, body = api(own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "sideways"}, token)
+    assert (
+        api(own_router, "PUT", "/v1/nodes/no-such-node/admin-state", {"state": "down"}, token)[0]
+        == 404
+    )
+    status, body = api(
+        own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "sideways"}, token
+    )
     assert status == 400 and "up" in body["error"]
 
 
-def test_node_set_down_leaves_the_next_answer_and_returns_when_up(own_router: RunningRouter) -> None:
+def test_node_set_down_leaves_the_next_answer_and_returns_when_up(
+    own_router: RunningRouter,
+) -> None:
     q = ecs_query("video.cdn.example.", "83.44.10.0/24")
     assert answer_ips(udp_ask(own_router, q)) == ["192.0.2.11", "192.0.2.12"]
-    status, body = api(own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "down"}, own_router.token)
+    status, body = api(
+        own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "down"}, own_router.token
+    )
     assert status == 200 and body["state"] == "down" and "admin" in body["reason"]
     # Ask several times: with two workers, both must already serve the new table.
     for _ in range(20):
@@ -219,7 +275,12 @@ def test_node_set_down_leaves_the_next_answer_and_returns_when_up(own_router: Ru
         assert "192.0.2.11" not in ips and len(ips) == 2
     listed = {n["id"]: n for n in api(own_router, "GET", "/v1/nodes")[1]["nodes"]}
     assert listed["tef-mad-1"]["state"] == "down" and listed["tef-mad-1"]["admin_state"] == "down"
-    assert api(own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "up"}, own_router.token)[0] == 200
+    assert (
+        api(
+            own_router, "PUT", "/v1/nodes/tef-mad-1/admin-state", {"state": "up"}, own_router.token
+        )[0]
+        == 200
+    )
     for _ in range(20):
         assert answer_ips(udp_ask(own_router, q)) == ["192.0.2.11", "192.0.2.12"]
 
@@ -228,7 +289,10 @@ def test_drained_node_only_when_nothing_else_is_left(own_router: RunningRouter) 
     q = ecs_query("www.cdn.example.", "94.60.1.0/24")  # Vodafone Portugal: one on-net node
     token = own_router.token
     assert answer_ips(udp_ask(own_router, q))[0] == "198.51.100.31"
-    assert api(own_router, "PUT", "/v1/nodes/vdf-pt-lis-1/admin-state", {"state": "drain"}, token)[0] == 200
+    assert (
+        api(own_router, "PUT", "/v1/nodes/vdf-pt-lis-1/admin-state", {"state": "drain"}, token)[0]
+        == 200
+    )
     assert "198.51.100.31" not in answer_ips(udp_ask(own_router, q))
     api(own_router, "PUT", "/v1/nodes/vdf-pt-lis-1/admin-state", {"state": "up"}, token)
     assert answer_ips(udp_ask(own_router, q))[0] == "198.51.100.31"
@@ -241,17 +305,35 @@ def test_every_node_down_fails_open(own_router: RunningRouter) -> None:
     ids = [n["id"] for n in body["nodes"]]
     try:
         for node_id in ids[:-1]:
-            api(own_router, "PUT", f"/v1/nodes/{node_id}/admin-state", {"state": "down"}, own_router.token)
+            api(
+                own_router,
+                "PUT",
+                f"/v1/nodes/{node_id}/admin-state",
+                {"state": "down"},
+                own_router.token,
+            )
         # One node left: it is the whole answer.
         assert answer_ips(udp_ask(own_router, q)) == ["203.0.113.13"]
-        api(own_router, "PUT", f"/v1/nodes/{ids[-1]}/admin-state", {"state": "down"}, own_router.token)
+        api(
+            own_router,
+            "PUT",
+            f"/v1/nodes/{ids[-1]}/admin-state",
+            {"state": "down"},
+            own_router.token,
+        )
         reply = udp_ask(own_router, q)
         # Every node down: fail open, as if all were up. Never an empty NOERROR.
         assert reply.rcode() == dns.rcode.NOERROR
         assert answer_ips(reply) == healthy
     finally:
         for node_id in ids:
-            api(own_router, "PUT", f"/v1/nodes/{node_id}/admin-state", {"state": "up"}, own_router.token)
+            api(
+                own_router,
+                "PUT",
+                f"/v1/nodes/{node_id}/admin-state",
+                {"state": "up"},
+                own_router.token,
+            )
     assert answer_ips(udp_ask(own_router, q)) == healthy
 
 
@@ -283,12 +365,16 @@ def test_survives_random_and_mutated_packets(router: RunningRouter) -> None:
 def test_workers_replaced_if_one_dies(deployment_dir: Path, tmp_path: Path) -> None:
     running = start_router(deployment_dir, tmp_path / "router.log", api=False, workers=2)
     try:
-        children = subprocess.run(["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert len(children) == 2
         subprocess.run(["kill", "-9", children[0]], check=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            now = subprocess.run(["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True).stdout.split()
+            now = subprocess.run(
+                ["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True
+            ).stdout.split()
             if len(now) == 2 and children[0] not in now:
                 break
             time.sleep(0.2)
@@ -296,7 +382,10 @@ def test_workers_replaced_if_one_dies(deployment_dir: Path, tmp_path: Path) -> N
             pytest.fail("dead worker was not replaced")
         for _ in range(10):
             assert answer_ips(udp_ask(running, ecs_query("www.cdn.example.", "83.44.10.0/24")))
-        assert "worker 0 exited" in running.log.read_text() or "worker 1 exited" in running.log.read_text()
+        assert (
+            "worker 0 exited" in running.log.read_text()
+            or "worker 1 exited" in running.log.read_text()
+        )
     finally:
         running.stop()
         assert running.process.stdout is not None
@@ -330,10 +419,18 @@ def test_tcp_client_that_never_reads_is_cut_off(router: RunningRouter) -> None:
 
 def test_service_status_and_drain(own_router: RunningRouter) -> None:
     status, body = api(own_router, "GET", "/v1/status")
-    assert status == 200 and body["state"] == "serving" and body["dns"].endswith(str(own_router.port))
+    assert (
+        status == 200 and body["state"] == "serving" and body["dns"].endswith(str(own_router.port))
+    )
     assert api(own_router, "PUT", "/v1/status", {"state": "draining"}, token="wrong")[0] == 401
     assert api(own_router, "GET", "/v1/status")[1]["state"] == "serving"
-    assert api(own_router, "PUT", "/v1/status", {"state": "draining"}, own_router.token)[1]["state"] == "draining"
+    assert (
+        api(own_router, "PUT", "/v1/status", {"state": "draining"}, own_router.token)[1]["state"]
+        == "draining"
+    )
     # Draining withdraws anycast routes but keeps answering.
     assert answer_ips(udp_ask(own_router, ecs_query("www.cdn.example.", "83.44.10.0/24")))
-    assert api(own_router, "PUT", "/v1/status", {"state": "serving"}, own_router.token)[1]["state"] == "serving"
+    assert (
+        api(own_router, "PUT", "/v1/status", {"state": "serving"}, own_router.token)[1]["state"]
+        == "serving"
+    )

@@ -26,7 +26,9 @@ def _listener() -> socket.socket:
 
 def test_every_heartbeat_goes_to_every_router_and_verifies(deployment) -> None:  # noqa: ANN001
     a, b = _listener(), _listener()
-    simulator = Simulator(deployment.inventory, deployment.node_keys, a.getsockname(), 1.0, also=(b.getsockname(),))
+    simulator = Simulator(
+        deployment.inventory, deployment.node_keys, a.getsockname(), 1.0, also=(b.getsockname(),)
+    )
     try:
         simulator.command("power meo-lis-1 off")  # a changed node reports at once
         got_a, got_b = a.recv(2048), b.recv(2048)

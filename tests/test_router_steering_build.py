@@ -200,6 +200,7 @@ def test_iberian_blackout_plans_no_remaining_node_past_capacity(sample) -> None:
     assert abs(after.node_planned.sum() - capacity.sum() * 0.6) < 1e-6  # all demand still placed
     # Headroom first: the reserve is touched only because the survivors cannot take it all below it.
     survivors = [i for i in range(len(model.node_ids)) if i not in tef]
-    assert after.node_planned[survivors].sum() > 0.8 * capacity[survivors].sum() - 1e-6 or (
-        after.node_planned <= 0.8 * capacity + 1e-6
-    ).all()
+    assert (
+        after.node_planned[survivors].sum() > 0.8 * capacity[survivors].sum() - 1e-6
+        or (after.node_planned <= 0.8 * capacity + 1e-6).all()
+    )

@@ -133,7 +133,9 @@ def test_plan_equals_reference(world: tuple, candidates: int) -> None:
     plan = plan_policy(inputs, candidates=candidates)
     ref = reference.plan(inputs, candidates)
     np.testing.assert_array_equal(plan.cand_node, ref["cand_node"])
-    allocs = list(zip(plan.alloc_group.tolist(), plan.alloc_node.tolist(), plan.alloc_amount.tolist()))
+    allocs = list(
+        zip(plan.alloc_group.tolist(), plan.alloc_node.tolist(), plan.alloc_amount.tolist())
+    )
     assert [(g, n) for g, n, _ in allocs] == [(g, n) for g, n, _ in ref["allocs"]]
     np.testing.assert_allclose([a for *_, a in allocs], [a for *_, a in ref["allocs"]], rtol=1e-12)
     np.testing.assert_allclose(plan.overflow, ref["overflow"], rtol=1e-12, atol=1e-12)
@@ -244,7 +246,9 @@ def test_geofence_fails_inside_the_fence_never_across_it() -> None:
 
 @PROPERTY
 @given(worlds(), st.data())
-def test_group_repair_after_new_samples_is_valid_and_local(world: tuple, data: st.DataObject) -> None:
+def test_group_repair_after_new_samples_is_valid_and_local(
+    world: tuple, data: st.DataObject
+) -> None:
     arrays, demand, capacity, headroom = world
     inputs = make(world)
     plan = plan_policy(inputs, candidates=3, location_depth=4)

@@ -43,7 +43,9 @@ def summarize(message: dns.message.Message) -> dict:
         "question": [q.to_text() for q in message.question],
         "answer": [line for rrset in message.answer for line in rrset.to_text().split("\n")],
         "authority": [line for rrset in message.authority for line in rrset.to_text().split("\n")],
-        "additional": [line for rrset in message.additional for line in rrset.to_text().split("\n")],
+        "additional": [
+            line for rrset in message.additional for line in rrset.to_text().split("\n")
+        ],
         "ecs_scope": scope,
     }
 
@@ -91,9 +93,14 @@ def peer_mismatch(expected: dict, got: dict, qname: str) -> str | None:
 def explanation_summary(explanation) -> dict:  # noqa: ANN001 - router.explain.Explanation
     return {
         "rcode": explanation.rcode,
-        "answer": [line.lower() for line in explanation.answer if not line.startswith("(authority)")],
-        "authority": [line.removeprefix("(authority) ").lower() for line in explanation.answer
-                      if line.startswith("(authority)")],  # fmt: skip
+        "answer": [
+            line.lower() for line in explanation.answer if not line.startswith("(authority)")
+        ],
+        "authority": [
+            line.removeprefix("(authority) ").lower()
+            for line in explanation.answer
+            if line.startswith("(authority)")
+        ],  # fmt: skip
         "ecs_scope": explanation.ecs_scope,
     }
 
@@ -133,7 +140,10 @@ class Oracle:
         # A group the capacity plan split: not with zero demand (the sample); its main answer.
         row = -value - 1
         lo, hi = int(self.table.split_start[row]), int(self.table.split_start[row + 1])
-        shares = [int(self.table.split_cum[i]) - (int(self.table.split_cum[i - 1]) if i > lo else 0) for i in range(lo, hi)]
+        shares = [
+            int(self.table.split_cum[i]) - (int(self.table.split_cum[i - 1]) if i > lo else 0)
+            for i in range(lo, hi)
+        ]
         return int(self.table.split_set[lo + shares.index(max(shares))])
 
     def set_nodes(self, answer_set: int) -> list[int]:
@@ -155,10 +165,14 @@ class Oracle:
             ours = summarize(self.reply(encode_query(q.name.lower(), q.qtype, q.ecs)))
             ours = {"rcode": ours["rcode"], "answer": [x.lower() for x in ours["answer"]],
                     "authority": [x.lower() for x in ours["authority"]], "ecs_scope": ours["ecs_scope"]}  # fmt: skip
-            theirs = explanation_summary(explain(self.deployment, q.name.lower(), q.ecs or "127.0.0.1", q.qtype))
+            theirs = explanation_summary(
+                explain(self.deployment, q.name.lower(), q.ecs or "127.0.0.1", q.qtype)
+            )
             checked += 1
             if ours != theirs:
-                differences.append({"query": f"{q.name} {q.qtype} {q.ecs}", "oracle": ours, "explain": theirs})
+                differences.append(
+                    {"query": f"{q.name} {q.qtype} {q.ecs}", "oracle": ours, "explain": theirs}
+                )
         return {"explain_crosschecked": checked, "explain_differences": differences}
 
 
@@ -208,7 +222,9 @@ class Checker:
                 try:
                     summary = summarize(dns.message.from_wire(got))
                 except dns.exception.DNSException as exc:
-                    self.wrong.append(f"{query.name} {query.qtype} ecs={query.ecs}: undecodable reply: {exc}")
+                    self.wrong.append(
+                        f"{query.name} {query.qtype} ecs={query.ecs}: undecodable reply: {exc}"
+                    )
                     continue
                 problem = (peer_mismatch(expected, summary, query.name) if self.peer
                            else router_mismatch(expected, summary, ordered=query.kind == "steered"))  # fmt: skip
@@ -216,10 +232,8 @@ class Checker:
                     self.wrong.append(f"{query.name} {query.qtype} ecs={query.ecs}: {problem}")
 
 
-
-
-def expected_sample(oracle: Oracle, queries: list[Query], rng: random.Random, size: int) -> list[tuple[Query, dict]]:
+def expected_sample(
+    oracle: Oracle, queries: list[Query], rng: random.Random, size: int
+) -> list[tuple[Query, dict]]:
     chosen = rng.sample(queries, min(size, len(queries)))
     return [(q, summarize(oracle.reply(q.wire))) for q in chosen]
-
-

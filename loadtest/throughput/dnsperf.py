@@ -60,8 +60,12 @@ def parse_dnsperf(text: str) -> dict:
         "completed": int(number(r"Queries completed:\s+(\d+)") or 0),
         "lost": int(number(r"Queries lost:\s+(\d+)") or 0),
         "qps": number(r"Queries per second:\s+([\d.]+)"),
-        "avg_latency_ms": None if (v := number(r"Average Latency \(s\):\s+([\d.]+)")) is None else v * 1000,
-        "max_latency_ms": None if (v := number(r"Average Latency \(s\):.*max ([\d.]+)\)")) is None else v * 1000,
+        "avg_latency_ms": None
+        if (v := number(r"Average Latency \(s\):\s+([\d.]+)")) is None
+        else v * 1000,
+        "max_latency_ms": None
+        if (v := number(r"Average Latency \(s\):.*max ([\d.]+)\)")) is None
+        else v * 1000,
         "run_time_s": number(r"Run time \(s\):\s+([\d.]+)"),
         "rcodes": rcodes,
     }
@@ -119,7 +123,9 @@ class Run:
 
 
 def disturbed(run: Run) -> bool:
-    return run.server_core_other_s is not None and run.server_core_other_s > RETRY_SHARE * run.seconds
+    return (
+        run.server_core_other_s is not None and run.server_core_other_s > RETRY_SHARE * run.seconds
+    )
 
 
 def run_dnsperf(server: Server, datafile: Path, seconds: float, variant: str, repetition: int,
@@ -156,10 +162,14 @@ def run_dnsperf(server: Server, datafile: Path, seconds: float, variant: str, re
     cpu = tree_cpu_s(server.pid) - cpu_before
     busy_after = core_busy_s()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    dnsperf_cpu = (children_after.ru_utime - children_before.ru_utime) + (children_after.ru_stime - children_before.ru_stime)
+    dnsperf_cpu = (children_after.ru_utime - children_before.ru_utime) + (
+        children_after.ru_stime - children_before.ru_stime
+    )
     drops = kernel_drops(server.port) - drops_before
     server_cores = server.cores
-    shared_core = bool(cpus and server_cores and cpus in server_cores)  # router2: dnsperf's core is one of its own
+    shared_core = bool(
+        cpus and server_cores and cpus in server_cores
+    )  # router2: dnsperf's core is one of its own
     text = out_path.read_text(errors="replace")
     stats = parse_dnsperf(text)
     p99 = percentile(parse_latencies(text), 99) if verbose else None
@@ -229,5 +239,3 @@ class LatencyProbe:
                         break
                 i += 1
                 time.sleep(PROBE_INTERVAL_S)
-
-

@@ -44,8 +44,16 @@ def ratio(ours: float | None, theirs: float | None, digits: int = 3) -> float | 
 def interference(runs: list[dict]) -> dict:
     """How busy the cores were with something other than the server and dnsperf, per measured run."""
     measured = [r for r in runs if r["repetition"] >= 0 and r["rate_limit"] is None]
-    server = [r["server_core_other_s"] / r["seconds"] for r in measured if r["server_core_other_s"] is not None]
-    load = [r["load_core_other_s"] / r["seconds"] for r in measured if r["load_core_other_s"] is not None]
+    server = [
+        r["server_core_other_s"] / r["seconds"]
+        for r in measured
+        if r["server_core_other_s"] is not None
+    ]
+    load = [
+        r["load_core_other_s"] / r["seconds"]
+        for r in measured
+        if r["load_core_other_s"] is not None
+    ]
     return {
         "server_core_other_share_max": round(max(server), 3) if server else None,
         "server_core_other_share_median": round(statistics.median(server), 3) if server else None,
@@ -57,7 +65,11 @@ def target_table(figures: dict) -> dict:
     out = {}
     for key, (op, bound) in TARGETS.items():
         value = figures.get(key)
-        passed = None if value is None else (value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound)
+        passed = (
+            None
+            if value is None
+            else (value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound)
+        )
         out[key] = {"target": f"{op} {bound:g}", "value": value, "pass": passed}
     return out
 
@@ -65,15 +77,28 @@ def target_table(figures: dict) -> dict:
 def summarize_runs(runs: list[Run], server: str, variant: str) -> dict:
     """Medians over the maximum-rate runs of one server and variant: over the undisturbed ones
     (other load on the server's core at most RETRY_SHARE of the run) when there are any."""
-    every = [r for r in runs if r.server == server and r.variant == variant and r.rate_limit is None and r.repetition >= 0]
+    every = [
+        r
+        for r in runs
+        if r.server == server
+        and r.variant == variant
+        and r.rate_limit is None
+        and r.repetition >= 0
+    ]
     clean = [r for r in every if not disturbed(r)]
     chosen = clean or every
     return {
         "qps": None if (v := median([r.qps for r in chosen])) is None else round(v, 1),
-        "avg_latency_ms": None if (v := median([r.avg_latency_ms for r in chosen])) is None else round(v, 3),
-        "p99_max_rate_ms": None if (v := median([r.p99_max_rate_ms for r in chosen])) is None else round(v, 3),
+        "avg_latency_ms": None
+        if (v := median([r.avg_latency_ms for r in chosen])) is None
+        else round(v, 3),
+        "p99_max_rate_ms": None
+        if (v := median([r.p99_max_rate_ms for r in chosen])) is None
+        else round(v, 3),
         "lost": None if not chosen else int(median([r.lost for r in chosen])),
-        "cpu_us_per_query": None if (v := median([r.cpu_us_per_query for r in chosen])) is None else round(v, 2),
+        "cpu_us_per_query": None
+        if (v := median([r.cpu_us_per_query for r in chosen])) is None
+        else round(v, 2),
         "runs": len(chosen),
         "disturbed_runs_left_out": len(every) - len(chosen),
         "only_disturbed_runs": not clean and bool(every),
@@ -95,7 +120,16 @@ def format_table(figures: dict) -> str:
         lines.append(f"{title}; median of {figures['repetitions']} runs of {figures['seconds']:g} s "
                      f"(* = disturbed by other load on the server's core, left out when a clean run exists), "
                      f"dnsperf {' '.join(DNSPERF_ARGS)}")  # fmt: skip
-        head = ("server", "qps", "avg ms", "p99 ms", "p99 ms @ half load", "lost", "CPU us/query", "qps per run")
+        head = (
+            "server",
+            "qps",
+            "avg ms",
+            "p99 ms",
+            "p99 ms @ half load",
+            "lost",
+            "CPU us/query",
+            "qps per run",
+        )
         rows = [head]
         for key in ("router", "gdnsd", "pdns", "pdns_shared"):
             if key == "pdns_shared" and key not in figures["servers"]:
@@ -105,8 +139,12 @@ def format_table(figures: dict) -> str:
                 rows.append((labels.get(key, key), "not measured", "", "", "", "", "", ""))
                 continue
             p99 = figures["servers"][key].get("p99_half_load_ms") if variant == "ecs" else None
-            p99_text = fmt(p99, ".3f") + ("*" if p99 is not None and figures["servers"][key]["half_load"]["disturbed"] else "")
-            per_run = " ".join(fmt(q, ".0f") + ("*" if d else "") for q, d in zip(s["qps_all"], s["disturbed_all"]))
+            p99_text = fmt(p99, ".3f") + (
+                "*" if p99 is not None and figures["servers"][key]["half_load"]["disturbed"] else ""
+            )
+            per_run = " ".join(
+                fmt(q, ".0f") + ("*" if d else "") for q, d in zip(s["qps_all"], s["disturbed_all"])
+            )
             rows.append((labels.get(key, key), fmt(s["qps"], ",.0f"), fmt(s["avg_latency_ms"], ".3f"),
                          fmt(s.get("p99_max_rate_ms"), ".3f"), p99_text,
                          fmt(s["lost"], "d"), fmt(s["cpu_us_per_query"], ".1f"), per_run))  # fmt: skip
@@ -155,7 +193,6 @@ def format_table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-
 def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: float) -> dict:
     s = figures.get("servers", {})
 
@@ -169,18 +206,28 @@ def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: f
             figures[f"{key}_avg_latency_ms{suffix}"] = get(key, variant, "avg_latency_ms")
             figures[f"{key}_p99_max_rate_ms{suffix}"] = get(key, variant, "p99_max_rate_ms")
             figures[f"{key}_lost{suffix}"] = get(key, variant, "lost")
-        figures[f"qps_vs_gdnsd{suffix}"] = ratio(figures[f"router_qps{suffix}"], figures[f"gdnsd_qps{suffix}"])
+        figures[f"qps_vs_gdnsd{suffix}"] = ratio(
+            figures[f"router_qps{suffix}"], figures[f"gdnsd_qps{suffix}"]
+        )
         figures[f"cpu_vs_gdnsd{suffix}"] = ratio(figures[f"router_cpu_us_per_query{suffix}"],
                                                  figures[f"gdnsd_cpu_us_per_query{suffix}"])  # fmt: skip
-        figures[f"qps_vs_pdns{suffix}"] = ratio(figures[f"router_qps{suffix}"], figures[f"pdns_qps{suffix}"])
+        figures[f"qps_vs_pdns{suffix}"] = ratio(
+            figures[f"router_qps{suffix}"], figures[f"pdns_qps{suffix}"]
+        )
         figures[f"cpu_vs_pdns{suffix}"] = ratio(figures[f"router_cpu_us_per_query{suffix}"],
                                                 figures[f"pdns_cpu_us_per_query{suffix}"])  # fmt: skip
-        figures[f"qps_vs_pdns_shared{suffix}"] = ratio(figures[f"router_qps{suffix}"], figures[f"pdns_shared_qps{suffix}"])
+        figures[f"qps_vs_pdns_shared{suffix}"] = ratio(
+            figures[f"router_qps{suffix}"], figures[f"pdns_shared_qps{suffix}"]
+        )
     for key in ("router", "gdnsd", "pdns", "pdns_shared"):
         figures[f"{key}_p99_half_load_ms"] = s.get(key, {}).get("p99_half_load_ms")
     figures["p99_half_load_ms"] = figures["router_p99_half_load_ms"]
-    figures["workers2_vs_workers1_qps"] = ratio(figures.get("router2_qps"), figures.get("router_qps"))
-    figures["workers2_vs_workers1_cpu"] = ratio(figures.get("router2_cpu_us_per_query"), figures.get("router_cpu_us_per_query"))
+    figures["workers2_vs_workers1_qps"] = ratio(
+        figures.get("router2_qps"), figures.get("router_qps")
+    )
+    figures["workers2_vs_workers1_cpu"] = ratio(
+        figures.get("router2_cpu_us_per_query"), figures.get("router_cpu_us_per_query")
+    )
     for peer in ("gdnsd", "pdns"):
         if figures.get(f"{peer}_qps") is None and not figures.get(f"{peer}_note"):
             figures[f"{peer}_note"] = f"{peer} not measured"
@@ -208,6 +255,7 @@ def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: f
 
 def source_state() -> dict:
     """The commit measured and the router files changed on top of it (read-only git calls)."""
+
     def git(*argv: str) -> str | None:
         try:
             done = subprocess.run(["git", "--no-optional-locks", *argv], cwd=REPO, capture_output=True, text=True,
@@ -219,4 +267,3 @@ def source_state() -> dict:
     changed = git("status", "--porcelain", "--", "router")
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "router_changes": None if changed is None else [line[3:] for line in changed.splitlines()]}  # fmt: skip
-

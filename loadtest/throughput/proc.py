@@ -64,11 +64,15 @@ def core_busy_s() -> dict[str, float]:
     for line in Path("/proc/stat").read_text().splitlines():
         if re.match(r"cpu\d+ ", line):
             values = [int(v) for v in line.split()[1:]]
-            out[line.split()[0][3:]] = (sum(values[:3]) + sum(values[5:8])) / os.sysconf("SC_CLK_TCK")
+            out[line.split()[0][3:]] = (sum(values[:3]) + sum(values[5:8])) / os.sysconf(
+                "SC_CLK_TCK"
+            )
     return out
 
 
-def wait_quiet(max_wait_s: float, cores: list[str] | None = None, window_s: float = 0.5) -> tuple[float, float]:
+def wait_quiet(
+    max_wait_s: float, cores: list[str] | None = None, window_s: float = 0.5
+) -> tuple[float, float]:
     """Wait (at most ``max_wait_s``) until no core is busier than QUIET_SHARE over ``window_s``:
     another process busy on this machine would disturb the next run. Our own servers are idle
     between runs. Returns (seconds waited, busiest core's share in the last window)."""
@@ -83,7 +87,9 @@ def wait_quiet(max_wait_s: float, cores: list[str] | None = None, window_s: floa
             return round(time.monotonic() - started - window_s, 1), round(share, 2)
 
 
-def other_busy_s(before: dict[str, float], after: dict[str, float], cores: str | None, own: float) -> float | None:
+def other_busy_s(
+    before: dict[str, float], after: dict[str, float], cores: str | None, own: float
+) -> float | None:
     """Busy time on ``cores`` ("1" or "0-1") not accounted to ``own``: other processes, interrupts."""
     if cores is None:
         return None
@@ -100,5 +106,3 @@ def udp_drops(proc_net_udp: str, port: int) -> int:
 def kernel_drops(port: int) -> int:
     """The same over IPv4 and IPv6 sockets, read now."""
     return sum(row.drops for row in udp_socket_stats() if row.port == port)
-
-

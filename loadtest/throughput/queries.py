@@ -32,6 +32,7 @@ V6_ECS_BITS = 56
 V6_SUBNET_SHARE = 0.2
 EDNS_PAYLOAD = 1232
 
+
 @dataclass(frozen=True)
 class Query:
     kind: str  # steered, static, nxdomain, nodata
@@ -62,7 +63,9 @@ def random_case(name: str, rng: random.Random) -> str:
     return "".join(chars)
 
 
-def zone_inventory(zone_file: Path, steered: list[tuple[str, int]], rng: random.Random) -> ZoneInventory:
+def zone_inventory(
+    zone_file: Path, steered: list[tuple[str, int]], rng: random.Random
+) -> ZoneInventory:
     """What the mix asks for: the zone's records, absent types of existing names, absent names."""
     origin = dns.name.from_text(zone_file.name.removesuffix(".zone"))
     zone = dns.zone.from_file(str(zone_file), origin=origin, relativize=False)
@@ -99,14 +102,19 @@ def zone_inventory(zone_file: Path, steered: list[tuple[str, int]], rng: random.
             label.insert(rng.randrange(len(label) + 1), rng.choice(string.ascii_lowercase))
             label = "".join(label)
         else:  # a random label, as scanners and broken clients send
-            label = "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(rng.randint(5, 12)))
+            label = "".join(
+                rng.choice(string.ascii_lowercase + string.digits)
+                for _ in range(rng.randint(5, 12))
+            )
         candidate = dns.name.from_text(label, origin)
         if not any(candidate == n or n.is_subdomain(candidate) for n in existing):
             nxdomain.add(candidate.to_text())
     return ZoneInventory(origin, list(steered), static, nodata, sorted(nxdomain))
 
 
-def draw_subnets(client_map, rng: random.Random, count: int, v6_share: float = V6_SUBNET_SHARE) -> list[str]:  # noqa: ANN001
+def draw_subnets(
+    client_map, rng: random.Random, count: int, v6_share: float = V6_SUBNET_SHARE
+) -> list[str]:  # noqa: ANN001
     """``count`` distinct client subnets (IPv4 /24, IPv6 /56) that the map places in a client group.
 
     Each is drawn from a random interval of the compiled map (every mapped prefix equally
@@ -171,7 +179,9 @@ def build_mix(inventory: ZoneInventory, subnets: list[str] | None, count: int, r
         if rng.random() < CASE_SHARE:
             name = random_case(name, rng)
         ecs = rng.choice(subnets) if subnets else None
-        out.append(Query(kind, name, qtype, ecs, encode_query(name, qtype, ecs, rng.randrange(65536))))
+        out.append(
+            Query(kind, name, qtype, ecs, encode_query(name, qtype, ecs, rng.randrange(65536)))
+        )
     return out
 
 
@@ -203,5 +213,3 @@ def mix_composition(queries: list[Query]) -> dict:
         "with_ecs": round(sum(q.ecs is not None for q in queries) / len(queries), 4),
         "distinct_subnets": len({q.ecs for q in queries if q.ecs}),
     }
-
-

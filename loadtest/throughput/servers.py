@@ -43,7 +43,9 @@ def free_port() -> int:
 
 def soa_answers(port: int, zone: str, timeout: float = 0.5) -> bool:
     try:
-        reply = dns.query.udp(dns.message.make_query(zone, "SOA"), "127.0.0.1", port=port, timeout=timeout)
+        reply = dns.query.udp(
+            dns.message.make_query(zone, "SOA"), "127.0.0.1", port=port, timeout=timeout
+        )
     except (dns.exception.DNSException, OSError):
         return False
     return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
@@ -97,7 +99,9 @@ def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     return (["taskset", "-c", cpus] if cpus else []) + argv
 
 
-def start_router(zones: Path, root: Path, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()) -> Server:
+def start_router(
+    zones: Path, root: Path, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()
+) -> Server:
     """``router serve`` on 127.0.0.1, port 0; returns once it prints READY (its stdout is then
     drained by a thread until it exits)."""
     log = root / f"{key}.log"
@@ -137,13 +141,15 @@ def wait_answering(process: subprocess.Popen, port: int, zone: str, what: str, l
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited ({process.returncode}); log:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{what} exited ({process.returncode}); log:\n{log.read_text()[-3000:]}"
+            )
         if soa_answers(port, zone):
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer within {START_TIMEOUT_S:g} s; log:\n{log.read_text()[-3000:]}")
-
-
+    raise RuntimeError(
+        f"{what} did not answer within {START_TIMEOUT_S:g} s; log:\n{log.read_text()[-3000:]}"
+    )
 
 
 def start_peer(key: str, label: str, argv: list[str], port: int, log: Path, cpus: str | None, extra: dict,
@@ -158,5 +164,3 @@ def start_peer(key: str, label: str, argv: list[str], port: int, log: Path, cpus
         server.stop()
         raise
     return server
-
-

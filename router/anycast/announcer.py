@@ -87,7 +87,9 @@ def wanted_routes(service_prefixes: Iterable[str], obs: Observation) -> set[Rout
                 continue
             hop = node.get("ipv4") if prefix.version == 4 else node.get("ipv6")
             if not hop or hop == "None":
-                log.warning("node %s: no IPv%d address for %s", node.get("id"), prefix.version, prefix)
+                log.warning(
+                    "node %s: no IPv%d address for %s", node.get("id"), prefix.version, prefix
+                )
                 continue
             wanted.add(Route(str(prefix), str(hop)))
     return wanted
@@ -126,12 +128,17 @@ class RouterProbe:
             host, port = parse_hostport(dns_address)
             if host in ("0.0.0.0", "::"):
                 host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-            reply = dns.query.udp(dns.message.make_query(zone, "SOA"), host, port=port, timeout=self.timeout)
+            reply = dns.query.udp(
+                dns.message.make_query(zone, "SOA"), host, port=port, timeout=self.timeout
+            )
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             return False, f"self-check SOA {zone} at {dns_address} failed: {exc!r}"
         rcode = dns.rcode.to_text(reply.rcode())
         if reply.rcode() != dns.rcode.NOERROR or not reply.flags & dns.flags.AA:
-            return False, f"self-check SOA {zone} at {dns_address}: {rcode}, AA={bool(reply.flags & dns.flags.AA)}"
+            return (
+                False,
+                f"self-check SOA {zone} at {dns_address}: {rcode}, AA={bool(reply.flags & dns.flags.AA)}",
+            )
         return True, "serving, self-check OK"
 
     def observe(self) -> Observation:
@@ -142,7 +149,9 @@ class RouterProbe:
         try:
             nodes_body = self._get("/v1/nodes")
             nodes = nodes_body.get("nodes")
-            node_list = [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else None
+            node_list = (
+                [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else None
+            )
         except (OSError, ValueError, urllib.error.URLError) as exc:
             log.warning("GET /v1/nodes failed: %s", exc)
             node_list = None
@@ -160,8 +169,12 @@ class RouterProbe:
 class Announcer:
     """Keeps the set of announced routes and writes the commands that change it."""
 
-    def __init__(self, service_prefixes: Iterable[str], observe: Callable[[], Observation], out: IO[str]) -> None:
-        self.service_prefixes = [str(ipaddress.ip_network(p, strict=False)) for p in service_prefixes]
+    def __init__(
+        self, service_prefixes: Iterable[str], observe: Callable[[], Observation], out: IO[str]
+    ) -> None:
+        self.service_prefixes = [
+            str(ipaddress.ip_network(p, strict=False)) for p in service_prefixes
+        ]
         self.observe = observe
         self.out = out
         self.announced: set[Route] = set()
@@ -194,14 +207,22 @@ class Announcer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", required=True, help="the router's HTTP API, e.g. http://127.0.0.1:8053")
+    parser.add_argument(
+        "--api", required=True, help="the router's HTTP API, e.g. http://127.0.0.1:8053"
+    )
     parser.add_argument("--service-prefix", action="append", default=[], metavar="PREFIX",
                         help="service prefix announced with next-hop self while the router serves (repeatable)")  # fmt: skip
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between rounds (default 1)")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between rounds (default 1)"
+    )
     parser.add_argument("--timeout", type=float, default=1.0,
                         help="timeout of each API call and of the DNS self-check (default 1 s)")  # fmt: skip
-    parser.add_argument("--dns", help="self-check this HOST:PORT instead of the address /v1/status lists")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--dns", help="self-check this HOST:PORT instead of the address /v1/status lists"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
 
 
 def _wait_for_input(stream: IO[str], wake_fd: int, wait: float) -> str | None:
@@ -264,7 +285,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, stdin: IO[str] | N
             announcer.step()
             if signals:
                 break
-            reason = _wait_for_input(stream, wake_r, max(0.0, args.interval - (time.monotonic() - started)))
+            reason = _wait_for_input(
+                stream, wake_r, max(0.0, args.interval - (time.monotonic() - started))
+            )
             if reason or signals:
                 break
         if signals:
@@ -285,7 +308,9 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, stdin: IO[str] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="router anycast-announce", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="router anycast-announce", description=__doc__.split("\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

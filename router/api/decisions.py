@@ -67,10 +67,14 @@ def group_labels(client_map: ClientMap, sites: tuple = ()) -> list[str]:
         where = ""
         if len(site_lat) and not (math.isnan(lat) or math.isnan(lon)):
             la, lo = math.radians(lat), math.radians(lon)
-            cos = np.sin(la) * np.sin(site_lat) + np.cos(la) * np.cos(site_lat) * np.cos(site_lon - lo)
+            cos = np.sin(la) * np.sin(site_lat) + np.cos(la) * np.cos(site_lat) * np.cos(
+                site_lon - lo
+            )
             km = 6371.0 * np.arccos(np.clip(cos, -1.0, 1.0))
             nearest = int(np.argmin(km))
-            where = sites[nearest].metro if km[nearest] <= METRO_RADIUS_KM else f"{lat:.2f},{lon:.2f}"
+            where = (
+                sites[nearest].metro if km[nearest] <= METRO_RADIUS_KM else f"{lat:.2f},{lon:.2f}"
+            )
         asn = int(groups.asn[g])
         parts = [f"AS{asn}" if asn else "", groups.country[g], where]
         label = " ".join(p for p in parts if p) or "unknown network"
@@ -101,7 +105,11 @@ def decisions_json(
     labels = group_labels(model.client_map, sites)
     groups = model.client_map.groups
     util = np.zeros(len(model.node_ids)) if node_util is None else node_util
-    down = np.zeros((len(model.policies), len(model.node_ids)), dtype=bool) if policy_down is None else policy_down
+    down = (
+        np.zeros((len(model.policies), len(model.node_ids)), dtype=bool)
+        if policy_down is None
+        else policy_down
+    )
     policies = {}
     for p, compiled in enumerate(model.policies):
         policies[compiled.key] = {
@@ -119,8 +127,14 @@ def decisions_json(
         "nodes": {
             node_id: {
                 "state": NodeState(int(table.node_state[i])).label,
-                "admin": {"state": overrides[node_id][0], "from": overrides[node_id][1]} if node_id in overrides else None,
-                "health_state": (health_states[i] if health_states is not None else NodeState(int(table.node_state[i]))).label,
+                "admin": {"state": overrides[node_id][0], "from": overrides[node_id][1]}
+                if node_id in overrides
+                else None,
+                "health_state": (
+                    health_states[i]
+                    if health_states is not None
+                    else NodeState(int(table.node_state[i]))
+                ).label,
                 "util": float(util[i]),
                 "planned_gbps": float(table.node_planned[i]),
                 "capacity_gbps": float(model.node_capacity_gbps[i]),
@@ -128,16 +142,21 @@ def decisions_json(
             for i, node_id in enumerate(model.node_ids)
         },
         "groups": [
-            {"key": keys[g], "label": labels[g], "asn": int(groups.asn[g]), "country": groups.country[g],
-             "weight": float(model.group_weight[g])}
+            {
+                "key": keys[g],
+                "label": labels[g],
+                "asn": int(groups.asn[g]),
+                "country": groups.country[g],
+                "weight": float(model.group_weight[g]),
+            }
             for g in range(len(groups))
         ],  # fmt: skip
         "answer_sets": [[int(n) for n in row if n >= 0] for row in table.set_nodes],
         "policies": policies,
-        "names": {
-            name.to_text(): model.policies[p].key for name, p in model.steered
+        "names": {name.to_text(): model.policies[p].key for name, p in model.steered},
+        "zones": {
+            origin.to_text(): zone_records(origin, zone) for origin, zone in (zones or {}).items()
         },
-        "zones": {origin.to_text(): zone_records(origin, zone) for origin, zone in (zones or {}).items()},
         "rtt_samples": int(rtt_samples),
     }
 
@@ -167,7 +186,9 @@ def zone_records(origin: dns.name.Name, zone: dns.zone.Zone) -> dict[str, dict[s
     return out
 
 
-def demand_json(model: SteeringModel, demand: np.ndarray, source: str, generation: int = 0) -> dict[str, Any]:
+def demand_json(
+    model: SteeringModel, demand: np.ndarray, source: str, generation: int = 0
+) -> dict[str, Any]:
     """Demand per policy and group key (Gbps, nonzero groups only), and where it comes from."""
     keys = group_keys(model.client_map)
     policies = {}

@@ -60,9 +60,16 @@ def create_app(
         return hmac.compare_digest(given, expected)
 
     def unauthorized(request: web.Request) -> web.Response:
-        log.warning("rejected %s %s from %s: bad or missing token", request.method, request.path, request.remote)
+        log.warning(
+            "rejected %s %s from %s: bad or missing token",
+            request.method,
+            request.path,
+            request.remote,
+        )
         return web.json_response(
-            {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            {"error": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
     def node_json(config: LoadedConfig, status: NodeStatus) -> dict[str, object]:
@@ -111,11 +118,15 @@ def create_app(
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body must be JSON like {\"state\": \"down\"}"}, status=400)
+            return web.json_response(
+                {"error": 'body must be JSON like {"state": "down"}'}, status=400
+            )
         state = body.get("state") if isinstance(body, dict) else None
         if state not in ADMIN_STATES:
             valid = ", ".join(f'"{s}"' for s in ADMIN_STATES)
-            return web.json_response({"error": f"state must be one of {valid}, got {state!r}"}, status=400)
+            return web.json_response(
+                {"error": f"state must be one of {valid}, got {state!r}"}, status=400
+            )
         # Waits until every worker serves the change; off the event loop, which keeps
         # taking heartbeats meanwhile.
         try:
@@ -123,7 +134,9 @@ def create_app(
         except KeyError:  # a reload removed the node meanwhile
             return web.json_response({"error": f'unknown node "{node_id}"'}, status=404)
         log.info("node %s admin state set to %s by %s", node_id, state, request.remote)
-        return web.json_response({**node_json(supervisor.config, status), "generation": supervisor.table.generation})
+        return web.json_response(
+            {**node_json(supervisor.config, status), "generation": supervisor.table.generation}
+        )
 
     async def service_status(request: web.Request) -> web.Response:
         return web.json_response(
@@ -137,10 +150,14 @@ def create_app(
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "body must be JSON like {\"state\": \"draining\"}"}, status=400)
+            return web.json_response(
+                {"error": 'body must be JSON like {"state": "draining"}'}, status=400
+            )
         state = body.get("state") if isinstance(body, dict) else None
         if state not in ("serving", "draining"):
-            return web.json_response({"error": f'state must be "serving" or "draining", got {state!r}'}, status=400)
+            return web.json_response(
+                {"error": f'state must be "serving" or "draining", got {state!r}'}, status=400
+            )
         supervisor.service_state = state
         log.info("service state set to %s by %s", state, request.remote)
         return await service_status(request)
@@ -149,14 +166,22 @@ def create_app(
         verifier = supervisor.verifier
         if verifier is None:
             return web.json_response({"enabled": False})
-        return web.json_response({"enabled": True, "accepted": verifier.accepted, "rejected": verifier.rejected})
+        return web.json_response(
+            {"enabled": True, "accepted": verifier.accepted, "rejected": verifier.rejected}
+        )
 
     async def dns_counters(request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(supervisor.dns_counters))
 
     async def recent_changes(request: web.Request) -> web.Response:
         changes = [
-            {"time": c.time, "node": c.node_id, "from": c.before.label, "to": c.after.label, "reason": c.reason}
+            {
+                "time": c.time,
+                "node": c.node_id,
+                "from": c.before.label,
+                "to": c.after.label,
+                "reason": c.reason,
+            }
             for c in supervisor.health.recent_changes()
         ]
         return web.json_response({"changes": changes})
@@ -192,7 +217,9 @@ def create_app(
         return web.FileResponse(STATIC / "status.html", headers={"Cache-Control": "no-cache"})
 
     async def country_outlines(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"})
+        return web.FileResponse(
+            STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"}
+        )
 
     async def current_decisions(request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(decisions.running_decisions, supervisor))

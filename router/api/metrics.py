@@ -61,22 +61,38 @@ class SupervisorCollector(Collector):
         sup = self.supervisor
         config, table = sup.in_service()  # one config and its table for the whole scrape
         yield from _reload_metrics(sup, config)
-        serving = GaugeMetricFamily("router_service_serving", "1 while serving, 0 while draining (anycast withdrawn)")
+        serving = GaugeMetricFamily(
+            "router_service_serving", "1 while serving, 0 while draining (anycast withdrawn)"
+        )
         serving.add_metric([], 1.0 if sup.service_state == "serving" else 0.0)
         yield serving
-        generation = GaugeMetricFamily("router_routing_table_generation", "generation of the routing table in service")
+        generation = GaugeMetricFamily(
+            "router_routing_table_generation", "generation of the routing table in service"
+        )
         generation.add_metric([], float(table.generation))
         yield generation
         yield _histogram(sup.publisher.build_seconds)
 
-        states = GaugeMetricFamily("router_node_state", "1 for the state each node is in", labels=["node", "state"])
-        reasons = GaugeMetricFamily("router_node_state_reason", "1 for the kind of reason of each node's state", labels=["node", "reason"])
-        load = GaugeMetricFamily("router_node_load_gbps", "load the node last reported", labels=["node"])
-        capacity = GaugeMetricFamily("router_node_capacity_gbps", "the node's capacity", labels=["node"])
+        states = GaugeMetricFamily(
+            "router_node_state", "1 for the state each node is in", labels=["node", "state"]
+        )
+        reasons = GaugeMetricFamily(
+            "router_node_state_reason",
+            "1 for the kind of reason of each node's state",
+            labels=["node", "reason"],
+        )
+        load = GaugeMetricFamily(
+            "router_node_load_gbps", "load the node last reported", labels=["node"]
+        )
+        capacity = GaugeMetricFamily(
+            "router_node_capacity_gbps", "the node's capacity", labels=["node"]
+        )
         monitor = config.health.monitor
         for i, status in enumerate(config.health.status()):
             for state in NodeState:
-                states.add_metric([status.node_id, state.label], 1.0 if status.state == state else 0.0)
+                states.add_metric(
+                    [status.node_id, state.label], 1.0 if status.state == state else 0.0
+                )
             reasons.add_metric([status.node_id, reason_kind(status.reason)], 1.0)
             if monitor is not None and not math.isnan(monitor.load_gbps[i]):  # NaN: never reported
                 load.add_metric([status.node_id], float(monitor.load_gbps[i]))
@@ -85,50 +101,76 @@ class SupervisorCollector(Collector):
 
         verifier = config.verifier
         if verifier is not None:
-            accepted = CounterMetricFamily("router_telemetry_heartbeats_accepted", "node heartbeats accepted")
+            accepted = CounterMetricFamily(
+                "router_telemetry_heartbeats_accepted", "node heartbeats accepted"
+            )
             accepted.add_metric([], float(verifier.accepted))
             yield accepted
-            rejected = CounterMetricFamily("router_telemetry_heartbeats_rejected", "node heartbeats rejected, by reason", labels=["reason"])
+            rejected = CounterMetricFamily(
+                "router_telemetry_heartbeats_rejected",
+                "node heartbeats rejected, by reason",
+                labels=["reason"],
+            )
             for reason, count in sorted(verifier.rejected.items()):
                 rejected.add_metric([reason], float(count))
             yield rejected
-        samples = CounterMetricFamily("router_rtt_samples_rejected", "RTT samples in heartbeats that could not be used")
+        samples = CounterMetricFamily(
+            "router_rtt_samples_rejected", "RTT samples in heartbeats that could not be used"
+        )
         samples.add_metric([], float(sup.intake.rtt_rejected))
         yield samples
 
         dns = sup.dns_counters()
-        packets = CounterMetricFamily("router_udp_packets", "UDP packets per worker (batched path)", labels=["worker", "kind"])
-        batches = CounterMetricFamily("router_udp_batches", "recvmmsg batches per worker", labels=["worker"])
+        packets = CounterMetricFamily(
+            "router_udp_packets", "UDP packets per worker (batched path)", labels=["worker", "kind"]
+        )
+        batches = CounterMetricFamily(
+            "router_udp_batches", "recvmmsg batches per worker", labels=["worker"]
+        )
         for w, row in enumerate(dns["workers"]):  # type: ignore[arg-type]
             for kind in ("received", "answered", "punted", "send_errors", "sampled"):
                 packets.add_metric([str(w), kind], float(row[kind]))
             batches.add_metric([str(w)], float(row["batches"]))
         yield from (packets, batches)
-        drops = CounterMetricFamily("router_udp_receive_drops", "queries the kernel dropped: a worker's receive buffer was full")
+        drops = CounterMetricFamily(
+            "router_udp_receive_drops",
+            "queries the kernel dropped: a worker's receive buffer was full",
+        )
         drops.add_metric([], float(dns["udp_receive_drops"]))  # type: ignore[arg-type]
         yield drops
-        queued = GaugeMetricFamily("router_udp_receive_queue_bytes", "bytes waiting in the DNS sockets' receive queues")
+        queued = GaugeMetricFamily(
+            "router_udp_receive_queue_bytes", "bytes waiting in the DNS sockets' receive queues"
+        )
         queued.add_metric([], float(dns["udp_receive_queue_bytes"]))  # type: ignore[arg-type]
         yield queued
 
         yield from _query_metrics(sup)
 
-        demand = GaugeMetricFamily("router_demand_qps", "steered queries per second, smoothed, by policy", labels=["zone", "policy"])
+        demand = GaugeMetricFamily(
+            "router_demand_qps",
+            "steered queries per second, smoothed, by policy",
+            labels=["zone", "policy"],
+        )
         for p, compiled in enumerate(config.model.policies):
-            demand.add_metric([compiled.zone.to_text(), compiled.name], float(config.demand.qps[p].sum()))
+            demand.add_metric(
+                [compiled.zone.to_text(), compiled.name], float(config.demand.qps[p].sum())
+            )
         yield demand
 
 
 def _query_metrics(sup: Supervisor) -> Iterator[Metric]:
     totals = sup.workers.query_accounts.totals()
     queries = CounterMetricFamily(
-        "router_dns_queries", "DNS queries answered, by name label, query type, rcode and transport",
+        "router_dns_queries",
+        "DNS queries answered, by name label, query type, rcode and transport",
         labels=["name", "type", "rcode", "transport"],
     )
     for key, count in sorted(totals.queries.items()):
         queries.add_metric(list(key), float(count))
     yield queries
-    nodes = CounterMetricFamily("router_dns_node_answers", "steered answers that listed the node", labels=["node"])
+    nodes = CounterMetricFamily(
+        "router_dns_node_answers", "steered answers that listed the node", labels=["node"]
+    )
     for node, count in sorted(totals.node_answers.items()):
         nodes.add_metric([node], float(count))
     yield nodes
@@ -145,29 +187,46 @@ def _query_metrics(sup: Supervisor) -> Iterator[Metric]:
 
 def _reload_metrics(sup: Supervisor, config: LoadedConfig) -> Iterator[Metric]:
     reloads = sup.reloader.log
-    total = CounterMetricFamily("router_config_reloads", "config reloads by result (ok, failed, unchanged)", labels=["result"])
+    total = CounterMetricFamily(
+        "router_config_reloads",
+        "config reloads by result (ok, failed, unchanged)",
+        labels=["result"],
+    )
     for result in ("ok", "failed", "unchanged"):
         total.add_metric([result], float(getattr(reloads, result)))
     yield total
     last = reloads.last_attempt
-    success = GaugeMetricFamily("router_config_last_reload_successful", "1 unless the last reload attempt failed")
+    success = GaugeMetricFamily(
+        "router_config_last_reload_successful", "1 unless the last reload attempt failed"
+    )
     success.add_metric([], 0.0 if last is not None and last["result"] == "failed" else 1.0)
     yield success
-    loaded = GaugeMetricFamily("router_config_loaded_timestamp_seconds", "when the config in service was loaded")
+    loaded = GaugeMetricFamily(
+        "router_config_loaded_timestamp_seconds", "when the config in service was loaded"
+    )
     loaded.add_metric([], config.loaded_at)
     yield loaded
-    info = GaugeMetricFamily("router_config_info", "the version (hash of the files) of the config in service", labels=["version"])
+    info = GaugeMetricFamily(
+        "router_config_info",
+        "the version (hash of the files) of the config in service",
+        labels=["version"],
+    )
     info.add_metric([config.version], 1.0)
     yield info
 
 
 def _histogram(durations: DurationHistogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily(
-        "router_routing_table_build_seconds", "time to plan a routing table, by kind (full or incremental)", labels=["kind"]
+        "router_routing_table_build_seconds",
+        "time to plan a routing table, by kind (full or incremental)",
+        labels=["kind"],
     )
     for kind in sorted(durations.counts):
         cumulative = durations.counts[kind].cumsum()
-        buckets = [("+Inf" if b == float("inf") else repr(b), float(c)) for b, c in zip(DurationHistogram.BOUNDS_S, cumulative)]
+        buckets = [
+            ("+Inf" if b == float("inf") else repr(b), float(c))
+            for b, c in zip(DurationHistogram.BOUNDS_S, cumulative)
+        ]
         family.add_metric([kind], buckets, sum_value=durations.sums[kind])
     return family
 

@@ -9,4 +9,12 @@ from router.config._yaml import LocatedYaml, load_yaml
 from router.config.deployment import Deployment, load_deployment
 from router.config.problems import ConfigError, Problem
 
-__all__ = ["ConfigError", "Deployment", "LocatedYaml", "Problem", "load_deployment", "load_yaml", "validate_item"]
+__all__ = [
+    "ConfigError",
+    "Deployment",
+    "LocatedYaml",
+    "Problem",
+    "load_deployment",
+    "load_yaml",
+    "validate_item",
+]

@@ -105,7 +105,9 @@ def _build(node: yaml.Node, path: YamlPath, doc: LocatedYaml, problems: list[Pro
             if key in result:
                 first = doc.lines.get(path + (key,), key_line)
                 problems.append(
-                    Problem(doc.file, key_line, f'duplicate key "{key}" (first defined at line {first})')
+                    Problem(
+                        doc.file, key_line, f'duplicate key "{key}" (first defined at line {first})'
+                    )
                 )
                 continue
             order.append((str(key), key_line))
@@ -133,7 +135,11 @@ def unsorted_keys(doc: LocatedYaml) -> list[Problem]:
             if key != want:
                 where = "/".join(str(p) for p in path) or "top level"
                 problems.append(
-                    Problem(doc.file, line, f'keys out of order in {where}: expected "{want}" here, found "{key}"')
+                    Problem(
+                        doc.file,
+                        line,
+                        f'keys out of order in {where}: expected "{want}" here, found "{key}"',
+                    )
                 )
                 break
     return problems

@@ -29,7 +29,9 @@ STATES = {"UP": "up", "DOWN": "down", "DRAIN": "drain"}
 _LINE = re.compile(r"^\s*(?P<key>\"[^\"]*\"|[^\s=]+)\s*=>\s*(?P<value>\"[^\"]*\"|\S+)\s*$")
 
 
-def parse_admin_state(path: Path, display: str, node_ids: list[str] | None) -> tuple[dict[str, str], list[Problem]]:
+def parse_admin_state(
+    path: Path, display: str, node_ids: list[str] | None
+) -> tuple[dict[str, str], list[Problem]]:
     """node id -> "up" | "down" | "drain"; every problem with its line. ``node_ids``: None skips that check."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -45,7 +47,11 @@ def parse_admin_state(path: Path, display: str, node_ids: list[str] | None) -> t
             continue
         match = _LINE.match(line)
         if match is None:
-            problems.append(Problem(display, number, f"expected NODE => STATE (UP, DOWN or DRAIN), got {line!r}"))
+            problems.append(
+                Problem(
+                    display, number, f"expected NODE => STATE (UP, DOWN or DRAIN), got {line!r}"
+                )
+            )
             continue
         key, value = match.group("key").strip('"'), match.group("value").strip('"')
         if "/" in key:
@@ -55,17 +61,33 @@ def parse_admin_state(path: Path, display: str, node_ids: list[str] | None) -> t
         state = STATES.get(value.upper())
         if state is None:
             hint = " (forced-state TTLs such as DOWN/60 are not supported)" if "/" in value else ""
-            problems.append(Problem(display, number, f'node "{key}": unknown state "{value}" (valid: UP, DOWN, DRAIN){hint}'))
+            problems.append(
+                Problem(
+                    display,
+                    number,
+                    f'node "{key}": unknown state "{value}" (valid: UP, DOWN, DRAIN){hint}',
+                )
+            )
         if node_ids is not None and key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             if near:
                 valid = f'did you mean "{near[0]}"?'
             else:
-                valid = "nodes: " + ", ".join(sorted(known)[:12]) + (" ..." if len(known) > 12 else "")
-            problems.append(Problem(display, number, f'unknown node "{key}" (not in nodes.yaml; {valid})'))
+                valid = (
+                    "nodes: " + ", ".join(sorted(known)[:12]) + (" ..." if len(known) > 12 else "")
+                )
+            problems.append(
+                Problem(display, number, f'unknown node "{key}" (not in nodes.yaml; {valid})')
+            )
             continue
         if key in first_line:
-            problems.append(Problem(display, number, f'node "{key}" is listed twice (first at line {first_line[key]})'))
+            problems.append(
+                Problem(
+                    display,
+                    number,
+                    f'node "{key}" is listed twice (first at line {first_line[key]})',
+                )
+            )
             continue
         first_line[key] = number
         if state is not None:

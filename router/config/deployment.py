@@ -66,7 +66,9 @@ class DeploymentSettings(BaseModel):
 
     client_map: str | list[Any]  # one path, or a list of ClientMapSource mappings
     latency: str
-    rtt_samples: str | None = None  # node-to-prefix RTT measurements (prefix,node,rtt_ms,measured_at)
+    rtt_samples: str | None = (
+        None  # node-to-prefix RTT measurements (prefix,node,rtt_ms,measured_at)
+    )
     state_file: str | None = None  # node state kept across restarts (relative to this file)
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
@@ -75,7 +77,9 @@ class DeploymentSettings(BaseModel):
     @classmethod
     def _path_or_list(cls, value: Any) -> Any:
         if not isinstance(value, (str, list)):
-            raise ValueError(f"must be a file path or a list of sources ({', '.join(k + ':' for k in SOURCE_KINDS)})")
+            raise ValueError(
+                f"must be a file path or a list of sources ({', '.join(k + ':' for k in SOURCE_KINDS)})"
+            )
         return value
 
 
@@ -120,7 +124,9 @@ def load_deployment(directory: Path) -> Deployment:
     settings_doc, errors = load_yaml(settings_path, str(settings_path))
     problems += errors
     if settings_doc is not None:
-        validated, errors = validate_item(DeploymentSettings, settings_doc.data, settings_doc, (), DEPLOYMENT_FILE)
+        validated, errors = validate_item(
+            DeploymentSettings, settings_doc.data, settings_doc, (), DEPLOYMENT_FILE
+        )
         problems += errors
         settings = validated if isinstance(validated, DeploymentSettings) else None
         if settings is not None:
@@ -128,7 +134,9 @@ def load_deployment(directory: Path) -> Deployment:
             problems += errors
             latency_path = directory / settings.latency
             if not latency_path.is_file():
-                problems.append(settings_doc.problem(("latency",), _no_such_file("latency", latency_path)))
+                problems.append(
+                    settings_doc.problem(("latency",), _no_such_file("latency", latency_path))
+                )
             else:
                 country_rtt, errors = load_country_rtt(latency_path, _display(latency_path))
                 problems += errors
@@ -160,14 +168,22 @@ def load_deployment(directory: Path) -> Deployment:
         display = str(path)
         origin = dns.name.from_text(path.name.removesuffix(POLICY_SUFFIX))
         if origin not in zone_texts:
-            problems.append(Problem(display, 1, f"no zone file {origin.to_text(omit_final_dot=True)}.zone for this policy file"))
+            problems.append(
+                Problem(
+                    display,
+                    1,
+                    f"no zone file {origin.to_text(omit_final_dot=True)}.zone for this policy file",
+                )
+            )
             continue
         doc, errors = load_yaml(path, display)
         problems += errors
         if doc is None:
             continue
         zone_display, zone_text = zone_texts[origin]
-        zone_policies, zone_steered, errors = parse_policies(doc, zones.get(origin), zone_display, zone_text, inventory)
+        zone_policies, zone_steered, errors = parse_policies(
+            doc, zones.get(origin), zone_display, zone_text, inventory
+        )
         problems += errors
         policies.update({(origin, name): policy for name, policy in zone_policies.items()})
         steered += zone_steered
@@ -176,7 +192,9 @@ def load_deployment(directory: Path) -> Deployment:
     if settings is not None and settings.health is not None and settings_doc is not None:
         keys_path = directory / settings.health.keys
         if not keys_path.is_file():
-            problems.append(settings_doc.problem(("health", "keys"), _no_such_file("health.keys", keys_path)))
+            problems.append(
+                settings_doc.problem(("health", "keys"), _no_such_file("health.keys", keys_path))
+            )
         else:
             node_keys, errors = load_node_keys(keys_path, _display(keys_path), inventory)
             problems += errors
@@ -185,7 +203,9 @@ def load_deployment(directory: Path) -> Deployment:
     if settings is not None and settings_doc is not None and settings.rtt_samples:
         samples_path = directory / settings.rtt_samples
         if not samples_path.is_file():
-            problems.append(settings_doc.problem(("rtt_samples",), _no_such_file("rtt_samples", samples_path)))
+            problems.append(
+                settings_doc.problem(("rtt_samples",), _no_such_file("rtt_samples", samples_path))
+            )
         elif inventory is not None:
             rtt_samples, errors = load_rtt_samples(
                 samples_path, _display(samples_path), {n.id for n in inventory.nodes}
@@ -225,13 +245,24 @@ def _client_map_sources(
     sources: list[tuple[Source, YamlPath, str]] = []
     problems: list[Problem] = []
 
-    def add(kind: str | None, relative: str, where: YamlPath, label: str, asn: int = 0, country: str = "") -> None:
+    def add(
+        kind: str | None,
+        relative: str,
+        where: YamlPath,
+        label: str,
+        asn: int = 0,
+        country: str = "",
+    ) -> None:
         path = directory / relative
         if not path.is_file():
             problems.append(doc.problem(where, _no_such_file(label, path)))
             return
         try:
-            source = Source(kind, path, asn, country, _display(path)) if kind else Source.from_path(path, _display(path))
+            source = (
+                Source(kind, path, asn, country, _display(path))
+                if kind
+                else Source.from_path(path, _display(path))
+            )
         except ClientMapError as exc:
             problems.extend(_client_map_problem(p, doc, where, label) for p in exc.problems)
             return
@@ -241,7 +272,9 @@ def _client_map_sources(
         add(None, settings.client_map, ("client_map",), "client_map")
         return sources, problems
     if not settings.client_map:
-        problems.append(doc.problem(("client_map",), "client_map: the list is empty: name at least one source"))
+        problems.append(
+            doc.problem(("client_map",), "client_map: the list is empty: name at least one source")
+        )
     for i, item in enumerate(settings.client_map):
         label = f"client_map[{i}]"
         entry, errors = validate_item(ClientMapSource, item, doc, ("client_map", i), label)
@@ -250,12 +283,32 @@ def _client_map_sources(
             continue
         kinds = [kind for kind in SOURCE_KINDS if getattr(entry, kind) is not None]
         if len(kinds) != 1:
-            problems.append(doc.problem(("client_map", i), f"{label}: give exactly one of {', '.join(SOURCE_KINDS)} (the kind of file, then its path)"))
-        elif (entry.asn is not None or entry.country is not None) and kinds[0] not in ("czf", "dczf"):
-            problems.append(doc.problem(("client_map", i), f"{label}: asn and country apply to czf and dczf sources only"))
+            problems.append(
+                doc.problem(
+                    ("client_map", i),
+                    f"{label}: give exactly one of {', '.join(SOURCE_KINDS)} (the kind of file, then its path)",
+                )
+            )
+        elif (entry.asn is not None or entry.country is not None) and kinds[0] not in (
+            "czf",
+            "dczf",
+        ):
+            problems.append(
+                doc.problem(
+                    ("client_map", i),
+                    f"{label}: asn and country apply to czf and dczf sources only",
+                )
+            )
         else:
             kind = kinds[0]
-            add(kind, getattr(entry, kind), ("client_map", i, kind), label, entry.asn or 0, entry.country or "")
+            add(
+                kind,
+                getattr(entry, kind),
+                ("client_map", i, kind),
+                label,
+                entry.asn or 0,
+                entry.country or "",
+            )
     return sources, problems
 
 
@@ -267,34 +320,51 @@ def _load_client_map(
     if problems or not sources:
         return None, problems
     try:
-        loaded = load_client_map([s for s, _, _ in sources], directory / (settings.cache_dir or DEFAULT_CACHE_DIR))
+        loaded = load_client_map(
+            [s for s, _, _ in sources], directory / (settings.cache_dir or DEFAULT_CACHE_DIR)
+        )
     except ClientMapError as exc:
         named = {source.name: (where, label) for source, where, label in sources}
-        return None, [_client_map_problem(p, doc, *named.get(p.path, (("client_map",), "client_map"))) for p in exc.problems]
+        return None, [
+            _client_map_problem(p, doc, *named.get(p.path, (("client_map",), "client_map")))
+            for p in exc.problems
+        ]
     return loaded.client_map, []
 
 
-def _client_map_problem(problem: SourceProblem, doc: LocatedYaml, where: YamlPath, label: str) -> Problem:
+def _client_map_problem(
+    problem: SourceProblem, doc: LocatedYaml, where: YamlPath, label: str
+) -> Problem:
     """A problem with a line stays in its file; one without points at deployment.yaml."""
     if problem.line:
         return Problem(problem.path, problem.line, problem.message)
     return doc.problem(where, f"{label}: {problem.path}: {problem.message}")
 
 
-def load_node_keys(path: Path, display: str, inventory: Inventory | None) -> tuple[dict[str, bytes], list[Problem]]:
+def load_node_keys(
+    path: Path, display: str, inventory: Inventory | None
+) -> tuple[dict[str, bytes], list[Problem]]:
     """The heartbeat keys file: ``keys: {node id: hex key}``, one key per node, 16+ bytes each."""
     doc, problems = load_yaml(path, display)
     if doc is None:
         return {}, problems
     data = doc.data
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), dict) or set(data) != {"keys"}:
-        return {}, problems + [doc.problem((), "must be a mapping with one key, keys: {node id: hex key}")]
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("keys"), dict)
+        or set(data) != {"keys"}
+    ):
+        return {}, problems + [
+            doc.problem((), "must be a mapping with one key, keys: {node id: hex key}")
+        ]
     node_ids = {n.id for n in inventory.nodes} if inventory else set()
     keys: dict[str, bytes] = {}
     for node_id, text in data["keys"].items():
         where = ("keys", node_id)
         if inventory is not None and node_id not in node_ids:
-            problems.append(doc.problem(where, f'key for unknown node "{node_id}" (not in nodes.yaml)'))
+            problems.append(
+                doc.problem(where, f'key for unknown node "{node_id}" (not in nodes.yaml)')
+            )
             continue
         try:
             key = bytes.fromhex(str(text))
@@ -302,9 +372,15 @@ def load_node_keys(path: Path, display: str, inventory: Inventory | None) -> tup
             problems.append(doc.problem(where, f'node "{node_id}": key must be hexadecimal'))
             continue
         if len(key) < 16:
-            problems.append(doc.problem(where, f'node "{node_id}": key must be at least 16 bytes (32 hex digits)'))
+            problems.append(
+                doc.problem(
+                    where, f'node "{node_id}": key must be at least 16 bytes (32 hex digits)'
+                )
+            )
             continue
         keys[str(node_id)] = key
     for node_id in sorted(node_ids - set(keys) - {str(k) for k in data["keys"]}):
-        problems.append(doc.problem(("keys",), f'node "{node_id}" has no key: it could never report'))
+        problems.append(
+            doc.problem(("keys",), f'node "{node_id}" has no key: it could never report')
+        )
     return keys, problems

@@ -22,14 +22,18 @@ from router.config.problems import Problem
 HEADER = ["country_a", "country_b", "rtt_ms", "samples"]
 
 
-def load_country_rtt(path: Path, display: str) -> tuple[dict[tuple[str, str], float], list[Problem]]:
+def load_country_rtt(
+    path: Path, display: str
+) -> tuple[dict[tuple[str, str], float], list[Problem]]:
     """Read the table; every bad row is reported with its line."""
     table: dict[tuple[str, str], float] = {}
     rows, problems = _csv_rows(path, display, HEADER, "latency table")
     for line, row in rows:
         a, b, rtt_text, _samples = row
         if not (len(a) == 2 and a.isupper() and len(b) == 2 and b.isupper()):
-            problems.append(Problem(display, line, f"country codes must be ISO 3166 alpha-2, got {a!r}, {b!r}"))
+            problems.append(
+                Problem(display, line, f"country codes must be ISO 3166 alpha-2, got {a!r}, {b!r}")
+            )
             continue
         try:
             rtt = float(rtt_text)
@@ -37,7 +41,9 @@ def load_country_rtt(path: Path, display: str) -> tuple[dict[tuple[str, str], fl
             problems.append(Problem(display, line, f"rtt_ms must be a number, got {rtt_text!r}"))
             continue
         if not math.isfinite(rtt) or rtt < 0:
-            problems.append(Problem(display, line, f"rtt_ms must be a non-negative number, got {rtt_text!r}"))
+            problems.append(
+                Problem(display, line, f"rtt_ms must be a non-negative number, got {rtt_text!r}")
+            )
             continue
         key = (min(a, b), max(a, b))
         if key in table:
@@ -58,7 +64,9 @@ class RttSample:
     measured_at: float  # Unix seconds
 
 
-def load_rtt_samples(path: Path, display: str, node_ids: set[str]) -> tuple[list[RttSample], list[Problem]]:
+def load_rtt_samples(
+    path: Path, display: str, node_ids: set[str]
+) -> tuple[list[RttSample], list[Problem]]:
     """Read a node-to-prefix RTT file; every bad row is reported with its line."""
     samples: list[RttSample] = []
     rows, problems = _csv_rows(path, display, SAMPLES_HEADER, "RTT samples")
@@ -77,11 +85,19 @@ def load_rtt_samples(path: Path, display: str, node_ids: set[str]) -> tuple[list
         except ValueError:
             rtt = math.nan
         if not math.isfinite(rtt) or not 0 <= rtt <= 10_000:
-            problems.append(Problem(display, line, f"rtt_ms must be a number from 0 to 10000, got {rtt_text!r}"))
+            problems.append(
+                Problem(display, line, f"rtt_ms must be a number from 0 to 10000, got {rtt_text!r}")
+            )
             continue
         measured_at = _timestamp(when)
         if measured_at is None:
-            problems.append(Problem(display, line, f"measured_at must be Unix seconds or ISO 8601 with a zone, got {when!r}"))
+            problems.append(
+                Problem(
+                    display,
+                    line,
+                    f"measured_at must be Unix seconds or ISO 8601 with a zone, got {when!r}",
+                )
+            )
             continue
         samples.append(RttSample(network, node, rtt, measured_at))
     return samples, sorted(problems, key=lambda problem: problem.line)  # file order
@@ -100,7 +116,9 @@ def _timestamp(text: str) -> float | None:
     return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
-def _csv_rows(path: Path, display: str, header: list[str], what: str) -> tuple[list[tuple[int, list[str]]], list[Problem]]:
+def _csv_rows(
+    path: Path, display: str, header: list[str], what: str
+) -> tuple[list[tuple[int, list[str]]], list[Problem]]:
     """(line, fields) of every row with the header's field count, and problems for the rest.
 
     An unreadable file or a wrong header is one problem and no rows.
@@ -115,10 +133,18 @@ def _csv_rows(path: Path, display: str, header: list[str], what: str) -> tuple[l
         reader = csv.reader(handle)
         found = next(reader, None)
         if found != header:
-            return [], [Problem(display, 1, f"header must be {','.join(header)}, got {','.join(found or [])}")]
+            return [], [
+                Problem(
+                    display, 1, f"header must be {','.join(header)}, got {','.join(found or [])}"
+                )
+            ]
         for row in reader:
             if len(row) != len(header):
-                problems.append(Problem(display, reader.line_num, f"expected {len(header)} fields, got {len(row)}"))
+                problems.append(
+                    Problem(
+                        display, reader.line_num, f"expected {len(header)} fields, got {len(row)}"
+                    )
+                )
             else:
                 rows.append((reader.line_num, row))
     return rows, problems

@@ -64,7 +64,9 @@ class Node(BaseModel):
     anycast_prefixes: tuple[IPv4Network | IPv6Network, ...] = ()
     # Probed by the router as a second signal: http://HOST:PORT/PATH (GET, 2xx = good) or
     # tcp://HOST:PORT (connect = good). Optional.
-    health_url: str | None = Field(default=None, pattern=r"^(https?://[^\s/]+(/\S*)?|tcp://[^\s/]+:\d+)$")
+    health_url: str | None = Field(
+        default=None, pattern=r"^(https?://[^\s/]+(/\S*)?|tcp://[^\s/]+:\d+)$"
+    )
 
 
 class Inventory(BaseModel):
@@ -85,13 +87,17 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
         return None, [doc.problem((), "must be a mapping with keys sites and nodes")]
     for key in data:
         if key not in ("sites", "nodes"):
-            problems.append(doc.problem((key,), f'unknown top-level key "{key}" (valid: nodes, sites)'))
+            problems.append(
+                doc.problem((key,), f'unknown top-level key "{key}" (valid: nodes, sites)')
+            )
 
     sites: list[Site] = []
     site_lines: dict[str, int] = {}
     invalid_site_ids: set[str] = set()  # reported already: no second error for their nodes
     for i, item in _items(doc, "sites", problems):
-        label = f'site "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"site #{i + 1}"
+        label = (
+            f'site "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"site #{i + 1}"
+        )
         site, errors = validate_item(Site, item, doc, ("sites", i), label)
         problems += errors
         if not isinstance(site, Site):
@@ -100,7 +106,10 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
             continue
         if site.id in site_lines:
             problems.append(
-                doc.problem(("sites", i, "id"), f'duplicate site id "{site.id}" (first defined at line {site_lines[site.id]})')
+                doc.problem(
+                    ("sites", i, "id"),
+                    f'duplicate site id "{site.id}" (first defined at line {site_lines[site.id]})',
+                )
             )
         else:
             site_lines[site.id] = doc.line(("sites", i))
@@ -111,14 +120,19 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
     nodes: list[Node] = []
     seen_addresses: dict[str, str] = {}
     for i, item in _items(doc, "nodes", problems):
-        label = f'node "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"node #{i + 1}"
+        label = (
+            f'node "{item["id"]}"' if isinstance(item, dict) and "id" in item else f"node #{i + 1}"
+        )
         node, errors = validate_item(Node, item, doc, ("nodes", i), label)
         problems += errors
         if not isinstance(node, Node):
             continue
         if node.id in node_lines:
             problems.append(
-                doc.problem(("nodes", i, "id"), f'duplicate node id "{node.id}" (first defined at line {node_lines[node.id]})')
+                doc.problem(
+                    ("nodes", i, "id"),
+                    f'duplicate node id "{node.id}" (first defined at line {node_lines[node.id]})',
+                )
             )
             continue
         node_lines[node.id] = doc.line(("nodes", i))

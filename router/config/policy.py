@@ -302,7 +302,9 @@ def _check_geofence(
     return problems
 
 
-def _check_probe(doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+def _check_probe(
+    doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory
+) -> list[Problem]:
     """The URL template may only name known fields, and every node it needs must have them."""
     if policy.probe is None:
         return []
@@ -407,12 +409,16 @@ def _covers(earlier: Rule, later: Rule) -> bool:
     a, b = earlier.countries(), later.countries()
     if a is not None and (b is None or not b <= a):
         return False
-    if earlier.asns is not None and (later.asns is None or not set(later.asns) <= set(earlier.asns)):
+    if earlier.asns is not None and (
+        later.asns is None or not set(later.asns) <= set(earlier.asns)
+    ):
         return False
     return True
 
 
-def _covered_together(rules: tuple[Rule, ...] | list[Rule], i: int, earlier: list[int]) -> list[int]:
+def _covered_together(
+    rules: tuple[Rule, ...] | list[Rule], i: int, earlier: list[int]
+) -> list[int]:
     """The ``earlier`` rules that between them match every client rule ``i`` matches (a
     client is a country and an ASN), or [] when some client of rule ``i`` gets through.
 
@@ -423,7 +429,11 @@ def _covered_together(rules: tuple[Rule, ...] | list[Rule], i: int, earlier: lis
     mine = rule.countries()  # None: every country
     used: set[int] = set()
     for asn in rule.asns if rule.asns is not None else (None,):
-        matching = [k for k in earlier if rules[k].asns is None or (asn is not None and asn in rules[k].asns)]
+        matching = [
+            k
+            for k in earlier
+            if rules[k].asns is None or (asn is not None and asn in rules[k].asns)
+        ]
         anywhere = [k for k in matching if rules[k].countries() is None]
         if anywhere:
             used.add(anywhere[0])
@@ -439,7 +449,9 @@ def _describe_rule(rule: Rule) -> str:
     return f"{rule.clients} -> pool {rule.pool}"
 
 
-def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+def _check_pools(
+    doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory
+) -> list[Problem]:
     """Pools, rules and fallbacks: every problem, located, saying what would be valid."""
     base = ("policies", name)
     problems: list[Problem] = []
@@ -450,19 +462,30 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
     if policy.nodes is not None:
         if not policy.pools and not policy.rules:
             return problems
-        add(("nodes",), "give either nodes (one pool for every client) or pools and rules, not both")
+        add(
+            ("nodes",), "give either nodes (one pool for every client) or pools and rules, not both"
+        )
     if not policy.pools and not policy.rules:
-        add((), 'missing required field "nodes" (all, or a list of node ids), or "pools" and "rules"')
+        add(
+            (),
+            'missing required field "nodes" (all, or a list of node ids), or "pools" and "rules"',
+        )
         return problems
     if not policy.pools:
         add(("rules",), 'rules need "pools": name -> {nodes: [...], fallback: POOL}')
     if not policy.rules:
-        add(("pools",), 'pools need "rules": an ordered list of {geos, asns, pool}, the last one a catch-all')
+        add(
+            ("pools",),
+            'pools need "rules": an ordered list of {geos, asns, pool}, the last one a catch-all',
+        )
     defined = ", ".join(policy.pools) or "none"
     for pool_name, pool in policy.pools.items():
         where = ("pools", pool_name)
         if not pool.nodes:
-            add(where + ("nodes",), f'pool "{pool_name}" has no nodes (give node ids or selectors: site:ID, metro:NAME, country:CC, asn:N)')
+            add(
+                where + ("nodes",),
+                f'pool "{pool_name}" has no nodes (give node ids or selectors: site:ID, metro:NAME, country:CC, asn:N)',
+            )
         seen: set[str] = set()
         for i, entry in enumerate(pool.nodes):
             picked = select_nodes(str(entry), inventory)
@@ -472,7 +495,10 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
                 add(where + ("nodes", i), f'pool "{pool_name}" lists "{entry}" twice')
             seen.add(entry)
         if pool.fallback is not None and pool.fallback not in policy.pools:
-            add(where + ("fallback",), f'pool "{pool_name}": fallback to undefined pool "{pool.fallback}" (defined: {defined})')
+            add(
+                where + ("fallback",),
+                f'pool "{pool_name}": fallback to undefined pool "{pool.fallback}" (defined: {defined})',
+            )
     # Fallback loops: each cycle once, at the fallback of its first pool in file order.
     reported: set[frozenset[str]] = set()
     for pool_name in policy.pools:
@@ -483,13 +509,16 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
             current = policy.pools[current].fallback
         if current is None or current not in path:
             continue
-        cycle = path[path.index(current):]
+        cycle = path[path.index(current) :]
         if frozenset(cycle) in reported:
             continue
         reported.add(frozenset(cycle))
         first = min(cycle, key=list(policy.pools).index)
-        ring = cycle[cycle.index(first):] + cycle[: cycle.index(first)] + [first]
-        add(("pools", first, "fallback"), f"fallback loop: {' -> '.join(ring)} (a chain of fallbacks must end in a pool without one)")
+        ring = cycle[cycle.index(first) :] + cycle[: cycle.index(first)] + [first]
+        add(
+            ("pools", first, "fallback"),
+            f"fallback loop: {' -> '.join(ring)} (a chain of fallbacks must end in a pool without one)",
+        )
 
     catch_all_at: int | None = None
     valid: list[int] = []  # rules whose geos and asns could be read, in order
@@ -501,7 +530,10 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         bad_geo = False
         for key in ("geos", "asns"):
             if getattr(rule, key) == ():
-                add(where + (key,), f"{number}: {key} is empty, so the rule matches no client (leave {key} out to match any)")
+                add(
+                    where + (key,),
+                    f"{number}: {key} is empty, so the rule matches no client (leave {key} out to match any)",
+                )
                 bad_geo = True
         for j, code in enumerate(rule.geos or ()):
             parsed = parse_geo(code)
@@ -522,13 +554,25 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
         else:
             together = _covered_together(policy.rules, i, valid)
             if together:
-                lines = ", ".join(f"{k + 1} (line {doc.line(base + ('rules', k))})" for k in together)
-                what = "countries" if rule.asns is None else "clients (every country and ASN it matches)"
-                add(where, f"{number} ({_describe_rule(rule)}) never matches: rules {lines} take all its {what} first")
+                lines = ", ".join(
+                    f"{k + 1} (line {doc.line(base + ('rules', k))})" for k in together
+                )
+                what = (
+                    "countries"
+                    if rule.asns is None
+                    else "clients (every country and ASN it matches)"
+                )
+                add(
+                    where,
+                    f"{number} ({_describe_rule(rule)}) never matches: rules {lines} take all its {what} first",
+                )
         valid.append(i)
         if rule.catch_all:
             if i != len(policy.rules) - 1:
-                add(where, f"{number} is a catch-all (no geos, no asns) but not the last rule: the rules after it never match; move it to the end")
+                add(
+                    where,
+                    f"{number} is a catch-all (no geos, no asns) but not the last rule: the rules after it never match; move it to the end",
+                )
             catch_all_at = i
     if policy.rules and catch_all_at is None:
         last = policy.rules[-1]
@@ -538,13 +582,18 @@ def _check_pools(doc: LocatedYaml, name: str, label: str, policy: Policy, invent
     used = {pool for rule in policy.rules for pool in fallback_chain(policy, rule.pool)}
     for pool_name in policy.pools:
         if pool_name not in used:
-            add(("pools", pool_name), f'pool "{pool_name}" is never used: no rule names it and it is not the fallback of a pool a rule uses')
+            add(
+                ("pools", pool_name),
+                f'pool "{pool_name}" is never used: no rule names it and it is not the fallback of a pool a rule uses',
+            )
     if not problems:
         problems += _check_rule_fences(doc, base, label, policy, inventory)
     return problems
 
 
-def _check_rule_fences(doc: LocatedYaml, base: YamlPath, label: str, policy: Policy, inventory: Inventory) -> list[Problem]:
+def _check_rule_fences(
+    doc: LocatedYaml, base: YamlPath, label: str, policy: Policy, inventory: Inventory
+) -> list[Problem]:
     """A fenced client must find a node inside its fence somewhere along its rule's chain."""
     problems: list[Problem] = []
     site_country = {s.id: s.country for s in inventory.sites}

@@ -34,4 +34,6 @@ class ConfigError(Exception):
 
     def report(self, directory: Path | str) -> str:
         """Every problem on its own line, then how many: what ``router check`` prints."""
-        return "\n".join([*(str(p) for p in self.problems), f"{len(self.problems)} problem(s) in {directory}"])
+        return "\n".join(
+            [*(str(p) for p in self.problems), f"{len(self.problems)} problem(s) in {directory}"]
+        )

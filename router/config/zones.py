@@ -85,7 +85,9 @@ class _Reader(dns.zonefile.Reader):
         super()._rr_line()
 
 
-def _read(text: str, origin: dns.name.Name, display: str) -> tuple[dns.zone.Zone | None, Problem | None]:
+def _read(
+    text: str, origin: dns.name.Name, display: str
+) -> tuple[dns.zone.Zone | None, Problem | None]:
     zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
     tok = _LineTrackingTokenizer(text, display)
     lines = text.split("\n")
@@ -106,13 +108,17 @@ def _read(text: str, origin: dns.name.Name, display: str) -> tuple[dns.zone.Zone
     except dns.zonefile.CNAMEAndOtherData:
         # Raised when the record is stored, after its whole line was read.
         tok.token_line = tok.record_line
-        return None, problem("a name with a CNAME record cannot have other records (RFC 1034 3.6.2)")
+        return None, problem(
+            "a name with a CNAME record cannot have other records (RFC 1034 3.6.2)"
+        )
     except dns.exception.DNSException as exc:
         return None, problem(str(exc) or type(exc).__name__)
     return zone, None
 
 
-def _check_semantics(zone: dns.zone.Zone, origin: dns.name.Name, text: str, display: str) -> list[Problem]:
+def _check_semantics(
+    zone: dns.zone.Zone, origin: dns.name.Name, text: str, display: str
+) -> list[Problem]:
     problems = []
     lines = record_line_index(text, origin)
     apex_line = lines.get((origin, dns.rdatatype.SOA), 1)
@@ -136,7 +142,9 @@ def _check_semantics(zone: dns.zone.Zone, origin: dns.name.Name, text: str, disp
                 for t in (dns.rdatatype.A, dns.rdatatype.AAAA)
             )
             if not has_address:
-                line = lines.get((name, dns.rdatatype.NS, target), lines.get((name, dns.rdatatype.NS), 1))
+                line = lines.get(
+                    (name, dns.rdatatype.NS, target), lines.get((name, dns.rdatatype.NS), 1)
+                )
                 problems.append(
                     Problem(
                         display,
@@ -177,7 +185,11 @@ def record_line_index(text: str, origin: dns.name.Name) -> dict[tuple, int]:
             continue
         if not line[0].isspace():
             try:
-                owner = current_origin if tokens[0] == "@" else dns.name.from_text(tokens[0], current_origin)
+                owner = (
+                    current_origin
+                    if tokens[0] == "@"
+                    else dns.name.from_text(tokens[0], current_origin)
+                )
             except dns.exception.DNSException:
                 continue
             tokens = tokens[1:]

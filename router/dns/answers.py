@@ -48,7 +48,9 @@ class StaticAnswer:
 
     __slots__ = ("flags", "an", "ns", "ar", "main", "extra", "extra_required")
 
-    def __init__(self, flags: int, an: int, ns: int, ar: int, main: bytes, extra: bytes, extra_required: bool) -> None:
+    def __init__(
+        self, flags: int, an: int, ns: int, ar: int, main: bytes, extra: bytes, extra_required: bool
+    ) -> None:
         self.flags = flags  # AA bit and RCODE
         self.an = an
         self.ns = ns
@@ -63,7 +65,9 @@ class SteeredAnswer:
 
     __slots__ = ("index", "policy", "rdtype", "ttl", "records")
 
-    def __init__(self, index: int, policy: int, rdtype: int, ttl: int, records: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, index: int, policy: int, rdtype: int, ttl: int, records: tuple[bytes, ...]
+    ) -> None:
         self.index = index
         self.policy = policy
         self.rdtype = rdtype
@@ -275,16 +279,31 @@ class AnswerBook:
         additional: list[dns.rrset.RRset],
         extra_required: bool = False,
     ) -> StaticAnswer:
-        (an_bytes, ns_bytes, ar_bytes), (an, ns, ar) = _encode(question, qlen, anchor, [answer, authority, additional])
+        (an_bytes, ns_bytes, ar_bytes), (an, ns, ar) = _encode(
+            question, qlen, anchor, [answer, authority, additional]
+        )
         flags = (wire.AA if authoritative else 0) | rcode
         return StaticAnswer(flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required)
 
-    def _positive(self, index: ZoneIndex, qname: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> StaticAnswer:
+    def _positive(
+        self, index: ZoneIndex, qname: dns.name.Name, rdataset: dns.rdataset.Rdataset
+    ) -> StaticAnswer:
         answer = [_rrset(qname, rdataset)]
-        return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, answer, [], self._additional(index, answer))
+        return self._static(
+            qname,
+            len(qname.to_wire()),
+            None,
+            wire.NOERROR,
+            True,
+            answer,
+            [],
+            self._additional(index, answer),
+        )
 
     def _any(self, qname: dns.name.Name) -> StaticAnswer:
-        return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, [_hinfo_rrset(qname)], [], [])
+        return self._static(
+            qname, len(qname.to_wire()), None, wire.NOERROR, True, [_hinfo_rrset(qname)], [], []
+        )
 
     def _cname_chain(self, index: ZoneIndex, qname: dns.name.Name, qtype: int) -> StaticAnswer:
         """Follow CNAMEs inside the zone (RFC 1034 4.3.2) and stop at a steered name.
@@ -353,10 +372,16 @@ class AnswerBook:
             return self._negative(index, wire.NOERROR, qlen)
         # Closest encloser, then its wildcard (RFC 4592).
         for suffix in names[1:]:
-            if suffix in index.names or suffix in index.empty_non_terminals or len(suffix) <= origin_len:
+            if (
+                suffix in index.names
+                or suffix in index.empty_non_terminals
+                or len(suffix) <= origin_len
+            ):
                 wildcard = index.wildcards.get(suffix)
                 if wildcard is not None:
-                    return self._from_wildcard(index, wildcard, dns.name.from_wire(qname, 0)[0], qtype)
+                    return self._from_wildcard(
+                        index, wildcard, dns.name.from_wire(qname, 0)[0], qtype
+                    )
                 break
         return self._negative(index, wire.NXDOMAIN, qlen)
 
@@ -393,7 +418,9 @@ class AnswerBook:
                     if rdataset is not None:
                         glue.append(_rrset(rdata.target, rdataset))
             required = any(rdata.target.is_subdomain(cut) for rdata in ns)
-            answer = self._static(None, qlen, cut, wire.NOERROR, False, [], [ns], glue, extra_required=required)
+            answer = self._static(
+                None, qlen, cut, wire.NOERROR, False, [], [ns], glue, extra_required=required
+            )
             index.templates[key] = answer
         return answer
 
@@ -417,7 +444,9 @@ class AnswerBook:
         if rdataset is None:
             return self._negative(index, wire.NOERROR, qlen)
         answer = [_rrset(qname, rdataset)]
-        return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], self._additional(index, answer))
+        return self._static(
+            qname, qlen, None, wire.NOERROR, True, answer, [], self._additional(index, answer)
+        )
 
 
 def _shift_soa_pointers(rr: bytes, delta: int) -> bytes:
@@ -442,4 +471,11 @@ def _shift_soa_pointers(rr: bytes, delta: int) -> bytes:
 
 def _steered_record(rdtype: int, ttl: int, address: bytes) -> bytes:
     # Owner: pointer to the question name at offset 12 (the steered name is the qname).
-    return b"\xc0\x0c" + rdtype.to_bytes(2, "big") + b"\x00\x01" + ttl.to_bytes(4, "big") + len(address).to_bytes(2, "big") + address
+    return (
+        b"\xc0\x0c"
+        + rdtype.to_bytes(2, "big")
+        + b"\x00\x01"
+        + ttl.to_bytes(4, "big")
+        + len(address).to_bytes(2, "big")
+        + address
+    )

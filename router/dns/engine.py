@@ -108,7 +108,9 @@ class Decision:
 
     __slots__ = ("policy", "group", "scope", "answer_set", "source", "split_row")
 
-    def __init__(self, policy: int, group: int, scope: int, answer_set: int, source: str, split_row: int) -> None:
+    def __init__(
+        self, policy: int, group: int, scope: int, answer_set: int, source: str, split_row: int
+    ) -> None:
         self.policy = policy
         self.group = group
         self.scope = scope
@@ -236,7 +238,9 @@ class Responder:
         if self.record_decisions:
             self.last_decision = Decision(entry.policy, group, scope, answer_set, origin, split_row)
         if self.stats is not None:
-            self.stats.count_steered(query_stats.UDP if udp else query_stats.TCP, nodes, query_stats.LOCATED_BY[origin])
+            self.stats.count_steered(
+                query_stats.UDP if udp else query_stats.TCP, nodes, query_stats.LOCATED_BY[origin]
+            )
         return self._reply(q, wire.AA, len(nodes), 0, 0, body, udp, scope)
 
     def _locate(self, q: Query, source: str) -> tuple[int, int, str, int]:

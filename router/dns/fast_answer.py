@@ -212,7 +212,9 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
     sp4_net = np.array([int(n.network_address) for n in SPECIAL_V4], dtype=np.int64)
     sp4_len = np.array([n.prefixlen for n in SPECIAL_V4], dtype=np.int64)
     sp6_hi = np.array([int(n.network_address) >> 64 for n in SPECIAL_V6], dtype=np.uint64)
-    sp6_lo = np.array([int(n.network_address) & 0xFFFFFFFFFFFFFFFF for n in SPECIAL_V6], dtype=np.uint64)
+    sp6_lo = np.array(
+        [int(n.network_address) & 0xFFFFFFFFFFFFFFFF for n in SPECIAL_V6], dtype=np.uint64
+    )
     sp6_len = np.array([n.prefixlen for n in SPECIAL_V6], dtype=np.int64)
 
     cm = client_map
@@ -235,7 +237,9 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
 def _fill_slots(keys, key_off, key_tag, slots):
     mask = slots.shape[0] - 1
     for e in range(key_off.shape[0] - 1):
-        i = np.int64(_name_hash(keys, key_off[e], key_off[e + 1] - key_off[e], key_tag[e]) & np.uint64(mask))
+        i = np.int64(
+            _name_hash(keys, key_off[e], key_off[e + 1] - key_off[e], key_tag[e]) & np.uint64(mask)
+        )
         while slots[i] >= 0:
             i = (i + 1) & mask
         slots[i] = e
@@ -433,7 +437,13 @@ def _parse_query(pkt, n, q):
             return False
     seen_opt = False
     for _ in range(arcount):
-        if pos < n and pkt[pos] == 0 and pos + 3 <= n and pkt[pos + 1] == 0 and pkt[pos + 2] == wire.OPT_TYPE:
+        if (
+            pos < n
+            and pkt[pos] == 0
+            and pos + 3 <= n
+            and pkt[pos + 1] == 0
+            and pkt[pos + 2] == wire.OPT_TYPE
+        ):
             if seen_opt:
                 return False
             seen_opt = True
@@ -469,7 +479,22 @@ def _put16(out, pos, value):
 
 
 @njit(**JIT_OPTIONS)
-def _reply(pkt, q, out, rcode_flags, an, ns, ar, body, main_off, main_len, extra_len, extra_required, udp, ecs_scope):
+def _reply(
+    pkt,
+    q,
+    out,
+    rcode_flags,
+    an,
+    ns,
+    ar,
+    body,
+    main_off,
+    main_len,
+    extra_len,
+    extra_required,
+    udp,
+    ecs_scope,
+):
     """Header, the client's question, sections and OPT, truncated for UDP; returns the length.
 
     ``body[main_off:]`` holds the answer and authority sections then the additional one;
@@ -588,7 +613,16 @@ def _special_v6(hi, lo, nets_hi, nets_lo, lens):
 
 @njit(inline="always", **JIT_OPTIONS)
 def _lookup_v6(book, hi, lo):
-    group, scope = _lpm._lookup_v6_one(book[B_V6_START_HI], book[B_V6_START_LO], book[B_V6_END_HI], book[B_V6_END_LO], book[B_V6_GROUP], book[B_V6_SCOPE], hi, lo)
+    group, scope = _lpm._lookup_v6_one(
+        book[B_V6_START_HI],
+        book[B_V6_START_LO],
+        book[B_V6_END_HI],
+        book[B_V6_END_LO],
+        book[B_V6_GROUP],
+        book[B_V6_SCOPE],
+        hi,
+        lo,
+    )
     return np.int64(group), np.int64(scope)
 
 
@@ -599,7 +633,9 @@ def _by_source(book, src_v6, src_hi, src_lo):
         group, scope = _lookup_v6(book, src_hi, src_lo)
         return group, scope, _v6_key(src_hi, 128)
     value = np.int64(src_lo & np.uint64(0xFFFFFFFF))
-    group, scope = _lpm._lookup_v4_one(book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value)
+    group, scope = _lpm._lookup_v4_one(
+        book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value
+    )
     return np.int64(group), np.int64(scope), _v4_key(value, 32)
 
 
@@ -617,8 +653,15 @@ def _locate(pkt, q, book, src_v6, src_hi, src_lo):
                     value = (value << 8) | (np.int64(pkt[a + i]) if i < alen else 0)
                 special = _special_v4(value, book[B_SP4_NET], book[B_SP4_LEN])
                 if special < 0:
-                    group, scope = _lpm._lookup_v4_one(book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value)
-                    return np.int64(group), np.int64(scope), _v4_key(value, bits), query_stats.LOCATED_ECS
+                    group, scope = _lpm._lookup_v4_one(
+                        book[B_V4_START], book[B_V4_END], book[B_V4_GROUP], book[B_V4_SCOPE], value
+                    )
+                    return (
+                        np.int64(group),
+                        np.int64(scope),
+                        _v4_key(value, bits),
+                        query_stats.LOCATED_ECS,
+                    )
             else:
                 hi = np.uint64(0)
                 lo = np.uint64(0)
@@ -707,7 +750,13 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
     if 128 <= qtype <= 254:
         return _empty_reply(pkt, q, out, wire.NOTIMP, body, udp)
 
-    keys, key_off, key_tag, key_val, slots = book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_KEY_VAL], book[B_SLOTS]
+    keys, key_off, key_tag, key_val, slots = (
+        book[B_KEYS],
+        book[B_KEY_OFF],
+        book[B_KEY_TAG],
+        book[B_KEY_VAL],
+        book[B_SLOTS],
+    )
     qend = q[Q_QEND]
     qlen = qend - 12
     e = _find(keys, key_off, key_tag, slots, pkt, 12, qlen, qtype)
@@ -761,7 +810,16 @@ def _zone_of(pkt, qend, book, labels):
             break
         pos += np.int64(pkt[pos]) + 1
     for k in range(count):
-        e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, labels[k], qend - labels[k], TAG_APEX)
+        e = _find(
+            book[B_KEYS],
+            book[B_KEY_OFF],
+            book[B_KEY_TAG],
+            book[B_SLOTS],
+            pkt,
+            labels[k],
+            qend - labels[k],
+            TAG_APEX,
+        )
         if e >= 0:
             return book[B_KEY_VAL][e], count
     return -1, count
@@ -771,19 +829,39 @@ def _zone_of(pkt, qend, book, labels):
 def _name_label(pkt, q, book, labels):
     """QueryLabels.name_label for a parsed question (replies that did not look the name up)."""
     qend = q[Q_QEND]
-    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, 12, qend - 12, q[Q_QTYPE])
+    e = _find(
+        book[B_KEYS],
+        book[B_KEY_OFF],
+        book[B_KEY_TAG],
+        book[B_SLOTS],
+        pkt,
+        12,
+        qend - 12,
+        q[Q_QTYPE],
+    )
     if e >= 0:
         return book[B_KEY_NAME][e]
     z, _ = _zone_of(pkt, qend, book, labels)
     if z < 0:
         return np.int64(query_stats.NAME_NO_ZONE)
-    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, 12, qend - 12, TAG_ZONE_NAME + z)
+    e = _find(
+        book[B_KEYS],
+        book[B_KEY_OFF],
+        book[B_KEY_TAG],
+        book[B_SLOTS],
+        pkt,
+        12,
+        qend - 12,
+        TAG_ZONE_NAME + z,
+    )
     return book[B_KEY_NAME][e] if e >= 0 else book[B_ZONE_OTHER][z]
 
 
 @njit(inline="always", **JIT_OPTIONS)
 def _flags(book, pkt, start, qend, tag):
-    e = _find(book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, start, qend - start, tag)
+    e = _find(
+        book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, start, qend - start, tag
+    )
     return book[B_KEY_VAL][e] if e >= 0 else 0
 
 
@@ -803,7 +881,23 @@ def _static(pkt, q, out, book, index, udp):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _steered(pkt, q, out, book, view, demand, count_demand, stats, count_stats, body, s, udp, src_v6, src_hi, src_lo):
+def _steered(
+    pkt,
+    q,
+    out,
+    book,
+    view,
+    demand,
+    count_demand,
+    stats,
+    count_stats,
+    body,
+    s,
+    udp,
+    src_v6,
+    src_hi,
+    src_lo,
+):
     group, scope, key, located = _locate(pkt, q, book, src_v6, src_hi, src_lo)
     policy = book[B_SA_POLICY][s]
     if count_demand:
@@ -813,7 +907,9 @@ def _steered(pkt, q, out, book, view, demand, count_demand, stats, count_stats, 
         answer_set = _pick(view, -answer_set - 1, key)
         # The answer now depends on the client's /24 (or /48): say so in the scope.
         if scope > 0:
-            scope = max(scope, STICKY_V4_BITS if (key >> _U64_63) == np.uint64(0) else STICKY_V6_BITS)
+            scope = max(
+                scope, STICKY_V4_BITS if (key >> _U64_63) == np.uint64(0) else STICKY_V6_BITS
+            )
     node_count = book[B_NODE_COUNT]
     rec_off, rec_bytes = book[B_REC_OFF], book[B_REC_BYTES]
     set_nodes = view[1]
@@ -846,7 +942,9 @@ class FastResponder:
                  stats: QueryStats | None = None) -> None:  # fmt: skip
         self.fast = fast
         self.view = view  # callable returning the current TableView
-        self.demand = demand_counts if demand_counts is not None else np.zeros((1, 1), dtype=np.int64)
+        self.demand = (
+            demand_counts if demand_counts is not None else np.zeros((1, 1), dtype=np.int64)
+        )
         self.count_demand = demand_counts is not None
         self.stats = stats.arrays if stats is not None else NO_STATS
         self.count_stats = stats is not None

@@ -113,7 +113,12 @@ class AppendFile:
         except OSError as exc:  # a full disk costs log lines, never answers
             self.errors += 1
             if self.errors <= 3 or self.errors % 10_000 == 0:
-                log.warning("cannot write the query log %s: %s (%d lines lost so far)", self.path, exc.strerror, self.errors)
+                log.warning(
+                    "cannot write the query log %s: %s (%d lines lost so far)",
+                    self.path,
+                    exc.strerror,
+                    self.errors,
+                )
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -152,7 +157,11 @@ class QueryLog:
         key = (policy, k, resolved)
         cached = self._chains.get(key)
         if cached is None:
-            inside = np.flatnonzero(routing.pool_nodes[resolved] & routing.class_fence[k]) if resolved >= 0 else np.zeros(0, dtype=np.int64)
+            inside = (
+                np.flatnonzero(routing.pool_nodes[resolved] & routing.class_fence[k])
+                if resolved >= 0
+                else np.zeros(0, dtype=np.int64)
+            )
             cached = (routing.chain(k), inside)
             self._chains[key] = cached
         return cached
@@ -213,7 +222,9 @@ class QueryLog:
                 "id": g,
                 "asn": int(groups.asn[g]) or None,
                 "country": groups.country[g] or None,
-                "location": None if math.isnan(lat) or math.isnan(lon) else [round(lat, 4), round(lon, 4)],
+                "location": None
+                if math.isnan(lat) or math.isnan(lon)
+                else [round(lat, 4), round(lon, 4)],
                 "name": groups.describe(g),
             },
             located_by=located,
@@ -287,7 +298,11 @@ def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply:
     if rcode == wire.NOTIMP:
         return f"opcode {q.opcode} or type {q.qtype} is not implemented"
     if rcode == wire.FORMERR:
-        return "malformed ECS option (RFC 7871)" if q.ecs_error else "not a question type (OPT or TSIG)"
+        return (
+            "malformed ECS option (RFC 7871)"
+            if q.ecs_error
+            else "not a question type (OPT or TSIG)"
+        )
     if rcode == wire.REFUSED:
         if q.qclass != wire.CLASS_IN or q.qtype in (249, 251, 252):
             return "refused: only class IN, and no zone transfers or key exchange"
@@ -324,7 +339,10 @@ def _plan_reason(decision: Decision, view, nodes: list[int], node_ids: list[str]
     if decision.split_row < 0:
         parts.append("the plan gives the whole group this answer")
     else:
-        lo, hi = int(view.split_start[decision.split_row]), int(view.split_start[decision.split_row + 1])
+        lo, hi = (
+            int(view.split_start[decision.split_row]),
+            int(view.split_start[decision.split_row + 1]),
+        )
         scale = int(view.split_cum[hi - 1])  # a row's last cumulative weight is the whole
         previous = 0
         for i in range(lo, hi):

@@ -31,7 +31,16 @@ TYPE_LABELS = (*NAMED_TYPES.values(), "other", "none")
 TYPE_OTHER = len(NAMED_TYPES)
 TYPE_NONE = TYPE_OTHER + 1
 
-RCODE_LABELS = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other")
+RCODE_LABELS = (
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "BADVERS",
+    "other",
+)
 RCODE_BADVERS = 6
 RCODE_OTHER = 7
 

@@ -42,17 +42,26 @@ class Counters:
 
 
 def safe_respond(
-    responder: Responder, packet: bytes, source: str, udp: bool, counters: Counters, sampled: bool = False
+    responder: Responder,
+    packet: bytes,
+    source: str,
+    udp: bool,
+    counters: Counters,
+    sampled: bool = False,
 ) -> bytes | None:
     try:
         return responder.respond(packet, source, udp, sampled)
     except Exception:  # a bug must cost one query, never the worker
         counters.errors += 1
         if counters.errors <= 10 or counters.errors % 1000 == 0:
-            log.exception("internal error answering a query from %s (%d so far)", source, counters.errors)
+            log.exception(
+                "internal error answering a query from %s (%d so far)", source, counters.errors
+            )
         if len(packet) >= 12 and not packet[2] & 0x80:
             qid, flags = struct.unpack_from("!HH", packet)
-            reply = struct.pack("!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0)  # SERVFAIL
+            reply = struct.pack(
+                "!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0
+            )  # SERVFAIL
             with contextlib.suppress(Exception):  # counted if it can be; answered either way
                 responder.account(reply, source, udp, sampled)
             return reply
@@ -67,7 +76,10 @@ class WorkerStop(BaseException):
 
 
 def serve_udp(
-    sock: socket.socket, responder: Responder, counters: Counters, retire: threading.Event | None = None
+    sock: socket.socket,
+    responder: Responder,
+    counters: Counters,
+    retire: threading.Event | None = None,
 ) -> None:
     """Answer until WorkerStop, or until ``retire`` is set (every query taken is answered).
 
@@ -197,7 +209,11 @@ def serve_tcp(
                 if reply is not None:
                     conn.outbuf += _LENGTH.pack(len(reply)) + reply
             if len(conn.outbuf) > MAX_TCP_PENDING_OUTPUT:
-                log.info("closing TCP connection from %s: %d bytes of replies unread", conn.peer, len(conn.outbuf))
+                log.info(
+                    "closing TCP connection from %s: %d bytes of replies unread",
+                    conn.peer,
+                    len(conn.outbuf),
+                )
                 close(conn)
             elif conn.outbuf:
                 flush(conn)
@@ -205,7 +221,11 @@ def serve_tcp(
         for conn in [c for c in connections.values() if now - c.last_active > idle_timeout]:
             close(conn)
         if retiring_since is not None:
-            for conn in [c for c in connections.values() if now - c.last_active > RETIRE_QUIET_S and not c.outbuf]:
+            for conn in [
+                c
+                for c in connections.values()
+                if now - c.last_active > RETIRE_QUIET_S and not c.outbuf
+            ]:
                 close(conn)
             if not connections or now - retiring_since > RETIRE_GRACE_S:
                 break

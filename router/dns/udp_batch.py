@@ -224,8 +224,16 @@ class BatchSocket:
         return host, (host, port)
 
 
-def _run(io: BatchSocket, pending: int, fast: FastBook, current, demand: np.ndarray | None,  # noqa: ANN001
-         stats: QueryStats | None, control: np.ndarray, counters: np.ndarray) -> tuple[int, int]:
+def _run(
+    io: BatchSocket,
+    pending: int,
+    fast: FastBook,
+    current,
+    demand: np.ndarray | None,  # noqa: ANN001
+    stats: QueryStats | None,
+    control: np.ndarray,
+    counters: np.ndarray,
+) -> tuple[int, int]:
     count_demand = demand is not None
     demand_array = demand if demand is not None else _NO_DEMAND
     stats_arrays = stats.arrays if stats is not None else NO_STATS

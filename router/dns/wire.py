@@ -128,7 +128,13 @@ def parse_query(wire: bytes) -> Query:
         pos = _skip_rr(wire, pos)
     seen_opt = False
     for _ in range(arcount):
-        if pos < end and wire[pos] == 0 and pos + 3 <= end and wire[pos + 1] == 0 and wire[pos + 2] == OPT_TYPE:
+        if (
+            pos < end
+            and wire[pos] == 0
+            and pos + 3 <= end
+            and wire[pos + 1] == 0
+            and wire[pos + 2] == OPT_TYPE
+        ):
             if seen_opt:
                 raise FormatError("more than one OPT record")
             seen_opt = True

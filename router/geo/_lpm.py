@@ -92,7 +92,9 @@ def _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope):
     counts = np.empty(addrs.shape[0], dtype=np.int64)
     _count_le_batch(starts, addrs, counts)
     for i in range(addrs.shape[0]):
-        out_group[i], out_scope[i] = _resolve_v4(starts, ends, groups, scopes, addrs[i], counts[i] - 1)
+        out_group[i], out_scope[i] = _resolve_v4(
+            starts, ends, groups, scopes, addrs[i], counts[i] - 1
+        )
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -147,7 +149,9 @@ def _block_v6(x_hi, x_lo, p):
 
 
 @njit(**JIT_OPTIONS)
-def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi, addrs_lo, out_group, out_scope):
+def _lookup_v6(
+    starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi, addrs_lo, out_group, out_scope
+):
     """Look up IPv6 addresses.
 
     Parameters
@@ -200,10 +204,11 @@ def _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, addrs_hi,
         out_scope[i] = 128
         for p in range(129):
             s_hi, s_lo, e_hi, e_lo = _block_v6(x_hi, x_lo, p)
-            if _le128(gap_lo_hi, gap_lo_lo, s_hi, s_lo) and _le128(e_hi, e_lo, gap_hi_hi, gap_hi_lo):
+            if _le128(gap_lo_hi, gap_lo_lo, s_hi, s_lo) and _le128(
+                e_hi, e_lo, gap_hi_hi, gap_hi_lo
+            ):
                 out_scope[i] = p
                 break
-
 
 
 @njit(**JIT_OPTIONS)

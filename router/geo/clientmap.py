@@ -22,7 +22,6 @@ from router.geo import _lpm
 UNKNOWN_GROUP = 0
 
 
-
 @dataclass(frozen=True)
 class SourceProblem:
     """One thing wrong with one client-map source file."""
@@ -32,7 +31,11 @@ class SourceProblem:
     message: str  # names the entry (line, zone and index, ...) and says what is wrong
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+        return (
+            f"{self.path}:{self.line}: {self.message}"
+            if self.line
+            else f"{self.path}: {self.message}"
+        )
 
 
 class ClientMapError(Exception):
@@ -62,7 +65,9 @@ class Groups:
         asn = int(self.asn[group])
         who = " ".join(part for part in (f"AS{asn}" if asn else "", self.org[group]) if part)
         lat, lon = float(self.lat[group]), float(self.lon[group])
-        where = self.country[group] or ("??" if math.isnan(lat) or math.isnan(lon) else f"{lat:.2f},{lon:.2f}")
+        where = self.country[group] or (
+            "??" if math.isnan(lat) or math.isnan(lon) else f"{lat:.2f},{lon:.2f}"
+        )
         return f"{who or 'unknown network'}, {where}"
 
 
@@ -90,7 +95,9 @@ class ClientMap:
 
     @classmethod
     def from_prefixes(
-        cls, groups: Groups, prefixes: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]]
+        cls,
+        groups: Groups,
+        prefixes: Iterable[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]],
     ) -> ClientMap:
         """Compile (network, group) pairs; where prefixes nest, the longest one wins."""
         v4: list[tuple[int, int, int]] = []
@@ -130,7 +137,9 @@ class ClientMap:
         return self.lookup_v6_int(value >> 64, value & 0xFFFFFFFFFFFFFFFF)
 
     def lookup_v4_int(self, value: int) -> tuple[int, int]:
-        group, scope = _lpm._lookup_v4_one(self.v4_start, self.v4_end, self.v4_group, self.v4_scope, value)
+        group, scope = _lpm._lookup_v4_one(
+            self.v4_start, self.v4_end, self.v4_group, self.v4_scope, value
+        )
         return int(group), int(scope)
 
     def lookup_v6_int(self, hi: int, lo: int) -> tuple[int, int]:
@@ -144,10 +153,14 @@ class ClientMap:
         addrs = np.ascontiguousarray(addrs, dtype=np.int64)
         out_group = np.empty(addrs.shape[0], dtype=np.int32)
         out_scope = np.empty(addrs.shape[0], dtype=np.uint8)
-        _lpm._lookup_v4(self.v4_start, self.v4_end, self.v4_group, self.v4_scope, addrs, out_group, out_scope)
+        _lpm._lookup_v4(
+            self.v4_start, self.v4_end, self.v4_group, self.v4_scope, addrs, out_group, out_scope
+        )
         return out_group, out_scope
 
-    def lookup_v6(self, addrs_hi: np.ndarray, addrs_lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def lookup_v6(
+        self, addrs_hi: np.ndarray, addrs_lo: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         addrs_hi = np.ascontiguousarray(addrs_hi, dtype=np.uint64)
         addrs_lo = np.ascontiguousarray(addrs_lo, dtype=np.uint64)
         out_group = np.empty(addrs_hi.shape[0], dtype=np.int32)
@@ -199,7 +212,12 @@ def _emit(out: _Intervals, first: int, last: int, group: int, bits: int) -> None
             size >>= 1
         scope = bits - (size.bit_length() - 1)
         block_end = first + size - 1
-        if out.ends and out.ends[-1] + 1 == first and out.groups[-1] == group and out.scopes[-1] == scope:
+        if (
+            out.ends
+            and out.ends[-1] + 1 == first
+            and out.groups[-1] == group
+            and out.scopes[-1] == scope
+        ):
             out.ends[-1] = block_end
         else:
             out.starts.append(first)

@@ -48,7 +48,13 @@ def assess(heartbeat: Heartbeat, capacity_gbps: float, high_water: float) -> tup
 class NodeMonitor:
     """State of every node as its heartbeats describe it."""
 
-    def __init__(self, node_ids: tuple[str, ...], capacity_gbps: np.ndarray, settings: HealthSettings, now: float) -> None:
+    def __init__(
+        self,
+        node_ids: tuple[str, ...],
+        capacity_gbps: np.ndarray,
+        settings: HealthSettings,
+        now: float,
+    ) -> None:
         self.settings = settings
         self.node_ids = node_ids
         self.index = {node_id: i for i, node_id in enumerate(node_ids)}
@@ -122,7 +128,9 @@ class NodeMonitor:
         self.good_streak[i] += 1
         if current == NodeState.DOWN and now - self.last_down[i] < self.hold_down[i]:
             remaining = self.hold_down[i] - (now - self.last_down[i])
-            self.reason[i] = f"{self.reason[i].split(';')[0]}; recovering, held down {remaining:.1f} s more"
+            self.reason[i] = (
+                f"{self.reason[i].split(';')[0]}; recovering, held down {remaining:.1f} s more"
+            )
             return False
         if self.good_streak[i] < self.settings.recover_after:
             return False
@@ -138,7 +146,9 @@ class NodeMonitor:
             return False
         self.probe_fail_streak[i] += 1
         self.probe_detail[i] = detail
-        if self.probe_fail_streak[i] >= self.settings.probe_failures and self.state[i] != int(NodeState.DOWN):
+        if self.probe_fail_streak[i] >= self.settings.probe_failures and self.state[i] != int(
+            NodeState.DOWN
+        ):
             self._set(i, NodeState.DOWN, self._probe_reason(i), now)
             return True
         return False
@@ -151,8 +161,12 @@ class NodeMonitor:
         bound = self.settings.silence_bound_s
         silent = (now - self.last_seen) > bound  # NaN (never heard) compares False
         never = np.isnan(self.last_seen) & (now - self.started > self.settings.startup_grace_s)
-        for i in np.flatnonzero(silent & (self.state == int(NodeState.DOWN)) & (self.good_streak > 0)):
-            self._failed_while_held_down(int(i), f"missed {self.settings.missed_heartbeats} heartbeats", now)
+        for i in np.flatnonzero(
+            silent & (self.state == int(NodeState.DOWN)) & (self.good_streak > 0)
+        ):
+            self._failed_while_held_down(
+                int(i), f"missed {self.settings.missed_heartbeats} heartbeats", now
+            )
             self.good_streak[i] = 0
         candidates = np.flatnonzero((silent | never) & (self.state != int(NodeState.DOWN)))
         for i in candidates:

@@ -67,5 +67,10 @@ class PolicyProbeState:
     def result(self, policy: int, node_id: str) -> PolicyProbeResult:
         n = self.index[node_id]
         if self.down[policy, n]:
-            return PolicyProbeResult("down", f"{self.fail_streak[policy, n]} failed policy probes ({self.detail[policy][n]})")
-        return PolicyProbeResult("up", f"policy probe ok ({self.detail[policy][n] or 'not probed yet'})")
+            return PolicyProbeResult(
+                "down",
+                f"{self.fail_streak[policy, n]} failed policy probes ({self.detail[policy][n]})",
+            )
+        return PolicyProbeResult(
+            "up", f"policy probe ok ({self.detail[policy][n] or 'not probed yet'})"
+        )

@@ -19,11 +19,15 @@ async def probe_once(session: aiohttp.ClientSession, url: str, timeout: float) -
     try:
         if url.startswith("tcp://"):
             parts = urlsplit(url)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), timeout)
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port), timeout
+            )
             writer.close()
             await writer.wait_closed()
             return True, "connected"
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as response:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as response:
             await response.read()
             return 200 <= response.status < 300, f"HTTP {response.status}"
     except TimeoutError:
@@ -33,13 +37,18 @@ async def probe_once(session: aiohttp.ClientSession, url: str, timeout: float) -
 
 
 async def run_probes(
-    targets: dict[str, str], interval: float, timeout: float, report: Callable[[str, bool, str], None]
+    targets: dict[str, str],
+    interval: float,
+    timeout: float,
+    report: Callable[[str, bool, str], None],
 ) -> None:
     """Probe every target every ``interval`` seconds, concurrently, until cancelled."""
     async with aiohttp.ClientSession() as session:
         while True:
             started = asyncio.get_running_loop().time()
-            results = await asyncio.gather(*(probe_once(session, url, timeout) for url in targets.values()))
+            results = await asyncio.gather(
+                *(probe_once(session, url, timeout) for url in targets.values())
+            )
             for node_id, (ok, detail) in zip(targets, results):
                 report(node_id, ok, detail)
             await asyncio.sleep(max(0.0, interval - (asyncio.get_running_loop().time() - started)))

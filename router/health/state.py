@@ -67,7 +67,9 @@ class StateChange:
 CHANGES_KEPT = 200
 
 
-def with_admin_file(overrides: dict[str, tuple[str, str]], entries: dict[str, str]) -> dict[str, tuple[str, str]]:
+def with_admin_file(
+    overrides: dict[str, tuple[str, str]], entries: dict[str, str]
+) -> dict[str, tuple[str, str]]:
     """``overrides`` (node id -> (admin state, "file" or "api")) once an admin_state file with
     ``entries`` is applied: what the file set before goes, each entry sets its node (``up``
     lifts any override, as an operator's would), the API's other overrides stay."""
@@ -118,9 +120,13 @@ class NodeHealth:
         an override the file set before and no longer names is lifted. Overrides set
         through the API for nodes the file does not name stay. True when a state changed."""
         with self._lock:
-            merged = with_admin_file(self._overrides(), {n: a for n, a in entries.items() if n in self._index})
+            merged = with_admin_file(
+                self._overrides(), {n: a for n, a in entries.items() if n in self._index}
+            )
             self._admin = {
-                node_id: self._admin[node_id] if source == "api" else (admin, f"{ADMIN_REASON_PREFIX} set {admin} {ADMIN_FILE_SUFFIX}")
+                node_id: self._admin[node_id]
+                if source == "api"
+                else (admin, f"{ADMIN_REASON_PREFIX} set {admin} {ADMIN_FILE_SUFFIX}")
                 for node_id, (admin, source) in merged.items()
             }
             return self._refresh()
@@ -131,7 +137,10 @@ class NodeHealth:
             return self._overrides()
 
     def _overrides(self) -> dict[str, tuple[str, str]]:
-        return {n: (admin, "file" if why.endswith(ADMIN_FILE_SUFFIX) else "api") for n, (admin, why) in self._admin.items()}
+        return {
+            n: (admin, "file" if why.endswith(ADMIN_FILE_SUFFIX) else "api")
+            for n, (admin, why) in self._admin.items()
+        }
 
     def health_states(self) -> list[NodeState]:
         """Each node's state without the admin overrides: the monitor's verdict, else up."""
@@ -181,7 +190,9 @@ class NodeHealth:
     def status(self) -> list[NodeStatus]:
         with self._lock:
             return [
-                NodeStatus(node_id, state, reason, self._admin.get(node_id, (None, ""))[0], self._since[i])
+                NodeStatus(
+                    node_id, state, reason, self._admin.get(node_id, (None, ""))[0], self._since[i]
+                )
                 for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._compute()))
             ]
 
@@ -211,8 +222,12 @@ class NodeHealth:
             "saved_at": time.time(),
             "nodes": {
                 # Overrides from the admin_state file are kept by the file itself.
-                s.node_id: {"state": s.state.label, "reason": s.reason, "since": s.since,
-                            "admin_state": None if s.reason.endswith(ADMIN_FILE_SUFFIX) else s.admin_state}
+                s.node_id: {
+                    "state": s.state.label,
+                    "reason": s.reason,
+                    "since": s.since,
+                    "admin_state": None if s.reason.endswith(ADMIN_FILE_SUFFIX) else s.admin_state,
+                }
                 for s in self.status()
             },
         }
@@ -242,10 +257,21 @@ class NodeHealth:
                     continue
                 admin = saved.get("admin_state")
                 if admin in ("down", "drain"):
-                    self._admin[node_id] = (admin, f"{ADMIN_REASON_PREFIX} set {admin} by operator (restored)")
+                    self._admin[node_id] = (
+                        admin,
+                        f"{ADMIN_REASON_PREFIX} set {admin} by operator (restored)",
+                    )
                 state = _LABELS.get(saved.get("state"))
-                from_admin = held_by_admin(str(saved.get("reason", "")))  # not the monitor's verdict
-                if self.monitor is not None and state is not None and admin is None and state != NodeState.UP and not from_admin:
+                from_admin = held_by_admin(
+                    str(saved.get("reason", ""))
+                )  # not the monitor's verdict
+                if (
+                    self.monitor is not None
+                    and state is not None
+                    and admin is None
+                    and state != NodeState.UP
+                    and not from_admin
+                ):
                     self.monitor.restore(node_id, state, str(saved.get("reason", "")), now)
             self._refresh()
         return warnings
@@ -273,7 +299,11 @@ class NodeHealth:
         changed = entry[0] != self._effective[i][0]
         if changed:
             self._since[i] = time.time()
-            self._changes.append(StateChange(self._since[i], self.node_ids[i], self._effective[i][0], entry[0], entry[1]))
+            self._changes.append(
+                StateChange(
+                    self._since[i], self.node_ids[i], self._effective[i][0], entry[0], entry[1]
+                )
+            )
         self._effective[i] = entry
         return changed
 

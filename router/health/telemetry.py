@@ -82,7 +82,11 @@ class Verifier:
         return heartbeat
 
     def _verify(self, packet: bytes, now: float) -> Heartbeat:
-        if len(packet) > MAX_PACKET or len(packet) < len(MAGIC) + 32 + 2 or not packet.startswith(MAGIC):
+        if (
+            len(packet) > MAX_PACKET
+            or len(packet) < len(MAGIC) + 32 + 2
+            or not packet.startswith(MAGIC)
+        ):
             raise Rejected("malformed", "not a heartbeat packet")
         mac = packet[3:35]
         payload = packet[35:]
@@ -101,9 +105,14 @@ class Verifier:
             raise Rejected("bad_signature", f"bad signature for node {node}")
         heartbeat = _fields(body)
         if heartbeat.seq <= self.last_seq.get(node, -1):
-            raise Rejected("replayed", f"node {node}: sequence {heartbeat.seq} not after {self.last_seq[node]}")
+            raise Rejected(
+                "replayed", f"node {node}: sequence {heartbeat.seq} not after {self.last_seq[node]}"
+            )
         if abs(heartbeat.ts - now) > self.replay_window_s:
-            raise Rejected("stale", f"node {node}: timestamp {heartbeat.ts:.3f} is {heartbeat.ts - now:+.1f} s off")
+            raise Rejected(
+                "stale",
+                f"node {node}: timestamp {heartbeat.ts:.3f} is {heartbeat.ts - now:+.1f} s off",
+            )
         self.last_seq[node] = heartbeat.seq
         return heartbeat
 
@@ -111,7 +120,12 @@ class Verifier:
 def _fields(body: dict) -> Heartbeat:
     def number(name: str, default: float | None = None) -> float:
         value = body.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise Rejected("malformed", f"{name} must be a non-negative number")
         return float(value)
 
@@ -128,7 +142,11 @@ def _fields(body: dict) -> Heartbeat:
         raise Rejected("malformed", f"uplinks must map names to {', '.join(UPLINK_STATES)}")
     rtt = body.get("rtt", [])
     if not isinstance(rtt, list) or not all(
-        isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], (int, float)) for s in rtt
+        isinstance(s, list)
+        and len(s) == 2
+        and isinstance(s[0], str)
+        and isinstance(s[1], (int, float))
+        for s in rtt
     ):
         raise Rejected("malformed", "rtt must be a list of [prefix, ms] pairs")
     return Heartbeat(

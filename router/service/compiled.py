@@ -43,16 +43,22 @@ class CompiledDeployment:
     planner: Planner  # samples seeded from the deployment's RTT file
     rtt: RttSamples  # the fused RTT averages the planner's samples come from
 
-    def plan(self, node_state: np.ndarray, node_util: np.ndarray | None = None, generation: int = 1) -> RoutingTable:
+    def plan(
+        self, node_state: np.ndarray, node_util: np.ndarray | None = None, generation: int = 1
+    ) -> RoutingTable:
         return self.planner.build(node_state, node_util, generation)
 
     def responder(self, table: RoutingTable, record_decisions: bool = False) -> Responder:
         """The general responder (the one TCP and ``router explain`` use) over ``table``."""
         view = TableView(table)
-        return Responder(self.book, self.model.client_map, lambda: view, record_decisions=record_decisions)
+        return Responder(
+            self.book, self.model.client_map, lambda: view, record_decisions=record_decisions
+        )
 
 
-def compile_deployment(deployment: Deployment, model: SteeringModel | None = None) -> CompiledDeployment:
+def compile_deployment(
+    deployment: Deployment, model: SteeringModel | None = None
+) -> CompiledDeployment:
     model = compile_model(deployment) if model is None else model
     planner = Planner(model)
     rtt, seeded = seeded_samples(deployment.rtt_samples, model.client_map, model.node_ids)
@@ -67,7 +73,9 @@ def last_known_health(deployment: Deployment, model: SteeringModel) -> NodeHealt
     with the admin_state file applied as ``router serve`` applies it."""
     monitor = None
     if deployment.health is not None:
-        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+        monitor = NodeMonitor(
+            model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic()
+        )
     health = NodeHealth(model.node_ids, monitor)
     if deployment.state_file is not None:
         health.load(deployment.state_file, time.monotonic())

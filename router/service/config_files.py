@@ -58,7 +58,12 @@ def _referenced_by_version(path: str, _inode: int, _size: int, _mtime_ns: int) -
         names.append(health.get("keys"))
     client_map = data.get("client_map")
     if isinstance(client_map, list):
-        names += [source.get(kind) for source in client_map if isinstance(source, dict) for kind in _SOURCE_KINDS]
+        names += [
+            source.get(kind)
+            for source in client_map
+            if isinstance(source, dict)
+            for kind in _SOURCE_KINDS
+        ]
     else:
         names.append(client_map)
     return tuple(name for name in names if isinstance(name, str))

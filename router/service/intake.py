@@ -94,7 +94,12 @@ class TelemetryIntake:
         now = time.monotonic()
         if now - self._rejections_logged.get(exc.reason, -1e9) >= REJECTION_LOG_S:
             self._rejections_logged[exc.reason] = now
-            log.warning("rejected heartbeat (%s; %d rejected for this reason so far): %s", exc.reason, count, exc.detail)
+            log.warning(
+                "rejected heartbeat (%s; %d rejected for this reason so far): %s",
+                exc.reason,
+                count,
+                exc.detail,
+            )
 
 
 class HeartbeatProtocol(asyncio.DatagramProtocol):

@@ -91,7 +91,9 @@ def prepare(
     verifier = None
     if telemetry:
         assert deployment.health is not None and deployment.node_keys is not None
-        monitor = NodeMonitor(model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic())
+        monitor = NodeMonitor(
+            model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic()
+        )
         verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
@@ -130,24 +132,42 @@ def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
     new.health.apply_admin_file(new.deployment.admin_state)
     if new.verifier is not None and old.verifier is not None:
         keys = new.verifier.keys
-        new.verifier.last_seq = {n: s for n, s in old.verifier.last_seq.items() if keys.get(n) == old.verifier.keys.get(n)}
+        new.verifier.last_seq = {
+            n: s
+            for n, s in old.verifier.last_seq.items()
+            if keys.get(n) == old.verifier.keys.get(n)
+        }
         new.verifier.rejected = dict(old.verifier.rejected)
         new.verifier.accepted = old.verifier.accepted
-    same_policies = [(c.zone, c.name) for c in new.model.policies] == [(c.zone, c.name) for c in old.model.policies]
+    same_policies = [(c.zone, c.name) for c in new.model.policies] == [
+        (c.zone, c.name) for c in old.model.policies
+    ]
     same_groups = _same_groups(new.model.client_map.groups, old.model.client_map.groups)
     if same_policies and same_groups:
         new.demand.qps = old.demand.qps.copy()
         new.planner.demand = old.planner.demand.copy()
     else:
-        notes.append("policies or client groups changed: demand starts again from the configured prior")
+        notes.append(
+            "policies or client groups changed: demand starts again from the configured prior"
+        )
     if same_groups:
-        node_map = {i: new.node_index[node_id] for i, node_id in enumerate(old.model.node_ids) if node_id in new.node_index}
+        node_map = {
+            i: new.node_index[node_id]
+            for i, node_id in enumerate(old.model.node_ids)
+            if node_id in new.node_index
+        }
         if new.rtt.carry_from(old.rtt, node_map):
             new.planner.samples = new.rtt.csr(time.monotonic())
     elif len(old.rtt):
-        notes.append(f"client groups changed: {len(old.rtt)} fused RTT averages dropped (the samples file is re-read)")
+        notes.append(
+            f"client groups changed: {len(old.rtt)} fused RTT averages dropped (the samples file is re-read)"
+        )
     return notes
 
 
 def _same_groups(a: Groups, b: Groups) -> bool:
-    return a.country == b.country and np.array_equal(a.asn, b.asn) and np.array_equal(a.lat, b.lat, equal_nan=True)
+    return (
+        a.country == b.country
+        and np.array_equal(a.asn, b.asn)
+        and np.array_equal(a.lat, b.lat, equal_nan=True)
+    )

@@ -37,8 +37,19 @@ class Probes:
             probe = compiled.policy.probe
             if probe is None:
                 continue
-            nodes = [n for n, member in zip(service.deployment.inventory.nodes, compiled.in_pool) if member]
-            out.append((p, {n.id: probe_url(probe.url, n) for n in nodes}, probe.interval_s, probe.timeout_s))
+            nodes = [
+                n
+                for n, member in zip(service.deployment.inventory.nodes, compiled.in_pool)
+                if member
+            ]
+            out.append(
+                (
+                    p,
+                    {n.id: probe_url(probe.url, n) for n in nodes},
+                    probe.interval_s,
+                    probe.timeout_s,
+                )
+            )
         return out
 
     # -- running them (in the event loop) -------------------------------------------------
@@ -51,7 +62,9 @@ class Probes:
         if targets:
             health = self.service.deployment.health
             assert health is not None
-            probe = run_probes(targets, health.probe_interval_s, health.probe_timeout_s, self.on_probe)
+            probe = run_probes(
+                targets, health.probe_interval_s, health.probe_timeout_s, self.on_probe
+            )
             self.tasks.append(asyncio.create_task(probe))
         for policy, targets, interval, timeout in self.policy_targets():
 

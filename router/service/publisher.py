@@ -30,7 +30,22 @@ class DurationHistogram:
     """Counts of durations by bucket and kind, read by the /metrics collector (the service
     itself does not depend on the metrics library)."""
 
-    BOUNDS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+    BOUNDS_S = (
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        float("inf"),
+    )
 
     def __init__(self) -> None:
         self.counts: dict[str, np.ndarray] = {}
@@ -97,7 +112,9 @@ class Publisher:
             self._job_result = None
             self._job = job
             self._cond.notify_all()
-            done = self._cond.wait_for(lambda: self._job_result is not None or self._closing, timeout)
+            done = self._cond.wait_for(
+                lambda: self._job_result is not None or self._closing, timeout
+            )
             return self._job_result if done else None
 
     def _loop(self) -> None:
@@ -160,7 +177,11 @@ class Publisher:
         self.published_at = time.monotonic()
 
     def _plan(
-        self, states: np.ndarray, util: np.ndarray, sampled_groups: np.ndarray | None = None, full: bool = False
+        self,
+        states: np.ndarray,
+        util: np.ndarray,
+        sampled_groups: np.ndarray | None = None,
+        full: bool = False,
     ) -> RoutingTable:
         # The common changes are repaired, not planned again: one node gone down, or new
         # RTT samples for some groups. Anything else (or both at once) plans afresh.
@@ -179,5 +200,10 @@ class Publisher:
             table = planner.build(states, util, generation)
         self.last_build_ms = (time.perf_counter() - started) * 1000
         self.build_seconds.observe(self.last_build_ms / 1000, planner.last_kind)
-        log.info("routing table %d planned (%s) in %.1f ms", generation, planner.last_kind, self.last_build_ms)
+        log.info(
+            "routing table %d planned (%s) in %.1f ms",
+            generation,
+            planner.last_kind,
+            self.last_build_ms,
+        )
         return table

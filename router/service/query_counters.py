@@ -24,7 +24,9 @@ QueryKey = tuple[str, str, str, str]  # name, type, rcode, transport
 class QueryCounters:
     """One config's counters for ``workers`` workers."""
 
-    def __init__(self, workers: int, labels: QueryLabels, node_ids: tuple[str, ...] | list[str]) -> None:
+    def __init__(
+        self, workers: int, labels: QueryLabels, node_ids: tuple[str, ...] | list[str]
+    ) -> None:
         self.labels = labels
         self.node_ids = list(node_ids)
         shapes = query_stats.stats_shapes(len(labels.names), len(self.node_ids))

@@ -48,14 +48,21 @@ class ReloadLog:
     last_attempt: dict | None = None  # time, trigger, result, version, seconds
     last_error: dict | None = None  # time, trigger, problems (path:line: message), version kept
 
-    def record(self, trigger: str, result: str, version: str, started: float, problems: Sequence[str] = ()) -> dict:
+    def record(
+        self, trigger: str, result: str, version: str, started: float, problems: Sequence[str] = ()
+    ) -> dict:
         now = time.time()
         attempt = {"time": now, "trigger": trigger, "result": result, "version": version,
                    "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
         setattr(self, result, getattr(self, result) + 1)
         self.last_attempt = attempt
         if result == "failed":
-            self.last_error = {"time": now, "trigger": trigger, "problems": list(problems), "version_kept": version}
+            self.last_error = {
+                "time": now,
+                "trigger": trigger,
+                "problems": list(problems),
+                "version_kept": version,
+            }
         return attempt
 
 
@@ -83,7 +90,12 @@ class Reloader:
             if problems:
                 for problem in problems:
                     log.error("reload (%s): %s", trigger, problem)
-                log.error("reload (%s) failed with %d problem(s); still serving version %s", trigger, len(problems), running)
+                log.error(
+                    "reload (%s) failed with %d problem(s); still serving version %s",
+                    trigger,
+                    len(problems),
+                    running,
+                )
                 attempt = self.log.record(trigger, "failed", running, started, problems)
                 return {**attempt, "problems": problems}
             changed = {name for name, _ in set(files.hashes.items()) ^ set(before.items())}
@@ -92,7 +104,9 @@ class Reloader:
                      files.version, service.worker_count, attempt["seconds"], ", ".join(sorted(changed)))  # fmt: skip
             return attempt
 
-    def _load(self, directory: Path, running: str) -> tuple[LoadedConfig | None, ConfigFiles, list[str]]:
+    def _load(
+        self, directory: Path, running: str
+    ) -> tuple[LoadedConfig | None, ConfigFiles, list[str]]:
         """The new config and the files it was built from, read again while they change
         under us; no config and no problems when the files are the running version."""
         service = self.service
@@ -102,7 +116,14 @@ class Reloader:
                 return None, files, []
             try:
                 deployment = load_deployment(directory)
-                new = loaded.prepare(deployment, None, files, service.worker_count, service.batched, service.telemetry)
+                new = loaded.prepare(
+                    deployment,
+                    None,
+                    files,
+                    service.worker_count,
+                    service.batched,
+                    service.telemetry,
+                )
             except ConfigError as exc:
                 return None, files, [str(problem) for problem in exc.problems]
             except ConfigUnusable as exc:

@@ -82,7 +82,9 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
         supervisor.stop()
 
 
-async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple, api_app: ApiFactory | None) -> int:
+async def _run(
+    supervisor: Supervisor, options: ServeOptions, seen: tuple, api_app: ApiFactory | None
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,7 +95,9 @@ async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple, api_a
     api_text = "off"
     if options.api is not None:
         assert options.api_token is not None and api_app is not None
-        runner = web.AppRunner(api_app(supervisor, options.api_token, watcher.reload), access_log=None)
+        runner = web.AppRunner(
+            api_app(supervisor, options.api_token, watcher.reload), access_log=None
+        )
         await runner.setup()
         await web.TCPSite(runner, *options.api).start()
         api_text = format_endpoint(*runner.addresses[0][:2])
@@ -102,15 +106,23 @@ async def _run(supervisor: Supervisor, options: ServeOptions, seen: tuple, api_a
     tasks = []
     if options.telemetry is not None:
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: HeartbeatProtocol(supervisor.intake), local_addr=options.telemetry, reuse_port=False
+            lambda: HeartbeatProtocol(supervisor.intake),
+            local_addr=options.telemetry,
+            reuse_port=False,
         )
         telemetry_text = format_endpoint(*transport.get_extra_info("sockname")[:2])
-        tasks.append(asyncio.create_task(tick_forever(supervisor.intake, supervisor.deployment.health.heartbeat_interval_s)))
+        tasks.append(
+            asyncio.create_task(
+                tick_forever(supervisor.intake, supervisor.deployment.health.heartbeat_interval_s)
+            )
+        )
     supervisor.probes.restart()
     tasks.append(asyncio.create_task(watcher.run()))
     dns_text = format_endpoint(supervisor.host, supervisor.port)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
-    print(f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}")
+    print(
+        f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}"
+    )
     print(f"READY dns={dns_text} api={api_text} telemetry={telemetry_text}", flush=True)
     try:
         while not stop.is_set():

@@ -27,7 +27,9 @@ def format_endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind_dns_sockets(host: str, port: int, count: int) -> tuple[list[socket.socket], list[socket.socket], int]:
+def bind_dns_sockets(
+    host: str, port: int, count: int
+) -> tuple[list[socket.socket], list[socket.socket], int]:
     """``count`` UDP and TCP sockets in one SO_REUSEPORT group each, on one port."""
     try:
         family = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][0]

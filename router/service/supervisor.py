@@ -67,7 +67,9 @@ class Supervisor:
         # "per-packet": the Python loop, kept for platforms without recvmmsg and for comparison.
         self.batched = udp_path == "batched" and udp_batch.supported
         if udp_path == "batched" and not self.batched:
-            log.warning("batched UDP needs 64-bit Linux (recvmmsg/sendmmsg): answering one packet at a time")
+            log.warning(
+                "batched UDP needs 64-bit Linux (recvmmsg/sendmmsg): answering one packet at a time"
+            )
         self.telemetry = telemetry
         self.host = host
         self.worker_count = workers
@@ -79,7 +81,9 @@ class Supervisor:
         started = time.monotonic()
         try:
             files = files or ConfigFiles.read(deployment.directory)
-            self.config: LoadedConfig = loaded.prepare(deployment, model, files, workers, self.batched, telemetry)
+            self.config: LoadedConfig = loaded.prepare(
+                deployment, model, files, workers, self.batched, telemetry
+            )
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc
         if state_file is not None:
@@ -89,8 +93,12 @@ class Supervisor:
         # Every kernel compiled (first table, both lookups) before taking the port, so the
         # first query never waits for numba. numba caches what it compiles: a second start
         # loads it instead.
-        log.info("planning the first routing table (compiles the steering kernels on a first start)")
-        self.table: RoutingTable = self.planner.build(self.health.states(), self.health.utilization(), generation=1)
+        log.info(
+            "planning the first routing table (compiles the steering kernels on a first start)"
+        )
+        self.table: RoutingTable = self.planner.build(
+            self.health.states(), self.health.utilization(), generation=1
+        )
         if self.fast_book is not None:
             log.info("compiling the DNS fast path (on a first start)")
             udp_batch.warm_up(self.fast_book, TableView(self.table))

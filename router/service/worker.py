@@ -122,7 +122,9 @@ def worker_main(
                 _, path, generation = message
                 try:
                     current[0] = _view(Path(path))
-                    control_flags[udp_batch.CONTROL_SWAP] = 1  # after the view: the loop must find it
+                    control_flags[udp_batch.CONTROL_SWAP] = (
+                        1  # after the view: the loop must find it
+                    )
                     control.send(("ack", generation))
                 except (OSError, ValueError) as exc:
                     log.error("worker %d cannot map routing table %s: %s", index, path, exc)

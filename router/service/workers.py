@@ -52,7 +52,12 @@ class WorkerPool:
     service: whoever publishes, respawns or swaps holds it."""
 
     def __init__(
-        self, host: str, port: int, count: int, tcp_idle_timeout: float, query_log: QueryLogSettings | None
+        self,
+        host: str,
+        port: int,
+        count: int,
+        tcp_idle_timeout: float,
+        query_log: QueryLogSettings | None,
     ) -> None:
         self.count = count
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -103,8 +108,16 @@ class WorkerPool:
             target=worker_main,
             name=f"router-worker-{index}",
             args=(
-                index, self.udp[index], self.tcp[index], theirs, config.book, config.model.client_map,
-                table_path, self.tcp_idle_timeout, config.demand_counters.for_worker(index), config.fast_book,
+                index,
+                self.udp[index],
+                self.tcp[index],
+                theirs,
+                config.book,
+                config.model.client_map,
+                table_path,
+                self.tcp_idle_timeout,
+                config.demand_counters.for_worker(index),
+                config.fast_book,
                 self.packet_counters[index],
             ),  # fmt: skip
             kwargs={
@@ -126,7 +139,9 @@ class WorkerPool:
         pools = tuple(None if c.routing is None else (c.routing, c.group_fence) for c in policies)
         return QueryLogOptions(self.query_log, tuple(config.model.node_ids), keys, pools)
 
-    def _expect(self, worker: Worker, kind: str, deadline: float, generation: int | None = None) -> None:
+    def _expect(
+        self, worker: Worker, kind: str, deadline: float, generation: int | None = None
+    ) -> None:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not worker.control.poll(remaining):
@@ -135,7 +150,9 @@ class WorkerPool:
             if message[0] == kind and (generation is None or message[1] == generation):
                 return
             if message[0] == "nack":
-                raise ServiceError(f"worker {worker.index} could not load routing table {message[1]}")
+                raise ServiceError(
+                    f"worker {worker.index} could not load routing table {message[1]}"
+                )
 
     # -- in service (the caller holds ``lock``) --------------------------------------------
 
@@ -158,9 +175,13 @@ class WorkerPool:
         if failed:
             log.error("routing table %d not confirmed: %s", table.generation, "; ".join(failed))
         else:
-            log.info("routing table %d in service on %d workers", table.generation, len(self.workers))
+            log.info(
+                "routing table %d in service on %d workers", table.generation, len(self.workers)
+            )
 
-    def swap(self, successors: list[Worker], config: LoadedConfig, table_path: Path) -> list[Worker]:
+    def swap(
+        self, successors: list[Worker], config: LoadedConfig, table_path: Path
+    ) -> list[Worker]:
         """Put ``successors`` (on ``config`` and ``table_path``) in service and tell the
         workers they replace to retire; returns those."""
         old, self.workers = self.workers, successors
@@ -187,7 +208,11 @@ class WorkerPool:
         for i, worker in enumerate(self.workers):
             if worker.process.is_alive():
                 continue
-            log.error("worker %d exited (code %s); starting a new one", worker.index, worker.process.exitcode)
+            log.error(
+                "worker %d exited (code %s); starting a new one",
+                worker.index,
+                worker.process.exitcode,
+            )
             worker.control.close()
             self.workers[i] = self._spawn(worker.index, config, self.table_path)
             self._expect(self.workers[i], "ready", time.monotonic() + READY_TIMEOUT)
@@ -203,13 +228,21 @@ class WorkerPool:
             try:
                 self._expect(worker, "retired", deadline)
             except (ServiceError, OSError, EOFError) as exc:
-                log.warning("reload: old worker %d did not confirm it stopped taking queries: %s", worker.index, exc)
+                log.warning(
+                    "reload: old worker %d did not confirm it stopped taking queries: %s",
+                    worker.index,
+                    exc,
+                )
 
     def _reap_retired(self) -> None:
         """Collect retired workers that finished; end any that overstay."""
         for worker in list(self.retiring):
             if worker.process.is_alive() and time.monotonic() - worker.retired_at > RETIRE_JOIN_S:
-                log.warning("retired worker %d (pid %s) still running: ending it", worker.index, worker.process.pid)
+                log.warning(
+                    "retired worker %d (pid %s) still running: ending it",
+                    worker.index,
+                    worker.process.pid,
+                )
                 worker.process.kill()
             if not worker.process.is_alive():
                 worker.process.join(timeout=1)
@@ -250,7 +283,9 @@ class WorkerPool:
             "udp_path": "batched" if batched else "per-packet",
             "workers": workers,
             "totals": totals,
-            "mean_batch": round(totals["received"] / totals["batches"], 2) if totals["batches"] else None,
+            "mean_batch": round(totals["received"] / totals["batches"], 2)
+            if totals["batches"]
+            else None,
             # Queries the kernel dropped because a worker's receive buffer was full: the
             # overload signal. Counted per socket since it was opened.
             "udp_receive_drops": sum(row.drops for row in ours),

@@ -96,7 +96,9 @@ def _plain_score(lat, lon, country, n, node_lat, node_lon, node_country, node_ut
     # (score, distance) of node n seen from a place, without on-net bonus or samples: what
     # every group there sees; the same float operations as _pair, so the scores are equal.
     dist = _distance_km(lat, lon, node_lat[n], node_lon[n])
-    latency, _src = _base_latency(country, node_country[n], dist, country_rtt, est_base_ms, est_ms_per_km)
+    latency, _src = _base_latency(
+        country, node_country[n], dist, country_rtt, est_base_ms, est_ms_per_km
+    )
     util = node_util[n]
     return latency + load_penalty_ms * util * util, dist
 
@@ -202,8 +204,25 @@ def _rank_groups(group_lat, group_lon, group_country, group_asn, group_fence,
     out_nodes : int32[G, K]
         Output: node indexes, best first, -1 where fewer than K candidates.
     """
-    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
-           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
+    ctx = (
+        group_lat,
+        group_lon,
+        group_country,
+        group_asn,
+        node_lat,
+        node_lon,
+        node_country,
+        node_asn,
+        node_util,
+        country_rtt,
+        est_base_ms,
+        est_ms_per_km,
+        onnet_bonus_ms,
+        load_penalty_ms,
+        meas_start,
+        meas_node,
+        meas_rtt,
+    )
     eligible = np.empty(fence_allowed.shape, dtype=np.bool_)
     _eligibility(node_state, node_in_pool, fence_allowed, eligible)
     k = out_nodes.shape[1]
@@ -234,8 +253,25 @@ def _group_components(g, group_lat, group_lon, group_country, group_asn,
     out_onnet : bool[N]
         Output: node is on-net for the group.
     """
-    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
-           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
+    ctx = (
+        group_lat,
+        group_lon,
+        group_country,
+        group_asn,
+        node_lat,
+        node_lon,
+        node_country,
+        node_asn,
+        node_util,
+        country_rtt,
+        est_base_ms,
+        est_ms_per_km,
+        onnet_bonus_ms,
+        load_penalty_ms,
+        meas_start,
+        meas_node,
+        meas_rtt,
+    )
     for n in range(node_lat.shape[0]):
         score, latency, source, distance, onnet, penalty = _pair(g, n, ctx)
         out_score[n] = score
@@ -298,8 +334,25 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
     the nodes of each ASN; out_* : [G, C] with C <= K, rows of ``groups`` written.
     Returns the number of groups that needed a full scan.
     """
-    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
-           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
+    ctx = (
+        group_lat,
+        group_lon,
+        group_country,
+        group_asn,
+        node_lat,
+        node_lon,
+        node_country,
+        node_asn,
+        node_util,
+        country_rtt,
+        est_base_ms,
+        est_ms_per_km,
+        onnet_bonus_ms,
+        load_penalty_ms,
+        meas_start,
+        meas_node,
+        meas_rtt,
+    )
     k_loc = loc_node.shape[1]
     full_scans = 0
     for i in range(groups.shape[0]):
@@ -421,7 +474,9 @@ def _heap_pop(key, tie, item, size):
             break
         child = left
         right = left + 1
-        if right < size and (key[right] < key[left] or (key[right] == key[left] and tie[right] < tie[left])):
+        if right < size and (
+            key[right] < key[left] or (key[right] == key[left] and tie[right] < tie[left])
+        ):
             child = right
         if key[pos] < key[child] or (key[pos] == key[child] and tie[pos] <= tie[child]):
             break
@@ -448,8 +503,25 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     filled up meanwhile is re-keyed to its next node with room (keys only grow).
     out_* : preallocated; returns how many entries were written (-1: out of room).
     """
-    ctx = (group_lat, group_lon, group_country, group_asn, node_lat, node_lon, node_country, node_asn, node_util,
-           country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms, meas_start, meas_node, meas_rtt)
+    ctx = (
+        group_lat,
+        group_lon,
+        group_country,
+        group_asn,
+        node_lat,
+        node_lon,
+        node_country,
+        node_asn,
+        node_util,
+        country_rtt,
+        est_base_ms,
+        est_ms_per_km,
+        onnet_bonus_ms,
+        load_penalty_ms,
+        meas_start,
+        meas_node,
+        meas_rtt,
+    )
     n_nodes = node_lat.shape[0]
     short = np.sort(groups)
     n_short = 0
@@ -470,7 +542,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     for i in range(n_short):
         g = short[i]
         a = np.searchsorted(onnet_asn, group_asn[g])
-        if (a < onnet_asn.shape[0] and onnet_asn[a] == group_asn[g]) or meas_start[g + 1] > meas_start[g]:
+        if (a < onnet_asn.shape[0] and onnet_asn[a] == group_asn[g]) or meas_start[
+            g + 1
+        ] > meas_start[g]:
             special[i] = True
             n_special += 1
     queue_count = np.zeros(n_locs + 1, dtype=np.int64)
@@ -549,7 +623,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         lrow = loc_row[group_loc[g]]
         allowed = eligible[group_fence[g]]
         a = np.searchsorted(onnet_asn, group_asn[g])
-        own = _ranked(g, onnet_node[onnet_start[a] : onnet_start[a + 1]], allowed, ctx, scratch, dist)
+        own = _ranked(
+            g, onnet_node[onnet_start[a] : onnet_start[a + 1]], allowed, ctx, scratch, dist
+        )
         m = own.shape[0]
         j = 0
         o = 0
@@ -564,7 +640,14 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
             use_loc = has_loc
             if has_loc and has_own:
                 nl = order[lrow, j]
-                use_loc = _before(order_score[lrow, j], order_dist[lrow, j], nl, scratch[own[o]], dist[own[o]], own[o])
+                use_loc = _before(
+                    order_score[lrow, j],
+                    order_dist[lrow, j],
+                    nl,
+                    scratch[own[o]],
+                    dist[own[o]],
+                    own[o],
+                )
             if use_loc:
                 order[r, out] = order[lrow, j]
                 order_score[r, out] = order_score[lrow, j]
@@ -588,7 +671,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
             cursor[row] += 1
         if cursor[row] < order_len[row]:
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
+            size = _heap_push(
+                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
+            )
     written = 0
     while size > 0:
         row = heap_row[0]
@@ -601,7 +686,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         if order_score[row, cursor[row]] > popped:
             # Its node filled since it was keyed: back in line at its next node's score.
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
+            size = _heap_push(
+                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
+            )
             continue
         n = order[row, cursor[row]]
         while remaining[n] > 0.0:
@@ -638,7 +725,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
             cursor[row] += 1
         if cursor[row] < order_len[row]:
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row)
+            size = _heap_push(
+                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
+            )
     return written
 
 

@@ -124,12 +124,19 @@ class Planner:
         return self._table(node_state, generation)
 
     def groups_changed(
-        self, groups: np.ndarray, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
+        self,
+        groups: np.ndarray,
+        node_state: np.ndarray,
+        node_util: np.ndarray | None,
+        generation: int,
     ) -> RoutingTable:
         """Some groups' samples or demand changed (already set here): re-place just them."""
         util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
         if any(p is None for p in self.plans) or any(
-            not (np.array_equal(i.rank.node_util, util) and np.array_equal(i.rank.node_state, node_state))
+            not (
+                np.array_equal(i.rank.node_util, util)
+                and np.array_equal(i.rank.node_state, node_state)
+            )
             for i in self.inputs
             if i is not None
         ):

@@ -186,12 +186,18 @@ def replan_node_down(
     plan.eligible = eligible
     locs = np.flatnonzero((plan.loc_node == node).any(axis=1)).astype(np.int32)
     _locations(inputs, plan, locs)
-    affected = np.union1d(np.flatnonzero((plan.cand_node == node).any(axis=1)), plan.alloc_group[plan.alloc_node == node])
+    affected = np.union1d(
+        np.flatnonzero((plan.cand_node == node).any(axis=1)),
+        plan.alloc_group[plan.alloc_node == node],
+    )
     return replan_groups(inputs, plan, affected, used_elsewhere)
 
 
 def replan_groups(
-    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None = None
+    inputs: PlanInputs,
+    plan: PolicyPlan,
+    groups: np.ndarray,
+    used_elsewhere: np.ndarray | None = None,
 ) -> PolicyPlan:
     """Release and place again only ``groups`` (their samples or demand changed), in place.
 
@@ -199,7 +205,9 @@ def replan_groups(
     from; the other groups keep their shares.
     """
     # Groups that did not fit anywhere get another try: the repair may have freed room.
-    groups = np.union1d(np.asarray(groups, dtype=np.int32), np.flatnonzero(plan.overflow > 0)).astype(np.int32)
+    groups = np.union1d(
+        np.asarray(groups, dtype=np.int32), np.flatnonzero(plan.overflow > 0)
+    ).astype(np.int32)
     _release(plan, groups)
     plan.full_scans += _candidates(inputs, plan, groups)
     _place(inputs, plan, groups, used_elsewhere)
@@ -235,7 +243,9 @@ def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
     mine = np.isin(plan.alloc_group, groups)
     np.subtract.at(plan.load, plan.alloc_node[mine], plan.alloc_amount[mine])
     plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
-        plan.alloc_group[~mine], plan.alloc_node[~mine], plan.alloc_amount[~mine]
+        plan.alloc_group[~mine],
+        plan.alloc_node[~mine],
+        plan.alloc_amount[~mine],
     )
     plan.overflow[groups] = 0.0
     np.maximum(plan.load, 0.0, out=plan.load)  # float dust from the subtraction
@@ -269,7 +279,11 @@ def _place(
 
 
 def _fill(
-    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, demand_left: np.ndarray, remaining: np.ndarray
+    inputs: PlanInputs,
+    plan: PolicyPlan,
+    groups: np.ndarray,
+    demand_left: np.ndarray,
+    remaining: np.ndarray,
 ) -> None:
     r, t = inputs.rank, inputs.topology
     short = groups[demand_left[groups] > 0]

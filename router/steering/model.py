@@ -19,6 +19,7 @@ def policy_key(zone: dns.name.Name | str, name: str) -> str:
     """A policy's key in ``GET /v1/decisions``, ``router plan`` and the query log."""
     return f"{zone}/{name}"
 
+
 @dataclass(frozen=True)
 class CompiledPolicy:
     zone: dns.name.Name
@@ -217,7 +218,9 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         fence_allowed = np.array(allowed)
         routing = None
         if policy.pools:
-            pools = _compile_pools(policy, inventory, countries, country, groups.asn, fence, fence_allowed)
+            pools = _compile_pools(
+                policy, inventory, countries, country, groups.asn, fence, fence_allowed
+            )
             routing, in_pool, fence, fence_allowed = (pools["routing"], pools["in_pool"], pools["group_fence"],
                                                       pools["fence_allowed"])  # fmt: skip
         static = RankInputs.create(
@@ -268,19 +271,30 @@ def group_address_weight(client_map: ClientMap) -> np.ndarray:
 
 
 def _compile_pools(
-    policy: Policy, inventory: Inventory, countries: list[str], group_country: np.ndarray,
-    group_asn: np.ndarray, group_geofence: np.ndarray, geofence_allowed: np.ndarray,
+    policy: Policy,
+    inventory: Inventory,
+    countries: list[str],
+    group_country: np.ndarray,
+    group_asn: np.ndarray,
+    group_geofence: np.ndarray,
+    geofence_allowed: np.ndarray,
 ) -> dict:
     """Pools and rules as arrays: each group's first matching rule, and its (rule, fence) class."""
     node_ids = [n.id for n in inventory.nodes]
     members = pool_members(policy, inventory)
     names = tuple(policy.pools)
     index = {name: i for i, name in enumerate(names)}
-    pool_nodes = np.array([[n in members[name] for n in node_ids] for name in names], dtype=np.bool_)
-    fallback = np.array([index.get(policy.pools[name].fallback or "", -1) for name in names], dtype=np.int32)
+    pool_nodes = np.array(
+        [[n in members[name] for n in node_ids] for name in names], dtype=np.bool_
+    )
+    fallback = np.array(
+        [index.get(policy.pools[name].fallback or "", -1) for name in names], dtype=np.int32
+    )
     rule_pool = np.array([index[rule.pool] for rule in policy.rules], dtype=np.int32)
     n_groups = len(group_country)
-    group_rule = np.full(n_groups, len(policy.rules) - 1, dtype=np.int32)  # check requires a catch-all
+    group_rule = np.full(
+        n_groups, len(policy.rules) - 1, dtype=np.int32
+    )  # check requires a catch-all
     unmatched = np.ones(n_groups, dtype=np.bool_)
     for r, rule in enumerate(policy.rules):
         match = unmatched.copy()
@@ -305,7 +319,8 @@ def _compile_pools(
     )  # fmt: skip
     healthy = np.zeros(len(node_ids), dtype=np.int8)
     return dict(
-        routing=routing, in_pool=pool_nodes.any(axis=0), group_fence=group_class,
+        routing=routing,
+        in_pool=pool_nodes.any(axis=0),
+        group_fence=group_class,
         fence_allowed=routing.allowed(routing.resolve(healthy)),
     )
-

@@ -15,7 +15,15 @@ EST_MS_PER_KM = 0.025
 
 
 # The per-node arrays of RankInputs, all indexed by node.
-NODE_FIELDS = ("node_lat", "node_lon", "node_country", "node_asn", "node_state", "node_util", "node_in_pool")
+NODE_FIELDS = (
+    "node_lat",
+    "node_lon",
+    "node_country",
+    "node_asn",
+    "node_state",
+    "node_util",
+    "node_in_pool",
+)
 
 
 @dataclass(frozen=True)

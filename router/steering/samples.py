@@ -100,12 +100,16 @@ def seeded_samples(deployment_samples, client_map, node_ids) -> tuple[RttSamples
     samples = RttSamples(len(client_map.groups))
     taken = 0
     if deployment_samples:
-        taken = seed_from_file(samples, deployment_samples, client_map, node_ids, time.time(), time.monotonic())
+        taken = seed_from_file(
+            samples, deployment_samples, client_map, node_ids, time.time(), time.monotonic()
+        )
         samples.changed_groups.clear()
     return samples, taken
 
 
-def seed_from_file(samples: RttSamples, deployment_samples, client_map, node_ids, wall_now: float, now: float) -> int:  # noqa: ANN001
+def seed_from_file(
+    samples: RttSamples, deployment_samples, client_map, node_ids, wall_now: float, now: float
+) -> int:  # noqa: ANN001
     """Fuse the deployment's RTT sample file, oldest first, each at its age; returns how many took.
 
     ``wall_now``/``now``: the same instant as Unix time and on the clock ``samples`` uses.
