@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,18 @@ def test_serve_refuses_a_broken_deployment(tmp_path: Path) -> None:
     result = _serve("--zones", str(tmp_path / "zones"), "--listen", "127.0.0.1:0")
     assert result.returncode == 1
     assert f"{tmp_path / 'zones' / 'deployment.yaml'}:1: cannot read file" in result.stderr
+
+
+def test_serve_refuses_a_taken_port_before_compiling() -> None:
+    """A port another server holds is refused at once, not after the first start's compile."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve("--zones", "zones", "--listen", f"127.0.0.1:{port}", "--workers", "1")
+    assert result.returncode == 1
+    assert f"router serve: cannot listen on 127.0.0.1:{port}: [Errno 98]" in result.stderr
+    assert "planning the first routing table" not in result.stderr
 
 
 def test_serve_refuses_telemetry_without_health_settings(tmp_path: Path) -> None:

@@ -27,6 +27,26 @@ def format_endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail at once if the DNS port cannot be had (taken, or privileged), before the slow
+    compile that comes before binding. A TCP socket bound without ``listen`` takes nothing:
+    no query can reach it, even when it shares the port with a running router."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ServiceError(f"cannot resolve listen address {host!r}: {exc}") from exc
+    made: list[socket.socket] = []
+    try:
+        _socket(family, socket.SOCK_STREAM, made).bind((host, port))
+    except OSError as exc:
+        raise ServiceError(f"cannot listen on {format_endpoint(host, port)}: {exc}") from exc
+    finally:
+        for s in made:
+            s.close()
+
+
 def bind_dns_sockets(
     host: str, port: int, count: int
 ) -> tuple[list[socket.socket], list[socket.socket], int]:

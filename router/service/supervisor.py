@@ -32,7 +32,7 @@ from router.service.loaded import ConfigUnusable, LoadedConfig
 from router.service.probes import Probes
 from router.service.publisher import Publisher
 from router.service.reloader import Reloader
-from router.service.sockets import ServiceError, parse_endpoint
+from router.service.sockets import ServiceError, check_port, parse_endpoint
 from router.service.workers import WorkerPool
 from router.steering.build import RoutingTable
 from router.steering.model import SteeringModel
@@ -42,6 +42,7 @@ __all__ = ["ServiceError", "Supervisor", "parse_endpoint"]
 log = logging.getLogger("router.service")
 
 UDP_PATHS = ("batched", "per-packet")
+COMPILE_NOTE = "numba compiles it on a first start, later starts load it from numba's cache"
 
 
 class Supervisor:
@@ -78,6 +79,7 @@ class Supervisor:
         # while anycast announcements are withdrawn, so resolvers move away without loss.
         self.service_state = "serving"
         self.health_lock = threading.Lock()
+        check_port(host, port)
         started = time.monotonic()
         try:
             files = files or ConfigFiles.read(deployment.directory)
@@ -94,15 +96,20 @@ class Supervisor:
         # first query never waits for numba. numba caches what it compiles: a second start
         # loads it instead.
         log.info(
-            "planning the first routing table (compiles the steering kernels on a first start)"
+            "config loaded in %.1f s; planning the first routing table", time.monotonic() - started
         )
+        step = time.monotonic()
         self.table: RoutingTable = self.planner.build(
             self.health.states(), self.health.utilization(), generation=1
         )
+        log.info(
+            "first routing table planned in %.1f s (%s)", time.monotonic() - step, COMPILE_NOTE
+        )
         if self.fast_book is not None:
-            log.info("compiling the DNS fast path (on a first start)")
+            log.info("readying the DNS fast path (%s)", COMPILE_NOTE)
+            step = time.monotonic()
             udp_batch.warm_up(self.fast_book, TableView(self.table))
-        log.info("config compiled in %.1f s", time.monotonic() - started)
+            log.info("DNS fast path ready in %.1f s", time.monotonic() - step)
         self.publisher = Publisher(self)
         self.intake = TelemetryIntake(self)
         self.probes = Probes(self, telemetry)

@@ -12,10 +12,12 @@ no query waits for a worker that is not there.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,10 +43,23 @@ from router.service.tablefile import map_table
 
 log = logging.getLogger("router.worker")
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def _view(path: Path) -> TableView:
     table = map_table(path)
     return TableView(table)
+
+
+def _end_with(parent_pid: int) -> None:
+    """A worker must never outlive its supervisor (killed with SIGKILL, or crashed): it would
+    go on answering from a table nobody updates. Linux sends SIGTERM when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(0)
 
 
 def worker_main(
@@ -62,8 +77,9 @@ def worker_main(
     query_stats: QueryStats | None = None,
     query_labels: QueryLabels | None = None,
     query_log: QueryLogOptions | None = None,
+    parent_pid: int | None = None,
 ) -> None:
-    """Serve until SIGTERM. With ``fast_book`` UDP runs batched in compiled code
+    """Serve until SIGTERM (also sent when the supervisor ``parent_pid`` dies). With ``fast_book`` UDP runs batched in compiled code
     (router/dns/udp_batch.py); without it, one packet at a time in Python.
 
     ``query_stats`` counts every reply (router/dns/query_stats.py); ``query_log`` writes a
@@ -78,6 +94,8 @@ def worker_main(
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    if parent_pid is not None:
+        _end_with(parent_pid)
     current = [_view(table_path)]
     # Tells the compiled UDP loop a new table is in place, or that this worker retires.
     control_flags = np.zeros(udp_batch.CONTROLS, dtype=np.int64)
@@ -116,7 +134,7 @@ def worker_main(
                 message = control.recv()
             except (EOFError, OSError):
                 # The supervisor is gone: stop serving rather than serve stale tables.
-                os.kill(os.getpid(), signal.SIGTERM)
+                os._exit(0)
                 return
             if message[0] == "table":
                 _, path, generation = message
@@ -130,7 +148,7 @@ def worker_main(
                     log.error("worker %d cannot map routing table %s: %s", index, path, exc)
                     control.send(("nack", generation))
             elif message[0] == "stop":
-                os.kill(os.getpid(), signal.SIGTERM)
+                os._exit(0)
                 return
             elif message[0] == "retire":
                 retire.set()

@@ -124,6 +124,7 @@ class WorkerPool:
                 "query_stats": config.query_counters.for_worker(index),
                 "query_labels": config.query_counters.labels,
                 "query_log": self._query_log_options(config),
+                "parent_pid": os.getpid(),
             },
             daemon=True,
         )
