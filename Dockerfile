@@ -1,5 +1,5 @@
 # The router image: `router serve` (the default command), `router simulate-nodes`,
-# `router anycast-announce` under ExaBGP, and `loadtest`. See README "Running in production".
+# `router anycast-announce` under ExaBGP, and `loadtest`. See docs/operations.md.
 FROM python:3.11-slim-bookworm
 
 # iproute2: the entrypoint of docker-compose.yml puts the anycast service address on lo.
