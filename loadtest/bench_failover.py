@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 from loadtest import packages  # noqa: E402
 from router.config import load_deployment  # noqa: E402
 from router.config.deployment import load_node_keys  # noqa: E402
+from router.config.secrets import write_secret_file  # noqa: E402
 from router.simulator import Simulator  # noqa: E402
 from tests.conftest import RunningRouter, make_deployment, start_router  # noqa: E402
 
@@ -266,7 +267,8 @@ def footprint_deployment(root: Path, count: int) -> Path:
         keys[template["id"]] = os.urandom(32).hex()
     inventory["nodes"] = nodes
     (zones / "nodes.yaml").write_text(yaml.safe_dump(inventory))
-    (zones / "node-keys.sample.yaml").write_text(yaml.safe_dump({"keys": keys}))
+    # Real random keys are a secret: the router refuses them in a file others can read.
+    write_secret_file(zones / "node-keys.sample.yaml", yaml.safe_dump({"keys": keys}))
     return zones
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``router serve | check | explain | plan``.
+"""Command line: ``router serve | check | explain | plan | keys | simulate-nodes``.
 
 ``check`` and ``serve`` load the deployment through the same code path, so a directory
 that passes ``router check`` is exactly one that ``router serve`` accepts.
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--telemetry",
         help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml",
+    )
+    serve.add_argument(
+        "--keys",
+        type=Path,
+        metavar="FILE",
+        help="the node heartbeat keys file (mode 0600), instead of the one health.keys names",
     )
     serve.add_argument(
         "--state-file",
@@ -115,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    keys = sub.add_parser("keys", help="node heartbeat keys: generate, rotate, export")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser(
+        "generate",
+        help="a key (32 random bytes) for every node of nodes.yaml; written 0600, existing keys kept",
+    )
+    generate.add_argument("--zones", required=True, type=Path, help="deployment directory")
+    generate.add_argument("--out", type=Path, metavar="FILE",
+                          help="the keys file (default: DIR/node-keys.yaml)")  # fmt: skip
+    generate.add_argument("--force", action="store_true", help="replace existing keys too")
+    generate.add_argument("--rotate", action="store_true",
+                          help="give each node a next key beside its current one (both accepted)")  # fmt: skip
+    generate.add_argument("--promote", action="store_true",
+                          help="make each node's next key its current one, dropping the old")  # fmt: skip
+    generate.add_argument("--node", action="append", metavar="ID",
+                          help="with --force, --rotate or --promote: only this node (repeatable)")  # fmt: skip
+    export = keys_sub.add_parser(
+        "export", help="write one node's signing key (its next key while rotating) for its agent"
+    )
+    export.add_argument("--keys", required=True, type=Path, help="the keys file")
+    export.add_argument("--node", required=True, metavar="ID")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE", help="written 0600")
+
     simulate = sub.add_parser(
         "simulate-nodes",
         help="play every node of a deployment: signed heartbeats, commands on stdin",
@@ -143,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return announcer.run(args)
     if args.command == "check":
         return cmd_check(args.directory)
+    if args.command == "keys":
+        return cmd_keys(args)
     if args.command == "explain":
         return cmd_explain(args)
     if args.command == "plan":
@@ -168,6 +199,46 @@ def cmd_check(directory: Path) -> int:
         f"{len(deployment.policies)} policies, {len(deployment.steered)} steered names, "
         f"{len(deployment.client_map.groups) - 1} client groups"
     )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from router.config import node_keys
+    from router.config.secrets import write_secret_file
+
+    try:
+        if args.keys_command == "export":
+            entries = node_keys.read_entries(args.keys)
+            write_secret_file(args.out, node_keys.export_node_key(entries, args.node))
+            print(f"{args.out}: the key of {args.node} (mode 0600)")
+            return 0
+        if args.force + args.rotate + args.promote > 1:
+            print("router keys generate: --force, --rotate and --promote exclude each other",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        out = args.out or args.zones / "node-keys.yaml"
+        nodes = node_keys.node_ids(args.zones)
+        unknown = sorted(set(args.node or ()) - set(nodes))
+        if unknown:
+            print(f"router keys generate: not in nodes.yaml: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        entries, change = node_keys.generate(
+            node_keys.read_entries(out), nodes, force=args.force, rotate=args.rotate,
+            promote=args.promote, only=set(args.node) if args.node else None,
+        )  # fmt: skip
+        node_keys.write(out, entries)
+    except ConfigError as exc:
+        print(exc.report(args.zones if args.keys_command == "generate" else args.keys.parent),
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except (KeyError, OSError, ValueError) as exc:
+        print(f"router keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 1
+    for label, names in dataclasses.asdict(change).items():
+        if names:
+            print(f"{label}: {', '.join(names)}")
+    print(f"{out}: {len(entries)} node keys (mode 0600). Point health.keys (or router serve --keys) "
+          "at it, then reload.")  # fmt: skip
     return 0
 
 
@@ -217,11 +288,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
+    from router.config.secrets import SecretFileError, read_secret_file
+
     if args.api_token_file is not None:
         try:
-            token = args.api_token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            print(f"router serve: cannot read --api-token-file: {exc}", file=sys.stderr)
+            token = read_secret_file(args.api_token_file, "--api-token-file")
+        except SecretFileError as exc:
+            print(f"router serve: {exc}", file=sys.stderr)
             return None
     else:
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -276,6 +349,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             drain_grace=args.drain_grace,
             watch_s=args.watch,
             query_log=query_log,
+            keys_file=args.keys,
         ),  # fmt: skip
         api_app=create_app,
     )

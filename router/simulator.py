@@ -32,7 +32,7 @@ from pathlib import Path
 
 from router.config.deployment import load_node_keys
 from router.config.nodes import Inventory, Node
-from router.health.telemetry import POWER_STATES, UPLINK_STATES, Heartbeat, encode
+from router.health.telemetry import POWER_STATES, UPLINK_STATES, Heartbeat, encode, new_boot_id
 
 BASE_LOAD_SHARE = 0.2  # simulated nodes idle at 20% of capacity
 UPLINKS = ("uplink1", "uplink2")
@@ -50,6 +50,7 @@ class SimulatedNode:
     failing_services: set[str] = field(default_factory=set)  # health URL sub-paths answering 503
     rtt: dict[str, float] = field(default_factory=dict)  # client prefix -> ms, sent every beat
     seq: int = 0
+    boot: str = field(default_factory=new_boot_id)  # a new one each time the simulator starts
 
     def healthy(self) -> bool:
         """What the node's health URL says: serving, or not."""
@@ -65,7 +66,7 @@ class SimulatedNode:
     def heartbeat(self) -> bytes:
         self.seq += 1
         report = Heartbeat(
-            node=self.node.id, seq=self.seq, ts=time.time(), power=self.power, uplinks=dict(self.uplinks),
+            node=self.node.id, boot=self.boot, seq=self.seq, ts=time.time(), power=self.power, uplinks=dict(self.uplinks),
             load_gbps=self.load_gbps, rps=self.load_gbps * 100.0, rtt=tuple(self.rtt.items()),
         )  # fmt: skip
         return encode(report, self.key)
@@ -73,13 +74,14 @@ class SimulatedNode:
 
 class Simulator:
     def __init__(
-        self, inventory: Inventory, keys: dict[str, bytes], target: tuple[str, int], interval_s: float,
+        self, inventory: Inventory, keys: dict[str, tuple[bytes, ...]], target: tuple[str, int], interval_s: float,
         also: tuple[tuple[str, int], ...] = (),
     ) -> None:  # fmt: skip
         """``also``: more routers to send every heartbeat to (each runs its own monitor)."""
         self.inventory = inventory
         self.nodes = {
-            n.id: SimulatedNode(n, keys[n.id], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE)
+            # In key rotation, sign with the newest key (the router takes both).
+            n.id: SimulatedNode(n, keys[n.id][-1], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE)
             for n in inventory.nodes
         }
         self.target = target

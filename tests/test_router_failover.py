@@ -211,14 +211,15 @@ def test_forged_and_replayed_heartbeats_change_nothing(lab) -> None:
     keys = yaml.safe_load((zones / "node-keys.sample.yaml").read_text())["keys"]
     target = router.telemetry
     forged = encode(
-        Heartbeat("tef-mad-1", 10**9, time.time(), "off", {}, 0.0, 0.0),
+        Heartbeat("tef-mad-1", "f" * 32, 10**9, time.time(), "off", {}, 0.0, 0.0),
         bytes.fromhex(keys["vdf-es-mad-1"]),
     )
     unknown = encode(
-        Heartbeat("ghost", 1, time.time(), "off", {}, 0.0, 0.0), bytes.fromhex(keys["tef-mad-1"])
+        Heartbeat("ghost", "f" * 32, 1, time.time(), "off", {}, 0.0, 0.0),
+        bytes.fromhex(keys["tef-mad-1"]),
     )
     stale = encode(
-        Heartbeat("tef-mad-1", 10**9, time.time() - 600, "off", {}, 0.0, 0.0),
+        Heartbeat("tef-mad-1", "f" * 32, 10**9, time.time() - 600, "off", {}, 0.0, 0.0),
         bytes.fromhex(keys["tef-mad-1"]),
     )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

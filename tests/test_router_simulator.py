@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from router.config.deployment import load_deployment
-from router.health.telemetry import Verifier
+from router.health.telemetry import ReplayGuard, Verifier
 from router.simulator import Simulator
 from tests.conftest import REPO
 
@@ -33,7 +33,9 @@ def test_every_heartbeat_goes_to_every_router_and_verifies(deployment) -> None: 
         simulator.command("power meo-lis-1 off")  # a changed node reports at once
         got_a, got_b = a.recv(2048), b.recv(2048)
         assert got_a == got_b
-        verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
+        # A router that started before these packets were sent (its floor is its start).
+        guard = ReplayGuard(floor_ts=0.0)
+        verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s, guard)
         beat = verifier.verify(got_a, now=None)
         assert (beat.node, beat.power) == ("meo-lis-1", "off")
         assert simulator.sent == 1

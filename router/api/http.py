@@ -167,7 +167,12 @@ def create_app(
         if verifier is None:
             return web.json_response({"enabled": False})
         return web.json_response(
-            {"enabled": True, "accepted": verifier.accepted, "rejected": verifier.rejected}
+            {
+                "enabled": True,
+                "accepted": verifier.accepted,
+                "rejected": verifier.rejected,
+                "node_reboots": verifier.reboots,
+            }  # fmt: skip
         )
 
     async def dns_counters(request: web.Request) -> web.Response:

@@ -114,6 +114,12 @@ class SupervisorCollector(Collector):
             for reason, count in sorted(verifier.rejected.items()):
                 rejected.add_metric([reason], float(count))
             yield rejected
+            reboots = CounterMetricFamily(
+                "router_telemetry_node_reboots",
+                "new boot ids accepted from nodes already heard from (agent restarts)",
+            )
+            reboots.add_metric([], float(verifier.reboots))
+            yield reboots
         samples = CounterMetricFamily(
             "router_rtt_samples_rejected", "RTT samples in heartbeats that could not be used"
         )

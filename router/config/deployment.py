@@ -32,6 +32,7 @@ from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
+from router.config.secrets import is_sample_key, loose_permissions
 from router.config.zones import parse_zone, zone_origin
 from router.geo.cache import load_client_map
 from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
@@ -95,7 +96,7 @@ class Deployment:
     client_map: ClientMap
     country_rtt: dict[tuple[str, str], float]
     health: HealthConfig | None = None
-    node_keys: dict[str, bytes] | None = None
+    node_keys: dict[str, tuple[bytes, ...]] | None = None
     state_file: Path | None = None
     rtt_samples: tuple[RttSample, ...] = ()
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
@@ -111,8 +112,9 @@ def _no_such_file(setting: str, path: Path) -> str:
     return f"{setting}: no such file {_display(path)} (paths are relative to {DEPLOYMENT_FILE})"
 
 
-def load_deployment(directory: Path) -> Deployment:
-    """Load and validate everything in ``directory``; raise ConfigError listing all problems."""
+def load_deployment(directory: Path, keys_file: Path | None = None) -> Deployment:
+    """Load and validate everything in ``directory``; raise ConfigError listing all problems.
+    ``keys_file``: the node keys file to use instead of the one ``health.keys`` names."""
     problems: list[Problem] = []
     settings: DeploymentSettings | None = None
     if not directory.is_dir():
@@ -190,10 +192,11 @@ def load_deployment(directory: Path) -> Deployment:
 
     node_keys = None
     if settings is not None and settings.health is not None and settings_doc is not None:
-        keys_path = directory / settings.health.keys
+        keys_path = keys_file or directory / settings.health.keys
         if not keys_path.is_file():
+            setting = "--keys" if keys_file else "health.keys"
             problems.append(
-                settings_doc.problem(("health", "keys"), _no_such_file("health.keys", keys_path))
+                settings_doc.problem(("health", "keys"), _no_such_file(setting, keys_path))
             )
         else:
             node_keys, errors = load_node_keys(keys_path, _display(keys_path), inventory)
@@ -343,8 +346,10 @@ def _client_map_problem(
 
 def load_node_keys(
     path: Path, display: str, inventory: Inventory | None
-) -> tuple[dict[str, bytes], list[Problem]]:
-    """The heartbeat keys file: ``keys: {node id: hex key}``, one key per node, 16+ bytes each."""
+) -> tuple[dict[str, tuple[bytes, ...]], list[Problem]]:
+    """The heartbeat keys file: ``keys: {node id: hex key}``, 16+ bytes each; a node in key
+    rotation has ``{current: hex, next: hex}`` and either key is accepted. A file with any key
+    that is not a published sample key is a secret: readable by its owner only."""
     doc, problems = load_yaml(path, display)
     if doc is None:
         return {}, problems
@@ -358,29 +363,57 @@ def load_node_keys(
             doc.problem((), "must be a mapping with one key, keys: {node id: hex key}")
         ]
     node_ids = {n.id for n in inventory.nodes} if inventory else set()
-    keys: dict[str, bytes] = {}
-    for node_id, text in data["keys"].items():
-        where = ("keys", node_id)
+    keys: dict[str, tuple[bytes, ...]] = {}
+    for node_id, entry in data["keys"].items():
+        where: YamlPath = ("keys", node_id)
         if inventory is not None and node_id not in node_ids:
             problems.append(
                 doc.problem(where, f'key for unknown node "{node_id}" (not in nodes.yaml)')
             )
             continue
-        try:
-            key = bytes.fromhex(str(text))
-        except ValueError:
-            problems.append(doc.problem(where, f'node "{node_id}": key must be hexadecimal'))
-            continue
-        if len(key) < 16:
-            problems.append(
-                doc.problem(
-                    where, f'node "{node_id}": key must be at least 16 bytes (32 hex digits)'
+        if isinstance(entry, dict):
+            if set(entry) - {"current", "next"} or "current" not in entry:
+                problems.append(
+                    doc.problem(
+                        where,
+                        f'node "{node_id}": in rotation a node has {{current: hex, next: hex}}, '
+                        f"not {sorted(map(str, entry))}",
+                    )
                 )
-            )
-            continue
-        keys[str(node_id)] = key
+                continue
+            texts = [(where + ("current",), entry["current"])]
+            if "next" in entry:
+                texts.append((where + ("next",), entry["next"]))
+        else:
+            texts = [(where, entry)]
+        node_keys = []
+        for at, text in texts:
+            try:
+                key = bytes.fromhex(str(text))
+            except ValueError:
+                problems.append(doc.problem(at, f'node "{node_id}": key must be hexadecimal'))
+                continue
+            if len(key) < 16:
+                problems.append(
+                    doc.problem(
+                        at, f'node "{node_id}": key must be at least 16 bytes (32 hex digits)'
+                    )
+                )
+                continue
+            node_keys.append(key)
+        if len(node_keys) == len(texts):
+            keys[str(node_id)] = tuple(node_keys)
     for node_id in sorted(node_ids - set(keys) - {str(k) for k in data["keys"]}):
         problems.append(
             doc.problem(("keys",), f'node "{node_id}" has no key: it could never report')
         )
+    if not all(is_sample_key(k) for node_keys in keys.values() for k in node_keys):
+        loose = loose_permissions(path)
+        if loose:
+            problems.append(Problem(display, 0, loose))
     return keys, problems
+
+
+def uses_sample_keys(keys: dict[str, tuple[bytes, ...]]) -> bool:
+    """Whether any node key is one of the published samples (so: public)."""
+    return any(is_sample_key(k) for node_keys in keys.values() for k in node_keys)

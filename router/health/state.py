@@ -216,9 +216,11 @@ class NodeHealth:
 
     # -- persistence -------------------------------------------------------------------
 
-    def save(self, path: Path) -> None:
-        """Write the state atomically (temp file + rename), so a crash never leaves half a file."""
+    def save(self, path: Path, extra: dict[str, object] | None = None) -> None:
+        """Write the state atomically (temp file + rename), so a crash never leaves half a file;
+        ``extra``: more top-level keys (the replay memory of heartbeat telemetry)."""
         data = {
+            **(extra or {}),
             "saved_at": time.time(),
             "nodes": {
                 # Overrides from the admin_state file are kept by the file itself.
@@ -238,6 +240,15 @@ class NodeHealth:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+
+    @staticmethod
+    def saved_extra(path: Path, key: str) -> object:
+        """The ``extra`` value saved under ``key``, or None (no file, unreadable, absent)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data.get(key) if isinstance(data, dict) else None
 
     def load(self, path: Path, now: float) -> list[str]:
         """Restore admin overrides and known-down nodes; return warnings (never raises on bad files)."""

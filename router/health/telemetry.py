@@ -1,39 +1,54 @@
-"""Node heartbeats on the wire: a signed JSON report in one UDP datagram.
+"""Node heartbeats on the wire: a signed JSON report in one UDP datagram (docs/heartbeat.md).
 
-Packet: ``MAGIC`` (3 octets) | HMAC-SHA256 over MAGIC + payload (32 octets) | payload, where
-the payload is UTF-8 JSON::
+Packet (format 2)::
 
-    {"node": "tef-mad-1", "seq": 1042, "ts": 1795319837.96,
-     "power": "mains",                       # mains | battery | battery_low | off
-     "uplinks": {"up1": "up", "up2": "down"}, # up | degraded | down, per uplink
-     "load_gbps": 41.5, "rps": 5200,
-     "rtt": [["83.44.0.0/16", 8.2]]}          # optional samples to client prefixes
+    "RH2" | node id length (1 octet) | node id | HMAC-SHA256 (32 octets) | payload (JSON)
 
-Each node signs with its own key from the secrets file. A report is accepted only if it is
-well-formed, from a known node, correctly signed, newer than the last accepted one from that
-node (sequence number) and stamped within the replay window of our clock. Anything else is
-rejected with a reason and changes nothing.
+The MAC covers every octet of the packet but its own 32. The node id stands in clear before
+the MAC so that the key is found without parsing anything the sender controls beyond one
+length octet: a packet is size-checked, then authenticated over its raw bytes, and only then
+parsed and held to a strict schema (every field required, unknown fields rejected).
+
+Replay protection survives restarts of either side. Each agent start draws a random boot id;
+within a boot the sequence must grow. A new boot id is taken only when its packet is fresh and
+stamped later than anything accepted from that node, so a captured packet of an older boot
+can never come back. The router accepts nothing stamped before it started (or before what it
+last saved), so its own restart reopens no window either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
+import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-MAGIC = b"RH1"
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+MAGIC = b"RH2"
+FORMAT_VERSION = 2
 MAX_PACKET = 1400
+MAX_NODE_ID = 64
+MAC_SIZE = 32
 POWER_STATES = ("mains", "battery", "battery_low", "off")
 UPLINK_STATES = ("up", "degraded", "down")
 REJECT_REASONS = ("malformed", "unknown_node", "bad_signature", "replayed", "stale")
+BOOT_ID_HEX = 32  # 128 random bits
+
+
+def new_boot_id() -> str:
+    """A fresh boot id: draw one each time an agent starts."""
+    return secrets.token_hex(BOOT_ID_HEX // 2)
 
 
 @dataclass(frozen=True)
 class Heartbeat:
     node: str
+    boot: str
     seq: int
     ts: float
     power: str
@@ -50,107 +65,212 @@ class Rejected(Exception):
         self.detail = detail
 
 
+# -- the schema --------------------------------------------------------------------------------
+
+_Finite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_UplinkName = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class _Payload(BaseModel):
+    """The JSON payload, format 2: every field required, nothing else allowed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    v: Literal[2]
+    node: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NODE_ID)]
+    boot: Annotated[str, StringConstraints(pattern=f"^[0-9a-f]{{{BOOT_ID_HEX}}}$")]
+    seq: Annotated[int, Field(ge=0, lt=2**63)]
+    ts: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    power: Literal["mains", "battery", "battery_low", "off"]
+    uplinks: Annotated[dict[_UplinkName, Literal["up", "degraded", "down"]], Field(max_length=16)]
+    load_gbps: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    rps: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)]
+    rtt: Annotated[
+        list[tuple[Annotated[str, StringConstraints(max_length=64)], _Finite]],
+        Field(max_length=64),
+    ]
+
+
+def _schema_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
 def encode(heartbeat: Heartbeat, key: bytes) -> bytes:
-    body = {
-        "node": heartbeat.node, "seq": heartbeat.seq, "ts": heartbeat.ts, "power": heartbeat.power,
-        "uplinks": heartbeat.uplinks, "load_gbps": heartbeat.load_gbps, "rps": heartbeat.rps,
-    }  # fmt: skip
-    if heartbeat.rtt:
-        body["rtt"] = [list(sample) for sample in heartbeat.rtt]
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return MAGIC + hmac.new(key, MAGIC + payload, hashlib.sha256).digest() + payload
+    """The packet for ``heartbeat``, signed with ``key`` (the simulator and the agent use this)."""
+    node = heartbeat.node.encode()
+    if not 1 <= len(node) <= MAX_NODE_ID:
+        raise ValueError(f"node id must be 1-{MAX_NODE_ID} octets: {heartbeat.node!r}")
+    body = _Payload(
+        v=FORMAT_VERSION, node=heartbeat.node, boot=heartbeat.boot, seq=heartbeat.seq,
+        ts=heartbeat.ts, power=heartbeat.power, uplinks=heartbeat.uplinks,  # type: ignore[arg-type]
+        load_gbps=heartbeat.load_gbps, rps=heartbeat.rps, rtt=list(heartbeat.rtt),
+    )  # fmt: skip
+    payload = body.model_dump_json().encode()
+    head = MAGIC + bytes([len(node)]) + node
+    packet = head + hmac.new(key, head + payload, hashlib.sha256).digest() + payload
+    if len(packet) > MAX_PACKET:
+        raise ValueError(f"heartbeat of {len(packet)} octets is over {MAX_PACKET}: send fewer rtt")
+    return packet
+
+
+def decode(packet: bytes, keys: Mapping[str, tuple[bytes, ...]]) -> Heartbeat:
+    """Size, then signature over the raw bytes, then parse and schema. Raises Rejected."""
+    if len(packet) > MAX_PACKET:
+        raise Rejected("malformed", f"{len(packet)} octets, over {MAX_PACKET}")
+    if not packet.startswith(MAGIC):
+        if packet[:2] == b"RH":
+            raise Rejected(
+                "malformed", f"format {packet[:3]!r} is not {MAGIC!r} (docs/heartbeat.md)"
+            )
+        raise Rejected("malformed", "not a heartbeat packet")
+    if len(packet) < len(MAGIC) + 1:
+        raise Rejected("malformed", "truncated before the node id")
+    id_len = packet[len(MAGIC)]
+    head_end = len(MAGIC) + 1 + id_len
+    if not 1 <= id_len <= MAX_NODE_ID or len(packet) < head_end + MAC_SIZE + 2:
+        raise Rejected("malformed", "truncated, or a node id length out of range")
+    try:
+        node = packet[len(MAGIC) + 1 : head_end].decode()
+    except UnicodeDecodeError:
+        raise Rejected("malformed", "node id is not UTF-8") from None
+    node_keys = keys.get(node)
+    if not node_keys:
+        raise Rejected("unknown_node", f"no key for node {node!r}")
+    mac = packet[head_end : head_end + MAC_SIZE]
+    signed = packet[:head_end] + packet[head_end + MAC_SIZE :]
+    # A node in key rotation has two keys: its current one and the next.
+    if not any(
+        hmac.compare_digest(mac, hmac.new(key, signed, hashlib.sha256).digest())
+        for key in node_keys
+    ):
+        raise Rejected("bad_signature", f"bad signature for node {node}")
+    try:
+        body = _Payload.model_validate_json(packet[head_end + MAC_SIZE :])
+    except ValidationError as exc:
+        raise Rejected("malformed", f"node {node}: {_schema_error(exc)}") from None
+    if body.node != node:
+        raise Rejected("malformed", f"payload node {body.node!r} is not the header's {node!r}")
+    return Heartbeat(
+        node=node, boot=body.boot, seq=body.seq, ts=body.ts, power=body.power,
+        uplinks=dict(body.uplinks), load_gbps=body.load_gbps, rps=body.rps,
+        rtt=tuple((prefix, ms) for prefix, ms in body.rtt),
+    )  # fmt: skip
+
+
+# -- replay protection -------------------------------------------------------------------------
+
+
+@dataclass
+class NodeReplay:
+    """The newest heartbeat accepted from one node."""
+
+    boot: str
+    seq: int
+    ts: float
+
+
+@dataclass
+class ReplayGuard:
+    """What replay protection remembers; it outlives config reloads, and its ``snapshot`` goes
+    into the state file so that a restarted router remembers it too.
+
+    ``floor_ts``: nothing stamped earlier is accepted, from any node. It is the router's start
+    time (or the newest timestamp it had saved, if later): a packet captured before a restart
+    was stamped before it, whatever the router forgot in the crash."""
+
+    floor_ts: float = field(default_factory=time.time)
+    nodes: dict[str, NodeReplay] = field(default_factory=dict)
+    retired_boots: dict[str, int] = field(default_factory=dict)  # node -> boots replaced
+
+    def check(self, heartbeat: Heartbeat) -> None:
+        node = heartbeat.node
+        if heartbeat.ts <= self.floor_ts:
+            raise Rejected(
+                "replayed",
+                f"node {node}: stamped {self.floor_ts - heartbeat.ts:.1f} s before this router's "
+                "start or its newest saved heartbeat",
+            )
+        last = self.nodes.get(node)
+        if last is None:
+            return
+        if heartbeat.boot == last.boot:
+            if heartbeat.seq <= last.seq:
+                raise Rejected(
+                    "replayed", f"node {node}: sequence {heartbeat.seq} not after {last.seq}"
+                )
+        elif heartbeat.ts <= last.ts:
+            raise Rejected(
+                "replayed",
+                f"node {node}: boot {heartbeat.boot[:8]}... is older than the boot in service "
+                f"({last.boot[:8]}...): stamped {last.ts - heartbeat.ts:.3f} s earlier",
+            )
+
+    def commit(self, heartbeat: Heartbeat) -> bool:
+        """Remember ``heartbeat``; True if it started a new boot of a node already known."""
+        last = self.nodes.get(heartbeat.node)
+        rebooted = last is not None and last.boot != heartbeat.boot
+        if rebooted:
+            self.retired_boots[heartbeat.node] = self.retired_boots.get(heartbeat.node, 0) + 1
+        self.nodes[heartbeat.node] = NodeReplay(heartbeat.boot, heartbeat.seq, heartbeat.ts)
+        return rebooted
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "floor_ts": max([self.floor_ts] + [n.ts for n in self.nodes.values()]),
+            "nodes": {k: [n.boot, n.seq, n.ts] for k, n in self.nodes.items()},
+        }
+
+    def restore(self, saved: object) -> str | None:
+        """Take back a ``snapshot``; a warning if it is unreadable (then only the start floor)."""
+        try:
+            assert isinstance(saved, dict)
+            floor = float(saved["floor_ts"])
+            nodes = {
+                str(k): NodeReplay(str(b), int(s), float(t))
+                for k, (b, s, t) in saved["nodes"].items()
+            }
+            assert math.isfinite(floor)
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            return f"ignoring the saved replay state: {exc!r}"
+        self.floor_ts = max(self.floor_ts, floor)
+        self.nodes = nodes
+        return None
 
 
 @dataclass
 class Verifier:
-    """Checks packets against node keys and remembers the last sequence per node."""
+    """Checks packets against node keys (a node may have two: current and next) and the
+    replay guard, counting what it accepts and rejects."""
 
-    keys: dict[str, bytes]
+    keys: Mapping[str, tuple[bytes, ...]]
     replay_window_s: float = 5.0
-    last_seq: dict[str, int] = field(default_factory=dict)
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     accepted: int = 0
+    reboots: int = 0  # new boot ids accepted from nodes already heard from
 
     def verify(self, packet: bytes, now: float | None = None) -> Heartbeat:
         """The heartbeat in ``packet``; raise Rejected (and count it) otherwise."""
         try:
-            heartbeat = self._verify(packet, time.time() if now is None else now)
+            heartbeat = decode(packet, self.keys)
+            now = time.time() if now is None else now
+            if abs(heartbeat.ts - now) > self.replay_window_s:
+                raise Rejected(
+                    "stale",
+                    f"node {heartbeat.node}: timestamp {heartbeat.ts:.3f} is "
+                    f"{heartbeat.ts - now:+.1f} s off",
+                )
+            self.guard.check(heartbeat)
         except Rejected as exc:
             self.rejected[exc.reason] += 1
             raise
+        if self.guard.commit(heartbeat):
+            self.reboots += 1
         self.accepted += 1
         return heartbeat
-
-    def _verify(self, packet: bytes, now: float) -> Heartbeat:
-        if (
-            len(packet) > MAX_PACKET
-            or len(packet) < len(MAGIC) + 32 + 2
-            or not packet.startswith(MAGIC)
-        ):
-            raise Rejected("malformed", "not a heartbeat packet")
-        mac = packet[3:35]
-        payload = packet[35:]
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Rejected("malformed", f"payload is not JSON: {exc}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("node"), str):
-            raise Rejected("malformed", "payload has no node id")
-        node = body["node"]
-        key = self.keys.get(node)
-        if key is None:
-            raise Rejected("unknown_node", f"no key for node {node[:64]!r}")
-        expected = hmac.new(key, MAGIC + payload, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
-            raise Rejected("bad_signature", f"bad signature for node {node}")
-        heartbeat = _fields(body)
-        if heartbeat.seq <= self.last_seq.get(node, -1):
-            raise Rejected(
-                "replayed", f"node {node}: sequence {heartbeat.seq} not after {self.last_seq[node]}"
-            )
-        if abs(heartbeat.ts - now) > self.replay_window_s:
-            raise Rejected(
-                "stale",
-                f"node {node}: timestamp {heartbeat.ts:.3f} is {heartbeat.ts - now:+.1f} s off",
-            )
-        self.last_seq[node] = heartbeat.seq
-        return heartbeat
-
-
-def _fields(body: dict) -> Heartbeat:
-    def number(name: str, default: float | None = None) -> float:
-        value = body.get(name, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise Rejected("malformed", f"{name} must be a non-negative number")
-        return float(value)
-
-    seq = body.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise Rejected("malformed", "seq must be a non-negative integer")
-    power = body.get("power")
-    if power not in POWER_STATES:
-        raise Rejected("malformed", f"power must be one of {', '.join(POWER_STATES)}")
-    uplinks = body.get("uplinks", {})
-    if not isinstance(uplinks, dict) or not all(
-        isinstance(k, str) and v in UPLINK_STATES for k, v in uplinks.items()
-    ):
-        raise Rejected("malformed", f"uplinks must map names to {', '.join(UPLINK_STATES)}")
-    rtt = body.get("rtt", [])
-    if not isinstance(rtt, list) or not all(
-        isinstance(s, list)
-        and len(s) == 2
-        and isinstance(s[0], str)
-        and isinstance(s[1], (int, float))
-        for s in rtt
-    ):
-        raise Rejected("malformed", "rtt must be a list of [prefix, ms] pairs")
-    return Heartbeat(
-        node=body["node"], seq=seq, ts=number("ts"), power=power, uplinks=dict(uplinks),
-        load_gbps=number("load_gbps", 0.0), rps=number("rps", 0.0),
-        rtt=tuple((str(p), float(ms)) for p, ms in rtt),
-    )  # fmt: skip

@@ -24,38 +24,51 @@ _REFERENCED_KEYS = ("latency", "rtt_samples")
 _SOURCE_KINDS = ("mmdb", "czf", "dczf", "csv")
 
 
-def config_paths(directory: Path) -> list[Path]:
-    """The files of the deployment in ``directory`` (those that exist), sorted."""
+def config_paths(directory: Path, keys_file: Path | None = None) -> list[Path]:
+    """The files of the deployment in ``directory`` (those that exist), sorted; ``keys_file``:
+    the node keys file named on the command line instead of in deployment.yaml."""
     paths = {directory / DEPLOYMENT_FILE, directory / NODES_FILE, directory / ADMIN_STATE_FILE}
     paths.update(directory.glob("*.zone"))
     paths.update(directory.glob(f"*{POLICY_SUFFIX}"))
     paths.update(directory / name for name in _referenced(directory / DEPLOYMENT_FILE))
+    paths.update(secret_paths(directory, keys_file))
     return sorted(p for p in paths if p.is_file())
 
 
-def _referenced(settings_path: Path) -> tuple[str, ...]:
-    """Paths deployment.yaml names, best effort: a broken file names none (and fails the load).
+def secret_paths(directory: Path, keys_file: Path | None = None) -> set[Path]:
+    """The deployment's secret files: the node keys, named by ``health.keys`` or ``--keys``."""
+    if keys_file is not None:
+        return {keys_file}
+    name = _referenced(directory / DEPLOYMENT_FILE, "keys")
+    return {directory / name[0]} if name else set()
+
+
+def _referenced(settings_path: Path, which: str = "files") -> tuple[str, ...]:
+    """Paths deployment.yaml names (``which``: "files" for the public ones, "keys" for the
+    keys file), best effort: a broken file names none (and fails the load).
 
     Parsed again only when the file changed: the reload watcher asks every second."""
     try:
         st = settings_path.stat()
     except OSError:
         return ()
-    return _referenced_by_version(str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns)
+    files, keys = _referenced_by_version(str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns)
+    return keys if which == "keys" else files
 
 
 @functools.lru_cache(maxsize=16)
-def _referenced_by_version(path: str, _inode: int, _size: int, _mtime_ns: int) -> tuple[str, ...]:
+def _referenced_by_version(
+    path: str, _inode: int, _size: int, _mtime_ns: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return ()
+        return (), ()
     if not isinstance(data, dict):
-        return ()
+        return (), ()
     names = [data.get(key) for key in _REFERENCED_KEYS]
     health = data.get("health")
-    if isinstance(health, dict):
-        names.append(health.get("keys"))
+    keys = health.get("keys") if isinstance(health, dict) else None
     client_map = data.get("client_map")
     if isinstance(client_map, list):
         names += [
@@ -66,13 +79,14 @@ def _referenced_by_version(path: str, _inode: int, _size: int, _mtime_ns: int) -
         ]
     else:
         names.append(client_map)
-    return tuple(name for name in names if isinstance(name, str))
+    files = tuple(name for name in names if isinstance(name, str))
+    return files, (keys,) if isinstance(keys, str) else ()
 
 
-def fingerprint(directory: Path) -> tuple:
+def fingerprint(directory: Path, keys_file: Path | None = None) -> tuple:
     """Changes whenever a config file is added, removed, replaced or written."""
     out = []
-    for path in config_paths(directory):
+    for path in config_paths(directory, keys_file):
         try:
             st = path.stat()
         except OSError:
@@ -81,23 +95,38 @@ def fingerprint(directory: Path) -> tuple:
     return tuple(out)
 
 
+SECRET_HASH = "secret: not shown"
+
+
 @dataclass(frozen=True)
 class ConfigFiles:
+    """The hashes of a deployment's files. ``version`` (shown on the API and in metrics) leaves
+    out the secret files, so that nothing public is a digest of the node keys; ``revision``
+    covers them too and says whether anything at all changed (the reloader's test)."""
+
     directory: Path
     hashes: dict[str, str]  # path relative to the directory -> sha256 hex
+    secret: frozenset[str] = frozenset()  # which of those are secret files
 
     @property
     def version(self) -> str:
-        """A short hash over every file's name and content."""
-        digest = hashlib.sha256()
-        for name, value in sorted(self.hashes.items()):
-            digest.update(f"{name}\0{value}\n".encode())
-        return digest.hexdigest()[:16]
+        """A short hash over every public file's name and content."""
+        return _digest((n, v) for n, v in self.hashes.items() if n not in self.secret)
+
+    @property
+    def revision(self) -> str:
+        """A short hash over every file, the secret ones included: never shown."""
+        return _digest(self.hashes.items())
+
+    @property
+    def public_hashes(self) -> dict[str, str]:
+        return {n: SECRET_HASH if n in self.secret else v for n, v in self.hashes.items()}
 
     @classmethod
-    def read(cls, directory: Path) -> ConfigFiles:
+    def read(cls, directory: Path, keys_file: Path | None = None) -> ConfigFiles:
         hashes = {}
-        for path in config_paths(directory):
+        secret = {os.path.relpath(p, directory) for p in secret_paths(directory, keys_file)}
+        for path in config_paths(directory, keys_file):
             digest = hashlib.sha256()
             try:
                 with open(path, "rb") as handle:
@@ -106,4 +135,11 @@ class ConfigFiles:
             except OSError:
                 continue  # gone since listed: the load that follows reports it
             hashes[os.path.relpath(path, directory)] = digest.hexdigest()
-        return cls(directory, hashes)
+        return cls(directory, hashes, frozenset(secret))
+
+
+def _digest(items) -> str:
+    digest = hashlib.sha256()
+    for name, value in sorted(items):
+        digest.update(f"{name}\0{value}\n".encode())
+    return digest.hexdigest()[:16]

@@ -39,14 +39,18 @@ class TelemetryIntake:
         """One telemetry datagram: verify it, apply it, ask for a new table if a state changed."""
         service, publisher = self.service, self.service.publisher
         now = time.monotonic() if now is None else now
+        # Size, signature, schema and replay checks need no lock: only this thread verifies,
+        # and a forged flood must never hold up the DNS table's work.
+        verifier = service.config.verifier
+        assert verifier is not None
+        try:
+            heartbeat = verifier.verify(packet)
+        except Rejected as exc:
+            self._log_rejection(exc, verifier.rejected[exc.reason])
+            return
         with service.health_lock:  # also keeps the config from being swapped under this heartbeat
-            verifier = service.config.verifier
-            assert verifier is not None
-            try:
-                heartbeat = verifier.verify(packet)
-            except Rejected as exc:
-                self._log_rejection(exc, verifier.rejected[exc.reason])
-                return
+            if heartbeat.node not in service.config.node_index:
+                return  # the node left the config between the check and now
             changed = service.health.heartbeat(heartbeat, now)
             if changed:
                 service.save_state()

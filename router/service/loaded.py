@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from router.config.deployment import Deployment
+from router.config.deployment import Deployment, uses_sample_keys
 from router.config.nodes import Node, Site
 from router.dns.answers import AnswerBook
 from router.dns.fast_answer import FastBook, compile_book
@@ -35,6 +35,14 @@ from router.steering.model import SteeringModel
 from router.steering.samples import RttSamples
 
 log = logging.getLogger("router.service")
+
+
+SAMPLE_KEYS_OFF_LOOPBACK = (
+    "the node keys include the published sample keys (zones/node-keys.sample.yaml), which "
+    "anyone can read: telemetry with them is served on loopback only. Generate real keys "
+    "(router keys generate --zones DIR --out FILE), point health.keys or --keys at them, "
+    "or bind --telemetry to 127.0.0.1"
+)
 
 
 class ConfigUnusable(Exception):
@@ -80,11 +88,15 @@ def prepare(
     workers: int,
     batched: bool,
     telemetry: bool,
+    telemetry_public: bool = False,
 ) -> LoadedConfig:
     """Compile everything a config needs, before it serves (the slow part of a reload);
-    ``model``: the deployment's, if already compiled."""
+    ``model``: the deployment's, if already compiled; ``telemetry_public``: heartbeats are
+    taken off loopback, where the published sample keys would let anyone in."""
     if telemetry and (deployment.health is None or deployment.node_keys is None):
         raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
+    if telemetry_public and deployment.node_keys and uses_sample_keys(deployment.node_keys):
+        raise ConfigUnusable(SAMPLE_KEYS_OFF_LOOPBACK)
     compiled = compile_deployment(deployment, model)
     model, book = compiled.model, compiled.book
     monitor = None
@@ -131,14 +143,11 @@ def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
         notes.append(f"nodes no longer in the config: {', '.join(dropped)}")
     new.health.apply_admin_file(new.deployment.admin_state)
     if new.verifier is not None and old.verifier is not None:
-        keys = new.verifier.keys
-        new.verifier.last_seq = {
-            n: s
-            for n, s in old.verifier.last_seq.items()
-            if keys.get(n) == old.verifier.keys.get(n)
-        }
-        new.verifier.rejected = dict(old.verifier.rejected)
+        # One replay memory for the life of the process: a new key does not reopen old packets.
+        new.verifier.guard = old.verifier.guard
+        new.verifier.rejected = old.verifier.rejected
         new.verifier.accepted = old.verifier.accepted
+        new.verifier.reboots = old.verifier.reboots
     same_policies = [(c.zone, c.name) for c in new.model.policies] == [
         (c.zone, c.name) for c in old.model.policies
     ]

@@ -80,8 +80,9 @@ class Reloader:
             service = self.service
             directory = service.deployment.directory
             running = service.config.version
+            running_revision = service.config.files.revision
             before = service.config.files.hashes
-            new, files, problems = self._load(directory, running)
+            new, files, problems = self._load(directory, running_revision)
             if new is None and not problems:
                 log.info("reload (%s): files unchanged (version %s)", trigger, running)
                 return self.log.record(trigger, "unchanged", running, started)
@@ -110,12 +111,12 @@ class Reloader:
         """The new config and the files it was built from, read again while they change
         under us; no config and no problems when the files are the running version."""
         service = self.service
-        files = ConfigFiles.read(directory)
+        files = ConfigFiles.read(directory, service.keys_file)
         for _ in range(READ_ATTEMPTS):
-            if files.version == running:
+            if files.revision == running:
                 return None, files, []
             try:
-                deployment = load_deployment(directory)
+                deployment = load_deployment(directory, service.keys_file)
                 new = loaded.prepare(
                     deployment,
                     None,
@@ -123,6 +124,7 @@ class Reloader:
                     service.worker_count,
                     service.batched,
                     service.telemetry,
+                    service.telemetry_public,
                 )
             except ConfigError as exc:
                 return None, files, [str(problem) for problem in exc.problems]
@@ -131,8 +133,8 @@ class Reloader:
             except Exception as exc:  # a bug must not take the running config with it
                 log.exception("reload: building the new config failed")
                 return None, files, [f"{directory}: internal error building the config: {exc!r}"]
-            again = ConfigFiles.read(directory)
-            if again.version == files.version:
+            again = ConfigFiles.read(directory, service.keys_file)
+            if again.revision == files.revision:
                 return new, files, []
             log.info("reload: files changed while loading; loading again")
             files = again
@@ -202,8 +204,10 @@ class ReloadWatcher:
 
     async def reload(self, trigger: str) -> dict:
         async with self._lock:
-            directory = self.reloader.service.deployment.directory
-            self.seen = await asyncio.to_thread(fingerprint, directory)
+            service = self.reloader.service
+            self.seen = await asyncio.to_thread(
+                fingerprint, service.deployment.directory, service.keys_file
+            )
             attempt = await asyncio.to_thread(self.reloader.reload, trigger)
             if attempt["result"] == "ok":
                 self.probes.restart()
@@ -211,6 +215,7 @@ class ReloadWatcher:
 
     async def run(self) -> None:
         directory = self.reloader.service.deployment.directory
+        keys_file = self.reloader.service.keys_file
         candidate = None
         period = self.watch_s if self.watch_s > 0 else 3600.0
         while True:
@@ -225,7 +230,7 @@ class ReloadWatcher:
                     continue
                 if self.watch_s <= 0:
                     continue
-                current = await asyncio.to_thread(fingerprint, directory)
+                current = await asyncio.to_thread(fingerprint, directory, keys_file)
                 if current == self.seen:
                     candidate = None
                 elif current != candidate:

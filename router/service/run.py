@@ -16,6 +16,7 @@ from aiohttp import web
 from router.config import ConfigError, load_deployment
 from router.dns.query_log import QueryLogSettings
 from router.service.config_files import ConfigFiles, fingerprint
+from router.service.exposure import check_api_token, is_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
 from router.service.reloader import ReloadWatcher
 from router.service.sockets import ServiceError, format_endpoint
@@ -40,6 +41,7 @@ class ServeOptions:
     drain_grace: float = 0.0
     watch_s: float = 1.0
     query_log: QueryLogSettings | None = None
+    keys_file: Path | None = None  # --keys: the node keys instead of health.keys
 
 
 # (supervisor, token, reload) -> the HTTP API's application: the API is built above the
@@ -54,20 +56,25 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
     # (the workers, forked below, inherit this and ignore it too).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Taken before loading: a file changed while loading is seen as changed, and reloaded.
-    seen = fingerprint(options.zones)
-    files = ConfigFiles.read(options.zones)
+    seen = fingerprint(options.zones, options.keys_file)
+    files = ConfigFiles.read(options.zones, options.keys_file)
     log.info("loading %s", options.zones)
     try:
-        deployment = load_deployment(options.zones)
+        deployment = load_deployment(options.zones, options.keys_file)
     except ConfigError as exc:
         print(exc.report(options.zones), file=sys.stderr)
         return 1
     host, port = options.listen
+    telemetry_public = options.telemetry is not None and not is_loopback(options.telemetry[0])
     try:
+        if options.api is not None:
+            assert options.api_token is not None
+            check_api_token(options.api, options.api_token)
         supervisor = Supervisor(
             deployment, None, host, port, options.workers, options.tcp_idle_timeout,
             telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,
             udp_path=options.udp_path, files=files, query_log=options.query_log,
+            telemetry_public=telemetry_public, keys_file=options.keys_file,
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)

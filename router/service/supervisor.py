@@ -59,7 +59,11 @@ class Supervisor:
         udp_path: str = "batched",
         files: ConfigFiles | None = None,
         query_log: QueryLogSettings | None = None,
+        telemetry_public: bool = False,
+        keys_file: Path | None = None,
     ) -> None:
+        """``telemetry_public``: heartbeats are taken off loopback (so the published sample
+        keys are refused); ``keys_file``: the node keys named by ``--keys``, if any."""
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
         if udp_path not in UDP_PATHS:
@@ -72,6 +76,8 @@ class Supervisor:
                 "batched UDP needs 64-bit Linux (recvmmsg/sendmmsg): answering one packet at a time"
             )
         self.telemetry = telemetry
+        self.telemetry_public = telemetry_public
+        self.keys_file = keys_file
         self.host = host
         self.worker_count = workers
         self.state_file = state_file
@@ -82,15 +88,20 @@ class Supervisor:
         check_port(host, port)
         started = time.monotonic()
         try:
-            files = files or ConfigFiles.read(deployment.directory)
+            files = files or ConfigFiles.read(deployment.directory, keys_file)
             self.config: LoadedConfig = loaded.prepare(
-                deployment, model, files, workers, self.batched, telemetry
+                deployment, model, files, workers, self.batched, telemetry, telemetry_public
             )
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc
         if state_file is not None:
             for warning in self.health.load(state_file, time.monotonic()):
                 log.warning("%s", warning)
+            if self.config.verifier is not None:
+                saved = self.health.saved_extra(state_file, "replay")
+                warning = self.config.verifier.guard.restore(saved) if saved else None
+                if warning:
+                    log.warning("%s: %s", state_file, warning)
         self.health.apply_admin_file(deployment.admin_state)
         # Every kernel compiled (first table, both lookups) before taking the port, so the
         # first query never waits for numba. numba caches what it compiles: a second start
@@ -168,6 +179,8 @@ class Supervisor:
     def stop(self) -> None:
         self.publisher.stop()
         self.workers.stop()
+        with self.health_lock:
+            self.save_state()  # the replay memory as it is now, not as at the last change
 
     # -- what the parts share ----------------------------------------------------------
 
@@ -175,8 +188,10 @@ class Supervisor:
         """Node states to the state file, if any (the caller holds ``health_lock``)."""
         if self.state_file is None:
             return
+        verifier = self.config.verifier
+        extra = {"replay": verifier.guard.snapshot()} if verifier is not None else None
         try:
-            self.health.save(self.state_file)
+            self.health.save(self.state_file, extra)
         except OSError as exc:
             log.error("cannot save node state to %s: %s", self.state_file, exc)
 
