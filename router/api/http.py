@@ -198,7 +198,7 @@ def create_app(
             "version": config.version,
             "directory": str(config.deployment.directory),
             "loaded_at": config.loaded_at,
-            "files": config.files.hashes,
+            "files": config.files.public_hashes,
             "zones": [str(z) for z in config.deployment.zones],
             "nodes": len(config.model.node_ids),
             "policies": [{"zone": str(c.zone), "name": c.name} for c in config.model.policies],
