@@ -226,3 +226,24 @@ def test_keys_file_given_on_the_command_line_is_secret_too(real_keys: Path, tmp_
     files = ConfigFiles.read(real_keys.parent, elsewhere)
     secret_names = {n for n, v in files.public_hashes.items() if v == SECRET_HASH}
     assert secret_names == {os.path.relpath(elsewhere, real_keys.parent)}
+
+
+def test_no_digest_of_the_keys_file_on_the_open_api(real_keys: Path, tmp_path: Path) -> None:
+    import hashlib
+    import urllib.request
+
+    from tests.conftest import start_router
+
+    digest = hashlib.sha256(real_keys.read_bytes()).hexdigest()
+    router = start_router(real_keys.parent, tmp_path / "router.log", "--telemetry", "127.0.0.1:0")
+    try:
+        for path in ("/v1/config", "/metrics", "/v1/telemetry", "/v1/nodes", "/v1/status"):
+            with urllib.request.urlopen(f"{router.api}{path}", timeout=5) as response:
+                body = response.read().decode()
+            assert digest not in body and digest[:16] not in body, path
+            if path == "/v1/config":
+                assert SECRET_HASH in body
+    finally:
+        router.stop()
+        assert router.process.stdout is not None
+        router.process.stdout.close()
