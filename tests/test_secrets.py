@@ -194,6 +194,15 @@ def test_a_placeholder_token_is_refused_for_the_api_off_loopback(tmp_path: Path)
     assert "placeholder" in done.stderr and "--api-token-file" in done.stderr
 
 
+def test_sample_keys_keep_the_api_on_loopback_too(tmp_path: Path) -> None:
+    """A deployment still on the sample keys is a lab: a good token does not open the API."""
+    zones = make_deployment(tmp_path)
+    done = router_cli("serve", "--zones", str(zones), "--listen", "127.0.0.1:0", "--api",
+                      "0.0.0.0:0", env={"ROUTER_API_TOKEN": "9" * 40})  # fmt: skip
+    assert done.returncode == 1
+    assert "--api 0.0.0.0:0" in done.stderr and "published sample keys" in done.stderr
+
+
 def test_a_reload_onto_sample_keys_is_refused_while_telemetry_is_public(real_keys: Path) -> None:
     """The check is in the config path, so a reload cannot switch to the sample keys."""
     from router.service import loaded

@@ -39,9 +39,8 @@ log = logging.getLogger("router.service")
 
 SAMPLE_KEYS_OFF_LOOPBACK = (
     "the node keys include the published sample keys (zones/node-keys.sample.yaml), which "
-    "anyone can read: telemetry with them is served on loopback only. Generate real keys "
-    "(router keys generate --zones DIR --out FILE), point health.keys or --keys at them, "
-    "or bind --telemetry to 127.0.0.1"
+    "anyone can read, and the API or telemetry is off loopback: generate real keys "
+    "(router keys generate --zones DIR --out FILE) and point health.keys or --keys at them"
 )
 
 
@@ -91,8 +90,8 @@ def prepare(
     telemetry_public: bool = False,
 ) -> LoadedConfig:
     """Compile everything a config needs, before it serves (the slow part of a reload);
-    ``model``: the deployment's, if already compiled; ``telemetry_public``: heartbeats are
-    taken off loopback, where the published sample keys would let anyone in."""
+    ``model``: the deployment's, if already compiled; ``telemetry_public``: the API or
+    telemetry is off loopback, where the published sample keys would let anyone in."""
     if telemetry and (deployment.health is None or deployment.node_keys is None):
         raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
     if telemetry_public and deployment.node_keys and uses_sample_keys(deployment.node_keys):

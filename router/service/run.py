@@ -14,9 +14,10 @@ from pathlib import Path
 from aiohttp import web
 
 from router.config import ConfigError, load_deployment
+from router.config.deployment import uses_sample_keys
 from router.dns.query_log import QueryLogSettings
 from router.service.config_files import ConfigFiles, fingerprint
-from router.service.exposure import check_api_token, is_loopback
+from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
 from router.service.reloader import ReloadWatcher
 from router.service.sockets import ServiceError, format_endpoint
@@ -65,11 +66,13 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
         print(exc.report(options.zones), file=sys.stderr)
         return 1
     host, port = options.listen
-    telemetry_public = options.telemetry is not None and not is_loopback(options.telemetry[0])
+    # With the API or telemetry off loopback, a reload onto the sample keys is refused too.
+    telemetry_public = bool(off_loopback(options.api, options.telemetry))
     try:
-        if options.api is not None:
-            assert options.api_token is not None
-            check_api_token(options.api, options.api_token)
+        check_exposure(
+            options.api, options.telemetry, options.api_token,
+            bool(deployment.node_keys) and uses_sample_keys(deployment.node_keys),
+        )  # fmt: skip
         supervisor = Supervisor(
             deployment, None, host, port, options.workers, options.tcp_idle_timeout,
             telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,

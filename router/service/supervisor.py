@@ -62,7 +62,7 @@ class Supervisor:
         telemetry_public: bool = False,
         keys_file: Path | None = None,
     ) -> None:
-        """``telemetry_public``: heartbeats are taken off loopback (so the published sample
+        """``telemetry_public``: the API or telemetry is off loopback (so the published sample
         keys are refused); ``keys_file``: the node keys named by ``--keys``, if any."""
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
