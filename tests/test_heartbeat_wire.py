@@ -264,3 +264,33 @@ def test_the_intake_verifies_without_holding_the_health_lock() -> None:
         intake.on_heartbeat(encode(beat(), KEY_B))  # forged: rejected before any lock
     assert held_while_verifying == [False, False, False]
     assert spy.rejected["bad_signature"] == 3
+
+
+def test_any_bytes_are_either_a_heartbeat_or_a_counted_rejection() -> None:
+    """Random and mutated packets: never an exception other than Rejected."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    valid = encode(beat(), KEY_A)
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=1500),
+            st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)).map(
+                lambda m: valid[: m[0]] + bytes([m[1]]) + valid[m[0] + 1 :]
+            ),
+            st.integers(0, len(valid)).map(lambda n: valid[:n]),
+        )
+    )
+    def check(packet: bytes) -> None:
+        v = verifier()
+        try:
+            v.verify(packet, now=NOW)
+        except Rejected as exc:
+            assert exc.reason in telemetry.REJECT_REASONS
+            assert sum(v.rejected.values()) == 1
+        else:
+            assert packet == valid  # only the untouched packet can pass
+
+    check()
