@@ -38,6 +38,7 @@ from router.health.telemetry import MAX_PACKET, Heartbeat, encode, new_boot_id
 
 log = logging.getLogger("router.agent")
 
+DESCRIPTION = "send this edge cache's signed heartbeats to every router (docs/node-agent.md)"
 MAX_UPLINKS = 16
 MAX_UPLINK_NAME = 32
 GATEWAY_PORT = 179
@@ -171,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--rps-url",
         metavar="URL",
-        help="the cache's Prometheus metrics page, e.g. http://127.0.0.1:9100/metrics",
+        help="the cache's Prometheus metrics page, e.g. http://127.0.0.1:9113/metrics",
     )
     source.add_argument("--rps-command", metavar="CMD", help="a command printing requests/s")
     group.add_argument(
@@ -387,7 +388,10 @@ def build(args: argparse.Namespace, reader_log: ReaderLog) -> Agent:
         sources.rtt = Poller("rtt", prober.read, args.rtt_interval, reader_log,
                              keeping=lambda: "no RTT samples")  # fmt: skip
 
-    agent = Agent(node, key, destinations, sources, interval, reader_log)
+    try:
+        agent = Agent(node, key, destinations, sources, interval, reader_log)
+    except OSError as exc:  # e.g. IPv6 disabled on this host
+        raise UsageError(f"--router: cannot open a UDP socket: {exc}") from None
     what = [f"power from {power_reader.describe()}"]
     if links:
         what.append("uplinks " + ", ".join(
@@ -454,6 +458,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="router node-agent", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="router node-agent", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
