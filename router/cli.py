@@ -1,4 +1,4 @@
-"""Command line: ``router serve | check | explain | plan | keys | simulate-nodes``.
+"""Command line: ``router serve | check | explain | plan | keys | simulate-nodes | node-agent``.
 
 ``check`` and ``serve`` load the deployment through the same code path, so a directory
 that passes ``router check`` is exactly one that ``router serve`` accepts.
@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     from router import simulator
 
     simulator.add_arguments(simulate)
+    agent = sub.add_parser(
+        "node-agent", help="run on an edge cache: send its signed heartbeats to every router"
+    )
+    from router.agent import cli as node_agent
+
+    node_agent.add_arguments(agent)
     announce = sub.add_parser(
         "anycast-announce",
         help="run under ExaBGP: announce the service and node prefixes while they can serve",
@@ -170,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return simulator.run(args)
     if args.command == "anycast-announce":
         return announcer.run(args)
+    if args.command == "node-agent":
+        from router.agent import cli as node_agent
+
+        return node_agent.run(args)
     if args.command == "check":
         return cmd_check(args.directory)
     if args.command == "keys":
