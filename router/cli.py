@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "answer, scope, decision reason); reopened when logrotate moves it")  # fmt: skip
     serve.add_argument("--query-log-sample", type=int, default=100, metavar="N",
                        help="with --query-log: log 1 query in N, per worker and transport (default 100; 1 logs every query)")  # fmt: skip
+    serve.add_argument("--query-log-max-bytes", default="0", metavar="SIZE",
+                       help="with --query-log: rotate it to PATH.1 at this size (bytes, or 64K, 100M, 1G; default 0: "
+                            "never, leave it to logrotate)")  # fmt: skip
+    serve.add_argument("--query-log-keep", type=int, default=5, metavar="N",
+                       help="with --query-log-max-bytes: keep N rotated files, PATH.1 to PATH.N (default 5)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     check = sub.add_parser(
@@ -320,7 +325,7 @@ def _read_token(args: argparse.Namespace) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check the command line, then hand over to the serving runtime (router/service/run.py)."""
     from router.api.http import create_app
-    from router.dns.query_log import QueryLogSettings, open_check
+    from router.dns.query_log import QueryLogSettings, open_check, parse_size
     from router.service.run import ServeOptions, serve
     from router.service.sockets import ServiceError, parse_endpoint
 
@@ -340,8 +345,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     query_log = None
     if args.query_log is not None:
         try:
-            query_log = QueryLogSettings(args.query_log, args.query_log_sample)
-            open_check(args.query_log)
+            query_log = QueryLogSettings(args.query_log, args.query_log_sample,
+                                         parse_size(args.query_log_max_bytes), args.query_log_keep)  # fmt: skip
+            open_check(args.query_log, query_log)
         except (ValueError, OSError) as exc:
             print(f"router serve: --query-log: {exc}", file=sys.stderr)
             return 2

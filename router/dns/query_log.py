@@ -12,6 +12,14 @@ file moved away or removed (logrotate) is reopened within a second. (``logging``
 WatchedFileHandler does the same but costs a ``stat`` and a log record per line, which
 was most of the cost of a logged query.)
 
+The file is created mode 0640 whatever the umask (resolvers' and clients' addresses are in
+it); an existing file of ours that others may read loses those bits. With ``max_bytes``
+(``--query-log-max-bytes``) the writers rotate it themselves: the first to see it at that
+size renames it to ``PATH.1`` (``PATH.1`` to ``PATH.2``, ..., keeping ``keep``) under an
+exclusive ``flock`` on the file, so several writers rotate it once; the others find the path
+renewed and reopen it. The size is looked at every REOPEN_CHECK_S and after every
+``max_bytes // 16`` bytes a writer appended, so a file may pass ``max_bytes`` by that much.
+
 Fields (null where they do not apply): ``time`` (UTC), ``worker``, ``transport``,
 ``resolver`` (the address the query came from), ``client_subnet`` (its ECS option),
 ``qname``, ``qtype``, ``rcode``, ``answers`` (answer records), ``truncated``, ``scope`` (the
@@ -22,12 +30,14 @@ ECS scope in the reply); for steered names ``policy``, ``group`` (id, asn, count
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.query_log")
 
 REOPEN_CHECK_S = 1.0  # how often the path is looked at for a rotated file
+FILE_MODE = 0o640  # owner writes, its group (log readers) reads, others nothing
+DEFAULT_KEEP = 5  # rotated files kept with --query-log-max-bytes
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _PLAIN_LABELS = re.compile(rb"[A-Za-z0-9_*-]+")
 # By query_stats.LOCATED_*.
 _LOCATED_REASONS = (
@@ -62,54 +75,154 @@ _LOCATED_REASONS = (
 class QueryLogSettings:
     path: Path
     every: int  # log 1 in every ``every`` queries
+    max_bytes: int = 0  # rotate at this size (0: never; logrotate may move it instead)
+    keep: int = DEFAULT_KEEP  # rotated files kept: PATH.1 .. PATH.keep
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"the query log sample must be 1 in N with N >= 1, got {self.every}")
+        if self.max_bytes < 0:
+            raise ValueError(
+                f"the query log size limit must be >= 0 (0: never rotate), got {self.max_bytes}"
+            )
+        if not 1 <= self.keep <= 1000:
+            raise ValueError(f"the query log must keep 1 to 1000 rotated files, got {self.keep}")
 
 
-def open_check(path: Path) -> None:
-    """Fail now, with the reason, if ``path`` cannot be appended to (before any worker starts)."""
+def parse_size(text: str) -> int:
+    """``1048576``, ``64K``, ``100M``, ``2G`` (binary units) -> bytes."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    if not number.isdigit():
+        raise ValueError(f"a size is bytes, or a number with K, M or G, got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def open_log(path: Path) -> int:
+    """A descriptor appending to ``path``: created mode 0640 whatever the umask; an existing
+    file of ours that others may read loses those bits."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
     try:
-        with open(path, "a", encoding="utf-8"):
-            pass
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        fd = os.open(path, flags)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o007 and st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode):
+                mode = stat.S_IMODE(st.st_mode) & ~0o007
+                os.fchmod(fd, mode)
+                log.warning("query log %s was readable by others: now mode %04o", path, mode)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have taken the group's read away
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def rotate_files(path: Path, keep: int) -> None:
+    """``path`` to ``path.1``, ``path.1`` to ``path.2``, ...; ``path.keep`` is dropped."""
+    for i in range(keep - 1, 0, -1):
+        older = Path(f"{path}.{i}")
+        if older.exists():
+            os.replace(older, f"{path}.{i + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def open_check(path: Path, settings: QueryLogSettings | None = None) -> None:
+    """Fail now, with the reason, if ``path`` cannot be appended to (before any worker
+    starts), or, when it is to be rotated, its directory cannot take the rotated files."""
+    try:
+        os.close(open_log(path))
     except OSError as exc:
         raise OSError(f"cannot write the query log {path}: {exc.strerror}") from exc
+    if settings is not None and settings.max_bytes:
+        directory = path.resolve().parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise OSError(f"cannot rotate the query log {path}: {directory} is not writable")
 
 
 class AppendFile:
     """Whole lines appended with one ``write`` each (O_APPEND); the path is reopened when the
-    file there is no longer the one open (moved or removed), looked at every REOPEN_CHECK_S."""
+    file there is no longer the one open (moved or removed), looked at every REOPEN_CHECK_S,
+    and rotated at ``max_bytes`` (0: never)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 0, keep: int = DEFAULT_KEEP) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
         self.errors = 0
+        self.rotations = 0  # rotations this writer made
         self._fd = -1
         self._identity = (0, 0)
+        # Appended since the path was last looked at; past this, look now.
+        self._check_bytes = max(4096, max_bytes // 16) if max_bytes else 0
+        self._appended = 0
         self._open()
         self._checked = time.monotonic()
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = open_log(self.path)
         st = os.fstat(self._fd)
         self._identity = (st.st_dev, st.st_ino)
 
-    def _rotated(self) -> bool:
+    def _reopen(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._open()
+
+    def _look(self) -> None:
+        """Reopen a file moved away or removed; rotate one past ``max_bytes``."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return True
-        return (st.st_dev, st.st_ino) != self._identity
+            self._reopen()
+            return
+        if (st.st_dev, st.st_ino) != self._identity:
+            self._reopen()
+        elif self.max_bytes and st.st_size >= self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        # Under an exclusive lock on the file being rotated (closing it releases the lock): a
+        # writer that waited for the lock finds the path renewed and only reopens, so the file
+        # is rotated once however many writers saw it full.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if (
+            st is not None
+            and (st.st_dev, st.st_ino) == self._identity
+            and st.st_size >= self.max_bytes
+        ):
+            try:
+                rotate_files(self.path, self.keep)
+                self.rotations += 1
+            except OSError as exc:
+                log.warning("cannot rotate the query log %s: %s", self.path, exc.strerror)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                return
+        self._reopen()  # the new file, created before the lock is released
 
     def write_line(self, line: bytes) -> None:
         now = time.monotonic()
         try:
-            if now - self._checked >= REOPEN_CHECK_S:
+            if now - self._checked >= REOPEN_CHECK_S or (
+                self._check_bytes and self._appended >= self._check_bytes
+            ):
                 self._checked = now
-                if self._rotated():
-                    os.close(self._fd)
-                    self._open()
+                self._appended = 0
+                self._look()
             os.write(self._fd, line)
+            self._appended += len(line)
         except OSError as exc:  # a full disk costs log lines, never answers
             self.errors += 1
             if self.errors <= 3 or self.errors % 10_000 == 0:
@@ -119,6 +232,11 @@ class AppendFile:
                     exc.strerror,
                     self.errors,
                 )
+            if self._fd < 0:  # lost between a close and an open: try again now
+                try:
+                    self._open()
+                except OSError:
+                    pass
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -147,7 +265,8 @@ class QueryLog:
         self.policy_keys = options.policy_keys
         self.pools = options.pools
         self._countdown = options.settings.every
-        self._file = AppendFile(options.settings.path)
+        settings = options.settings
+        self._file = AppendFile(settings.path, settings.max_bytes, settings.keep)
         self._chains: dict[tuple[int, int, int], tuple[list[int], np.ndarray]] = {}
         self.written = 0
 
