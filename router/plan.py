@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -34,24 +35,72 @@ TOP_GROUPS = 5
 _STATES = {"up": NodeState.UP, "draining": NodeState.DRAINING, "down": NodeState.DOWN}
 
 
+PAGE_LIMIT = 1000  # groups per GET /v1/decisions page (the router's maximum)
+
+
 class PlanError(Exception):
     """The plan cannot be made (the API cannot be read, ...)."""
+
+
+class _TableGone(PlanError):
+    """The routing table a page walk started on is no longer kept: start again."""
 
 
 # -- the two sides -----------------------------------------------------------------------
 
 
 def fetch_running(base_url: str, timeout: float = 30.0) -> tuple[dict, dict]:
-    """``GET /v1/decisions`` and ``/v1/demand`` of a running router (read-only, no token).
+    """``GET /v1/decisions`` (every page) and ``/v1/demand`` of a running router (read-only,
+    no token).
 
-    Read again if a new routing table was published between the two requests.
+    Read again if a new routing table was published between the two requests, or went out
+    of the router's memory while its pages were read.
     """
-    for _ in range(3):
-        decisions = _get_json(base_url, "/v1/decisions", timeout)
+    for attempt in range(3):
+        try:
+            decisions = fetch_decisions(base_url, timeout)
+        except _TableGone:
+            if attempt == 2:
+                raise
+            continue
         demand = _get_json(base_url, "/v1/demand", timeout)
         if decisions.get("generation") == demand.get("generation"):
             return decisions, demand
     return decisions, demand
+
+
+def fetch_decisions(base_url: str, timeout: float = 30.0) -> dict:
+    """The whole decisions document, joined from its pages (``next`` cursors): the groups in
+    order, each policy's answers renumbered into one ``answer_sets``. A router that serves
+    the document whole (no ``next``) is read in one request."""
+    page = _get_json(base_url, f"/v1/decisions?limit={PAGE_LIMIT}", timeout)
+    whole = {key: value for key, value in page.items() if key not in ("next", "total_groups")}
+    whole["groups"], whole["answer_sets"] = [], []
+    whole["policies"] = {key: {**policy, "answers": []} for key, policy in page["policies"].items()}
+    index: dict[tuple[int, ...], int] = {}
+    while True:
+        local = []
+        for nodes in page["answer_sets"]:
+            key = tuple(nodes)
+            if key not in index:
+                index[key] = len(whole["answer_sets"])
+                whole["answer_sets"].append(list(nodes))
+            local.append(index[key])
+        whole["groups"].extend(page["groups"])
+        for key, policy in page["policies"].items():
+            whole["policies"][key]["answers"].extend(
+                local[value]
+                if isinstance(value, int)
+                else [[local[s], share] for s, share in value]
+                for value in policy["answers"]
+            )
+        cursor = page.get("next")
+        if not cursor:
+            return whole
+        query = urllib.parse.urlencode({"limit": PAGE_LIMIT, "cursor": cursor})
+        page = _get_json(base_url, f"/v1/decisions?{query}", timeout)
+        if page["generation"] != whole["generation"]:
+            raise _TableGone("the routing table changed while its pages were read")
 
 
 def _get_json(base_url: str, path: str, timeout: float) -> dict:
@@ -60,6 +109,8 @@ def _get_json(base_url: str, path: str, timeout: float) -> dict:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-given URL
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 410:
+            raise _TableGone(f"GET {url}: HTTP 410") from exc
         hint = " (a router older than this command has no such endpoint)" if exc.code == 404 else ""
         raise PlanError(f"GET {url}: HTTP {exc.code}{hint}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:

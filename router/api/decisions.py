@@ -10,13 +10,26 @@ Answers are compact: ``answer_sets`` lists each distinct answer (node indexes in
 ``node_ids``, the plan's choice first); a policy's ``answers`` has one entry per group (in
 ``groups`` order): an answer set index, or for a group the capacity plan splits,
 ``[[answer set, share of the group's clients], ...]``.
+
+``GET /v1/decisions`` serves the same document a page of groups at a time
+(``DecisionPages``): filtered by steered name, group key or node, at most ``PAGE_MAX``
+groups per request, and an opaque cursor for the next page, so one request costs
+O(policies x groups) in numpy plus O(page) in Python, whatever the size of the client map.
+A page's ``answer_sets`` are the sets its own groups use (its answers index into them);
+``router plan`` joins the pages back into the whole document (``router/plan.py``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
+import dns.exception
 import dns.name
 import dns.zone
 import numpy as np
@@ -53,13 +66,15 @@ def group_keys(client_map: ClientMap) -> list[str]:
     return keys
 
 
-def group_labels(client_map: ClientMap, sites: tuple = ()) -> list[str]:
-    """``AS3352 ES Madrid (TELEFONICA DE ESPANA)``: the metro of the nearest site within 50 km."""
+def group_labels(client_map: ClientMap, sites: tuple = (), which=None) -> list[str]:  # noqa: ANN001
+    """``AS3352 ES Madrid (TELEFONICA DE ESPANA)``: the metro of the nearest site within 50 km.
+
+    ``which``: the group indexes to label (default: every group), in that order."""
     groups = client_map.groups
     site_lat = np.radians([s.lat for s in sites]) if sites else np.zeros(0)
     site_lon = np.radians([s.lon for s in sites]) if sites else np.zeros(0)
     labels = []
-    for g in range(len(groups)):
+    for g in range(len(groups)) if which is None else (int(g) for g in which):
         if g == UNKNOWN_GROUP:
             labels.append("unknown (not in the client map)")
             continue
@@ -100,57 +115,17 @@ def decisions_json(
     Each node has its ``state`` in the table and, to tell what an admin_state file change
     would do, its ``admin`` override (``{"state", "from": "file"|"api"}`` or null) and
     ``health_state``, its state without the override."""
-    overrides = overrides or {}
     keys = group_keys(model.client_map)
     labels = group_labels(model.client_map, sites)
-    groups = model.client_map.groups
-    util = np.zeros(len(model.node_ids)) if node_util is None else node_util
-    down = (
-        np.zeros((len(model.policies), len(model.node_ids)), dtype=bool)
-        if policy_down is None
-        else policy_down
-    )
-    policies = {}
-    for p, compiled in enumerate(model.policies):
-        policies[compiled.key] = {
-            "zone": compiled.zone.to_text(),
-            "name": compiled.name,
-            "settings": compiled.policy.model_dump(mode="json"),
-            # Every node the policy may answer with (its nodes, or the union of its pools).
-            "pool_nodes": [model.node_ids[n] for n in np.flatnonzero(compiled.in_pool)],
-            "probe_down": [model.node_ids[n] for n in np.flatnonzero(down[p])],
-            "answers": _answers(table, p),
-        }
+    policies = {
+        compiled.key: _policy_json(model, p, policy_down, _answers(table, p))
+        for p, compiled in enumerate(model.policies)
+    }
     return {
         "generation": table.generation,
         "node_ids": list(model.node_ids),
-        "nodes": {
-            node_id: {
-                "state": NodeState(int(table.node_state[i])).label,
-                "admin": {"state": overrides[node_id][0], "from": overrides[node_id][1]}
-                if node_id in overrides
-                else None,
-                "health_state": (
-                    health_states[i]
-                    if health_states is not None
-                    else NodeState(int(table.node_state[i]))
-                ).label,
-                "util": float(util[i]),
-                "planned_gbps": float(table.node_planned[i]),
-                "capacity_gbps": float(model.node_capacity_gbps[i]),
-            }
-            for i, node_id in enumerate(model.node_ids)
-        },
-        "groups": [
-            {
-                "key": keys[g],
-                "label": labels[g],
-                "asn": int(groups.asn[g]),
-                "country": groups.country[g],
-                "weight": float(model.group_weight[g]),
-            }
-            for g in range(len(groups))
-        ],  # fmt: skip
+        "nodes": _nodes_json(model, table, node_util, overrides, health_states),
+        "groups": [_group_json(model, g, keys[g], labels[g]) for g in range(len(keys))],
         "answer_sets": [[int(n) for n in row if n >= 0] for row in table.set_nodes],
         "policies": policies,
         "names": {name.to_text(): model.policies[p].key for name, p in model.steered},
@@ -158,6 +133,61 @@ def decisions_json(
             origin.to_text(): zone_records(origin, zone) for origin, zone in (zones or {}).items()
         },
         "rtt_samples": int(rtt_samples),
+    }
+
+
+def _nodes_json(
+    model: SteeringModel,
+    table: RoutingTable,
+    node_util: np.ndarray | None,
+    overrides: dict[str, tuple[str, str]] | None,
+    health_states: list[NodeState] | None,
+) -> dict[str, Any]:
+    overrides = overrides or {}
+    util = np.zeros(len(model.node_ids)) if node_util is None else node_util
+    return {
+        node_id: {
+            "state": NodeState(int(table.node_state[i])).label,
+            "admin": {"state": overrides[node_id][0], "from": overrides[node_id][1]}
+            if node_id in overrides
+            else None,
+            "health_state": (
+                health_states[i]
+                if health_states is not None
+                else NodeState(int(table.node_state[i]))
+            ).label,
+            "util": float(util[i]),
+            "planned_gbps": float(table.node_planned[i]),
+            "capacity_gbps": float(model.node_capacity_gbps[i]),
+        }
+        for i, node_id in enumerate(model.node_ids)
+    }
+
+
+def _policy_json(
+    model: SteeringModel, p: int, policy_down: np.ndarray | None, answers: list
+) -> dict[str, Any]:
+    compiled = model.policies[p]
+    down = policy_down[p] if policy_down is not None else np.zeros(len(model.node_ids), bool)
+    return {
+        "zone": compiled.zone.to_text(),
+        "name": compiled.name,
+        "settings": compiled.policy.model_dump(mode="json"),
+        # Every node the policy may answer with (its nodes, or the union of its pools).
+        "pool_nodes": [model.node_ids[n] for n in np.flatnonzero(compiled.in_pool)],
+        "probe_down": [model.node_ids[n] for n in np.flatnonzero(down)],
+        "answers": answers,
+    }
+
+
+def _group_json(model: SteeringModel, g: int, key: str, label: str) -> dict[str, Any]:
+    groups = model.client_map.groups
+    return {
+        "key": key,
+        "label": label,
+        "asn": int(groups.asn[g]),
+        "country": groups.country[g],
+        "weight": float(model.group_weight[g]),
     }
 
 
@@ -223,3 +253,231 @@ def running_demand(supervisor) -> dict[str, Any]:  # noqa: ANN001
     config, table = supervisor.in_service()
     model, demand = config.model, config.planner.demand.copy()
     return demand_json(model, demand, demand_source(model, demand), table.generation)
+
+
+# -- GET /v1/decisions a page at a time --------------------------------------------------
+
+PAGE_DEFAULT = 100  # groups per page unless ``limit`` says otherwise
+PAGE_MAX = 1000
+KEPT_TABLES = 8  # the routing tables a cursor may still name (a page set stays consistent)
+
+
+class PageError(Exception):
+    """A request for a page that cannot be answered: ``status`` and the reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def groups_answering(table: RoutingTable, policies: list[int], node: int) -> np.ndarray:
+    """bool[G]: the groups whose answers include ``node`` in any of ``policies`` (split
+    groups included when any of their answer sets does)."""
+    in_set = (table.set_nodes == node).any(axis=1)
+    split_entries = table.split_set.astype(np.int64)
+    starts = table.split_start[:-1].astype(np.int64)
+    if len(split_entries) and len(starts):
+        split_has = np.logical_or.reduceat(in_set[split_entries], starts)
+        split_has &= table.split_start[1:] > table.split_start[:-1]  # an empty row has nothing
+    else:
+        split_has = np.zeros(len(starts), dtype=bool)
+    mask = np.zeros(table.group_set.shape[1], dtype=bool)
+    for p in policies:
+        row = table.group_set[p].astype(np.int64)
+        whole = row >= 0
+        mask[whole] |= in_set[row[whole]]
+        mask[~whole] |= split_has[-row[~whole] - 1]
+    return mask
+
+
+def _filters_id(name: str | None, group: str | None, node: str | None) -> str:
+    return hashlib.sha256(json.dumps([name, group, node]).encode()).hexdigest()[:12]
+
+
+def encode_cursor(generation: int, after: int, filters: str) -> str:
+    raw = json.dumps({"g": generation, "a": after, "f": filters}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, int, str]:
+    """(generation, last group index served, filters id); PageError 400 for anything else."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        generation, after, filters = raw["g"], raw["a"], raw["f"]
+        if not (type(generation) is int and type(after) is int and isinstance(filters, str)):
+            raise TypeError
+        if generation < 0 or after < 0:
+            raise ValueError
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise PageError(
+            400, 'cursor: not a cursor this router gave (pass the reply\'s "next" unchanged)'
+        ) from exc
+    return generation, after, filters
+
+
+class DecisionPages:
+    """``GET /v1/decisions``: the decisions document a page of client groups at a time.
+
+    The first page (no cursor) is of the routing table in service; its cursor names that
+    table's generation, and the following pages are of the same table while it is one of the
+    last ``KEPT_TABLES`` this object served (410 after that: start again), so the pages of
+    one walk are of one table and cover every matching group exactly once."""
+
+    def __init__(self, kept: int = KEPT_TABLES) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._tables: OrderedDict[int, tuple[Any, RoutingTable]] = OrderedDict()
+        self._keys: tuple[Any, list[str], dict[str, int]] | None = None
+
+    def _remember(self, config: Any, table: RoutingTable) -> None:  # noqa: ANN401
+        with self._lock:
+            self._tables[table.generation] = (config, table)
+            self._tables.move_to_end(table.generation)
+            while len(self._tables) > self.kept:
+                self._tables.popitem(last=False)
+
+    def _recall(self, supervisor: Any, generation: int) -> tuple[Any, RoutingTable]:  # noqa: ANN401
+        config, table = supervisor.in_service()
+        if table.generation == generation:
+            return config, table
+        with self._lock:
+            kept = self._tables.get(generation)
+        if kept is None:
+            raise PageError(
+                410,
+                f"cursor: routing table {generation} is no longer kept (table {table.generation} "
+                "is in service): start again without a cursor",
+            )
+        return kept
+
+    def _group_keys(self, client_map: ClientMap) -> tuple[list[str], dict[str, int]]:
+        """The group keys of a client map, worked out once per config (O(groups))."""
+        with self._lock:
+            cached = self._keys
+        if cached is not None and cached[0] is client_map:
+            return cached[1], cached[2]
+        keys = group_keys(client_map)
+        index = {key: g for g, key in enumerate(keys)}
+        with self._lock:
+            self._keys = (client_map, keys, index)
+        return keys, index
+
+    def page(
+        self,
+        supervisor: Any,  # noqa: ANN401
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        node: str | None = None,
+        limit: int = PAGE_DEFAULT,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        if not 1 <= limit <= PAGE_MAX:
+            raise PageError(400, f"limit: must be 1 to {PAGE_MAX}, got {limit}")
+        filters = _filters_id(name, group, node)
+        if cursor is None:
+            config, table = supervisor.in_service()
+            self._remember(config, table)
+            after = -1
+        else:
+            generation, after, given = decode_cursor(cursor)
+            if given != filters:
+                raise PageError(
+                    400,
+                    "cursor: it was given for other filters: repeat the first request's "
+                    "name, group and node with it",
+                )
+            config, table = self._recall(supervisor, generation)
+        model = config.model
+        keys, key_index = self._group_keys(model.client_map)
+        if after >= len(keys):
+            raise PageError(400, "cursor: not a cursor this router gave (past the last group)")
+
+        steered = list(model.steered)
+        if name is not None:
+            try:
+                wanted = dns.name.from_text(name)
+            except dns.exception.DNSException as exc:
+                raise PageError(400, f"name: not a domain name: {exc}") from exc
+            steered = [(n, p) for n, p in steered if n == wanted]
+            if not steered:
+                known = ", ".join(n.to_text() for n, _ in model.steered)
+                raise PageError(404, f'name: "{name}" is not a steered name (steered: {known})')
+        policies = (
+            sorted({p for _, p in steered})
+            if name is not None
+            else list(range(len(model.policies)))
+        )
+
+        mask = np.ones(len(keys), dtype=bool)
+        if group is not None:
+            g = key_index.get(group)
+            if g is None:
+                raise PageError(404, f'group: no client group has the key "{group}"')
+            mask[:] = False
+            mask[g] = True
+        if node is not None:
+            n = config.node_index.get(node)
+            if n is None:
+                raise PageError(404, f'node: no node "{node}" in the config in service')
+            mask &= groups_answering(table, policies, n)
+        matching = np.flatnonzero(mask)
+        rest = matching[matching > after]
+        chosen = rest[:limit]
+        more = len(rest) > limit
+
+        sets: dict[int, int] = {}  # the table's answer set -> its index in this page
+
+        def local(s: int) -> int:
+            return sets.setdefault(s, len(sets))
+
+        policy_docs = {}
+        for p in policies:
+            answers: list = []
+            row = table.group_set[p]
+            for g in chosen:
+                value = int(row[g])
+                if value >= 0:
+                    answers.append(local(value))
+                    continue
+                split, entries, previous = -value - 1, [], 0
+                for i in range(int(table.split_start[split]), int(table.split_start[split + 1])):
+                    cum = int(table.split_cum[i])
+                    share = round((cum - previous) / WEIGHT_SCALE, 6)
+                    entries.append([local(int(table.split_set[i])), share])
+                    previous = cum
+                answers.append(entries)
+            policy_docs[model.policies[p].key] = _policy_json(
+                model, p, config.planner.policy_down, answers
+            )
+        labels = group_labels(model.client_map, tuple(config.deployment.inventory.sites), chosen)
+        zones = {}
+        if cursor is None:  # the records once per walk, on its first page
+            origins = {model.policies[p].zone for p in policies}
+            zones = {
+                origin.to_text(): zone_records(origin, zone)
+                for origin, zone in config.deployment.zones.items()
+                if name is None or origin in origins
+            }
+        return {
+            "generation": table.generation,
+            "node_ids": list(model.node_ids),
+            "nodes": _nodes_json(
+                model,
+                table,
+                config.health.utilization(),
+                config.health.overrides(),
+                config.health.health_states(),
+            ),  # fmt: skip
+            "groups": [
+                _group_json(model, int(g), keys[g], label) for g, label in zip(chosen, labels)
+            ],
+            "answer_sets": [[int(n) for n in table.set_nodes[s] if n >= 0] for s in sets],
+            "policies": policy_docs,
+            "names": {n.to_text(): model.policies[p].key for n, p in steered},
+            "zones": zones,
+            "rtt_samples": len(config.rtt),
+            "total_groups": len(matching),
+            "next": encode_cursor(table.generation, int(chosen[-1]), filters) if more else None,
+        }

@@ -7,7 +7,8 @@
   is and the load it last reported.
 - ``GET /v1/decisions``: every steered name's policy (settings included) and every client
   group's answers (node ids, split shares) in the routing table in service, keyed so that
-  another config can be compared (``router/api/decisions.py``; read by ``router plan``).
+  another config can be compared (``router/api/decisions.py``; read by ``router plan``), a
+  page of groups at a time (``limit``, ``cursor``), filtered by ``name``, ``group``, ``node``.
 - ``GET /v1/demand``: the demand the plan uses, per policy and client group (Gbps), and
   whether it was observed or is the configured prior.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
@@ -22,6 +23,12 @@
 
 Everything about the deployment (nodes, sites, policies) is read from the config in
 service at each request: a reload may change it.
+
+Input is checked before anything acts on it (``docs/api.md#errors``): the token first on
+the endpoints that need one (401, whatever the body), then the query parameters, then the
+body (pydantic models: strict types, unknown fields rejected), at most ``BODY_MAX`` bytes
+(413). Every error, aiohttp's own (404, 405, 413) included, is JSON ``{"error": ...}``; an
+unexpected exception is logged and answered 500 JSON, never an HTML page.
 """
 
 from __future__ import annotations
@@ -33,16 +40,186 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.api import decisions, metrics
-from router.health.state import ADMIN_STATES, NodeStatus
+from router.health.state import NodeStatus
 from router.service.loaded import LoadedConfig
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router.api")
 STATIC = Path(__file__).resolve().parent / "static"
+BODY_MAX = 64 * 1024  # bytes; a larger request body is 413
+# What a JSON body may be sent as: JSON, and what curl -d and urllib send by default.
+BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain")
+
+
+# -- what the endpoints accept -----------------------------------------------------------
+
+
+class _Body(BaseModel):
+    """A request body: a JSON object with exactly these fields, of exactly these types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AdminStateBody(_Body):
+    state: Literal["up", "down", "drain"]
+
+
+class ServiceStateBody(_Body):
+    state: Literal["serving", "draining"]
+
+
+class ReloadBody(_Body):
+    """``POST /v1/config/reload`` takes no field: an empty body or ``{}``."""
+
+
+class _Query(BaseModel):
+    """Query parameters (strings, converted): only these, each at most once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoQuery(_Query):
+    pass
+
+
+class StatusPageQuery(_Query):
+    refresh: float | None = Field(None, gt=0, allow_inf_nan=False)  # read by the page's script
+
+
+class DecisionsQuery(_Query):
+    name: str | None = Field(None, min_length=1, max_length=300)
+    group: str | None = Field(None, min_length=1, max_length=300)
+    node: str | None = Field(None, min_length=1, max_length=300)
+    limit: int = Field(decisions.PAGE_DEFAULT, ge=1, le=decisions.PAGE_MAX)
+    cursor: str | None = Field(None, min_length=1, max_length=300)
+
+
+QUERIES: dict[str, type[_Query]] = {"/status": StatusPageQuery, "/v1/decisions": DecisionsQuery}
+QUERY = web.RequestKey("query", _Query)  # the parsed query parameters of a request
+
+
+class BadRequest(Exception):
+    """400 (or ``status``): ``message`` says what was wrong; ``problems`` per field."""
+
+    def __init__(self, message: str, problems: list[dict] | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems
+        self.status = status
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.message}
+        if self.problems is not None:
+            body["problems"] = self.problems
+        return web.json_response(body, status=self.status)
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problems(exc: ValidationError, what: str, fields: list[str]) -> list[dict]:
+    """One ``{"field", "problem"}`` per error; ``what``: "field" or "parameter"."""
+    out = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "(whole body)"
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(f'"{f}"' for f in fields) or "none"
+            problem = f"unknown {what} (known: {known})"
+        elif error["type"] == "missing":
+            problem = f"required {what} missing"
+        else:
+            problem = f"{error['msg']}, got {_shown(error['input'])}"
+        out.append({"field": field, "problem": problem})
+    return out
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f'field "{key}" given twice')
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_body(
+    request: web.Request, model: type[_Body], example: str, empty_ok: bool = False
+) -> _Body:
+    """The request's JSON body as ``model``; BadRequest (400, 413) saying what is wrong."""
+    if request.content_length is not None and request.content_length > BODY_MAX:
+        raise BadRequest(
+            f"body too large: {request.content_length} bytes, at most {BODY_MAX}", status=413
+        )
+    given_type = request.headers.get("Content-Type")
+    if given_type is not None:
+        media = request.content_type.lower()
+        if not (
+            media in BODY_TYPES or (media.startswith("application/") and media.endswith("+json"))
+        ):
+            raise BadRequest(
+                f"Content-Type {given_type!r}: the body must be JSON (send Content-Type: application/json)"
+            )
+        charset = request.charset
+        if charset is not None and charset.lower().replace("-", "") != "utf8":
+            raise BadRequest(f"Content-Type {given_type!r}: the body must be UTF-8")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BadRequest(f"body too large: more than {BODY_MAX} bytes", status=413) from exc
+    if not raw.strip():
+        if empty_ok:
+            return model()
+        raise BadRequest(f"body: empty; send a JSON object like {example}")
+    try:
+        body = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise BadRequest(f"body: not JSON ({exc}); send a JSON object like {example}") from exc
+    if not isinstance(body, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(body), "a number"
+        )
+        raise BadRequest(f"body: must be a JSON object like {example}, got {kind}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = _problems(exc, "field", list(model.model_fields))
+        text = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        raise BadRequest(f"body: {text}", problems) from exc
+
+
+def read_query(request: web.Request, model: type[_Query]) -> _Query:
+    given: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key in given:
+            raise BadRequest(
+                f'query: parameter "{key}" given more than once',
+                [{"field": key, "problem": "given more than once"}],
+            )
+        given[key] = value
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        problems = _problems(exc, "parameter", list(model.model_fields))
+        text = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        raise BadRequest(f"query: {text}", problems) from exc
 
 
 def create_app(
@@ -52,8 +229,44 @@ def create_app(
     supervisor's own, in a thread."""
     if not token:
         raise ValueError("the API needs a non-empty token")
-    app = web.Application()
     expected = f"Bearer {token}".encode()
+    # The endpoints that change something: the token is checked before anything else.
+    needs_token = {
+        ("PUT", "/v1/status"),
+        ("PUT", "/v1/nodes/{node_id}/admin-state"),
+        ("POST", "/v1/config/reload"),
+    }
+
+    @web.middleware
+    async def checked(request: web.Request, handler: Callable) -> web.StreamResponse:
+        """Token, then query parameters; every error as JSON, never a bare 500."""
+        try:
+            match = request.match_info
+            if match.http_exception is None:  # a route matched (else: 404/405 below)
+                canonical = match.route.resource.canonical if match.route.resource else ""
+                if (request.method, canonical) in needs_token and not authorized(request):
+                    return unauthorized(request)
+                request[QUERY] = read_query(request, QUERIES.get(canonical, NoQuery))
+            return await handler(request)
+        except BadRequest as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects
+            headers = {
+                k: v
+                for k, v in exc.headers.items()
+                if k.lower() not in ("content-type", "content-length")
+            }
+            text = exc.text or exc.reason
+            return web.json_response({"error": text}, status=exc.status, headers=headers)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("%s %s from %s failed", request.method, request.path, request.remote)
+            return web.json_response({"error": "internal error (the router logged it)"}, status=500)
+
+    app = web.Application(client_max_size=BODY_MAX, middlewares=[checked])
 
     def authorized(request: web.Request) -> bool:
         given = request.headers.get("Authorization", "").encode()
@@ -110,23 +323,11 @@ def create_app(
         return web.json_response({"generation": supervisor.table.generation, "nodes": nodes})
 
     async def put_admin_state(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return unauthorized(request)
+        body = await read_body(request, AdminStateBody, '{"state": "down"}')
+        state = body.state
         node_id = request.match_info["node_id"]
         if node_id not in supervisor.health:
             return web.json_response({"error": f'unknown node "{node_id}"'}, status=404)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response(
-                {"error": 'body must be JSON like {"state": "down"}'}, status=400
-            )
-        state = body.get("state") if isinstance(body, dict) else None
-        if state not in ADMIN_STATES:
-            valid = ", ".join(f'"{s}"' for s in ADMIN_STATES)
-            return web.json_response(
-                {"error": f"state must be one of {valid}, got {state!r}"}, status=400
-            )
         # Waits until every worker serves the change; off the event loop, which keeps
         # taking heartbeats meanwhile.
         try:
@@ -145,19 +346,8 @@ def create_app(
         )  # fmt: skip
 
     async def put_service_state(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return unauthorized(request)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response(
-                {"error": 'body must be JSON like {"state": "draining"}'}, status=400
-            )
-        state = body.get("state") if isinstance(body, dict) else None
-        if state not in ("serving", "draining"):
-            return web.json_response(
-                {"error": f'state must be "serving" or "draining", got {state!r}'}, status=400
-            )
+        body = await read_body(request, ServiceStateBody, '{"state": "draining"}')
+        state = body.state
         supervisor.service_state = state
         log.info("service state set to %s by %s", state, request.remote)
         return await service_status(request)
@@ -209,8 +399,7 @@ def create_app(
         })  # fmt: skip
 
     async def post_reload(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return unauthorized(request)
+        await read_body(request, ReloadBody, "{}", empty_ok=True)
         log.info("reload requested by %s", request.remote)
         if reload is not None:
             attempt = await reload("api")
@@ -226,8 +415,16 @@ def create_app(
             STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"}
         )
 
+    pages = decisions.DecisionPages()
+
     async def current_decisions(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(decisions.running_decisions, supervisor))
+        query = request[QUERY]
+        assert isinstance(query, DecisionsQuery)
+        try:
+            page = await asyncio.to_thread(pages.page, supervisor, **query.model_dump())
+        except decisions.PageError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        return web.json_response(page)
 
     async def current_demand(request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(decisions.running_demand, supervisor))
@@ -239,7 +436,11 @@ def create_app(
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     app.router.add_get("/metrics", prometheus_metrics)
-    app.router.add_get("/", lambda request: web.HTTPFound("/status"))
+
+    async def to_status_page(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/status")
+
+    app.router.add_get("/", to_status_page)
     app.router.add_get("/status", status_page)
     app.router.add_get("/static/countries-110m.json", country_outlines)
     app.router.add_get("/v1/changes", recent_changes)
