@@ -321,14 +321,24 @@ class DecisionPages:
 
     The first page (no cursor) is of the routing table in service; its cursor names that
     table's generation, and the following pages are of the same table while it is one of the
-    last ``KEPT_TABLES`` this object served (410 after that: start again), so the pages of
-    one walk are of one table and cover every matching group exactly once."""
+    last ``KEPT_TABLES`` this object served and of the config in service (410 after that, or
+    after a reload: start again), so the pages of one walk are of one table and cover every
+    matching group exactly once."""
 
     def __init__(self, kept: int = KEPT_TABLES) -> None:
         self.kept = kept
         self._lock = threading.Lock()
         self._tables: OrderedDict[int, tuple[Any, RoutingTable]] = OrderedDict()
         self._keys: tuple[Any, list[str], dict[str, int]] | None = None
+
+    def _current(self, supervisor: Any) -> tuple[Any, RoutingTable]:  # noqa: ANN401
+        """The config and table in service; tables of an older config are forgotten (a walk
+        across a reload starts again), so nothing keeps a replaced config in memory."""
+        config, table = supervisor.in_service()
+        with self._lock:
+            for generation in [g for g, (c, _) in self._tables.items() if c is not config]:
+                del self._tables[generation]
+        return config, table
 
     def _remember(self, config: Any, table: RoutingTable) -> None:  # noqa: ANN401
         with self._lock:
@@ -338,7 +348,7 @@ class DecisionPages:
                 self._tables.popitem(last=False)
 
     def _recall(self, supervisor: Any, generation: int) -> tuple[Any, RoutingTable]:  # noqa: ANN401
-        config, table = supervisor.in_service()
+        config, table = self._current(supervisor)
         if table.generation == generation:
             return config, table
         with self._lock:
@@ -377,7 +387,7 @@ class DecisionPages:
             raise PageError(400, f"limit: must be 1 to {PAGE_MAX}, got {limit}")
         filters = _filters_id(name, group, node)
         if cursor is None:
-            config, table = supervisor.in_service()
+            config, table = self._current(supervisor)
             self._remember(config, table)
             after = -1
         else:
