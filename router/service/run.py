@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from router.service.config_files import ConfigFiles, fingerprint
 from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
 from router.service.reloader import ReloadWatcher
-from router.service.sockets import ServiceError, format_endpoint
+from router.service.sockets import UDP_RCVBUF, ServiceError, format_endpoint
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router")
@@ -119,6 +120,10 @@ async def _run(
             lambda: HeartbeatProtocol(supervisor.intake),
             local_addr=options.telemetry,
             reuse_port=False,
+        )
+        # Heartbeats from many nodes arrive in bursts: the default buffer drops them.
+        transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF
         )
         telemetry_text = format_endpoint(*transport.get_extra_info("sockname")[:2])
         tasks.append(
