@@ -203,7 +203,10 @@ def _against(scenario: Scenario, doc: LocatedYaml, deployment: Deployment) -> li
     problems = []
     # A muted simulator of the deployment's nodes: commands are parsed and applied, never sent.
     simulator = Simulator(
-        deployment.inventory, {n.id: (b"",) for n in deployment.inventory.nodes}, ("127.0.0.1", 9), 1.0
+        deployment.inventory,
+        {n.id: (b"",) for n in deployment.inventory.nodes},
+        ("127.0.0.1", 9),
+        1.0,
     )
     simulator.muted = True
     try:
