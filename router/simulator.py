@@ -276,11 +276,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from router.cli import _load
+    from router.config import ConfigError, load_deployment
     from router.service.supervisor import ServiceError, parse_endpoint
 
-    deployment = _load(args.zones)
-    if deployment is None:
+    try:
+        # --keys stands in for health.keys: a deployment whose keys live elsewhere (a compose
+        # secret, say) need not have the file deployment.yaml names.
+        deployment = load_deployment(args.zones, keys_file=args.keys)
+    except ConfigError as exc:
+        print(exc.report(args.zones), file=sys.stderr)
         return 1
     try:
         targets = [parse_endpoint(t, "--target") for t in args.target]

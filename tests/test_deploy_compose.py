@@ -1,7 +1,8 @@
 """docker-compose.yml and the Dockerfiles: valid for docker-compose (Debian's), and everything
-they name is in the repository: build contexts, mounted files, the commands and their options,
-the configs of BIRD, ExaBGP and Prometheus. (No Docker daemon is started here: the images are
-not built in the test suite.)"""
+they name is in the repository: the images script/image builds, mounted files, the commands and
+their options, the configs of BIRD, ExaBGP and Prometheus; and the safety rules of the file (no
+secret in it, every container hardened, every port on loopback). Static checks, with no Docker
+engine: tests/test_container.py builds the images and runs the stack."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from loadtest.cli import build_parser as loadtest_parser
 from router.cli import build_parser as router_parser
 from tests.conftest import REPO
 
-# Images not built from this repository: official ones, pinned to a version.
-EXTERNAL_IMAGES = {"prom/prometheus"}
-# Executables the base images provide (python:3.11-slim-bookworm, Debian with iproute2).
-BASE_EXECUTABLES = {"sh", "python", "ip", "bird"}
+# Executables the images provide besides the router's own (Debian bookworm with iproute2).
+BASE_EXECUTABLES = {"sh", "python", "ip", "bird", "setpriv"}
+# The Dockerfile behind each image (script/image builds them all).
+DOCKERFILES = {
+    "router:local": REPO / "Dockerfile",
+    "router-route-server:local": REPO / "deploy/bird/Dockerfile",
+    "router-prometheus:local": REPO / "deploy/prometheus/Dockerfile",
+}
 
 
 def _compose_config() -> dict:
@@ -51,7 +56,7 @@ def _dockerfile_copies(dockerfile: Path) -> dict[str, Path]:
         words = line.split()
         if words[:1] == ["WORKDIR"]:
             workdir = words[1]
-        elif words[:1] == ["COPY"]:
+        elif words[:1] == ["COPY"] and not words[1].startswith("--from="):
             *sources, dest = words[1:]
             for source in sources:
                 target = (
@@ -83,21 +88,14 @@ def test_compose_is_valid_and_names_only_what_exists(compose: dict) -> None:
         "prometheus",
         "loadtest",
     } <= set(services)
-    built = {}
-    for name, service in services.items():
-        build = service.get("build")
-        if build is not None:
-            context = Path(build["context"] if isinstance(build, dict) else build)
-            context = context if context.is_absolute() else REPO / context
-            assert (context / "Dockerfile").is_file(), f"{name}: no Dockerfile in {context}"
-            built[service["image"]] = context / "Dockerfile"
+    built = dict(re.findall(r"^build (\S+) (\S+)$", (REPO / "script/image").read_text(), re.M))
+    assert set(built) == set(DOCKERFILES)
+    for image, context in built.items():
+        assert (REPO / context / "Dockerfile").resolve() == DOCKERFILES[image].resolve()
     for name, service in services.items():
         image = service["image"]
-        if image not in built:
-            repository, _, tag = image.partition(":")
-            assert repository in EXTERNAL_IMAGES and re.match(r"v?\d+\.\d+", tag), (
-                f"{name}: image {image} is neither built here nor a pinned known image"
-            )
+        assert "build" not in service, f"{name}: images come from script/image, not compose"
+        assert image in built, f"{name}: image {image} is not one script/image builds"
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
             kind = (
@@ -124,11 +122,7 @@ def _dockerfile_json(dockerfile: Path, instruction: str) -> list[str]:
 
 
 def _argv(service: dict) -> list[str]:
-    dockerfile = REPO / (
-        "deploy/bird/Dockerfile"
-        if service["image"].startswith("router-route-server")
-        else "Dockerfile"
-    )
+    dockerfile = DOCKERFILES[service["image"]]
     entrypoint = service.get("entrypoint") or _dockerfile_json(dockerfile, "ENTRYPOINT")
     command = service.get("command") or _dockerfile_json(dockerfile, "CMD")
     entrypoint = [entrypoint] if isinstance(entrypoint, str) else list(entrypoint)
@@ -171,7 +165,7 @@ def _check_router_command(argv: list[str], where: str) -> None:
 def test_every_command_is_the_images_own_with_valid_options(compose: dict) -> None:
     checked = 0
     for name, service in compose["services"].items():
-        if service["image"].startswith("prom/"):
+        if service["image"] == "router-prometheus:local":
             continue
         argv = _argv(service)
         if argv[:2] == ["sh", "-c"]:
@@ -200,12 +194,12 @@ def test_exabgp_configs_validate_and_run_the_announcer(tmp_path: Path, compose: 
         assert service["network_mode"] == f"service:router-{side}"
         text = conf.read_text()
         run = re.search(r"run (\S+) (.+);", text)
-        assert run and run.group(1) == "/usr/local/bin/router"
+        assert run and run.group(1) == "/opt/router/bin/router"
         _check_router_command(["router", *shlex.split(run.group(2))], conf.name)
         # The image's path to `router` is not this machine's: validate with ours.
         local = tmp_path / conf.name
         local.write_text(
-            text.replace("/usr/local/bin/router", str(Path(sys.executable).parent / "router"))
+            text.replace("/opt/router/bin/router", str(Path(sys.executable).parent / "router"))
         )
         result = subprocess.run(
             [sys.executable, "-m", "exabgp", "validate", str(local)],
@@ -249,3 +243,35 @@ def test_prometheus_scrapes_both_routers_api(compose: dict) -> None:
     )
     for side in ("a", "b"):
         assert "--api 0.0.0.0:8053" in " ".join(_argv(compose["services"][f"router-{side}"]))
+
+
+def test_no_secret_ships_and_every_container_is_hardened(compose: dict) -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "ROUTER_API_TOKEN" not in text and "replace-me" not in text
+    assert "node-keys.sample" not in text
+    secrets = compose["secrets"]
+    assert set(secrets) == {"node-keys", "api-token"}
+    for secret in secrets.values():
+        path = Path(secret["file"])
+        assert REPO / "secrets" in path.parents, f"{path}: secrets come from ./secrets"
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=REPO)
+        assert ignored.returncode == 0, f"{path} is not git-ignored"
+    for side in ("a", "b"):
+        argv = _argv(compose["services"][f"router-{side}"])
+        assert argv[argv.index("--keys") + 1] == "/run/secrets/node-keys"
+        assert argv[argv.index("--api-token-file") + 1] == "/run/secrets/api-token"
+    for name, service in compose["services"].items():
+        assert service.get("read_only") is True, f"{name}: root file system not read-only"
+        assert service.get("cap_drop") == ["ALL"], f"{name}: capabilities not dropped"
+        for port in service.get("ports", []):
+            host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", f"{name}: publishes {port} beyond loopback"
+        if service["image"] == "router:local" and service.get("user") != "root":
+            assert service.get("cap_add") == ["NET_BIND_SERVICE"], name
+
+
+def test_the_build_context_leaves_out_every_keys_file() -> None:
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "secrets" in ignored and "**/node-keys*.yaml" in ignored
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "\nUSER router\n" in dockerfile
