@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,8 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, RunningRouter, start_router
-from tests.test_router_failover import Simulator, ask, fast_deployment, nodes, wait_for
+from tests.conftest import RunningRouter, start_router
+from tests.test_router_failover import (
+    Simulator,
+    ask,
+    fast_deployment,
+    nodes,
+    start_simulator,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 TEF_MAD_2 = "192.0.2.12"
@@ -30,17 +35,9 @@ TEF_MAD_2 = "192.0.2.12"
 
 def simulator(zones: Path, router: RunningRouter, sink: socket.socket) -> Simulator:
     """The simulator sending to the router and to ``sink``, where the test captures packets."""
-    assert router.telemetry is not None
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones),
-         "--target", f"{router.telemetry[0]}:{router.telemetry[1]}",
-         "--target", f"127.0.0.1:{sink.getsockname()[1]}",
-         "--keys", str(zones / "node-keys.sample.yaml"), "--duration", "120"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("simulating 18 nodes")
-    return Simulator(process)
+    return start_simulator(
+        zones, router, also=(f"127.0.0.1:{sink.getsockname()[1]}",), duration=120
+    )
 
 
 def latest_packet_of(sink: socket.socket, node: str, wanted: str) -> bytes:

@@ -58,12 +58,17 @@ class Simulator:
                 stream.close()
 
 
-def start_simulator(zones: Path, router: RunningRouter) -> Simulator:
+def start_simulator(
+    zones: Path, router: RunningRouter, also: tuple[str, ...] = (), duration: float = 300
+) -> Simulator:
+    """The simulator playing the sample's 18 nodes to ``router`` (and to each HOST:PORT of
+    ``also``), stopping by itself after ``duration`` seconds."""
     assert router.telemetry is not None
-    target = f"{router.telemetry[0]}:{router.telemetry[1]}"
+    targets = [f"{router.telemetry[0]}:{router.telemetry[1]}", *also]
     process = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones), "--target", target,
-         "--keys", str(zones / "node-keys.sample.yaml"), "--duration", "300"],
+        [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(zones),
+         *[arg for t in targets for arg in ("--target", t)],
+         "--keys", str(zones / "node-keys.sample.yaml"), "--duration", str(duration)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     assert process.stdout is not None

@@ -197,12 +197,7 @@ async def read_body(
             type(body), "a number"
         )
         raise BadRequest(f"body: must be a JSON object like {example}, got {kind}")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        problems = _problems(exc, "field", list(model.model_fields))
-        text = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-        raise BadRequest(f"body: {text}", problems) from exc
+    return _validated(model, body, "body", "field")
 
 
 def read_query(request: web.Request, model: type[_Query]) -> _Query:
@@ -214,12 +209,17 @@ def read_query(request: web.Request, model: type[_Query]) -> _Query:
                 [{"field": key, "problem": "given more than once"}],
             )
         given[key] = value
+    return _validated(model, given, "query", "parameter")
+
+
+def _validated(model: type[BaseModel], data: dict, where: str, kind: str) -> BaseModel:
+    """``data`` as ``model``; BadRequest naming each ``kind`` (field, parameter) that is wrong."""
     try:
-        return model.model_validate(given)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems = _problems(exc, "parameter", list(model.model_fields))
+        problems = _problems(exc, kind, list(model.model_fields))
         text = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
-        raise BadRequest(f"query: {text}", problems) from exc
+        raise BadRequest(f"{where}: {text}", problems) from exc
 
 
 def create_app(
@@ -362,7 +362,7 @@ def create_app(
                 "accepted": verifier.accepted,
                 "rejected": verifier.rejected,
                 "node_reboots": verifier.reboots,
-            }  # fmt: skip
+            }
         )
 
     async def dns_counters(request: web.Request) -> web.Response:
