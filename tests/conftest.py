@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +79,18 @@ class RunningRouter:
 
 
 def start_router(
-    zones: Path, log: Path, *extra: str, api: bool = True, workers: int = 2
+    zones: Path,
+    log: Path,
+    *extra: str,
+    api: bool = True,
+    workers: int = 2,
+    listen: Sequence[str] = ("127.0.0.1:0",),
+    prefix: Sequence[str] = (),
 ) -> RunningRouter:
-    """Start ``router serve`` on loopback port 0 and wait for its READY line."""
-    args = [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen", "127.0.0.1:0",
+    """Start ``router serve`` (on loopback port 0 unless ``listen`` says otherwise) and wait
+    for its READY line. ``prefix``: a command it runs under (``ip netns exec NS``)."""
+    listeners = [arg for address in listen for arg in ("--listen", address)]
+    args = [*prefix, sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), *listeners,
             "--workers", str(workers), *extra]  # fmt: skip
     if api:
         args += ["--api", "127.0.0.1:0"]

@@ -15,11 +15,13 @@ import struct
 import threading
 import time
 
+from router.dns import pktinfo
 from router.dns.engine import Responder
 
 log = logging.getLogger("router.dns")
 
 UDP_RECV_SIZE = 65535
+_NO_ANCILLARY: list = []
 MAX_TCP_CONNECTIONS = 1024
 # A client that pipelines queries but never reads its replies is cut off here, so it
 # cannot make the worker buffer without bound.
@@ -86,13 +88,33 @@ def serve_udp(
     Receives without blocking (MSG_DONTWAIT: the socket's own flags are shared with the
     worker that follows this one on a reload) and waits in poll() only when nothing is
     queued, so a busy socket costs one system call per packet."""
-    recvfrom = sock.recvfrom
-    sendto = sock.sendto
+    if pktinfo.is_enabled(sock):
+        # A wildcard bind: each reply goes from the address its query was sent to.
+        def receive() -> tuple[bytes, tuple, list]:
+            packet, ancdata, _flags, address = sock.recvmsg(
+                UDP_RECV_SIZE, pktinfo.ANCILLARY_SPACE, socket.MSG_DONTWAIT
+            )
+            return packet, address, ancdata
+
+        def send(reply: bytes, address: tuple, ancdata: list) -> None:
+            sock.sendmsg([reply], pktinfo.reply_ancillary(ancdata), 0, address)
+
+    else:
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+
+        def receive() -> tuple[bytes, tuple, list]:
+            packet, address = recvfrom(UDP_RECV_SIZE, socket.MSG_DONTWAIT)
+            return packet, address, _NO_ANCILLARY
+
+        def send(reply: bytes, address: tuple, ancdata: list) -> None:
+            sendto(reply, address)
+
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     while retire is None or not retire.is_set():
         try:
-            packet, address = recvfrom(UDP_RECV_SIZE, socket.MSG_DONTWAIT)
+            packet, address, ancdata = receive()
         except BlockingIOError:
             try:
                 poller.poll(500)
@@ -108,7 +130,7 @@ def serve_udp(
         reply = safe_respond(responder, packet, address[0], True, counters)
         if reply is not None:
             try:
-                sendto(reply, address)
+                send(reply, address, ancdata)
             except OSError as exc:
                 log.debug("UDP send to %s failed: %s", address[0], exc)
 

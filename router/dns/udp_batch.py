@@ -16,7 +16,9 @@ It returns to Python only when it must:
 - the worker is retiring (``control[CONTROL_RETIRE]``, a reload put a new worker on the
   same socket): checked before each receive, so every query it took is answered first.
 
-The mmsghdr/iovec arrays are filled once here; the kernel writes the sources and lengths.
+The mmsghdr/iovec arrays are filled once here; the kernel writes the sources and lengths. On a
+wildcard bind the socket has pktinfo on (router/dns/pktinfo.py): each slot also receives its
+destination address as a control message, and each reply is sent from that address.
 Layout (Linux, 64-bit): struct msghdr is 56 octets, struct mmsghdr 64, struct iovec 16.
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 from numba import carray, njit
 
 from router._jit import JIT_OPTIONS
+from router.dns import pktinfo
 from router.dns.engine import TableView
 from router.dns.fast_answer import (
     BODY_SCRATCH,
@@ -44,6 +47,7 @@ from router.dns.fast_answer import (
     answer_query,
     table_arrays,
 )
+from router.dns.pktinfo import CONTROL_SIZE, reply_control
 from router.dns.query_stats import QueryStats
 
 log = logging.getLogger("router.dns")
@@ -99,15 +103,19 @@ if supported:
 
 @njit(**JIT_OPTIONS)
 def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs,
-                   outs, out_iov, tx_slot, punts, punt_sampled, book, view, demand, count_demand, stats, count_stats,
-                   sample, control, counters, q, labels, body):  # fmt: skip
+                   outs, out_iov, tx_slot, rx_ctrl, tx_ctrl, tx_ctrl_slot, control_size, punts, punt_sampled, book,
+                   view, demand, count_demand, stats, count_stats, sample, control, counters, q, labels,
+                   body):  # fmt: skip
     """Answer batches until there is something for Python (see the module docstring);
     returns (STATUS_*, count).
 
     ``pending`` > 0: that many queries of the last receive are still unanswered.
     ``sample``: [N, countdown]: with N > 0 every Nth query is punted marked in ``punt_sampled``.
     ``rx_words``/``tx_words`` are uint32 views of the mmsghdr arrays (msg_namelen at word 2,
-    msg_len at word 14); ``tx_hdr`` is its uint64 view (msg_name at 0, iov at 2).
+    msg_len at word 14); ``tx_hdr`` is its uint64 view (msg_name at 0, iov at 2, msg_control
+    at 4, msg_controllen at 5). ``control_size`` > 0: the socket has pktinfo on
+    (router/dns/pktinfo.py): each slot receives its destination address in ``rx_ctrl`` and
+    each reply is sent from it, with the control message built in ``tx_ctrl``.
     """
     for _ in range(MAX_BATCHES_PER_CALL):
         received = pending
@@ -117,6 +125,7 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 return STATUS_RETIRED, np.int64(0)
             for i in range(BATCH):
                 rx_words[i, 2] = ADDR_SIZE
+                rx_hdr[i, 5] = control_size  # the kernel writes back what it used
             received = recvmmsg(fd, rx_hdr.ctypes.data, BATCH, _MSG_WAITFORONE, 0)
             if received < 0:
                 return STATUS_ERROR, np.int64(carray(errno_location(), 1)[0])
@@ -162,6 +171,10 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 tx_words[replies, 2] = rx_words[i, 2]
                 tx_hdr[replies, 2] = tx_slot[replies]  # msg_iov
                 tx_words[replies, 14] = 0
+                if control_size > 0:
+                    used = reply_control(rx_ctrl[i], np.int64(rx_hdr[i, 5]), tx_ctrl[replies])
+                    tx_hdr[replies, 4] = tx_ctrl_slot[replies] if used > 0 else np.uint64(0)
+                    tx_hdr[replies, 5] = used
                 out_iov[replies, 1] = length
                 replies += 1
         counters[C_ANSWERED] += replies
@@ -185,6 +198,11 @@ class BatchSocket:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        self.pktinfo = pktinfo.is_enabled(sock)
+        self.control_size = CONTROL_SIZE if self.pktinfo else 0
+        self.rx_ctrl = np.zeros((BATCH, CONTROL_SIZE), dtype=np.uint8)
+        self.tx_ctrl = np.zeros((BATCH, CONTROL_SIZE), dtype=np.uint8)
+        self.tx_ctrl_slot = np.zeros(BATCH, dtype=np.uint64)
         self.bufs = np.zeros((BATCH, RECV_SIZE), dtype=np.uint8)
         self.addrs = np.zeros((BATCH, ADDR_SIZE), dtype=np.uint8)
         self.outs = np.zeros((BATCH, SEND_SIZE), dtype=np.uint8)
@@ -201,6 +219,9 @@ class BatchSocket:
             self.rx_hdr[i, 3] = 1  # msg_iovlen
             self.tx_hdr[i, 3] = 1
             self.tx_slot[i] = self.out_iov[i].ctypes.data
+            self.tx_ctrl_slot[i] = self.tx_ctrl[i].ctypes.data
+            if self.pktinfo:
+                self.rx_hdr[i, 4] = self.rx_ctrl[i].ctypes.data  # msg_control
         self.rx_words = self.rx_hdr.view(np.uint32)
         self.tx_words = self.tx_hdr.view(np.uint32)
         self.punts = np.zeros(BATCH, dtype=np.int64)
@@ -223,6 +244,16 @@ class BatchSocket:
         host = socket.inet_ntop(socket.AF_INET, raw[4:8])
         return host, (host, port)
 
+    def send(self, i: int, reply: bytes, address: tuple) -> None:
+        """Send ``reply`` to the source of received slot ``i``, from the address it was sent
+        to (pktinfo on)."""
+        if not self.pktinfo:
+            self.sock.sendto(reply, address)
+            return
+        used = int(self.rx_hdr[i, 5])
+        ancdata = pktinfo.parse_control(self.rx_ctrl[i, :used].tobytes())
+        self.sock.sendmsg([reply], pktinfo.reply_ancillary(ancdata), 0, address)
+
 
 def _run(
     io: BatchSocket,
@@ -238,9 +269,10 @@ def _run(
     demand_array = demand if demand is not None else _NO_DEMAND
     stats_arrays = stats.arrays if stats is not None else NO_STATS
     return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, io.fd, pending, io.rx_hdr, io.rx_words, io.tx_hdr, io.tx_words, io.bufs, io.addrs,
-                          io.outs, io.out_iov, io.tx_slot, io.punts, io.punt_sampled, fast.arrays, table_arrays(current),
-                          demand_array, count_demand, stats_arrays, stats is not None, io.sample, control, counters, io.q,
-                          io.labels, io.body)  # fmt: skip
+                          io.outs, io.out_iov, io.tx_slot, io.rx_ctrl, io.tx_ctrl, io.tx_ctrl_slot, io.control_size,
+                          io.punts, io.punt_sampled, fast.arrays, table_arrays(current), demand_array, count_demand,
+                          stats_arrays, stats is not None, io.sample, control, counters, io.q, io.labels,
+                          io.body)  # fmt: skip
 
 
 _NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
@@ -304,6 +336,6 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
                     reply = safe_respond(responder, packet, host, True, counters)
                 if reply is not None:
                     try:
-                        sock.sendto(reply, address)
+                        io.send(slot, reply, address)
                     except OSError as exc:
                         log.debug("UDP send to %s failed: %s", host, exc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from router.dns import pktinfo
+
 UDP_RCVBUF = 4 * 1024 * 1024
 
 
@@ -68,6 +70,7 @@ def bind_dns_sockets(
                 except OSError:
                     pass
                 s.bind((host, actual))
+                pktinfo.enable(s)  # on a wildcard bind, reply from the address asked
                 actual = s.getsockname()[1]
                 udp.append(s)
             for _ in range(count):
