@@ -108,7 +108,7 @@ __all__ = ["build_mix", "draw_subnets", "main", "measure", "parse_args", "zone_i
 QUERY_LOG_SAMPLE = 100  # the query log run: 1 query in this many is logged
 PDNS_STATS = ("packetcache-hit", "packetcache-miss", "query-cache-hit", "query-cache-miss", "udp-queries",
               "overload-drops", "servfail-packets", "latency")  # fmt: skip
-ROUTER_LOGS = ("router", "router2", "router_qlog")
+ROUTER_LOGS = ("router", "router2", "router_qlog", "router_wildcard")
 
 
 class Bench:
@@ -161,6 +161,7 @@ class Bench:
             self.overload()
             self.two_workers()
             self.query_log()
+            self.wildcard_bind()
         finally:
             for server in self.servers.values():
                 server.stop()
@@ -410,6 +411,37 @@ class Bench:
                 figures["query_log_vs_router_qps"] = round(logged["qps"] / without["qps"], 3)
         except (RuntimeError, OSError) as exc:
             figures["router_query_log_note"] = str(exc)[:500]
+
+    def wildcard_bind(self) -> None:
+        """The router bound to 0.0.0.0 as on an anycast node: its UDP sockets carry IP_PKTINFO
+        and every reply is sent from the query's destination address (router/dns/pktinfo.py).
+        Same core, query file and dnsperf target (127.0.0.1) as the 1-worker runs, so the
+        difference is the source addressing alone."""
+        figures = self.figures
+        print("router bound to 0.0.0.0 (replies from the query's destination address)", flush=True)
+        try:
+            server = self.servers["router_wildcard"] = start_router(
+                self.zones, self.root, 1, self.server_core, "router_wildcard", listen="0.0.0.0:0"
+            )
+            figures["labels"]["router_wildcard"] = "router (1 worker, 0.0.0.0, pktinfo)"
+            run_dnsperf(server, self.files["ecs"], self.args.warmup, "ecs", -1, self.load_core)
+            for rep in range(self.args.repetitions):
+                self.one("router_wildcard", "ecs", rep)
+            wildcard = summarize_runs(self.runs, "router_wildcard", "ecs")
+            loopback = summarize_runs(self.runs, "router", "ecs")
+            figures["router_pktinfo_qps"] = wildcard["qps"]
+            figures["router_pktinfo_cpu_us_per_query"] = wildcard["cpu_us_per_query"]
+            figures["router_pktinfo_lost"] = wildcard["lost"]
+            if wildcard["qps"] and loopback["qps"]:
+                figures["pktinfo_vs_router_qps"] = round(wildcard["qps"] / loopback["qps"], 3)
+            if wildcard["cpu_us_per_query"] and loopback["cpu_us_per_query"]:
+                figures["pktinfo_vs_router_cpu"] = round(
+                    wildcard["cpu_us_per_query"] / loopback["cpu_us_per_query"], 3
+                )
+        except (RuntimeError, OSError) as exc:
+            figures["router_pktinfo_note"] = str(exc)[:500]
+        if "router_wildcard" in self.servers:
+            self.servers.pop("router_wildcard").stop()
 
     def collect_router_logs(self) -> None:
         problems = {}

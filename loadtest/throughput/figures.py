@@ -26,7 +26,7 @@ from loadtest.throughput.servers import REPO
 
 INTERFERENCE_WARN = 0.05  # other busy time on the server's core, share of a run, worth a warning
 TARGETS = {"qps_vs_gdnsd": (">=", 0.8), "cpu_vs_gdnsd": ("<=", 1.5), "qps_vs_pdns": (">=", 2.0),
-           "p99_half_load_ms": ("<", 1.0)}  # fmt: skip
+           "p99_half_load_ms": ("<", 1.0), "pktinfo_vs_router_qps": (">=", 0.9)}  # fmt: skip
 # Numbers, or null when not measured (a peer missing: its *_note says why).
 CONTRACT_KEYS = ("router_qps", "gdnsd_qps", "pdns_qps", "router_cpu_us_per_query", "gdnsd_cpu_us_per_query",
                  "qps_vs_gdnsd", "cpu_vs_gdnsd", "qps_vs_pdns", "p99_half_load_ms", "wrong_answers")  # fmt: skip
@@ -171,6 +171,12 @@ def format_table(figures: dict) -> str:
                      f"{fmt(figures.get('router_query_log_cpu_us_per_query'), '.1f')} us CPU/query, "
                      f"{figures.get('router_query_log_lines')} lines written; vs without the log: "
                      f"{fmt(figures.get('query_log_vs_router_qps'), '.3f')}x qps")  # fmt: skip
+    if figures.get("router_pktinfo_qps") is not None:
+        lines.append(f"router, 1 worker, bound to 0.0.0.0 (replies from the query's destination), ECS: "
+                     f"{fmt(figures['router_pktinfo_qps'], ',.0f')} qps, "
+                     f"{fmt(figures.get('router_pktinfo_cpu_us_per_query'), '.1f')} us CPU/query; vs 127.0.0.1: "
+                     f"{fmt(figures.get('pktinfo_vs_router_qps'), '.3f')}x qps, "
+                     f"{fmt(figures.get('pktinfo_vs_router_cpu'), '.3f')}x CPU/query")  # fmt: skip
     lines.append(f"overload (router, 1 worker, dnsperf {' '.join(OVERLOAD_ARGS)} on cores {OVERLOAD_CORES}): "
                  f"{fmt(figures.get('overload_qps'), ',.0f')} qps answered, {fmt(figures.get('overload_lost'), 'd')} "
                  f"lost by dnsperf, {fmt(figures.get('overload_kernel_drops'), 'd')} dropped by the kernel "
@@ -186,8 +192,15 @@ def format_table(figures: dict) -> str:
     lines.append("targets:")
     for key, t in figures["targets"].items():
         verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-        lines.append(f"  {key:<18} {t['target']:<7} {fmt(t['value'], '.3f'):>8}  {verdict}")
-    for note_key in ("gdnsd_note", "pdns_note", "router2_note", "router_query_log_note", "notes"):
+        lines.append(f"  {key:<22} {t['target']:<7} {fmt(t['value'], '.3f'):>8}  {verdict}")
+    for note_key in (
+        "gdnsd_note",
+        "pdns_note",
+        "router2_note",
+        "router_query_log_note",
+        "router_pktinfo_note",
+        "notes",
+    ):
         if figures.get(note_key):
             lines.append(f"note ({note_key}): {figures[note_key]}")
     return "\n".join(lines)

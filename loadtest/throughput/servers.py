@@ -100,13 +100,20 @@ def pinned(cpus: str | None, argv: list[str]) -> list[str]:
 
 
 def start_router(
-    zones: Path, root: Path, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()
+    zones: Path,
+    root: Path,
+    workers: int,
+    cpus: str | None,
+    key: str,
+    extra: tuple[str, ...] = (),
+    listen: str = "127.0.0.1:0",
 ) -> Server:
-    """``router serve`` on 127.0.0.1, port 0; returns once it prints READY (its stdout is then
-    drained by a thread until it exits)."""
+    """``router serve`` on ``listen`` (127.0.0.1, port 0); returns once it prints READY (its
+    stdout is then drained by a thread until it exits). Clients reach it on 127.0.0.1 either
+    way: a wildcard ``listen`` only changes how it binds."""
     log = root / f"{key}.log"
     argv = pinned(cpus, [sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), "--listen",
-                         "127.0.0.1:0", "--workers", str(workers), "--log-level", "WARNING", *extra])  # fmt: skip
+                         listen, "--workers", str(workers), "--log-level", "WARNING", *extra])  # fmt: skip
     with log.open("w") as handle:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=handle, text=True, cwd=REPO)
     lines: queue.Queue[str | None] = queue.Queue()
