@@ -149,6 +149,12 @@ class SupervisorCollector(Collector):
         )
         queued.add_metric([], float(dns["udp_receive_queue_bytes"]))  # type: ignore[arg-type]
         yield queued
+        buffer = GaugeMetricFamily(
+            "router_udp_receive_buffer_bytes",
+            "each DNS socket's receive buffer as the kernel reports it (twice the data it holds)",
+        )
+        buffer.add_metric([], float(dns["udp_receive_buffer_bytes"]))  # type: ignore[arg-type]
+        yield buffer
 
         yield from _query_metrics(sup)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +20,12 @@ from router.service.config_files import ConfigFiles, fingerprint
 from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
 from router.service.reloader import ReloadWatcher
-from router.service.sockets import UDP_RCVBUF, ServiceError, format_endpoint
+from router.service.sockets import (
+    ServiceError,
+    format_endpoint,
+    grow_receive_buffer,
+    short_buffer_advice,
+)
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router")
@@ -122,9 +126,9 @@ async def _run(
             reuse_port=False,
         )
         # Heartbeats from many nodes arrive in bursts: the default buffer drops them.
-        transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF
-        )
+        advice = short_buffer_advice(grow_receive_buffer(transport.get_extra_info("socket")))
+        if advice is not None:
+            log.warning("telemetry: %s", advice)
         telemetry_text = format_endpoint(*transport.get_extra_info("sockname")[:2])
         tasks.append(
             asyncio.create_task(

@@ -7,10 +7,35 @@ import socket
 from router.dns import pktinfo
 
 UDP_RCVBUF = 4 * 1024 * 1024
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; not in Python's socket module
 
 
 class ServiceError(Exception):
     """The service cannot start or keep running."""
+
+
+def grow_receive_buffer(sock: socket.socket, wanted: int = UDP_RCVBUF) -> int:
+    """Give a UDP socket a receive buffer of ``wanted`` bytes, so bursts queue instead of
+    being dropped (the kernel's default, about 208 KiB, holds some 1,500 queries). SO_RCVBUF is
+    capped at net.core.rmem_max; SO_RCVBUFFORCE, with CAP_NET_ADMIN, is not. Returns the size
+    the kernel gives (it reports twice what was asked, the rest being its bookkeeping)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        except OSError:
+            pass
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def short_buffer_advice(granted: int, wanted: int = UDP_RCVBUF) -> str | None:
+    """What to do when the kernel gave less than asked (None: it gave enough)."""
+    if granted >= wanted:  # the kernel reports double what it was given
+        return None
+    return (f"UDP receive buffer is {granted // 2} bytes, not the {wanted} asked: bursts will be "
+            f"dropped; raise the cap (sysctl -w net.core.rmem_max={wanted}) or run with "
+            f"CAP_NET_ADMIN")  # fmt: skip
 
 
 def parse_endpoint(text: str, what: str) -> tuple[str, int]:
@@ -65,10 +90,7 @@ def bind_dns_sockets(
             actual = port
             for _ in range(count):
                 s = _socket(family, socket.SOCK_DGRAM, made)
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-                except OSError:
-                    pass
+                grow_receive_buffer(s)
                 s.bind((host, actual))
                 pktinfo.enable(s)  # on a wildcard bind, reply from the address asked
                 actual = s.getsockname()[1]

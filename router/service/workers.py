@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -25,7 +26,7 @@ from router.service.loaded import LoadedConfig
 from router.service.query_counters import QueryAccounts, QueryCounters
 from router.service.shared import shared_zeros
 from router.service.socket_stats import udp_socket_stats
-from router.service.sockets import ServiceError, bind_dns_sockets
+from router.service.sockets import ServiceError, bind_dns_sockets, short_buffer_advice
 from router.service.tablefile import write_table
 from router.service.worker import worker_main
 from router.steering.build import RoutingTable
@@ -69,6 +70,9 @@ class WorkerPool:
         self.retiring: list[Worker] = []  # replaced by a reload, finishing what they took
         self._context = multiprocessing.get_context("fork")
         self.udp, self.tcp, self.port = bind_dns_sockets(host, port, count)
+        advice = short_buffer_advice(self.udp[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        if advice is not None:
+            log.warning("DNS: %s", advice)
         shm = Path("/dev/shm")
         parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
         self._table_dir = Path(tempfile.mkdtemp(prefix="router-tables-", dir=parent))
@@ -291,4 +295,8 @@ class WorkerPool:
             # overload signal. Counted per socket since it was opened.
             "udp_receive_drops": sum(row.drops for row in ours),
             "udp_receive_queue_bytes": sum(row.queued_bytes for row in ours),
+            # Per socket, as the kernel reports it (twice what it holds for data).
+            "udp_receive_buffer_bytes": min(
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) for s in self.udp
+            ),
         }
