@@ -155,6 +155,24 @@ class SupervisorCollector(Collector):
         )
         buffer.add_metric([], float(dns["udp_receive_buffer_bytes"]))  # type: ignore[arg-type]
         yield buffer
+        tcp = dns["tcp"]
+        open_now = GaugeMetricFamily("router_tcp_connections", "TCP connections open")
+        open_now.add_metric([], float(tcp["open"]))  # type: ignore[index]
+        accepted = CounterMetricFamily("router_tcp_accepted", "TCP connections accepted")
+        accepted.add_metric([], float(tcp["accepted"]))  # type: ignore[index]
+        closed = CounterMetricFamily(
+            "router_tcp_closed",
+            "TCP connections closed by the router or the client, by reason",
+            labels=["reason"],
+        )
+        for reason in ("idle", "partial", "unread_output", "by_peer"):
+            closed.add_metric([reason], float(tcp[f"closed_{reason}"]))  # type: ignore[index]
+        closed.add_metric(["evicted"], float(tcp["evicted"]))  # type: ignore[index]
+        refused = CounterMetricFamily(
+            "router_tcp_refused", "TCP connections refused, by the limit hit", labels=["limit"]
+        )
+        refused.add_metric(["per_client"], float(tcp["refused_per_client"]))  # type: ignore[index]
+        yield from (open_now, accepted, closed, refused)
 
         yield from _query_metrics(sup)
 

@@ -1,7 +1,10 @@
 """Sockets: the UDP receive loop and a TCP server per RFC 7766, both feeding a Responder.
 
-TCP: two-octet length prefix, any number of (pipelined) queries per connection, replies
-in order, an idle timeout, and a cap on open connections so a flood cannot exhaust fds.
+TCP: two-octet length prefix, any number of (pipelined) queries per connection, each answered
+as it completes; an idle timeout that only complete queries reset and a shorter one for a
+message left half-sent (so trickling bytes holds nothing open), a cap on open connections that
+closes the longest idle to make room, and a cap per client address. What it does is counted
+(TCP_COUNTER_NAMES) for /v1/dns and /metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import socket
 import struct
 import threading
 import time
+from collections import OrderedDict
+
+import numpy as np
 
 from router.dns import pktinfo
 from router.dns.engine import Responder
@@ -22,7 +28,6 @@ log = logging.getLogger("router.dns")
 
 UDP_RECV_SIZE = 65535
 _NO_ANCILLARY: list = []
-MAX_TCP_CONNECTIONS = 1024
 # A client that pipelines queries but never reads its replies is cut off here, so it
 # cannot make the worker buffer without bound.
 MAX_TCP_PENDING_OUTPUT = 1 << 20
@@ -135,15 +140,30 @@ def serve_udp(
                 log.debug("UDP send to %s failed: %s", address[0], exc)
 
 
-class _Connection:
-    __slots__ = ("sock", "peer", "inbuf", "outbuf", "last_active")
+# TCP (RFC 7766 section 6.2). Limits per worker; each worker has its own listening socket.
+MAX_TCP_CONNECTIONS = 1024
+MAX_TCP_PER_CLIENT = 32  # connections from one address at once (one resolver needs a few)
+TCP_PARTIAL_TIMEOUT_S = 2.0  # a message begun must be complete within this
+SWEEP_EVERY_S = 0.1
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+# What serve_tcp counts (an int64 array shared with the supervisor, one row per worker).
+TCP_OPEN, TCP_ACCEPTED, TCP_CLOSED_IDLE, TCP_CLOSED_PARTIAL, TCP_EVICTED, TCP_REFUSED_CLIENT, \
+    TCP_CLOSED_OUTPUT, TCP_CLOSED_PEER = range(8)  # fmt: skip
+TCP_COUNTER_NAMES = ("open", "accepted", "closed_idle", "closed_partial", "evicted",
+                     "refused_per_client", "closed_unread_output", "closed_by_peer")  # fmt: skip
+TCP_COUNTERS = len(TCP_COUNTER_NAMES)
+
+
+class _Connection:
+    __slots__ = ("sock", "peer", "inbuf", "outbuf", "last_complete", "partial_since")
+
+    def __init__(self, sock: socket.socket, peer: str, now: float) -> None:
         self.sock = sock
         self.peer = peer
         self.inbuf = bytearray()
         self.outbuf = bytearray()
-        self.last_active = time.monotonic()
+        self.last_complete = now  # accepted, or the last whole query read
+        self.partial_since: float | None = None  # when the message now in inbuf began
 
 
 def serve_tcp(
@@ -153,21 +173,45 @@ def serve_tcp(
     stop: threading.Event,
     idle_timeout: float,
     retire: threading.Event | None = None,
+    stats: np.ndarray | None = None,
+    max_connections: int = MAX_TCP_CONNECTIONS,
+    max_per_client: int = MAX_TCP_PER_CLIENT,
+    partial_timeout: float = TCP_PARTIAL_TIMEOUT_S,
 ) -> None:
     """Serve until ``stop``; once ``retire`` is set, accept no more connections and return
-    when the open ones are done (quiet for RETIRE_QUIET_S) or after RETIRE_GRACE_S."""
+    when the open ones are done (quiet for RETIRE_QUIET_S) or after RETIRE_GRACE_S.
+
+    RFC 7766: queries may be pipelined (each is answered as it completes); a connection is
+    closed ``idle_timeout`` seconds after its last complete query (bytes that never make a
+    message do not keep it open) or ``partial_timeout`` after a message began without ending;
+    when ``max_connections`` are open, the one idle longest is closed to make room, so a new
+    client is always served; one address holds at most ``max_per_client``. ``stats``: the
+    TCP_* counters."""
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
-    connections: dict[int, _Connection] = {}
+    # In order of their last complete query, oldest first: the eviction and idle order.
+    connections: OrderedDict[int, _Connection] = OrderedDict()
+    partial: dict[int, _Connection] = {}  # those with part of a message read
+    per_client: dict[str, int] = {}
+    tally = stats if stats is not None else np.zeros(TCP_COUNTERS, dtype=np.int64)
 
-    def close(conn: _Connection) -> None:
-        connections.pop(conn.sock.fileno(), None)
+    def close(conn: _Connection, reason: int) -> None:
+        fd = conn.sock.fileno()
+        connections.pop(fd, None)
+        partial.pop(fd, None)
+        left = per_client.get(conn.peer, 1) - 1
+        if left > 0:
+            per_client[conn.peer] = left
+        else:
+            per_client.pop(conn.peer, None)
         try:
             selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
         conn.sock.close()
+        tally[reason] += 1
+        tally[TCP_OPEN] = len(connections)
 
     def flush(conn: _Connection) -> None:
         try:
@@ -175,82 +219,109 @@ def serve_tcp(
         except BlockingIOError:
             sent = 0
         except OSError:
-            close(conn)
+            close(conn, TCP_CLOSED_PEER)
             return
         del conn.outbuf[:sent]
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
         selector.modify(conn.sock, events, conn)
 
+    def accept(now: float) -> None:
+        try:
+            sock, address = listener.accept()
+        except (BlockingIOError, OSError):
+            return
+        peer = address[0]
+        if per_client.get(peer, 0) >= max_per_client:
+            counters.tcp_refused += 1
+            tally[TCP_REFUSED_CLIENT] += 1
+            sock.close()
+            return
+        if len(connections) >= max_connections:
+            # The one whose last complete query is oldest makes room (RFC 7766 6.2.3).
+            close(next(iter(connections.values())), TCP_EVICTED)
+        sock.setblocking(False)
+        conn = _Connection(sock, peer, now)
+        connections[sock.fileno()] = conn
+        per_client[peer] = per_client.get(peer, 0) + 1
+        selector.register(sock, selectors.EVENT_READ, conn)
+        tally[TCP_ACCEPTED] += 1
+        tally[TCP_OPEN] = len(connections)
+
+    def read(conn: _Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            close(conn, TCP_CLOSED_PEER)
+            return
+        if not data:
+            close(conn, TCP_CLOSED_PEER)
+            return
+        fd = conn.sock.fileno()
+        conn.inbuf += data
+        while len(conn.inbuf) >= 2:
+            (length,) = _LENGTH.unpack_from(conn.inbuf)
+            if len(conn.inbuf) < 2 + length:
+                break
+            packet = bytes(conn.inbuf[2 : 2 + length])
+            del conn.inbuf[: 2 + length]
+            conn.last_complete = now
+            conn.partial_since = None
+            connections.move_to_end(fd)
+            counters.tcp_queries += 1
+            reply = safe_respond(responder, packet, conn.peer, False, counters)
+            if reply is not None:
+                conn.outbuf += _LENGTH.pack(len(reply)) + reply
+        if conn.inbuf:
+            if conn.partial_since is None:
+                conn.partial_since = now
+                partial[fd] = conn
+        else:
+            partial.pop(fd, None)
+        if len(conn.outbuf) > MAX_TCP_PENDING_OUTPUT:
+            log.info("closing TCP connection from %s: %d bytes of replies unread", conn.peer,
+                     len(conn.outbuf))  # fmt: skip
+            close(conn, TCP_CLOSED_OUTPUT)
+        elif conn.outbuf:
+            flush(conn)
+
+    def sweep(now: float) -> None:
+        for conn in list(connections.values()):  # oldest first: stop at the first fresh one
+            if now - conn.last_complete <= idle_timeout:
+                break
+            close(conn, TCP_CLOSED_IDLE)
+        for conn in [c for c in partial.values() if now - c.partial_since > partial_timeout]:
+            close(conn, TCP_CLOSED_PARTIAL)
+
     retiring_since: float | None = None
+    last_sweep = time.monotonic()
     while not stop.is_set():
         if retire is not None and retire.is_set() and retiring_since is None:
             retiring_since = time.monotonic()
             selector.unregister(listener)
-        for key, events in selector.select(timeout=0.05 if retiring_since is not None else 0.5):
+        ready = selector.select(timeout=0.05 if retiring_since is not None else SWEEP_EVERY_S)
+        now = time.monotonic()
+        for key, events in ready:
             if key.data is None:
-                try:
-                    sock, address = listener.accept()
-                except (BlockingIOError, OSError):
-                    continue
-                if len(connections) >= MAX_TCP_CONNECTIONS:
-                    counters.tcp_refused += 1
-                    sock.close()
-                    continue
-                sock.setblocking(False)
-                conn = _Connection(sock, address[0])
-                connections[sock.fileno()] = conn
-                selector.register(sock, selectors.EVENT_READ, conn)
+                accept(now)
                 continue
             conn = key.data
             if events & selectors.EVENT_WRITE:
                 flush(conn)
                 if conn.sock.fileno() < 0:
                     continue
-            if not events & selectors.EVENT_READ:
-                continue
-            try:
-                data = conn.sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                close(conn)
-                continue
-            if not data:
-                close(conn)
-                continue
-            conn.last_active = time.monotonic()
-            conn.inbuf += data
-            while len(conn.inbuf) >= 2:
-                (length,) = _LENGTH.unpack_from(conn.inbuf)
-                if len(conn.inbuf) < 2 + length:
-                    break
-                packet = bytes(conn.inbuf[2 : 2 + length])
-                del conn.inbuf[: 2 + length]
-                counters.tcp_queries += 1
-                reply = safe_respond(responder, packet, conn.peer, False, counters)
-                if reply is not None:
-                    conn.outbuf += _LENGTH.pack(len(reply)) + reply
-            if len(conn.outbuf) > MAX_TCP_PENDING_OUTPUT:
-                log.info(
-                    "closing TCP connection from %s: %d bytes of replies unread",
-                    conn.peer,
-                    len(conn.outbuf),
-                )
-                close(conn)
-            elif conn.outbuf:
-                flush(conn)
-        now = time.monotonic()
-        for conn in [c for c in connections.values() if now - c.last_active > idle_timeout]:
-            close(conn)
+            if events & selectors.EVENT_READ:
+                read(conn, now)
+        if now - last_sweep >= SWEEP_EVERY_S:
+            last_sweep = now
+            sweep(now)
         if retiring_since is not None:
-            for conn in [
-                c
-                for c in connections.values()
-                if now - c.last_active > RETIRE_QUIET_S and not c.outbuf
-            ]:
-                close(conn)
+            for conn in [c for c in connections.values()
+                         if now - c.last_complete > RETIRE_QUIET_S and not c.outbuf]:  # fmt: skip
+                close(conn, TCP_CLOSED_IDLE)
             if not connections or now - retiring_since > RETIRE_GRACE_S:
                 break
     for conn in list(connections.values()):
-        close(conn)
+        close(conn, TCP_CLOSED_IDLE)
     selector.close()

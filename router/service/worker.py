@@ -78,6 +78,7 @@ def worker_main(
     query_labels: QueryLabels | None = None,
     query_log: QueryLogOptions | None = None,
     parent_pid: int | None = None,
+    tcp_counters: np.ndarray | None = None,
 ) -> None:
     """Serve until SIGTERM (also sent when the supervisor ``parent_pid`` dies). With ``fast_book`` UDP runs batched in compiled code
     (router/dns/udp_batch.py); without it, one packet at a time in Python.
@@ -122,6 +123,7 @@ def worker_main(
             stop,
             tcp_idle_timeout,
             retire,
+            tcp_counters,
         ),
         name=f"tcp-{index}",
         daemon=True,

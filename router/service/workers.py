@@ -22,6 +22,7 @@ from pathlib import Path
 
 from router.dns import udp_batch
 from router.dns.query_log import QueryLogOptions, QueryLogSettings
+from router.dns.transport import TCP_COUNTER_NAMES, TCP_COUNTERS
 from router.service.loaded import LoadedConfig
 from router.service.query_counters import QueryAccounts, QueryCounters
 from router.service.shared import shared_zeros
@@ -65,6 +66,7 @@ class WorkerPool:
         self.query_log = query_log
         self.lock = threading.Lock()
         self.packet_counters = shared_zeros((count, udp_batch.COUNTERS))
+        self.tcp_counters = shared_zeros((count, TCP_COUNTERS))
         self.query_accounts = QueryAccounts()
         self.workers: list[Worker] = []
         self.retiring: list[Worker] = []  # replaced by a reload, finishing what they took
@@ -129,6 +131,7 @@ class WorkerPool:
                 "query_labels": config.query_counters.labels,
                 "query_log": self._query_log_options(config),
                 "parent_pid": os.getpid(),
+                "tcp_counters": self.tcp_counters[index],
             },
             daemon=True,
         )
@@ -284,7 +287,11 @@ class WorkerPool:
         totals = {name: sum(w[name] for w in workers) for name in names}
         inodes = {os.fstat(s.fileno()).st_ino for s in self.udp}
         ours = [row for row in udp_socket_stats() if row.inode in inodes]
+        # A successor at a reload writes its predecessor's row (both run for a moment), so the
+        # totals carry on across reloads and "open" is as the last of the two wrote it.
+        tcp = {name: int(self.tcp_counters[:, i].sum()) for i, name in enumerate(TCP_COUNTER_NAMES)}
         return {
+            "tcp": tcp,
             "udp_path": "batched" if batched else "per-packet",
             "workers": workers,
             "totals": totals,
