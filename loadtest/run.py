@@ -28,7 +28,8 @@ from router.simulator import Simulator
 from router.steering.model import SteeringModel
 
 REPO = Path(__file__).resolve().parents[1]
-READY = re.compile(r"READY dns=(\S+):(\d+) api=(\S+) telemetry=(\S+)")
+# dns= lists every listener, comma-separated: the first is the one used here.
+READY = re.compile(r"READY dns=([^,\s]+):(\d+)\S* api=(\S+) telemetry=(\S+)")
 START_TIMEOUT_S = 180  # a cold numba cache compiles the fast path first
 
 

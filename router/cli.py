@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--zones", required=True, type=Path, help="deployment directory (zones, nodes, policies)"
     )
     serve.add_argument(
-        "--listen", required=True, help="DNS address, HOST:PORT (UDP and TCP); port 0 picks one"
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="a DNS address, UDP and TCP (repeat for several, e.g. 0.0.0.0:53 and [::]:53; "
+        "port 0 picks one); default: listen in deployment.yaml",
     )
     serve.add_argument("--api", help="HTTP API address, HOST:PORT")
     serve.add_argument(
@@ -333,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        listen = parse_endpoint(args.listen, "--listen")
+        listen = [parse_endpoint(text, "--listen") for text in args.listen or ()]
         api = parse_endpoint(args.api, "--api") if args.api else None
         telemetry = parse_endpoint(args.telemetry, "--telemetry") if args.telemetry else None
     except ServiceError as exc:

@@ -67,6 +67,7 @@ class RunningRouter:
     token: str
     log: Path
     telemetry: tuple[str, int] | None = None
+    listeners: tuple[str, ...] = ()  # every DNS address of READY (host and port are the first)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -106,16 +107,15 @@ def start_router(
         line = process.stdout.readline()
         if not line:
             break
-        match = re.match(r"READY dns=(\S+):(\d+) api=(\S+) telemetry=(\S+)", line)
+        match = re.match(r"READY dns=(([^,\s]+):(\d+)\S*) api=(\S+) telemetry=(\S+)", line)
         if match:
-            api_url = None if match.group(3) == "off" else f"http://{match.group(3)}"
+            api_url = None if match.group(4) == "off" else f"http://{match.group(4)}"
             telemetry = None
-            if match.group(4) != "off":
-                host, _, port = match.group(4).rpartition(":")
+            if match.group(5) != "off":
+                host, _, port = match.group(5).rpartition(":")
                 telemetry = (host, int(port))
-            return RunningRouter(
-                process, match.group(1), int(match.group(2)), api_url, API_TOKEN, log, telemetry
-            )
+            return RunningRouter(process, match.group(2), int(match.group(3)), api_url, API_TOKEN, log,
+                                 telemetry, tuple(match.group(1).split(",")))  # fmt: skip
     process.kill()
     process.wait()
     raise RuntimeError(f"router did not start; log:\n{log.read_text()}")

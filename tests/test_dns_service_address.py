@@ -133,3 +133,23 @@ def test_compiled_and_python_replies_carry_the_same_source(received: list) -> No
         link_local = received[0][2][0] == 0xFE
         assert data[:16] == received[0][2][:16]
         assert struct.unpack("=I", data[16:])[0] == (3 if link_local else 0)
+
+
+@needs_namespaces
+def test_one_process_serves_v4_and_v6(lab: netns.ServiceLab, deployment_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Two --listen flags: both are served (IPV6_V6ONLY lets [::]:53 and 0.0.0.0:53 coexist),
+    READY lists both, and each family's replies come from its service address."""
+    router = start_router(deployment_dir, tmp_path / "router.log", workers=1,
+                          listen=["0.0.0.0:53", "[::]:53"], prefix=["ip", "netns", "exec", lab.server])  # fmt: skip
+    try:
+        assert router.listeners == ("0.0.0.0:53", "[::]:53")
+        for service in (netns.SERVICE_V4, netns.SERVICE_V6):
+            reply = _ask(lab, service, 53)
+            assert (
+                reply["rcode"] == 0 and reply["source"] == service and reply["connected_answered"]
+            )
+        workers = Path(f"/proc/{router.process.pid}/task/{router.process.pid}/children").read_text()
+        assert len(workers.split()) == 2  # one worker per listener
+    finally:
+        router.stop()
+        router.process.stdout.close()

@@ -149,7 +149,7 @@ def test_answered_queries_become_the_plans_demand(tmp_path, deployment_dir) -> N
     model = compile_model(deployment)
     video = next(i for i, p in enumerate(model.policies) if p.name == "video")
     meo_group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
-    supervisor = Supervisor(deployment, model, "127.0.0.1", 0, workers=1)
+    supervisor = Supervisor(deployment, model, [("127.0.0.1", 0)], workers=1)
     supervisor.start()
     try:
         t0 = time.monotonic()
@@ -196,7 +196,7 @@ def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deploym
     deployment = load_deployment(zones)
     model = compile_model(deployment)
     supervisor = Supervisor(
-        deployment, model, "127.0.0.1", 0, workers=1, files=ConfigFiles.read(zones)
+        deployment, model, [("127.0.0.1", 0)], workers=1, files=ConfigFiles.read(zones)
     )
     supervisor.start()
     try:

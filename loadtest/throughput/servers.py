@@ -136,7 +136,7 @@ def start_router(
         if line is None:
             break
         seen += line
-        match = re.match(r"READY dns=(\S+):(\d+)", line)
+        match = re.match(r"READY dns=([^,\s]+):(\d+)", line)  # the first listener
         if match:
             label = f"router ({workers} worker{'s' if workers > 1 else ''})"
             return Server(key, label, process, int(match.group(2)), log, cores=cpus, _drain=reader)

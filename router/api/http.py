@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.api import decisions, metrics
 from router.health.state import NodeStatus
 from router.service.loaded import LoadedConfig
+from router.service.sockets import format_endpoint
 from router.service.supervisor import Supervisor
 
 log = logging.getLogger("router.api")
@@ -342,7 +343,9 @@ def create_app(
     async def service_status(request: web.Request) -> web.Response:
         return web.json_response(
             {"state": supervisor.service_state, "generation": supervisor.table.generation,
-             "dns": f"{supervisor.host}:{supervisor.port}", "zones": [str(z) for z in supervisor.deployment.zones]}
+             "dns": format_endpoint(supervisor.host, supervisor.port),
+             "listeners": [format_endpoint(h, p) for h, p in supervisor.listeners],
+             "zones": [str(z) for z in supervisor.deployment.zones]}
         )  # fmt: skip
 
     async def put_service_state(request: web.Request) -> web.Response:

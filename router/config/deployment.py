@@ -15,6 +15,7 @@ a broken directory never produces a half-loaded deployment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,20 @@ class DeploymentSettings(BaseModel):
         None  # node-to-prefix RTT measurements (prefix,node,rtt_ms,measured_at)
     )
     state_file: str | None = None  # node state kept across restarts (relative to this file)
+    # DNS addresses, HOST:PORT ([V6]:PORT), when router serve is given no --listen; read at
+    # start (a change takes a restart: the sockets are bound once).
+    listen: list[str] | None = None
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, value: list[str] | None) -> list[str] | None:
+        for text in value or ():
+            _check_address(text)
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("an address is listed twice")
+        return value
 
     @field_validator("client_map", mode="before")
     @classmethod
@@ -98,9 +111,24 @@ class Deployment:
     health: HealthConfig | None = None
     node_keys: dict[str, tuple[bytes, ...]] | None = None
     state_file: Path | None = None
+    listen: tuple[str, ...] = ()
     rtt_samples: tuple[RttSample, ...] = ()
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
     admin_state: dict[str, str] = field(default_factory=dict)
+
+
+def _check_address(text: str) -> None:
+    """``HOST:PORT`` with an IP address for HOST (IPv6 in brackets), or ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: not HOST:PORT (IPv6 as [2001:db8::53]:53)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    if address.version == 6 and not bracketed:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [{host}]:{port}")
 
 
 def _display(path: Path) -> str:
@@ -236,6 +264,7 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
         health=settings.health,
         node_keys=node_keys,
         state_file=directory / settings.state_file if settings.state_file else None,
+        listen=tuple(settings.listen or ()),
         rtt_samples=tuple(rtt_samples),
         admin_state=admin_state,
     )

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from router.service.sockets import (
     ServiceError,
     format_endpoint,
     grow_receive_buffer,
+    parse_endpoint,
     short_buffer_advice,
 )
 from router.service.supervisor import Supervisor
@@ -36,8 +37,8 @@ CHECK_PERIOD_S = 0.5  # workers checked and demand read this often
 @dataclass(frozen=True)
 class ServeOptions:
     zones: Path
-    listen: tuple[str, int]
-    workers: int
+    listen: Sequence[tuple[str, int]]  # empty: the listen of deployment.yaml
+    workers: int  # per listener
     api: tuple[str, int] | None = None
     api_token: str | None = None
     telemetry: tuple[str, int] | None = None
@@ -70,7 +71,16 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
     except ConfigError as exc:
         print(exc.report(options.zones), file=sys.stderr)
         return 1
-    host, port = options.listen
+    listeners = list(options.listen) or [
+        parse_endpoint(text, "listen") for text in deployment.listen
+    ]
+    if not listeners:
+        print(
+            "router serve: no DNS address: give --listen HOST:PORT (repeatable) or listen: "
+            f"in {options.zones / 'deployment.yaml'}",
+            file=sys.stderr,
+        )
+        return 2
     # With the API or telemetry off loopback, a reload onto the sample keys is refused too.
     telemetry_public = bool(off_loopback(options.api, options.telemetry))
     try:
@@ -79,7 +89,7 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
             bool(deployment.node_keys) and uses_sample_keys(deployment.node_keys),
         )  # fmt: skip
         supervisor = Supervisor(
-            deployment, None, host, port, options.workers, options.tcp_idle_timeout,
+            deployment, None, listeners, options.workers, options.tcp_idle_timeout,
             telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,
             udp_path=options.udp_path, files=files, query_log=options.query_log,
             telemetry_public=telemetry_public, keys_file=options.keys_file,
@@ -137,7 +147,7 @@ async def _run(
         )
     supervisor.probes.restart()
     tasks.append(asyncio.create_task(watcher.run()))
-    dns_text = format_endpoint(supervisor.host, supervisor.port)
+    dns_text = ",".join(format_endpoint(host, port) for host, port in supervisor.listeners)
     zones = ", ".join(str(z) for z in supervisor.deployment.zones)
     print(
         f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from router.config.deployment import Deployment
@@ -50,8 +51,7 @@ class Supervisor:
         self,
         deployment: Deployment,
         model: SteeringModel | None,
-        host: str,
-        port: int,
+        listeners: Sequence[tuple[str, int]],
         workers: int,
         tcp_idle_timeout: float = 10.0,
         telemetry: bool = False,
@@ -62,10 +62,15 @@ class Supervisor:
         telemetry_public: bool = False,
         keys_file: Path | None = None,
     ) -> None:
-        """``telemetry_public``: the API or telemetry is off loopback (so the published sample
+        """``listeners``: the DNS addresses, each served by ``workers`` worker processes of its
+        own; ``telemetry_public``: the API or telemetry is off loopback (so the published sample
         keys are refused); ``keys_file``: the node keys named by ``--keys``, if any."""
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
+        if not listeners:
+            raise ServiceError("no DNS address to listen on")
+        if len(set(listeners)) != len(listeners):
+            raise ServiceError("a DNS address is given twice")
         if udp_path not in UDP_PATHS:
             raise ServiceError(f"udp path must be one of {', '.join(UDP_PATHS)}, got {udp_path!r}")
         # "batched": recvmmsg/sendmmsg and the compiled responder (router/dns/udp_batch.py);
@@ -78,19 +83,25 @@ class Supervisor:
         self.telemetry = telemetry
         self.telemetry_public = telemetry_public
         self.keys_file = keys_file
-        self.host = host
-        self.worker_count = workers
+        self.worker_count = workers * len(listeners)  # processes, over every listener
         self.state_file = state_file
         # "serving", or "draining" once asked to stop: still answering for a grace period
         # while anycast announcements are withdrawn, so resolvers move away without loss.
         self.service_state = "serving"
         self.health_lock = threading.Lock()
-        check_port(host, port)
+        for host, port in listeners:
+            check_port(host, port)
         started = time.monotonic()
         try:
             files = files or ConfigFiles.read(deployment.directory, keys_file)
             self.config: LoadedConfig = loaded.prepare(
-                deployment, model, files, workers, self.batched, telemetry, telemetry_public
+                deployment,
+                model,
+                files,
+                self.worker_count,
+                self.batched,
+                telemetry,
+                telemetry_public,
             )
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc
@@ -126,7 +137,7 @@ class Supervisor:
         self.probes = Probes(self, telemetry)
         self.demand_observer = DemandObserver(self)
         self.reloader = Reloader(self)
-        self.workers = WorkerPool(host, port, workers, tcp_idle_timeout, query_log)
+        self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log)
 
     # -- the config in service (swapped whole by a reload) -------------------------------
 
@@ -155,8 +166,17 @@ class Supervisor:
         return self.config.verifier
 
     @property
-    def port(self) -> int:
-        return self.workers.port
+    def listeners(self) -> list[tuple[str, int]]:
+        """Every DNS address as bound (port 0 resolved)."""
+        return self.workers.listeners
+
+    @property
+    def host(self) -> str:  # the first listener's
+        return self.workers.listeners[0][0]
+
+    @property
+    def port(self) -> int:  # the first listener's
+        return self.workers.listeners[0][1]
 
     def in_service(self) -> tuple[LoadedConfig, RoutingTable]:
         """The config and the routing table in service, from the same moment (a reload

@@ -16,6 +16,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -50,17 +51,19 @@ class Worker:
 
 
 class WorkerPool:
-    """``count`` workers on one port. ``lock`` guards the worker list and the table in
-    service: whoever publishes, respawns or swaps holds it."""
+    """``per_listener`` workers on each DNS address, each worker on its own pair of sockets
+    (one SO_REUSEPORT group per address). Workers are numbered over all of them: listener
+    ``i`` has workers ``i * per_listener`` onwards. ``lock`` guards the worker list and the
+    table in service: whoever publishes, respawns or swaps holds it."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
-        count: int,
+        listeners: Sequence[tuple[str, int]],
+        per_listener: int,
         tcp_idle_timeout: float,
         query_log: QueryLogSettings | None,
     ) -> None:
+        count = per_listener * len(listeners)
         self.count = count
         self.tcp_idle_timeout = tcp_idle_timeout
         self.query_log = query_log
@@ -71,7 +74,19 @@ class WorkerPool:
         self.workers: list[Worker] = []
         self.retiring: list[Worker] = []  # replaced by a reload, finishing what they took
         self._context = multiprocessing.get_context("fork")
-        self.udp, self.tcp, self.port = bind_dns_sockets(host, port, count)
+        self.udp: list[socket.socket] = []
+        self.tcp: list[socket.socket] = []
+        self.listeners: list[tuple[str, int]] = []
+        try:
+            for host, port in listeners:
+                udp, tcp, actual = bind_dns_sockets(host, port, per_listener)
+                self.udp += udp
+                self.tcp += tcp
+                self.listeners.append((host, actual))
+        except ServiceError:
+            for s in self.udp + self.tcp:
+                s.close()
+            raise
         advice = short_buffer_advice(self.udp[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
         if advice is not None:
             log.warning("DNS: %s", advice)
