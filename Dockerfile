@@ -23,14 +23,18 @@ RUN apt-get update \
 COPY deploy/build-ca/ /usr/local/share/ca-certificates/
 RUN update-ca-certificates >/dev/null
 WORKDIR /app
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone, so a change to the code rebuilds only the
+# last step. --copies: the venv's interpreter is its own file, so the capability set on it
+# below is on it alone and not on the system's /usr/bin/python3.
+RUN python3 -m venv --copies /opt/router \
+ && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+      print("\n".join(p["dependencies"] + p["optional-dependencies"]["loadtest"]))' > /tmp/requirements.txt \
+ && /opt/router/bin/pip install -r /tmp/requirements.txt "exabgp>=5.0"
 COPY router ./router
 COPY loadtest ./loadtest
-# --copies: the venv's interpreter is its own file, so the capability set on it below is on it
-# alone and not on the system's /usr/bin/python3.
-RUN python3 -m venv --copies /opt/router \
- && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/router/bin/pip install --no-cache-dir \
-      --disable-pip-version-check ".[loadtest]" "exabgp>=5.0"
+RUN /opt/router/bin/pip install --no-deps .
 
 FROM ${BASE}
 # iproute2: the announcer puts the anycast service address on lo; libcap2-bin: setcap below.
