@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before an idle TCP connection is closed",
     )
     serve.add_argument(
+        "--rrl-rate",
+        type=int,
+        metavar="N",
+        help="response rate limiting: UDP responses per second per client prefix and class "
+        "(0 turns it off); default: rrl.rate in deployment.yaml, 200",
+    )
+    serve.add_argument(
+        "--rrl-slip",
+        type=int,
+        metavar="K",
+        help="with rate limiting, send every K-th limited response truncated (TC=1) instead of "
+        "dropping it, so real clients retry over TCP (0: drop all); default: rrl.slip, 2",
+    )
+    serve.add_argument(
         "--telemetry",
         help="listen for signed node heartbeats on HOST:PORT (UDP); needs health: in deployment.yaml",
     )
@@ -346,6 +360,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = _read_token(args) if api else None
     if api and token is None:
         return 2
+    for flag, value in (("--rrl-rate", args.rrl_rate), ("--rrl-slip", args.rrl_slip)):
+        if value is not None and value < 0:
+            print(f"router serve: {flag} must be 0 or more, got {value}", file=sys.stderr)
+            return 2
     query_log = None
     if args.query_log is not None:
         try:
@@ -370,6 +388,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             watch_s=args.watch,
             query_log=query_log,
             keys_file=args.keys,
+            rrl_rate=args.rrl_rate,
+            rrl_slip=args.rrl_slip,
         ),  # fmt: skip
         api_app=create_app,
     )

@@ -173,6 +173,20 @@ class SupervisorCollector(Collector):
         )
         refused.add_metric(["per_client"], float(tcp["refused_per_client"]))  # type: ignore[index]
         yield from (open_now, accepted, closed, refused)
+        limited = CounterMetricFamily(
+            "router_rrl_limited",
+            "UDP responses held back by response rate limiting, by class and what was done "
+            "(dropped, or sent truncated so the client retries over TCP)",
+            labels=["class", "action"],
+        )
+        for name, counts in dns["rrl"]["limited"].items():  # type: ignore[index]
+            for action in ("dropped", "slipped"):
+                limited.add_metric([name, action], float(counts[action]))
+        rate = GaugeMetricFamily(
+            "router_rrl_rate", "response rate limit per client prefix and class (0: off)"
+        )
+        rate.add_metric([], float(dns["rrl"]["rate"]))  # type: ignore[index]
+        yield from (limited, rate)
 
         yield from _query_metrics(sup)
 

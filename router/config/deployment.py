@@ -61,6 +61,28 @@ class ClientMapSource(BaseModel):
     country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
 
+class RrlConfig(BaseModel):
+    """``rrl:`` of deployment.yaml: response rate limiting (router/dns/rrl.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: int = Field(default=200, ge=0, le=1_000_000)  # responses/s per prefix and class; 0: off
+    slip: int = Field(default=2, ge=0, le=100)  # every slip-th limited reply goes out truncated
+    ipv4_prefix: int = Field(default=24, ge=8, le=32)
+    ipv6_prefix: int = Field(default=56, ge=16, le=128)
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])  # never limited
+
+    @field_validator("allow")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{text!r}: not a prefix ({exc})") from None
+        return value
+
+
 class DeploymentSettings(BaseModel):
     """``deployment.yaml``."""
 
@@ -75,6 +97,7 @@ class DeploymentSettings(BaseModel):
     # DNS addresses, HOST:PORT ([V6]:PORT), when router serve is given no --listen; read at
     # start (a change takes a restart: the sockets are bound once).
     listen: list[str] | None = None
+    rrl: RrlConfig = Field(default_factory=RrlConfig)
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
 
@@ -112,6 +135,7 @@ class Deployment:
     node_keys: dict[str, tuple[bytes, ...]] | None = None
     state_file: Path | None = None
     listen: tuple[str, ...] = ()
+    rrl: RrlConfig = field(default_factory=RrlConfig)
     rtt_samples: tuple[RttSample, ...] = ()
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
     admin_state: dict[str, str] = field(default_factory=dict)
@@ -265,6 +289,7 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
         node_keys=node_keys,
         state_file=directory / settings.state_file if settings.state_file else None,
         listen=tuple(settings.listen or ()),
+        rrl=settings.rrl,
         rtt_samples=tuple(rtt_samples),
         admin_state=admin_state,
     )

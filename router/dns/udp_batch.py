@@ -35,7 +35,7 @@ import numpy as np
 from numba import carray, njit
 
 from router._jit import JIT_OPTIONS
-from router.dns import pktinfo
+from router.dns import pktinfo, rrl
 from router.dns.engine import TableView
 from router.dns.fast_answer import (
     BODY_SCRATCH,
@@ -49,6 +49,7 @@ from router.dns.fast_answer import (
 )
 from router.dns.pktinfo import CONTROL_SIZE, reply_control
 from router.dns.query_stats import QueryStats
+from router.dns.rrl import RrlSettings, RrlState
 
 log = logging.getLogger("router.dns")
 
@@ -95,6 +96,9 @@ if supported:
     _sendmmsg = _libc_call("sendmmsg", ctypes.c_int,
                            [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int])  # fmt: skip
     _errno_location = _libc_call("__errno_location", ctypes.POINTER(ctypes.c_int), [])
+    _clock_gettime = _libc_call("clock_gettime", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p])
+
+_CLOCK_MONOTONIC_COARSE = 6  # Linux: a vDSO read, ticks every few ms (enough for RRL)
 
 
 # The libc functions travel as arguments: a ctypes function used as a global would embed
@@ -102,10 +106,11 @@ if supported:
 
 
 @njit(**JIT_OPTIONS)
-def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words, bufs, addrs,
-                   outs, out_iov, tx_slot, rx_ctrl, tx_ctrl, tx_ctrl_slot, control_size, punts, punt_sampled, book,
-                   view, demand, count_demand, stats, count_stats, sample, control, counters, q, labels,
-                   body):  # fmt: skip
+def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words,
+                   bufs, addrs, outs, out_iov, tx_slot, rx_ctrl, tx_ctrl, tx_ctrl_slot, control_size, punts,
+                   punt_sampled, book, view, demand, count_demand, stats, count_stats, sample, control, counters, q,
+                   labels, body, rrl_table, rrl_params, rrl_allow_v4, rrl_allow_v6, rrl_counters,
+                   clock):  # fmt: skip
     """Answer batches until there is something for Python (see the module docstring);
     returns (STATUS_*, count).
 
@@ -115,7 +120,9 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
     msg_len at word 14); ``tx_hdr`` is its uint64 view (msg_name at 0, iov at 2, msg_control
     at 4, msg_controllen at 5). ``control_size`` > 0: the socket has pktinfo on
     (router/dns/pktinfo.py): each slot receives its destination address in ``rx_ctrl`` and
-    each reply is sent from it, with the control message built in ``tx_ctrl``.
+    each reply is sent from it, with the control message built in ``tx_ctrl``. ``rrl_*``:
+    response rate limiting (router/dns/rrl.py; off when its rate is 0), on the clock read
+    into ``clock`` once per batch.
     """
     for _ in range(MAX_BATCHES_PER_CALL):
         received = pending
@@ -133,6 +140,10 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 return STATUS_SWAP, np.int64(received)
         counters[C_RECEIVED] += received
         counters[C_BATCHES] += 1
+        now_ms = np.int64(0)
+        if rrl_params[rrl.P_RATE] > 0:
+            clock_gettime(_CLOCK_MONOTONIC_COARSE, clock.ctypes.data)
+            now_ms = clock[0] * 1000 + clock[1] // 1000000
         replies = 0
         punted = 0
         for i in range(received):
@@ -167,6 +178,13 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
                 punt_sampled[punted] = 0
                 punted += 1
             elif length > 0:
+                if rrl_params[rrl.P_RATE] > 0:
+                    action = rrl.decide(out, length, src_v6, hi, lo, now_ms, rrl_table, rrl_params, rrl_allow_v4,
+                                        rrl_allow_v6, rrl_counters)  # fmt: skip
+                    if action == rrl.DROP:
+                        continue
+                    if action == rrl.SLIP:
+                        length = rrl.truncate(out, length)
                 tx_hdr[replies, 0] = rx_hdr[i, 0]  # msg_name: the source, as received
                 tx_words[replies, 2] = rx_words[i, 2]
                 tx_hdr[replies, 2] = tx_slot[replies]  # msg_iov
@@ -195,9 +213,11 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, fd, pending, rx_hdr, rx_w
 class BatchSocket:
     """The arrays one worker's UDP socket is served with."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, limiter: RrlState | None = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        self.rrl = limiter if limiter is not None else _NO_RRL
+        self.clock = np.zeros(2, dtype=np.int64)  # struct timespec
         self.pktinfo = pktinfo.is_enabled(sock)
         self.control_size = CONTROL_SIZE if self.pktinfo else 0
         self.rx_ctrl = np.zeros((BATCH, CONTROL_SIZE), dtype=np.uint8)
@@ -246,7 +266,10 @@ class BatchSocket:
 
     def send(self, i: int, reply: bytes, address: tuple) -> None:
         """Send ``reply`` to the source of received slot ``i``, from the address it was sent
-        to (pktinfo on)."""
+        to (pktinfo on), unless rate limiting drops it."""
+        reply = self.rrl.filter(reply, address[0])
+        if reply is None:
+            return
         if not self.pktinfo:
             self.sock.sendto(reply, address)
             return
@@ -268,14 +291,17 @@ def _run(
     count_demand = demand is not None
     demand_array = demand if demand is not None else _NO_DEMAND
     stats_arrays = stats.arrays if stats is not None else NO_STATS
-    return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, io.fd, pending, io.rx_hdr, io.rx_words, io.tx_hdr, io.tx_words, io.bufs, io.addrs,
-                          io.outs, io.out_iov, io.tx_slot, io.rx_ctrl, io.tx_ctrl, io.tx_ctrl_slot, io.control_size,
-                          io.punts, io.punt_sampled, fast.arrays, table_arrays(current), demand_array, count_demand,
-                          stats_arrays, stats is not None, io.sample, control, counters, io.q, io.labels,
-                          io.body)  # fmt: skip
+    limiter = io.rrl
+    return _serve_batches(_recvmmsg, _sendmmsg, _errno_location, _clock_gettime, io.fd, pending, io.rx_hdr, io.rx_words,
+                          io.tx_hdr, io.tx_words, io.bufs, io.addrs, io.outs, io.out_iov, io.tx_slot, io.rx_ctrl,
+                          io.tx_ctrl, io.tx_ctrl_slot, io.control_size, io.punts, io.punt_sampled, fast.arrays,
+                          table_arrays(current), demand_array, count_demand, stats_arrays, stats is not None, io.sample,
+                          control, counters, io.q, io.labels, io.body, limiter.table, limiter.params,
+                          limiter.allow_v4, limiter.allow_v6, limiter.counters, io.clock)  # fmt: skip
 
 
 _NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
+_NO_RRL = RrlState(RrlSettings(rate=0))
 
 
 def warm_up(fast: FastBook, view: TableView) -> None:
@@ -296,19 +322,20 @@ def warm_up(fast: FastBook, view: TableView) -> None:
 
 def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, counters, batch_counters: np.ndarray,
                       control: np.ndarray, demand: np.ndarray | None, safe_respond,
-                      stats: QueryStats | None = None, sample_every: int = 0) -> None:  # noqa: ANN001  # fmt: skip
+                      stats: QueryStats | None = None, sample_every: int = 0,
+                      limiter: RrlState | None = None) -> None:  # noqa: ANN001  # fmt: skip
     """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls), or
     until ``control[CONTROL_RETIRE]`` is set: then return once every query taken is answered.
 
     ``view()`` returns the current TableView; ``responder``/``safe_respond`` answer punted
     queries exactly as the per-packet loop does (router/dns/transport.py). ``stats`` counts
     every reply; with ``sample_every`` N > 0, every Nth query goes to ``responder`` marked
-    sampled (for the query log).
+    sampled (for the query log). ``limiter``: response rate limiting for every reply.
     """
     sock.setblocking(True)
     timeout = struct.pack("ll", int(RECV_TIMEOUT_S), int(RECV_TIMEOUT_S % 1 * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-    io = BatchSocket(sock)
+    io = BatchSocket(sock, limiter)
     io.sample[:] = (sample_every, sample_every)
     pending = 0
     while True:

@@ -14,8 +14,9 @@ from pathlib import Path
 from aiohttp import web
 
 from router.config import ConfigError, load_deployment
-from router.config.deployment import uses_sample_keys
+from router.config.deployment import Deployment, uses_sample_keys
 from router.dns.query_log import QueryLogSettings
+from router.dns.rrl import RrlSettings
 from router.service.config_files import ConfigFiles, fingerprint
 from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
@@ -49,6 +50,8 @@ class ServeOptions:
     watch_s: float = 1.0
     query_log: QueryLogSettings | None = None
     keys_file: Path | None = None  # --keys: the node keys instead of health.keys
+    rrl_rate: int | None = None  # --rrl-rate, over rrl.rate of deployment.yaml
+    rrl_slip: int | None = None  # --rrl-slip, over rrl.slip
 
 
 # (supervisor, token, reload) -> the HTTP API's application: the API is built above the
@@ -93,6 +96,7 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
             telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,
             udp_path=options.udp_path, files=files, query_log=options.query_log,
             telemetry_public=telemetry_public, keys_file=options.keys_file,
+            rrl=rrl_settings(deployment, options),
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)
@@ -105,6 +109,18 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
         return 1
     finally:
         supervisor.stop()
+
+
+def rrl_settings(deployment: Deployment, options: ServeOptions) -> RrlSettings:
+    """Rate limiting as deployment.yaml's rrl: says, with --rrl-rate and --rrl-slip over it."""
+    config = deployment.rrl
+    return RrlSettings(
+        rate=config.rate if options.rrl_rate is None else options.rrl_rate,
+        slip=config.slip if options.rrl_slip is None else options.rrl_slip,
+        ipv4_prefix=config.ipv4_prefix,
+        ipv6_prefix=config.ipv6_prefix,
+        allow=tuple(config.allow),
+    )
 
 
 async def _run(

@@ -24,6 +24,7 @@ from router.config.deployment import Deployment
 from router.dns import udp_batch
 from router.dns.engine import TableView
 from router.dns.query_log import QueryLogSettings
+from router.dns.rrl import RrlSettings
 from router.health.state import NodeStatus
 from router.service import loaded
 from router.service.config_files import ConfigFiles
@@ -61,6 +62,7 @@ class Supervisor:
         query_log: QueryLogSettings | None = None,
         telemetry_public: bool = False,
         keys_file: Path | None = None,
+        rrl: RrlSettings | None = None,
     ) -> None:
         """``listeners``: the DNS addresses, each served by ``workers`` worker processes of its
         own; ``telemetry_public``: the API or telemetry is off loopback (so the published sample
@@ -137,7 +139,7 @@ class Supervisor:
         self.probes = Probes(self, telemetry)
         self.demand_observer = DemandObserver(self)
         self.reloader = Reloader(self)
-        self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log)
+        self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log, rrl)
 
     # -- the config in service (swapped whole by a reload) -------------------------------
 

@@ -30,6 +30,7 @@ from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import FastBook
 from router.dns.query_log import QueryLog, QueryLogOptions
 from router.dns.query_stats import QueryLabels, QueryStats
+from router.dns.rrl import RrlSettings, RrlState
 from router.dns.transport import (
     RETIRE_GRACE_S,
     Counters,
@@ -79,6 +80,8 @@ def worker_main(
     query_log: QueryLogOptions | None = None,
     parent_pid: int | None = None,
     tcp_counters: np.ndarray | None = None,
+    rrl_settings: RrlSettings | None = None,
+    rrl_counters: np.ndarray | None = None,
 ) -> None:
     """Serve until SIGTERM (also sent when the supervisor ``parent_pid`` dies). With ``fast_book`` UDP runs batched in compiled code
     (router/dns/udp_batch.py); without it, one packet at a time in Python.
@@ -160,15 +163,17 @@ def worker_main(
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
     udp_responder = responder()
+    limiter = RrlState(rrl_settings, rrl_counters) if rrl_settings is not None else None
     try:
         if fast_book is not None:
             if packet_counters is None:
                 packet_counters = np.zeros(udp_batch.COUNTERS, dtype=np.int64)
             sample_every = query_log.settings.every if query_log is not None else 0
             udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
-                                        control_flags, demand_counts, safe_respond, query_stats, sample_every)  # fmt: skip
+                                        control_flags, demand_counts, safe_respond, query_stats, sample_every,
+                                        limiter)  # fmt: skip
         else:
-            serve_udp(udp_sock, udp_responder, counters, retire)
+            serve_udp(udp_sock, udp_responder, counters, retire, limiter)
         if retire.is_set():
             control.send(("retired",))  # no more UDP from this worker: the reload may report done
             tcp_thread.join(timeout=RETIRE_GRACE_S + 1)  # its open connections finish first

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from router.dns import udp_batch
+from router.dns import rrl, udp_batch
 from router.dns.query_log import QueryLogOptions, QueryLogSettings
+from router.dns.rrl import RrlSettings
 from router.dns.transport import TCP_COUNTER_NAMES, TCP_COUNTERS
 from router.service.loaded import LoadedConfig
 from router.service.query_counters import QueryAccounts, QueryCounters
@@ -62,8 +63,11 @@ class WorkerPool:
         per_listener: int,
         tcp_idle_timeout: float,
         query_log: QueryLogSettings | None,
+        rrl_settings: RrlSettings | None = None,
     ) -> None:
         count = per_listener * len(listeners)
+        self.rrl = rrl_settings
+        self.rrl_counters = shared_zeros((count, rrl.CLASSES, 2))
         self.count = count
         self.tcp_idle_timeout = tcp_idle_timeout
         self.query_log = query_log
@@ -147,6 +151,8 @@ class WorkerPool:
                 "query_log": self._query_log_options(config),
                 "parent_pid": os.getpid(),
                 "tcp_counters": self.tcp_counters[index],
+                "rrl_settings": self.rrl,
+                "rrl_counters": self.rrl_counters[index],
             },
             daemon=True,
         )
@@ -305,8 +311,14 @@ class WorkerPool:
         # A successor at a reload writes its predecessor's row (both run for a moment), so the
         # totals carry on across reloads and "open" is as the last of the two wrote it.
         tcp = {name: int(self.tcp_counters[:, i].sum()) for i, name in enumerate(TCP_COUNTER_NAMES)}
+        limited = {
+            name: {"dropped": int(self.rrl_counters[:, c, rrl.C_DROPPED].sum()),
+                   "slipped": int(self.rrl_counters[:, c, rrl.C_SLIPPED].sum())}
+            for c, name in enumerate(rrl.CLASS_NAMES)
+        }  # fmt: skip
         return {
             "tcp": tcp,
+            "rrl": {"rate": self.rrl.rate if self.rrl else 0, "limited": limited},
             "udp_path": "batched" if batched else "per-packet",
             "workers": workers,
             "totals": totals,
