@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.edns
 import dns.message
+import dns.query
 import numpy as np
 import pytest
 
@@ -204,3 +206,22 @@ def test_the_router_exports_its_tcp_counters(deployment_dir: Path, tmp_path: Pat
         router.stop()
         assert router.process.stdout is not None
         router.process.stdout.close()
+
+
+def test_edns_tcp_keepalive_is_answered_over_tcp_only(router) -> None:  # noqa: ANN001 - conftest's
+    """RFC 7828: a TCP query with the option gets the connection's idle timeout (the shared
+    router runs with --tcp-idle-timeout 2: 20 units of 100 ms); UDP never gets the option, nor
+    does a TCP query without it."""
+
+    def keepalive(reply: dns.message.Message) -> list[bytes]:
+        return [o.to_wire() for o in reply.options if o.otype == 11]
+
+    asking = dns.message.make_query("www.cdn.example", "A", use_edns=0,
+                                    options=[dns.edns.GenericOption(11, b"")])  # fmt: skip
+    tcp = dns.query.tcp(asking, router.host, port=router.port, timeout=3)
+    assert tcp.rcode() == 0 and keepalive(tcp) == [struct.pack("!H", 20)]
+    udp = dns.query.udp(asking, router.host, port=router.port, timeout=3)
+    assert udp.rcode() == 0 and keepalive(udp) == []
+    plain = dns.query.tcp(dns.message.make_query("www.cdn.example", "A", use_edns=0), router.host,
+                          port=router.port, timeout=3)  # fmt: skip
+    assert plain.rcode() == 0 and keepalive(plain) == []

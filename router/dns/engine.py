@@ -27,6 +27,7 @@ NO_EDNS_UDP_PAYLOAD = 512
 _HEADER = struct.Struct("!HHHHHH")
 _OPT_FIXED = struct.Struct("!BHHBBHH")  # root, type, payload, ext-rcode, version, flags, rdlen
 _ECS_HEADER = struct.Struct("!HHHBB")  # option code, length, family, source, scope
+_KEEPALIVE = struct.Struct("!HHH")  # option code, length, TIMEOUT in 100 ms units
 
 # RFC 7871 section 10 / RFC 6890: ECS addresses in these blocks say nothing about where
 # the client is, so the answer falls back to the resolver's address and the scope covers
@@ -132,7 +133,11 @@ class Responder:
         stats: QueryStats | None = None,
         labels: QueryLabels | None = None,
         query_log: QueryLog | None = None,
+        tcp_keepalive: int | None = None,
     ) -> None:
+        """``tcp_keepalive``: the TCP idle timeout in units of 100 ms, told to clients that
+        send edns-tcp-keepalive over TCP (RFC 7828); None: not told."""
+        self.tcp_keepalive = tcp_keepalive
         self.book = book
         self.client_map = client_map
         self.view = view
@@ -307,19 +312,23 @@ class Responder:
         )
         opt = b""
         if q.edns:
-            ecs = b""
+            options = b""
             if q.ecs is not None and ecs_scope is not None and not extended:
                 family, bits, octets = q.ecs
-                ecs = (
+                options = (
                     _ECS_HEADER.pack(wire.ECS_OPTION, 4 + len(octets), family, bits, ecs_scope)
                     + octets
                 )
+            if q.keepalive and not udp and self.tcp_keepalive is not None:
+                # RFC 7828 3.3.1: over TCP only, with the timeout this connection has. A TIMEOUT
+                # a client wrongly sent is ignored; over UDP the option is never sent.
+                options += _KEEPALIVE.pack(wire.TCP_KEEPALIVE_OPTION, 2, self.tcp_keepalive)
             ext_rcode = 1 if extended else 0
             opt = (
                 _OPT_FIXED.pack(
-                    0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(ecs)
+                    0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(options)
                 )
-                + ecs
+                + options
             )
         opt_count = 1 if opt else 0
         reply = (

@@ -27,6 +27,7 @@ BADVERS = 16  # extended: header 0, OPT ext-rcode 1
 
 OPT_TYPE = 41
 ECS_OPTION = 8
+TCP_KEEPALIVE_OPTION = 11  # RFC 7828
 CLASS_IN = 1
 TYPE_ANY = 255
 
@@ -45,7 +46,7 @@ class Query:
     """What the responder needs from one query."""
 
     __slots__ = ("id", "flags", "question", "qname", "qtype", "qclass", "opcode",
-                 "edns", "payload", "version", "do", "ecs", "ecs_error")  # fmt: skip
+                 "edns", "payload", "version", "do", "ecs", "ecs_error", "keepalive")  # fmt: skip
 
     def __init__(self) -> None:
         self.edns = False
@@ -54,6 +55,7 @@ class Query:
         self.do = False
         self.ecs: tuple[int, int, bytes] | None = None  # (family, source prefix, address octets)
         self.ecs_error = False
+        self.keepalive = False  # the client sent edns-tcp-keepalive (RFC 7828)
 
 
 def parse_header(wire: bytes) -> tuple[int, int, int, int, int, int]:
@@ -192,6 +194,8 @@ def _parse_opt(wire: bytes, pos: int, q: Query) -> int:
             else:
                 q.ecs = _parse_ecs(wire[pos : pos + length])
                 q.ecs_error = q.ecs is None
+        elif code == TCP_KEEPALIVE_OPTION:
+            q.keepalive = True
         pos += length
     return rdend
 

@@ -115,7 +115,7 @@ def worker_main(
         if query_log is not None:
             log_writer = QueryLog(query_log, index)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
-                         query_log=log_writer)  # fmt: skip
+                         query_log=log_writer, tcp_keepalive=min(0xFFFF, int(tcp_idle_timeout * 10)))  # fmt: skip
 
     tcp_thread = threading.Thread(
         target=serve_tcp,
