@@ -12,8 +12,8 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import dns.query
-import dns.rrset
 import dns.rcode
+import dns.rrset
 import numpy as np
 import pytest
 import yaml
@@ -177,3 +177,25 @@ def test_a_flooding_prefix_is_limited_and_others_are_not(tmp_path: Path, path: s
     finally:
         router.stop()
         router.process.stdout.close()
+
+
+def test_the_query_log_marks_limited_responses(tmp_path: Path) -> None:
+    zones = make_deployment(tmp_path)
+    settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+    settings["rrl"] = {"rate": 5, "slip": 2, "allow": []}
+    (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+    log = tmp_path / "queries.jsonl"
+    router = start_router(zones, tmp_path / "router.log", "--query-log", str(log), "--query-log-sample", "1",
+                          workers=1)  # fmt: skip
+    try:
+        full, truncated = _flood(router.host, router.port, "127.0.0.1", 60)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(log.read_text().splitlines()) < 60:
+            time.sleep(0.1)
+        marks = [json.loads(line)["rate_limited"] for line in log.read_text().splitlines()]
+    finally:
+        router.stop()
+        router.process.stdout.close()
+    assert len(marks) == 60
+    assert marks.count(None) == full and marks.count("slipped") == truncated
+    assert marks.count("dropped") == 60 - full - truncated > 0

@@ -16,6 +16,7 @@ from router.dns import query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
 from router.dns.query_log import QueryLog
 from router.dns.query_stats import QueryLabels, QueryStats
+from router.dns.rrl import RrlState
 from router.dns.wire import FormatError, Query
 from router.geo.clientmap import ClientMap
 
@@ -134,10 +135,13 @@ class Responder:
         labels: QueryLabels | None = None,
         query_log: QueryLog | None = None,
         tcp_keepalive: int | None = None,
+        limiter: RrlState | None = None,
     ) -> None:
         """``tcp_keepalive``: the TCP idle timeout in units of 100 ms, told to clients that
-        send edns-tcp-keepalive over TCP (RFC 7828); None: not told."""
+        send edns-tcp-keepalive over TCP (RFC 7828); None: not told. ``limiter``: response
+        rate limiting for UDP replies (router/dns/rrl.py), the worker's table."""
         self.tcp_keepalive = tcp_keepalive
+        self.limiter = limiter
         self.book = book
         self.client_map = client_map
         self.view = view
@@ -161,12 +165,18 @@ class Responder:
         self.last_query = None
         self.last_decision = None
         reply = self._respond(packet, source, udp)
-        if reply is not None:
-            self.account(reply, source, udp, sampled)
-        return reply
+        if reply is None:
+            return None
+        sent, limited = reply, None
+        if udp and self.limiter is not None:
+            sent, limited = self.limiter.apply(reply, source)
+        self.account(reply, source, udp, sampled, limited)
+        return sent
 
-    def account(self, reply: bytes, source: str, udp: bool, sampled: bool = False) -> None:
-        """Count ``reply`` to the last query (and log it if it is sampled)."""
+    def account(self, reply: bytes, source: str, udp: bool, sampled: bool = False,
+                limited: str | None = None) -> None:  # fmt: skip
+        """Count ``reply`` to the last query (and log it if it is sampled, with what rate
+        limiting did to it: ``limited``)."""
         q = self.last_query
         rcode = wire.FORMERR if q is None else reply_rcode(reply, q)
         if self.stats is not None:
@@ -178,7 +188,7 @@ class Responder:
                 name = self.labels.name_label(q.qname.lower(), q.qtype, self.book.exact)
                 self.stats.count(name, transport, rcode, q.qtype)
         if self.query_log is not None and (sampled or self.query_log.due()):
-            self.query_log.write(self, q, self.last_decision, source, udp, reply, rcode)
+            self.query_log.write(self, q, self.last_decision, source, udp, reply, rcode, limited)
 
     def _respond(self, packet: bytes, source: str, udp: bool) -> bytes | None:
         if len(packet) < 12 or packet[2] & 0x80:
@@ -326,7 +336,13 @@ class Responder:
             ext_rcode = 1 if extended else 0
             opt = (
                 _OPT_FIXED.pack(
-                    0, wire.OPT_TYPE, MAX_UDP_PAYLOAD, ext_rcode, 0, 0x8000 if q.do else 0, len(options)
+                    0,
+                    wire.OPT_TYPE,
+                    MAX_UDP_PAYLOAD,
+                    ext_rcode,
+                    0,
+                    0x8000 if q.do else 0,
+                    len(options),
                 )
                 + options
             )

@@ -297,9 +297,11 @@ class QueryLog:
         self._file.close()
 
     def write(self, responder: Responder, q: Query | None, decision: Decision | None, source: str, udp: bool,
-              reply: bytes, rcode: int) -> None:  # fmt: skip
-        """``rcode``: the reply's full rcode (``engine.reply_rcode``)."""
+              reply: bytes, rcode: int, limited: str | None = None) -> None:  # fmt: skip
+        """``rcode``: the reply's full rcode (``engine.reply_rcode``); ``limited``: what rate
+        limiting did with it ("dropped", "slipped": sent truncated), None when nothing."""
         record = self.record(responder, q, decision, source, udp, reply, rcode)
+        record["rate_limited"] = limited
         self._file.write_line(json.dumps(record, separators=(",", ":")).encode() + b"\n")
         self.written += 1
 

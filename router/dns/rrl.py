@@ -98,12 +98,24 @@ class RrlState:
     def enabled(self) -> bool:
         return self.settings.rate > 0
 
-    def filter(self, reply: bytes, source: str) -> bytes | None:
-        """The UDP ``reply`` to ``source`` as rate limiting lets it go: itself, its truncated
-        form, or None (dropped). For the replies Python builds (the compiled loop calls
-        ``decide`` itself), so both paths share the table."""
+    def apply(self, reply: bytes, source: str) -> tuple[bytes | None, str | None]:
+        """The UDP ``reply`` to ``source`` as rate limiting lets it go, and what it did:
+        (reply, None), (its truncated form, "slipped") or (None, "dropped"). For the replies
+        Python builds (the compiled loop calls ``decide`` itself), on the same table."""
         if not self.enabled:
-            return reply
+            return reply, None
+        value = int(ipaddress.ip_address(source))
+        v6 = ":" in source
+        hi, lo = (value >> 64, value & (2**64 - 1)) if v6 else (0, value)
+        out = np.frombuffer(reply, dtype=np.uint8).copy()
+        now_ms = time.monotonic_ns() // 1_000_000
+        action = decide(out, len(reply), v6, np.uint64(hi), np.uint64(lo), now_ms, self.table,
+                        self.params, self.allow_v4, self.allow_v6, self.counters)  # fmt: skip
+        if action == DROP:
+            return None, "dropped"
+        if action == SLIP:
+            return out[: truncate(out, len(reply))].tobytes(), "slipped"
+        return reply, None
         value = int(ipaddress.ip_address(source))
         v6 = ":" in source
         hi, lo = (value >> 64, value & (2**64 - 1)) if v6 else (0, value)

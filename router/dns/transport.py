@@ -23,7 +23,6 @@ import numpy as np
 
 from router.dns import pktinfo
 from router.dns.engine import Responder
-from router.dns.rrl import RrlState
 
 log = logging.getLogger("router.dns")
 
@@ -88,7 +87,6 @@ def serve_udp(
     responder: Responder,
     counters: Counters,
     retire: threading.Event | None = None,
-    limiter: RrlState | None = None,
 ) -> None:
     """Answer until WorkerStop, or until ``retire`` is set (every query taken is answered).
 
@@ -135,8 +133,6 @@ def serve_udp(
             continue
         counters.udp_queries += 1
         reply = safe_respond(responder, packet, address[0], True, counters)
-        if reply is not None and limiter is not None:
-            reply = limiter.filter(reply, address[0])
         if reply is not None:
             try:
                 send(reply, address, ancdata)

@@ -266,10 +266,7 @@ class BatchSocket:
 
     def send(self, i: int, reply: bytes, address: tuple) -> None:
         """Send ``reply`` to the source of received slot ``i``, from the address it was sent
-        to (pktinfo on), unless rate limiting drops it."""
-        reply = self.rrl.filter(reply, address[0])
-        if reply is None:
-            return
+        to (pktinfo on)."""
         if not self.pktinfo:
             self.sock.sendto(reply, address)
             return
@@ -330,7 +327,8 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
     ``view()`` returns the current TableView; ``responder``/``safe_respond`` answer punted
     queries exactly as the per-packet loop does (router/dns/transport.py). ``stats`` counts
     every reply; with ``sample_every`` N > 0, every Nth query goes to ``responder`` marked
-    sampled (for the query log). ``limiter``: response rate limiting for every reply.
+    sampled (for the query log). ``limiter``: response rate limiting of the replies built
+    here; the responder limits those it builds itself, on the same table.
     """
     sock.setblocking(True)
     timeout = struct.pack("ll", int(RECV_TIMEOUT_S), int(RECV_TIMEOUT_S % 1 * 1e6))

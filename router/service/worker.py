@@ -109,13 +109,16 @@ def worker_main(
         return current[0]
 
     counters = Counters()
+    # One rate-limiting table per worker: the compiled loop and the Python responders share it.
+    limiter = RrlState(rrl_settings, rrl_counters) if rrl_settings is not None else None
 
     def responder() -> Responder:  # one per thread: a Responder keeps its last query
         log_writer = None
         if query_log is not None:
             log_writer = QueryLog(query_log, index)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
-                         query_log=log_writer, tcp_keepalive=min(0xFFFF, int(tcp_idle_timeout * 10)))  # fmt: skip
+                         query_log=log_writer, tcp_keepalive=min(0xFFFF, int(tcp_idle_timeout * 10)),
+                         limiter=limiter)  # fmt: skip
 
     tcp_thread = threading.Thread(
         target=serve_tcp,
@@ -163,7 +166,6 @@ def worker_main(
     threading.Thread(target=control_loop, name=f"control-{index}", daemon=True).start()
     control.send(("ready", current[0].generation))
     udp_responder = responder()
-    limiter = RrlState(rrl_settings, rrl_counters) if rrl_settings is not None else None
     try:
         if fast_book is not None:
             if packet_counters is None:
@@ -173,7 +175,7 @@ def worker_main(
                                         control_flags, demand_counts, safe_respond, query_stats, sample_every,
                                         limiter)  # fmt: skip
         else:
-            serve_udp(udp_sock, udp_responder, counters, retire, limiter)
+            serve_udp(udp_sock, udp_responder, counters, retire)
         if retire.is_set():
             control.send(("retired",))  # no more UDP from this worker: the reload may report done
             tcp_thread.join(timeout=RETIRE_GRACE_S + 1)  # its open connections finish first
