@@ -133,3 +133,27 @@ def test_bench_failover_smoke(tmp_path: Path) -> None:
         "ratio_gdnsd_fast_vs_router_silent",
     ):
         assert is_number(figures[key]), (key, figures[key])
+
+
+def test_bench_hardening_smoke(tmp_path: Path) -> None:
+    """The flood, the slow TCP clients and the pktinfo runs, small: every reply well formed,
+    no worker lost, the router answering after; RRL and cookie figures null with a note."""
+    if not shutil.which("dnsperf") and not can_install():
+        pytest.skip("dnsperf is not installed and cannot be (not root with apt-get)")
+    bench = load_script(REPO / "loadtest" / "bench_hardening.py")
+    figures = smoke("bench_hardening.py", tmp_path)
+    assert "--smoke" in figures["command"]
+    for key in bench.CONTRACT_KEYS:
+        assert key in figures, key
+    for key in ("fuzz_packets", "fuzz_crashes", "fuzz_malformed_replies", "fuzz_worker_restarts",
+                "pktinfo_overhead_ratio", "tcp_slowloris_connections", "tcp_fresh_query_ms_p99"):  # fmt: skip
+        assert is_number(figures[key]), (key, figures[key])
+    assert figures["fuzz_packets"] >= 20_000 and figures["fuzz_tcp_messages"] > 0
+    assert figures["fuzz_crashes"] == 0 and figures["fuzz_worker_restarts"] == 0
+    assert figures["fuzz_malformed_replies"] == 0, figures["fuzz_malformed_examples"]
+    assert figures["valid_query_after"] == {"udp": True, "tcp": True}
+    assert figures["router_log_tracebacks"] == 0, figures["router_log_problem_lines"]
+    for key in ("rrl_attack_full_answers_ratio", "rrl_legit_answered_ratio", "rrl_overhead_ratio",
+                "cookie_overhead_ratio"):  # fmt: skip
+        assert figures[key] is None
+    assert figures["rrl_note"] and figures["cookie_note"]
