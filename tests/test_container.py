@@ -127,6 +127,23 @@ def _test_compose(source: Path, directory: Path) -> None:
     shutil.copytree(REPO / "deploy", directory / "deploy")
 
 
+def _wait_for_background_build(timeout: float = 1200) -> None:
+    """script/test starts script/image in the background (var/image-build.pid) so the images
+    build while the other tests run: wait for it, and fail with its log if it failed."""
+    pidfile, rcfile = REPO / "var" / "image-build.pid", REPO / "var" / "image-build.rc"
+    if not pidfile.exists():
+        return
+    deadline = time.monotonic() + timeout
+    while not rcfile.exists() and Path(f"/proc/{pidfile.read_text().strip()}").exists():
+        assert time.monotonic() < deadline, "the background image build did not finish in time"
+        time.sleep(1)
+    if not rcfile.exists():
+        return  # ended without a status (killed): the fixture builds them itself
+    rc = rcfile.read_text().strip()
+    log = (REPO / "var" / "image-build.log").read_text(errors="replace")[-4000:]
+    assert rc == "0", f"the background image build (script/image) failed ({rc}):\n{log}"
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator[dict[str, str]]:
     pidfile = REPO / "var" / "docker" / "dockerd.pid"
@@ -134,7 +151,8 @@ def engine() -> Iterator[dict[str, str]]:
     started = _run([str(REPO / "script" / "docker-engine"), "start"], dict(os.environ), 120)
     env = dict(os.environ, DOCKER_HOST=started.stdout.strip().split("=", 1)[1])
     try:
-        _run([str(REPO / "script" / "image")], env, 1200)
+        _wait_for_background_build()
+        _run([str(REPO / "script" / "image")], env, 1200)  # quick when nothing changed
         yield env
     finally:
         if not already:

@@ -23,7 +23,7 @@ from tests.fuzz.seeds import seed_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CRASHES = REPO / "tests" / "fuzz" / "crashes"
-FUZZ_SECONDS = 25
+FUZZ_SECONDS = 12
 DIFFERENTIAL_QUERIES = 100_000
 # Crash files whose bug is known and not fixed yet: file name -> the bug. Empty: none open.
 KNOWN_BUGS: dict[str, str] = {}
