@@ -32,8 +32,17 @@ stopped by its PID. Three parts (issue 17, "Figures"):
    ``--repetitions`` times, the order alternating. ``pktinfo_overhead_ratio``: median qps bound
    to 0.0.0.0 / median qps bound to 127.0.0.1 (target >= 0.9).
 
-RRL and cookie figures (``rrl_*``, ``cookie_overhead_ratio``) are null with a ``*_note``: this
-bench does not measure them (see the notes). ``--smoke``: 20,000 packets, 500 slow
+4. **RRL.** A router with the default rate (200/s, slip 2) and the loopback allow-list emptied:
+   one source (127.0.0.1, the "victim") floods ``www.cdn.example A`` (300,000 queries, at most
+   10 s) while 20 clients, each in its own /24 (127.0.10.1 ...), ask one query at a time.
+   ``rrl_attack_full_answers_ratio``: full answers the flooding source got / its queries
+   (target: at most rate x (1 + seconds) / queries, a second's burst plus the refill; slips are
+   counted apart); ``rrl_legit_answered_ratio``: the other clients' queries answered in full
+   (>= 0.999). ``rrl_overhead_ratio``: dnsperf qps with RRL on (a rate no reply reaches, so
+   every reply is classed and counted) / off (rate 0), same core and query file (>= 0.9).
+
+The cookie figure (``cookie_overhead_ratio``) is null with a ``cookie_note``: the router has no
+DNS cookies yet. ``--smoke``: 20,000 packets, 500 slow
 connections, 20 probes, 1 s runs: every part for real, for the test suite; its figures mean
 little. The JSON goes to FILE, the table to FILE with ``.txt``.
 """
@@ -67,6 +76,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from loadtest import packages  # noqa: E402
 from loadtest.hardening.flood import tcp_flood, udp_flood  # noqa: E402
 from loadtest.hardening.mutate import KINDS, Mutator  # noqa: E402
+from loadtest.hardening.rrl_attack import attack  # noqa: E402
 from loadtest.hardening.slowloris import hold, source_addresses  # noqa: E402
 from loadtest.throughput.dnsperf import (  # noqa: E402
     DNSPERF_ARGS,
@@ -85,9 +95,9 @@ CONTRACT_KEYS = ("fuzz_packets", "fuzz_crashes", "fuzz_malformed_replies", "fuzz
                  "rrl_attack_full_answers_ratio", "rrl_legit_answered_ratio", "rrl_overhead_ratio",
                  "cookie_overhead_ratio", "pktinfo_overhead_ratio", "tcp_slowloris_connections",
                  "tcp_fresh_query_ms_p99")  # fmt: skip
-RRL_NOTE = ("not measured: response rate limiting was not in the router this bench was written "
-            "against (it landed in 2b29432 while it was being written); measuring it needs client "
-            "prefixes outside the loopback allow-list, left to the RRL work")  # fmt: skip
+RRL_RATE = 200  # the default of rrl.rate
+RRL_NO_LIMIT = 1_000_000  # for the overhead runs: every reply accounted, none limited
+RRL_CLIENTS = 20
 COOKIE_NOTE = "not measured: DNS cookies (RFC 7873/9018) are not implemented in the router yet"
 TCP_SHARE = 0.10
 WATCH_EVERY = 50_000  # packets between two reads of the worker PIDs
@@ -97,6 +107,8 @@ PROBE_SOURCE = "127.0.0.2"
 PROBE_INTERVAL_S = 0.03
 PROBE_TIMEOUT_MS = 2000.0
 TARGETS = {
+    "rrl_legit_answered_ratio": (">= 0.999", lambda v: v >= 0.999),
+    "rrl_overhead_ratio": (">= 0.9", lambda v: v >= 0.9),
     "fuzz_crashes": ("== 0", lambda v: v == 0),
     "fuzz_malformed_replies": ("== 0", lambda v: v == 0),
     "fuzz_worker_restarts": ("== 0", lambda v: v == 0),
@@ -367,20 +379,103 @@ class Bench:
         )
         figures["pktinfo_cpu_ratio"] = round(wc / lc, 3) if wc and lc else None
 
+    # -- 4: response rate limiting ---------------------------------------------------------------
+
+    def _zones_with_rrl(self, name: str, rrl: dict) -> Path:
+        import yaml
+
+        zones = make_deployment(self.root / name)
+        settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+        settings["rrl"] = rrl  # "allow": [] -- loopback is limited like any client here
+        (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+        return zones
+
+    def rrl(self) -> None:
+        """A reflection attack from one source and real clients beside it, on a router with
+        the default rate and the loopback allow-list emptied; then the cost of the limiter at
+        the same offered load (dnsperf, a rate no reply reaches, against rate 0)."""
+        args, figures = self.args, self.figures
+        queries, seconds = (20_000, 2.0) if args.smoke else (300_000, 10.0)
+        zones = self._zones_with_rrl("rrl-attack", {"rate": RRL_RATE, "slip": 2, "allow": []})
+        router = start_router(zones, self.root, 1, None, "router_rrl")
+        try:
+            result = attack(router.port, queries, seconds, RRL_CLIENTS)
+        finally:
+            router.stop()
+        figures["rrl_rate"] = RRL_RATE
+        figures["rrl_attack_queries"] = result.queries
+        figures["rrl_attack_seconds"] = round(result.seconds, 2)
+        figures["rrl_attack_full_answers"] = result.full
+        figures["rrl_attack_truncated"] = result.truncated
+        if result.queries:
+            figures["rrl_attack_full_answers_ratio"] = round(result.full / result.queries, 5)
+            # One second's burst plus the refill while the attack lasted.
+            figures["rrl_attack_full_answers_bound"] = round(
+                RRL_RATE * (1 + result.seconds) / result.queries, 5
+            )
+        figures["rrl_legit_clients"] = RRL_CLIENTS
+        figures["rrl_legit_queries"] = result.legit_asked
+        figures["rrl_legit_timeouts"] = result.legit_timeouts
+        figures["rrl_legit_truncated"] = result.legit_truncated
+        figures["rrl_legit_errors"] = result.errors[:5]
+        figures["rrl_legit_answered_ratio"] = (
+            round(result.legit_answered / result.legit_asked, 5) if result.legit_asked else None
+        )
+        missing = packages.ensure({"dnsperf": PACKAGES["dnsperf"]})
+        if missing:
+            figures["rrl_overhead_ratio"] = None
+            figures["rrl_overhead_note"] = f"dnsperf cannot be had: {missing}"
+            return
+        datafile = self.root / "queries-ecs.bin"
+        datafile.write_bytes(frame([q.wire for q in self.mix]))
+        servers = {}
+        try:
+            servers["rrl_on"] = start_router(
+                self._zones_with_rrl("rrl-on", {"rate": RRL_NO_LIMIT, "allow": []}),
+                self.root, 1, SERVER_CORE, "router_rrl_on",
+            )  # fmt: skip
+            servers["rrl_off"] = start_router(
+                self._zones_with_rrl("rrl-off", {"rate": 0}), self.root, 1, SERVER_CORE, "router_rrl_off"
+            )  # fmt: skip
+            runs: dict[str, list] = {"rrl_on": [], "rrl_off": []}
+            for server in servers.values():  # unmeasured warm-up
+                run_dnsperf(server, datafile, min(1.0, args.seconds), "ecs", -1, LOAD_CORE)
+            for rep in range(args.repetitions):
+                order = ("rrl_on", "rrl_off") if rep % 2 == 0 else ("rrl_off", "rrl_on")
+                for key in order:
+                    runs[key].append(
+                        run_dnsperf(servers[key], datafile, args.seconds, "ecs", rep, LOAD_CORE)
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+        for key, done in runs.items():
+            qps = [r.qps for r in done if r.qps]
+            cpu = [r.cpu_us_per_query for r in done if r.cpu_us_per_query]
+            figures[f"router_{key}_qps"] = round(median(qps)) if qps else None
+            figures[f"router_{key}_cpu_us_per_query"] = round(median(cpu), 2) if cpu else None
+        on, off = figures["router_rrl_on_qps"], figures["router_rrl_off_qps"]
+        figures["rrl_overhead_ratio"] = round(on / off, 3) if on and off else None
+        con, coff = (
+            figures["router_rrl_on_cpu_us_per_query"],
+            figures["router_rrl_off_cpu_us_per_query"],
+        )
+        figures["rrl_cpu_ratio"] = round(con / coff, 3) if con and coff else None
+
     # -- the rest -------------------------------------------------------------------------------
 
     def finish(self) -> dict:
         args, figures = self.args, self.figures
-        for key in (
-            "rrl_attack_full_answers_ratio",
-            "rrl_legit_answered_ratio",
-            "rrl_overhead_ratio",
-        ):
-            figures[key] = None
-        figures["rrl_note"] = RRL_NOTE
+        figures["targets"] = {}
+        bound = figures.get("rrl_attack_full_answers_bound")
+        if bound is not None and figures.get("rrl_attack_full_answers_ratio") is not None:
+            ratio = figures["rrl_attack_full_answers_ratio"]
+            figures["targets"]["rrl_attack_full_answers_ratio"] = {
+                "value": ratio, "target": f"<= {bound:.4f} (rate x time / queries)",
+                "pass": ratio <= bound,
+            }  # fmt: skip
         figures["cookie_overhead_ratio"] = None
         figures["cookie_note"] = COOKIE_NOTE
-        figures["targets"] = {}
         for key, (text, test) in TARGETS.items():
             value = figures.get(key)
             figures["targets"][key] = {"value": value, "target": text,
@@ -421,7 +516,11 @@ def format_table(f: dict) -> str:
          fmt(f.get("pktinfo_overhead_ratio"), ".3f"), target("pktinfo_overhead_ratio")),
         ("CPU us/query", fmt(f.get("router_wildcard_cpu_us_per_query"), ".2f"),
          fmt(f.get("router_loopback_cpu_us_per_query"), ".2f"), fmt(f.get("pktinfo_cpu_ratio"), ".3f"), ""),
-        ("RRL on / off qps", "-", "-", "-", "not measured (rrl_note)"),
+        ("figure", "router RRL on", "router RRL off (peer)", "ratio", "target"),
+        ("qps (dnsperf, ECS mix)", fmt(f.get("router_rrl_on_qps")), fmt(f.get("router_rrl_off_qps")),
+         fmt(f.get("rrl_overhead_ratio"), ".3f"), target("rrl_overhead_ratio")),
+        ("CPU us/query", fmt(f.get("router_rrl_on_cpu_us_per_query"), ".2f"),
+         fmt(f.get("router_rrl_off_cpu_us_per_query"), ".2f"), fmt(f.get("rrl_cpu_ratio"), ".3f"), ""),
         ("cookies on / off qps", "-", "-", "-", "not measured (cookie_note)"),
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -432,6 +531,13 @@ def format_table(f: dict) -> str:
          f"UDP {fmt(f.get('fuzz_udp_packets'))} ({fmt(f.get('fuzz_udp_replies'))} replies), "
          f"TCP {fmt(f.get('fuzz_tcp_messages'))} ({fmt(f.get('fuzz_tcp_replies'))} replies)"),
         ("fuzz_crashes", fmt(f.get("fuzz_crashes")), target("fuzz_crashes")),
+        ("rrl_attack_full_answers_ratio", fmt(f.get("rrl_attack_full_answers_ratio"), ".5f"),
+         f"{target('rrl_attack_full_answers_ratio')}: {fmt(f.get('rrl_attack_full_answers'))} full and "
+         f"{fmt(f.get('rrl_attack_truncated'))} truncated of {fmt(f.get('rrl_attack_queries'))} queries in "
+         f"{fmt(f.get('rrl_attack_seconds'))} s (rate {fmt(f.get('rrl_rate'))}/s)"),
+        ("rrl_legit_answered_ratio", fmt(f.get("rrl_legit_answered_ratio"), ".5f"),
+         f"{target('rrl_legit_answered_ratio')}: {fmt(f.get('rrl_legit_queries'))} queries from "
+         f"{fmt(f.get('rrl_legit_clients'))} other /24s during the attack"),
         ("fuzz_malformed_replies", fmt(f.get("fuzz_malformed_replies")), target("fuzz_malformed_replies")),
         ("fuzz_worker_restarts", fmt(f.get("fuzz_worker_restarts")), target("fuzz_worker_restarts")),
         ("valid query after (udp, tcp)", str(f.get("valid_query_after")), ""),
@@ -447,7 +553,7 @@ def format_table(f: dict) -> str:
     width = max(len(r[0]) for r in single)
     vwidth = max(len(r[1]) for r in single)
     lines += [f"{a.ljust(width)}  {b.rjust(vwidth)}  {c}".rstrip() for a, b, c in single]
-    for key in ("rrl_note", "cookie_note", "pktinfo_note", "notes"):
+    for key in ("rrl_overhead_note", "cookie_note", "pktinfo_note", "notes"):
         if f.get(key):
             lines.append(f"note ({key}): {f[key]}")
     return "\n".join(lines)
@@ -460,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, Path(tmp))
         bench.flood_and_slow()
         bench.pktinfo()
+        bench.rrl()
         figures = bench.finish()
     table = format_table(figures)
     print(table)
