@@ -310,9 +310,38 @@ def test_too_short_to_answer_is_dropped(engine: Engine) -> None:
 def test_notimp_for_other_opcodes(engine: Engine, opcode: int) -> None:
     q = query("cdn.example.", "SOA")
     q.set_opcode(opcode)
+    q.flags |= dns.flags.RD
     reply = dns.message.from_wire(engine.raw(q.to_wire()))
     assert reply.rcode() == dns.rcode.NOTIMP
     assert reply.opcode() == opcode
+    assert not reply.flags & dns.flags.RD  # RD is defined for QUERY only
+
+
+@pytest.mark.parametrize("qdcount", [0, 2])
+@pytest.mark.parametrize("opcode", [dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE, 15])
+def test_opcode_is_judged_before_the_question_count(
+    engine: Engine, opcode: int, qdcount: int
+) -> None:
+    # A header-only packet (or two questions) with an opcode we do not implement is NOTIMP,
+    # not FORMERR: the opcode decides what the rest of the message may be.
+    question = b"\x03cdn\x07example\x00\x00\x06\x00\x01" * qdcount
+    packet = struct.pack("!HHHHHH", 0xBEEF, (opcode << 11) | 0x0100, qdcount, 0, 0, 0) + question
+    reply = engine.raw(packet)
+    qid, flags, qd, an, ns, ar = struct.unpack("!HHHHHH", reply)
+    assert (qid, qd, an, ns, ar) == (0xBEEF, 0, 0, 0, 0)
+    assert flags == 0x8000 | (opcode << 11) | dns.rcode.NOTIMP  # QR, the opcode, no RD
+
+
+def test_rd_is_echoed_on_query(engine: Engine) -> None:
+    q = query("origin.cdn.example.", "A")
+    assert engine.ask(q).flags & dns.flags.RD
+    q.flags &= ~dns.flags.RD
+    assert not engine.ask(q).flags & dns.flags.RD
+    header_only = struct.pack("!HHHHHH", 7, 0x0100, 0, 0, 0, 0)
+    assert (
+        struct.unpack_from("!H", engine.raw(header_only), 2)[0]
+        == 0x8000 | 0x0100 | dns.rcode.FORMERR
+    )
 
 
 # -- EDNS(0) ----------------------------------------------------------------------------

@@ -265,6 +265,9 @@ def test_malformed_and_odd_packets_give_the_same_bytes(pair: Pair) -> None:
         base[:2] + b"\x29\x00" + base[4:],  # opcode UPDATE
         struct.pack("!HHHHHH", 1, 0x0100, 2, 0, 0, 0) + question + question,  # QDCOUNT 2
         struct.pack("!HHHHHH", 1, 0x0100, 0, 0, 0, 0),
+        struct.pack("!HHHHHH", 1, 0x2100, 0, 0, 0, 0),  # NOTIFY, header only: NOTIMP
+        struct.pack("!HHHHHH", 1, 0x7900, 2, 0, 0, 0) + question + question,  # opcode 15, QDCOUNT 2
+        base[:2] + b"\x21\x00" + base[4:],  # NOTIFY with RD: NOTIMP, RD not echoed
         header[:4] + b"\x00\x01\x00\x00\x00\x00\x00\x01" + question + opt + b"\x00\x04" + b"\x00\x08\x00\x00",
         header[:10] + b"\x00\x01" + question + opt + b"\x00\x0b" + ecs,  # well-formed ECS
         header[:10] + b"\x00\x02" + question + opt + b"\x00\x0b" + ecs + opt + b"\x00\x00",  # two OPTs

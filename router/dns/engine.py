@@ -178,7 +178,7 @@ class Responder:
         """Count ``reply`` to the last query (and log it if it is sampled, with what rate
         limiting did to it: ``limited``)."""
         q = self.last_query
-        rcode = wire.FORMERR if q is None else reply_rcode(reply, q)
+        rcode = reply[3] & 0xF if q is None else reply_rcode(reply, q)
         if self.stats is not None:
             assert self.labels is not None
             transport = query_stats.UDP if udp else query_stats.TCP
@@ -195,10 +195,8 @@ class Responder:
             return None  # no header to answer, or a response: never reply (reflection loops)
         try:
             q = wire.parse_query(packet)
-        except FormatError:
-            return self._formerr(packet)
-        except (IndexError, struct.error):
-            return self._formerr(packet)
+        except (FormatError, IndexError, struct.error):
+            return self._unparsed(packet)
         self.last_query = q
         if q.edns and q.version != 0:
             return self._reply(q, wire.BADVERS, 0, 0, 0, b"", udp, ecs_scope=None)
@@ -296,11 +294,15 @@ class Responder:
 
     # -- encoding ----------------------------------------------------------------------
 
-    def _formerr(self, packet: bytes) -> bytes:
-        # The query could not be parsed: echo the ID and opcode, nothing else.
+    def _unparsed(self, packet: bytes) -> bytes:
+        """The header-only reply to a query that could not be parsed: NOTIMP for an opcode
+        other than QUERY (the opcode is judged before the counts and question, so a
+        header-only NOTIFY or STATUS is not called malformed), FORMERR otherwise."""
         qid, flags = struct.unpack_from("!HH", packet)
-        flags = wire.QR | (flags & 0x7900) | wire.FORMERR  # opcode and RD kept
-        return _HEADER.pack(qid, flags, 0, 0, 0, 0)
+        opcode = flags & wire.OPCODE_MASK
+        if opcode:
+            return _HEADER.pack(qid, wire.QR | opcode | wire.NOTIMP, 0, 0, 0, 0)
+        return _HEADER.pack(qid, wire.QR | (flags & wire.RD) | wire.FORMERR, 0, 0, 0, 0)
 
     def _reply(
         self,
@@ -317,9 +319,7 @@ class Responder:
     ) -> bytes:
         """Assemble header, the client's own question, sections and OPT; truncate for UDP."""
         extended = rcode_flags == wire.BADVERS
-        flags = (
-            wire.QR | (q.flags & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
-        )
+        flags = wire.QR | (q.flags & wire.echoed_flags(q.opcode)) | (0 if extended else rcode_flags)
         opt = b""
         if q.edns:
             options = b""

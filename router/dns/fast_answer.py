@@ -501,7 +501,8 @@ def _reply(
     ``ecs_scope`` < 0 means no ECS option in the reply.
     """
     extended = rcode_flags == wire.BADVERS
-    flags = wire.QR | (q[Q_FLAGS] & (wire.RD | wire.CD | 0x7800)) | (0 if extended else rcode_flags)
+    echoed = wire.OPCODE_MASK | wire.CD | (wire.RD if q[Q_OPCODE] == 0 else 0)  # wire.echoed_flags
+    flags = wire.QR | (q[Q_FLAGS] & echoed) | (0 if extended else rcode_flags)
     q[Q_RCODE] = query_stats.RCODE_BADVERS if extended else rcode_flags & 0xF
     qend = q[Q_QEND] + 4
     with_ecs = q[Q_ECS] == 1 and ecs_scope >= 0 and not extended
@@ -727,12 +728,19 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
     if n < 12 or pkt[2] & 0x80:
         return NO_REPLY  # no header to answer, or a response: never reply (reflection loops)
     if not _parse_query(pkt, n, q):
+        # Responder._unparsed: NOTIMP for another opcode (judged before the question),
+        # else FORMERR; the header only.
         q[Q_NAME] = query_stats.NAME_UNPARSED
         q[Q_QTYPE] = -1
-        q[Q_RCODE] = wire.FORMERR
+        flags = _u16(pkt, 2)
+        if flags & wire.OPCODE_MASK:
+            q[Q_RCODE] = wire.NOTIMP
+            _put16(out, 2, wire.QR | (flags & wire.OPCODE_MASK) | wire.NOTIMP)
+        else:
+            q[Q_RCODE] = wire.FORMERR
+            _put16(out, 2, wire.QR | (flags & wire.RD) | wire.FORMERR)
         out[0] = pkt[0]
         out[1] = pkt[1]
-        _put16(out, 2, wire.QR | (_u16(pkt, 2) & 0x7900) | wire.FORMERR)
         for i in range(4, 12):
             out[i] = 0
         return 12

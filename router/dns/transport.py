@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from router.dns import pktinfo
+from router.dns import pktinfo, wire
 from router.dns.engine import Responder
 
 log = logging.getLogger("router.dns")
@@ -67,7 +67,13 @@ def safe_respond(
         if len(packet) >= 12 and not packet[2] & 0x80:
             qid, flags = struct.unpack_from("!HH", packet)
             reply = struct.pack(
-                "!HHHHHH", qid, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0
+                "!HHHHHH",
+                qid,
+                0x8000 | (flags & wire.echoed_flags((flags >> 11) & 0xF)) | 2,
+                0,
+                0,
+                0,
+                0,
             )  # SERVFAIL
             with contextlib.suppress(Exception):  # counted if it can be; answered either way
                 responder.account(reply, source, udp, sampled)

@@ -15,6 +15,14 @@ AA = 0x0400
 TC = 0x0200
 RD = 0x0100
 CD = 0x0010
+OPCODE_MASK = 0x7800
+
+
+def echoed_flags(opcode: int) -> int:
+    """The query's header bits a reply copies: the opcode and CD, and RD on QUERY only (RFC
+    1035 4.1.1 defines RD for queries; a NOTIFY or UPDATE reply carries none)."""
+    return OPCODE_MASK | CD | (RD if opcode == 0 else 0)
+
 
 # RCODEs.
 NOERROR = 0
