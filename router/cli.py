@@ -11,12 +11,14 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 from router.config import ConfigError, Deployment, load_deployment
 
 TOKEN_ENV = "ROUTER_API_TOKEN"
+MAX_NSID = 128  # octets: an identifier, not a payload (an NSID reply must stay small)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with rate limiting, send every K-th limited response truncated (TC=1) instead of "
         "dropping it, so real clients retry over TCP (0: drop all); default: rrl.slip, 2",
+    )
+    serve.add_argument(
+        "--nsid",
+        metavar="TEXT",
+        help="the name server identifier (RFC 5001) sent to clients that ask for it (dig +nsid), "
+        "so an operator sees which anycast instance answered; '' sends none; default: the host "
+        f"name; at most {MAX_NSID} octets",
     )
     serve.add_argument(
         "--telemetry",
@@ -364,6 +373,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             print(f"router serve: {flag} must be 0 or more, got {value}", file=sys.stderr)
             return 2
+    nsid = (socket.gethostname() if args.nsid is None else args.nsid).encode()
+    if len(nsid) > MAX_NSID:
+        print(f"router serve: --nsid is {len(nsid)} octets, more than {MAX_NSID}", file=sys.stderr)
+        return 2
     query_log = None
     if args.query_log is not None:
         try:
@@ -390,6 +403,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             keys_file=args.keys,
             rrl_rate=args.rrl_rate,
             rrl_slip=args.rrl_slip,
+            nsid=nsid,
         ),  # fmt: skip
         api_app=create_app,
     )

@@ -8,6 +8,7 @@ than loopback run in process only (a test cannot send from real ISP addresses).
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 from pathlib import Path
@@ -20,6 +21,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import dns.tsig
 import dnslib
 import pytest
 
@@ -330,6 +332,40 @@ def test_opcode_is_judged_before_the_question_count(
     qid, flags, qd, an, ns, ar = struct.unpack("!HHHHHH", reply)
     assert (qid, qd, an, ns, ar) == (0xBEEF, 0, 0, 0, 0)
     assert flags == 0x8000 | (opcode << 11) | dns.rcode.NOTIMP  # QR, the opcode, no RD
+
+
+UNKNOWN_KEY = dns.tsig.Key(
+    "transfer-key.example.", base64.b64encode(b"k" * 32).decode(), "hmac-sha256"
+)
+
+
+@pytest.mark.parametrize("use_edns", [False, True])
+def test_a_query_signed_with_an_unknown_key_gets_notauth_badkey(
+    engine: Engine, use_edns: bool
+) -> None:
+    q = query("origin.cdn.example.", "A", use_edns=0 if use_edns else None)
+    q.use_tsig(UNKNOWN_KEY)
+    reply = engine.raw(q.to_wire())
+    assert reply[3] & 0xF == dns.rcode.NOTAUTH
+    with pytest.raises(dns.tsig.PeerBadKey):  # dnspython reads the TSIG error: BADKEY
+        dns.message.from_wire(reply, keyring={UNKNOWN_KEY.name: UNKNOWN_KEY}, request_mac=q.mac)
+    unsigned = dns.message.from_wire(reply, ignore_trailing=False, keyring=False)
+    assert unsigned.answer == [] and unsigned.id == q.id
+    assert (unsigned.edns == 0) == use_edns
+    tsig = unsigned.tsig[0]
+    assert (tsig.error, tsig.mac, tsig.original_id) == (dns.rcode.BADKEY, b"", q.id)
+    assert unsigned.keyname == UNKNOWN_KEY.name
+
+
+def test_a_tsig_record_that_is_not_last_is_formerr(engine: Engine) -> None:
+    q = query("origin.cdn.example.", "A")
+    q.use_tsig(UNKNOWN_KEY)
+    signed = q.to_wire()
+    # One more additional record after the TSIG: RFC 8945 5.2 says FORMERR.
+    extra = b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\x01\x02\x03\x04"
+    arcount = struct.unpack_from("!H", signed, 10)[0] + 1
+    packet = signed[:10] + struct.pack("!H", arcount) + signed[12:] + extra
+    assert engine.raw(packet)[3] & 0xF == dns.rcode.FORMERR
 
 
 def test_rd_is_echoed_on_query(engine: Engine) -> None:

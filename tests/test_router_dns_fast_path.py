@@ -25,6 +25,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rdatatype
+import dns.tsig
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -72,26 +73,30 @@ class Pair:
     fast path punts is answered, and counted, by a general responder behind it; the fast
     path's counts plus that one's must equal the general path's own."""
 
-    def __init__(self, engine: Engine, view: TableView) -> None:
+    def __init__(self, engine: Engine, view: TableView, nsid: bytes = b"") -> None:
         self.view = view
         self.demand_general = np.zeros(
             (len(engine.model.policies), len(engine.model.client_map.groups)), np.int64
         )
         self.demand_fast = np.zeros_like(self.demand_general)
-        fast_book = compile_book(engine.book, engine.model.client_map)
+        fast_book = compile_book(engine.book, engine.model.client_map, nsid)
         self.labels = fast_book.labels
         nodes = len(engine.model.node_ids)
         self.stats_general = QueryStats.zeros(len(self.labels.names), nodes)
         self.stats_fast = QueryStats.zeros(len(self.labels.names), nodes)
         self.stats_punted = QueryStats.zeros(len(self.labels.names), nodes)
         self.general = Responder(engine.book, engine.model.client_map, lambda: self.view,
-                                 demand_counts=self.demand_general)  # fmt: skip
+                                 demand_counts=self.demand_general, nsid=nsid)  # fmt: skip
         # Counts only what ``check`` sends (tests also use ``general`` on its own).
         self.counting = Responder(
-            engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_general
+            engine.book,
+            engine.model.client_map,
+            lambda: self.view,
+            stats=self.stats_general,
+            nsid=nsid,
         )
         self.behind_fast = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_punted,
-                                     labels=self.labels)  # fmt: skip
+                                     labels=self.labels, nsid=nsid)  # fmt: skip
         self.fast = FastResponder(fast_book, lambda: self.view, self.demand_fast, self.stats_fast)
         self.answered = 0
         self.punted = 0
@@ -251,6 +256,45 @@ def test_split_groups_pick_the_same_node_per_subnet(engine: Engine, split_pair: 
             split_pair.check(make_query("www.cdn.example.", "A", None, edns=False), address)
     checked = 160 * (len(split_v4) + len(split_v6))
     assert split_pair.punted == punted and split_pair.answered - answered == checked
+
+
+@pytest.mark.parametrize("nsid", [b"edge-7.fra", b""])
+def test_nsid_is_answered_alike_when_asked(engine: Engine, nsid: bytes) -> None:
+    pair = Pair(engine, engine.view, nsid)
+    cases = [("video.cdn.example.", "A", "83.44.10.0/24"), ("video.cdn.example.", "AAAA", None),
+             ("origin.cdn.example.", "A", None), ("nothing.cdn.example.", "A", None),
+             ("elsewhere.example.org.", "A", None), ("cdn.example.", "OPT", None)]  # fmt: skip
+    for name, rdtype, ecs in cases:
+        for ask in (True, False):
+            options = [dns.edns.GenericOption(dns.edns.NSID, b"")] if ask else []
+            if ecs is not None:
+                address, bits = ecs.split("/")
+                options.append(dns.edns.ECSOption(address, int(bits)))
+            q = dns.message.make_query(name, rdtype, use_edns=0, options=options)
+            pair.check(q.to_wire())
+            reply = dns.message.from_wire(pair.general.respond(q.to_wire(), "127.0.0.1", True))
+            sent = [o for o in reply.options if o.otype == dns.edns.NSID]
+            assert sent == ([dns.edns.NSIDOption(nsid)] if ask and nsid else []), (
+                name,
+                rdtype,
+                ask,
+            )
+        # Without EDNS there is nowhere to put it.
+        plain = dns.message.make_query(name, "A")
+        assert (
+            dns.message.from_wire(pair.general.respond(plain.to_wire(), "127.0.0.1", True)).edns < 0
+        )
+    assert pair.answered >= 2 * len(cases)
+
+
+def test_signed_queries_go_to_the_general_path(pair: Pair) -> None:
+    key = dns.tsig.Key("k.example.", "a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U=", "hmac-sha256")
+    for name in ("video.cdn.example.", "nothing.cdn.example."):
+        q = dns.message.make_query(name, "A", use_edns=0)
+        q.use_tsig(key)
+        punted = pair.punted
+        pair.check(q.to_wire())
+        assert pair.punted == punted + 1  # answered NOTAUTH/BADKEY by Responder, the same bytes
 
 
 def test_malformed_and_odd_packets_give_the_same_bytes(pair: Pair) -> None:

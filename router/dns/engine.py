@@ -28,6 +28,7 @@ NO_EDNS_UDP_PAYLOAD = 512
 _HEADER = struct.Struct("!HHHHHH")
 _OPT_FIXED = struct.Struct("!BHHBBHH")  # root, type, payload, ext-rcode, version, flags, rdlen
 _ECS_HEADER = struct.Struct("!HHHBB")  # option code, length, family, source, scope
+_OPTION = struct.Struct("!HH")  # option code, length
 _KEEPALIVE = struct.Struct("!HHH")  # option code, length, TIMEOUT in 100 ms units
 
 # RFC 7871 section 10 / RFC 6890: ECS addresses in these blocks say nothing about where
@@ -136,10 +137,13 @@ class Responder:
         query_log: QueryLog | None = None,
         tcp_keepalive: int | None = None,
         limiter: RrlState | None = None,
+        nsid: bytes = b"",
     ) -> None:
         """``tcp_keepalive``: the TCP idle timeout in units of 100 ms, told to clients that
         send edns-tcp-keepalive over TCP (RFC 7828); None: not told. ``limiter``: response
-        rate limiting for UDP replies (router/dns/rrl.py), the worker's table."""
+        rate limiting for UDP replies (router/dns/rrl.py), the worker's table. ``nsid``: this
+        instance's name server identifier (RFC 5001), sent to clients that ask (b"": none)."""
+        self.nsid = nsid
         self.tcp_keepalive = tcp_keepalive
         self.limiter = limiter
         self.book = book
@@ -198,6 +202,8 @@ class Responder:
         except (FormatError, IndexError, struct.error):
             return self._unparsed(packet)
         self.last_query = q
+        if q.tsig is not None:
+            return self._bad_key(packet, q, udp)
         if q.edns and q.version != 0:
             return self._reply(q, wire.BADVERS, 0, 0, 0, b"", udp, ecs_scope=None)
         if q.opcode != 0:
@@ -294,6 +300,18 @@ class Responder:
 
     # -- encoding ----------------------------------------------------------------------
 
+    def _bad_key(self, packet: bytes, q: Query, udp: bool) -> bytes:
+        """RFC 8945 5.2: a signed query whose key this server does not know (it knows none)
+        gets NOTAUTH with TSIG error BADKEY, unsigned, its TSIG record last."""
+        try:
+            record = wire.tsig_error_record(packet, q.tsig, wire.BADKEY)
+        except (FormatError, IndexError):
+            self.last_query = None
+            return self._unparsed(packet)
+        reply = self._reply(q, wire.NOTAUTH, 0, 0, 0, b"", udp, ecs_scope=None)
+        arcount = struct.unpack_from("!H", reply, 10)[0] + 1
+        return reply[:10] + struct.pack("!H", arcount) + reply[12:] + record
+
     def _unparsed(self, packet: bytes) -> bytes:
         """The header-only reply to a query that could not be parsed: NOTIMP for an opcode
         other than QUERY (the opcode is judged before the counts and question, so a
@@ -329,6 +347,8 @@ class Responder:
                     _ECS_HEADER.pack(wire.ECS_OPTION, 4 + len(octets), family, bits, ecs_scope)
                     + octets
                 )
+            if q.nsid and self.nsid and not extended:
+                options += _OPTION.pack(wire.NSID_OPTION, len(self.nsid)) + self.nsid
             if q.keepalive and not udp and self.tcp_keepalive is not None:
                 # RFC 7828 3.3.1: over TCP only, with the timeout this connection has. A TIMEOUT
                 # a client wrongly sent is ignored; over UDP the option is never sent.

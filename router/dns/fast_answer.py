@@ -48,7 +48,7 @@ F_WILDCARD = 16  # has a wildcard child (*.name)
 
 MAX_QUESTION_LABELS = 128  # 255 octets hold at most 127 labels plus the root
 BODY_SCRATCH = 65536
-QUERY_FIELDS = 18
+QUERY_FIELDS = 20
 
 # Fields of the parsed query in the int64 scratch array.
 Q_ID, Q_FLAGS, Q_QEND, Q_QTYPE, Q_QCLASS, Q_EDNS, Q_PAYLOAD, Q_VERSION = range(8)
@@ -56,6 +56,8 @@ Q_DO, Q_ECS, Q_ECS_ERR, Q_ECS_FAMILY, Q_ECS_BITS, Q_ECS_ADDR, Q_ECS_ALEN, Q_OPCO
 # What the reply is counted as (router/dns/query_stats.py): the name label (-1: not
 # known yet) and the rcode label.
 Q_NAME, Q_RCODE = 16, 17
+Q_TSIG = 18  # the query is signed (TSIG, the last record): the general path answers it
+Q_NSID = 19  # the query asks for the NSID (RFC 5001)
 
 # Positions in FastBook.arrays (numba indexes a tuple of mixed arrays by constant).
 (
@@ -93,7 +95,8 @@ Q_NAME, Q_RCODE = 16, 17
     B_KEY_NAME,
     B_ZONE_OTHER,
     B_TYPE_BUCKET,
-) = range(34)
+    B_NSID,
+) = range(35)
 
 _TYPE_DS = 43
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -144,8 +147,9 @@ class _Builder:
         return index
 
 
-def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
-    """Flatten ``book`` (and the client map's arrays) for ``answer_query``."""
+def compile_book(book: AnswerBook, client_map: ClientMap, nsid: bytes = b"") -> FastBook:
+    """Flatten ``book`` (and the client map's arrays) for ``answer_query``; ``nsid``: this
+    instance's NSID (RFC 5001; b"": none), as ``Responder`` sends it."""
     b = _Builder()
     labels = QueryLabels.from_book(book)
     key_name: list[int] = []  # each hash entry's name label (QueryLabels.name_label, precomputed)
@@ -229,6 +233,7 @@ def compile_book(book: AnswerBook, client_map: ClientMap) -> FastBook:
         np.array(key_name, dtype=np.int64),
         np.array([labels.zone_other[k] for k in book.zones] or [query_stats.NAME_NO_ZONE], dtype=np.int64),
         query_stats.TYPE_BUCKET,
+        np.frombuffer(nsid, dtype=np.uint8).copy(),
     )  # fmt: skip
     return FastBook(arrays, len(steered), len(st), len(b.keys), labels)
 
@@ -388,7 +393,9 @@ def _parse_opt(pkt, n, pos, q):
         pos += 4
         if pos + length > rdend:
             return -1
-        if code == wire.ECS_OPTION:
+        if code == wire.NSID_OPTION:
+            q[Q_NSID] = 1
+        elif code == wire.ECS_OPTION:
             if q[Q_ECS] or q[Q_ECS_ERR]:
                 q[Q_ECS_ERR] = 1  # RFC 7871: at most one ECS option
             elif not _parse_ecs(pkt, pos, length, q):
@@ -437,6 +444,8 @@ def _parse_query(pkt, n, q):
             return False
     seen_opt = False
     for _ in range(arcount):
+        if q[Q_TSIG]:
+            return False  # TSIG is not the last record
         if (
             pos < n
             and pkt[pos] == 0
@@ -456,8 +465,11 @@ def _parse_query(pkt, n, q):
             if pos < 0:
                 return False
             at = _read_name(pkt, n, start)
-            if _u16(pkt, at) == wire.OPT_TYPE:
+            kind = _u16(pkt, at)
+            if kind == wire.OPT_TYPE:
                 return False  # OPT not owned by the root
+            if kind == wire.TSIG_TYPE:
+                q[Q_TSIG] = 1
     return pos == n
 
 
@@ -494,11 +506,12 @@ def _reply(
     extra_required,
     udp,
     ecs_scope,
+    nsid,
 ):
     """Header, the client's question, sections and OPT, truncated for UDP; returns the length.
 
     ``body[main_off:]`` holds the answer and authority sections then the additional one;
-    ``ecs_scope`` < 0 means no ECS option in the reply.
+    ``ecs_scope`` < 0 means no ECS option in the reply; ``nsid``: the NSID sent if asked.
     """
     extended = rcode_flags == wire.BADVERS
     echoed = wire.OPCODE_MASK | wire.CD | (wire.RD if q[Q_OPCODE] == 0 else 0)  # wire.echoed_flags
@@ -506,9 +519,12 @@ def _reply(
     q[Q_RCODE] = query_stats.RCODE_BADVERS if extended else rcode_flags & 0xF
     qend = q[Q_QEND] + 4
     with_ecs = q[Q_ECS] == 1 and ecs_scope >= 0 and not extended
+    with_nsid = q[Q_NSID] == 1 and nsid.shape[0] > 0 and not extended
     opt_len = 0
     if q[Q_EDNS]:
-        opt_len = 11 + (8 + q[Q_ECS_ALEN] if with_ecs else 0)
+        opt_len = (
+            11 + (8 + q[Q_ECS_ALEN] if with_ecs else 0) + (4 + nsid.shape[0] if with_nsid else 0)
+        )
     opt_count = 1 if opt_len else 0
     size = qend + main_len + extra_len + opt_len
     use_main = True
@@ -557,12 +573,17 @@ def _reply(
             a = q[Q_ECS_ADDR]
             _copy(out, pos + 8, pkt, a, alen)
             pos += 8 + alen
+        if with_nsid:
+            _put16(out, pos, wire.NSID_OPTION)
+            _put16(out, pos + 2, nsid.shape[0])
+            _copy(out, pos + 4, nsid, 0, nsid.shape[0])
+            pos += 4 + nsid.shape[0]
     return pos
 
 
 @njit(**JIT_OPTIONS)
-def _empty_reply(pkt, q, out, rcode, body, udp):
-    return _reply(pkt, q, out, rcode, 0, 0, 0, body, 0, 0, 0, False, udp, -1)
+def _empty_reply(pkt, q, out, rcode, book, body, udp):
+    return _reply(pkt, q, out, rcode, 0, 0, 0, body, 0, 0, 0, False, udp, -1, book[B_NSID])
 
 
 # --- locating the client (Responder._locate, mirrored) -------------------------------------
@@ -744,19 +765,21 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
         for i in range(4, 12):
             out[i] = 0
         return 12
+    if q[Q_TSIG]:
+        return PUNT  # signed: NOTAUTH/BADKEY from Responder._bad_key (rare; no key is known)
     if q[Q_EDNS] and q[Q_VERSION] != 0:
-        return _empty_reply(pkt, q, out, wire.BADVERS, body, udp)
+        return _empty_reply(pkt, q, out, wire.BADVERS, book, body, udp)
     if q[Q_OPCODE] != 0:
-        return _empty_reply(pkt, q, out, wire.NOTIMP, body, udp)
+        return _empty_reply(pkt, q, out, wire.NOTIMP, book, body, udp)
     if q[Q_ECS_ERR]:
-        return _empty_reply(pkt, q, out, wire.FORMERR, body, udp)
+        return _empty_reply(pkt, q, out, wire.FORMERR, book, body, udp)
     qtype = q[Q_QTYPE]
     if qtype == wire.OPT_TYPE or qtype == 250:
-        return _empty_reply(pkt, q, out, wire.FORMERR, body, udp)
+        return _empty_reply(pkt, q, out, wire.FORMERR, book, body, udp)
     if q[Q_QCLASS] != wire.CLASS_IN or qtype == 249 or qtype == 251 or qtype == 252:
-        return _empty_reply(pkt, q, out, wire.REFUSED, body, udp)
+        return _empty_reply(pkt, q, out, wire.REFUSED, book, body, udp)
     if 128 <= qtype <= 254:
-        return _empty_reply(pkt, q, out, wire.NOTIMP, body, udp)
+        return _empty_reply(pkt, q, out, wire.NOTIMP, book, body, udp)
 
     keys, key_off, key_tag, key_val, slots = (
         book[B_KEYS],
@@ -779,7 +802,7 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
     z, count = _zone_of(pkt, qend, book, labels)
     if z < 0:
         q[Q_NAME] = query_stats.NAME_NO_ZONE
-        return _empty_reply(pkt, q, out, wire.REFUSED, body, udp)
+        return _empty_reply(pkt, q, out, wire.REFUSED, book, body, udp)
     origin_len = book[B_ORIGIN_LEN][z]
     tag = TAG_ZONE_NAME + z
     for k in range(count):
@@ -885,7 +908,7 @@ def _negative(pkt, q, out, book, z, slot, qlen, udp):
 def _static(pkt, q, out, book, index, udp):
     head = book[B_ST_HEAD]
     return _reply(pkt, q, out, head[index, 0], head[index, 1], head[index, 2], head[index, 3], book[B_ST_BYTES],
-                  book[B_ST_OFF][index], book[B_ST_MAIN_LEN][index], book[B_ST_EXTRA_LEN][index], head[index, 4] != 0, udp, 0)  # fmt: skip
+                  book[B_ST_OFF][index], book[B_ST_MAIN_LEN][index], book[B_ST_EXTRA_LEN][index], head[index, 4] != 0, udp, 0, book[B_NSID])  # fmt: skip
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -937,7 +960,9 @@ def _steered(
         _copy(body, size, rec_bytes, rec_off[r], length)
         size += length
         count += 1
-    return _reply(pkt, q, out, wire.AA, count, 0, 0, body, 0, size, 0, False, udp, scope)
+    return _reply(
+        pkt, q, out, wire.AA, count, 0, 0, body, 0, size, 0, False, udp, scope, book[B_NSID]
+    )
 
 
 # --- a Python entry point (tests, TCP) -------------------------------------------------------

@@ -33,7 +33,12 @@ NOTIMP = 4
 REFUSED = 5
 BADVERS = 16  # extended: header 0, OPT ext-rcode 1
 
+NOTAUTH = 9
+BADKEY = 17  # TSIG error (RFC 8945)
+
 OPT_TYPE = 41
+TSIG_TYPE = 250
+NSID_OPTION = 3  # RFC 5001
 ECS_OPTION = 8
 TCP_KEEPALIVE_OPTION = 11  # RFC 7828
 CLASS_IN = 1
@@ -54,7 +59,7 @@ class Query:
     """What the responder needs from one query."""
 
     __slots__ = ("id", "flags", "question", "qname", "qtype", "qclass", "opcode",
-                 "edns", "payload", "version", "do", "ecs", "ecs_error", "keepalive")  # fmt: skip
+                 "edns", "payload", "version", "do", "ecs", "ecs_error", "keepalive", "tsig", "nsid")  # fmt: skip
 
     def __init__(self) -> None:
         self.edns = False
@@ -64,6 +69,8 @@ class Query:
         self.ecs: tuple[int, int, bytes] | None = None  # (family, source prefix, address octets)
         self.ecs_error = False
         self.keepalive = False  # the client sent edns-tcp-keepalive (RFC 7828)
+        self.nsid = False  # the client asked for the server's NSID (RFC 5001)
+        self.tsig: int | None = None  # offset of the TSIG record (the last one) if signed
 
 
 def parse_header(wire: bytes) -> tuple[int, int, int, int, int, int]:
@@ -138,6 +145,8 @@ def parse_query(wire: bytes) -> Query:
         pos = _skip_rr(wire, pos)
     seen_opt = False
     for _ in range(arcount):
+        if q.tsig is not None:
+            raise FormatError("TSIG is not the last record")  # RFC 8945 5.2
         if (
             pos < end
             and wire[pos] == 0
@@ -152,11 +161,52 @@ def parse_query(wire: bytes) -> Query:
         else:
             start = pos
             pos = _skip_rr(wire, pos)
-            if _rr_type(wire, start) == OPT_TYPE:
+            kind = _rr_type(wire, start)
+            if kind == OPT_TYPE:
                 raise FormatError("OPT record not owned by the root")
+            if kind == TSIG_TYPE:
+                q.tsig = start
     if pos != end:
         raise FormatError("trailing bytes after the last record")
     return q
+
+
+def expand_name(wire: bytes, pos: int) -> tuple[bytes, int]:
+    """The name at ``pos`` written out without compression, and the offset after it."""
+    end = read_name(wire, pos)  # checks pointers, loops and length first
+    labels = []
+    while wire[pos]:
+        if wire[pos] & 0xC0:
+            pos = ((wire[pos] & 0x3F) << 8) | wire[pos + 1]
+            continue
+        labels.append(wire[pos : pos + 1 + wire[pos]])
+        pos += 1 + wire[pos]
+    return b"".join(labels) + b"\0", end
+
+
+def tsig_error_record(wire: bytes, pos: int, error: int) -> bytes:
+    """The unsigned TSIG record of an error reply (RFC 8945 5.3.2: MAC size 0) to the TSIG
+    record at ``pos``: its key and algorithm names, time signed, fudge and original ID, with
+    ``error``. FormatError if that record is malformed."""
+    key, at = expand_name(wire, pos)
+    if at + 10 > len(wire):
+        raise FormatError("truncated TSIG record")
+    rdstart = at + 10
+    rdend = rdstart + _RR_FIXED.unpack_from(wire, at)[3]
+    algorithm, at = expand_name(wire, rdstart)
+    if at + 10 > rdend:
+        raise FormatError("truncated TSIG data")
+    time_fudge = wire[at : at + 8]
+    mac_size = (wire[at + 8] << 8) | wire[at + 9]
+    at += 10 + mac_size
+    if at + 6 > rdend:
+        raise FormatError("truncated TSIG data")
+    original_id = wire[at : at + 2]
+    other_len = (wire[at + 4] << 8) | wire[at + 5]
+    if at + 6 + other_len != rdend:
+        raise FormatError("TSIG data of the wrong length")
+    rdata = algorithm + time_fudge + b"\0\0" + original_id + _OPTION.pack(error, 0)
+    return key + _RR_FIXED.pack(TSIG_TYPE, 255, 0, len(rdata)) + rdata
 
 
 def _rr_type(wire: bytes, pos: int) -> int:
@@ -204,6 +254,8 @@ def _parse_opt(wire: bytes, pos: int, q: Query) -> int:
                 q.ecs_error = q.ecs is None
         elif code == TCP_KEEPALIVE_OPTION:
             q.keepalive = True
+        elif code == NSID_OPTION:
+            q.nsid = True  # RFC 5001 2.1: a request's payload is empty; any is ignored
         pos += length
     return rdend
 

@@ -66,6 +66,7 @@ class LoadedConfig:
     expected_peak: np.ndarray
     health: NodeHealth
     verifier: Verifier | None
+    nsid: bytes = b""  # this instance's NSID (RFC 5001; b"": none)
 
     @property
     def version(self) -> str:
@@ -88,6 +89,7 @@ def prepare(
     batched: bool,
     telemetry: bool,
     telemetry_public: bool = False,
+    nsid: bytes = b"",
 ) -> LoadedConfig:
     """Compile everything a config needs, before it serves (the slow part of a reload);
     ``model``: the deployment's, if already compiled; ``telemetry_public``: the API or
@@ -109,7 +111,7 @@ def prepare(
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
     model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
-    fast_book = compile_book(book, model.client_map) if batched else None
+    fast_book = compile_book(book, model.client_map, nsid) if batched else None
     labels = fast_book.labels if fast_book is not None else QueryLabels.from_book(book)
     return LoadedConfig(
         deployment=deployment,
@@ -128,6 +130,7 @@ def prepare(
         expected_peak=np.array([p.policy.expected_peak_gbps for p in model.policies]),
         health=NodeHealth(model.node_ids, monitor),
         verifier=verifier,
+        nsid=nsid,
     )
 
 

@@ -125,6 +125,7 @@ class Reloader:
                     service.batched,
                     service.telemetry,
                     service.telemetry_public,
+                    service.nsid,
                 )
             except ConfigError as exc:
                 return None, files, [str(problem) for problem in exc.problems]

@@ -52,6 +52,7 @@ class ServeOptions:
     keys_file: Path | None = None  # --keys: the node keys instead of health.keys
     rrl_rate: int | None = None  # --rrl-rate, over rrl.rate of deployment.yaml
     rrl_slip: int | None = None  # --rrl-slip, over rrl.slip
+    nsid: bytes = b""  # --nsid: this instance's NSID (RFC 5001)
 
 
 # (supervisor, token, reload) -> the HTTP API's application: the API is built above the
@@ -96,7 +97,7 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
             telemetry=options.telemetry is not None, state_file=options.state_file or deployment.state_file,
             udp_path=options.udp_path, files=files, query_log=options.query_log,
             telemetry_public=telemetry_public, keys_file=options.keys_file,
-            rrl=rrl_settings(deployment, options),
+            rrl=rrl_settings(deployment, options), nsid=options.nsid,
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)

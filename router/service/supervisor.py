@@ -63,10 +63,13 @@ class Supervisor:
         telemetry_public: bool = False,
         keys_file: Path | None = None,
         rrl: RrlSettings | None = None,
+        nsid: bytes = b"",
     ) -> None:
         """``listeners``: the DNS addresses, each served by ``workers`` worker processes of its
         own; ``telemetry_public``: the API or telemetry is off loopback (so the published sample
-        keys are refused); ``keys_file``: the node keys named by ``--keys``, if any."""
+        keys are refused); ``keys_file``: the node keys named by ``--keys``, if any; ``nsid``:
+        what this instance answers an NSID request with (RFC 5001; b"": nothing)."""
+        self.nsid = nsid
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
         if not listeners:
@@ -104,6 +107,7 @@ class Supervisor:
                 self.batched,
                 telemetry,
                 telemetry_public,
+                nsid,
             )
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc

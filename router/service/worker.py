@@ -82,6 +82,7 @@ def worker_main(
     tcp_counters: np.ndarray | None = None,
     rrl_settings: RrlSettings | None = None,
     rrl_counters: np.ndarray | None = None,
+    nsid: bytes = b"",
 ) -> None:
     """Serve until SIGTERM (also sent when the supervisor ``parent_pid`` dies). With ``fast_book`` UDP runs batched in compiled code
     (router/dns/udp_batch.py); without it, one packet at a time in Python.
@@ -118,7 +119,7 @@ def worker_main(
             log_writer = QueryLog(query_log, index)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
                          query_log=log_writer, tcp_keepalive=min(0xFFFF, int(tcp_idle_timeout * 10)),
-                         limiter=limiter)  # fmt: skip
+                         limiter=limiter, nsid=nsid)  # fmt: skip
 
     tcp_thread = threading.Thread(
         target=serve_tcp,

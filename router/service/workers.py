@@ -153,6 +153,7 @@ class WorkerPool:
                 "tcp_counters": self.tcp_counters[index],
                 "rrl_settings": self.rrl,
                 "rrl_counters": self.rrl_counters[index],
+                "nsid": config.nsid,
             },
             daemon=True,
         )
