@@ -21,6 +21,20 @@ TOKEN_ENV = "ROUTER_API_TOKEN"
 MAX_NSID = 128  # octets: an identifier, not a payload (an NSID reply must stay small)
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option (also used to check the commands docker-compose.yml runs)."""
     parser = argparse.ArgumentParser(prog="router", description=__doc__.split("\n")[0])
@@ -56,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds before an idle TCP connection is closed",
     )
+    serve.add_argument("--tcp-max-connections", type=_count, metavar="N",
+                       help="TCP connections each worker holds; when full, the one idle longest is closed "
+                            "for a new client (default 1024)")  # fmt: skip
+    serve.add_argument("--tcp-max-per-client", type=_count, metavar="N",
+                       help="TCP connections one client address may hold per worker (default 32)")  # fmt: skip
+    serve.add_argument("--tcp-partial-timeout", type=_seconds, metavar="SECONDS",
+                       help="a TCP message begun must be complete within this (default 2)")  # fmt: skip
     serve.add_argument(
         "--rrl-rate",
         type=int,
@@ -386,6 +407,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:
             print(f"router serve: --query-log: {exc}", file=sys.stderr)
             return 2
+    # Left out when not given: the runtime's defaults (router/dns/transport.py) apply.
+    tcp_limits = {name: value for name in ("tcp_max_connections", "tcp_max_per_client", "tcp_partial_timeout")
+                  if (value := getattr(args, name)) is not None}  # fmt: skip
     return serve(
         ServeOptions(
             zones=args.zones,
@@ -404,6 +428,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rrl_rate=args.rrl_rate,
             rrl_slip=args.rrl_slip,
             nsid=nsid,
+            **tcp_limits,
         ),  # fmt: skip
         api_app=create_app,
     )

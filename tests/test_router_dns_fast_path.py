@@ -31,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router.dns import cookies
 from router.dns.answers import name_key
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import PUNT, FastResponder, compile_book
@@ -73,8 +74,13 @@ class Pair:
     fast path punts is answered, and counted, by a general responder behind it; the fast
     path's counts plus that one's must equal the general path's own."""
 
-    def __init__(self, engine: Engine, view: TableView, nsid: bytes = b"") -> None:
+    def __init__(self, engine: Engine, view: TableView, nsid: bytes = b"",
+                 cookie_secrets: tuple[bytes, ...] = ()) -> None:  # fmt: skip
         self.view = view
+
+        def state() -> np.ndarray:  # each responder its own, as each worker has
+            return cookies.state_array(cookie_secrets)
+
         self.demand_general = np.zeros(
             (len(engine.model.policies), len(engine.model.client_map.groups)), np.int64
         )
@@ -86,7 +92,7 @@ class Pair:
         self.stats_fast = QueryStats.zeros(len(self.labels.names), nodes)
         self.stats_punted = QueryStats.zeros(len(self.labels.names), nodes)
         self.general = Responder(engine.book, engine.model.client_map, lambda: self.view,
-                                 demand_counts=self.demand_general, nsid=nsid)  # fmt: skip
+                                 demand_counts=self.demand_general, nsid=nsid, cookie_state=state())  # fmt: skip
         # Counts only what ``check`` sends (tests also use ``general`` on its own).
         self.counting = Responder(
             engine.book,
@@ -94,10 +100,13 @@ class Pair:
             lambda: self.view,
             stats=self.stats_general,
             nsid=nsid,
+            cookie_state=state(),
         )
         self.behind_fast = Responder(engine.book, engine.model.client_map, lambda: self.view, stats=self.stats_punted,
-                                     labels=self.labels, nsid=nsid)  # fmt: skip
-        self.fast = FastResponder(fast_book, lambda: self.view, self.demand_fast, self.stats_fast)
+                                     labels=self.labels, nsid=nsid, cookie_state=state())  # fmt: skip
+        self.fast = FastResponder(
+            fast_book, lambda: self.view, self.demand_fast, self.stats_fast, state()
+        )
         self.answered = 0
         self.punted = 0
         self.punted_names: set[str] = set()

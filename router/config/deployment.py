@@ -33,7 +33,7 @@ from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.nodes import Inventory, parse_inventory
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
-from router.config.secrets import is_sample_key, loose_permissions
+from router.config.secrets import is_sample_key, load_cookie_secrets, loose_permissions
 from router.config.zones import parse_zone, zone_origin
 from router.geo.cache import load_client_map
 from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
@@ -83,6 +83,21 @@ class RrlConfig(BaseModel):
         return value
 
 
+class CookieConfig(BaseModel):
+    """``cookies:`` of deployment.yaml: DNS cookies (RFC 7873, RFC 9018; router/dns/cookies.py).
+
+    ``secret_file``: the secret every instance of the service shares, so each accepts the
+    cookies the others made (router/config/secrets.py: load_cookie_secrets). Without it each
+    router process makes its own random secret at start: right for a single instance; with
+    several behind one anycast address a client that moves gets a fresh cookie (a normal
+    answer, but not the rate-limit exemption until its next query)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    secret_file: str | None = None  # relative to deployment.yaml; a secret (mode 0600)
+
+
 class DeploymentSettings(BaseModel):
     """``deployment.yaml``."""
 
@@ -98,6 +113,7 @@ class DeploymentSettings(BaseModel):
     # start (a change takes a restart: the sockets are bound once).
     listen: list[str] | None = None
     rrl: RrlConfig = Field(default_factory=RrlConfig)
+    cookies: CookieConfig = Field(default_factory=CookieConfig)
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
 
@@ -136,6 +152,8 @@ class Deployment:
     state_file: Path | None = None
     listen: tuple[str, ...] = ()
     rrl: RrlConfig = field(default_factory=RrlConfig)
+    cookies: CookieConfig = field(default_factory=CookieConfig)
+    cookie_secrets: tuple[bytes, ...] = ()  # from cookies.secret_file: current, then previous
     rtt_samples: tuple[RttSample, ...] = ()
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
     admin_state: dict[str, str] = field(default_factory=dict)
@@ -267,6 +285,19 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
             )
             problems += errors
 
+    cookie_secrets: tuple[bytes, ...] = ()
+    if settings is not None and settings_doc is not None and settings.cookies.secret_file:
+        secret_path = directory / settings.cookies.secret_file
+        if not secret_path.is_file():
+            problems.append(
+                settings_doc.problem(
+                    ("cookies", "secret_file"), _no_such_file("cookies.secret_file", secret_path)
+                )
+            )
+        else:
+            cookie_secrets, errors = load_cookie_secrets(secret_path, _display(secret_path))
+            problems += errors
+
     admin_state: dict[str, str] = {}
     admin_path = directory / ADMIN_STATE_FILE
     if admin_path.exists():
@@ -290,6 +321,8 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
         state_file=directory / settings.state_file if settings.state_file else None,
         listen=tuple(settings.listen or ()),
         rrl=settings.rrl,
+        cookies=settings.cookies,
+        cookie_secrets=cookie_secrets,
         rtt_samples=tuple(rtt_samples),
         admin_state=admin_state,
     )

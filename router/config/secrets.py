@@ -14,6 +14,8 @@ import os
 import stat
 from pathlib import Path
 
+from router.config.problems import Problem
+
 # SHA-256 (first 128 bits) of each key in zones/node-keys.sample.yaml; a test keeps this
 # list equal to that file.
 SAMPLE_KEY_FINGERPRINTS = frozenset(
@@ -104,3 +106,50 @@ def write_secret_file(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+COOKIE_SECRET_OCTETS = 16  # a SipHash-2-4 key (RFC 9018)
+
+
+def load_cookie_secrets(path: Path, display: str) -> tuple[tuple[bytes, ...], list[Problem]]:
+    """The DNS cookie secrets file: one or two lines of 32 hex digits (``#`` starts a comment).
+    The first is the secret new cookies are made with; a second, the previous one, is still
+    accepted while clients move over (rotation: write the new secret as the first line and
+    the old as the second, then drop the second after an hour, the cookies' lifetime).
+    Readable by its owner only."""
+    problems: list[Problem] = []
+    try:
+        loose = loose_permissions(path)
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return (), [Problem(display, 0, f"cannot read: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return (), [Problem(display, 0, "not UTF-8 text")]
+    if loose:
+        problems.append(Problem(display, 0, loose))
+    secrets: list[bytes] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.split("#", 1)[0].strip()
+        if not value:
+            continue
+        try:
+            secret = bytes.fromhex(value)
+        except ValueError:
+            secret = b""
+        if len(secret) != COOKIE_SECRET_OCTETS:
+            problems.append(
+                Problem(display, number, "a cookie secret is 32 hex digits (16 octets)")
+            )
+        elif secret == bytes(COOKIE_SECRET_OCTETS):
+            problems.append(Problem(display, number, "an all-zero cookie secret is no secret"))
+        elif secret in secrets:
+            problems.append(Problem(display, number, "the same secret twice"))
+        else:
+            secrets.append(secret)
+    if len(secrets) > 2 and not problems:
+        problems.append(
+            Problem(display, 0, "at most two secrets: the current one, then the previous one")
+        )
+    if not secrets and not problems:
+        problems.append(Problem(display, 0, "no cookie secret in the file (32 hex digits)"))
+    return (tuple(secrets) if not problems else ()), problems

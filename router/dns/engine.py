@@ -12,7 +12,9 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable
 
-from router.dns import query_stats, wire
+import numpy as np
+
+from router.dns import cookies, query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
 from router.dns.query_log import QueryLog
 from router.dns.query_stats import QueryLabels, QueryStats
@@ -138,12 +140,19 @@ class Responder:
         tcp_keepalive: int | None = None,
         limiter: RrlState | None = None,
         nsid: bytes = b"",
+        cookie_state: np.ndarray | None = None,
     ) -> None:
         """``tcp_keepalive``: the TCP idle timeout in units of 100 ms, told to clients that
         send edns-tcp-keepalive over TCP (RFC 7828); None: not told. ``limiter``: response
         rate limiting for UDP replies (router/dns/rrl.py), the worker's table. ``nsid``: this
-        instance's name server identifier (RFC 5001), sent to clients that ask (b"": none)."""
+        instance's name server identifier (RFC 5001), sent to clients that ask (b"": none).
+        ``cookie_state``: DNS cookies (router/dns/cookies.py, its state array; None: off)."""
         self.nsid = nsid
+        self.cookie_state = (
+            cookie_state if cookie_state is not None and cookie_state[cookies.S_ON] else None
+        )
+        self.cookie_verdict = cookies.NONE  # of the last query
+        self._cookie_option = b""  # the COOKIE option data of the reply being built
         self.tcp_keepalive = tcp_keepalive
         self.limiter = limiter
         self.book = book
@@ -168,11 +177,14 @@ class Responder:
         ``sampled`` (the compiled path picked it), written to the query log."""
         self.last_query = None
         self.last_decision = None
+        self.cookie_verdict = cookies.NONE
+        self._cookie_option = b""
         reply = self._respond(packet, source, udp)
         if reply is None:
             return None
         sent, limited = reply, None
-        if udp and self.limiter is not None:
+        # A valid server cookie proves the source address: never rate limited (RFC 7873 1).
+        if udp and self.limiter is not None and self.cookie_verdict < cookies.VALID:
             sent, limited = self.limiter.apply(reply, source)
         self.account(reply, source, udp, sampled, limited)
         return sent
@@ -206,6 +218,14 @@ class Responder:
             return self._bad_key(packet, q, udp)
         if q.edns and q.version != 0:
             return self._reply(q, wire.BADVERS, 0, 0, 0, b"", udp, ecs_scope=None)
+        if self.cookie_state is not None:
+            if q.cookie_error:
+                return self._reply(q, wire.FORMERR, 0, 0, 0, b"", udp, ecs_scope=None)
+            if q.cookie is not None:
+                at, length = q.cookie
+                self.cookie_verdict, self._cookie_option = cookies.reply_option(
+                    packet, at, length, source, self.cookie_state
+                )
         if q.opcode != 0:
             return self._reply(q, wire.NOTIMP, 0, 0, 0, b"", udp, ecs_scope=None)
         if q.ecs_error:
@@ -349,6 +369,10 @@ class Responder:
                 )
             if q.nsid and self.nsid and not extended:
                 options += _OPTION.pack(wire.NSID_OPTION, len(self.nsid)) + self.nsid
+            if self._cookie_option and not extended:
+                options += (
+                    _OPTION.pack(wire.COOKIE_OPTION, len(self._cookie_option)) + self._cookie_option
+                )
             if q.keepalive and not udp and self.tcp_keepalive is not None:
                 # RFC 7828 3.3.1: over TCP only, with the timeout this connection has. A TIMEOUT
                 # a client wrongly sent is ignored; over UDP the option is never sent.

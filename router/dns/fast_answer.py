@@ -12,13 +12,14 @@ general path answers it: those names are rare and their answers are built on dem
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from router._jit import JIT_OPTIONS
-from router.dns import query_stats, wire
+from router.dns import cookies, query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
 from router.dns.engine import (
     MAX_UDP_PAYLOAD,
@@ -48,7 +49,7 @@ F_WILDCARD = 16  # has a wildcard child (*.name)
 
 MAX_QUESTION_LABELS = 128  # 255 octets hold at most 127 labels plus the root
 BODY_SCRATCH = 65536
-QUERY_FIELDS = 20
+QUERY_FIELDS = 26
 
 # Fields of the parsed query in the int64 scratch array.
 Q_ID, Q_FLAGS, Q_QEND, Q_QTYPE, Q_QCLASS, Q_EDNS, Q_PAYLOAD, Q_VERSION = range(8)
@@ -58,6 +59,9 @@ Q_DO, Q_ECS, Q_ECS_ERR, Q_ECS_FAMILY, Q_ECS_BITS, Q_ECS_ADDR, Q_ECS_ALEN, Q_OPCO
 Q_NAME, Q_RCODE = 16, 17
 Q_TSIG = 18  # the query is signed (TSIG, the last record): the general path answers it
 Q_NSID = 19  # the query asks for the NSID (RFC 5001)
+# DNS cookies (router/dns/cookies.py): where the first COOKIE option's data is (0: none), its
+# length, whether that length is malformed, the verdict, and the fresh cookie's time and hash.
+Q_COOKIE, Q_COOKIE_LEN, Q_COOKIE_ERR, Q_COOKIE_VERDICT, Q_COOKIE_TS, Q_COOKIE_HASH = range(20, 26)
 
 # Positions in FastBook.arrays (numba indexes a tuple of mixed arrays by constant).
 (
@@ -395,6 +399,13 @@ def _parse_opt(pkt, n, pos, q):
             return -1
         if code == wire.NSID_OPTION:
             q[Q_NSID] = 1
+        elif code == wire.COOKIE_OPTION:
+            if q[Q_COOKIE] == 0 and not q[Q_COOKIE_ERR]:  # the first counts (RFC 7873 5.2)
+                if length == 8 or 16 <= length <= 40:
+                    q[Q_COOKIE] = pos
+                    q[Q_COOKIE_LEN] = length
+                else:
+                    q[Q_COOKIE_ERR] = 1
         elif code == wire.ECS_OPTION:
             if q[Q_ECS] or q[Q_ECS_ERR]:
                 q[Q_ECS_ERR] = 1  # RFC 7871: at most one ECS option
@@ -520,10 +531,14 @@ def _reply(
     qend = q[Q_QEND] + 4
     with_ecs = q[Q_ECS] == 1 and ecs_scope >= 0 and not extended
     with_nsid = q[Q_NSID] == 1 and nsid.shape[0] > 0 and not extended
+    with_cookie = q[Q_COOKIE_VERDICT] != cookies.NONE and not extended
     opt_len = 0
     if q[Q_EDNS]:
         opt_len = (
-            11 + (8 + q[Q_ECS_ALEN] if with_ecs else 0) + (4 + nsid.shape[0] if with_nsid else 0)
+            11
+            + (8 + q[Q_ECS_ALEN] if with_ecs else 0)
+            + (4 + nsid.shape[0] if with_nsid else 0)
+            + (4 + cookies.REPLY_LEN if with_cookie else 0)
         )
     opt_count = 1 if opt_len else 0
     size = qend + main_len + extra_len + opt_len
@@ -578,6 +593,25 @@ def _reply(
             _put16(out, pos + 2, nsid.shape[0])
             _copy(out, pos + 4, nsid, 0, nsid.shape[0])
             pos += 4 + nsid.shape[0]
+        if with_cookie:
+            _put16(out, pos, wire.COOKIE_OPTION)
+            _put16(out, pos + 2, cookies.REPLY_LEN)
+            if q[Q_COOKIE_VERDICT] == cookies.VALID:  # echoed as sent
+                _copy(out, pos + 4, pkt, q[Q_COOKIE], cookies.REPLY_LEN)
+            else:
+                _copy(out, pos + 4, pkt, q[Q_COOKIE], cookies.CLIENT_LEN)
+                at = pos + 4 + cookies.CLIENT_LEN
+                out[at] = cookies.VERSION
+                out[at + 1] = 0
+                out[at + 2] = 0
+                out[at + 3] = 0
+                stamp = q[Q_COOKIE_TS]
+                for j in range(4):
+                    out[at + 4 + j] = (stamp >> (24 - 8 * j)) & 0xFF
+                digest = q[Q_COOKIE_HASH]
+                for j in range(8):
+                    out[at + 8 + j] = (digest >> (8 * j)) & 0xFF
+            pos += 4 + cookies.REPLY_LEN
     return pos
 
 
@@ -722,17 +756,18 @@ def _pick(view, row, key):
 
 @njit(inline="always", **JIT_OPTIONS)
 def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
-                 q, labels, body, out):  # fmt: skip
+                 q, labels, body, out, cookie_state):  # fmt: skip
     """Reply to ``pkt[:n]`` into ``out``: its length, NO_REPLY, or PUNT (see Responder.respond).
 
     ``src_v6``/``src_hi``/``src_lo``: the source address (IPv4 in ``src_lo``). ``view`` is
     (group_set, set_nodes, split_start, split_set, split_cum) of the current routing table;
     ``demand[policy, group]`` counts steered queries when ``count_demand``; ``stats``
     (QueryStats.arrays) counts every reply when ``count_stats`` (a punted query is
-    counted by the general path that answers it).
+    counted by the general path that answers it). ``cookie_state``: DNS cookies
+    (router/dns/cookies.py; its S_NOW is the time now).
     """
     length = _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
-                     q, labels, body, out)  # fmt: skip
+                     q, labels, body, out, cookie_state)  # fmt: skip
     if count_stats and length > 0:
         name = q[Q_NAME]
         if name < 0:
@@ -745,7 +780,7 @@ def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_
 
 @njit(inline="always", **JIT_OPTIONS)
 def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
-            q, labels, body, out):  # fmt: skip
+            q, labels, body, out, cookie_state):  # fmt: skip
     if n < 12 or pkt[2] & 0x80:
         return NO_REPLY  # no header to answer, or a response: never reply (reflection loops)
     if not _parse_query(pkt, n, q):
@@ -769,6 +804,15 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
         return PUNT  # signed: NOTAUTH/BADKEY from Responder._bad_key (rare; no key is known)
     if q[Q_EDNS] and q[Q_VERSION] != 0:
         return _empty_reply(pkt, q, out, wire.BADVERS, book, body, udp)
+    if cookie_state[cookies.S_ON]:
+        if q[Q_COOKIE_ERR]:
+            return _empty_reply(pkt, q, out, wire.FORMERR, book, body, udp)
+        if q[Q_COOKIE]:
+            verdict, stamp, digest = cookies.judge(pkt, q[Q_COOKIE], q[Q_COOKIE_LEN], src_v6, src_hi, src_lo,
+                                                   cookie_state)  # fmt: skip
+            q[Q_COOKIE_VERDICT] = verdict
+            q[Q_COOKIE_TS] = np.int64(stamp)
+            q[Q_COOKIE_HASH] = np.int64(digest)
     if q[Q_OPCODE] != 0:
         return _empty_reply(pkt, q, out, wire.NOTIMP, book, body, udp)
     if q[Q_ECS_ERR]:
@@ -972,8 +1016,9 @@ class FastResponder:
     """``answer_query`` for one packet at a time, with the same inputs as Responder.respond."""
 
     def __init__(self, fast: FastBook, view, demand_counts: np.ndarray | None = None,  # noqa: ANN001
-                 stats: QueryStats | None = None) -> None:  # fmt: skip
+                 stats: QueryStats | None = None, cookie_state: np.ndarray | None = None) -> None:  # fmt: skip
         self.fast = fast
+        self.cookie_state = cookie_state if cookie_state is not None else cookies.state_array(())
         self.view = view  # callable returning the current TableView
         self.demand = (
             demand_counts if demand_counts is not None else np.zeros((1, 1), dtype=np.int64)
@@ -990,9 +1035,10 @@ class FastResponder:
         """The reply, None for no reply, or PUNT."""
         src_v6, hi, lo = source_address(source)
         pkt = np.frombuffer(packet, dtype=np.uint8)
+        self.cookie_state[cookies.S_NOW] = int(time.time())
         length = answer_query(pkt, len(packet), src_v6, hi, lo, udp, self.fast.arrays, table_arrays(self.view()),
                               self.demand, self.count_demand, self.stats, self.count_stats, self.q, self.labels, self.body,
-                              self.out)  # fmt: skip
+                              self.out, self.cookie_state)  # fmt: skip
         if length == PUNT:
             return PUNT
         if length == NO_REPLY:

@@ -116,18 +116,6 @@ class RrlState:
         if action == SLIP:
             return out[: truncate(out, len(reply))].tobytes(), "slipped"
         return reply, None
-        value = int(ipaddress.ip_address(source))
-        v6 = ":" in source
-        hi, lo = (value >> 64, value & (2**64 - 1)) if v6 else (0, value)
-        out = np.frombuffer(reply, dtype=np.uint8).copy()
-        now_ms = time.monotonic_ns() // 1_000_000
-        action = decide(out, len(reply), v6, np.uint64(hi), np.uint64(lo), now_ms, self.table,
-                        self.params, self.allow_v4, self.allow_v6, self.counters)  # fmt: skip
-        if action == DROP:
-            return None
-        if action == SLIP:
-            return out[: truncate(out, len(reply))].tobytes()
-        return reply
 
 
 def allow_arrays(prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ closes the longest idle to make room, and a cap per client address. What it does
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import select
 import selectors
@@ -18,6 +19,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -151,6 +153,22 @@ MAX_TCP_CONNECTIONS = 1024
 MAX_TCP_PER_CLIENT = 32  # connections from one address at once (one resolver needs a few)
 TCP_PARTIAL_TIMEOUT_S = 2.0  # a message begun must be complete within this
 SWEEP_EVERY_S = 0.1
+FILES_BESIDE_TCP = 256  # open files a worker needs beyond its TCP connections
+
+
+@dataclass(frozen=True)
+class TcpLimits:
+    """``router serve --tcp-max-connections / --tcp-max-per-client / --tcp-partial-timeout``:
+    per worker process (each has its own listening socket and connection table)."""
+
+    max_connections: int = MAX_TCP_CONNECTIONS
+    max_per_client: int = MAX_TCP_PER_CLIENT
+    partial_timeout: float = TCP_PARTIAL_TIMEOUT_S
+
+    def open_files(self) -> int:
+        """The open-file limit a worker needs to hold ``max_connections``."""
+        return self.max_connections + FILES_BESIDE_TCP
+
 
 # What serve_tcp counts (an int64 array shared with the supervisor, one row per worker).
 TCP_OPEN, TCP_ACCEPTED, TCP_CLOSED_IDLE, TCP_CLOSED_PARTIAL, TCP_EVICTED, TCP_REFUSED_CLIENT, \
@@ -234,7 +252,13 @@ def serve_tcp(
     def accept(now: float) -> None:
         try:
             sock, address = listener.accept()
-        except (BlockingIOError, OSError):
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE) and connections:
+                # Out of descriptors before max_connections (a low open-file limit): the
+                # longest idle makes room, so the next accept serves the waiting client.
+                close(next(iter(connections.values())), TCP_EVICTED)
             return
         peer = address[0]
         if per_client.get(peer, 0) >= max_per_client:

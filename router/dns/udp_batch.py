@@ -35,13 +35,14 @@ import numpy as np
 from numba import carray, njit
 
 from router._jit import JIT_OPTIONS
-from router.dns import pktinfo, rrl
+from router.dns import cookies, pktinfo, rrl
 from router.dns.engine import TableView
 from router.dns.fast_answer import (
     BODY_SCRATCH,
     MAX_QUESTION_LABELS,
     NO_STATS,
     PUNT,
+    Q_COOKIE_VERDICT,
     QUERY_FIELDS,
     FastBook,
     answer_query,
@@ -98,7 +99,8 @@ if supported:
     _errno_location = _libc_call("__errno_location", ctypes.POINTER(ctypes.c_int), [])
     _clock_gettime = _libc_call("clock_gettime", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p])
 
-_CLOCK_MONOTONIC_COARSE = 6  # Linux: a vDSO read, ticks every few ms (enough for RRL)
+_CLOCK_REALTIME_COARSE = 5  # Linux: vDSO reads that tick every few ms (enough for RRL and
+_CLOCK_MONOTONIC_COARSE = 6  # cookie timestamps, which count seconds)
 
 
 # The libc functions travel as arguments: a ctypes function used as a global would embed
@@ -110,7 +112,7 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
                    bufs, addrs, outs, out_iov, tx_slot, rx_ctrl, tx_ctrl, tx_ctrl_slot, control_size, punts,
                    punt_sampled, book, view, demand, count_demand, stats, count_stats, sample, control, counters, q,
                    labels, body, rrl_table, rrl_params, rrl_allow_v4, rrl_allow_v6, rrl_counters,
-                   clock):  # fmt: skip
+                   clock, cookie_state):  # fmt: skip
     """Answer batches until there is something for Python (see the module docstring);
     returns (STATUS_*, count).
 
@@ -122,7 +124,8 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
     (router/dns/pktinfo.py): each slot receives its destination address in ``rx_ctrl`` and
     each reply is sent from it, with the control message built in ``tx_ctrl``. ``rrl_*``:
     response rate limiting (router/dns/rrl.py; off when its rate is 0), on the clock read
-    into ``clock`` once per batch.
+    into ``clock`` once per batch; replies to a valid server cookie are never limited.
+    ``cookie_state``: DNS cookies (router/dns/cookies.py), its time set once per batch.
     """
     for _ in range(MAX_BATCHES_PER_CALL):
         received = pending
@@ -144,6 +147,9 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
         if rrl_params[rrl.P_RATE] > 0:
             clock_gettime(_CLOCK_MONOTONIC_COARSE, clock.ctypes.data)
             now_ms = clock[0] * 1000 + clock[1] // 1000000
+        if cookie_state[cookies.S_ON]:
+            clock_gettime(_CLOCK_REALTIME_COARSE, clock.ctypes.data)
+            cookie_state[cookies.S_NOW] = np.uint64(clock[0])
         replies = 0
         punted = 0
         for i in range(received):
@@ -172,13 +178,13 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
                     continue
             out = outs[replies]
             length = answer_query(bufs[i], n, src_v6, hi, lo, True, book, view, demand, count_demand, stats,
-                                  count_stats, q, labels, body, out)  # fmt: skip
+                                  count_stats, q, labels, body, out, cookie_state)  # fmt: skip
             if length == PUNT:
                 punts[punted] = i
                 punt_sampled[punted] = 0
                 punted += 1
             elif length > 0:
-                if rrl_params[rrl.P_RATE] > 0:
+                if rrl_params[rrl.P_RATE] > 0 and q[Q_COOKIE_VERDICT] < cookies.VALID:
                     action = rrl.decide(out, length, src_v6, hi, lo, now_ms, rrl_table, rrl_params, rrl_allow_v4,
                                         rrl_allow_v6, rrl_counters)  # fmt: skip
                     if action == rrl.DROP:
@@ -213,10 +219,12 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
 class BatchSocket:
     """The arrays one worker's UDP socket is served with."""
 
-    def __init__(self, sock: socket.socket, limiter: RrlState | None = None) -> None:
+    def __init__(self, sock: socket.socket, limiter: RrlState | None = None,
+                 cookie_state: np.ndarray | None = None) -> None:  # fmt: skip
         self.sock = sock
         self.fd = sock.fileno()
         self.rrl = limiter if limiter is not None else _NO_RRL
+        self.cookie_state = cookie_state if cookie_state is not None else cookies.state_array(())
         self.clock = np.zeros(2, dtype=np.int64)  # struct timespec
         self.pktinfo = pktinfo.is_enabled(sock)
         self.control_size = CONTROL_SIZE if self.pktinfo else 0
@@ -294,7 +302,7 @@ def _run(
                           io.tx_ctrl, io.tx_ctrl_slot, io.control_size, io.punts, io.punt_sampled, fast.arrays,
                           table_arrays(current), demand_array, count_demand, stats_arrays, stats is not None, io.sample,
                           control, counters, io.q, io.labels, io.body, limiter.table, limiter.params,
-                          limiter.allow_v4, limiter.allow_v6, limiter.counters, io.clock)  # fmt: skip
+                          limiter.allow_v4, limiter.allow_v6, limiter.counters, io.clock, io.cookie_state)  # fmt: skip
 
 
 _NO_DEMAND = np.zeros((1, 1), dtype=np.int64)
@@ -320,7 +328,8 @@ def warm_up(fast: FastBook, view: TableView) -> None:
 def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, counters, batch_counters: np.ndarray,
                       control: np.ndarray, demand: np.ndarray | None, safe_respond,
                       stats: QueryStats | None = None, sample_every: int = 0,
-                      limiter: RrlState | None = None) -> None:  # noqa: ANN001  # fmt: skip
+                      limiter: RrlState | None = None,
+                      cookie_state: np.ndarray | None = None) -> None:  # noqa: ANN001  # fmt: skip
     """Answer on ``sock`` until WorkerStop (raised by the signal handler between calls), or
     until ``control[CONTROL_RETIRE]`` is set: then return once every query taken is answered.
 
@@ -328,12 +337,13 @@ def serve_udp_batched(sock: socket.socket, fast: FastBook, view, responder, coun
     queries exactly as the per-packet loop does (router/dns/transport.py). ``stats`` counts
     every reply; with ``sample_every`` N > 0, every Nth query goes to ``responder`` marked
     sampled (for the query log). ``limiter``: response rate limiting of the replies built
-    here; the responder limits those it builds itself, on the same table.
+    here; the responder limits those it builds itself, on the same table. ``cookie_state``:
+    DNS cookies (router/dns/cookies.py), shared with the responder.
     """
     sock.setblocking(True)
     timeout = struct.pack("ll", int(RECV_TIMEOUT_S), int(RECV_TIMEOUT_S % 1 * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-    io = BatchSocket(sock, limiter)
+    io = BatchSocket(sock, limiter, cookie_state)
     io.sample[:] = (sample_every, sample_every)
     pending = 0
     while True:

@@ -40,6 +40,7 @@ OPT_TYPE = 41
 TSIG_TYPE = 250
 NSID_OPTION = 3  # RFC 5001
 ECS_OPTION = 8
+COOKIE_OPTION = 10  # RFC 7873
 TCP_KEEPALIVE_OPTION = 11  # RFC 7828
 CLASS_IN = 1
 TYPE_ANY = 255
@@ -59,7 +60,8 @@ class Query:
     """What the responder needs from one query."""
 
     __slots__ = ("id", "flags", "question", "qname", "qtype", "qclass", "opcode",
-                 "edns", "payload", "version", "do", "ecs", "ecs_error", "keepalive", "tsig", "nsid")  # fmt: skip
+                 "edns", "payload", "version", "do", "ecs", "ecs_error", "keepalive", "tsig", "nsid",
+                 "cookie", "cookie_error")  # fmt: skip
 
     def __init__(self) -> None:
         self.edns = False
@@ -71,6 +73,8 @@ class Query:
         self.keepalive = False  # the client sent edns-tcp-keepalive (RFC 7828)
         self.nsid = False  # the client asked for the server's NSID (RFC 5001)
         self.tsig: int | None = None  # offset of the TSIG record (the last one) if signed
+        self.cookie: tuple[int, int] | None = None  # (offset, length) of the COOKIE option data
+        self.cookie_error = False  # the first COOKIE option has a length RFC 7873 forbids
 
 
 def parse_header(wire: bytes) -> tuple[int, int, int, int, int, int]:
@@ -256,6 +260,12 @@ def _parse_opt(wire: bytes, pos: int, q: Query) -> int:
             q.keepalive = True
         elif code == NSID_OPTION:
             q.nsid = True  # RFC 5001 2.1: a request's payload is empty; any is ignored
+        elif code == COOKIE_OPTION and q.cookie is None and not q.cookie_error:
+            # RFC 7873 5.2: only the first counts; 8 octets (client cookie) or 16 to 40.
+            if length == 8 or 16 <= length <= 40:
+                q.cookie = (pos, length)
+            else:
+                q.cookie_error = True
         pos += length
     return rdend
 

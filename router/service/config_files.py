@@ -36,16 +36,21 @@ def config_paths(directory: Path, keys_file: Path | None = None) -> list[Path]:
 
 
 def secret_paths(directory: Path, keys_file: Path | None = None) -> set[Path]:
-    """The deployment's secret files: the node keys, named by ``health.keys`` or ``--keys``."""
+    """The deployment's secret files: the node keys, named by ``health.keys`` or ``--keys``,
+    and the DNS cookie secrets (``cookies.secret_file``)."""
+    named = _referenced(directory / DEPLOYMENT_FILE, "secrets") or ("",)
+    paths = {directory / name for name in named[1:]}
     if keys_file is not None:
-        return {keys_file}
-    name = _referenced(directory / DEPLOYMENT_FILE, "keys")
-    return {directory / name[0]} if name else set()
+        paths.add(keys_file)
+    elif named[0]:
+        paths.add(directory / named[0])
+    return paths
 
 
 def _referenced(settings_path: Path, which: str = "files") -> tuple[str, ...]:
-    """Paths deployment.yaml names (``which``: "files" for the public ones, "keys" for the
-    keys file), best effort: a broken file names none (and fails the load).
+    """Paths deployment.yaml names (``which``: "files" for the public ones, "secrets" for the
+    secret ones: the keys file or "", then the cookie secrets file if named), best effort: a
+    broken file names none (and fails the load).
 
     Parsed again only when the file changed: the reload watcher asks every second."""
     try:
@@ -53,7 +58,7 @@ def _referenced(settings_path: Path, which: str = "files") -> tuple[str, ...]:
     except OSError:
         return ()
     files, keys = _referenced_by_version(str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns)
-    return keys if which == "keys" else files
+    return keys if which == "secrets" else files
 
 
 @functools.lru_cache(maxsize=16)
@@ -80,7 +85,10 @@ def _referenced_by_version(
     else:
         names.append(client_map)
     files = tuple(name for name in names if isinstance(name, str))
-    return files, (keys,) if isinstance(keys, str) else ()
+    cookies = data.get("cookies")
+    cookie_file = cookies.get("secret_file") if isinstance(cookies, dict) else None
+    secrets = (keys if isinstance(keys, str) else "",)
+    return files, secrets + ((cookie_file,) if isinstance(cookie_file, str) else ())
 
 
 def fingerprint(directory: Path, keys_file: Path | None = None) -> tuple:

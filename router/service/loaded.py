@@ -67,6 +67,7 @@ class LoadedConfig:
     health: NodeHealth
     verifier: Verifier | None
     nsid: bytes = b""  # this instance's NSID (RFC 5001; b"": none)
+    cookie_secrets: tuple[bytes, ...] = ()  # DNS cookie secrets, current first (none: off)
 
     @property
     def version(self) -> str:
@@ -90,10 +91,13 @@ def prepare(
     telemetry: bool,
     telemetry_public: bool = False,
     nsid: bytes = b"",
+    cookie_secret: bytes = b"",
 ) -> LoadedConfig:
     """Compile everything a config needs, before it serves (the slow part of a reload);
     ``model``: the deployment's, if already compiled; ``telemetry_public``: the API or
-    telemetry is off loopback, where the published sample keys would let anyone in."""
+    telemetry is off loopback, where the published sample keys would let anyone in;
+    ``cookie_secret``: the DNS cookie secret of this instance, used when the deployment names
+    no secret file (router/dns/cookies.py)."""
     if telemetry and (deployment.health is None or deployment.node_keys is None):
         raise ConfigUnusable("--telemetry needs a health: section with keys in deployment.yaml")
     if telemetry_public and deployment.node_keys and uses_sample_keys(deployment.node_keys):
@@ -131,7 +135,16 @@ def prepare(
         health=NodeHealth(model.node_ids, monitor),
         verifier=verifier,
         nsid=nsid,
+        cookie_secrets=cookie_secrets(deployment, cookie_secret),
     )
+
+
+def cookie_secrets(deployment: Deployment, own: bytes) -> tuple[bytes, ...]:
+    """The secrets DNS cookies are made and checked with: the deployment's secret file, shared
+    by every instance of the service, else this instance's own; none when cookies are off."""
+    if not deployment.cookies.enabled:
+        return ()
+    return deployment.cookie_secrets or ((own,) if own else ())
 
 
 def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:

@@ -126,6 +126,7 @@ class Reloader:
                     service.telemetry,
                     service.telemetry_public,
                     service.nsid,
+                    service.cookie_secret,
                 )
             except ConfigError as exc:
                 return None, files, [str(problem) for problem in exc.problems]

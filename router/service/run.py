@@ -17,6 +17,12 @@ from router.config import ConfigError, load_deployment
 from router.config.deployment import Deployment, uses_sample_keys
 from router.dns.query_log import QueryLogSettings
 from router.dns.rrl import RrlSettings
+from router.dns.transport import (
+    MAX_TCP_CONNECTIONS,
+    MAX_TCP_PER_CLIENT,
+    TCP_PARTIAL_TIMEOUT_S,
+    TcpLimits,
+)
 from router.service.config_files import ConfigFiles, fingerprint
 from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
@@ -53,6 +59,10 @@ class ServeOptions:
     rrl_rate: int | None = None  # --rrl-rate, over rrl.rate of deployment.yaml
     rrl_slip: int | None = None  # --rrl-slip, over rrl.slip
     nsid: bytes = b""  # --nsid: this instance's NSID (RFC 5001)
+    # --tcp-max-connections, --tcp-max-per-client, --tcp-partial-timeout (per worker)
+    tcp_max_connections: int = MAX_TCP_CONNECTIONS
+    tcp_max_per_client: int = MAX_TCP_PER_CLIENT
+    tcp_partial_timeout: float = TCP_PARTIAL_TIMEOUT_S
 
 
 # (supervisor, token, reload) -> the HTTP API's application: the API is built above the
@@ -98,6 +108,7 @@ def serve(options: ServeOptions, api_app: ApiFactory | None = None) -> int:
             udp_path=options.udp_path, files=files, query_log=options.query_log,
             telemetry_public=telemetry_public, keys_file=options.keys_file,
             rrl=rrl_settings(deployment, options), nsid=options.nsid,
+            tcp_limits=TcpLimits(options.tcp_max_connections, options.tcp_max_per_client, options.tcp_partial_timeout),
         )  # fmt: skip
     except ServiceError as exc:
         print(f"router serve: {exc}", file=sys.stderr)

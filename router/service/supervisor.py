@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.config.deployment import Deployment
-from router.dns import udp_batch
+from router.dns import cookies, udp_batch
 from router.dns.engine import TableView
 from router.dns.query_log import QueryLogSettings
 from router.dns.rrl import RrlSettings
+from router.dns.transport import TcpLimits
 from router.health.state import NodeStatus
 from router.service import loaded
 from router.service.config_files import ConfigFiles
@@ -64,12 +65,16 @@ class Supervisor:
         keys_file: Path | None = None,
         rrl: RrlSettings | None = None,
         nsid: bytes = b"",
+        tcp_limits: TcpLimits | None = None,
     ) -> None:
         """``listeners``: the DNS addresses, each served by ``workers`` worker processes of its
         own; ``telemetry_public``: the API or telemetry is off loopback (so the published sample
         keys are refused); ``keys_file``: the node keys named by ``--keys``, if any; ``nsid``:
         what this instance answers an NSID request with (RFC 5001; b"": nothing)."""
         self.nsid = nsid
+        # Used for DNS cookies when the deployment names no shared secret file: random, this
+        # process's own, kept across reloads (a restart makes clients fetch fresh cookies).
+        self.cookie_secret = cookies.random_secret()
         if workers < 1:
             raise ServiceError("--workers must be at least 1")
         if not listeners:
@@ -108,6 +113,7 @@ class Supervisor:
                 telemetry,
                 telemetry_public,
                 nsid,
+                self.cookie_secret,
             )
         except ConfigUnusable as exc:
             raise ServiceError(str(exc)) from exc
@@ -143,7 +149,7 @@ class Supervisor:
         self.probes = Probes(self, telemetry)
         self.demand_observer = DemandObserver(self)
         self.reloader = Reloader(self)
-        self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log, rrl)
+        self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log, rrl, tcp_limits)
 
     # -- the config in service (swapped whole by a reload) -------------------------------
 

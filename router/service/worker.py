@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.dns import udp_batch
+from router.dns import cookies, udp_batch
 from router.dns.answers import AnswerBook
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import FastBook
@@ -34,6 +34,7 @@ from router.dns.rrl import RrlSettings, RrlState
 from router.dns.transport import (
     RETIRE_GRACE_S,
     Counters,
+    TcpLimits,
     WorkerStop,
     safe_respond,
     serve_tcp,
@@ -83,6 +84,8 @@ def worker_main(
     rrl_settings: RrlSettings | None = None,
     rrl_counters: np.ndarray | None = None,
     nsid: bytes = b"",
+    cookie_secrets: tuple[bytes, ...] = (),
+    tcp_limits: TcpLimits | None = None,
 ) -> None:
     """Serve until SIGTERM (also sent when the supervisor ``parent_pid`` dies). With ``fast_book`` UDP runs batched in compiled code
     (router/dns/udp_batch.py); without it, one packet at a time in Python.
@@ -110,8 +113,11 @@ def worker_main(
         return current[0]
 
     counters = Counters()
+    limits = tcp_limits or TcpLimits()
     # One rate-limiting table per worker: the compiled loop and the Python responders share it.
     limiter = RrlState(rrl_settings, rrl_counters) if rrl_settings is not None else None
+    # DNS cookies: one state for both paths (the secrets, and the time each path writes in).
+    cookie_state = cookies.state_array(cookie_secrets)
 
     def responder() -> Responder:  # one per thread: a Responder keeps its last query
         log_writer = None
@@ -119,7 +125,7 @@ def worker_main(
             log_writer = QueryLog(query_log, index)
         return Responder(book, client_map, view, demand_counts=demand_counts, stats=query_stats, labels=query_labels,
                          query_log=log_writer, tcp_keepalive=min(0xFFFF, int(tcp_idle_timeout * 10)),
-                         limiter=limiter, nsid=nsid)  # fmt: skip
+                         limiter=limiter, nsid=nsid, cookie_state=cookie_state)  # fmt: skip
 
     tcp_thread = threading.Thread(
         target=serve_tcp,
@@ -131,6 +137,9 @@ def worker_main(
             tcp_idle_timeout,
             retire,
             tcp_counters,
+            limits.max_connections,
+            limits.max_per_client,
+            limits.partial_timeout,
         ),
         name=f"tcp-{index}",
         daemon=True,
@@ -174,7 +183,7 @@ def worker_main(
             sample_every = query_log.settings.every if query_log is not None else 0
             udp_batch.serve_udp_batched(udp_sock, fast_book, view, udp_responder, counters, packet_counters,
                                         control_flags, demand_counts, safe_respond, query_stats, sample_every,
-                                        limiter)  # fmt: skip
+                                        limiter, cookie_state)  # fmt: skip
         else:
             serve_udp(udp_sock, udp_responder, counters, retire)
         if retire.is_set():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from router.dns import rrl, udp_batch
 from router.dns.query_log import QueryLogOptions, QueryLogSettings
 from router.dns.rrl import RrlSettings
-from router.dns.transport import TCP_COUNTER_NAMES, TCP_COUNTERS
+from router.dns.transport import FILES_BESIDE_TCP, TCP_COUNTER_NAMES, TCP_COUNTERS, TcpLimits
 from router.service.loaded import LoadedConfig
 from router.service.query_counters import QueryAccounts, QueryCounters
 from router.service.shared import shared_zeros
@@ -40,6 +41,25 @@ ACK_TIMEOUT = 5.0
 READY_TIMEOUT = 60.0
 RETIRE_JOIN_S = 10.0  # a retiring worker is ended after this long (TCP grace plus margin)
 RETIRE_UDP_S = 3.0  # a retiring worker stops taking queries within its receive timeout (0.5 s)
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise this process's soft open-file limit (workers inherit it) to ``needed``, as far
+    as the hard limit allows: the common default of 1,024 would refuse TCP clients long
+    before the connection table is full. Below that, the table is still bounded (the longest
+    idle connection is closed when no descriptor is left) and a warning says what to raise."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("DNS: cannot raise the open-file limit to %d: %s", target, exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("DNS: the open-file limit is %d, and %d TCP connections per worker need %d: raise "
+                    "it (ulimit -n, LimitNOFILE=) or lower --tcp-max-connections", soft,
+                    needed - FILES_BESIDE_TCP, needed)  # fmt: skip
 
 
 @dataclass
@@ -64,8 +84,11 @@ class WorkerPool:
         tcp_idle_timeout: float,
         query_log: QueryLogSettings | None,
         rrl_settings: RrlSettings | None = None,
+        tcp_limits: TcpLimits | None = None,
     ) -> None:
         count = per_listener * len(listeners)
+        self.tcp_limits = tcp_limits or TcpLimits()
+        raise_open_file_limit(self.tcp_limits.open_files())
         self.rrl = rrl_settings
         self.rrl_counters = shared_zeros((count, rrl.CLASSES, 2))
         self.count = count
@@ -154,6 +177,8 @@ class WorkerPool:
                 "rrl_settings": self.rrl,
                 "rrl_counters": self.rrl_counters[index],
                 "nsid": config.nsid,
+                "cookie_secrets": config.cookie_secrets,
+                "tcp_limits": self.tcp_limits,
             },
             daemon=True,
         )
