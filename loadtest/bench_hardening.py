@@ -41,8 +41,13 @@ stopped by its PID. Three parts (issue 17, "Figures"):
    (>= 0.999). ``rrl_overhead_ratio``: dnsperf qps with RRL on (a rate no reply reaches, so
    every reply is classed and counted) / off (rate 0), same core and query file (>= 0.9).
 
-The cookie figure (``cookie_overhead_ratio``) is null with a ``cookie_note``: the router has no
-DNS cookies yet. ``--smoke``: 20,000 packets, 500 slow
+5. **DNS cookies.** The ECS mix with a COOKIE option on every query (every other one a client
+   cookie only, the rest a valid server cookie for 127.0.0.1 made with the deployment's
+   secret), dnsperf against a router with cookies on and one with ``cookies: {enabled: false}``
+   (the option ignored), as in 3. ``cookie_overhead_ratio``: qps on / off (>= 0.9);
+   ``cookie_echo_checked``: the router echoed a valid cookie before the runs.
+
+``--smoke``: 20,000 packets, 500 slow
 connections, 20 probes, 1 s runs: every part for real, for the test suite; its figures mean
 little. The JSON goes to FILE, the table to FILE with ``.txt``.
 """
@@ -65,6 +70,7 @@ import urllib.request
 from pathlib import Path
 from statistics import median
 
+import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
@@ -89,6 +95,7 @@ from loadtest.throughput.figures import source_state  # noqa: E402
 from loadtest.throughput.peers import PACKAGES  # noqa: E402
 from loadtest.throughput.queries import build_mix, draw_subnets, frame, zone_inventory  # noqa: E402
 from loadtest.throughput.servers import Server, free_port, start_router  # noqa: E402
+from router.dns import cookies  # noqa: E402
 from tests.conftest import make_deployment  # noqa: E402
 
 CONTRACT_KEYS = ("fuzz_packets", "fuzz_crashes", "fuzz_malformed_replies", "fuzz_worker_restarts",
@@ -98,7 +105,6 @@ CONTRACT_KEYS = ("fuzz_packets", "fuzz_crashes", "fuzz_malformed_replies", "fuzz
 RRL_RATE = 200  # the default of rrl.rate
 RRL_NO_LIMIT = 1_000_000  # for the overhead runs: every reply accounted, none limited
 RRL_CLIENTS = 20
-COOKIE_NOTE = "not measured: DNS cookies (RFC 7873/9018) are not implemented in the router yet"
 TCP_SHARE = 0.10
 WATCH_EVERY = 50_000  # packets between two reads of the worker PIDs
 SLOW_ADDRESSES = 200
@@ -113,6 +119,7 @@ TARGETS = {
     "fuzz_malformed_replies": ("== 0", lambda v: v == 0),
     "fuzz_worker_restarts": ("== 0", lambda v: v == 0),
     "pktinfo_overhead_ratio": (">= 0.9", lambda v: v >= 0.9),
+    "cookie_overhead_ratio": (">= 0.9", lambda v: v >= 0.9),
     "tcp_fresh_query_ms_p99": ("< 50 (5,000 slow connections)", lambda v: v < 50),
 }
 
@@ -336,27 +343,55 @@ class Bench:
     # -- 3: pktinfo ---------------------------------------------------------------------------------
 
     def pktinfo(self) -> None:
-        args, figures = self.args, self.figures
+        if self._without_dnsperf("pktinfo", "pktinfo_note"):
+            return
+        self._compare({
+            "wildcard": lambda: start_router(self.zones, self.root, 1, SERVER_CORE, "router_wildcard",
+                                             listen="0.0.0.0:0"),
+            "loopback": lambda: start_router(self.zones, self.root, 1, SERVER_CORE, "router_loopback"),
+        }, [q.wire for q in self.mix], "pktinfo")  # fmt: skip
+
+    # -- 4: response rate limiting ---------------------------------------------------------------
+
+    def _zones_with(self, name: str, sections: dict) -> Path:
+        """The sample deployment with ``sections`` of deployment.yaml replaced (rrl's
+        "allow": [] -- loopback is limited like any client here)."""
+        import yaml
+
+        zones = make_deployment(self.root / name)
+        settings = yaml.safe_load((zones / "deployment.yaml").read_text())
+        settings.update(sections)
+        (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
+        return zones
+
+    def _without_dnsperf(self, name: str, note: str) -> bool:
+        """True (the figure null, ``note`` saying why) when dnsperf cannot be had."""
         missing = packages.ensure({"dnsperf": PACKAGES["dnsperf"]})
         if missing:
-            figures["pktinfo_overhead_ratio"] = None
-            figures["pktinfo_note"] = f"dnsperf cannot be had: {missing}"
-            return
-        datafile = self.root / "queries-ecs.bin"
-        datafile.write_bytes(frame([q.wire for q in self.mix]))
+            self.figures[f"{name}_overhead_ratio"] = None
+            self.figures[note] = f"dnsperf cannot be had: {missing}"
+        return bool(missing)
+
+    def _compare(self, starters: dict, wires: list[bytes], name: str, check=None) -> None:  # noqa: ANN001
+        """dnsperf (the ECS mix's arguments, closed loop) against each server ``starters`` makes,
+        all running at once, ``--repetitions`` times, the order alternating, after an unmeasured
+        warm-up; figures ``router_{key}_qps`` / ``_cpu_us_per_query`` (medians), ``_lost``, ``_runs``,
+        and ``{name}_overhead_ratio`` (qps) and ``{name}_cpu_ratio``: the first server's / the second's."""
+        args, figures = self.args, self.figures
+        datafile = self.root / "queries-compare.bin"
+        datafile.write_bytes(frame(wires))
         servers = {}
+        runs: dict[str, list] = {key: [] for key in starters}
         try:
-            servers["wildcard"] = start_router(self.zones, self.root, 1, SERVER_CORE, "router_wildcard",
-                                               listen="0.0.0.0:0")  # fmt: skip
-            servers["loopback"] = start_router(
-                self.zones, self.root, 1, SERVER_CORE, "router_loopback"
-            )
-            runs: dict[str, list] = {"wildcard": [], "loopback": []}
-            for server in servers.values():  # unmeasured warm-up
+            for key, start in starters.items():
+                servers[key] = start()
+            if check is not None:
+                check(servers)
+            for server in servers.values():
                 run_dnsperf(server, datafile, min(1.0, args.seconds), "ecs", -1, LOAD_CORE)
+            keys = list(starters)
             for rep in range(args.repetitions):
-                order = ("wildcard", "loopback") if rep % 2 == 0 else ("loopback", "wildcard")
-                for key in order:
+                for key in keys if rep % 2 == 0 else keys[::-1]:
                     runs[key].append(
                         run_dnsperf(servers[key], datafile, args.seconds, "ecs", rep, LOAD_CORE)
                     )
@@ -371,24 +406,10 @@ class Bench:
             figures[f"router_{key}_lost"] = sum(r.lost for r in done)
             figures[f"router_{key}_runs"] = [{"qps": r.qps, "cpu_us_per_query": r.cpu_us_per_query, "lost": r.lost,
                                              "server_core_other_s": r.server_core_other_s} for r in done]  # fmt: skip
-        w, lo = figures["router_wildcard_qps"], figures["router_loopback_qps"]
-        figures["pktinfo_overhead_ratio"] = round(w / lo, 3) if w and lo else None
-        wc, lc = (
-            figures["router_wildcard_cpu_us_per_query"],
-            figures["router_loopback_cpu_us_per_query"],
-        )
-        figures["pktinfo_cpu_ratio"] = round(wc / lc, 3) if wc and lc else None
-
-    # -- 4: response rate limiting ---------------------------------------------------------------
-
-    def _zones_with_rrl(self, name: str, rrl: dict) -> Path:
-        import yaml
-
-        zones = make_deployment(self.root / name)
-        settings = yaml.safe_load((zones / "deployment.yaml").read_text())
-        settings["rrl"] = rrl  # "allow": [] -- loopback is limited like any client here
-        (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
-        return zones
+        first, second = list(starters)
+        for figure, measure in (("overhead_ratio", "qps"), ("cpu_ratio", "cpu_us_per_query")):
+            a, b = figures[f"router_{first}_{measure}"], figures[f"router_{second}_{measure}"]
+            figures[f"{name}_{figure}"] = round(a / b, 3) if a and b else None
 
     def rrl(self) -> None:
         """A reflection attack from one source and real clients beside it, on a router with
@@ -396,7 +417,7 @@ class Bench:
         the same offered load (dnsperf, a rate no reply reaches, against rate 0)."""
         args, figures = self.args, self.figures
         queries, seconds = (20_000, 2.0) if args.smoke else (300_000, 10.0)
-        zones = self._zones_with_rrl("rrl-attack", {"rate": RRL_RATE, "slip": 2, "allow": []})
+        zones = self._zones_with("rrl-attack", {"rrl": {"rate": RRL_RATE, "slip": 2, "allow": []}})
         router = start_router(zones, self.root, 1, None, "router_rrl")
         try:
             result = attack(router.port, queries, seconds, RRL_CLIENTS)
@@ -421,46 +442,54 @@ class Bench:
         figures["rrl_legit_answered_ratio"] = (
             round(result.legit_answered / result.legit_asked, 5) if result.legit_asked else None
         )
-        missing = packages.ensure({"dnsperf": PACKAGES["dnsperf"]})
-        if missing:
-            figures["rrl_overhead_ratio"] = None
-            figures["rrl_overhead_note"] = f"dnsperf cannot be had: {missing}"
+        if self._without_dnsperf("rrl", "rrl_overhead_note"):
             return
-        datafile = self.root / "queries-ecs.bin"
-        datafile.write_bytes(frame([q.wire for q in self.mix]))
-        servers = {}
-        try:
-            servers["rrl_on"] = start_router(
-                self._zones_with_rrl("rrl-on", {"rate": RRL_NO_LIMIT, "allow": []}),
-                self.root, 1, SERVER_CORE, "router_rrl_on",
-            )  # fmt: skip
-            servers["rrl_off"] = start_router(
-                self._zones_with_rrl("rrl-off", {"rate": 0}), self.root, 1, SERVER_CORE, "router_rrl_off"
-            )  # fmt: skip
-            runs: dict[str, list] = {"rrl_on": [], "rrl_off": []}
-            for server in servers.values():  # unmeasured warm-up
-                run_dnsperf(server, datafile, min(1.0, args.seconds), "ecs", -1, LOAD_CORE)
-            for rep in range(args.repetitions):
-                order = ("rrl_on", "rrl_off") if rep % 2 == 0 else ("rrl_off", "rrl_on")
-                for key in order:
-                    runs[key].append(
-                        run_dnsperf(servers[key], datafile, args.seconds, "ecs", rep, LOAD_CORE)
-                    )
-        finally:
-            for server in servers.values():
-                server.stop()
-        for key, done in runs.items():
-            qps = [r.qps for r in done if r.qps]
-            cpu = [r.cpu_us_per_query for r in done if r.cpu_us_per_query]
-            figures[f"router_{key}_qps"] = round(median(qps)) if qps else None
-            figures[f"router_{key}_cpu_us_per_query"] = round(median(cpu), 2) if cpu else None
-        on, off = figures["router_rrl_on_qps"], figures["router_rrl_off_qps"]
-        figures["rrl_overhead_ratio"] = round(on / off, 3) if on and off else None
-        con, coff = (
-            figures["router_rrl_on_cpu_us_per_query"],
-            figures["router_rrl_off_cpu_us_per_query"],
-        )
-        figures["rrl_cpu_ratio"] = round(con / coff, 3) if con and coff else None
+        self._compare({
+            "rrl_on": lambda: start_router(self._zones_with("rrl-on", {"rrl": {"rate": RRL_NO_LIMIT, "allow": []}}),
+                                           self.root, 1, SERVER_CORE, "router_rrl_on"),
+            "rrl_off": lambda: start_router(self._zones_with("rrl-off", {"rrl": {"rate": 0}}), self.root, 1,
+                                            SERVER_CORE, "router_rrl_off"),
+        }, [q.wire for q in self.mix], "rrl")  # fmt: skip
+
+    # -- 5: DNS cookies ---------------------------------------------------------------------------
+
+    def cookie_cost(self) -> None:
+        """The cost of DNS cookies at the same offered load: the ECS mix with a COOKIE option on
+        every query (every other one a client cookie only, the rest a valid server cookie made
+        for 127.0.0.1 with the deployment's secret, so both a fresh cookie and an echo are
+        measured), against a router with cookies on and one with them off (the option ignored)."""
+        figures = self.figures
+        if self._without_dnsperf("cookie", "cookie_note"):
+            return
+        secret = secrets.token_bytes(cookies.SECRET_LEN)
+        zones_on = self._zones_with("cookies-on", {"cookies": {"secret_file": "cookie-secret"}})
+        (zones_on / "cookie-secret").write_text(secret.hex() + "\n")
+        (zones_on / "cookie-secret").chmod(0o600)
+        zones_off = self._zones_with("cookies-off", {"cookies": {"enabled": False}})
+        now = int(time.time())
+        wires = []
+        for i, q in enumerate(self.mix):
+            client = (i + 1).to_bytes(cookies.CLIENT_LEN, "big")
+            option = client + (
+                cookies.make_server_cookie(secret, client, "127.0.0.1", now) if i % 2 else b""
+            )
+            wires.append(with_cookie(q.wire, option))
+
+        def echoed(servers: dict) -> None:
+            query = dns.message.from_wire(wires[1])
+            reply = dns.query.udp(query, "127.0.0.1", port=servers["cookies_on"].port, timeout=3)
+            sent = [o.client + o.server for o in reply.options if o.otype == dns.edns.COOKIE]
+            asked = [o.client + o.server for o in query.options if o.otype == dns.edns.COOKIE]
+            figures["cookie_echo_checked"] = sent == asked
+            if sent != asked:
+                self.notes.append(
+                    f"the cookies-on router did not echo a valid cookie: {sent} for {asked}"
+                )
+
+        self._compare({
+            "cookies_on": lambda: start_router(zones_on, self.root, 1, SERVER_CORE, "router_cookies_on"),
+            "cookies_off": lambda: start_router(zones_off, self.root, 1, SERVER_CORE, "router_cookies_off"),
+        }, wires, "cookie", echoed)  # fmt: skip
 
     # -- the rest -------------------------------------------------------------------------------
 
@@ -474,8 +503,6 @@ class Bench:
                 "value": ratio, "target": f"<= {bound:.4f} (rate x time / queries)",
                 "pass": ratio <= bound,
             }  # fmt: skip
-        figures["cookie_overhead_ratio"] = None
-        figures["cookie_note"] = COOKIE_NOTE
         for key, (text, test) in TARGETS.items():
             value = figures.get(key)
             figures["targets"][key] = {"value": value, "target": text,
@@ -492,6 +519,14 @@ class Bench:
         figures["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         figures["duration_s"] = round(time.time() - self.started, 1)
         return figures
+
+
+def with_cookie(wire: bytes, option: bytes) -> bytes:
+    """``wire`` (a query with EDNS) with a COOKIE option of data ``option`` added last."""
+    message = dns.message.from_wire(wire)
+    options = [*message.options, dns.edns.GenericOption(dns.edns.COOKIE, option)]
+    message.use_edns(0, message.ednsflags, message.payload, options=options)
+    return message.to_wire()
 
 
 def fmt(value: object, spec: str = ",") -> str:
@@ -521,7 +556,11 @@ def format_table(f: dict) -> str:
          fmt(f.get("rrl_overhead_ratio"), ".3f"), target("rrl_overhead_ratio")),
         ("CPU us/query", fmt(f.get("router_rrl_on_cpu_us_per_query"), ".2f"),
          fmt(f.get("router_rrl_off_cpu_us_per_query"), ".2f"), fmt(f.get("rrl_cpu_ratio"), ".3f"), ""),
-        ("cookies on / off qps", "-", "-", "-", "not measured (cookie_note)"),
+        ("figure", "router cookies on", "router cookies off (peer)", "ratio", "target"),
+        ("qps (dnsperf, ECS mix + COOKIE)", fmt(f.get("router_cookies_on_qps")), fmt(f.get("router_cookies_off_qps")),
+         fmt(f.get("cookie_overhead_ratio"), ".3f"), target("cookie_overhead_ratio")),
+        ("CPU us/query", fmt(f.get("router_cookies_on_cpu_us_per_query"), ".2f"),
+         fmt(f.get("router_cookies_off_cpu_us_per_query"), ".2f"), fmt(f.get("cookie_cpu_ratio"), ".3f"), ""),
     ]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -567,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.flood_and_slow()
         bench.pktinfo()
         bench.rrl()
+        bench.cookie_cost()
         figures = bench.finish()
     table = format_table(figures)
     print(table)

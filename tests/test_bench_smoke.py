@@ -138,7 +138,7 @@ def test_bench_failover_smoke(tmp_path: Path) -> None:
 def test_bench_hardening_smoke(tmp_path: Path) -> None:
     """The flood, the slow TCP clients and the pktinfo runs, small: every reply well formed,
     no worker lost, the router answering after; the RRL attack within its bound; the cookie
-    figure null with a note."""
+    runs measured, after the router echoed a valid cookie."""
     if not shutil.which("dnsperf") and not can_install():
         pytest.skip("dnsperf is not installed and cannot be (not root with apt-get)")
     bench = load_script(REPO / "loadtest" / "bench_hardening.py")
@@ -159,4 +159,4 @@ def test_bench_hardening_smoke(tmp_path: Path) -> None:
     # The flooding source got no more full answers than a second's burst plus the refill.
     assert figures["rrl_attack_full_answers_ratio"] <= figures["rrl_attack_full_answers_bound"]
     assert figures["rrl_attack_truncated"] > 0 and figures["rrl_legit_queries"] > 0
-    assert figures["cookie_overhead_ratio"] is None and figures["cookie_note"]
+    assert is_number(figures["cookie_overhead_ratio"]) and figures["cookie_echo_checked"] is True

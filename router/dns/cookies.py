@@ -187,17 +187,37 @@ def judge(pkt, at, length, v6, hi, lo, state):
     return verdict, now, server_hash(state[S_K0], state[S_K1], pkt, at, head, v6, hi, lo)
 
 
+def make_server_cookie(secret: bytes, client: bytes, source: str, at: int) -> bytes:
+    """The 16-octet server cookie ``secret`` makes for the client cookie ``client`` from
+    ``source`` at unix time ``at`` (what a router of the service would send; tests, benchmarks)."""
+    state = state_array([secret])
+    state[S_NOW] = at
+    v6, hi, lo = _split(source)
+    _verdict, stamp, digest = judge(
+        np.frombuffer(client, np.uint8), 0, CLIENT_LEN, v6, hi, lo, state
+    )
+    return (
+        bytes((VERSION, 0, 0, 0))
+        + int(stamp).to_bytes(4, "big")
+        + int(digest).to_bytes(8, "little")
+    )
+
+
+def _split(source: str) -> tuple[bool, np.uint64, np.uint64]:
+    address = ipaddress.ip_address(source.split("%", 1)[0])
+    value = int(address)
+    if address.version == 6:
+        return True, np.uint64(value >> 64), np.uint64(value & 0xFFFFFFFFFFFFFFFF)
+    return False, np.uint64(0), np.uint64(value)
+
+
 def reply_option(
     packet: bytes, at: int, length: int, source: str, state: np.ndarray
 ) -> tuple[int, bytes]:
     """The general path's (verdict, COOKIE option data for the reply), as the fast path writes it."""
     state[S_NOW] = int(time.time())
-    address = ipaddress.ip_address(source.split("%", 1)[0])
-    value = int(address)
-    v6 = address.version == 6
-    hi, lo = (value >> 64, value & 0xFFFFFFFFFFFFFFFF) if v6 else (0, value)
     pkt = np.frombuffer(packet, dtype=np.uint8)
-    verdict, stamp, digest = judge(pkt, at, length, v6, np.uint64(hi), np.uint64(lo), state)
+    verdict, stamp, digest = judge(pkt, at, length, *_split(source), state)
     client = packet[at : at + CLIENT_LEN]
     if verdict == VALID:
         return verdict, client + packet[at + CLIENT_LEN : at + REPLY_LEN]
