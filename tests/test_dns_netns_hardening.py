@@ -118,6 +118,16 @@ def shared_secret_zones(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return zones
 
 
+@pytest.fixture(scope="module")
+def service_router(
+    lab: netns.ServiceLab, shared_secret_zones: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningRouter]:
+    """One router of the service (v4 and v6, the shared cookie secret), for the tests below."""
+    router = _router(lab, shared_secret_zones, tmp_path_factory.mktemp("service") / "router.log")
+    yield router
+    _stop(router)
+
+
 def _router(lab: netns.ServiceLab, zones: Path, log: Path, *extra: str) -> RunningRouter:
     return start_router(zones, log, "--rrl-rate", str(RATE), "--rrl-slip", "2", *extra, api=False, workers=1,
                         listen=["0.0.0.0:0", "[::]:0"], prefix=["ip", "netns", "exec", lab.server])  # fmt: skip
@@ -148,34 +158,26 @@ def _client(lab: netns.ServiceLab, steps: list[dict]) -> list[dict]:
     ids=["v4", "v6"],
 )  # fmt: skip
 def test_a_flooding_prefix_is_limited_and_others_and_cookies_are_not(
-    lab: netns.ServiceLab,
-    shared_secret_zones: Path,
-    tmp_path: Path,
-    attacker: str,
-    legit: str,
-    service: str,
+    lab: netns.ServiceLab, service_router: RunningRouter, attacker: str, legit: str, service: str
 ) -> None:
-    router = _router(lab, shared_secret_zones, tmp_path / "router.log")
-    try:
-        port = _ports(router)[0 if ":" not in service else 1]
-        client = "00112233445566ff"
-        flood, legit_run, over_tcp, fetched = _client(lab, [
-            {"kind": "flood", "source": attacker, "service": service, "port": port, "count": 400,
-             "name": "video.cdn.example", "cookie": None},
-            {"kind": "flood", "source": legit, "service": service, "port": port, "count": RATE // 2,
-             "name": "video.cdn.example", "cookie": None},
-            {"kind": "one", "source": attacker, "service": service, "port": port, "name": "video.cdn.example",
-             "cookie": None, "tcp": True},
-            {"kind": "one", "source": attacker, "service": service, "port": port, "name": "www.cdn.example",
-             "cookie": client, "tcp": False},
-        ])  # fmt: skip
-        # The flooded name's bucket is empty now; a client proving its address is still answered.
-        with_cookie = _client(lab, [
-            {"kind": "flood", "source": attacker, "service": service, "port": port, "count": 400,
-             "name": "video.cdn.example", "cookie": fetched["cookie"]},
-        ])[0]  # fmt: skip
-    finally:
-        _stop(router)
+    router = service_router  # the flood's buckets are this family's prefixes only
+    port = _ports(router)[0 if ":" not in service else 1]
+    client = "00112233445566ff"
+    flood, legit_run, over_tcp, fetched = _client(lab, [
+        {"kind": "flood", "source": attacker, "service": service, "port": port, "count": 400,
+         "name": "video.cdn.example", "cookie": None},
+        {"kind": "flood", "source": legit, "service": service, "port": port, "count": RATE // 2,
+         "name": "video.cdn.example", "cookie": None},
+        {"kind": "one", "source": attacker, "service": service, "port": port, "name": "video.cdn.example",
+         "cookie": None, "tcp": True},
+        {"kind": "one", "source": attacker, "service": service, "port": port, "name": "www.cdn.example",
+         "cookie": client, "tcp": False},
+    ])  # fmt: skip
+    # The flooded name's bucket is empty now; a client proving its address is still answered.
+    with_cookie = _client(lab, [
+        {"kind": "flood", "source": attacker, "service": service, "port": port, "count": 400,
+         "name": "video.cdn.example", "cookie": fetched["cookie"]},
+    ])[0]  # fmt: skip
     bound = RATE + RATE * (
         flood["sent_s"] + 1.0
     )  # a full bucket, then its refill while replies came
@@ -189,9 +191,13 @@ def test_a_flooding_prefix_is_limited_and_others_and_cookies_are_not(
 
 
 def test_every_instance_with_the_shared_secret_accepts_the_cookie(
-    lab: netns.ServiceLab, shared_secret_zones: Path, deployment_dir: Path, tmp_path: Path
+    lab: netns.ServiceLab,
+    service_router: RunningRouter,
+    shared_secret_zones: Path,
+    deployment_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    first = _router(lab, shared_secret_zones, tmp_path / "first.log")
+    first = service_router
     second = _router(lab, shared_secret_zones, tmp_path / "second.log")
     alone = _router(lab, deployment_dir, tmp_path / "alone.log")  # no secret file: its own
     try:
@@ -214,7 +220,7 @@ def test_every_instance_with_the_shared_secret_accepts_the_cookie(
             ],
         )
     finally:
-        _stop(first, second, alone)
+        _stop(second, alone)
     assert cookie is not None and len(cookie) == 48 and cookie.startswith(client)
     assert (
         at_second["cookie"] == cookie and at_second_tcp["cookie"] == cookie
