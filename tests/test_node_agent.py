@@ -57,7 +57,12 @@ def interface(root: Path, name: str, operstate: str = "up", carrier: str | None 
 
 
 def set_counter(root: Path, name: str, tx_bytes: int) -> None:
-    (root / f"class/net/{name}/statistics/tx_bytes").write_text(f"{tx_bytes}\n")
+    # A rename, not a rewrite in place: sysfs is read whole, and a reader must never see the
+    # empty file a rewrite leaves for a moment (that read is "not a number", load 0).
+    counter = root / f"class/net/{name}/statistics/tx_bytes"
+    staged = counter.with_name("tx_bytes.new")
+    staged.write_text(f"{tx_bytes}\n")
+    staged.replace(counter)
 
 
 class Clock:
@@ -692,6 +697,7 @@ def run_agent_cli(*argv: str, timeout: float = 30) -> subprocess.CompletedProces
         (secrets.token_hex(8), 0o600, "holds a 8-byte key; a key is at least 16 bytes (32 hex digits)"),
         ("", 0o600, "is empty"),
     ],
+    ids=["mode-0644", "mode-0640", "not-hex", "a-keys-file", "too-short", "empty"],
 )  # fmt: skip
 def test_bad_key_files_are_refused(
     tmp_path: Path, routers: list[socket.socket], capsys: pytest.CaptureFixture,
