@@ -20,7 +20,9 @@ stopped by its PID. Three parts (issue 17, "Figures"):
 2. **Slow TCP clients.** On the same router, ``--slow`` connections (5,000) from 200 source
    addresses 127.0.1.1 and up, each trickling a query one octet every 0.5 s and reopened when
    the router closes it, while a separate process (``hardening/probe.py``, from 127.0.0.2)
-   makes ``--probes`` (200) fresh TCP queries one at a time, each on a new connection.
+   makes ``--probes`` (200) fresh TCP queries one at a time, each on a new connection. The
+   router is given ``--tcp-max-connections`` enough for all of them (3,064 per worker for 5,000),
+   as an operator expecting that many would set it.
    ``tcp_slowloris_connections``: the most of them the router held open at once (its
    ``/v1/dns`` ``tcp.open``, summed over workers, sampled every 0.5 s; the clients' own count
    is ``tcp_slowloris_client_open_max``); ``tcp_fresh_query_ms_p99`` (nearest rank; a query
@@ -94,7 +96,7 @@ from loadtest.throughput.dnsperf import (  # noqa: E402
 from loadtest.throughput.figures import source_state  # noqa: E402
 from loadtest.throughput.peers import PACKAGES  # noqa: E402
 from loadtest.throughput.queries import build_mix, draw_subnets, frame, zone_inventory  # noqa: E402
-from loadtest.throughput.servers import Server, free_port, start_router  # noqa: E402
+from loadtest.throughput.servers import Server, free_port, start_router, with_settings  # noqa: E402
 from router.dns import cookies  # noqa: E402
 from tests.conftest import make_deployment  # noqa: E402
 
@@ -151,6 +153,12 @@ def raise_nofile(want: int) -> tuple[int, int]:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def args_slow_per_worker(slow: int) -> int:
+    """``--tcp-max-connections`` for the 2 workers of the flood router: the slow clients plus
+    a fifth (the kernel spreads connections over the workers unevenly), per worker."""
+    return (slow * 6 // 5 + 1) // 2 + 64
 
 
 def worker_pids(pid: int) -> set[int]:
@@ -219,8 +227,12 @@ class Bench:
         token = secrets.token_hex(16)
         os.environ["ROUTER_API_TOKEN"] = token
         api_port = free_port()
+        # A table that can hold every slow client at once (an operator expecting this many sets
+        # it so; the default 1,024 per worker would evict the longest idle instead).
+        per_worker = max(1024, args_slow_per_worker(self.args.slow))
         router = start_router(self.zones, self.root, 2, None, "router_flood",
-                              ("--api", f"127.0.0.1:{api_port}"))  # fmt: skip
+                              ("--api", f"127.0.0.1:{api_port}", "--tcp-max-connections", str(per_worker)))  # fmt: skip
+        figures["tcp_max_connections_per_worker"] = per_worker
         api = Api(api_port, token)
         try:
             self._flood(router, api)
@@ -356,13 +368,7 @@ class Bench:
     def _zones_with(self, name: str, sections: dict) -> Path:
         """The sample deployment with ``sections`` of deployment.yaml replaced (rrl's
         "allow": [] -- loopback is limited like any client here)."""
-        import yaml
-
-        zones = make_deployment(self.root / name)
-        settings = yaml.safe_load((zones / "deployment.yaml").read_text())
-        settings.update(sections)
-        (zones / "deployment.yaml").write_text(yaml.safe_dump(settings))
-        return zones
+        return with_settings(make_deployment(self.root / name), sections)
 
     def _without_dnsperf(self, name: str, note: str) -> bool:
         """True (the figure null, ``note`` saying why) when dnsperf cannot be had."""

@@ -6,7 +6,11 @@
 Everything runs on loopback (127.0.0.1), dnsperf pinned to core 0 and the server under test to
 core 1 (``taskset -c``):
 
-- the router (``router serve --workers 1``) on the sample deployment (zones/, geodata/);
+- the router (``router serve --workers 1``) on the sample deployment (zones/, geodata/), as it
+  faces the internet: bound to ``0.0.0.0`` (replies sent from the query's destination address),
+  response rate limiting with the loopback allow-list emptied (every reply classed and counted,
+  at a rate none reaches), cookies on (``servers.HARDENED_SETTINGS``); ``router_loopback_*`` is
+  the embedded default beside it (127.0.0.1, loopback allow-listed);
 - gdnsd 3 with its geoip plugin: a ``nets`` map made from the router's whole client map, each
   prefix sent to the node pair the router's own routing table gives its client group;
 - PowerDNS 4 (bind backend, ``enable-lua-records``, ``edns-subnet-processing``) with LUA
@@ -100,7 +104,14 @@ from loadtest.throughput.queries import (  # noqa: E402
     unframe,
     zone_inventory,
 )
-from loadtest.throughput.servers import Server, soa_answers, start_router  # noqa: E402
+from loadtest.throughput.servers import (  # noqa: E402
+    HARDENED_LISTEN,
+    HARDENED_SETTINGS,
+    Server,
+    soa_answers,
+    start_router,
+    with_settings,
+)
 from tests.conftest import make_deployment  # noqa: E402
 
 __all__ = ["build_mix", "draw_subnets", "main", "measure", "parse_args", "zone_inventory"]
@@ -108,7 +119,7 @@ __all__ = ["build_mix", "draw_subnets", "main", "measure", "parse_args", "zone_i
 QUERY_LOG_SAMPLE = 100  # the query log run: 1 query in this many is logged
 PDNS_STATS = ("packetcache-hit", "packetcache-miss", "query-cache-hit", "query-cache-miss", "udp-queries",
               "overload-drops", "servfail-packets", "latency")  # fmt: skip
-ROUTER_LOGS = ("router", "router2", "router_qlog", "router_wildcard")
+ROUTER_LOGS = ("router", "router2", "router_qlog", "router_loopback")
 
 
 class Bench:
@@ -141,6 +152,17 @@ class Bench:
         self.quiet_spent = 0.0  # seconds waited for quiet so far, against --quiet-budget
         self.missing: dict[str, str] = {}
 
+    def start_hardened(
+        self, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()
+    ) -> Server:
+        """The router as it faces the internet (loadtest/throughput/servers.py, HARDENED_SETTINGS):
+        every router figure but ``router_loopback_*`` is measured on it."""
+        server = start_router(
+            self.hardened_zones, self.root, workers, cpus, key, extra, listen=HARDENED_LISTEN
+        )
+        server.label = server.label[:-1] + ", 0.0.0.0 pktinfo, RRL, cookies)"
+        return server
+
     # --- the steps, in order ---------------------------------------------------------------
 
     def run(self) -> dict:
@@ -161,7 +183,7 @@ class Bench:
             self.overload()
             self.two_workers()
             self.query_log()
-            self.wildcard_bind()
+            self.loopback_defaults()
         finally:
             for server in self.servers.values():
                 server.stop()
@@ -172,6 +194,9 @@ class Bench:
     def prepare_deployment(self) -> None:
         """The sample deployment, the router's own lookup on it, and the zone the mix asks."""
         self.zones = make_deployment(self.root / "sample")
+        self.hardened_zones = with_settings(
+            make_deployment(self.root / "hardened"), HARDENED_SETTINGS
+        )
         self.oracle = Oracle(self.zones)
         if self.oracle.split_groups():
             self.notes.append(f"{self.oracle.split_groups()} groups split by the capacity plan: "
@@ -223,7 +248,7 @@ class Bench:
     def start_servers(self) -> None:
         """The router (1 worker), gdnsd and PowerDNS (a note for a peer that cannot start)."""
         figures, servers = self.figures, self.servers
-        servers["router"] = start_router(self.zones, self.root, 1, self.server_core, "router")
+        servers["router"] = self.start_hardened(1, self.server_core, "router")
         figures["router_version"] = tool_version([sys.executable, "-c", "import router; print(router.__version__)"],
                                                  r"(\S+)")  # fmt: skip
         self.start_gdnsd()
@@ -362,8 +387,9 @@ class Bench:
         self.servers.pop("router").stop()
         print("router with 2 workers (cores 0-1)", flush=True)
         try:
-            server = self.servers["router2"] = start_router(self.zones, self.root, 2, "0-1" if self.pin else None,
-                                                            "router2")  # fmt: skip
+            server = self.servers["router2"] = self.start_hardened(
+                2, "0-1" if self.pin else None, "router2"
+            )
             figures["labels"]["router2"] = server.label
             run_dnsperf(server, self.files["ecs"], self.args.warmup, "ecs", -1, self.load_core)
             for rep in range(self.args.repetitions):
@@ -384,16 +410,14 @@ class Bench:
         print(f"router with the query log (1 in {QUERY_LOG_SAMPLE})", flush=True)
         query_log = self.root / "queries.jsonl"
         try:
-            server = self.servers["router_qlog"] = start_router(
-                self.zones,
-                self.root,
+            server = self.servers["router_qlog"] = self.start_hardened(
                 1,
                 self.server_core,
                 "router_qlog",
                 ("--query-log", str(query_log), "--query-log-sample", str(QUERY_LOG_SAMPLE)),
             )
             figures["labels"]["router_qlog"] = (
-                f"router (1 worker, query log 1 in {QUERY_LOG_SAMPLE})"
+                f"{server.label[:-1]}, query log 1 in {QUERY_LOG_SAMPLE})"
             )
             run_dnsperf(server, self.files["ecs"], self.args.warmup, "ecs", -1, self.load_core)
             for rep in range(self.args.repetitions):
@@ -412,36 +436,41 @@ class Bench:
         except (RuntimeError, OSError) as exc:
             figures["router_query_log_note"] = str(exc)[:500]
 
-    def wildcard_bind(self) -> None:
-        """The router bound to 0.0.0.0 as on an anycast node: its UDP sockets carry IP_PKTINFO
-        and every reply is sent from the query's destination address (router/dns/pktinfo.py).
-        Same core, query file and dnsperf target (127.0.0.1) as the 1-worker runs, so the
-        difference is the source addressing alone."""
+    def loopback_defaults(self) -> None:
+        """The router as the embedded default runs it: bound to 127.0.0.1 (no pktinfo), the
+        sample's rrl section (loopback allow-listed, so no reply is classed). Same core, query
+        file and target as the 1-worker runs of the hardened router, so the difference is the
+        cost of facing the internet: source addressing and the limiter's accounting."""
         figures = self.figures
-        print("router bound to 0.0.0.0 (replies from the query's destination address)", flush=True)
+        print(
+            "router on 127.0.0.1 with the sample's defaults (no pktinfo, loopback not rate limited)",
+            flush=True,
+        )
         try:
-            server = self.servers["router_wildcard"] = start_router(
-                self.zones, self.root, 1, self.server_core, "router_wildcard", listen="0.0.0.0:0"
+            server = self.servers["router_loopback"] = start_router(
+                self.zones, self.root, 1, self.server_core, "router_loopback"
             )
-            figures["labels"]["router_wildcard"] = "router (1 worker, 0.0.0.0, pktinfo)"
+            figures["labels"]["router_loopback"] = (
+                "router (1 worker, 127.0.0.1, loopback allow-listed)"
+            )
             run_dnsperf(server, self.files["ecs"], self.args.warmup, "ecs", -1, self.load_core)
             for rep in range(self.args.repetitions):
-                self.one("router_wildcard", "ecs", rep)
-            wildcard = summarize_runs(self.runs, "router_wildcard", "ecs")
-            loopback = summarize_runs(self.runs, "router", "ecs")
-            figures["router_pktinfo_qps"] = wildcard["qps"]
-            figures["router_pktinfo_cpu_us_per_query"] = wildcard["cpu_us_per_query"]
-            figures["router_pktinfo_lost"] = wildcard["lost"]
-            if wildcard["qps"] and loopback["qps"]:
-                figures["pktinfo_vs_router_qps"] = round(wildcard["qps"] / loopback["qps"], 3)
-            if wildcard["cpu_us_per_query"] and loopback["cpu_us_per_query"]:
-                figures["pktinfo_vs_router_cpu"] = round(
-                    wildcard["cpu_us_per_query"] / loopback["cpu_us_per_query"], 3
+                self.one("router_loopback", "ecs", rep)
+            loopback = summarize_runs(self.runs, "router_loopback", "ecs")
+            hardened = summarize_runs(self.runs, "router", "ecs")
+            figures["router_loopback_qps"] = loopback["qps"]
+            figures["router_loopback_cpu_us_per_query"] = loopback["cpu_us_per_query"]
+            figures["router_loopback_lost"] = loopback["lost"]
+            if hardened["qps"] and loopback["qps"]:
+                figures["hardened_vs_loopback_qps"] = round(hardened["qps"] / loopback["qps"], 3)
+            if hardened["cpu_us_per_query"] and loopback["cpu_us_per_query"]:
+                figures["hardened_vs_loopback_cpu"] = round(
+                    hardened["cpu_us_per_query"] / loopback["cpu_us_per_query"], 3
                 )
         except (RuntimeError, OSError) as exc:
-            figures["router_pktinfo_note"] = str(exc)[:500]
-        if "router_wildcard" in self.servers:
-            self.servers.pop("router_wildcard").stop()
+            figures["router_loopback_note"] = str(exc)[:500]
+        if "router_loopback" in self.servers:
+            self.servers.pop("router_loopback").stop()
 
     def collect_router_logs(self) -> None:
         problems = {}

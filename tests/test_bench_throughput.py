@@ -335,7 +335,7 @@ def test_gdnsd_nets_send_each_subnet_where_the_router_does(oracle, sample, tmp_p
     peers = Peers(oracle, sample["subnets"], sample["zone_file"])
     figures = peers.write_gdnsd(tmp_path / "gdnsd", 15353)
     config = (tmp_path / "gdnsd" / "config").read_text()
-    assert "listen => [ 127.0.0.1 ]" in config and "dns_port => 15353" in config
+    assert "listen => [ 0.0.0.0 ]" in config and "dns_port => 15353" in config
     assert "service_types => up" in config  # no health checks: they would leave loopback
     zone = (tmp_path / "gdnsd" / "zones" / "cdn.example").read_text()
     for s in peers.steered:

@@ -115,7 +115,10 @@ def gdnsd_config_text(port: int, run_dir: Path, maps: dict[str, dict]) -> str:
 
     ``maps``: resource name -> {"nets": path, "datacenters": [dc, ...] (default first),
     "dcmap": {dc: (v4 list, v6 list)}}. ``service_types => up``: no health checks (they would
-    probe the documentation-prefix node addresses); every datacenter is up.
+    probe the documentation-prefix node addresses); every datacenter is up. ``listen`` is the
+    IPv4 "ANY" address, gdnsd's own default (with ``::``) and what an anycast node runs: like the
+    router it is measured beside, gdnsd then sends each UDP reply from the query's destination
+    address (IP_PKTINFO). Cookies are on, gdnsd's default.
     """
     map_lines, resource_lines = [], []
     for name, spec in maps.items():
@@ -131,7 +134,7 @@ def gdnsd_config_text(port: int, run_dir: Path, maps: dict[str, dict]) -> str:
         resource_lines.append(f"      {name} => {{\n        map => {name}_map\n        dcmap => {{\n"
                               + "\n".join(entries) + "\n        }\n      }")  # fmt: skip
     return f"""options => {{
-  listen => [ 127.0.0.1 ]
+  listen => [ 0.0.0.0 ]
   dns_port => {port}
   udp_threads => 1
   tcp_threads => 1

@@ -95,6 +95,30 @@ class Server:
             self._drain.join(timeout=2)
 
 
+def with_settings(zones: Path, sections: dict) -> Path:
+    """``zones`` (a copy of the sample deployment) with ``sections`` of its deployment.yaml
+    replaced; returns ``zones``."""
+    import yaml
+
+    path = zones / "deployment.yaml"
+    settings = yaml.safe_load(path.read_text())
+    settings.update(sections)
+    path.write_text(yaml.safe_dump(settings))
+    return zones
+
+
+# The router as it faces the internet, for the throughput figures: bound to the wildcard (every
+# UDP reply sent from the query's destination address, pktinfo), response rate limiting with the
+# loopback allow-list emptied, so dnsperf's queries are classed and counted like any client's, at
+# a rate no reply reaches (the figure is the limiter's cost, not its drops), cookies on (the
+# default; the mix carries no COOKIE option: bench_hardening measures a mix that does).
+HARDENED_LISTEN = "0.0.0.0:0"
+HARDENED_SETTINGS = {
+    "rrl": {"rate": 1_000_000, "slip": 2, "allow": []},
+    "cookies": {"enabled": True},
+}
+
+
 def pinned(cpus: str | None, argv: list[str]) -> list[str]:
     return (["taskset", "-c", cpus] if cpus else []) + argv
 
