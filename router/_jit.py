@@ -15,3 +15,13 @@ as ctypes' in as arguments rather than reading them as globals (router/dns/udp_b
 """
 
 JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": False}
+
+# The DNS hot path (router/dns, the client-map lookups it calls): compiled without numba's
+# reference counting. Every array these kernels touch is owned by the Python caller for the
+# whole call and none is allocated inside, so counting is pure cost: with it, the atomic
+# increments and decrements of NRT_incref/NRT_decref on every array view and tuple of arrays
+# took 12 % of a worker's CPU under dnsperf (perf, 2026-12-04). ``_nrt`` is numba's own flag
+# (its test suite uses it); tests/test_router_dns_fast_path.py checks the compiled loop holds
+# no NRT_incref, so a numba that stops honouring it is caught. Such a kernel cannot allocate
+# an array (it fails to compile) or return one.
+HOT_PATH_OPTIONS = {**JIT_OPTIONS, "_nrt": False}

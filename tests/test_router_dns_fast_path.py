@@ -14,6 +14,8 @@ import random
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -631,3 +633,37 @@ def test_a_flood_is_counted_as_kernel_drops_and_the_router_keeps_answering(deplo
         router.stop()
         assert router.process.stdout is not None
         router.process.stdout.close()
+
+
+_REFCOUNT_CHECK = """
+import sys
+import numpy as np
+from pathlib import Path
+from router.dns import udp_batch
+from router.dns.fast_answer import compile_book
+from router.geo import _lpm
+from tests.test_router_dns_engine import Engine
+
+engine = Engine(Path(sys.argv[1]))
+udp_batch.warm_up(compile_book(engine.book, engine.model.client_map), engine.view)
+engine.model.client_map.lookup_v4(np.array([0x53_2C_0A_01], dtype=np.int64))
+for name, kernel in (("loop", udp_batch._serve_batches), ("allocating", _lpm._lookup_v4)):
+    ir = "".join(kernel.inspect_llvm(signature) for signature in kernel.signatures)
+    print(name, len(kernel.signatures), ir.count("@NRT_incref") + ir.count("@NRT_decref"))
+"""
+
+
+@pytest.mark.skipif(not supported, reason="recvmmsg/sendmmsg batching needs 64-bit Linux")
+def test_the_compiled_loop_counts_no_references(deployment_dir: Path, tmp_path: Path) -> None:
+    """router/_jit.py's HOT_PATH_OPTIONS compile the loop and everything it calls without
+    numba's reference counting (12 % of a worker's CPU when on). Compiled afresh (a cache
+    holds no IR) in a process of its own: the loop's IR calls no NRT_incref/NRT_decref,
+    while a kernel that allocates (compiled with JIT_OPTIONS) does, so the check can see them."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    done = subprocess.run([sys.executable, "-c", _REFCOUNT_CHECK, str(deployment_dir)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = {name: (int(signatures), int(calls)) for name, signatures, calls in
+              (line.split() for line in done.stdout.splitlines())}  # fmt: skip
+    assert counts["loop"][0] >= 1 and counts["loop"][1] == 0, counts
+    assert counts["allocating"][0] >= 1 and counts["allocating"][1] > 0, counts

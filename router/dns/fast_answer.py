@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from router._jit import JIT_OPTIONS
+from router._jit import HOT_PATH_OPTIONS
 from router.dns import cookies, query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
 from router.dns.engine import (
@@ -242,7 +242,7 @@ def compile_book(book: AnswerBook, client_map: ClientMap, nsid: bytes = b"") -> 
     return FastBook(arrays, len(steered), len(st), len(b.keys), labels)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _fill_slots(keys, key_off, key_tag, slots):
     mask = slots.shape[0] - 1
     for e in range(key_off.shape[0] - 1):
@@ -257,12 +257,12 @@ def _fill_slots(keys, key_off, key_tag, slots):
 # --- the hash table -----------------------------------------------------------------------
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _lower(octet):
     return octet + 32 if 65 <= octet <= 90 else octet
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _name_hash(buf, start, length, tag):
     # FNV-1a over the lower-cased name, then the tag.
     h = _FNV_OFFSET
@@ -272,7 +272,7 @@ def _name_hash(buf, start, length, tag):
     return h ^ (h >> _U64_29)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _find(keys, key_off, key_tag, slots, buf, start, length, tag):
     """Index of the entry for (name at buf[start:start+length], tag), or -1."""
     mask = slots.shape[0] - 1
@@ -296,12 +296,12 @@ def _find(keys, key_off, key_tag, slots, buf, start, length, tag):
 # --- parsing (router/dns/wire.py, mirrored) ------------------------------------------------
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _u16(pkt, pos):
     return (np.int64(pkt[pos]) << 8) | np.int64(pkt[pos + 1])
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _read_name(pkt, n, pos):
     """Offset after a (possibly compressed) name, or -1 where wire.read_name raises."""
     jumped_to = -1
@@ -335,7 +335,7 @@ def _read_name(pkt, n, pos):
     return jumped_to if jumped_to >= 0 else pos
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _skip_rr(pkt, n, pos):
     pos = _read_name(pkt, n, pos)
     if pos < 0 or pos + 10 > n:
@@ -344,7 +344,7 @@ def _skip_rr(pkt, n, pos):
     return -1 if pos > n else pos
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _parse_ecs(pkt, pos, length, q):
     """RFC 7871 section 6; False when malformed."""
     if length < 4:
@@ -373,7 +373,7 @@ def _parse_ecs(pkt, pos, length, q):
     return True
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _parse_opt(pkt, n, pos, q):
     # pos is just after the root owner name.
     if pos + 10 > n:
@@ -415,7 +415,7 @@ def _parse_opt(pkt, n, pos, q):
     return rdend
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _parse_query(pkt, n, q):
     """Fill ``q``; False where wire.parse_query raises FormatError."""
     for i in range(QUERY_FIELDS):
@@ -487,7 +487,7 @@ def _parse_query(pkt, n, q):
 # --- encoding (Responder._reply, mirrored) -------------------------------------------------
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _copy(dst, at, src, start, length):
     # A plain loop: numba's slice assignment checks for overlap and may copy through a
     # temporary array, which cost more than the whole rest of an answer.
@@ -495,13 +495,13 @@ def _copy(dst, at, src, start, length):
         dst[at + i] = src[start + i]
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _put16(out, pos, value):
     out[pos] = (value >> 8) & 0xFF
     out[pos + 1] = value & 0xFF
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _reply(
     pkt,
     q,
@@ -615,7 +615,7 @@ def _reply(
     return pos
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _empty_reply(pkt, q, out, rcode, book, body, udp):
     return _reply(pkt, q, out, rcode, 0, 0, 0, body, 0, 0, 0, False, udp, -1, book[B_NSID])
 
@@ -623,13 +623,13 @@ def _empty_reply(pkt, q, out, rcode, book, body, udp):
 # --- locating the client (Responder._locate, mirrored) -------------------------------------
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _v4_key(value, bits):
     keep = min(bits, STICKY_V4_BITS)
     return np.uint64(value & ~((np.int64(1) << (32 - keep)) - 1) & 0xFFFFFFFF)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _v6_key(hi, bits):
     keep = min(bits, STICKY_V6_BITS)
     top = (hi >> _U64_16) & _U64_80_MASK
@@ -637,7 +637,7 @@ def _v6_key(hi, bits):
     return (np.uint64(1) << _U64_63) | (top & keep_mask)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _special_v4(value, nets, lens):
     for i in range(nets.shape[0]):
         shift = 32 - lens[i]
@@ -646,7 +646,7 @@ def _special_v4(value, nets, lens):
     return -1
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _in_v6(hi, lo, net_hi, net_lo, bits):
     if bits == 0:
         return True
@@ -659,7 +659,7 @@ def _in_v6(hi, lo, net_hi, net_lo, bits):
     return (lo >> shift) == (net_lo >> shift) if bits < 128 else lo == net_lo
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _special_v6(hi, lo, nets_hi, nets_lo, lens):
     for i in range(nets_hi.shape[0]):
         if _in_v6(hi, lo, nets_hi[i], nets_lo[i], lens[i]):
@@ -667,7 +667,7 @@ def _special_v6(hi, lo, nets_hi, nets_lo, lens):
     return -1
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _lookup_v6(book, hi, lo):
     group, scope = _lpm._lookup_v6_one(
         book[B_V6_START_HI],
@@ -682,7 +682,7 @@ def _lookup_v6(book, hi, lo):
     return np.int64(group), np.int64(scope)
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _by_source(book, src_v6, src_hi, src_lo):
     """(group, scope, sticky key) from the packet's source address."""
     if src_v6 and not (src_hi == _MAPPED_HI and (src_lo >> np.uint64(32)) == _MAPPED_LO_TOP):
@@ -695,7 +695,7 @@ def _by_source(book, src_v6, src_hi, src_lo):
     return np.int64(group), np.int64(scope), _v4_key(value, 32)
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _locate(pkt, q, book, src_v6, src_hi, src_lo):
     """(group, ECS scope, sticky client key, query_stats.LOCATED_*)."""
     if q[Q_ECS]:
@@ -738,7 +738,7 @@ def _locate(pkt, q, book, src_v6, src_hi, src_lo):
     return group, scope, key, query_stats.LOCATED_SOURCE
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _pick(view, row, key):
     """TableView.pick: the answer set of split ``row`` for the client subnet ``key``."""
     split_start, split_set, split_cum = view[2], view[3], view[4]
@@ -754,7 +754,7 @@ def _pick(view, row, key):
 # --- the responder --------------------------------------------------------------------------
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
                  q, labels, body, out, cookie_state):  # fmt: skip
     """Reply to ``pkt[:n]`` into ``out``: its length, NO_REPLY, or PUNT (see Responder.respond).
@@ -778,7 +778,7 @@ def answer_query(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_
     return length
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_demand, stats, count_stats,
             q, labels, body, out, cookie_state):  # fmt: skip
     if n < 12 or pkt[2] & 0x80:
@@ -872,7 +872,7 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
     return _negative(pkt, q, out, book, z, 1, qlen, udp)
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _zone_of(pkt, qend, book, labels):
     """(zone id or -1, label count): the deepest zone the question name is in; fills
     ``labels`` with the offset of each suffix of the name, longest first."""
@@ -900,7 +900,7 @@ def _zone_of(pkt, qend, book, labels):
     return -1, count
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _name_label(pkt, q, book, labels):
     """QueryLabels.name_label for a parsed question (replies that did not look the name up)."""
     qend = q[Q_QEND]
@@ -932,7 +932,7 @@ def _name_label(pkt, q, book, labels):
     return book[B_KEY_NAME][e] if e >= 0 else book[B_ZONE_OTHER][z]
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _flags(book, pkt, start, qend, tag):
     e = _find(
         book[B_KEYS], book[B_KEY_OFF], book[B_KEY_TAG], book[B_SLOTS], pkt, start, qend - start, tag
@@ -940,7 +940,7 @@ def _flags(book, pkt, start, qend, tag):
     return book[B_KEY_VAL][e] if e >= 0 else 0
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _negative(pkt, q, out, book, z, slot, qlen, udp):
     index = book[B_NEGATIVE][z, slot, qlen]
     if index < 0:
@@ -948,14 +948,14 @@ def _negative(pkt, q, out, book, z, slot, qlen, udp):
     return _static(pkt, q, out, book, index, udp)
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _static(pkt, q, out, book, index, udp):
     head = book[B_ST_HEAD]
     return _reply(pkt, q, out, head[index, 0], head[index, 1], head[index, 2], head[index, 3], book[B_ST_BYTES],
                   book[B_ST_OFF][index], book[B_ST_MAIN_LEN][index], book[B_ST_EXTRA_LEN][index], head[index, 4] != 0, udp, 0, book[B_NSID])  # fmt: skip
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _steered(
     pkt,
     q,

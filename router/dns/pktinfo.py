@@ -22,7 +22,7 @@ import struct
 import numpy as np
 from numba import njit
 
-from router._jit import JIT_OPTIONS
+from router._jit import HOT_PATH_OPTIONS
 
 IPPROTO_IP = socket.IPPROTO_IP
 IPPROTO_IPV6 = socket.IPPROTO_IPV6
@@ -86,7 +86,7 @@ def parse_control(raw: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def reply_control(rx: np.ndarray, rx_len: int, tx: np.ndarray) -> int:
     """The compiled form of ``reply_ancillary`` over raw buffers: writes into ``tx`` the
     control message that sends the reply to a datagram received with control ``rx[:rx_len]``

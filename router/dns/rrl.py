@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from router._jit import JIT_OPTIONS
+from router._jit import HOT_PATH_OPTIONS
 
 SEND, DROP, SLIP = 0, 1, 2
 CLASS_ANSWER, CLASS_NXDOMAIN, CLASS_REFUSED, CLASS_ERROR = range(4)
@@ -135,17 +135,17 @@ def allow_arrays(prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _lower(octet):
     return octet + 32 if 65 <= octet <= 90 else octet
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _mix(h, value):
     return (h ^ np.uint64(value)) * _FNV_PRIME
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _hash_name(out, length, pos, h):
     """``h`` mixed with the name at ``pos`` of ``out[:length]``, lowercased, following
     compression pointers; returns (hash, the end of the name where it starts) or (h, -1)."""
@@ -174,12 +174,12 @@ def _hash_name(out, length, pos, h):
     return h, -1
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _u16(out, pos):
     return (np.int64(out[pos]) << 8) | np.int64(out[pos + 1])
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _skip_rr(out, length, pos):
     _, end = _hash_name(out, length, pos, _FNV_OFFSET)
     if end < 0 or end + 10 > length:
@@ -187,7 +187,7 @@ def _skip_rr(out, length, pos):
     return end + 10 + _u16(out, end + 8)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _classify(out, length, h):
     """(class, key hash) of the reply ``out[:length]``, ``h`` already holding the prefix."""
     rcode = np.int64(out[3]) & 0xF
@@ -221,7 +221,7 @@ def _classify(out, length, h):
     return CLASS_NXDOMAIN, k
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _allowed(src_v6, hi, lo, allow_v4, allow_v6):
     if src_v6:
         for i in range(allow_v6.shape[0]):
@@ -236,7 +236,7 @@ def _allowed(src_v6, hi, lo, allow_v4, allow_v6):
     return False
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _prefix_hash(src_v6, hi, lo, params):
     if src_v6:
         bits = params[P_V6_BITS]
@@ -255,7 +255,7 @@ def _prefix_hash(src_v6, hi, lo, params):
     return _mix(_mix(_FNV_OFFSET, 4), lo & mask)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def decide(out, length, src_v6, hi, lo, now_ms, table, params, allow_v4, allow_v6, counters):
     """SEND, DROP or SLIP for the UDP reply ``out[:length]`` to the source (``src_v6``,
     ``hi``, ``lo``: IPv4 in ``lo``) at ``now_ms`` (a monotonic clock in milliseconds)."""
@@ -306,7 +306,7 @@ def decide(out, length, src_v6, hi, lo, now_ms, table, params, allow_v4, allow_v
     return DROP
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def truncate(out, length):
     """Turn the reply ``out[:length]`` into its slip form in place: TC=1, the question only,
     no records (the client retries over TCP); returns the new length."""

@@ -32,9 +32,10 @@ import struct
 import sys
 
 import numpy as np
-from numba import carray, njit
+from numba import njit, types
+from numba.extending import intrinsic
 
-from router._jit import JIT_OPTIONS
+from router._jit import HOT_PATH_OPTIONS
 from router.dns import cookies, pktinfo, rrl
 from router.dns.engine import TableView
 from router.dns.fast_answer import (
@@ -107,7 +108,20 @@ _CLOCK_MONOTONIC_COARSE = 6  # cookie timestamps, which count seconds)
 # its address in the code, and numba could not cache the loop on disk.
 
 
-@njit(**JIT_OPTIONS)
+@intrinsic
+def _load_int(typingctx, pointer):  # noqa: ANN001, ANN202, ARG001
+    # *pointer for an int*: the loop is compiled without reference counting, where numba's
+    # carray (an array over the pointer) cannot be made.
+    if not (isinstance(pointer, types.CPointer) and pointer.dtype == types.int32):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202, ARG001
+        return builder.load(args[0])
+
+    return types.int32(pointer), codegen
+
+
+@njit(**HOT_PATH_OPTIONS)
 def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pending, rx_hdr, rx_words, tx_hdr, tx_words,
                    bufs, addrs, outs, out_iov, tx_slot, rx_ctrl, tx_ctrl, tx_ctrl_slot, control_size, punts,
                    punt_sampled, book, view, demand, count_demand, stats, count_stats, sample, control, counters, q,
@@ -138,7 +152,7 @@ def _serve_batches(recvmmsg, sendmmsg, errno_location, clock_gettime, fd, pendin
                 rx_hdr[i, 5] = control_size  # the kernel writes back what it used
             received = recvmmsg(fd, rx_hdr.ctypes.data, BATCH, _MSG_WAITFORONE, 0)
             if received < 0:
-                return STATUS_ERROR, np.int64(carray(errno_location(), 1)[0])
+                return STATUS_ERROR, np.int64(_load_int(errno_location()))
             if control[CONTROL_SWAP]:
                 return STATUS_SWAP, np.int64(received)
         counters[C_RECEIVED] += received

@@ -13,7 +13,7 @@ numba promotes uint64 mixed with int64 to float64.
 import numpy as np
 from numba import njit
 
-from router._jit import JIT_OPTIONS
+from router._jit import HOT_PATH_OPTIONS, JIT_OPTIONS
 
 LANES = 16  # lookups searched side by side in a batch
 _U64_ONE = np.uint64(1)
@@ -21,7 +21,7 @@ _U64_ZERO = np.uint64(0)
 _U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _gap_scope_v4(x, lo, hi):
     # Shortest prefix p whose block around x lies inside [lo, hi].
     for p in range(33):
@@ -33,7 +33,7 @@ def _gap_scope_v4(x, lo, hi):
     return 32
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _count_le(a, x):
     # How many of the sorted a are <= x. Branch-free halving (the comparison becomes a
     # select), so random lookups do not pay a mispredicted branch at every level.
@@ -97,7 +97,7 @@ def _lookup_v4(starts, ends, groups, scopes, addrs, out_group, out_scope):
         )
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
 def _resolve_v4(starts, ends, groups, scopes, x, j):
     # (group, scope) of x, given j: the last interval starting at or before x (-1: none).
     if j >= 0 and x <= ends[j]:
@@ -107,12 +107,12 @@ def _resolve_v4(starts, ends, groups, scopes, x, j):
     return np.int32(0), np.uint8(_gap_scope_v4(x, lo, hi))
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _le128(a_hi, a_lo, b_hi, b_lo):
     return a_hi < b_hi or (a_hi == b_hi and a_lo <= b_lo)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_count):
     # Index of the last interval whose start <= x, or -1. The upper halves were searched
     # first (hi_count of them are <= x_hi: one array, and most intervals differ there);
@@ -132,7 +132,7 @@ def _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_count):
     return lo - 1
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _block_v6(x_hi, x_lo, p):
     # The /p block around x, as (start_hi, start_lo, end_hi, end_lo).
     if p == 0:
@@ -169,65 +169,77 @@ def _lookup_v6(
     out_scope : uint8[Q]
         Output: ECS scope per address.
     """
-    m = starts_hi.shape[0]
     hi_counts = np.empty(addrs_hi.shape[0], dtype=np.int64)
     _count_le_batch(starts_hi, addrs_hi, hi_counts)
     for i in range(addrs_hi.shape[0]):
-        x_hi = addrs_hi[i]
-        x_lo = addrs_lo[i]
-        j = _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_counts[i])
-        if j >= 0 and _le128(x_hi, x_lo, ends_hi[j], ends_lo[j]):
-            out_group[i] = groups[j]
-            out_scope[i] = scopes[j]
-            continue
-        # Gap bounds: just after the previous interval, just before the next one. The
-        # carries are explicit: no uint64 wraparound (numpy warns on it without the JIT).
-        if j < 0:
-            gap_lo_hi = _U64_ZERO
-            gap_lo_lo = _U64_ZERO
-        elif ends_lo[j] == _U64_MAX:
-            gap_lo_hi = ends_hi[j] + _U64_ONE  # ends_hi < max: x lies above this interval
-            gap_lo_lo = _U64_ZERO
-        else:
-            gap_lo_hi = ends_hi[j]
-            gap_lo_lo = ends_lo[j] + _U64_ONE
-        if j + 1 >= m:
-            gap_hi_hi = _U64_MAX
-            gap_hi_lo = _U64_MAX
-        elif starts_lo[j + 1] == _U64_ZERO:
-            gap_hi_hi = starts_hi[j + 1] - _U64_ONE  # starts_hi > 0: x lies below this interval
-            gap_hi_lo = _U64_MAX
-        else:
-            gap_hi_hi = starts_hi[j + 1]
-            gap_hi_lo = starts_lo[j + 1] - _U64_ONE
-        out_group[i] = 0
-        out_scope[i] = 128
-        for p in range(129):
-            s_hi, s_lo, e_hi, e_lo = _block_v6(x_hi, x_lo, p)
-            if _le128(gap_lo_hi, gap_lo_lo, s_hi, s_lo) and _le128(
-                e_hi, e_lo, gap_hi_hi, gap_hi_lo
-            ):
-                out_scope[i] = p
-                break
+        out_group[i], out_scope[i] = _resolve_v6(
+            starts_hi,
+            starts_lo,
+            ends_hi,
+            ends_lo,
+            groups,
+            scopes,
+            addrs_hi[i],
+            addrs_lo[i],
+            hi_counts[i],
+        )
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **HOT_PATH_OPTIONS)
+def _resolve_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, x_hi, x_lo, hi_count):
+    # (group, scope) of x, given hi_count: how many intervals start with an upper half <= x's.
+    m = starts_hi.shape[0]
+    j = _search_v6(starts_hi, starts_lo, x_hi, x_lo, hi_count)
+    if j >= 0 and _le128(x_hi, x_lo, ends_hi[j], ends_lo[j]):
+        return groups[j], scopes[j]
+    # Gap bounds: just after the previous interval, just before the next one. The
+    # carries are explicit: no uint64 wraparound (numpy warns on it without the JIT).
+    if j < 0:
+        gap_lo_hi = _U64_ZERO
+        gap_lo_lo = _U64_ZERO
+    elif ends_lo[j] == _U64_MAX:
+        gap_lo_hi = ends_hi[j] + _U64_ONE  # ends_hi < max: x lies above this interval
+        gap_lo_lo = _U64_ZERO
+    else:
+        gap_lo_hi = ends_hi[j]
+        gap_lo_lo = ends_lo[j] + _U64_ONE
+    if j + 1 >= m:
+        gap_hi_hi = _U64_MAX
+        gap_hi_lo = _U64_MAX
+    elif starts_lo[j + 1] == _U64_ZERO:
+        gap_hi_hi = starts_hi[j + 1] - _U64_ONE  # starts_hi > 0: x lies below this interval
+        gap_hi_lo = _U64_MAX
+    else:
+        gap_hi_hi = starts_hi[j + 1]
+        gap_hi_lo = starts_lo[j + 1] - _U64_ONE
+    for p in range(129):
+        s_hi, s_lo, e_hi, e_lo = _block_v6(x_hi, x_lo, p)
+        if _le128(gap_lo_hi, gap_lo_lo, s_hi, s_lo) and _le128(e_hi, e_lo, gap_hi_hi, gap_hi_lo):
+            return np.int32(0), np.uint8(p)
+    return np.int32(0), np.uint8(128)
+
+
+@njit(**HOT_PATH_OPTIONS)
 def _lookup_v4_one(starts, ends, groups, scopes, x):
     """(group, scope) of one IPv4 address; see ``_lookup_v4``."""
     return _resolve_v4(starts, ends, groups, scopes, x, _count_le(starts, x) - 1)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**HOT_PATH_OPTIONS)
 def _lookup_v6_one(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, x_hi, x_lo):
-    """(group, scope) of one IPv6 address; see ``_lookup_v6``."""
-    out_group = np.empty(1, dtype=np.int32)
-    out_scope = np.empty(1, dtype=np.uint8)
-    hi = np.empty(1, dtype=np.uint64)
-    lo = np.empty(1, dtype=np.uint64)
-    hi[0] = x_hi
-    lo[0] = x_lo
-    _lookup_v6(starts_hi, starts_lo, ends_hi, ends_lo, groups, scopes, hi, lo, out_group, out_scope)
-    return out_group[0], out_scope[0]
+    """(group, scope) of one IPv6 address; see ``_lookup_v6``. Allocates nothing: the DNS
+    fast path calls it for every IPv6 client."""
+    return _resolve_v6(
+        starts_hi,
+        starts_lo,
+        ends_hi,
+        ends_lo,
+        groups,
+        scopes,
+        x_hi,
+        x_lo,
+        _count_le(starts_hi, x_hi),
+    )
 
 
 KERNELS = (_lookup_v4, _lookup_v6, _lookup_v4_one, _lookup_v6_one)
