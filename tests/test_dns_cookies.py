@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from router.config.deployment import load_deployment
 from router.config.problems import ConfigError
 from router.config.secrets import load_cookie_secrets
-from router.dns import cookies, rrl
+from router.dns import cookies, query_log, rrl
 from router.dns.engine import Responder
 from router.service.config_files import ConfigFiles, secret_paths
 from tests.conftest import make_deployment
@@ -139,6 +140,16 @@ def _query(*options: bytes, name: str = "video.cdn.example.", payload: int = 123
     return dns.message.make_query(name, "A", use_edns=0, payload=payload, options=opts).to_wire()
 
 
+def _cookie_only_query(*options: bytes, qid: int = 0x4242) -> bytes:
+    """RFC 7873 5.4: a QUERY with no question, EDNS and the COOKIE options only."""
+    message = dns.message.Message(qid)
+    message.flags = dns.flags.RD
+    message.use_edns(
+        0, payload=1232, options=[dns.edns.GenericOption(dns.edns.COOKIE, o) for o in options]
+    )
+    return message.to_wire()
+
+
 def _reply_cookie(reply: bytes) -> bytes | None:
     message = dns.message.from_wire(reply)
     found = [o for o in message.options if o.otype == dns.edns.COOKIE]
@@ -183,6 +194,8 @@ def test_both_paths_answer_every_cookie_alike(engine: Engine, frozen: int) -> No
             for opts in options:
                 for payload in (1232, 512):
                     pair.check(_query(*opts, name=name, payload=payload), source)
+        for opts in options:
+            pair.check(_cookie_only_query(*opts), source)
     assert pair.answered > pair.punted
     pair.assert_counted_alike()
 
@@ -219,6 +232,44 @@ def test_what_each_query_gets_back(engine: Engine, frozen: int) -> None:
         reply = off.respond(_query(option), source, True)
         assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.NOERROR
         assert _reply_cookie(reply) is None
+
+
+def test_a_query_without_a_question_asks_for_a_cookie(engine: Engine, frozen: int) -> None:
+    """RFC 7873 5.4: with cookies on, a QUERY with no question and a COOKIE option gets
+    NOERROR, no question and no records, and the cookie (echoed if valid, else a fresh one),
+    over UDP and TCP; without a COOKIE option, or with cookies off, it stays malformed
+    (FORMERR, the header only, as RFC 9619 has it)."""
+    responder = Responder(engine.book, engine.model.client_map, lambda: engine.view,
+                          cookie_state=cookies.state_array([SECRET]))  # fmt: skip
+    off = Responder(engine.book, engine.model.client_map, lambda: engine.view)
+    client = bytes.fromhex("b1b2b3b4b5b6b7b8")
+    source = "2a02:9100:1234::9"
+    valid = client + issue(SECRET, client, source, frozen - 100)
+    for udp in (True, False):
+        for option, echoed in (
+            (client, False),
+            (valid, True),
+            (client + issue(OTHER, client, source, frozen), False),
+        ):
+            reply = responder.respond(_cookie_only_query(option), source, udp)
+            assert reply is not None
+            message = dns.message.from_wire(reply)
+            assert message.id == 0x4242 and message.rcode() == dns.rcode.NOERROR
+            assert message.flags & dns.flags.QR and message.flags & dns.flags.RD
+            assert not (
+                message.question or message.answer or message.authority or message.additional
+            )
+            got = _reply_cookie(reply)
+            assert got is not None and got[:8] == client and len(got) == 24
+            assert (got == option) is echoed
+            assert verdict_of(got, source, [SECRET], frozen) == cookies.VALID
+            reason = query_log._static_reason(responder.last_query, 0, 0, 0, reply, cookies_on=True)
+            assert "server cookie alone" in reason
+        for header_only in (responder.respond(_cookie_only_query(), source, udp),
+                            responder.respond(_cookie_only_query(client[:5]), source, udp),
+                            off.respond(_cookie_only_query(client), source, udp)):  # fmt: skip
+            assert header_only is not None and len(header_only) == 12
+            assert header_only[3] & 0xF == dns.rcode.FORMERR and header_only[:2] == b"\x42\x42"
 
 
 def test_a_valid_server_cookie_is_never_rate_limited(engine: Engine, frozen: int) -> None:

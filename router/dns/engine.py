@@ -198,7 +198,7 @@ class Responder:
         if self.stats is not None:
             assert self.labels is not None
             transport = query_stats.UDP if udp else query_stats.TCP
-            if q is None:
+            if q is None or not q.question:
                 self.stats.count(query_stats.NAME_UNPARSED, transport, rcode, None)
             else:
                 name = self.labels.name_label(q.qname.lower(), q.qtype, self.book.exact)
@@ -213,6 +213,8 @@ class Responder:
             q = wire.parse_query(packet)
         except (FormatError, IndexError, struct.error):
             return self._unparsed(packet)
+        if not q.question and (q.cookie is None or self.cookie_state is None):
+            return self._unparsed(packet)  # no question, and not a query for a cookie alone
         self.last_query = q
         if q.tsig is not None:
             return self._bad_key(packet, q, udp)
@@ -230,6 +232,10 @@ class Responder:
             return self._reply(q, wire.NOTIMP, 0, 0, 0, b"", udp, ecs_scope=None)
         if q.ecs_error:
             return self._reply(q, wire.FORMERR, 0, 0, 0, b"", udp, ecs_scope=None)
+        if not q.question:
+            # RFC 7873 5.4: a query for a server cookie alone: NOERROR, no question, no
+            # records, the COOKIE option (with a fresh server cookie unless it held a valid one).
+            return self._reply(q, wire.NOERROR, 0, 0, 0, b"", udp, ecs_scope=None)
         qtype = q.qtype
         if qtype in _META_FORMERR:
             return self._reply(q, wire.FORMERR, 0, 0, 0, b"", udp, ecs_scope=None)
@@ -391,8 +397,13 @@ class Responder:
                 + options
             )
         opt_count = 1 if opt else 0
+        qdcount = 1 if q.question else 0  # 0: a query for a cookie alone (RFC 7873 5.4)
         reply = (
-            _HEADER.pack(q.id, flags, 1, an, ns, ar + opt_count) + q.question + main + extra + opt
+            _HEADER.pack(q.id, flags, qdcount, an, ns, ar + opt_count)
+            + q.question
+            + main
+            + extra
+            + opt
         )
         if not udp:
             return reply
@@ -401,10 +412,10 @@ class Responder:
             return reply
         if extra and not extra_required:
             # RFC 2181 9: dropping additional data does not call for TC.
-            reply = _HEADER.pack(q.id, flags, 1, an, ns, opt_count) + q.question + main + opt
+            reply = _HEADER.pack(q.id, flags, qdcount, an, ns, opt_count) + q.question + main + opt
             if len(reply) <= limit:
                 return reply
-        return _HEADER.pack(q.id, flags | wire.TC, 1, 0, 0, opt_count) + q.question + opt
+        return _HEADER.pack(q.id, flags | wire.TC, qdcount, 0, 0, opt_count) + q.question + opt
 
 
 def reply_rcode(reply: bytes, q: Query) -> int:

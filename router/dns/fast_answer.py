@@ -783,6 +783,10 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
             q, labels, body, out, cookie_state):  # fmt: skip
     if n < 12 or pkt[2] & 0x80:
         return NO_REPLY  # no header to answer, or a response: never reply (reflection loops)
+    cookie_probe = _u16(pkt, 4) == 0 and _u16(pkt, 10) != 0 and not pkt[2] & 0x78
+    if cookie_probe and cookie_state[cookies.S_ON]:
+        # A QUERY with no question may ask for a cookie alone (RFC 7873 5.4): Responder decides.
+        return PUNT
     if not _parse_query(pkt, n, q):
         # Responder._unparsed: NOTIMP for another opcode (judged before the question),
         # else FORMERR; the header only.

@@ -314,8 +314,8 @@ class QueryLog:
             "transport": "udp" if udp else "tcp",
             "resolver": source,
             "client_subnet": _client_subnet(q),
-            "qname": None if q is None else _name_text(q.qname),
-            "qtype": None if q is None else _type_text(q.qtype),
+            "qname": None if q is None or not q.question else _name_text(q.qname),
+            "qtype": None if q is None or not q.question else _type_text(q.qtype),
             "rcode": query_stats.RCODE_LABELS[query_stats.rcode_bucket(rcode)],
             "answers": int.from_bytes(reply[6:8], "big"),
             "truncated": bool(flags & wire.TC),
@@ -328,7 +328,9 @@ class QueryLog:
             "pool": None,
         }
         if decision is None:
-            record["reason"] = _static_reason(q, rcode, flags, record["answers"], reply)
+            record["reason"] = _static_reason(
+                q, rcode, flags, record["answers"], reply, responder.cookie_state is not None
+            )
             return record
         groups = responder.client_map.groups
         g = decision.group
@@ -411,14 +413,19 @@ def _reply_scope(reply: bytes, q: Query | None) -> int | None:
     return reply[-len(q.ecs[2]) - 1]
 
 
-def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply: bytes) -> str:
+def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply: bytes,
+                   cookies_on: bool) -> str:  # fmt: skip
     if q is None:
         return "malformed query: no question could be read"
     if rcode == wire.BADVERS:
         return f"EDNS version {q.version} is not supported (RFC 6891)"
+    if not q.question and rcode == wire.NOERROR:
+        return "no question: a query for a server cookie alone (RFC 7873 5.4)"
     if rcode == wire.NOTIMP:
         return f"opcode {q.opcode} or type {q.qtype} is not implemented"
     if rcode == wire.FORMERR:
+        if q.cookie_error and cookies_on:  # judged first (engine.Responder._respond)
+            return "malformed COOKIE option (RFC 7873)"
         return (
             "malformed ECS option (RFC 7871)"
             if q.ecs_error

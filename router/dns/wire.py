@@ -123,10 +123,16 @@ def parse_query(wire: bytes) -> Query:
     q = Query()
     q.id, q.flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(wire)
     q.opcode = (q.flags >> 11) & 0xF
-    if qdcount != 1:
-        raise FormatError("QDCOUNT must be 1")
     end = len(wire)
     pos = 12
+    if qdcount == 0 and q.opcode == 0:
+        # RFC 7873 5.4: a QUERY without a question may ask for a server cookie alone; the
+        # responder decides (it is FORMERR unless there is a COOKIE option and cookies are on).
+        q.qname = q.question = b""
+        q.qtype = q.qclass = -1
+        return _parse_records(wire, pos, ancount, nscount, arcount, q)
+    if qdcount != 1:
+        raise FormatError("QDCOUNT must be 1")
     while True:
         if pos >= end:
             raise FormatError("question name runs past the end of the packet")
@@ -145,6 +151,14 @@ def parse_query(wire: bytes) -> Query:
     q.qtype, q.qclass = _TYPE_CLASS.unpack_from(wire, pos)
     pos += 4
     q.question = wire[12:pos]
+    return _parse_records(wire, pos, ancount, nscount, arcount, q)
+
+
+def _parse_records(
+    wire: bytes, pos: int, ancount: int, nscount: int, arcount: int, q: Query
+) -> Query:
+    """The sections after the question: OPT parsed into ``q``, TSIG located, the rest skipped."""
+    end = len(wire)
     for _ in range(ancount + nscount):
         pos = _skip_rr(wire, pos)
     seen_opt = False
