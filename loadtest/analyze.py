@@ -11,6 +11,8 @@ spill-over and detection delay both show as answers that miss it.
 A query is judged by what the router could know about the client: its ECS subnet, or the
 resolver's own address when the resolver sends no ECS (loopback here: the unknown group,
 answered from the policy's default site), which is why ``ecs_share`` is printed beside it.
+``best_node_share`` counts answers whose *first* address is a best node (the client goes
+there while it is up); ``best_node_in_answer_share`` those naming one first or second.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Oracle:
         """bool[N]: the nodes the group may use when exactly ``available`` are up.
 
         Written from the policy file's rules, not from the router's class arrays: the
-        group's geofence (the first rule naming its country), its first matching rule, and
+        group's geofence (the first rule naming its country) and the on-net limits of the
+        nodes (their ASNs as nodes.yaml gives them), its first matching rule, and
         that rule's pool or the first fallback with an available node inside the fence.
         Only the pools' node sets (selectors expanded) come from the compiled policy.
         """
@@ -85,11 +88,13 @@ class Oracle:
             if country in rule.clients:
                 fence = np.isin(node_country, rule.nodes)
                 break
+        # On-net-only nodes (nodes.yaml serves) answer only the ASNs they serve.
+        asn = int(model.client_map.groups.asn[group])
+        fence &= np.array([served is None or asn in served for served in model.node_onnet_asns])
         if not spec.pools:
             return compiled.in_pool & fence
         routing = compiled.routing
         assert routing is not None
-        asn = int(model.client_map.groups.asn[group])
         rule = next(r for r in spec.rules if (r.geos is None or country in (r.countries() or ()))
                     and (r.asns is None or asn in r.asns))  # fmt: skip
         chain, name = [], rule.pool
@@ -133,6 +138,11 @@ def default_bound_ms(command: str, heartbeat_interval_s: float, missed: int) -> 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
+
+
+def _share(hit: np.ndarray, rows: np.ndarray) -> float | None:
+    """The share of ``rows`` that ``hit``; None when there are none."""
+    return float(hit[rows].mean()) if rows.any() else None
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -204,18 +214,26 @@ def analyze(
         ).reshape(len(uniq), n_nodes)
         return best, lat, inverse.ravel()
 
+    # "best": the first answer is a best node (where a client goes while it is up); "in
+    # answer": the first or the second is (a best node is at least offered).
     second = np.maximum(n2, 0)
     best, _, u = best_nodes(router_group)
-    hit_router = best[u, n1] | ((n2 >= 0) & best[u, second])
+    first_router = best[u, n1]
+    in_answer_router = first_router | ((n2 >= 0) & best[u, second])
     best, lat, u = best_nodes(client_group)
-    hit_client = best[u, n1] | ((n2 >= 0) & best[u, second])
+    first_client = best[u, n1]
+    in_answer_client = first_client | ((n2 >= 0) & best[u, second])
     best_latency = np.where(best, lat, np.inf).min(axis=1)[u]
     excess = np.where(np.isfinite(best_latency), lat[u, n1] - best_latency, np.nan)
     wire_steered = ~rec.cached[idx]
-    best_share = float(hit_router[wire_steered].mean()) if wire_steered.any() else None
     wire_ecs = wire_steered & rec.ecs[idx]
-    best_share_ecs = float(hit_router[wire_ecs].mean()) if wire_ecs.any() else None
-    client_best_share = float(hit_client.mean()) if len(idx) else None
+    every_steered = np.ones(len(idx), dtype=np.bool_)  # the client figures count cached answers too
+    best_share = _share(first_router, wire_steered)
+    best_in_answer_share = _share(in_answer_router, wire_steered)
+    best_share_ecs = _share(first_router, wire_ecs)
+    best_in_answer_share_ecs = _share(in_answer_router, wire_ecs)
+    client_best_share = _share(first_client, every_steered)
+    client_best_in_answer_share = _share(in_answer_client, every_steered)
     finite_excess = excess[np.isfinite(excess)]
 
     # Answers naming a node that was down at that moment: the event that took it out.
@@ -333,13 +351,13 @@ def analyze(
     dead_rows = counted & wire & (dead_event >= 0)
     series["answers_to_dead"] = np.bincount(done_sec[dead_rows], minlength=seconds).tolist()
     steered_sec = done_sec[idx][wire_steered]
-    hits = np.bincount(
-        steered_sec, weights=hit_router[wire_steered].astype(np.float64), minlength=seconds
-    )
     tot = np.bincount(steered_sec, minlength=seconds)
-    series["best_node_share"] = [
-        _round(h / t) if t else None for h, t in zip(hits.tolist(), tot.tolist())
-    ]
+    for key, hit in (("best_node_share", first_router),
+                     ("best_node_in_answer_share", in_answer_router)):  # fmt: skip
+        hits = np.bincount(
+            steered_sec, weights=hit[wire_steered].astype(np.float64), minlength=seconds
+        )
+        series[key] = [_round(h / t) if t else None for h, t in zip(hits.tolist(), tot.tolist())]
 
     # Where clients went: per client group (by the client's own subnet), the node most sent to.
     client_rows = load_rows & (q_kind[rec.question] == KIND_STEERED)
@@ -383,6 +401,7 @@ def analyze(
         "latency_ms_p99": _round(_pct(wire_latency, 99)),
         "latency_ms_max": _round(float(wire_latency.max()) if len(wire_latency) else None),
         "best_node_share": _round(best_share, 4),
+        "best_node_in_answer_share": _round(best_in_answer_share, 4),
         "overloaded_node_seconds": overloaded,
         "client_queries": int(rec.n),
         "offered_client_qps": round(rec.n / elapsed, 1) if elapsed > 0 else 0.0,
@@ -396,7 +415,9 @@ def analyze(
         "ecs_share": _round(float(rec.ecs[wire].mean()), 4) if sent else None,
         "rcodes": rcodes,
         "client_best_node_share": _round(client_best_share, 4),
+        "client_best_node_in_answer_share": _round(client_best_in_answer_share, 4),
         "best_node_share_ecs": _round(best_share_ecs, 4),
+        "best_node_in_answer_share_ecs": _round(best_in_answer_share_ecs, 4),
         "latency_excess_ms_mean": _round(
             float(finite_excess.mean()) if len(finite_excess) else None
         ),
@@ -498,6 +519,14 @@ def check(expect, result: dict) -> list[dict]:  # noqa: ANN001
             f">= {expect.min_best_node_share}",
             share,
             share is not None and share >= expect.min_best_node_share,
+        )
+    if expect.min_best_node_in_answer_share is not None:
+        share = result["best_node_in_answer_share"]
+        add(
+            "best_node_in_answer_share",
+            f">= {expect.min_best_node_in_answer_share}",
+            share,
+            share is not None and share >= expect.min_best_node_in_answer_share,
         )
     if expect.max_overloaded_node_seconds is not None:
         value = result["overloaded_node_seconds"]

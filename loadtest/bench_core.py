@@ -18,6 +18,10 @@ the cores it is allowed (run it under ``taskset -c 1`` for one core):
   version written here, on the same sample; and the plan against the plain reference.
 * Quality: the plan against the min-cost optimum (linear program, HiGHS) with the same
   capacities and costs, solved over every (client class, node) pair by column generation.
+* Capacity: ``capacity_overruns`` (nodes planned past their capacity, all of them) and
+  ``capacity_overruns_gbps`` (by how much, summed), beside ``demand_over_capacity`` (demand
+  no eligible node had room for: the plans' overflow, which the planner places on each
+  group's best node). The overrun target is 0 whenever demand fits.
 
 Demand: until the router has a demand model, each group's demand is its IPv4 address
 count (``np.bincount(v4_group, v4_end - v4_start + 1)``), group 0 (unknown) none, scaled
@@ -76,6 +80,7 @@ CONTRACT_KEYS = (
     "incremental_recompute_ms", "numba_vs_numpy", "peak_rss_mb", "nodes", "client_groups",
     "prefixes", "mean_latency_vs_optimum", "p95_latency_vs_optimum", "capacity_overruns",
 )  # fmt: skip
+CAPACITY_TARGET = "0 whenever demand fits"
 # key -> (target text, predicate)
 TARGETS = {
     "lpm_v4_batch_per_s": (">= 5,000,000 /s per core", lambda v: v >= 5e6),
@@ -84,7 +89,8 @@ TARGETS = {
     "incremental_recompute_ms": ("< 20 ms on one core", lambda v: v < 20.0),
     "numba_vs_numpy": (">= 10x", lambda v: v >= 10.0),
     "mean_latency_vs_optimum": ("<= 1.05", lambda v: v <= 1.05),
-    "capacity_overruns": ("0", lambda v: v == 0),
+    # The text gains what did not fit when demand does not (capacity_target_text).
+    "capacity_overruns": (CAPACITY_TARGET, lambda v: v == 0),
     "router_start_s": ("< 5 s", lambda v: v < 5.0),
 }
 DEFAULT_ZONES = REPO / "var" / "world"
@@ -323,15 +329,21 @@ def time_stages(inputs: list[PlanInputs]) -> dict:
 
 
 def overruns(world: World, plans: list) -> dict:
+    """What the plans put past capacity, and the demand that fits on no eligible node.
+
+    The planner places overflow (demand whose eligible nodes are all full) on the group's best
+    node, so overflow shows as overruns too: both are reported as they are, side by side.
+    """
     load = sum(p.load for p in plans)
     overflow = float(sum(p.overflow.sum() for p in plans))
     over = load > world.capacity + 1e-6
     headroom = min(world.headroom)
     return {
-        # With overflow, every node its groups could use is full: an overrun is then expected.
-        "capacity_overruns": int(over.sum()) if overflow == 0 else 0,
-        "nodes_over_capacity": int(over.sum()),
-        "overflow_gbps": overflow,
+        "capacity_overruns": int(over.sum()),
+        "capacity_overruns_gbps": float((load - world.capacity)[over].sum()),
+        "demand_over_capacity": overflow,
+        "nodes_over_capacity": int(over.sum()),  # = capacity_overruns (kept: an older key)
+        "overflow_gbps": overflow,  # = demand_over_capacity (kept: an older key)
         "nodes_over_headroom": int((load > world.capacity * headroom + 1e-6).sum()),
         "max_utilisation": float((load / world.capacity).max()),
         "planned_gbps": float(load.sum()),
@@ -408,7 +420,7 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
     nodes = np.sort(rng.choice(busy, size=min(count, len(busy)), replace=False))
     demand = [item.group_demand for item in inputs]
     times, with_inputs, touched, fallbacks, problems, detail = [], [], [], 0, [], []
-    over = 0
+    over, over_gbps, unplaced_gbps = 0, 0.0, 0.0  # summed over the repairs
     for node in nodes.tolist():
         state = np.zeros(world.n_nodes, dtype=np.int8)
         state[node] = 2
@@ -443,8 +455,10 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
             problems += [
                 f"node {node} policy {p}: {m}" for m in check_repaired(plan, new_inputs[p], node)
             ]
-        if sum(q.overflow.sum() for q in repaired) == 0:
-            over += int((sum(q.load for q in repaired) > world.capacity + 1e-6).sum())
+        after = overruns(world, repaired)
+        over += after["capacity_overruns"]
+        over_gbps += after["capacity_overruns_gbps"]
+        unplaced_gbps += after["demand_over_capacity"]
     return {
         "incremental_recompute_ms": statistics.median(times),
         "incremental_recompute_p90_ms": float(np.percentile(times, 90)),
@@ -457,6 +471,8 @@ def bench_incremental(world: World, plans: list, inputs: list, count: int,
         "incremental_full_plan_fallbacks": fallbacks,
         "incremental_problems": problems[:20],
         "incremental_capacity_overruns": over,
+        "incremental_capacity_overruns_gbps": over_gbps,
+        "incremental_demand_over_capacity": unplaced_gbps,
     }
 
 
@@ -793,6 +809,36 @@ def bench_quality(world: World, plans: list, inputs: list, max_rounds: int) -> d
 # --- report ---------------------------------------------------------------------------------------
 
 
+def capacity_target_text(demand_over_capacity: float | None) -> str:
+    """The overrun target, saying so when demand does not fit: the planner then places what
+    fits nowhere on each group's best node, so overruns are expected, and still counted."""
+    if not demand_over_capacity or demand_over_capacity <= 0:
+        return CAPACITY_TARGET
+    return (
+        f"{CAPACITY_TARGET}; here it does not: {demand_over_capacity:,.1f} Gbps beyond what the "
+        "eligible nodes carry"
+    )
+
+
+def judge_targets(result: dict, suffixes: tuple[str, ...]) -> dict:
+    """key -> {target, value, pass} for every figure with a target, at each load factor's
+    suffix (the first load factor's keys have none)."""
+    out = {}
+    for suffix in suffixes:
+        for key, (text, test) in TARGETS.items():
+            if key + suffix not in result:
+                continue
+            value = result[key + suffix]
+            if key == "capacity_overruns":
+                text = capacity_target_text(result.get("demand_over_capacity" + suffix))
+            out[key + suffix] = {
+                "target": text,
+                "value": value,
+                "pass": bool(value is not None and test(value)),
+            }
+    return out
+
+
 def fmt(value) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)
@@ -933,16 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["peak_rss_mb_end"] = rss_mb()
     result["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    result["targets"] = {}
-    for key in list(TARGETS) + [k + tag[LOAD_FACTORS[1]] for k in TARGETS]:
-        text, test = TARGETS[key.removesuffix(tag[LOAD_FACTORS[1]])]
-        if key in result:
-            value = result[key]
-            result["targets"][key] = {
-                "target": text,
-                "value": value,
-                "pass": bool(value is not None and test(value)),
-            }
+    result["targets"] = judge_targets(result, ("", tag[LOAD_FACTORS[1]]))
 
     def row(label: str, key: str, unit: str = "", more: str = "") -> tuple[str, str, str, str]:
         target = result["targets"].get(key)
@@ -995,12 +1032,18 @@ def main(argv: list[str] | None = None) -> int:
         row(f"mean score above optimum ({lo}), ms", "mean_score_excess_ms"),
         row(f"mean latency vs optimum ({hi})", f"mean_latency_vs_optimum{f90}"),
         row(f"p95 latency vs optimum ({hi})", f"p95_latency_vs_optimum{f90}"),
-        row(f"capacity overruns ({lo})", "capacity_overruns"),
         row(
-            f"capacity overruns ({hi}) / overflow Gbps",
-            f"capacity_overruns{f90}",
-            more=f" / {fmt(result.get('overflow_gbps' + f90))}",
+            f"capacity overruns ({lo}), nodes / Gbps past capacity",
+            "capacity_overruns",
+            more=f" / {fmt(result.get('capacity_overruns_gbps'))}",
         ),
+        row(f"demand over capacity ({lo}), Gbps", "demand_over_capacity"),
+        row(
+            f"capacity overruns ({hi}), nodes / Gbps past capacity",
+            f"capacity_overruns{f90}",
+            more=f" / {fmt(result.get('capacity_overruns_gbps' + f90))}",
+        ),
+        row(f"demand over capacity ({hi}), Gbps", f"demand_over_capacity{f90}"),
         row("peak RSS, MB", "peak_rss_mb"),
     ]
     print_table(rows)

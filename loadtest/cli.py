@@ -186,8 +186,10 @@ def summary(result: dict, out: Path) -> str:
         f"({result['wire_queries']:,} sent to the router, {fmt(result['cache_hit_share'])} answered from resolver caches)",
         f"  qps {fmt(result['qps'])}  latency p50 {fmt(result['latency_ms_p50'], ' ms')}  p99 {fmt(result['latency_ms_p99'], ' ms')}  "
         f"timeouts {result['timeouts']:,}",
-        f"  best_node_share {fmt(result['best_node_share'])} (clients: {fmt(result['client_best_node_share'])}, ECS share "
-        f"{fmt(result['ecs_share'])})  overloaded_node_seconds {fmt(result['overloaded_node_seconds'])}",
+        f"  best_node_share (first answer) {fmt(result['best_node_share'])}, in the answer "
+        f"{fmt(result['best_node_in_answer_share'])} (clients: {fmt(result['client_best_node_share'])}, in the answer "
+        f"{fmt(result['client_best_node_in_answer_share'])}; ECS share {fmt(result['ecs_share'])})",
+        f"  overloaded_node_seconds {fmt(result['overloaded_node_seconds'])}",
     ]
     for f in result["failures"]:
         zero = (

@@ -131,7 +131,8 @@ class Expect(BaseModel):
 
     max_answers_to_dead_after_bound: int | None = Field(default=None, ge=0)
     max_timeout_share: float | None = Field(default=None, ge=0, le=1)
-    min_best_node_share: float | None = Field(default=None, ge=0, le=1)
+    min_best_node_share: float | None = Field(default=None, ge=0, le=1)  # the first answer
+    min_best_node_in_answer_share: float | None = Field(default=None, ge=0, le=1)  # any answer
     max_overloaded_node_seconds: float | None = Field(default=None, ge=0)
     max_flaps_seen_by_clients: int | None = Field(default=None, ge=0)  # per failed node
     max_time_to_back_in_answers_ms: float | None = Field(default=None, gt=0)  # after a restore

@@ -8,6 +8,10 @@ runs in tests/test_bench_smoke.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +65,63 @@ def test_contract_keys_are_what_the_readme_lists(bench) -> None:
 def test_smoke_is_small(bench) -> None:
     assert bench.SMOKE["trials"] >= 2 and bench.SMOKE["nodes"] < bench.FOOTPRINT_NODES
     assert not bench.SMOKE["gdnsd_default"]
+
+
+def test_a_full_run_has_the_samples_its_percentiles_need(bench) -> None:
+    # Trials alternate explicit and silent: each kind gets half, and a p99 needs 100.
+    assert bench.DEFAULT_TRIALS // 2 >= bench.MIN_SAMPLES[99] == 100
+    assert bench.GDNSD_FAST_TRIALS >= bench.MIN_SAMPLES[50] == 20
+    resources = bench.gdnsd_resources([f"n{i}" for i in range(100)], default_settings=True)
+    defaults = [r for r in resources if r.service == "default"]
+    assert len(defaults) * bench.GDNSD_DOWN_AT_ONCE >= bench.MIN_SAMPLES[50]
+    # multifo's up_thresh 0.5: at most half of a resource down, or it answers every address.
+    assert bench.GDNSD_DOWN_AT_ONCE <= bench.GDNSD_NODES / 2
+
+
+def test_a_percentile_of_too_few_samples_says_so(bench) -> None:
+    figures: dict = {}
+    bench.percentile_figure(figures, "x_p99", [float(v) for v in range(10)], 99)
+    assert figures["x_p99"] == 9.0 and "10 samples" in figures["x_p99_note"]
+    bench.percentile_figure(figures, "y_p99", [float(v) for v in range(1, 101)], 99)
+    assert figures["y_p99"] == 99.0 and "y_p99_note" not in figures
+    bench.percentile_figure(figures, "z_p50", [3.0, 1.0, 2.0], 50)
+    assert figures["z_p50"] == 2.0 and "3 samples" in figures["z_p50_note"]
+    bench.percentile_figure(figures, "none_p50", [], 50)
+    assert figures["none_p50"] is None and "0 samples" in figures["none_p50_note"]
+
+
+def test_gdnsd_resources_each_have_their_own_addresses(bench, tmp_path: Path) -> None:
+    nodes = [f"n{i}" for i in range(44)]
+    resources = bench.gdnsd_resources(nodes, default_settings=True)
+    assert [r.service for r in resources] == ["fast"] + ["default"] * bench.GDNSD_DEFAULT_RESOURCES
+    addresses = [ip for r in resources for ip in r.nodes.values()]
+    assert len(set(addresses)) == len(addresses) == 44
+    assert {n for r in resources for n in r.nodes} == set(nodes)
+    with pytest.raises(ValueError):
+        bench.gdnsd_resources(nodes[:8], default_settings=True)
+    assert len(bench.gdnsd_resources(nodes[:4], default_settings=False)) == 1
+    bench.gdnsd_config(tmp_path / "cfg", 5300, 8080, resources)
+    config = (tmp_path / "cfg" / "config").read_text()
+    zone = (tmp_path / "cfg" / "zones" / "peer.example").read_text()
+    for r in resources:
+        assert f"{r.name} => {{ service_types => hs_{r.service}," in config
+        assert f"{r.qname} 30 DYNA multifo!{r.name}" in zone
+
+
+def test_router_cpu_counts_every_process_of_the_tree(bench) -> None:
+    """The heartbeat cost is the router's control process and its workers: a child's CPU
+    counts (it once read the control process alone)."""
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            cpu = bench.cpu_by_process(os.getpid())
+            if cpu.get(child.pid, 0.0) >= 0.25:
+                break
+            time.sleep(0.1)
+        assert child.pid in cpu and cpu[child.pid] >= 0.25, cpu
+        assert os.getpid() in cpu
+    finally:
+        child.kill()
+        child.wait()

@@ -193,6 +193,18 @@ def test_short_scenario_against_the_real_router(name: str, tmp_path: Path) -> No
     assert result["qps"] > 100
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p99"] < 100
     assert result["generator"]["unmatched_replies"] == 0
+    # A best node first is a best node in the answer: the first share can only be the smaller.
+    for first, in_answer in (
+        ("best_node_share", "best_node_in_answer_share"),
+        ("client_best_node_share", "client_best_node_in_answer_share"),
+        ("best_node_share_ecs", "best_node_in_answer_share_ecs"),
+    ):
+        if result[first] is not None:
+            assert 0 <= result[first] <= result[in_answer] <= 1, (
+                first,
+                result[first],
+                result[in_answer],
+            )
     # The scenario's own expectations, checked by loadtest itself: every one held.
     assert result["checks"] and len(result["checks"]) >= sum(
         v is not None for v in scenario.expect.model_dump().values()
