@@ -69,6 +69,8 @@ class Explanation:
     pool: str | None = None
     fallback_taken: bool = False
     failed_open: bool = False
+    # Nodes a hard constraint keeps from this client: {"node", "constraint"}, in node order.
+    excluded: list[dict] = field(default_factory=list)
 
     def to_text(self) -> str:
         lines = [f"name:    {self.name} {self.qtype}"]
@@ -99,6 +101,9 @@ class Explanation:
                     f"{c.load_penalty_ms:>7.1f} {c.score:>8.1f} {c.planned_gbps:>14.1f}/{c.capacity_gbps:<7.0f}"
                     + ("" if c.state == "up" else f"  ({c.reason})")
                 )
+            if self.excluded:
+                lines.append("excluded (hard constraints, never answered to this client):")
+                lines += [f"  {e['node']:<14} {e['constraint']}" for e in self.excluded]
             if len(self.split) > 1:
                 lines.append("capacity plan: the group is split by client /24 (IPv6 /48):")
                 for entry in self.split:
@@ -170,10 +175,12 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
         {"nodes": [model.node_ids[n] for n in nodes], "share": share}
         for nodes, share in table.entries(policy_index, decision.group)
     ]
-    allowed = compiled.in_pool
+    k = int(compiled.group_fence[decision.group])
+    allowed = compiled.in_pool & compiled.fence_allowed[k]
+    pool_nodes = compiled.in_pool
+    pool_label = "the policy's nodes"
     if compiled.routing is not None:
         routing = compiled.routing
-        k = int(compiled.group_fence[decision.group])
         chain = routing.chain(k)
         resolved = int(planner.resolved[policy_index][k])
         rule = int(routing.group_rule[decision.group])
@@ -182,9 +189,12 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
         result.pool = routing.pool_names[resolved]
         result.fallback_taken = bool(chain) and resolved != chain[0]
         state = planner.inputs[policy_index].rank.node_state  # type: ignore[union-attr]
-        pool_nodes = routing.pool_nodes[resolved] & routing.class_fence[k]
-        result.failed_open = not result.fallback_taken and bool((state[pool_nodes] == 2).all())
+        fenced_pool = routing.pool_nodes[resolved] & routing.class_fence[k]
+        result.failed_open = not result.fallback_taken and bool((state[fenced_pool] == 2).all())
         allowed = planner.inputs[policy_index].rank.fence_allowed[k]  # type: ignore[union-attr]
+        pool_nodes = routing.pool_nodes[resolved]
+        pool_label = f"pool {result.pool}"
+    result.excluded = _excluded(deployment, model, compiled, decision.group, pool_nodes, pool_label)
     reasons = [status.reason for status in health.status()]
     order = np.lexsort(
         (np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state)
@@ -210,3 +220,30 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
             )
         )
     return result
+
+
+def _excluded(deployment: Deployment, model, compiled, group: int, pool_nodes: np.ndarray,  # noqa: ANN001
+              pool_label: str) -> list[dict]:  # fmt: skip
+    """Which hard constraint keeps each other node from ``group``: the policy's nodes or the
+    answering pool, the geofence, the on-net limits of nodes.yaml (the first that applies)."""
+    geofence = int(compiled.group_geofence[group])
+    rule = compiled.policy.geofence[geofence - 1] if geofence else None
+    onnet = model.onnet_allowed[model.group_onnet[group]]
+    asn = int(model.client_map.groups.asn[group])
+    out = []
+    for n, node in enumerate(model.node_ids):
+        country = model.countries[int(model.node_country[n])]
+        if not pool_nodes[n]:
+            constraint = f"not in {pool_label}"
+        elif rule is not None and country not in rule.nodes:
+            constraint = (f"geofence rule {geofence - 1}: clients in {', '.join(rule.clients)} only to nodes "
+                          f"in {', '.join(rule.nodes)} (the node is in {country})")  # fmt: skip
+        elif not onnet[n]:
+            served = deployment.inventory.onnet_asns(deployment.inventory.nodes[n]) or ()
+            client = f"AS{asn}" if asn else "an unknown network"
+            constraint = (f"on-net only for {', '.join(f'AS{a}' for a in sorted(served))} (nodes.yaml serves), "
+                          f"the client is in {client}")  # fmt: skip
+        else:
+            continue
+        out.append({"node": node, "constraint": constraint})
+    return out

@@ -109,7 +109,7 @@ NEGATIVE = [
     ),
     case(
         "unknown-node-field",
-        'zones/nodes.yaml:13: node "ix-mad-1": unknown field "capacity_gpbs" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)',
+        'zones/nodes.yaml:13: node "ix-mad-1": unknown field "capacity_gpbs" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url, serves, serves_asns)',
     ),
     case(
         "duplicate-node-id",
@@ -151,7 +151,7 @@ NEGATIVE = [
     case(
         "two-problems-one-file",
         'zones/nodes.yaml:12: node "ix-mad-1": capacity_gbps: Input should be greater than 0, got 0',
-        'zones/nodes.yaml:21: node "ix-mad-2": unknown field "rack" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url)',
+        'zones/nodes.yaml:21: node "ix-mad-2": unknown field "rack" (valid fields: id, asn, site, lat, lon, ipv4, ipv6, capacity_gbps, anycast_prefixes, health_url, serves, serves_asns)',
     ),
     case(
         "invalid-site-node-reported-undefined",

@@ -546,11 +546,12 @@ def test_source_address_used_without_ecs(local_engine: Engine) -> None:
 def test_loopback_source_without_ecs_is_an_unknown_client(engine) -> None:
     # Loopback resolvers are not in the client map: they get the default site's answer,
     # scoped to the whole loopback-free gap of the map (no ECS in the query: no option).
+    # The embedded nodes serve their own ISP's clients only: the IX nodes of Madrid and Lisbon.
     reply = engine.ask(query("video.cdn.example.", "A", use_edns=0))
     assert ecs_of(reply) is None
     assert rrs(reply.answer) == {
-        "video.cdn.example. 20 IN A 192.0.2.11",
-        "video.cdn.example. 20 IN A 192.0.2.31",
+        "video.cdn.example. 20 IN A 203.0.113.11",
+        "video.cdn.example. 20 IN A 203.0.113.12",
     }
     private = engine.ask(query("video.cdn.example.", "A", ecs="10.9.8.0/24"))
     assert rrs(private.answer) == rrs(reply.answer)

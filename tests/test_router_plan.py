@@ -155,6 +155,13 @@ def test_small_node_past_capacity_is_flagged(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     new = new_dir(root, "small", (VIDEO_NODES, "    nodes: [ora-es-bio-1]\n    onnet_bonus_ms: 25"))
+    # The one node must serve every client (an on-net-only node alone strands the others).
+    nodes = new / "nodes.yaml"
+    nodes.write_text(
+        nodes.read_text().replace(
+            "{id: ora-es-bio-1, asn: 12479,", "{id: ora-es-bio-1, asn: 12479, serves: any,"
+        )
+    )
     code, report = plan_json(capsys, new, str(root / "zones"))
     assert code == 2
     row = next(n for n in report["nodes"] if n["node"] == "ora-es-bio-1")

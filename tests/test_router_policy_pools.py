@@ -457,7 +457,13 @@ def test_explain_honours_the_admin_state_file_and_shows_the_fallback(zones: Path
     )
     text = result.to_text()
     assert "pool:    pt (chain meo -> pt -> paris; fallback taken: meo had no node up)" in text
-    assert {c.node for c in result.candidates} == set(PT)
+    # The pt pool's other ISP nodes are on-net only for NOS and Vodafone: excluded, and why.
+    assert {c.node for c in result.candidates} == {"meo-lis-1", "meo-opo-1", "ix-lis-1"}
+    excluded = {e["node"]: e["constraint"] for e in result.excluded}
+    for node in set(PT) - {"meo-lis-1", "meo-opo-1", "ix-lis-1"}:
+        assert excluded[node].startswith("on-net only for AS") and excluded[node].endswith(
+            "in AS3243"
+        )
     assert not any(
         ip in " ".join(result.answer) for ip in ("198.51.100.11", "198.51.100.12")
     )  # MEO's nodes

@@ -182,16 +182,17 @@ def test_client_of_isp_without_node_gets_nearest_by_latency(router: RunningRoute
         answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "90.10.20.0/24")))[0]
         == "203.0.113.13"
     )
-    # Maroc Telecom (AS6713): ES-MA is the best measured pair; among Spanish nodes the
-    # one nearest Casablanca (Sevilla) wins the tie.
+    # Maroc Telecom (AS6713): ES-MA is the best measured pair; the embedded Spanish nodes
+    # are on-net only for their ISPs, so the Madrid IX node answers.
     assert (
         answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "105.145.1.0/24")))[0]
-        == "192.0.2.14"
+        == "203.0.113.11"
     )
-    # Euskaltel (AS12338, Bilbao): all Spanish nodes measure the same; Bilbao is nearest.
+    # Euskaltel (AS12338, Bilbao): all Spanish nodes measure the same, and Orange's Bilbao
+    # node is nearest, but it is on-net only for Orange: the Madrid IX node answers.
     assert (
         answer_ips(udp_ask(router, ecs_query("www.cdn.example.", "83.213.10.0/24")))[0]
-        == "192.0.2.33"
+        == "203.0.113.11"
     )
 
 

@@ -31,6 +31,7 @@ from router.config.admin_state import ADMIN_STATE_FILE, parse_admin_state
 from router.config.health import HealthConfig
 from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.nodes import Inventory, parse_inventory
+from router.config.onnet import check_onnet_reach
 from router.config.policy import Policy, SteeredName, parse_policies
 from router.config.problems import ConfigError, Problem
 from router.config.secrets import is_sample_key, load_cookie_secrets, loose_permissions
@@ -257,6 +258,11 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
             doc, zones.get(origin), zone_display, zone_text, inventory
         )
         problems += errors
+        if not errors and inventory is not None and client_map is not None:
+            for name, policy in zone_policies.items():
+                problems += check_onnet_reach(
+                    doc, name, f'policy "{name}"', policy, inventory, client_map.groups
+                )
         policies.update({(origin, name): policy for name, policy in zone_policies.items()})
         steered += zone_steered
 

@@ -9,6 +9,7 @@ Example::
         kind: isp              # isp (embedded in an access ISP) | ixp | pop
         lat: 40.42
         lon: -3.70
+        serves: on-net         # optional: on-net (only the ISP's own clients) | any (default)
     nodes:
       - id: tef-mad-1
         asn: 3352              # the ISP the node sits in (on-net for its clients)
@@ -18,20 +19,35 @@ Example::
         ipv4: 192.0.2.11
         ipv6: 2001:db8:11::1
         capacity_gbps: 400
+        serves_asns: [6739]    # optional, on-net only: other client ASNs it may serve too
+
+``serves`` and ``serves_asns`` may be set on a site (for all its nodes) or on a node (which
+then overrides its site). An on-net-only node answers only clients whose ASN is the node's
+own or in ``serves_asns`` (say, the ISP's customer cone): an ISP-embedded cache is usually
+allowed to serve that ISP's customers and nobody else. Others, clients of unknown networks and
+resolvers that send no ECS included, go to nodes that serve any client.
 """
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router.config._validate import validate_item
 from router.config._yaml import LocatedYaml
 from router.config.problems import Problem
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+Asn = Annotated[int, Field(ge=1, le=4_294_967_295)]
+Serves = Literal["any", "on-net"]
+
+
+def _check_serves(item: Site | Node) -> None:
+    if item.serves == "any" and item.serves_asns:
+        raise ValueError("serves_asns is for on-net-only nodes: it needs serves: on-net, not any")
 
 
 class Site(BaseModel):
@@ -45,6 +61,15 @@ class Site(BaseModel):
     kind: Literal["isp", "ixp", "pop"]
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
+    # Which clients the nodes may answer (module docstring); None: not said here (a node
+    # then takes its site's, and a site means any).
+    serves: Serves | None = None
+    serves_asns: tuple[Asn, ...] | None = None
+
+    @model_validator(mode="after")
+    def _serves(self) -> Site:
+        _check_serves(self)
+        return self
 
 
 class Node(BaseModel):
@@ -67,6 +92,15 @@ class Node(BaseModel):
     health_url: str | None = Field(
         default=None, pattern=r"^(https?://[^\s/]+(/\S*)?|tcp://[^\s/]+:\d+)$"
     )
+    # Which clients the nodes may answer (module docstring); None: not said here (a node
+    # then takes its site's, and a site means any).
+    serves: Serves | None = None
+    serves_asns: tuple[Asn, ...] | None = None
+
+    @model_validator(mode="after")
+    def _serves(self) -> Node:
+        _check_serves(self)
+        return self
 
 
 class Inventory(BaseModel):
@@ -77,6 +111,16 @@ class Inventory(BaseModel):
 
     def site_of(self, node: Node) -> Site:
         return next(s for s in self.sites if s.id == node.site)
+
+    def onnet_asns(self, node: Node) -> frozenset[int] | None:
+        """The client ASNs ``node`` may answer if it is on-net only (its own ASN and its
+        ``serves_asns``, the node's or else its site's); None when it serves any client."""
+        site = self.site_of(node)
+        serves = node.serves or site.serves or "any"
+        if serves == "any":
+            return None
+        extra = node.serves_asns if node.serves_asns is not None else site.serves_asns
+        return frozenset((node.asn, *(extra or ())))
 
 
 def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
@@ -147,6 +191,15 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
                 )
             )
             continue
+        site = next(s for s in sites if s.id == node.site)
+        if node.serves_asns and (node.serves or site.serves or "any") == "any":
+            problems.append(
+                doc.problem(
+                    ("nodes", i, "serves_asns"),
+                    f"{label}: serves_asns is for on-net-only nodes, but neither the node nor its site "
+                    f'"{site.id}" says serves: on-net',
+                )
+            )
         for field in ("ipv4", "ipv6"):
             address = str(getattr(node, field))
             if address in seen_addresses:

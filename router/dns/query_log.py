@@ -449,10 +449,10 @@ def _static_reason(q: Query | None, rcode: int, flags: int, answers: int, reply:
 
 def _pool_reason(routing, chain: list[int], inside, resolved: int, node_state, record: dict) -> str:  # noqa: ANN001
     """Which rule matched and which pool of its fallback chain answered, and why.
-    ``inside``: the answering pool's nodes inside the class's geofence."""
+    ``inside``: the answering pool's nodes inside the class's fence (geofence, on-net limits)."""
     rule_text = f"rule {record['rule']}"
     if resolved < 0 or not chain:
-        return f"{rule_text}: no pool of its chain has a node inside the geofence"
+        return f"{rule_text}: no pool of its chain has a node inside the geofence and on-net limits"
     record["pool"] = routing.pool_names[resolved]
     if resolved != chain[0]:
         skipped = ", ".join(routing.pool_names[q] for q in chain[: chain.index(resolved)])

@@ -10,7 +10,8 @@ optimum in ``loadtest/bench_core.py``:
    takes as much of the group's demand as the node has room for up to
    ``capacity * headroom`` (a heap of each group's next node with room; groups of one
    location spill together). No node is planned past its headroom while any node the
-   group may use has room. Geofenced groups go first: they have fewer nodes to go to.
+   group may use has room. Fenced groups (a geofence or on-net limits) go first: they
+   have fewer nodes to go to.
 3. Reserve: if there is still demand, step 2 again up to full capacity.
 4. Overflow: what is left cannot fit anywhere; it stays on the group's best candidate
    and shows up as a capacity overrun.

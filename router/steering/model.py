@@ -29,8 +29,11 @@ class CompiledPolicy:
     group_lat: np.ndarray  # float64[G], unplaceable groups moved to default_site
     group_lon: np.ndarray
     group_country: np.ndarray  # int32[G]
-    group_fence: np.ndarray  # int32[G]: 0 unfenced, else 1 + geofence rule index
+    # int32[G]: each group's row of fence_allowed, the nodes its geofence rule and the on-net
+    # limits leave it (0: every node, unrestricted).
+    group_fence: np.ndarray
     fence_allowed: np.ndarray  # bool[F, N]
+    group_geofence: np.ndarray  # int32[G]: 0 none, else 1 + the policy's geofence rule index
     demand_prior: np.ndarray  # float64[G]: expected_peak_gbps spread by address space
     topology: Topology
     # Pools and rules; None for a ``nodes:`` policy (one pool, group_fence = geofence).
@@ -65,9 +68,10 @@ class CompiledPolicy:
 class PoolRouting:
     """A policy's pools and rules as arrays.
 
-    The policy's group_fence then holds each group's class, one per (rule, geofence) pair
-    in use; a class's row of fence_allowed is its fence intersected with the pool its
-    rule's fallback chain resolves to under the current node states (``resolve``).
+    The policy's group_fence then holds each group's class, one per (rule, fence) pair in
+    use (a fence: the geofence and on-net limits together); a class's row of fence_allowed
+    is its fence intersected with the pool its rule's fallback chain resolves to under the
+    current node states (``resolve``).
     """
 
     pool_names: tuple[str, ...]
@@ -77,7 +81,7 @@ class PoolRouting:
     rule_labels: tuple[str, ...]
     group_rule: np.ndarray  # int32[G]: each group's first matching rule
     class_rule: np.ndarray  # int32[K]
-    class_fence: np.ndarray  # bool[K, N]: the class's geofence (all nodes when unfenced)
+    class_fence: np.ndarray  # bool[K, N]: the class's fence (all nodes when unfenced)
 
     def chain(self, k: int) -> list[int]:
         """Class ``k``'s pools in fallback order, those with no node inside its fence left out."""
@@ -127,6 +131,12 @@ class SteeringModel:
     node_lon: np.ndarray
     node_country: np.ndarray
     node_asn: np.ndarray
+    # On-net only (nodes.yaml ``serves``): group_onnet int32[G] indexes onnet_allowed bool[E, N],
+    # the nodes that may answer the group's clients by their ASN (row 0: every node).
+    node_onnet_only: np.ndarray  # bool[N]
+    node_onnet_asns: tuple[frozenset[int] | None, ...]  # the client ASNs each may serve; None: any
+    onnet_allowed: np.ndarray
+    group_onnet: np.ndarray
     node_capacity_gbps: np.ndarray
     node_ipv4: tuple[bytes, ...]
     node_ipv6: tuple[bytes, ...]
@@ -191,6 +201,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
     node_asn = np.array([n.asn for n in nodes], dtype=np.int64)
     weight = group_address_weight(deployment.client_map)
     unplaced = ~(np.isfinite(groups.lat) & np.isfinite(groups.lon))
+    node_onnet_only, onnet_allowed, group_onnet = onnet_eligibility(inventory, groups.asn)
 
     policies: list[CompiledPolicy] = []
     policy_index: dict[tuple[dns.name.Name, str], int] = {}
@@ -215,7 +226,8 @@ def compile_model(deployment: Deployment) -> SteeringModel:
             fenced = np.array([c in rule.clients for c in countries], dtype=np.bool_)
             fence[(country >= 0) & fenced[np.maximum(country, 0)]] = i + 1
             allowed.append(np.array([c in rule.nodes for c in node_countries], dtype=np.bool_))
-        fence_allowed = np.array(allowed)
+        geofence = fence
+        fence, fence_allowed = combine_fences(fence, np.array(allowed), group_onnet, onnet_allowed)
         routing = None
         if policy.pools:
             pools = _compile_pools(
@@ -231,7 +243,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         )  # fmt: skip
         policy_index[(zone, name)] = len(policies)
         policies.append(CompiledPolicy(
-            zone, name, policy, in_pool, lat, lon, country, fence, fence_allowed,
+            zone, name, policy, in_pool, lat, lon, country, fence, fence_allowed, geofence,
             policy.expected_peak_gbps * weight, Topology.create(static), routing,
         ))  # fmt: skip
 
@@ -241,6 +253,10 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         node_lon=node_lon,
         node_country=node_country,
         node_asn=node_asn,
+        node_onnet_only=node_onnet_only,
+        node_onnet_asns=tuple(inventory.onnet_asns(n) for n in nodes),
+        onnet_allowed=onnet_allowed,
+        group_onnet=group_onnet,
         node_capacity_gbps=np.array([n.capacity_gbps for n in nodes]),
         node_ipv4=tuple(n.ipv4.packed for n in nodes),
         node_ipv6=tuple(n.ipv6.packed for n in nodes),
@@ -251,6 +267,53 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         steered=tuple((s.name, policy_index[(s.zone, s.policy)]) for s in deployment.steered),
         group_weight=weight,
     )
+
+
+def onnet_eligibility(
+    inventory: Inventory, group_asn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(node_onnet_only bool[N], allowed bool[E, N], group_row int32[G]): which nodes may
+    answer each client group by the on-net limits of nodes.yaml (``serves``). Row 0 allows
+    every node; groups share a row when the same nodes accept their ASN."""
+    served = [inventory.onnet_asns(n) for n in inventory.nodes]
+    onnet_only = np.array([asns is not None for asns in served], dtype=np.bool_)
+    rows = [np.ones(len(served), dtype=np.bool_)]
+    row_of: dict[bytes, int] = {rows[0].tobytes(): 0}
+    group_row = np.zeros(len(group_asn), dtype=np.int32)
+    asns, inverse = np.unique(group_asn, return_inverse=True)
+    for i, asn in enumerate(asns.tolist()):
+        row = np.array([asns_ is None or asn in asns_ for asns_ in served], dtype=np.bool_)
+        key = row.tobytes()
+        if key not in row_of:
+            row_of[key] = len(rows)
+            rows.append(row)
+        group_row[inverse == i] = row_of[key]
+    return onnet_only, np.array(rows), group_row
+
+
+def combine_fences(
+    group_geofence: np.ndarray,
+    geofence_allowed: np.ndarray,
+    group_onnet: np.ndarray,
+    onnet_allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One fence per (geofence rule, on-net row) pair in use: each group's row of the nodes
+    both leave it; row 0 stays every node (unrestricted), as the kernels expect."""
+    every = np.ones(geofence_allowed.shape[1], dtype=np.bool_)
+    rows = [every]
+    row_of: dict[bytes, int] = {every.tobytes(): 0}
+    pair_row: dict[tuple[int, int], int] = {}
+    fence = np.empty(len(group_geofence), dtype=np.int32)
+    for g, pair in enumerate(zip(group_geofence.tolist(), group_onnet.tolist())):
+        row = pair_row.get(pair)
+        if row is None:
+            allowed = geofence_allowed[pair[0]] & onnet_allowed[pair[1]]
+            row = row_of.setdefault(allowed.tobytes(), len(rows))
+            if row == len(rows):
+                rows.append(allowed)
+            pair_row[pair] = row
+        fence[g] = row
+    return fence, np.array(rows)
 
 
 def group_address_weight(client_map: ClientMap) -> np.ndarray:

@@ -44,7 +44,7 @@ class RankInputs:
     country_rtt: np.ndarray
     onnet_bonus_ms: float
     load_penalty_ms: float
-    # Geofences: group_fence int32[G] indexes fence_allowed bool[F, N]; row 0 allows all.
+    # Fences (geofence and on-net limits): group_fence int32[G] indexes fence_allowed bool[F, N]; row 0 allows all.
     group_fence: np.ndarray
     fence_allowed: np.ndarray
     # Fused RTT samples of nodes to groups, CSR by group (see router.steering.latency).
@@ -135,7 +135,9 @@ class RankInputs:
         ):
             raise ValueError("group_fence must have one row of fence_allowed per group")
         if not (self.fence_allowed & self.node_in_pool).any(axis=1).all():
-            raise ValueError("every geofence must allow at least one node of the pool")
+            raise ValueError(
+                "every fence (geofence and on-net limits) must allow at least one node of the pool"
+            )
         m = self.meas_node.shape[0]
         starts = self.meas_start
         if (
