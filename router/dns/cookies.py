@@ -104,31 +104,55 @@ def _sip_round(v0, v1, v2, v3):
     return v0, v1, v2, v3
 
 
-@njit(**HOT_PATH_OPTIONS)
-def siphash24(k0, k1, data, length):
-    """SipHash-2-4 of ``data[:length]`` with the key (k0, k1) (its two little-endian halves)."""
-    v0 = k0 ^ np.uint64(0x736F6D6570736575)
-    v1 = k1 ^ np.uint64(0x646F72616E646F6D)
-    v2 = k0 ^ np.uint64(0x6C7967656E657261)
-    v3 = k1 ^ np.uint64(0x7465646279746573)
-    blocks = length // 8
-    for b in range(blocks + 1):
-        m = np.uint64(0)
-        if b < blocks:
-            for j in range(8):
-                m |= np.uint64(data[b * 8 + j]) << np.uint64(8 * j)
-        else:  # the last block: the remaining octets and the length in the top one
-            for j in range(length - blocks * 8):
-                m |= np.uint64(data[b * 8 + j]) << np.uint64(8 * j)
-            m |= np.uint64(length & 0xFF) << np.uint64(56)
-        v3 ^= m
-        for _ in range(2):
-            v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-        v0 ^= m
+@njit(inline="always", **HOT_PATH_OPTIONS)
+def _start(k0, k1):
+    """SipHash's initial state for the key (k0, k1)."""
+    return (k0 ^ np.uint64(0x736F6D6570736575), k1 ^ np.uint64(0x646F72616E646F6D),
+            k0 ^ np.uint64(0x6C7967656E657261), k1 ^ np.uint64(0x7465646279746573))  # fmt: skip
+
+
+@njit(inline="always", **HOT_PATH_OPTIONS)
+def _absorb(v0, v1, v2, v3, m):
+    """One 8-octet message word (little-endian) through two SipRounds."""
+    v3 ^= m
+    for _ in range(2):
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ m, v1, v2, v3
+
+
+@njit(inline="always", **HOT_PATH_OPTIONS)
+def _finish(v0, v1, v2, v3):
+    """The four finalization rounds and the 64-bit result."""
     v2 ^= np.uint64(0xFF)
     for _ in range(4):
         v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
     return v0 ^ v1 ^ v2 ^ v3
+
+
+@njit(inline="always", **HOT_PATH_OPTIONS)
+def _word(data, at):
+    """The 8 octets ``data[at:at + 8]`` as a little-endian word (SipHash's message order)."""
+    m = np.uint64(0)
+    for j in range(8):
+        m |= np.uint64(data[at + j]) << np.uint64(8 * j)
+    return m
+
+
+@njit(**HOT_PATH_OPTIONS)
+def siphash24(k0, k1, data, length):
+    """SipHash-2-4 of ``data[:length]`` with the key (k0, k1) (its two little-endian halves)."""
+    v0, v1, v2, v3 = _start(k0, k1)
+    blocks = length // 8
+    for b in range(blocks + 1):
+        if b < blocks:
+            m = _word(data, b * 8)
+        else:  # the last block: the remaining octets and the length in the top one
+            m = np.uint64(0)
+            for j in range(length - blocks * 8):
+                m |= np.uint64(data[b * 8 + j]) << np.uint64(8 * j)
+            m |= np.uint64(length & 0xFF) << np.uint64(56)
+        v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, m)
+    return _finish(v0, v1, v2, v3)
 
 
 @njit(inline="always", **HOT_PATH_OPTIONS)
@@ -139,14 +163,6 @@ def _byteswap(x):
     return out
 
 
-@njit(inline="always", **HOT_PATH_OPTIONS)
-def _absorb(v0, v1, v2, v3, m):
-    v3 ^= m
-    for _ in range(2):
-        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-    return v0 ^ m, v1, v2, v3
-
-
 @njit(**HOT_PATH_OPTIONS)
 def server_hash(k0, k1, client, client_at, head, v6, hi, lo):
     """RFC 9018 4.4: the hash of client cookie (``client[client_at:client_at + 8]``) | version,
@@ -155,14 +171,8 @@ def server_hash(k0, k1, client, client_at, head, v6, hi, lo):
     ``siphash24`` over that message, its 8-octet words formed in registers: no buffer, so the
     fast path allocates nothing per query (tests/test_dns_cookies.py: RFC 9018 A.1-A.4, both
     families)."""
-    v0 = k0 ^ np.uint64(0x736F6D6570736575)
-    v1 = k1 ^ np.uint64(0x646F72616E646F6D)
-    v2 = k0 ^ np.uint64(0x6C7967656E657261)
-    v3 = k1 ^ np.uint64(0x7465646279746573)
-    cookie = np.uint64(0)
-    for j in range(8):
-        cookie |= np.uint64(client[client_at + j]) << np.uint64(8 * j)
-    v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, cookie)
+    v0, v1, v2, v3 = _start(k0, k1)
+    v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, _word(client, client_at))
     v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, _byteswap(head))
     if v6:  # 32 octets: two more words, then a last block of the length alone
         v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, _byteswap(hi))
@@ -171,10 +181,7 @@ def server_hash(k0, k1, client, client_at, head, v6, hi, lo):
     else:  # 20 octets: the last block holds the 4 address octets and the length
         last = (_byteswap(lo) >> np.uint64(32)) | (np.uint64(20) << np.uint64(56))
     v0, v1, v2, v3 = _absorb(v0, v1, v2, v3, last)
-    v2 ^= np.uint64(0xFF)
-    for _ in range(4):
-        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
-    return v0 ^ v1 ^ v2 ^ v3
+    return _finish(v0, v1, v2, v3)
 
 
 @njit(**HOT_PATH_OPTIONS)
