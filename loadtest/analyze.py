@@ -95,8 +95,7 @@ class Oracle:
             return compiled.in_pool & fence
         routing = compiled.routing
         assert routing is not None
-        rule = next(r for r in spec.rules if (r.geos is None or country in (r.countries() or ()))
-                    and (r.asns is None or asn in r.asns))  # fmt: skip
+        rule = next(r for r in spec.rules if r.matches(country, asn))
         chain, name = [], rule.pool
         while name is not None and name not in chain:
             chain.append(name)

@@ -194,7 +194,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
         allowed = planner.inputs[policy_index].rank.fence_allowed[k]  # type: ignore[union-attr]
         pool_nodes = routing.pool_nodes[resolved]
         pool_label = f"pool {result.pool}"
-    result.excluded = _excluded(deployment, model, compiled, decision.group, pool_nodes, pool_label)
+    result.excluded = _excluded(model, compiled, decision.group, pool_nodes, pool_label)
     reasons = [status.reason for status in health.status()]
     order = np.lexsort(
         (np.arange(len(model.node_ids)), parts.distance_km, parts.score, table.node_state)
@@ -222,8 +222,7 @@ def explain(deployment: Deployment, name: str, client: str, qtype: str = "A") ->
     return result
 
 
-def _excluded(deployment: Deployment, model, compiled, group: int, pool_nodes: np.ndarray,  # noqa: ANN001
-              pool_label: str) -> list[dict]:  # fmt: skip
+def _excluded(model, compiled, group: int, pool_nodes: np.ndarray, pool_label: str) -> list[dict]:  # noqa: ANN001
     """Which hard constraint keeps each other node from ``group``: the policy's nodes or the
     answering pool, the geofence, the on-net limits of nodes.yaml (the first that applies)."""
     geofence = int(compiled.group_geofence[group])
@@ -239,7 +238,7 @@ def _excluded(deployment: Deployment, model, compiled, group: int, pool_nodes: n
             constraint = (f"geofence rule {geofence - 1}: clients in {', '.join(rule.clients)} only to nodes "
                           f"in {', '.join(rule.nodes)} (the node is in {country})")  # fmt: skip
         elif not onnet[n]:
-            served = deployment.inventory.onnet_asns(deployment.inventory.nodes[n]) or ()
+            served = model.node_onnet_asns[n] or ()
             client = f"AS{asn}" if asn else "an unknown network"
             constraint = (f"on-net only for {', '.join(f'AS{a}' for a in sorted(served))} (nodes.yaml serves), "
                           f"the client is in {client}")  # fmt: skip

@@ -45,6 +45,11 @@ Asn = Annotated[int, Field(ge=1, le=4_294_967_295)]
 Serves = Literal["any", "on-net"]
 
 
+def serves_of(node: Node, site: Site) -> Serves:
+    """What ``node`` serves: its own ``serves``, else its site's, else any."""
+    return node.serves or site.serves or "any"
+
+
 def _check_serves(item: Site | Node) -> None:
     if item.serves == "any" and item.serves_asns:
         raise ValueError("serves_asns is for on-net-only nodes: it needs serves: on-net, not any")
@@ -116,8 +121,7 @@ class Inventory(BaseModel):
         """The client ASNs ``node`` may answer if it is on-net only (its own ASN and its
         ``serves_asns``, the node's or else its site's); None when it serves any client."""
         site = self.site_of(node)
-        serves = node.serves or site.serves or "any"
-        if serves == "any":
+        if serves_of(node, site) == "any":
             return None
         extra = node.serves_asns if node.serves_asns is not None else site.serves_asns
         return frozenset((node.asn, *(extra or ())))
@@ -192,7 +196,7 @@ def parse_inventory(doc: LocatedYaml) -> tuple[Inventory | None, list[Problem]]:
             )
             continue
         site = next(s for s in sites if s.id == node.site)
-        if node.serves_asns and (node.serves or site.serves or "any") == "any":
+        if node.serves_asns and serves_of(node, site) == "any":
             problems.append(
                 doc.problem(
                     ("nodes", i, "serves_asns"),

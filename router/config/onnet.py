@@ -48,7 +48,7 @@ def check_onnet_reach(
         where = "the policy's nodes"
         candidates = everyone
         if policy.pools:
-            rule = next(r for r in policy.rules if _matches(r, country, asn))
+            rule = next(r for r in policy.rules if r.matches(country, asn))
             chain = fallback_chain(policy, rule.pool)
             candidates = frozenset(n for pool in chain for n in members[pool])
             where = f"pool {' then '.join(chain)}"
@@ -72,11 +72,3 @@ def check_onnet_reach(
         f"{label}: {count} client group(s) have no node that may answer them: {listed}. Give them "
         "a node that serves any client (serves: any, the default), or list their ASN in an on-net "
         "node's serves_asns"))]  # fmt: skip
-
-
-def _matches(rule, country: str, asn: int) -> bool:  # noqa: ANN001
-    """The first-match test of the steering model's pool rules (router/steering/model.py)."""
-    countries = rule.countries()
-    if countries is not None and country not in countries:
-        return False
-    return rule.asns is None or asn in rule.asns

@@ -113,6 +113,13 @@ class Rule(BaseModel):
             parts.append(f"asns {', '.join(map(str, self.asns))}")
         return " and ".join(parts) or "catch-all"
 
+    def matches(self, country: str, asn: int) -> bool:
+        """Whether a client in ``country`` (ISO code) and ``asn`` is one this rule is for."""
+        countries = self.countries()
+        if countries is not None and country not in countries:
+            return False
+        return self.asns is None or asn in self.asns
+
     def countries(self) -> frozenset[str] | None:
         """The client countries this rule matches; None: any country."""
         if self.geos is None:

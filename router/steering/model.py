@@ -131,10 +131,10 @@ class SteeringModel:
     node_lon: np.ndarray
     node_country: np.ndarray
     node_asn: np.ndarray
-    # On-net only (nodes.yaml ``serves``): group_onnet int32[G] indexes onnet_allowed bool[E, N],
-    # the nodes that may answer the group's clients by their ASN (row 0: every node).
-    node_onnet_only: np.ndarray  # bool[N]
-    node_onnet_asns: tuple[frozenset[int] | None, ...]  # the client ASNs each may serve; None: any
+    # On-net only (nodes.yaml ``serves``): the client ASNs each node may serve (None: any);
+    # group_onnet int32[G] indexes onnet_allowed bool[E, N], the nodes that may answer the
+    # group's clients by their ASN (row 0: every node).
+    node_onnet_asns: tuple[frozenset[int] | None, ...]
     onnet_allowed: np.ndarray
     group_onnet: np.ndarray
     node_capacity_gbps: np.ndarray
@@ -146,6 +146,11 @@ class SteeringModel:
     policies: tuple[CompiledPolicy, ...]
     steered: tuple[tuple[dns.name.Name, int], ...]  # (name, policy index)
     group_weight: np.ndarray  # float64[G]: share of the client address space (sums to 1)
+
+    @property
+    def node_onnet_only(self) -> np.ndarray:
+        """bool[N]: the nodes that serve only the ASNs they list (nodes.yaml ``serves: on-net``)."""
+        return np.array([asns is not None for asns in self.node_onnet_asns], dtype=np.bool_)
 
     def rank_inputs(
         self,
@@ -201,7 +206,8 @@ def compile_model(deployment: Deployment) -> SteeringModel:
     node_asn = np.array([n.asn for n in nodes], dtype=np.int64)
     weight = group_address_weight(deployment.client_map)
     unplaced = ~(np.isfinite(groups.lat) & np.isfinite(groups.lon))
-    node_onnet_only, onnet_allowed, group_onnet = onnet_eligibility(inventory, groups.asn)
+    node_onnet_asns = tuple(inventory.onnet_asns(n) for n in nodes)
+    onnet_allowed, group_onnet = onnet_eligibility(node_onnet_asns, groups.asn)
 
     policies: list[CompiledPolicy] = []
     policy_index: dict[tuple[dns.name.Name, str], int] = {}
@@ -253,8 +259,7 @@ def compile_model(deployment: Deployment) -> SteeringModel:
         node_lon=node_lon,
         node_country=node_country,
         node_asn=node_asn,
-        node_onnet_only=node_onnet_only,
-        node_onnet_asns=tuple(inventory.onnet_asns(n) for n in nodes),
+        node_onnet_asns=node_onnet_asns,
         onnet_allowed=onnet_allowed,
         group_onnet=group_onnet,
         node_capacity_gbps=np.array([n.capacity_gbps for n in nodes]),
@@ -270,13 +275,11 @@ def compile_model(deployment: Deployment) -> SteeringModel:
 
 
 def onnet_eligibility(
-    inventory: Inventory, group_asn: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(node_onnet_only bool[N], allowed bool[E, N], group_row int32[G]): which nodes may
-    answer each client group by the on-net limits of nodes.yaml (``serves``). Row 0 allows
-    every node; groups share a row when the same nodes accept their ASN."""
-    served = [inventory.onnet_asns(n) for n in inventory.nodes]
-    onnet_only = np.array([asns is not None for asns in served], dtype=np.bool_)
+    served: tuple[frozenset[int] | None, ...], group_asn: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed bool[E, N], group_row int32[G]): which nodes may answer each client group
+    under the on-net limits (``served``: each node's client ASNs, None for any client). Row 0
+    allows every node; groups share a row when the same nodes accept their ASN."""
     rows = [np.ones(len(served), dtype=np.bool_)]
     row_of: dict[bytes, int] = {rows[0].tobytes(): 0}
     group_row = np.zeros(len(group_asn), dtype=np.int32)
@@ -288,7 +291,7 @@ def onnet_eligibility(
             row_of[key] = len(rows)
             rows.append(row)
         group_row[inverse == i] = row_of[key]
-    return onnet_only, np.array(rows), group_row
+    return np.array(rows), group_row
 
 
 def combine_fences(
