@@ -10,6 +10,7 @@ Inputs (read-only, see ``<shared>/*/SOURCE.md`` for provenance and licences):
 * ``ip-location-db-asn/asn-ipv{4,6}.csv.gz``: inclusive IP range -> ASN + organisation (CC BY 4.0).
 * ``ip-location-db-geo-whois-asn-country/geo-whois-asn-country-ipv{4,6}.csv.gz``: range -> country.
 * ``ripe-atlas-country-rtt/country_rtt_stat.csv.gz``: country x country RTT statistics.
+* ``iptoasn/ip2asn-v6.tsv.gz``: IPv6 range -> the ASN announcing it in BGP (PDDL 1.0).
 * ``geodata/country-locations.csv`` and ``geodata/asn-locations.csv``: hand-entered facts that live
   next to this script (they are inputs, not outputs; they are validated and copied to ``--out``
   when that is another directory, so an output directory is always a complete set).
@@ -19,12 +20,17 @@ Outputs (in ``--out``):
 * ``iberia-clients.mmdb``: MaxMind DB (IPv6 tree with IPv4 in ``::/96``) whose records use GeoIP2
   field names: ``autonomous_system_number``, ``autonomous_system_organization``,
   ``country.iso_code``, ``location.latitude/longitude``.
+* ``iberia-announced.csv``: the prefixes the sample's ASNs announce (``prefix,asn,org``), which
+  ``router check --coverage zones`` checks the map against.
 * ``country-rtt.csv``: RIPE Atlas average RTT between the countries of country-locations.csv.
 * ``LICENSES/``: upstream licence files plus a note of this project's modifications.
 
 Selection: every ASN range whose geolocated country is ES, PT, AD or GI, plus, for FR and MA, the
 ranges of the three ASNs with the most IPv4 address space in that country. The ASN table and the
 country table are joined by interval intersection, so a range is split where its country changes.
+Then every prefix that one of the sample's ASNs (the ISPs with nodes and those neighbours)
+announces is placed in that ASN, wherever it is used (country from the country table), so the
+map has no gap in the networks the sample deployment steers by ASN.
 
 The build is deterministic: inputs are sorted, ties are broken explicitly, and the MMDB's
 ``build_epoch`` is pinned to the data snapshot instead of the wall clock, so a rebuild from the same
@@ -68,6 +74,10 @@ NEIGHBOUR_COUNTRIES: tuple[str, ...] = ("FR", "MA")
 NEIGHBOUR_TOP_N = 3
 SELECTED_COUNTRIES = frozenset(CORE_COUNTRIES + NEIGHBOUR_COUNTRIES)
 
+#: The ISPs zones/nodes.yaml puts nodes in (tests/test_map_coverage.py holds the two equal):
+#: Telefonica de Espana, Vodafone Spain, Orange Spain, MEO, NOS, Vodafone Portugal.
+NODE_ASNS: tuple[int, ...] = (3352, 12430, 12479, 3243, 2860, 12353)
+
 #: The country locations file must cover at least these (the router's tests rely on them).
 REQUIRED_LOCATION_COUNTRIES = frozenset(
     {"ES", "PT", "AD", "GI", "FR", "MA", "DE", "GB", "NL", "IT", "US"}
@@ -77,6 +87,8 @@ REQUIRED_LOCATION_COUNTRIES = frozenset(
 RTT_MIN_SAMPLES = 100
 
 MMDB_NAME = "iberia-clients.mmdb"
+ANNOUNCED_NAME = "iberia-announced.csv"
+WORLD_LOCATIONS_NAME = "world-country-locations.csv"
 RTT_NAME = "country-rtt.csv"
 COUNTRY_LOCATIONS_NAME = "country-locations.csv"
 ASN_LOCATIONS_NAME = "asn-locations.csv"
@@ -86,11 +98,13 @@ DATABASE_TYPE = "Router-Client-Map"
 ATTRIBUTION = (
     "IP to ASN data: ip-location-db (sapics) built from RouteViews (routeviews.org), "
     "DB-IP (https://db-ip.com) and NRO (nro.net), CC BY 4.0; "
-    "country data: ip-location-db geo-whois-asn-country (NRO, nro.net)"
+    "country data: ip-location-db geo-whois-asn-country (NRO, nro.net); "
+    "IPv6 BGP origin ASNs: iptoasn.com (PDDL 1.0)"
 )
 DESCRIPTION = (
     "Sample client network map for an Iberian CDN deployment: ranges of ES, PT, AD, GI and of "
-    "the top-3 IPv4 ASNs of FR and MA. " + ATTRIBUTION
+    "the top-3 IPv4 ASNs of FR and MA, and every prefix those ASNs and the sample's ISPs "
+    "announce. " + ATTRIBUTION
 )
 
 #: ip-location-db npm version 2.3.2026061719 = data built 2026-06-17 19:00 UTC. The MMDB's
@@ -105,12 +119,25 @@ COUNTRY_CSV = {
     6: "ip-location-db-geo-whois-asn-country/geo-whois-asn-country-ipv6.csv.gz",
 }
 RTT_CSV = "ripe-atlas-country-rtt/country_rtt_stat.csv.gz"
+#: iptoasn's IPv6 table is built from BGP dumps (the ASN that announces each range), unlike
+#: ip-location-db's IPv6, which is registry data: e.g. it gives Orange France's announced
+#: 2a01:cb00::/32 to AS5511, the registry holder. ip-location-db's IPv4 is RouteViews
+#: (announcements) first, so it serves as the IPv4 announced table.
+ANNOUNCED_V6_TSV = "iptoasn/ip2asn-v6.tsv.gz"
 #: Licence files shipped with the ip-location-db asn package, copied verbatim to LICENSES/.
 LICENSE_FILES = ("ROUTEVIEWS-LICENSE", "DBIP-LICENSE", "NRO_LICENSE", "MODIFICATIONS")
 LICENSE_SOURCE_DIR = "ip-location-db-asn"
 #: The country package ships its own NRO_LICENSE; it must match the one we copy.
 COUNTRY_NRO_LICENSE = "ip-location-db-geo-whois-asn-country/NRO_LICENSE"
 OUR_MODIFICATIONS_NAME = "MODIFICATIONS-router.txt"
+IPTOASN_NOTICE_NAME = "IPTOASN-NOTICE"
+IPTOASN_NOTICE = """\
+IPv6 announced prefixes (origin ASN of each range, used for iberia-announced.csv and for the
+ASN of the sample ASNs' IPv6 ranges in iberia-clients.mmdb) come from IPtoASN,
+https://iptoasn.com/, file ip2asn-v6.tsv.gz as downloaded on 2025-10-28, published under the
+Open Data Commons Public Domain Dedication and License (PDDL) v1.0,
+https://opendatacommons.org/licenses/pddl/1-0/. No attribution is required; it is given here.
+"""
 OUR_MODIFICATIONS = """\
 Modifications made by this project (geodata/build_sample.py) to the ip-location-db data
 =======================================================================================
@@ -126,11 +153,22 @@ npm version 2.3.2026061719.
    country changes; the country is added to each piece.
 3. Filtering: only pieces in ES, PT, AD and GI are kept, plus the pieces in FR and MA of the
    three ASNs with the most IPv4 address space in each of those two countries.
-4. Merging and CIDR conversion: adjacent pieces with the same ASN, organisation and country
+4. Announced prefixes: every range announced by one of the sample's ASNs (the six ISPs with
+   nodes and those neighbour ASNs) is kept with the announcing ASN, in whatever country it is
+   (countries outside the selection get the point of world-country-locations.csv; a range with
+   no country gets the one where that ASN has most of its addresses): IPv4 from
+   the "asn" package (RouteViews first), IPv6 from iptoasn.com's ip2asn-v6 table (BGP origin
+   ASN, PDDL 1.0, 2025-10-28). Where the "asn" package names another ASN for such a range, the
+   announcing ASN wins. These ranges are also written, as CIDR blocks, to
+   iberia-announced.csv (prefix,asn,org), with one organisation name per ASN.
+5. Merging and CIDR conversion: adjacent pieces with the same ASN, organisation and country
    are merged, and every inclusive range is converted to the minimal list of CIDR blocks.
-5. Enrichment: each record gets a representative latitude/longitude (hand-entered, see
+6. Enrichment: each record gets a representative latitude/longitude (hand-entered, see
    country-locations.csv and asn-locations.csv); these are not from the upstream data.
-6. Format: written as a MaxMind DB (iberia-clients.mmdb) with GeoIP2-style field names.
+7. Format: written as a MaxMind DB (iberia-clients.mmdb) with GeoIP2-style field names.
+
+iptoasn.com data (https://iptoasn.com/) is published under the Open Data Commons Public
+Domain Dedication and License (PDDL) 1.0; no attribution is required, it is credited here.
 """
 
 
@@ -375,11 +413,19 @@ def to_cidrs(piece: Piece, version: int) -> list[IPNetwork]:
 # --------------------------------------------------------------------------------------------
 
 
-def join_family(shared: Path, version: int) -> list[Piece]:
-    """ASN ranges of one address family joined with their country, selected countries only."""
+def read_countries(shared: Path, version: int) -> list[Span]:
+    """The whole country table of one family, disjoint (more specific ranges win)."""
+    return flatten(read_country_table(shared / COUNTRY_CSV[version], version))
+
+
+def join_family(shared: Path, version: int, countries: list[Span] | None = None) -> list[Piece]:
+    """ASN ranges of one address family joined with their country, selected countries only.
+
+    ``countries``: the result of ``read_countries`` if the caller has it already."""
     # Flatten the full country table first: a selected range can contain a more-specific range
     # of another country (which must punch a hole), so filtering before flattening would be wrong.
-    countries = flatten(read_country_table(shared / COUNTRY_CSV[version], version))
+    if countries is None:
+        countries = read_countries(shared, version)
     selected = [span for span in countries if span.value in SELECTED_COUNTRIES]
     # ASN rows that miss the selected space cannot affect it, so filter before flattening.
     asn_rows = flatten(
@@ -410,6 +456,103 @@ def select(pieces: Iterable[Piece], neighbour_asns: dict[str, frozenset[int]]) -
         or piece.asn in neighbour_asns.get(piece.country, frozenset())
     ]
     return merge_adjacent(kept)
+
+
+def read_announced_v6(path: Path) -> list[Span]:
+    """iptoasn's IPv6 table: the announced rows (ASN 0 marks unrouted space), AsnInfo values."""
+    spans: list[Span] = []
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
+        for line in handle:
+            start, end, asn, _country, description = line.rstrip("\n").split("\t")
+            if asn != "0":
+                spans.append(
+                    Span(ip_to_int(start, 6), ip_to_int(end, 6), AsnInfo(int(asn), description))
+                )
+    return spans
+
+
+def announced_spans(shared: Path, version: int, asns: frozenset[int]) -> list[Span]:
+    """What each of ``asns`` announces, disjoint and sorted (values: AsnInfo).
+
+    The whole table is flattened before filtering, so a more specific range that another
+    network announces inside one of theirs stays out of it (it is not theirs to place)."""
+    if version == 4:
+        rows = read_asn_table(shared / ASN_CSV[4], 4)
+    else:
+        rows = read_announced_v6(shared / ANNOUNCED_V6_TSV)
+    spans = []
+    for span in flatten(rows):
+        info = span.value
+        assert isinstance(info, AsnInfo)
+        if info.asn in asns:
+            spans.append(span)
+    return spans
+
+
+def cut(pieces: Sequence[Piece], holes: Sequence[Span]) -> list[Piece]:
+    """The parts of ``pieces`` outside ``holes`` (both sorted and disjoint)."""
+    out: list[Piece] = []
+    j = 0
+    for piece in pieces:
+        start = piece.start
+        while j < len(holes) and holes[j].end < start:
+            j += 1
+        k = j
+        while k < len(holes) and holes[k].start <= piece.end:
+            if holes[k].start > start:
+                out.append(piece._replace(start=start, end=holes[k].start - 1))
+            start = max(start, holes[k].end + 1)
+            k += 1
+        if start <= piece.end:
+            out.append(piece._replace(start=start))
+    return out
+
+
+def place_announced(
+    pieces: list[Piece],
+    announced: list[Span],
+    countries: list[Span],
+    names: dict[int, str],
+) -> list[Piece]:
+    """``pieces`` with every announced range in its announcing ASN (named from ``names``).
+
+    The country is the country table's, as for every other piece; a part the table has no
+    country for gets the country where that ASN has most of ``pieces``' addresses."""
+    own: list[Span] = []
+    unplaced: list[Piece] = []  # the same ranges as pieces, to find those without a country
+    for span in announced:
+        info = span.value
+        assert isinstance(info, AsnInfo)
+        own.append(Span(span.start, span.end, AsnInfo(info.asn, names[info.asn])))
+        unplaced.append(Piece(span.start, span.end, info.asn, names[info.asn], ""))
+    placed = intersect(own, countries)
+    homeless = cut(unplaced, countries)
+    if homeless:
+        space: dict[int, Counter[str]] = {}
+        for piece in pieces:
+            space.setdefault(piece.asn, Counter())[piece.country] += piece.end - piece.start + 1
+        for piece in homeless:
+            ranked = sorted(space.get(piece.asn, Counter()).items(), key=lambda kv: (-kv[1], kv[0]))
+            if not ranked:
+                raise ValueError(
+                    f"AS{piece.asn}: announced range with no country anywhere: {piece}"
+                )
+            placed.append(piece._replace(country=ranked[0][0]))
+    return merge_adjacent(sorted(cut(pieces, announced) + placed))
+
+
+def asn_names(families: dict[int, list[Piece]], announced: dict[int, list[Span]]) -> dict[int, str]:
+    """One organisation name per ASN: the map's (ip-location-db, IPv4 first), else iptoasn's."""
+    names: dict[int, str] = {}
+    for version in sorted(families):
+        for piece in families[version]:
+            names.setdefault(piece.asn, piece.org)
+    for version in sorted(announced):
+        for span in announced[version]:
+            info = span.value
+            assert isinstance(info, AsnInfo)
+            names.setdefault(info.asn, info.org)
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,6 +616,27 @@ def write_mmdb(
     writer.to_db_file(str(tmp))
     tmp.replace(path)
     return counts
+
+
+def write_announced(path: Path, announced: dict[int, list[Span]], names: dict[int, str]) -> int:
+    """The announced ranges as CIDR blocks, ``prefix,asn,org``; returns the number of rows."""
+    rows: list[tuple[str, int, str]] = []
+    for version in sorted(announced):
+        for span in announced[version]:
+            info = span.value
+            assert isinstance(info, AsnInfo)
+            piece = Piece(span.start, span.end, info.asn, names[info.asn], "")
+            rows += [(str(cidr), info.asn, piece.org) for cidr in to_cidrs(piece, version)]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(
+            "# generated by geodata/build_sample.py, do not edit: the prefixes the sample's ASNs\n"
+            "# announce (IPv4: ip-location-db asn, RouteViews first, CC BY 4.0; IPv6: iptoasn.com\n"
+            "# ip2asn-v6 2025-10-28, PDDL 1.0). router check --coverage zones reads it.\n"
+        )
+        out = csv.writer(handle, lineterminator="\n")
+        out.writerow(["prefix", "asn", "org"])
+        out.writerows(rows)
+    return len(rows)
 
 
 def build_rtt_rows(path: Path, countries: Iterable[str]) -> list[tuple[str, str, str, int]]:
@@ -561,7 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not SELECTED_COUNTRIES <= country_locations.keys():
         raise ValueError("every selected country needs a row in country-locations.csv")
 
-    joined = {version: join_family(shared, version) for version in (4, 6)}
+    countries = {version: read_countries(shared, version) for version in (4, 6)}
+    joined = {version: join_family(shared, version, countries[version]) for version in (4, 6)}
     # IPv4 address space is a usable proxy for an ISP's subscriber base; IPv6 space is not
     # (allocation sizes say little about subscribers), so the ranking uses IPv4 only.
     neighbour_asns = {
@@ -569,9 +734,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for country in NEIGHBOUR_COUNTRIES
     }
     families = {version: select(pieces, neighbour_asns) for version, pieces in joined.items()}
+    # The networks the sample steers by ASN: their every announced prefix must be placed.
+    sample_asns = frozenset(NODE_ASNS).union(*neighbour_asns.values())
+    announced = {version: announced_spans(shared, version, sample_asns) for version in (4, 6)}
+    names = asn_names(families, announced)
+    families = {
+        version: place_announced(families[version], announced[version], countries[version], names)
+        for version in (4, 6)
+    }
+    if families[6] and families[6][0].start < 1 << 32:
+        raise ValueError(f"IPv6 range inside ::/96: {families[6][0]}")
     check_regional_asns(families, asn_locations)
 
-    network_counts = write_mmdb(out / MMDB_NAME, families, country_locations, asn_locations)
+    # Announced prefixes used outside the selection need a point too; the world's table has
+    # every country, and the sample's own rows win where both have one.
+    locations = {**read_country_locations(GEODATA_DIR / WORLD_LOCATIONS_NAME), **country_locations}
+    network_counts = write_mmdb(out / MMDB_NAME, families, locations, asn_locations)
+    announced_rows = write_announced(out / ANNOUNCED_NAME, announced, names)
     write_csv(
         out / RTT_NAME,
         ["country_a", "country_b", "rtt_ms", "samples"],
@@ -580,8 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in (COUNTRY_LOCATIONS_NAME, ASN_LOCATIONS_NAME):
         copy_if_elsewhere(GEODATA_DIR / name, out / name)
     write_licenses(shared, out)
+    (out / LICENSES_DIR / IPTOASN_NOTICE_NAME).write_text(IPTOASN_NOTICE, encoding="utf-8")
 
     report(out, families, network_counts, neighbour_asns, time.perf_counter() - began)
+    print(f"wrote {out / ANNOUNCED_NAME}: {announced_rows:,} prefixes of {len(sample_asns)} ASNs "
+          f"{sorted(sample_asns)}")  # fmt: skip
     return 0
 
 

@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a deployment directory; print every problem as path:line: message"
     )
     check.add_argument("directory", type=Path)
+    check.add_argument(
+        "--coverage",
+        action="store_true",
+        help="also list the announced prefixes of the deployment's ASNs that the client map does "
+        "not place in their ASN's group (coverage: in deployment.yaml); exit 3 when there are any",
+    )
+    check.add_argument("--announced", type=Path, metavar="FILE",
+                       help="with --coverage: the announced-prefix file (CSV prefix,asn[,org]) "
+                            "instead of coverage.announced")  # fmt: skip
+    check.add_argument(
+        "--json", action="store_true", help="with --coverage: print the report as JSON"
+    )
 
     explain = sub.add_parser("explain", help="show how a name is answered for one client")
     explain.add_argument("--zones", required=True, type=Path, help="deployment directory")
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return node_agent.run(args)
     if args.command == "check":
-        return cmd_check(args.directory)
+        return cmd_check(args)
     if args.command == "keys":
         return cmd_keys(args)
     if args.command == "explain":
@@ -252,17 +264,42 @@ def _load(directory: Path) -> Deployment | None:
         return None
 
 
-def cmd_check(directory: Path) -> int:
+EXIT_COVERAGE_GAPS = 3  # router check --coverage: valid, but announced prefixes are not placed
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0: valid (and, with --coverage, no gaps); 1: invalid; 2: bad command line;
+    3: valid, but --coverage found gaps."""
+    directory: Path = args.directory
+    if (args.json or args.announced) and not args.coverage:
+        print("router check: --json and --announced go with --coverage", file=sys.stderr)
+        return 2
     deployment = _load(directory)
     if deployment is None:
         return 1
     zones = ", ".join(str(z) for z in deployment.zones)
-    print(
+    summary = (
         f"{directory}: OK: {len(deployment.zones)} zone(s) ({zones}), {len(deployment.inventory.nodes)} nodes, "
         f"{len(deployment.policies)} policies, {len(deployment.steered)} steered names, "
         f"{len(deployment.client_map.groups) - 1} client groups"
     )
-    return 0
+    if not args.coverage:
+        print(summary)
+        return 0
+    from router.config.mapcoverage import check_coverage, to_text
+
+    try:
+        report = check_coverage(deployment, args.announced)
+    except ConfigError as exc:
+        print(exc.report(directory), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"directory": str(directory), "why": report.why,
+                          **dataclasses.asdict(report.coverage)}, indent=2))  # fmt: skip
+    else:
+        print(summary)
+        print(to_text(report))
+    return EXIT_COVERAGE_GAPS if report.gaps else 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

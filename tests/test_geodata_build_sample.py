@@ -24,16 +24,24 @@ MMDB = GEODATA / "iberia-clients.mmdb"
 BUILDER = GEODATA / "build_sample.py"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-CSV_FILES = ("country-locations.csv", "asn-locations.csv", "country-rtt.csv")
+CSV_FILES = (
+    "country-locations.csv",
+    "asn-locations.csv",
+    "country-rtt.csv",
+    "iberia-announced.csv",
+)
 LICENSE_FILES = (
     "ROUTEVIEWS-LICENSE",
     "DBIP-LICENSE",
     "NRO_LICENSE",
     "MODIFICATIONS",
     "MODIFICATIONS-router.txt",
+    "IPTOASN-NOTICE",
 )
 CORE_COUNTRIES = {"ES", "PT", "AD", "GI"}
 NEIGHBOUR_COUNTRIES = {"FR", "MA"}
+# The ISPs of zones/nodes.yaml: their every announced prefix is in the map, wherever it is used.
+NODE_ASNS = {3352, 12430, 12479, 3243, 2860, 12353}
 
 # Known addresses, taken from the shared source data (ip-location-db npm 2.3.2026061719).
 # Each is inside one row of ip-location-db-asn/asn-ipv{4,6}.csv.gz and one row of
@@ -58,6 +66,14 @@ KNOWN: list[tuple[str, int, str, int]] = [
     ("105.145.1.1", 6713, "MA", 13),
     # 83.213.0.0-83.213.255.255 AS12338 Euskaltel / same range ES -> /16
     ("83.213.10.1", 12338, "ES", 16),
+    # Announced prefixes (iptoasn ip2asn-v6): 2a01:cb00::-2a01:cb20:fff:... AS3215, which the
+    # asn table gives to AS5511 (not kept) / 2a01:caa1::-2a01:cb22:7fff:... FR -> /27
+    ("2a01:cb00::1", 3215, "FR", 27),
+    # 2a02:2e02::-2a02:2e02:ffff:... AS12479 (the asn table: AS12715) / 2a02:2e00::/27 ES -> /32
+    ("2a02:2e02::1", 12479, "ES", 32),
+    # 90.68.0.0-90.69.255.255 AS12479 Orange Espagne / 90.65.0.0-90.84.95.255 FR (Orange S.A.'s
+    # allocation) -> /15: announced by a sample ISP, so kept although FR's top 3 excludes it
+    ("90.68.0.1", 12479, "FR", 15),
 ]
 
 # Addresses that must not be in the map.
@@ -131,10 +147,15 @@ def test_ipv4_mapped_ipv6_is_not_aliased(shipped: maxminddb.Reader) -> None:
 
 
 def test_every_record(shipped: maxminddb.Reader) -> None:
-    countries = read_locations("country-locations.csv", "country")
+    # Announced prefixes used outside the selected countries get the world table's point.
+    countries = {
+        **read_locations("world-country-locations.csv", "country"),
+        **read_locations("country-locations.csv", "country"),
+    }
     asn_homes = read_locations("asn-locations.csv", "asn")
     seen_versions: set[int] = set()
     neighbour_asns: dict[str, set[int]] = {c: set() for c in NEIGHBOUR_COUNTRIES}
+    outside: dict[int, str] = {}  # ASN -> a country outside the selection it has a range in
     for network, record in shipped:
         # Iteration yields IPv4 networks as IPv4Network with IPv4 prefix lengths.
         assert isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network))
@@ -149,14 +170,17 @@ def test_every_record(shipped: maxminddb.Reader) -> None:
         assert isinstance(asn, int) and asn > 0
         assert isinstance(record["autonomous_system_organization"], str)
         country = record["country"]["iso_code"]
-        assert country in CORE_COUNTRIES | NEIGHBOUR_COUNTRIES
-        if country in NEIGHBOUR_COUNTRIES:
+        if country in NEIGHBOUR_COUNTRIES and asn not in NODE_ASNS:
             neighbour_asns[country].add(asn)
+        elif country not in CORE_COUNTRIES | NEIGHBOUR_COUNTRIES:
+            outside[asn] = country
         location = record["location"]
         expected = asn_homes.get(str(asn), countries[country])
         assert (location["latitude"], location["longitude"]) == expected
     assert seen_versions == {4, 6}
     assert all(len(asns) == 3 for asns in neighbour_asns.values()), neighbour_asns
+    # Outside the selection only the sample's ASNs' announced prefixes, e.g. NOS in the US.
+    assert outside and set(outside) <= NODE_ASNS | set().union(*neighbour_asns.values()), outside
 
 
 # ------------------------------------------------------------------------------------------

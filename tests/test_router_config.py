@@ -321,7 +321,7 @@ POSITIVE = [
     ),
     pytest.param(
         "client-map-sources",
-        ["zones: OK:", "18 nodes", "2019 client groups"],
+        ["zones: OK:", "18 nodes", "2033 client groups"],
         id="client-map-sources",
     ),
 ]

@@ -30,6 +30,7 @@ from router.config._yaml import LocatedYaml, YamlPath, load_yaml
 from router.config.admin_state import ADMIN_STATE_FILE, parse_admin_state
 from router.config.health import HealthConfig
 from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
+from router.config.mapcoverage import CoverageSettings
 from router.config.nodes import Inventory, parse_inventory
 from router.config.onnet import check_onnet_reach
 from router.config.policy import Policy, SteeredName, parse_policies
@@ -117,6 +118,7 @@ class DeploymentSettings(BaseModel):
     cookies: CookieConfig = Field(default_factory=CookieConfig)
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
+    coverage: CoverageSettings | None = None  # announced prefixes for router check --coverage
 
     @field_validator("listen")
     @classmethod
@@ -158,6 +160,7 @@ class Deployment:
     rtt_samples: tuple[RttSample, ...] = ()
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
     admin_state: dict[str, str] = field(default_factory=dict)
+    coverage: CoverageSettings | None = None  # read by router check --coverage only
 
 
 def _check_address(text: str) -> None:
@@ -291,6 +294,13 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
             )
             problems += errors
 
+    if settings is not None and settings_doc is not None and settings.coverage is not None:
+        announced_path = directory / settings.coverage.announced
+        if not announced_path.is_file():
+            problems.append(settings_doc.problem(
+                ("coverage", "announced"), _no_such_file("coverage.announced", announced_path)
+            ))  # fmt: skip
+
     cookie_secrets: tuple[bytes, ...] = ()
     if settings is not None and settings_doc is not None and settings.cookies.secret_file:
         secret_path = directory / settings.cookies.secret_file
@@ -331,6 +341,7 @@ def load_deployment(directory: Path, keys_file: Path | None = None) -> Deploymen
         cookie_secrets=cookie_secrets,
         rtt_samples=tuple(rtt_samples),
         admin_state=admin_state,
+        coverage=settings.coverage,
     )
 
 
