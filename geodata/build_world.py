@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build a real-scale world deployment (every client range, 2,196 nodes) from public data.
+"""Build a real-scale world deployment (every client range, 20,000 nodes) from public data.
 
 Run from the repository root (these are also the defaults)::
 
@@ -23,7 +23,13 @@ Outputs (in ``--out``):
   joined with its country, as CIDR prefixes (IPv4 then IPv6, in address order).
 * ``country-rtt.csv``: ``country_a,country_b,rtt_ms,samples``: every RIPE Atlas pair among the
   countries present with at least 100 samples, same-country pairs included.
-* ``nodes.yaml``: 2,196 nodes inside the largest access ISPs of 38 countries.
+* ``nodes.yaml``: 20,000 nodes inside the largest access ISPs of 38 countries (``--nodes``;
+  ``--footprint-2196`` builds the earlier 2,196-node footprint, byte-identical to it).
+
+The 20,000 nodes extend the 2,196-node footprint by one rule: the same countries and ISPs, the
+same proportional allocation (each ISP's nodes in proportion to its IPv4 space), so a larger ISP
+gets more nodes per site in the same metros; the total capacity grows with the node count
+(``NODE_CAPACITY_GBPS`` per node on average).
 * ``deployment.yaml``, ``world.example.zone``, ``world.example.policy.yaml``.
 * ``world.json``: a summary (counts, the chosen countries and ISPs, input SHA-256s, build time).
 * ``LICENSES/``: upstream licence files and a note of our modifications.
@@ -64,15 +70,17 @@ from build_sample import Location, Piece, Span  # noqa: E402
 
 DEFAULT_OUT = Path("var/world")
 
-NODE_COUNT = 2196
+NODE_COUNT = 20_000
+#: Capacity of all nodes together, shared out in proportion to the ISPs' IPv4 address space:
+#: this many Gbps per node on average (an embedded cache appliance is 100 Gbps class).
+NODE_CAPACITY_GBPS = 100
+#: The first footprint (kept so its figures can be reproduced): 2,196 nodes, 400 Tbps in all.
+FOOTPRINT_2196 = (2196, 400_000)
 COUNTRY_COUNT = 38
 #: At most this many ISPs (ASNs) per chosen country get nodes ...
 ISPS_PER_COUNTRY = 5
 #: ... and only those with at least this share of the country's IPv4 address space.
 MIN_ISP_SHARE = 0.01
-#: Capacity of all nodes together, shared out in proportion to the ISPs' IPv4 address space.
-TOTAL_CAPACITY_GBPS = 400_000
-
 #: Autonomous systems that are not access ISPs although they hold much address space in a chosen
 #: country: clouds, hosting and CDNs, government and military networks, research and education
 #: networks, transit-only carriers and enterprises. Checked by reading the top ASNs by IPv4 space
@@ -726,7 +734,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = sample.folder_parser(__doc__.split("\n\n")[0], DEFAULT_OUT)
     parser.add_argument("--nodes", type=int, default=NODE_COUNT, help="number of nodes")
     parser.add_argument("--countries", type=int, default=COUNTRY_COUNT, help="countries with nodes")
-    return sample.resolve_folders(parser.parse_args(argv), DEFAULT_OUT)
+    parser.add_argument(
+        "--capacity-gbps",
+        type=float,
+        default=None,
+        help=f"capacity of all nodes together (default: {NODE_CAPACITY_GBPS} per node)",
+    )
+    parser.add_argument(
+        "--footprint-2196",
+        action="store_true",
+        help="the earlier footprint: 2,196 nodes, 400 Tbps (overrides --nodes, --capacity-gbps)",
+    )
+    args = sample.resolve_folders(parser.parse_args(argv), DEFAULT_OUT)
+    if args.footprint_2196:
+        args.nodes, args.capacity_gbps = FOOTPRINT_2196
+    if args.nodes < 1:
+        parser.error(f"--nodes must be at least 1, got {args.nodes}")
+    if args.capacity_gbps is None:
+        args.capacity_gbps = NODE_CAPACITY_GBPS * args.nodes
+    if args.capacity_gbps <= 0:
+        parser.error(f"--capacity-gbps must be positive, got {args.capacity_gbps}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -791,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         country: [country_metro(locations[country]), *extra_metros.get(country, [])]
         for country in chosen
     }
-    sites, nodes = place_nodes(isps, seats, metros, TOTAL_CAPACITY_GBPS)
+    sites, nodes = place_nodes(isps, seats, metros, args.capacity_gbps)
     write_nodes_yaml(out / NODES_NAME, isps, sites, nodes)
     progress(f"wrote {NODES_NAME}: {len(nodes):,} nodes at {len(sites):,} sites, {len(isps)} ISPs")
 

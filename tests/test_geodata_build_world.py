@@ -102,12 +102,40 @@ def test_allocate_is_deterministic_and_breaks_ties_by_order() -> None:
         world.allocate([1, 1, 1], 2)
 
 
-def test_allocate_2196_nodes_over_185_isps() -> None:
+@pytest.mark.parametrize("total", [world.FOOTPRINT_2196[0], world.NODE_COUNT])
+def test_allocate_nodes_over_185_isps(total: int) -> None:
     # A skewed distribution like the real one (a few huge ISPs, many small ones).
     weights = [int(200e6 / (i + 1) ** 1.3) for i in range(185)]
-    seats = world.allocate(weights, world.NODE_COUNT)
-    assert sum(seats) == 2196 and min(seats) >= 1
+    seats = world.allocate(weights, total)
+    assert sum(seats) == total and min(seats) >= 1
     assert seats == sorted(seats, reverse=True)
+
+
+def test_default_footprint_is_20000_nodes_at_100_gbps_each() -> None:
+    args = world.parse_args([])
+    assert (args.nodes, args.capacity_gbps) == (20_000, 2_000_000)
+    args = world.parse_args(["--nodes", "40"])
+    assert (args.nodes, args.capacity_gbps) == (40, 4000)
+
+
+def test_footprint_2196_is_the_earlier_one() -> None:
+    args = world.parse_args(["--footprint-2196", "--nodes", "40"])
+    assert (args.nodes, args.capacity_gbps) == (2196, 400_000)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nodes", "0"], "--nodes must be at least 1, got 0"),
+        (["--capacity-gbps", "-5"], "--capacity-gbps must be positive, got -5.0"),
+    ],
+)
+def test_bad_sizes_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        world.parse_args(argv)
+    assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +357,8 @@ def test_small_build_nodes_summary_and_deployment(small_world: tuple[Path, Path]
     summary = json.loads((out / world.SUMMARY_NAME).read_text())
     assert summary["nodes"] == 40 and len(summary["node_countries"]) == 3
     assert sum(c["nodes"] for c in summary["node_countries"]) == 40
+    # NODE_CAPACITY_GBPS per node on average, up to each node's rounding to 0.1 Gbps.
+    assert abs(summary["capacity_gbps"] - 40 * world.NODE_CAPACITY_GBPS) <= 40 * 0.05
     assert all(isp["nodes"] >= 1 for c in summary["node_countries"] for isp in c["isps"])
     assert summary["prefixes"]["total"] == summary["prefixes"]["ipv4"] + summary["prefixes"]["ipv6"]
     assert {i["path"] for i in summary["inputs"]} >= {sample.ASN_CSV[4], sample.RTT_CSV}

@@ -95,7 +95,7 @@ def test_a_list_of_sources(root: Path) -> None:
 def test_the_cache_is_used_by_the_next_load(root: Path, builds: list[int]) -> None:
     directory = settings(root, "client_map: ../geodata/iberia-clients.mmdb\n")
     first = load_deployment(directory)
-    (cached,) = (root / "var" / "cache").glob("client-map-*.npz")  # the default place
+    (cached,) = (root / "var" / "cache").glob("client-map-*.cmap")  # the default place
     mtime = cached.stat().st_mtime_ns
     second = load_deployment(directory)
     assert len(builds) == 1 and cached.stat().st_mtime_ns == mtime
@@ -118,7 +118,7 @@ def test_cache_dir_setting(root: Path, builds: list[int]) -> None:
     load_deployment(directory)
     load_deployment(directory)
     assert len(builds) == 1
-    assert len(list((root / "somewhere" / "else").glob("client-map-*.npz"))) == 1
+    assert len(list((root / "somewhere" / "else").glob("client-map-*.cmap"))) == 1
     assert not (root / "var" / "cache").exists()
 
 

@@ -3,15 +3,16 @@
 A second load reads the cache instead of the sources; anything that changes the result
 (a source's bytes, the sources' order or options) makes a new key and a rebuild; a cache
 file that is damaged in any way is ignored and rebuilt; a cache directory that cannot be
-written only costs the caching, with a warning.
+written only costs the caching, with a warning. The map comes back as read-only views of
+one read-only mapping of the file (what lets every process share its pages).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import mmap
 import shutil
-import zipfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_second_load_reads_the_cache(
     first = cache.load_client_map(sources, tmp_path / "cache")
     assert (first.from_cache, len(builds)) == (False, 1)
     assert first.cache_file is not None and cache_files(tmp_path / "cache") == [first.cache_file]
-    assert first.cache_file.name == f"client-map-{cache.cache_key(sources)[:32]}.npz"
+    assert first.cache_file.name == f"client-map-{cache.cache_key(sources)[:32]}.cmap"
     mtime = first.cache_file.stat().st_mtime_ns
     second = cache.load_client_map(sources, tmp_path / "cache")
     assert (second.from_cache, len(builds), second.cache_file) == (True, 1, first.cache_file)
@@ -117,53 +118,58 @@ def damage_truncate(path: Path) -> None:
 
 
 def damage_garbage(path: Path) -> None:
-    path.write_bytes(b"not a zip file at all")
+    path.write_bytes(b"not a client map cache file at all" * 4)
 
 
 def damage_flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # inside an array: the zip CRC no longer matches
+    data[cache.ALIGN + 100] ^= 0xFF  # inside the first array: its checksum no longer matches
     path.write_bytes(bytes(data))
 
 
-def rewrite(path: Path, **replace: np.ndarray) -> None:
-    with np.load(path) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+def damage_flip_header_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # inside the header's JSON
+    path.write_bytes(bytes(data))
+
+
+def damage_append(path: Path) -> None:
+    with path.open("ab") as stream:
+        stream.write(b"\0" * 8)
+
+
+def rewrite(path: Path, drop: str = "", meta: dict | None = None, **replace: np.ndarray) -> None:
+    """A well-formed file (checksums right) with other contents: the checks past them."""
+    arrays, header = cache.read_arrays(path)
+    arrays = {name: np.array(a) for name, a in arrays.items() if name != drop}
     arrays.update(replace)
-    with path.open("wb") as stream:
-        np.savez(stream, **arrays)
+    header.pop("arrays")
+    cache.write_arrays(path, arrays, {**header, **(meta or {})})
 
 
 def damage_dtype(path: Path) -> None:
-    with np.load(path) as npz:
-        rewrite(path, v4_start=npz["v4_start"].astype(np.float64))
+    rewrite(path, v4_start=cache.read_arrays(path)[0]["v4_start"].astype(np.float64))
 
 
 def damage_group_range(path: Path) -> None:
-    with np.load(path) as npz:
-        rewrite(path, v4_group=npz["v4_group"] + 100000)
+    rewrite(path, v4_group=cache.read_arrays(path)[0]["v4_group"] + 100000)
 
 
 def damage_lengths(path: Path) -> None:
-    with np.load(path) as npz:
-        rewrite(path, v6_end_lo=npz["v6_end_lo"][:-1])
+    rewrite(path, v6_end_lo=cache.read_arrays(path)[0]["v6_end_lo"][:-1])
 
 
 def damage_missing_array(path: Path) -> None:
-    with np.load(path) as npz:
-        arrays = {name: npz[name] for name in npz.files if name != "group_lat"}
-    with path.open("wb") as stream:
-        np.savez(stream, **arrays)
+    rewrite(path, drop="group_lat")
 
 
 def damage_other_key(path: Path) -> None:
-    with np.load(path) as npz:
-        meta = npz["meta"].tobytes().replace(b'"key": "', b'"key": "0')
-    rewrite(path, meta=np.frombuffer(meta, dtype=np.uint8))
+    rewrite(path, meta={"key": "0" + cache.read_arrays(path)[1]["key"]})
 
 
-DAMAGES = [damage_truncate, damage_garbage, damage_flip_byte, damage_dtype, damage_group_range,
-           damage_lengths, damage_missing_array, damage_other_key]  # fmt: skip
+DAMAGES = [damage_truncate, damage_garbage, damage_flip_byte, damage_flip_header_byte,
+           damage_append, damage_dtype, damage_group_range, damage_lengths, damage_missing_array,
+           damage_other_key]  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=[d.__name__ for d in DAMAGES])
@@ -206,7 +212,7 @@ def test_a_failed_write_leaves_nothing_behind(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", disk_full)
+    monkeypatch.setattr(cache.os, "fsync", disk_full)
     changed = sources[:2]
     loaded = cache.load_client_map(changed, tmp_path)
     assert (loaded.from_cache, loaded.cache_file) == (False, None)
@@ -230,11 +236,87 @@ def test_problems_still_come_from_the_sources(tmp_path: Path, sources: list[Sour
     assert cache_files(tmp_path / "cache") == []
 
 
-def test_the_file_is_a_plain_npz(tmp_path: Path, sources: list[Source]) -> None:
+def mapping_of(array: np.ndarray) -> object:
+    """What owns the array's memory (through views and buffer exports)."""
+    base: object = array
+    while True:
+        if isinstance(base, np.ndarray) and base.base is not None:
+            base = base.base
+        elif isinstance(base, memoryview):
+            base = base.obj
+        else:
+            return base
+
+
+def is_mapped_read_only(array: np.ndarray) -> bool:
+    """A read-only view whose memory is an mmap (the file's pages, not a private copy)."""
+    return not array.flags.writeable and isinstance(mapping_of(array), mmap.mmap)
+
+
+def map_arrays(client_map: ClientMap) -> list[np.ndarray]:
+    groups = client_map.groups
+    named = [getattr(client_map, f.name) for f in fields(ClientMap) if f.name != "groups"]
+    return named + [groups.asn, groups.lat, groups.lon]
+
+
+@pytest.mark.parametrize("load", ["built", "cached"])
+def test_the_arrays_are_read_only_views_of_the_file(
+    tmp_path: Path, sources: list[Source], load: str
+) -> None:
+    first = cache.load_client_map(sources, tmp_path)
+    loaded = first if load == "built" else cache.load_client_map(sources, tmp_path)
+    assert loaded.from_cache is (load == "cached")
+    arrays = map_arrays(loaded.client_map)
+    assert all(is_mapped_read_only(a) for a in arrays)
+    assert all(a.flags.c_contiguous and a.flags.aligned for a in arrays)
+    with pytest.raises(ValueError, match="read-only"):
+        loaded.client_map.v4_group[0] = 1  # a write fails instead of copying the page
+    # Every array in one mapping of the whole file, at its recorded offset.
+    mapping = mapping_of(loaded.client_map.v4_start)
+    assert all(mapping_of(a) is mapping for a in arrays)
+    assert isinstance(mapping, mmap.mmap) and loaded.cache_file is not None
+    assert len(mapping) == loaded.cache_file.stat().st_size
+
+
+def test_a_truncated_file_is_rebuilt_and_mapped_again(
+    tmp_path: Path, sources: list[Source], builds: list[int]
+) -> None:
     path = cache.load_client_map(sources, tmp_path).cache_file
     assert path is not None
-    with zipfile.ZipFile(path) as archive:
-        names = sorted(archive.namelist())
-    assert "meta.npy" in names and "v4_start.npy" in names
-    with np.load(path, allow_pickle=False) as npz:  # no object arrays anywhere
-        assert all(npz[name].dtype != object for name in npz.files)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size - 1])
+    loaded = cache.load_client_map(sources, tmp_path)
+    assert (loaded.from_cache, len(builds), path.stat().st_size) == (False, 2, size)
+    assert is_mapped_read_only(loaded.client_map.v6_start_hi)
+
+
+def test_a_map_in_use_survives_its_file_being_replaced(
+    tmp_path: Path, sources: list[Source]
+) -> None:
+    # A reload writes a new file and removes the old one while workers still map it.
+    old = cache.load_client_map(sources, tmp_path)
+    expected = np.array(old.client_map.v4_start)
+    new = cache.load_client_map(sources[:2], tmp_path)
+    assert new.cache_file != old.cache_file and old.cache_file is not None
+    assert not old.cache_file.exists()
+    assert np.array_equal(old.client_map.v4_start, expected)
+
+
+def test_an_old_npz_cache_is_removed(tmp_path: Path, sources: list[Source]) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    stale = directory / "client-map-0123456789abcdef0123456789abcdef.npz"
+    stale.write_bytes(b"PK")
+    other = directory / "not-ours.npz"
+    other.write_bytes(b"x")
+    loaded = cache.load_client_map(sources, directory)
+    assert cache_files(directory) == sorted([loaded.cache_file, other])
+
+
+def test_the_file_holds_no_pickles(tmp_path: Path, sources: list[Source]) -> None:
+    path = cache.load_client_map(sources, tmp_path).cache_file
+    assert path is not None
+    arrays, header = cache.read_arrays(path)
+    assert all(a.dtype != object for a in arrays.values())
+    assert [entry["name"] for entry in header["arrays"]] == list(arrays)
+    assert all(entry["offset"] % cache.ALIGN == 0 for entry in header["arrays"])

@@ -8,6 +8,8 @@ Duplicate mapping keys are reported (PyYAML would silently keep the last one).
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,9 @@ def load_yaml(path: Path, display: str) -> tuple[LocatedYaml | None, list[Proble
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Problem(display, 1, f"cannot read file: {exc}")]
+    fast = _load_flow_lines(text, display)
+    if fast is not None:
+        return fast, []
     try:
         try:
             root = yaml.compose(text, Loader=_FAST_LOADER)
@@ -123,6 +128,109 @@ def _build(node: yaml.Node, path: YamlPath, doc: LocatedYaml, problems: list[Pro
     except yaml.YAMLError as exc:
         problems.append(Problem(doc.file, node.start_mark.line + 1, f"bad value: {exc}"))
         return None
+
+
+# The shape a generated inventory is written in (geodata/build_world.py): top-level keys,
+# each holding a block sequence of one-line flow mappings of simple scalars. PyYAML composes
+# such a file at about 15 us a value (20,000 nodes: seconds, even with libyaml), so
+# ``_load_flow_lines`` reads it directly, accepting only what it can read exactly as YAML
+# does: any other line, value or key (and any duplicate) sends the file to the full parser.
+_SKIP_LINE = re.compile(r"\s*(?:#.*)?")
+_TOP_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?:\s+#.*)?\s*")
+_ITEM_START = re.compile(r"  - \{\s*")
+_ENTRY = re.compile(
+    r'([A-Za-z_][A-Za-z0-9_]*):\s+("(?:[^"\\]|\\(?:u(?![dD][89a-fA-F])[0-9A-Fa-f]{4}|["\\]))*"|[A-Za-z0-9_.+-]+)\s*([,}])\s*'
+)
+_ITEM_END = re.compile(r"(?:#.*)?")
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\.[0-9]+")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# Words YAML 1.1 reads as booleans or null (and y/n, which some YAML readers do): never plain
+# strings here.
+_SPECIAL_WORDS = frozenset({"yes", "no", "true", "false", "on", "off", "null", "y", "n"})
+_NOT_PLAIN = object()
+# Tabs, and what YAML (or str.splitlines) takes as line breaks besides "\n".
+_OTHER_BREAKS = re.compile("[\t\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def _plain(text: str) -> object:
+    """A plain scalar's value as PyYAML's SafeLoader resolves it, or _NOT_PLAIN if unsure."""
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    if (_WORD.fullmatch(text) and text.lower() not in _SPECIAL_WORDS) or _DOTTED_QUAD.fullmatch(
+        text
+    ):
+        return text
+    return _NOT_PLAIN
+
+
+def _load_flow_lines(text: str, display: str) -> LocatedYaml | None:
+    """The document if every line is blank, a comment, a top-level ``key:`` or a
+    ``  - {k: v, ...}`` item of simple scalars; else None (read it with PyYAML)."""
+    if _OTHER_BREAKS.search(text):
+        return None
+    doc = LocatedYaml(display, None)
+    data: dict[str, list] = {}
+    top_order: list[tuple[str, int]] = []
+    current: list | None = None
+    key = ""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if _SKIP_LINE.fullmatch(line):
+            continue
+        top = _TOP_KEY_LINE.fullmatch(line)
+        if top is not None:
+            key = top.group(1)
+            if (
+                key in data
+                or key.lower() in _SPECIAL_WORDS
+                or (current is not None and not current)
+            ):
+                return None  # a duplicate, a special word, or a key with no items (null)
+            current = data[key] = []
+            top_order.append((key, number))
+            doc.lines.setdefault((), number)
+            doc.lines[(key,)] = number
+            continue
+        start = _ITEM_START.match(line)
+        if start is None or current is None:
+            return None
+        item: dict[str, object] = {}
+        order: list[tuple[str, int]] = []
+        at = start.end()
+        while True:
+            entry = _ENTRY.match(line, at)
+            if entry is None:
+                return None
+            name, raw, end = entry.groups()
+            if name in item or name.lower() in _SPECIAL_WORDS:
+                return None
+            try:
+                value = json.loads(raw) if raw.startswith('"') else _plain(raw)
+            except ValueError:
+                return None  # e.g. a control character, which YAML refuses too
+            if value is _NOT_PLAIN:
+                return None
+            item[name] = value
+            order.append((name, number))
+            at = entry.end()
+            if end == "}":
+                break
+        if not _ITEM_END.fullmatch(line, at):
+            return None
+        path = (key, len(current))
+        doc.lines[path] = number
+        for name, _ in order:
+            doc.lines[path + (name,)] = number
+        doc.key_order[path] = order
+        current.append(item)
+    if not data or not current:
+        return None
+    doc.key_order[()] = top_order
+    doc.data = data
+    return doc
 
 
 def unsorted_keys(doc: LocatedYaml) -> list[Problem]:

@@ -279,19 +279,33 @@ def onnet_eligibility(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(allowed bool[E, N], group_row int32[G]): which nodes may answer each client group
     under the on-net limits (``served``: each node's client ASNs, None for any client). Row 0
-    allows every node; groups share a row when the same nodes accept their ASN."""
-    rows = [np.ones(len(served), dtype=np.bool_)]
-    row_of: dict[bytes, int] = {rows[0].tobytes(): 0}
-    group_row = np.zeros(len(group_asn), dtype=np.int32)
+    allows every node; groups share a row when the same nodes accept their ASN, and rows are
+    numbered in the order of the first (lowest) ASN that uses them."""
+    every = np.ones(len(served), dtype=np.bool_)
+    unlimited = np.array([asns is None for asns in served], dtype=np.bool_)
+    # Only the on-net-only nodes differ between ASNs: index them by the ASNs they accept,
+    # so the work is the size of the serves lists, not ASNs x nodes.
+    accepting: dict[int, list[int]] = {}
+    for j, asns in enumerate(served):
+        for asn in asns or ():
+            accepting.setdefault(asn, []).append(j)
+    rows = [every]
+    row_of: dict[bytes, int] = {every.tobytes(): 0}
+    by_nodes: dict[tuple[int, ...], int] = {}
     asns, inverse = np.unique(group_asn, return_inverse=True)
+    asn_row = np.zeros(len(asns), dtype=np.int32)
     for i, asn in enumerate(asns.tolist()):
-        row = np.array([asns_ is None or asn in asns_ for asns_ in served], dtype=np.bool_)
-        key = row.tobytes()
-        if key not in row_of:
-            row_of[key] = len(rows)
-            rows.append(row)
-        group_row[inverse == i] = row_of[key]
-    return np.array(rows), group_row
+        nodes = tuple(accepting.get(asn, ()))
+        row_index = by_nodes.get(nodes)
+        if row_index is None:
+            row = unlimited.copy()
+            row[list(nodes)] = True
+            row_index = row_of.setdefault(row.tobytes(), len(rows))
+            if row_index == len(rows):
+                rows.append(row)
+            by_nodes[nodes] = row_index
+        asn_row[i] = row_index
+    return np.array(rows), asn_row[inverse.reshape(-1)].astype(np.int32)
 
 
 def combine_fences(
