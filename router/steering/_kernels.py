@@ -13,7 +13,9 @@ its policy's pool that its geofence allows (fence 0 allows every node). Among th
 nodes only; if there is no up node, the draining ones; if none of those either, every
 allowed node (fail open inside the fence: an answer that might work beats an empty one,
 and a fence is never crossed). Ties on score go to the nearer node, then to the lower
-node index. Every kernel has a plain reference in ``tests/reference.py``.
+node index. Every kernel has a plain reference in ``tests/reference.py``; the ranking
+kernels also a vectorised numpy one running the same algorithm in
+``tests/reference_numpy.py``, which ``loadtest/same_algorithm.py`` times them against.
 """
 
 import math
@@ -148,18 +150,206 @@ def _insert(top_score, top_dist, top_node, score, dist, n):
     top_node[pos] = n
 
 
+# The chord c between two points of the unit sphere is at most their arc: a great-circle
+# distance is at least EARTH_RADIUS_KM * c. Computed in floats, c and the haversine each
+# err by far less than these margins (about 1e-7 km, most near antipodes), so the bound
+# below stays under the kernel's own distance, and a score bound from it under the score.
+CHORD_LOW = 1.0 - 1e-9
+CHORD_SLACK_KM = 0.01
+
+
 @njit(**JIT_OPTIONS)
-def _rank_one(g, eligible_row, ctx, top_score, top_dist, top_node):
-    # Full scan of every eligible node for one group into a cleared top-k.
-    # ctx: the arguments of _pair after (g, n), packed once by the calling kernel.
+def _node_terms(node_lat, node_util, load_penalty_ms, out_rad, out_cos, out_penalty):
+    # What every pair would recompute of a node, once per kernel call: its latitude in
+    # radians and cosine (_distance_km's p2 and cos(p2)) and its load penalty. The same
+    # operations as per pair, so the same bits.
+    for n in range(node_lat.shape[0]):
+        rad = node_lat[n] * RADIANS_PER_DEGREE
+        out_rad[n] = rad
+        out_cos[n] = math.cos(rad)
+        util = node_util[n]
+        out_penalty[n] = load_penalty_ms * util * util
+
+
+@njit(**JIT_OPTIONS)
+def _unit_vectors(lat, lon, out_x, out_y, out_z):
+    # Points on the unit sphere: their chord bounds the great-circle distance from below.
+    for i in range(lat.shape[0]):
+        p = lat[i] * RADIANS_PER_DEGREE
+        lam = lon[i] * RADIANS_PER_DEGREE
+        out_x[i] = math.cos(p) * math.cos(lam)
+        out_y[i] = math.cos(p) * math.sin(lam)
+        out_z[i] = math.sin(p)
+
+
+@njit(**JIT_OPTIONS)
+def _eligible_lists(eligible, out_nodes, out_count):
+    # Each fence's eligible nodes in index order, so that scans touch only those.
+    for f in range(eligible.shape[0]):
+        count = 0
+        for n in range(eligible.shape[1]):
+            if eligible[f, n]:
+                out_nodes[f, count] = n
+                count += 1
+        out_count[f] = count
+
+
+@njit(**JIT_OPTIONS)
+def _distance_from(p1, lon1, cos1, n, node_rad, node_lon, node_cos):
+    # _distance_km(lat1, lon1, node n) given p1 = lat1 * RADIANS_PER_DEGREE and cos1 =
+    # cos(p1): the same float operations in the same order, so the same result.
+    dp = node_rad[n] - p1
+    dl = (node_lon[n] - lon1) * RADIANS_PER_DEGREE
+    half_dp = math.sin(dp / 2.0)
+    half_dl = math.sin(dl / 2.0)
+    a = half_dp * half_dp + cos1 * node_cos[n] * half_dl * half_dl
+    return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
+
+
+@njit(**JIT_OPTIONS)
+def _chord_low_km(px, py, pz, n, node_x, node_y, node_z):
+    # A bound below _distance_from's result for node n, from the unit vectors (CHORD_*).
+    dx = px - node_x[n]
+    dy = py - node_y[n]
+    dz = pz - node_z[n]
+    return EARTH_RADIUS_KM * math.sqrt(dx * dx + dy * dy + dz * dz) * CHORD_LOW - CHORD_SLACK_KM
+
+
+@njit(**JIT_OPTIONS)
+def _load_samples(g, meas_start, meas_node, meas_rtt, sampled):
+    # The group's RTT samples into sampled[N] (NaN elsewhere): one read per pair instead of
+    # a search of the group's samples. Backwards, so the first sample of a node wins, as
+    # _sampled_latency reads it. Returns whether the group has any.
+    for i in range(meas_start[g + 1] - 1, meas_start[g] - 1, -1):
+        sampled[meas_node[i]] = meas_rtt[i]
+    return meas_start[g + 1] > meas_start[g]
+
+
+@njit(**JIT_OPTIONS)
+def _clear_samples(g, meas_start, meas_node, sampled):
+    for i in range(meas_start[g], meas_start[g + 1]):
+        sampled[meas_node[i]] = np.nan
+
+
+@njit(**JIT_OPTIONS)
+def _scan(p1, lon1, cos1, country, asn, onnet_bonus_ms, has_samples, sampled, nodes, count, terms,
+          country_rtt, est_base_ms, est_ms_per_km, top_score, top_dist, top_node):  # fmt: skip
+    """Best nodes of ``nodes[:count]`` seen from one place, into top_* (cleared here).
+
+    The score is _pair's (a place without samples and with ``onnet_bonus_ms`` 0 gets
+    _plain_score's). Two passes, so that trigonometry is spent only on nodes that may
+    make the cut. The first bounds every node's score from below without trigonometry
+    (where the score needs a distance, a chord bound below it stands in: every float step
+    after it is monotonic, so the score from it is at most the score) and scores the k
+    nodes of lowest bound exactly: the worst of those k is at least the k-th best score,
+    so a node whose bound exceeds it is out. The second scores the others exactly into
+    the top-k; a distance is computed only when the score needs it or the node makes the
+    cut, and a node tied with the last entry whose chord bound is beyond that entry's
+    distance stays out (ties go to the nearer).
+    terms : from _scan_setup; sampled : float64[N] from _load_samples when ``has_samples``.
+    """
+    # Unpacked once: a tuple of arrays passed per pair costs reference counting per pair.
+    node_rad, node_lon, node_cos, node_country, node_asn, penalty, node_x, node_y, node_z, bounds = terms  # fmt: skip
+    last = top_node.shape[0] - 1
+    lam = lon1 * RADIANS_PER_DEGREE
+    px = cos1 * math.cos(lam)
+    py = cos1 * math.sin(lam)
+    pz = math.sin(p1)
+    # Pass 1: bounds, and the k lowest (held in top_*, ties in any order).
+    top_score[:] = np.inf
+    top_node[:] = -1
+    for i in range(count):
+        n = nodes[i]
+        latency = np.nan
+        if has_samples:
+            latency = sampled[n]
+        if math.isnan(latency):
+            cn = node_country[n]
+            if country >= 0 and cn >= 0:
+                latency = country_rtt[country, cn]
+            if math.isnan(latency):
+                low = _chord_low_km(px, py, pz, n, node_x, node_y, node_z)
+                latency = est_base_ms + est_ms_per_km * max(low, 0.0)
+        bound = latency + penalty[n]
+        if asn == node_asn[n]:
+            bound = bound - onnet_bonus_ms
+        bounds[i] = bound
+        if bound < top_score[last]:
+            _insert(top_score, top_dist, top_node, bound, 0.0, n)
+    cut = np.inf
+    if top_node[last] >= 0:
+        cut = -np.inf
+        for j in range(last + 1):
+            n = top_node[j]
+            score, _dist = _exact_score(n, p1, lon1, cos1, country, asn, onnet_bonus_ms, has_samples, sampled,
+                                        node_rad, node_lon, node_cos, node_country, node_asn, penalty,
+                                        country_rtt, est_base_ms, est_ms_per_km)  # fmt: skip
+            cut = max(cut, score)
+    # Pass 2: exact scores of the nodes that may make the cut.
     top_score[:] = np.inf
     top_dist[:] = np.inf
     top_node[:] = -1
-    for n in range(eligible_row.shape[0]):
-        if not eligible_row[n]:
+    for i in range(count):
+        if bounds[i] > cut or bounds[i] > top_score[last]:
             continue
-        score, _lat, _src, dist, _onnet, _pen = _pair(g, n, ctx)
+        n = nodes[i]
+        score, dist = _exact_score(n, p1, lon1, cos1, country, asn, onnet_bonus_ms, has_samples, sampled,
+                                   node_rad, node_lon, node_cos, node_country, node_asn, penalty,
+                                   country_rtt, est_base_ms, est_ms_per_km)  # fmt: skip
+        if score > top_score[last]:
+            continue  # cannot make the cut (an empty slot holds inf)
+        if dist < 0.0:
+            # Country RTTs make ties common (a country's nodes score alike when their loads
+            # do): one tied with the last entry and surely farther stays out.
+            if score == top_score[last] and (
+                _chord_low_km(px, py, pz, n, node_x, node_y, node_z) > top_dist[last]
+            ):
+                continue
+            dist = _distance_from(p1, lon1, cos1, n, node_rad, node_lon, node_cos)
         _insert(top_score, top_dist, top_node, score, dist, n)
+
+
+@njit(**JIT_OPTIONS)
+def _exact_score(n, p1, lon1, cos1, country, asn, onnet_bonus_ms, has_samples, sampled,
+                 node_rad, node_lon, node_cos, node_country, node_asn, penalty,
+                 country_rtt, est_base_ms, est_ms_per_km):  # fmt: skip
+    # (score, distance) of node n seen from one place: _pair's score; the distance is -1
+    # when the score did not need it.
+    latency = np.nan
+    if has_samples:
+        latency = sampled[n]
+    dist = -1.0
+    if math.isnan(latency):
+        cn = node_country[n]
+        if country >= 0 and cn >= 0:
+            latency = country_rtt[country, cn]
+        if math.isnan(latency):
+            dist = _distance_from(p1, lon1, cos1, n, node_rad, node_lon, node_cos)
+            latency = est_base_ms + est_ms_per_km * dist
+    score = latency + penalty[n]
+    if asn == node_asn[n]:
+        score = score - onnet_bonus_ms
+    return score, dist
+
+
+@njit(**JIT_OPTIONS)
+def _scan_setup(node_lat, node_lon, node_country, node_asn, node_util, load_penalty_ms, eligible):
+    # Per kernel call: the node terms of _scan and each fence's eligible nodes.
+    n_nodes = node_lat.shape[0]
+    node_rad = np.empty(n_nodes, dtype=np.float64)
+    node_cos = np.empty(n_nodes, dtype=np.float64)
+    penalty = np.empty(n_nodes, dtype=np.float64)
+    _node_terms(node_lat, node_util, load_penalty_ms, node_rad, node_cos, penalty)
+    elig_nodes = np.empty(eligible.shape, dtype=np.int64)
+    elig_count = np.empty(eligible.shape[0], dtype=np.int64)
+    _eligible_lists(eligible, elig_nodes, elig_count)
+    node_x = np.empty(n_nodes, dtype=np.float64)
+    node_y = np.empty(n_nodes, dtype=np.float64)
+    node_z = np.empty(n_nodes, dtype=np.float64)
+    _unit_vectors(node_lat, node_lon, node_x, node_y, node_z)
+    bounds = np.empty(n_nodes, dtype=np.float64)  # _scan's scratch
+    terms = (node_rad, node_lon, node_cos, node_country, node_asn, penalty, node_x, node_y, node_z, bounds)  # fmt: skip
+    return terms, elig_nodes, elig_count
 
 
 @njit(**JIT_OPTIONS)
@@ -204,32 +394,23 @@ def _rank_groups(group_lat, group_lon, group_country, group_asn, group_fence,
     out_nodes : int32[G, K]
         Output: node indexes, best first, -1 where fewer than K candidates.
     """
-    ctx = (
-        group_lat,
-        group_lon,
-        group_country,
-        group_asn,
-        node_lat,
-        node_lon,
-        node_country,
-        node_asn,
-        node_util,
-        country_rtt,
-        est_base_ms,
-        est_ms_per_km,
-        onnet_bonus_ms,
-        load_penalty_ms,
-        meas_start,
-        meas_node,
-        meas_rtt,
-    )
     eligible = np.empty(fence_allowed.shape, dtype=np.bool_)
     _eligibility(node_state, node_in_pool, fence_allowed, eligible)
+    terms, elig_nodes, elig_count = _scan_setup(node_lat, node_lon, node_country, node_asn, node_util,
+                                                load_penalty_ms, eligible)  # fmt: skip
+    sampled = np.full(node_lat.shape[0], np.nan)
     k = out_nodes.shape[1]
     top_score = np.empty(k, dtype=np.float64)
     top_dist = np.empty(k, dtype=np.float64)
     for g in range(group_lat.shape[0]):
-        _rank_one(g, eligible[group_fence[g]], ctx, top_score, top_dist, out_nodes[g])
+        f = group_fence[g]
+        has_samples = _load_samples(g, meas_start, meas_node, meas_rtt, sampled)
+        p1 = group_lat[g] * RADIANS_PER_DEGREE
+        _scan(p1, group_lon[g], math.cos(p1), group_country[g], group_asn[g], onnet_bonus_ms, has_samples,
+              sampled, elig_nodes[f], elig_count[f], terms, country_rtt, est_base_ms, est_ms_per_km,
+              top_score, top_dist, out_nodes[g])  # fmt: skip
+        if has_samples:
+            _clear_samples(g, meas_start, meas_node, sampled)
 
 
 @njit(**JIT_OPTIONS)
@@ -303,22 +484,17 @@ def _location_topk(locs, loc_lat, loc_lon, loc_country, loc_fence,
     locs : int32[S] locations to (re)compute; loc_* : per location [L];
     eligible : bool[F, N] from ``_eligibility``; out_* : [L, K], rows of ``locs`` written.
     """
+    terms, elig_nodes, elig_count = _scan_setup(node_lat, node_lon, node_country, np.zeros(node_lat.shape[0], dtype=np.int64),
+                                                node_util, load_penalty_ms, eligible)  # fmt: skip
+    no_samples = np.empty(0, dtype=np.float64)
     for i in range(locs.shape[0]):
         loc = locs[i]
-        row_score = out_score[loc]
-        row_dist = out_dist[loc]
-        row_node = out_node[loc]
-        row_score[:] = np.inf
-        row_dist[:] = np.inf
-        row_node[:] = -1
-        allowed = eligible[loc_fence[loc]]
-        for n in range(node_lat.shape[0]):
-            if not allowed[n]:
-                continue
-            score, dist = _plain_score(loc_lat[loc], loc_lon[loc], loc_country[loc], n, node_lat, node_lon,
-                                       node_country, node_util, country_rtt, est_base_ms, est_ms_per_km,
-                                       load_penalty_ms)  # fmt: skip
-            _insert(row_score, row_dist, row_node, score, dist, n)
+        f = loc_fence[loc]
+        p1 = loc_lat[loc] * RADIANS_PER_DEGREE
+        # No on-net bonus and no samples: the score every group of the location sees.
+        _scan(p1, loc_lon[loc], math.cos(p1), loc_country[loc], -1, 0.0, False, no_samples,
+              elig_nodes[f], elig_count[f], terms, country_rtt, est_base_ms, est_ms_per_km,
+              out_score[loc], out_dist[loc], out_node[loc])  # fmt: skip
 
 
 @njit(**JIT_OPTIONS)
@@ -334,85 +510,87 @@ def _group_candidates(groups, group_lat, group_lon, group_country, group_asn, gr
     the nodes of each ASN; out_* : [G, C] with C <= K, rows of ``groups`` written.
     Returns the number of groups that needed a full scan.
     """
-    ctx = (
-        group_lat,
-        group_lon,
-        group_country,
-        group_asn,
-        node_lat,
-        node_lon,
-        node_country,
-        node_asn,
-        node_util,
-        country_rtt,
-        est_base_ms,
-        est_ms_per_km,
-        onnet_bonus_ms,
-        load_penalty_ms,
-        meas_start,
-        meas_node,
-        meas_rtt,
-    )
+    n_nodes = node_lat.shape[0]
+    terms, elig_nodes, elig_count = _scan_setup(node_lat, node_lon, node_country, node_asn, node_util,
+                                                load_penalty_ms, eligible)  # fmt: skip
+    sampled = np.full(n_nodes, np.nan)
+    seen = np.zeros(n_nodes, dtype=np.bool_)
+    cand = np.empty(n_nodes, dtype=np.int64)
     k_loc = loc_node.shape[1]
+    c = out_node.shape[1]
     full_scans = 0
     for i in range(groups.shape[0]):
         g = groups[i]
         loc = group_loc[g]
-        allowed = eligible[group_fence[g]]
+        f = group_fence[g]
         row_score = out_score[g]
         row_dist = out_dist[g]
         row_node = out_node[g]
-        row_score[:] = np.inf
-        row_dist[:] = np.inf
-        row_node[:] = -1
-        # The location's list, then the group's sampled and on-net nodes, each once.
         a = np.searchsorted(onnet_asn, group_asn[g])
         has_onnet = a < onnet_asn.shape[0] and onnet_asn[a] == group_asn[g]
-        has_samples = meas_start[g + 1] > meas_start[g]
+        if not has_onnet and meas_start[g + 1] == meas_start[g]:
+            # Every node scores as seen from the location: the head of its list is the
+            # group's exact candidates (what inserting the list into a top-C keeps).
+            for j in range(c):
+                row_node[j] = loc_node[loc, j]
+                row_score[j] = loc_score[loc, j]
+                row_dist[j] = loc_dist[loc, j]
+            continue
+        # Candidates, each once: the location's list, the group's sampled nodes and its
+        # on-net nodes (those rescored with the bonus, so left out of the other two).
+        has_samples = _load_samples(g, meas_start, meas_node, meas_rtt, sampled)
+        allowed = eligible[f]
+        count = 0
         for j in range(k_loc):
             n = loc_node[loc, j]
             if n < 0:
                 break
+            seen[n] = True
             if has_onnet and node_asn[n] == group_asn[g]:
-                continue  # scored with the on-net list below
-            if has_samples:
-                score, _l, _s, dist, _o, _p = _pair(g, n, ctx)
-                _insert(row_score, row_dist, row_node, score, dist, n)
-            else:
-                _insert(row_score, row_dist, row_node, loc_score[loc, j], loc_dist[loc, j], n)
+                continue
+            cand[count] = n
+            count += 1
         for m in range(meas_start[g], meas_start[g + 1]):
             n = meas_node[m]
-            if not allowed[n] or (has_onnet and node_asn[n] == group_asn[g]):
+            if seen[n] or not allowed[n] or (has_onnet and node_asn[n] == group_asn[g]):
                 continue
-            in_loc = False
-            for j in range(k_loc):
-                if loc_node[loc, j] == n:
-                    in_loc = True
-                    break
-            if in_loc:
-                continue
-            score, _l, _s, dist, _o, _p = _pair(g, n, ctx)
-            _insert(row_score, row_dist, row_node, score, dist, n)
+            seen[n] = True
+            cand[count] = n
+            count += 1
         if has_onnet:
             for j in range(onnet_start[a], onnet_start[a + 1]):
                 n = onnet_node[j]
-                if not allowed[n]:
-                    continue
-                score, _l, _s, dist, _o, _p = _pair(g, n, ctx)
-                _insert(row_score, row_dist, row_node, score, dist, n)
+                if allowed[n]:
+                    cand[count] = n
+                    count += 1
+        p1 = group_lat[g] * RADIANS_PER_DEGREE
+        cos1 = math.cos(p1)
+        _scan(p1, group_lon[g], cos1, group_country[g], group_asn[g], onnet_bonus_ms, has_samples, sampled,
+              cand, count, terms, country_rtt, est_base_ms, est_ms_per_km, row_score, row_dist, row_node)  # fmt: skip
+        for j in range(k_loc):
+            n = loc_node[loc, j]
+            if n < 0:
+                break
+            seen[n] = False
+        for m in range(meas_start[g], meas_start[g + 1]):
+            seen[meas_node[m]] = False
         # Exact when the location list held every eligible node, or when every output
         # entry ranks at or before the location's last entry (nothing unseen beats it).
         last = loc_node[loc, k_loc - 1]
         if last >= 0:
             exact = True
-            for j in range(row_node.shape[0]):
+            for j in range(c):
                 if row_node[j] < 0 or _before(loc_score[loc, k_loc - 1], loc_dist[loc, k_loc - 1], last,
                                               row_score[j], row_dist[j], row_node[j]):  # fmt: skip
                     exact = False
                     break
             if not exact:
                 full_scans += 1
-                _rank_one(g, allowed, ctx, row_score, row_dist, row_node)
+                _scan(p1, group_lon[g], cos1, group_country[g], group_asn[g], onnet_bonus_ms, has_samples,
+                      sampled, elig_nodes[f], elig_count[f], terms, country_rtt, est_base_ms, est_ms_per_km,
+                      row_score, row_dist, row_node)  # fmt: skip
+        if has_samples:
+            _clear_samples(g, meas_start, meas_node, sampled)
     return full_scans
 
 
