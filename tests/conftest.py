@@ -87,9 +87,11 @@ def start_router(
     workers: int = 2,
     listen: Sequence[str] = ("127.0.0.1:0",),
     prefix: Sequence[str] = (),
+    ready_timeout: float = 120.0,
 ) -> RunningRouter:
     """Start ``router serve`` (on loopback port 0 unless ``listen`` says otherwise) and wait
-    for its READY line. ``prefix``: a command it runs under (``ip netns exec NS``)."""
+    for its READY line. ``prefix``: a command it runs under (``ip netns exec NS``);
+    ``ready_timeout``: seconds (a world-scale deployment compiles for minutes on busy cores)."""
     listeners = [arg for address in listen for arg in ("--listen", address)]
     args = [*prefix, sys.executable, "-m", "router.cli", "serve", "--zones", str(zones), *listeners,
             "--workers", str(workers), *extra]  # fmt: skip
@@ -101,7 +103,7 @@ def start_router(
         args, stdout=subprocess.PIPE, stderr=handle, env=env, text=True, cwd=REPO
     )
     handle.close()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_timeout
     assert process.stdout is not None
     while time.monotonic() < deadline:
         line = process.stdout.readline()

@@ -221,9 +221,12 @@ class ReplayGuard:
         return rebooted
 
     def snapshot(self) -> dict[str, object]:
+        # A copy first (one step under the GIL): the publisher thread saves the state while
+        # the intake thread verifies, and a node's first heartbeat adds to the dict.
+        nodes = dict(self.nodes)
         return {
-            "floor_ts": max([self.floor_ts] + [n.ts for n in self.nodes.values()]),
-            "nodes": {k: [n.boot, n.seq, n.ts] for k, n in self.nodes.items()},
+            "floor_ts": max([self.floor_ts] + [n.ts for n in nodes.values()]),
+            "nodes": {k: [n.boot, n.seq, n.ts] for k, n in nodes.items()},
         }
 
     def restore(self, saved: object) -> str | None:

@@ -53,7 +53,7 @@ class TelemetryIntake:
                 return  # the node left the config between the check and now
             changed = service.health.heartbeat(heartbeat, now)
             if changed:
-                service.save_state()
+                publisher.state_unsaved = True  # the publisher saves it after the table is out
             if heartbeat.rtt:
                 self.fuse_rtt(heartbeat.node, heartbeat.rtt, now)
         waited = now - publisher.published_at
@@ -89,7 +89,7 @@ class TelemetryIntake:
         with service.health_lock:
             changed = service.health.tick(time.monotonic() if now is None else now)
             if changed:
-                service.save_state()
+                service.publisher.state_unsaved = True  # saved after the table is out
         if changed:
             service.publisher.request_rebuild()
 

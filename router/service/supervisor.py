@@ -99,6 +99,7 @@ class Supervisor:
         # while anycast announcements are withdrawn, so resolvers move away without loss.
         self.service_state = "serving"
         self.health_lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one writer of the state file at a time
         for host, port in listeners:
             check_port(host, port)
         started = time.monotonic()
@@ -217,15 +218,19 @@ class Supervisor:
     # -- what the parts share ----------------------------------------------------------
 
     def save_state(self) -> None:
-        """Node states to the state file, if any (the caller holds ``health_lock``)."""
+        """Node states to the state file, if any. Callers that changed health hold
+        ``health_lock``; the publisher's saver does not (``NodeHealth`` reads its states
+        under its own lock), so heartbeats are not held up while a large file is written."""
         if self.state_file is None:
             return
-        verifier = self.config.verifier
-        extra = {"replay": verifier.guard.snapshot()} if verifier is not None else None
-        try:
-            self.health.save(self.state_file, extra)
-        except OSError as exc:
-            log.error("cannot save node state to %s: %s", self.state_file, exc)
+        config = self.config
+        with self._save_lock:
+            verifier = config.verifier
+            extra = {"replay": verifier.guard.snapshot()} if verifier is not None else None
+            try:
+                config.health.save(self.state_file, extra)
+            except OSError as exc:
+                log.error("cannot save node state to %s: %s", self.state_file, exc)
 
     def set_admin_state(self, node_id: str, state: str) -> NodeStatus:
         """Apply an operator override; return once every worker serves the result."""

@@ -211,11 +211,14 @@ class WorkerPool:
 
     # -- in service (the caller holds ``lock``) --------------------------------------------
 
-    def publish(self, table: RoutingTable) -> None:
+    def publish(self, table: RoutingTable) -> tuple[float, float]:
         """Every worker answers from ``table`` when this returns; one that cannot follow
-        is ended (``check`` starts a fresh one on the new table)."""
+        is ended (``check`` starts a fresh one on the new table). Returns the seconds spent
+        writing the file and waiting for the workers (the publisher logs them)."""
+        started = time.monotonic()
         path = self.write(table)
-        deadline = time.monotonic() + ACK_TIMEOUT
+        written = time.monotonic()
+        deadline = written + ACK_TIMEOUT
         for worker in self.workers:
             worker.control.send(("table", str(path), table.generation))
         failed = []
@@ -226,13 +229,11 @@ class WorkerPool:
                 # A worker that cannot follow must not keep serving an old table.
                 failed.append(str(exc))
                 worker.process.kill()
+        acked = time.monotonic()
         self._replace_table_file(path)
         if failed:
             log.error("routing table %d not confirmed: %s", table.generation, "; ".join(failed))
-        else:
-            log.info(
-                "routing table %d in service on %d workers", table.generation, len(self.workers)
-            )
+        return written - started, acked - written
 
     def swap(
         self, successors: list[Worker], config: LoadedConfig, table_path: Path

@@ -22,6 +22,7 @@ from router.steering.capacity import (
     replan_node_down,
 )
 from router.steering.model import SteeringModel
+from router.steering.patch import SetIndex, owner_runs, patch, row_keys
 
 WEIGHT_SCALE = 65536  # split weights are cumulative thresholds in [1, WEIGHT_SCALE]
 
@@ -78,6 +79,7 @@ class Planner:
         # Per policy with pools: the pool each (rule, fence) class answers from (CompiledPolicy.resolve).
         self.resolved: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(model.policies)
         self.last_kind = "none"
+        self._last: tuple[RoutingTable, SetIndex] | None = None  # the last table, to patch
 
     def set_demand(self, policy: int, demand: np.ndarray) -> None:
         self.demand[policy] = demand
@@ -112,6 +114,7 @@ class Planner:
                for p in range(len(self.plans))):  # fmt: skip
             return self.build(node_state, node_util, generation)
         total = sum(p.load for p in self.plans if p is not None)
+        before = total
         for p, plan in enumerate(self.plans):
             assert plan is not None
             inputs = self._inputs(p, node_state, util)
@@ -121,7 +124,7 @@ class Planner:
             total = sum(q.load for q in self.plans if q is not None)
             self.inputs[p] = inputs
         self.last_kind = "incremental"
-        return self._table(node_state, generation)
+        return self._patched_table(node_state, generation, before)
 
     def groups_changed(
         self,
@@ -197,7 +200,7 @@ class Planner:
             keys = padded.view(np.int64).ravel()
         else:
             keys = np.ascontiguousarray(all_rows).view(np.dtype((np.void, rows_bytes))).ravel()
-        _, first, answer_set = np.unique(keys, return_index=True, return_inverse=True)
+        unique_keys, first, answer_set = np.unique(keys, return_index=True, return_inverse=True)
         sets = all_rows[first]
         answer_set = answer_set.reshape(-1).astype(np.int32)
         # Entries arrive sorted by owner (policy, group); owners with one entry map directly.
@@ -225,10 +228,86 @@ class Planner:
             node_planned=used,
             policy_pool=_policy_pool_rows(self.resolved),
         )
-        for array in (table.group_set, table.set_nodes, table.node_state, table.split_start, table.split_set,
-                      table.split_cum, table.node_planned, table.policy_pool):  # fmt: skip
-            array.flags.writeable = False
-        return table
+        self._last = None
+        if rows_bytes <= 8:
+            ids = np.arange(len(sets), dtype=np.int32)
+            self._last = (table, SetIndex(unique_keys, ids, len(sets), len(table.split_set)))
+        return _frozen(table)
+
+    def _patched_table(
+        self, node_state: np.ndarray, generation: int, used_before: np.ndarray
+    ) -> RoutingTable:
+        """The last table with only the groups the repair moved answered afresh
+        (``router/steering/patch.py``); whole when it cannot be patched."""
+        if self._last is None:
+            return self._table(node_state, generation)
+        previous, index = self._last
+        model = self.model
+        width = previous.set_nodes.shape[1]
+        n_groups = len(model.client_map.groups)
+        used = sum(plan.load for plan in self.plans if plan is not None)
+        rows, owners, weights = [], [], []
+        for p, (compiled, plan, inputs) in enumerate(zip(model.policies, self.plans, self.inputs)):
+            assert plan is not None and inputs is not None
+            changed = _changed_groups(plan, inputs, used_before, used)
+            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load, only=changed)
+            rows.append(
+                _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
+            )
+            owners.append(p * n_groups + groups.astype(np.int64))
+            weights.append(weight)
+        all_rows = np.concatenate(rows)
+        owner = np.concatenate(owners)
+        weight = np.concatenate(weights)
+        if row_keys(all_rows[:0]) is None:
+            return self._table(node_state, generation)
+        _, counts = owner_runs(owner)
+        split = counts > 1
+        entry = np.flatnonzero(np.repeat(split, counts))
+        row_of_entry = np.repeat(np.arange(int(split.sum())), counts[split])
+        new_cum = _cumulative_weights(weight[entry], row_of_entry, int(split.sum()))
+        patched = patch(previous.group_set, previous.set_nodes, previous.split_start,
+                        previous.split_set, previous.split_cum, index, owner, all_rows, new_cum)  # fmt: skip
+        if index.grown(len(patched.set_nodes), len(patched.split_set)):
+            return self._table(node_state, generation)  # orphaned rows piled up: compact
+        table = RoutingTable(
+            generation=generation,
+            group_set=patched.group_set,
+            set_nodes=patched.set_nodes,
+            node_state=np.array(node_state, dtype=np.int8),
+            split_start=patched.split_start,
+            split_set=patched.split_set,
+            split_cum=patched.split_cum,
+            node_planned=used,
+            policy_pool=_policy_pool_rows(self.resolved),
+        )
+        self._last = (table, patched.index)
+        return _frozen(table)
+
+
+def _changed_groups(
+    plan: PolicyPlan, inputs: PlanInputs, used_before: np.ndarray, used_after: np.ndarray
+) -> np.ndarray:
+    """Groups whose answers a repair may have changed: those it placed again, and groups
+    without demand that list a node whose room below headroom came or went (they answer
+    with their first candidate with room, ``primary_shares``)."""
+    limit = inputs.node_capacity * inputs.headroom
+    flipped = (used_before < limit) != (used_after < limit)
+    if not flipped.any():
+        return plan.replaced
+    planned = np.zeros(len(plan.cand_node), dtype=np.bool_)
+    planned[plan.alloc_group] = True
+    planned[plan.overflow > 0] = True
+    idle = np.flatnonzero(~planned)
+    listed = np.append(flipped, False)[plan.cand_node[idle]].any(axis=1)  # -1 pads: False
+    return np.union1d(plan.replaced, idle[listed]).astype(np.int32)
+
+
+def _frozen(table: RoutingTable) -> RoutingTable:
+    for array in (table.group_set, table.set_nodes, table.node_state, table.split_start, table.split_set,
+                  table.split_cum, table.node_planned, table.policy_pool):  # fmt: skip
+        array.flags.writeable = False
+    return table
 
 
 def _policy_pool_rows(resolved: list[np.ndarray]) -> np.ndarray:
@@ -275,9 +354,12 @@ def _cumulative_weights(weight: np.ndarray, row: np.ndarray, rows: int) -> np.nd
     if not len(weight):
         return np.zeros(0, dtype=np.uint32)
     totals = np.bincount(row, weights=weight, minlength=rows)
-    cum = np.cumsum(weight)
-    before = np.r_[0.0, np.cumsum(totals)][row]  # everything in earlier rows
-    share = (cum - before) / totals[row]
+    # Shares first, then their running sum less the rows before (each sums to 1 or 0): a
+    # running sum of the weights themselves lost a tiny group's split among big groups' Gbps.
+    total = totals[row]
+    part = np.divide(weight, total, out=np.zeros_like(weight), where=total > 0)
+    before = np.r_[0.0, np.cumsum(np.bincount(row, weights=part, minlength=rows))][row]
+    share = np.cumsum(part) - before
     out = np.rint(share * WEIGHT_SCALE).astype(np.int64)
     last = np.r_[row[1:] != row[:-1], True]
     out[last] = WEIGHT_SCALE

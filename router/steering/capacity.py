@@ -25,7 +25,7 @@ left (``used_elsewhere``). A node going down is repaired incrementally
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -122,6 +122,8 @@ class PolicyPlan:
     overflow: np.ndarray  # float64[G]: demand that fits nowhere (on the best candidate)
     load: np.ndarray  # float64[N]: this policy's planned load
     full_scans: int
+    # int32: the groups the last repair released and placed again (a table is patched for them).
+    replaced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
     def shares(self, group: int) -> list[tuple[int, float]]:
         """(node, Gbps) of one group in preference order; empty when it has no demand."""
@@ -212,6 +214,7 @@ def replan_groups(
     _release(plan, groups)
     plan.full_scans += _candidates(inputs, plan, groups)
     _place(inputs, plan, groups, used_elsewhere)
+    plan.replaced = groups
     return plan
 
 
@@ -305,29 +308,41 @@ def _fill(
 
 
 def primary_shares(
-    plan: PolicyPlan, inputs: PlanInputs, used_elsewhere: np.ndarray | None = None
+    plan: PolicyPlan,
+    inputs: PlanInputs,
+    used_elsewhere: np.ndarray | None = None,
+    only: np.ndarray | None = None,
 ) -> tuple:
     """Per group, the nodes that lead its answers and their weights, in preference order.
 
     Returns (entry_group int32[E], entry_node int32[E], entry_weight float64[E]) sorted
     by group, each group's entries in the order they were placed (best first). Groups
-    with no demand get one entry: their best candidate with room left.
+    with no demand get one entry: their best candidate with room left. ``only`` (int32
+    group indexes): the entries of just those groups, as the whole call would give them.
     """
     groups_n = plan.cand_node.shape[0]
-    position = np.arange(len(plan.alloc_group), dtype=np.int64)
-    order_key = [plan.alloc_group.astype(np.int64) * (len(position) + 1) + position + 1]
-    groups = [plan.alloc_group]
-    nodes = [plan.alloc_node]
-    weights = [plan.alloc_amount]
+    n_alloc = len(plan.alloc_group)
+    if only is None:
+        keep = np.ones(groups_n, dtype=np.bool_)
+        position = np.arange(n_alloc, dtype=np.int64)
+    else:
+        keep = np.zeros(groups_n, dtype=np.bool_)
+        keep[only] = True
+        position = np.flatnonzero(keep[plan.alloc_group]).astype(np.int64)
+    alloc_group = plan.alloc_group[position]
+    order_key = [alloc_group.astype(np.int64) * (n_alloc + 1) + position + 1]
+    groups = [alloc_group]
+    nodes = [plan.alloc_node[position]]
+    weights = [plan.alloc_amount[position]]
     # Overflow rides on the best candidate, ahead of anything else the group has.
-    over = np.flatnonzero(plan.overflow > 0)
+    over = np.flatnonzero((plan.overflow > 0) & keep)
     groups.append(over.astype(np.int32))
     nodes.append(plan.cand_node[over, 0])
     weights.append(plan.overflow[over])
-    order_key.append(over.astype(np.int64) * (len(position) + 1))
+    order_key.append(over.astype(np.int64) * (n_alloc + 1))
     # Groups without demand: first candidate that still has room below headroom.
-    planned = np.zeros(groups_n, dtype=bool)
-    planned[plan.alloc_group] = True
+    planned = ~keep
+    planned[alloc_group] = True
     planned[over] = True
     idle = np.flatnonzero(~planned)
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
@@ -338,7 +353,7 @@ def primary_shares(
     groups.append(idle.astype(np.int32))
     nodes.append(cands[np.arange(len(idle)), first])
     weights.append(np.ones(len(idle)))
-    order_key.append(idle.astype(np.int64) * (len(position) + 1))
+    order_key.append(idle.astype(np.int64) * (n_alloc + 1))
     key = np.concatenate(order_key)
     order = np.argsort(key, kind="stable")
     return (
