@@ -1,7 +1,8 @@
 """Throughput: the router against gdnsd and PowerDNS, all three steering the same sample zone.
 
     python loadtest/bench_throughput.py --json FILE [--quick | --smoke] [--repetitions N] [--seconds S]
-        [--subnets N] [--queries N] [--seed N] [--quiet-wait S] [--quiet-budget S] [--no-pdns-shared]
+        [--subnets N] [--queries N] [--seed N] [--quiet-wait S] [--quiet-budget S] [--no-pdns-default]
+        [--world [DIR]]
 
 Everything runs on loopback (127.0.0.1), dnsperf pinned to core 0 and the server under test to
 core 1 (``taskset -c``):
@@ -13,9 +14,12 @@ core 1 (``taskset -c``):
   the embedded default beside it (127.0.0.1, loopback allow-listed);
 - gdnsd 3 with its geoip plugin: a ``nets`` map made from the router's whole client map, each
   prefix sent to the node pair the router's own routing table gives its client group;
-- PowerDNS 4 (bind backend, ``enable-lua-records``, ``edns-subnet-processing``) with LUA
-  A/AAAA records choosing the same node pair with ``netmask()`` for every block the query mix
-  touches.
+- PowerDNS 4 (bind backend, LUA records, ``edns-subnet-processing``) configured as its
+  documentation recommends for production (``peers.pdns_settings``: shared Lua states, one
+  receiver thread with reuseport, one distributor, ``cache-ttl=60``), with LUA A/AAAA records
+  choosing the same node pair with ``netmask()`` for every block the query mix touches; and
+  ``pdns_default``, the same with PowerDNS's defaults (skip it with ``--no-pdns-default``).
+  Both peers listen where the router does (``0.0.0.0``).
 
 Query files (dnsperf ``-B``: length-prefixed wire messages built here, so each query carries
 its own ECS option): mostly steered names (A and AAAA), static names, NXDOMAIN and NODATA, a
@@ -28,12 +32,18 @@ stime of the server's whole process tree from /proc, before and after the run, o
 queries answered). Then p99 latency at half of each server's measured maximum (dnsperf
 ``-Q`` and ``-v``: one latency line per query), an overload run against the router (two
 dnsperf threads on both cores), the router with two workers (on both cores) and the router
-with its query log on. A sample of replies is decoded during the router's runs and compared
-with what the router's own lookup (``router explain``'s code path) answers for that query;
-the peers' replies are checked the same way (rcode and answer records).
+with its query log on. During every maximum-rate run of every server and variant a sample of
+replies is decoded and compared with an answer computed apart from the router's serving code
+(``throughput.expected``: the zone by dnspython, the ranking by tests/reference.py); the
+router's own lookup (``router explain``'s code path) is a second, labelled check
+(``oracle_wrong_answers``); an unanswered query is a timeout (``check_timeouts``), not a pass.
+
+``--world [DIR]`` (default var/world) then runs the maximum-rate runs again on a world-scale
+deployment, the router against gdnsd with a nets map of every prefix of its client map (and
+PowerDNS), figures under ``world_`` keys (``WorldBench``); with ``--smoke`` on the sample.
 
 Sizes: the defaults (3 repetitions of 10 s, 1,000 subnets, 20,000 queries per file) take about
-6 minutes; ``--quick`` (1 repetition of 3 s, 5,000 queries) about a minute; ``--smoke`` (1
+7 minutes; ``--quick`` (1 repetition of 3 s, 5,000 queries) about two; ``--smoke`` (1
 repetition of 1 s, 100 subnets, 1,000 queries, 0.5 s warm-ups, short waits for quiet, no
 second PowerDNS) under a minute: every step above with the real router, dnsperf, gdnsd and
 PowerDNS, for the test suite to see that the bench still runs and writes its contract keys
@@ -55,6 +65,7 @@ deadline; every process started here is stopped by its PID in ``finally``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -71,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from loadtest.throughput.answers import CHECK_SAMPLE, Checker, Oracle, expected_sample  # noqa: E402
+from loadtest.throughput.answers import CHECK_POOL, CHECK_SAMPLE, Checker, Oracle, check_pool  # noqa: E402
 from loadtest.throughput.dnsperf import (  # noqa: E402
     LOAD_CORE,
     OVERLOAD_ARGS,
@@ -82,11 +93,20 @@ from loadtest.throughput.dnsperf import (  # noqa: E402
     disturbed,
     run_dnsperf,
 )
-from loadtest.throughput.figures import finish, fmt, format_table, summarize_runs  # noqa: E402
+from loadtest.throughput.expected import ExpectedAnswers  # noqa: E402
+from loadtest.throughput.figures import (  # noqa: E402
+    check_figures,
+    finish,
+    fmt,
+    format_table,
+    ratio,
+    summarize_runs,
+)
 from loadtest.throughput.peers import (  # noqa: E402
     PACKAGES,
     Peers,
     ensure_packages,
+    map_blocks,
     pdns_stats,
     start_gdnsd,
     start_pdns,
@@ -107,6 +127,8 @@ from loadtest.throughput.queries import (  # noqa: E402
 from loadtest.throughput.servers import (  # noqa: E402
     HARDENED_LISTEN,
     HARDENED_SETTINGS,
+    START_TIMEOUT_S,
+    WORLD_START_TIMEOUT_S,
     Server,
     soa_answers,
     start_router,
@@ -120,6 +142,9 @@ QUERY_LOG_SAMPLE = 100  # the query log run: 1 query in this many is logged
 PDNS_STATS = ("packetcache-hit", "packetcache-miss", "query-cache-hit", "query-cache-miss", "udp-queries",
               "overload-drops", "servfail-packets", "latency")  # fmt: skip
 ROUTER_LOGS = ("router", "router2", "router_qlog", "router_loopback")
+# The peers listen where the router does in the same run (the wildcard: replies sent from
+# the query's destination address, pktinfo), so all three pay for source addressing alike.
+PEER_ADDRESS = HARDENED_LISTEN.rsplit(":", 1)[0]
 
 
 class Bench:
@@ -151,15 +176,16 @@ class Bench:
         self.checks: dict[tuple[str, str], dict] = {}
         self.quiet_spent = 0.0  # seconds waited for quiet so far, against --quiet-budget
         self.missing: dict[str, str] = {}
+        self.start_timeout = START_TIMEOUT_S  # how long a server under test may take to answer
+        self.pool_size = CHECK_POOL  # queries per variant with their expected answers computed
 
     def start_hardened(
         self, workers: int, cpus: str | None, key: str, extra: tuple[str, ...] = ()
     ) -> Server:
         """The router as it faces the internet (loadtest/throughput/servers.py, HARDENED_SETTINGS):
         every router figure but ``router_loopback_*`` is measured on it."""
-        server = start_router(
-            self.hardened_zones, self.root, workers, cpus, key, extra, listen=HARDENED_LISTEN
-        )
+        server = start_router(self.hardened_zones, self.root, workers, cpus, key, extra, listen=HARDENED_LISTEN,
+                              timeout=self.start_timeout)  # fmt: skip
         server.label = server.label[:-1] + ", 0.0.0.0 pktinfo, RRL, cookies)"
         return server
 
@@ -189,14 +215,37 @@ class Bench:
                 server.stop()
         self.collect_router_logs()
         self.collect_runs_and_checks()
+        if self.args.world is not None:
+            self.world()
         return finish(self.figures, self.args, self.notes, self.started)
+
+    def world(self) -> None:
+        """The same maximum-rate runs on a world-scale deployment (``WorldBench``)."""
+        source = None if self.args.smoke else self.args.world
+        if source is not None and not (source / "deployment.yaml").is_file():
+            self.figures["world_note"] = (f"{source}: no deployment.yaml (build it with geodata/build_world.py); "
+                                          "world figures not measured")  # fmt: skip
+            print(self.figures["world_note"], flush=True)
+            return
+        print(f"world scale: {source or 'the sample deployment (--smoke)'}", flush=True)
+        world = WorldBench(self.args, self.root / "world", source, self)
+        try:
+            self.figures.update(world.run())
+        except (RuntimeError, OSError, ValueError) as exc:
+            self.figures["world_note"] = f"world run failed: {str(exc)[:800]}"
+        if source is None:
+            self.figures["world_note"] = ("--smoke: the world mode ran on the sample deployment "
+                                          "(the suite cannot rely on var/world)")  # fmt: skip
 
     def prepare_deployment(self) -> None:
         """The sample deployment, the router's own lookup on it, and the zone the mix asks."""
-        self.zones = make_deployment(self.root / "sample")
-        self.hardened_zones = with_settings(
-            make_deployment(self.root / "hardened"), HARDENED_SETTINGS
+        self.use_deployment(
+            make_deployment(self.root / "sample"),
+            with_settings(make_deployment(self.root / "hardened"), HARDENED_SETTINGS),
         )
+
+    def use_deployment(self, zones: Path, hardened_zones: Path) -> None:
+        self.zones, self.hardened_zones = zones, hardened_zones
         self.oracle = Oracle(self.zones)
         if self.oracle.split_groups():
             self.notes.append(f"{self.oracle.split_groups()} groups split by the capacity plan: "
@@ -229,7 +278,8 @@ class Bench:
                           "v6": sum(":" in s for s in self.subnets)}  # fmt: skip
 
     def expect_answers(self) -> None:
-        """What the router should answer: per kind, the oracle against ``explain``, the samples."""
+        """What each checked query must get: the independent answer (``expected``), the
+        router's own lookup beside it (held equal to ``explain``), and where they disagree."""
         expected_kinds = Counter()
         for q in self.variants["ecs"][:2000]:
             rcode = self.oracle.reply(q.wire).rcode()
@@ -240,19 +290,44 @@ class Bench:
         steered = [q for q in self.variants["ecs"] if q.kind == "steered"]
         limit = 2 if self.args.quick or self.args.smoke else 5
         self.figures.update(self.oracle.crosscheck(steered + self.variants["plain"][:50], limit))
-        self.samples = {
-            v: expected_sample(self.oracle, q, self.rng, CHECK_SAMPLE)
-            for v, q in self.variants.items()
+        started = time.monotonic()
+        self.expected = ExpectedAnswers(
+            self.zones, self.zone_file, (self.oracle.deployment, self.oracle.model)
+        )
+        self.pools, disagreements = {}, []
+        for variant, queries in self.variants.items():
+            self.pools[variant], differ = check_pool(
+                self.expected, self.oracle, queries, self.rng, self.pool_size
+            )
+            disagreements += differ
+        self.figures["expected_answers"] = {
+            "mode": self.expected.mode,
+            "computed_apart": "zone by dnspython, group by bisect over the client map, ranking by "
+            "tests/reference.py (loadtest/throughput/expected.py)",
+            "shared_input": "router.config.load_deployment, SteeringModel.rank_inputs, node states",
+            "pool_per_variant": {v: len(p) for v, p in self.pools.items()},
+            "seconds": round(time.monotonic() - started, 1),
         }
+        self.figures["oracle_disagreements"] = len(disagreements)
+        self.figures["oracle_disagreement_examples"] = disagreements[:10]
+        if disagreements:
+            self.notes.append(f"{len(disagreements)} of the checked queries: the router's own lookup "
+                              "differs from the independent answer before any run (oracle_disagreement_examples)")  # fmt: skip
+        print(f"expected answers ({self.expected.mode}): {sum(map(len, self.pools.values()))} queries, "
+              f"the router's own lookup disagrees on {len(disagreements)}", flush=True)  # fmt: skip
 
     def start_servers(self) -> None:
         """The router (1 worker), gdnsd and PowerDNS (a note for a peer that cannot start)."""
         figures, servers = self.figures, self.servers
+        started = time.monotonic()
         servers["router"] = self.start_hardened(1, self.server_core, "router")
+        figures["start_s"] = {"router": round(time.monotonic() - started, 1)}
         figures["router_version"] = tool_version([sys.executable, "-c", "import router; print(router.__version__)"],
                                                  r"(\S+)")  # fmt: skip
-        self.start_gdnsd()
-        self.start_pdns()
+        for key, start in (("gdnsd", self.start_gdnsd), ("pdns", self.start_pdns)):
+            started = time.monotonic()
+            start()
+            figures["start_s"][key] = round(time.monotonic() - started, 1)
         for key, server in servers.items():
             figures["labels"][key] = f"{server.label} {server.version}".strip()
         figures["versions"] = {"dnsperf": tool_version(["dnsperf", "-h"], r"Version (\S+)"),
@@ -265,7 +340,7 @@ class Bench:
             return
         try:
             server = self.servers["gdnsd"] = start_gdnsd(
-                self.peers, self.root, gdnsd_bin, self.server_core
+                self.peers, self.root, gdnsd_bin, self.server_core, PEER_ADDRESS, self.start_timeout
             )
             server.version = tool_version([gdnsd_bin], r"gdnsd version (\S+)") or ""
             self.figures.update(server.extra)
@@ -273,22 +348,29 @@ class Bench:
             self.figures["gdnsd_note"] = f"gdnsd did not start: {str(exc)[:500]}"
 
     def start_pdns(self) -> None:
+        """PowerDNS as its documentation recommends for production (``peers.pdns_settings``),
+        and, unless ``--no-pdns-default``, a second one with PowerDNS's defaults beside it."""
         pdns_bin = PACKAGES["pdns-server"]()
         if not (pdns_bin and PACKAGES["pdns-backend-bind"]()):
             self.figures["pdns_note"] = (self.missing.get("pdns-server") or self.missing.get("pdns-backend-bind")
                                          or "pdns_server not found")  # fmt: skip
             return
+        self.figures["peer_listen"] = PEER_ADDRESS
         try:
             version = tool_version([pdns_bin, "--version"], r"Authoritative Server (\S+)") or ""
-            server = self.servers["pdns"] = start_pdns(
-                self.peers, self.root, pdns_bin, self.server_core
-            )
+            server = self.servers["pdns"] = start_pdns(self.peers, self.root, pdns_bin, self.server_core, "production",
+                                                       PEER_ADDRESS, timeout=self.start_timeout)  # fmt: skip
             server.version = version
             self.figures["pdns_netmasks_per_record"] = server.extra["pdns_netmasks_per_record"]
-            if self.args.pdns_shared:
-                shared = self.servers["pdns_shared"] = start_pdns(self.peers, self.root, pdns_bin, self.server_core,
-                                                                  "shared")  # fmt: skip
-                shared.version = version
+            self.figures["pdns_config"] = server.extra["pdns_config"]
+            self.figures["pdns_config_reasons"] = server.extra["pdns_config_reasons"]
+            if self.args.pdns_default:
+                default = self.servers["pdns_default"] = start_pdns(
+                    self.peers, self.root, pdns_bin, self.server_core, "defaults", PEER_ADDRESS,
+                    key="pdns_default",
+                )  # fmt: skip
+                default.version = version
+                self.figures["pdns_default_config"] = default.extra["pdns_config"]
         except (RuntimeError, OSError) as exc:
             self.figures["pdns_note"] = f"pdns_server did not start: {str(exc)[:500]}"
 
@@ -352,7 +434,7 @@ class Bench:
             )
 
     def read_pdns_stats(self) -> None:
-        for key in ("pdns", "pdns_shared"):
+        for key in ("pdns", "pdns_default"):
             if key in self.servers:
                 self.figures[f"{key}_stats"] = {
                     k: v for k, v in pdns_stats(self.servers[key]).items() if k in PDNS_STATS
@@ -485,25 +567,11 @@ class Bench:
         }
 
     def collect_runs_and_checks(self) -> None:
-        figures, checks = self.figures, self.checks
+        figures = self.figures
         figures["runs"] = [r.__dict__ for r in self.runs]
         figures["quiet_wait_s"] = round(self.quiet_spent, 1)
         figures["discarded_runs"] = [r.__dict__ for r in self.discarded]
-        router_checks = [c for (k, _), c in checks.items() if k.startswith("router")]
-        figures["answers_checked"] = sum(c["checked"] for c in router_checks)
-        figures["wrong_answers"] = sum(len(c["wrong"]) for c in router_checks)
-        figures["check_timeouts"] = sum(c["timeouts"] for c in router_checks)
-        figures["wrong_answer_examples"] = [w for c in router_checks for w in c["wrong"]][:10]
-        figures["peer_answers_checked"] = sum(
-            c["checked"] for (k, _), c in checks.items() if not k.startswith("router")
-        )
-        for peer in ("gdnsd", "pdns", "pdns_shared"):
-            peer_checks = [c for (k, _), c in checks.items() if k == peer]
-            if peer_checks:
-                figures[f"{peer}_wrong_answers"] = sum(len(c["wrong"]) for c in peer_checks)
-                figures[f"{peer}_wrong_answer_examples"] = [
-                    w for c in peer_checks for w in c["wrong"]
-                ][:5]
+        figures.update(check_figures(self.checks))
 
     # --- one measured run ------------------------------------------------------------------
 
@@ -527,34 +595,32 @@ class Bench:
         raise AssertionError("unreachable")
 
     def one(self, key: str, variant: str, rep: int) -> Run:
-        """One maximum-rate run of ``key``; the first of each server and variant checks answers."""
+        """One maximum-rate run of ``key``, with a sample of its replies checked (on a run that
+        is discarded and run again too: each attempt checks its own sample)."""
         args, server = self.args, self.servers[key]
-        checker = None
-        if (key, variant) not in self.checks:
-            checker = Checker(server.port, self.samples[variant], peer=not key.startswith("router"))
+        check = self.checks.setdefault((key, variant), {"runs": 0, "checked": 0, "wrong": [], "oracle_wrong": [],
+                                                        "timeouts": 0, "lead_not_best": 0})  # fmt: skip
 
-        def during() -> None:
-            if (
-                checker is not None
-                and not checker.thread.is_alive()
-                and not checker.checked + checker.timeouts
-            ):
-                checker.start()
-
-        run = self.attempt(key, lambda retry: run_dnsperf(server, self.files[variant], args.seconds, variant, rep,
-                                                          self.load_core, during=during, probe=self.probes[variant]))  # fmt: skip
-        if checker is not None:
+        def checked_run(retry: bool) -> Run:
+            pool = self.pools[variant]
+            checker = Checker(server.port, self.rng.sample(pool, min(CHECK_SAMPLE, len(pool))),
+                              peer=not key.startswith("router"))  # fmt: skip
+            run = run_dnsperf(server, self.files[variant], args.seconds, variant, rep, self.load_core,
+                              during=checker.start, probe=self.probes[variant])  # fmt: skip
+            checker.start()  # a run too short for dnsperf to call back: check right after it
             checker.join()
-            self.checks[(key, variant)] = {
-                "checked": checker.checked,
-                "wrong": checker.wrong,
-                "timeouts": checker.timeouts,
-            }
-            run.checked, run.wrong, run.check_timeouts = (
-                checker.checked,
-                len(checker.wrong),
-                checker.timeouts,
-            )
+            check["runs"] += 1
+            check["checked"] += checker.checked
+            check["timeouts"] += checker.timeouts
+            check["wrong"] += checker.wrong
+            check["oracle_wrong"] += checker.oracle_wrong
+            check["lead_not_best"] += checker.lead_not_best
+            run.checked, run.wrong, run.check_timeouts = (checker.checked, len(checker.wrong),
+                                                          checker.timeouts)  # fmt: skip
+            run.oracle_wrong = len(checker.oracle_wrong)
+            return run
+
+        run = self.attempt(key, checked_run)
         if not server.alive():
             if key.startswith("router"):
                 raise RuntimeError(
@@ -565,12 +631,145 @@ class Bench:
             del self.servers[key]
         print(f"  {variant:5} rep {rep + 1}  {self.figures['labels'][key]:<28} {fmt(run.qps, ',.0f'):>9} qps  "
               f"avg {fmt(run.avg_latency_ms, '.3f')} ms  lost {run.lost}  cpu {fmt(run.cpu_us_per_query, '.1f')} us/q"
-              + (f"  checked {run.checked}, wrong {run.wrong}" if checker is not None else "")
+              f"  checked {run.checked}, wrong {run.wrong}, timed out {run.check_timeouts}"
               + (f"  [other load on the server's core: {run.server_core_other_s:.2f} s]"
                  if (run.server_core_other_s or 0) > 0.05 * args.seconds else ""),
               flush=True)  # fmt: skip
         self.runs.append(run)
         return run
+
+
+WORLD_CACHE = Path(tempfile.gettempdir()) / "bench-throughput-world-cache"
+WORLD_SERVERS = ("router", "gdnsd", "pdns")
+WORLD_CHECK_POOL = 300
+WORLD_SUBNETS = 200
+
+
+def copy_world(source: Path, dest: Path, cache: Path) -> Path:
+    """A snapshot of a world deployment: its files copied (another process may be rebuilding
+    it meanwhile), its compiled client map cached in ``cache`` (kept between runs: compiling
+    1.36 M prefixes takes about a minute, loading them a few seconds)."""
+    import yaml
+
+    settings = yaml.safe_load((source / "deployment.yaml").read_text())
+    # Not the node states some earlier run left (a router serving var/world writes them): the
+    # copy starts with every node up, as the sample runs do.
+    state = (source / settings["state_file"]).resolve() if settings.get("state_file") else None
+    dest.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and not item.name.endswith(".tmp") and item.resolve() != state:
+            shutil.copy2(item, dest / item.name)
+    settings["cache_dir"] = str(cache)
+    settings["state_file"] = "node-state.json"
+    (dest / "deployment.yaml").write_text(yaml.safe_dump(settings))
+    return dest
+
+
+@contextlib.contextmanager
+def all_cores(cpus: list[int]):  # noqa: ANN201 - a context manager
+    """This process on ``cpus`` for the block, then back where it was."""
+    kept = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, kept)
+
+
+class WorldBench(Bench):
+    """The router, gdnsd and PowerDNS on a world-scale deployment: the maximum-rate runs only
+    (both variants, every repetition, answers checked on each), figures under ``world_``.
+
+    gdnsd's nets map holds every prefix of the router's client map, as in the sample runs.
+    PowerDNS's LUA records hold what they hold in the sample runs, the blocks of the mix's
+    subnets (a record with the whole map would be compiled on every query). ``source`` None:
+    the sample deployment (``--smoke``)."""
+
+    def __init__(
+        self, args: argparse.Namespace, root: Path, source: Path | None, parent: Bench
+    ) -> None:
+        # At most WORLD_SUBNETS client subnets: each brings its own node pair at world scale, and
+        # gdnsd takes at most 254 datacenters (pairs) per map; every pair the mix needs fits.
+        args = argparse.Namespace(**{**vars(args), "pdns_default": False,
+                                     "subnets": min(args.subnets, WORLD_SUBNETS)})  # fmt: skip
+        super().__init__(args, root)
+        root.mkdir(parents=True)
+        self.source = source
+        self.missing = parent.missing
+        self.quiet_spent = parent.quiet_spent
+        self.rng = random.Random(args.seed + 1)
+        self.start_timeout = WORLD_START_TIMEOUT_S if source is not None else START_TIMEOUT_S
+        # The reference ranks a group in pure Python over every node (0.4 s at 20,000 nodes):
+        # fewer queries to rank, still more than one run's sample.
+        self.pool_size = WORLD_CHECK_POOL
+
+    def prepare_deployment(self) -> None:
+        if self.source is None:
+            zones = make_deployment(self.root / "sample")
+            hardened = with_settings(make_deployment(self.root / "hardened"), HARDENED_SETTINGS)
+        else:
+            zones = copy_world(self.source, self.root / "deployment", WORLD_CACHE)
+            hardened = with_settings(
+                copy_world(self.source, self.root / "hardened", WORLD_CACHE), HARDENED_SETTINGS
+            )
+        self.use_deployment(zones, hardened)
+
+    def run(self) -> dict:
+        started = time.monotonic()
+        self.figures["labels"] = {}
+        try:
+            # Loading and planning a world deployment is minutes of CPU, and no run is measured
+            # meanwhile: the set-up may use every core (the bench keeps to core 0 for the runs).
+            with all_cores(self.args.cpus_at_start):
+                self.prepare_deployment()
+                print(f"  deployment loaded and planned in {time.monotonic() - started:.0f} s "
+                      f"({len(self.oracle.model.node_ids)} nodes)", flush=True)  # fmt: skip
+                self.write_query_files()
+                self.expect_answers()
+                self.peers = Peers(self.oracle, self.subnets, self.zone_file)
+                self.start_servers()  # writes gdnsd's nets maps in this process
+            setup_s = time.monotonic() - started
+            self.warm_up()
+            self.maximum_rate()
+        finally:
+            for server in self.servers.values():
+                server.stop()
+        self.collect_runs_and_checks()
+        return world_figures(self, setup_s, time.monotonic() - started)
+
+
+def world_figures(world: WorldBench, setup_s: float, total_s: float) -> dict:
+    """The world run's figures, ``world_`` before each name."""
+    f, model = world.figures, world.oracle.model
+    servers = f.get("servers", {})
+    out = {"world_deployment": str(world.source or "sample deployment (--smoke)"),
+           "world_nodes": len(model.node_ids), "world_groups": len(model.client_map.groups.asn),
+           "world_prefixes": f.get("gdnsd_nets_per_map") or len(map_blocks(model.client_map)), "world_gdnsd_nets_entries": f.get("gdnsd_nets_entries"),
+           "world_gdnsd_nets_skipped": f.get("gdnsd_nets_skipped"),
+           "world_gdnsd_datacenters": f.get("gdnsd_datacenters"),
+           "world_gdnsd_nets_substituted": f.get("gdnsd_nets_substituted"), "world_subnets": world.args.subnets,
+           "world_pdns_netmasks_per_record": f.get("pdns_netmasks_per_record"),
+           "world_split_groups": world.oracle.split_groups(), "world_setup_s": round(setup_s, 1),
+           "world_duration_s": round(total_s, 1), "world_start_s": f.get("start_s"),
+           "world_expected_answers": f.get("expected_answers"), "world_servers": servers,
+           "world_labels": f.get("labels"), "world_mix": f.get("mix"), "world_runs": f.get("runs"),
+           "world_discarded_runs": f.get("discarded_runs"), "world_notes": "; ".join(world.notes)}  # fmt: skip
+    for variant, suffix in (("ecs", ""), ("plain", "_plain")):
+        for key in WORLD_SERVERS:
+            for what in ("qps", "cpu_us_per_query", "avg_latency_ms", "p99_max_rate_ms", "lost"):
+                out[f"world_{key}_{what}{suffix}"] = servers.get(key, {}).get(variant, {}).get(what)
+        for peer in ("gdnsd", "pdns"):
+            out[f"world_qps_vs_{peer}{suffix}"] = ratio(
+                out[f"world_router_qps{suffix}"], out[f"world_{peer}_qps{suffix}"]
+            )
+            out[f"world_cpu_vs_{peer}{suffix}"] = ratio(out[f"world_router_cpu_us_per_query{suffix}"],
+                                                        out[f"world_{peer}_cpu_us_per_query{suffix}"])  # fmt: skip
+    for key in ("gdnsd_note", "pdns_note", "oracle_disagreements", "oracle_disagreement_examples",
+                "explain_crosschecked", "explain_differences"):  # fmt: skip
+        if key in f:
+            out[f"world_{key}"] = f[key]
+    out.update(check_figures(world.checks, prefix="world_"))
+    return out
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict:
@@ -635,16 +834,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at most this long waiting for quiet in the whole bench (default 120; --quick 30; --smoke 5)",
     )
     parser.add_argument(
-        "--no-pdns-shared",
-        dest="pdns_shared",
+        "--no-pdns-default",
+        "--no-pdns-shared",  # the old name: the second PowerDNS was the shared-Lua one
+        dest="pdns_default",
         action="store_false",
-        help="skip the second PowerDNS (enable-lua-records=shared, one Lua state per thread; "
-        "--smoke skips it too: the same set-up as the first, another config value)",
+        help="skip the second PowerDNS (PowerDNS's defaults: a fresh Lua state per query, 3 distributor "
+        "threads, no reuseport, cache-ttl 20; --smoke skips it too). The first is configured for "
+        "production and uses the shared Lua state, so --no-pdns-shared now means this one",
+    )
+    parser.add_argument(
+        "--world",
+        nargs="?",
+        const=REPO / "var" / "world",
+        type=Path,
+        metavar="DIR",
+        help="also measure the router against gdnsd and PowerDNS on a world-scale deployment "
+        "(default var/world), figures under world_ keys; about 10 minutes more with the default "
+        "sizes. With --smoke it runs on the sample deployment (the suite has no var/world)",
     )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
-        args.pdns_shared = False
+        args.pdns_default = False
     for name, value in SIZES[
         "smoke" if args.smoke else "quick" if args.quick else "default"
     ].items():

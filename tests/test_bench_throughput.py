@@ -8,6 +8,7 @@ live in loadtest/throughput/; the whole bench runs in tests/test_bench_smoke.py.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import re
@@ -17,12 +18,20 @@ from pathlib import Path
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
 
-from loadtest.throughput.answers import Oracle, peer_mismatch, router_mismatch, summarize
+from loadtest.throughput.answers import (
+    Checker,
+    Oracle,
+    check_pool,
+    peer_mismatch,
+    router_mismatch,
+    summarize,
+)
 from loadtest.throughput.dnsperf import (
     LatencyProbe,
     Run,
@@ -30,8 +39,28 @@ from loadtest.throughput.dnsperf import (
     parse_latencies,
     percentile,
 )
-from loadtest.throughput.figures import finish, format_table, ratio, summarize_runs, target_table
-from loadtest.throughput.peers import Peers, deciding_block, interval_cidrs, map_blocks, pdns_lua
+from loadtest.throughput.expected import (
+    ClientLocator,
+    ExpectedAnswers,
+    peer_problem,
+    router_problem,
+)
+from loadtest.throughput.figures import (
+    check_figures,
+    finish,
+    format_table,
+    ratio,
+    summarize_runs,
+    target_table,
+)
+from loadtest.throughput.peers import (
+    Peers,
+    deciding_block,
+    interval_cidrs,
+    map_blocks,
+    pdns_lua,
+    pdns_settings,
+)
 from loadtest.throughput.proc import other_busy_s, udp_drops
 from loadtest.throughput.queries import (
     CASE_SHARE,
@@ -359,6 +388,33 @@ def test_gdnsd_nets_send_each_subnet_where_the_router_does(oracle, sample, tmp_p
             assert dcmap[dc] == expected_addresses(oracle, s.label, "A", subnet), subnet
 
 
+def test_gdnsd_datacenters_stay_within_its_limit(oracle, sample, monkeypatch, tmp_path):
+    """gdnsd takes at most 254 datacenters per map: past that the mix's pairs come first, every
+    block keeps its nets entry (the map keeps the router's size), the others are counted."""
+    import loadtest.throughput.peers as peers_module
+
+    peers = Peers(oracle, sample["subnets"], sample["zone_file"])
+    blocks = map_blocks(oracle.model.client_map)
+    policy = peers.steered[0].policy
+    every = peers.gdnsd_datacenters(policy, blocks)
+    assert every[0] == peers.default_set[policy] and len(every) == len(set(every)) <= 254
+    monkeypatch.setattr(peers_module, "GDNSD_MAX_DATACENTERS", 4)
+    few = peers.gdnsd_datacenters(policy, blocks)
+    assert len(few) == 4 and few[0] == peers.default_set[policy]
+    first_mix_set = next(
+        a for a in (oracle.answer_set(policy, deciding_block(oracle.model.client_map, n)[1])
+                    for n in sample["subnets"]) if a != few[0]
+    )  # fmt: skip
+    assert few[1] == first_mix_set
+    figures = peers.write_gdnsd(tmp_path / "gdnsd", 15353)
+    assert figures["gdnsd_datacenters"] == 4 and figures["gdnsd_nets_substituted"] > 0
+    nets = (tmp_path / "gdnsd" / f"{peers.steered[0].label}.nets").read_text().splitlines()
+    assert len(nets) == figures["gdnsd_nets_per_map"] - figures["gdnsd_nets_skipped"] // len(
+        peers.steered
+    )
+    assert {line.split(" => ")[1] for line in nets} <= {f"s{a}" for a in few}
+
+
 def lua_answer(code: str, client: str) -> set[str]:
     """Evaluate a LUA record body of ``pdns_lua`` as PowerDNS would for ``bestwho`` = ``client``."""
 
@@ -379,9 +435,13 @@ def test_pdns_lua_records_send_each_subnet_where_the_router_does(oracle, sample,
     figures = peers.write_pdns(tmp_path / "pdns", 15353)
     assert figures["pdns_netmasks_per_record"] > 0
     conf = (tmp_path / "pdns" / "pdns.conf").read_text().splitlines()
-    for setting in ("local-address=127.0.0.1", "local-port=15353", "enable-lua-records=yes",
-                    "edns-subnet-processing=yes", "security-poll-suffix=", "daemon=no", "guardian=no"):  # fmt: skip
+    # Production (the default profile), bound like the router it is measured beside.
+    for setting in ("local-address=0.0.0.0", "local-port=15353", "enable-lua-records=shared",
+                    "edns-subnet-processing=yes", "security-poll-suffix=", "daemon=no", "guardian=no",
+                    "receiver-threads=1", "reuseport=yes", "distributor-threads=1", "cache-ttl=60"):  # fmt: skip
         assert setting in conf
+    assert figures["pdns_config"]["enable-lua-records"] == "shared"
+    assert all("doc.powerdns.com" in why for why in figures["pdns_config_reasons"].values())
     zone = (tmp_path / "pdns" / "cdn.example.zone").read_text()
     for s in peers.steered:
         for qtype in ("A", "AAAA"):
@@ -396,6 +456,27 @@ def test_pdns_lua_records_send_each_subnet_where_the_router_does(oracle, sample,
                 )
             # Without ECS the resolver's address decides: loopback, the unknown group's answer.
             assert lua_answer(code, "127.0.0.1") == expected_addresses(oracle, s.label, qtype, None)
+
+
+def test_pdns_settings_follow_the_docs_and_fit_the_records(oracle, sample, tmp_path):
+    production = pdns_settings("production", 100)
+    defaults = pdns_settings("defaults", 100)
+    assert (
+        production["enable-lua-records"][0] == "shared"
+        and defaults["enable-lua-records"][0] == "yes"
+    )
+    # The defaults profile leaves PowerDNS's own thread and cache settings alone.
+    assert not {"receiver-threads", "reuseport", "distributor-threads", "cache-ttl"} & set(defaults)
+    # The exec limit never drops below PowerDNS's default and grows with the longest record.
+    assert int(production["lua-records-exec-limit"][0]) == 1000
+    assert int(pdns_settings("production", 5000)["lua-records-exec-limit"][0]) > 4 * 5000
+    with pytest.raises(ValueError, match="unknown PowerDNS profile"):
+        pdns_settings("fast", 1)
+    peers = Peers(oracle, sample["subnets"], sample["zone_file"])
+    peers.write_pdns(tmp_path / "pdns", 15353, "defaults", "127.0.0.1")
+    conf = (tmp_path / "pdns" / "pdns.conf").read_text().splitlines()
+    assert "local-address=127.0.0.1" in conf and "enable-lua-records=yes" in conf
+    assert not any(line.startswith("reuseport=") for line in conf)
 
 
 def test_pdns_lua_text():
@@ -501,3 +582,272 @@ def test_latency_probe_times_replies_and_counts_silence_as_a_second():
         probe.start()
         probe.join()
     assert probe.rtts_ms == [1000.0]
+
+
+# --- the independent expected answers ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expected(oracle, sample):
+    return ExpectedAnswers(oracle.zones, sample["zone_file"])
+
+
+def test_expected_answers_agree_with_the_router_on_the_whole_mix(oracle, sample, expected):
+    """Two computations apart (dnspython + tests/reference.py, and the router's own lookup)
+    agree on every query of both variants of the sample's mix, in exact mode."""
+    assert expected.exact and expected.mode.startswith("exact")
+    for q in sample["ecs"] + sample["plain"]:
+        want, own = expected.expect(q), summarize(oracle.reply(q.wire))
+        assert router_problem(want, own, ordered=q.kind == "steered") is None, q
+        assert peer_problem(want, own, q.name) is None, q
+
+
+def with_ttl(line: str, ttl: int) -> str:
+    parts = line.split()
+    return " ".join([parts[0], str(ttl), *parts[2:]])
+
+
+def test_expected_answers_catch_wrong_replies(oracle, sample, expected):
+    q = next(q for q in sample["ecs"] if q.kind == "steered" and q.qtype == "A")
+    want, own = expected.expect(q), summarize(oracle.reply(q.wire))
+    assert len(own["answer"]) == 2
+    swapped = {**own, "answer": own["answer"][::-1]}
+    assert "answer" in router_problem(want, swapped, ordered=True)  # best node first
+    assert peer_problem(want, swapped, q.name) is None  # a peer may rotate
+    other = next(a for a in expected.address["A"] if all(a not in line for line in own["answer"]))
+    replaced = {
+        **own,
+        "answer": [own["answer"][0], own["answer"][1].rsplit(" ", 1)[0] + " " + other],
+    }
+    assert "answer" in router_problem(want, replaced, ordered=True)
+    assert "answer" in peer_problem(want, replaced, q.name)
+    assert "answer" in router_problem(want, {**own, "answer": own["answer"][:1]}, ordered=True)
+    ttl = int(own["answer"][0].split()[1])
+    longer = {**own, "answer": [with_ttl(line, ttl + 1) for line in own["answer"]]}
+    assert "TTL" in router_problem(want, longer, ordered=True)
+    assert "ecs_scope" in router_problem(want, {**own, "ecs_scope": own["ecs_scope"] + 1}, True)
+    nx = {**own, "rcode": "NXDOMAIN", "answer": []}
+    assert router_problem(want, nx, True).startswith("rcode") and peer_problem(want, nx, q.name)
+    assert "flags" in router_problem(want, {**own, "aa": False}, True)
+    mx = next(q for q in sample["ecs"] if q.kind == "static" and q.qtype == "MX")
+    want, own = expected.expect(mx), summarize(oracle.reply(mx.wire))
+    assert own["additional"] and router_problem(want, own, False) is None
+    assert "additional" in router_problem(want, {**own, "additional": []}, False)
+    nodata = next(q for q in sample["ecs"] if q.kind == "nodata")
+    want, own = expected.expect(nodata), summarize(oracle.reply(nodata.wire))
+    assert "authority" in router_problem(want, {**own, "authority": []}, False)
+    cased = next(q for q in sample["ecs"] if q.name != q.name.lower())
+    want, own = expected.expect(cased), summarize(oracle.reply(cased.wire))
+    lowered = {**own, "question": [own["question"][0].replace(cased.name, cased.name.lower())]}
+    assert "question" in router_problem(want, lowered, cased.kind == "steered")
+
+
+def test_planned_mode_allows_a_usable_lead_and_a_split_scope(oracle, sample, expected):
+    """With demand planned (var/world), the lead may be any node the group may use; the rest
+    must still follow the reference's order, and a split group's scope is its /24."""
+    q = next(q for q in sample["ecs"] if q.kind == "steered" and q.qtype == "A" and ":" not in q.ecs
+             and len(expected.expect(q).steered[3]) >= 3)  # fmt: skip
+    exact = expected.expect(q)
+    ttl, rdtype, address, ranked, usable, k, _ = exact.steered
+    planned = dataclasses.replace(exact, steered=(ttl, rdtype, address, ranked, usable, k, False),
+                                  split_scope=max(exact.ecs_scope, 24))  # fmt: skip
+    own = summarize(oracle.reply(q.wire))
+    third = ranked[2]
+    led = [f"{q.name} {ttl} IN A {address[n]}" for n in [third, ranked[0]]]
+    assert router_problem(exact, {**own, "answer": led}, True) is not None
+    assert router_problem(planned, {**own, "answer": led}, True) is None
+    unordered = [f"{q.name} {ttl} IN A {address[n]}" for n in [third, ranked[1]]]
+    assert "answer" in router_problem(planned, {**own, "answer": unordered}, True)
+    outside = set(range(len(address))) - set(usable)
+    if outside:  # a node the group may not use never passes
+        bad = [f"{q.name} {ttl} IN A {address[min(outside)]}", led[1]]
+        assert "may not use" in router_problem(planned, {**own, "answer": bad}, True)
+    assert router_problem(planned, {**own, "ecs_scope": 24}, True) is None
+    assert (
+        "ecs_scope" in router_problem(exact, {**own, "ecs_scope": 24}, True)
+        or exact.ecs_scope == 24
+    )
+
+
+def test_client_locator_equals_the_client_map_lookup(oracle):
+    """The bisect lookup (no numba) against router.geo's LPM, at random and at every kind of
+    edge: interval starts and ends, the addresses either side, the gaps between."""
+    cm = oracle.model.client_map
+    locator = ClientLocator(cm)
+    rng = random.Random(3)
+    v4 = [rng.randrange(1 << 32) for _ in range(2000)]
+    for i in rng.sample(range(len(cm.v4_start)), min(300, len(cm.v4_start))):
+        v4 += [int(cm.v4_start[i]), int(cm.v4_end[i]), max(int(cm.v4_start[i]) - 1, 0),
+               min(int(cm.v4_end[i]) + 1, (1 << 32) - 1)]  # fmt: skip
+    for x in v4:
+        address = ipaddress.IPv4Address(x)
+        assert locator.locate(address) == cm.lookup(address), address
+    v6 = [rng.randrange(1 << 128) for _ in range(500)]
+    for i in rng.sample(range(len(cm.v6_start_hi)), min(300, len(cm.v6_start_hi))):
+        start = (int(cm.v6_start_hi[i]) << 64) | int(cm.v6_start_lo[i])
+        end = (int(cm.v6_end_hi[i]) << 64) | int(cm.v6_end_lo[i])
+        v6 += [start, end, start - 1, end + 1, start + rng.randrange(end - start + 1)]
+    for x in v6:
+        address = ipaddress.IPv6Address(x % (1 << 128))
+        assert locator.locate(address) == cm.lookup(address), address
+
+
+def test_zone_truth_from_the_zone_file(sample, expected):
+    zone = expected.zone
+    origin = zone.origin
+    rcode, answer, authority, _ = zone.static(dns.name.from_text("nope", origin), dns.rdatatype.A)
+    assert rcode == "NXDOMAIN" and answer == [] and authority == [zone.soa_line]
+    assert " 300 in soa " in zone.soa_line  # min(SOA TTL 3600, minimum 300): RFC 2308
+    rcode, answer, _, _ = zone.static(dns.name.from_text("live", origin), dns.rdatatype.A)
+    assert rcode == "NOERROR" and answer == ["live.cdn.example. 3600 in cname video.cdn.example."]
+    with pytest.raises(ValueError, match="outside"):
+        zone.static(dns.name.from_text("example.org."), dns.rdatatype.A)
+
+
+class Replier:
+    """A UDP server on loopback: the router's own reply to most queries, a wrong rcode to
+    ``wrong``, nothing to ``silent`` (by query name)."""
+
+    def __init__(self, oracle, wrong: str, silent: str) -> None:  # noqa: ANN001
+        import socket
+        import threading
+
+        self.oracle, self.wrong, self.silent = oracle, wrong, silent
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                data, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            name = dns.message.from_wire(data).question[0].name.to_text()
+            if name == self.silent:
+                continue
+            reply = bytearray(self.oracle.responder.respond(data, "127.0.0.1", udp=True))
+            if name == self.wrong:  # the router's bytes, but SERVFAIL
+                reply[3] = (reply[3] & 0xF0) | dns.rcode.SERVFAIL
+            self.sock.sendto(bytes(reply), address)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+def test_checker_counts_wrong_answers_and_timeouts_apart(oracle, sample, expected, monkeypatch):
+    import loadtest.throughput.answers as answers
+
+    monkeypatch.setattr(answers, "CHECK_TIMEOUT_S", 0.1)
+    queries, seen = [], set()
+    for q in sample["ecs"]:
+        if q.name not in seen and len(queries) < 6:
+            seen.add(q.name)
+            queries.append(q)
+    pool, disagreements = check_pool(expected, oracle, queries, random.Random(1), len(queries))
+    assert disagreements == [] and len(pool) == len(queries)
+    replier = Replier(oracle, wrong=queries[1].name, silent=queries[2].name)
+    try:
+        checker = Checker(replier.sock.getsockname()[1], pool, peer=False)
+        checker.start()
+        checker.join()
+    finally:
+        replier.close()
+    assert checker.checked == len(queries) - 1 and checker.timeouts == 1  # a timeout is no pass
+    assert (
+        len(checker.wrong) == 1
+        and queries[1].name in checker.wrong[0]
+        and "rcode" in checker.wrong[0]
+    )
+    assert len(checker.oracle_wrong) == 1  # the router's own lookup sees the same fault
+    checks = {("router", "ecs"): {"runs": 1, "checked": checker.checked, "wrong": checker.wrong,
+                                  "oracle_wrong": checker.oracle_wrong, "timeouts": checker.timeouts,
+                                  "lead_not_best": 0},
+              ("gdnsd", "ecs"): {"runs": 2, "checked": 10, "wrong": [], "oracle_wrong": [], "timeouts": 5,
+                                 "lead_not_best": 0}}  # fmt: skip
+    figures = check_figures(checks)
+    assert figures["answers_checked"] == len(queries) - 1 and figures["wrong_answers"] == 1
+    assert figures["check_timeouts"] == 1 and figures["answers_not_passed"] == 2
+    assert figures["check_timeout_share"] == round(1 / len(queries), 4)
+    assert figures["gdnsd_check_timeouts"] == 5 and figures["gdnsd_check_timeout_share"] == round(
+        5 / 15, 4
+    )
+    assert (
+        figures["peer_answers_checked"] == 10
+        and figures["checks_by_server"]["gdnsd"]["ecs"]["runs"] == 2
+    )
+    assert check_figures(checks, prefix="world_")["world_check_timeouts"] == 1
+
+
+def test_world_options_and_copy(bench, tmp_path):
+    args = bench.parse_args(["--quick", "--world", "--no-pdns-shared"])
+    assert (
+        args.world == REPO / "var" / "world" and args.pdns_default is False
+    )  # the old name still works
+    assert (
+        bench.parse_args(["--quick"]).world is None and bench.parse_args(["--quick"]).pdns_default
+    )
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "deployment.yaml").write_text(
+        "client_map: clients.csv\nlatency: rtt.csv\ncache_dir: cache\nstate_file: states.json\n"
+    )
+    (source / "clients.csv").write_text("prefix\n")
+    (source / "states.json").write_text("{}\n")  # an earlier run's node states: not copied
+    (source / "clients.csv.tmp").write_text("half written\n")
+    copy = bench.copy_world(source, tmp_path / "copy", tmp_path / "cache")
+    import yaml
+
+    settings = yaml.safe_load((copy / "deployment.yaml").read_text())
+    assert (
+        settings["cache_dir"] == str(tmp_path / "cache")
+        and settings["state_file"] == "node-state.json"
+    )
+    assert (copy / "clients.csv").exists() and not (copy / "clients.csv.tmp").exists()
+    assert not (copy / "states.json").exists() and not (copy / "node-state.json").exists()
+    args = bench.parse_args(["--quick", "--world", str(tmp_path / "absent")])
+    args.cpus_at_start = [0, 1]
+    run = bench.Bench(args, tmp_path)
+    run.world()  # no deployment there: a note, nothing measured
+    assert (
+        "no deployment.yaml" in run.figures["world_note"] and "world_router_qps" not in run.figures
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_world_mode_smoke(tmp_path):
+    """``--smoke --world``: the world mode's code path on the sample deployment (the suite has
+    no var/world), its figures under world_ keys, every run's answers checked."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("dnsperf"):
+        pytest.skip("dnsperf is not installed (tests/test_bench_smoke.py installs it as root)")
+    out = tmp_path / "world.json"
+    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--world", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=840, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert "sample deployment" in figures["world_note"]
+    assert figures["world_router_qps"] > 0 and figures["world_nodes"] == 18
+    assert figures["world_prefixes"] > 1000 and figures["world_answers_checked"] > 0
+    assert figures["world_wrong_answers"] == 0, figures["world_wrong_answer_examples"]
+    assert isinstance(figures["world_check_timeouts"], int)
+    if figures["world_gdnsd_qps"] is not None:
+        assert (
+            figures["world_gdnsd_nets_entries"]
+            == figures["world_prefixes"] - figures["world_gdnsd_nets_skipped"] // 2
+        )
+        assert figures["world_qps_vs_gdnsd"] > 0 and figures["world_gdnsd_wrong_answers"] == 0
+    # Every measured run of every server was checked, the sample runs' too.
+    measured = [r for r in figures["runs"] if r["repetition"] >= 0 and r["rate_limit"] is None]
+    assert measured and all(r["checked"] + r["check_timeouts"] > 0 for r in measured)
+    assert figures["pdns_shared_qps"] == figures["pdns_qps"] and "pdns_config" in figures

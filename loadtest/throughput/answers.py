@@ -1,10 +1,17 @@
-"""What the right answer is, and whether a server's reply has it.
+"""Whether a server's reply has the right answer.
 
-The router's own answer comes from its lookup built in process the way ``router explain``
-does it (``Oracle``, from ``router.service.compiled``), held equal to ``explain`` itself on a
-few queries. During the first run of each server and variant a ``Checker`` sends a sample of
-the mix and compares every reply: the router's in full (rcode, AA, TC, the question as cased,
-every section, the ECS scope), a peer's by rcode and the query name's records.
+The right answer is computed apart from the router's serving code (``expected``: dnspython
+on the zone file, tests/reference.py for the ranking); ``wrong_answers`` counts replies that
+differ from it. The router's own lookup, built in process the way ``router explain`` does it
+(``Oracle``, from ``router.service.compiled``, held equal to ``explain`` on a few queries),
+stays as a labelled second check (``oracle_wrong_answers``): it is the same code as the
+server, so it finds what the fast path does differently from the general one, not what both
+get wrong. It also configures the peers (their maps are the router's routing table).
+
+During every measured run of every server and variant a ``Checker`` sends a sample of the
+mix and compares each reply: the router's in full (rcode, AA, TC, the question as cased,
+every section, the ECS scope), a peer's by rcode and the query name's records. A query left
+unanswered after 3 tries of 1 s is a timeout: counted apart, never a pass.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import socket
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.edns
@@ -23,10 +31,18 @@ import dns.flags
 import dns.message
 import dns.rcode
 
+from loadtest.throughput.expected import (
+    Expected,
+    ExpectedAnswers,
+    owner_lines,
+    peer_problem,
+    router_problem,
+)
 from loadtest.throughput.queries import Query, encode_query
 from router.config import load_deployment
 
-CHECK_SAMPLE = 200  # replies checked against the router's own lookup, per checked run
+CHECK_SAMPLE = 200  # replies checked per measured run
+CHECK_POOL = 600  # queries per variant with precomputed answers; each run checks a sample of them
 CHECK_TIMEOUT_S = 1.0
 
 
@@ -176,20 +192,35 @@ class Oracle:
         return {"explain_crosschecked": checked, "explain_differences": differences}
 
 
+@dataclass(frozen=True)
+class Check:
+    """One query to check: its independent expected answer, and the router's own (``Oracle``)."""
+
+    query: Query
+    expected: Expected
+    oracle: dict
+
+
 class Checker:
     """Sends a sample of the mix during a run and compares each reply with the expected one."""
 
-    def __init__(self, port: int, sample: list[tuple[Query, dict]], peer: bool) -> None:
+    def __init__(self, port: int, sample: list[Check], peer: bool) -> None:
         self.port = port
         self.sample = sample
         self.peer = peer
         self.checked = 0
-        self.wrong: list[str] = []
+        self.wrong: list[str] = []  # against the independent expected answer
+        self.oracle_wrong: list[str] = []  # against the router's own lookup (router only)
+        self.lead_not_best = 0  # steered answers not led by the reference's best node
         self.timeouts = 0
+        self.started = False
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        """Start checking (once: later calls do nothing)."""
+        if not self.started:
+            self.started = True
+            self.thread.start()
 
     def join(self) -> None:
         self.thread.join(timeout=CHECK_TIMEOUT_S * 3 * len(self.sample) + 10)
@@ -198,7 +229,8 @@ class Checker:
         time.sleep(0.3)  # let dnsperf get going: these replies are checked under load
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
-            for i, (query, expected) in enumerate(self.sample):
+            for i, check in enumerate(self.sample):
+                query = check.query
                 qid = (i * 7919 + 1) & 0xFFFF
                 wire = struct.pack("!H", qid) + query.wire[2:]
                 got = None
@@ -226,14 +258,45 @@ class Checker:
                         f"{query.name} {query.qtype} ecs={query.ecs}: undecodable reply: {exc}"
                     )
                     continue
-                problem = (peer_mismatch(expected, summary, query.name) if self.peer
-                           else router_mismatch(expected, summary, ordered=query.kind == "steered"))  # fmt: skip
+                what = f"{query.name} {query.qtype} ecs={query.ecs}"
+                problem = (peer_problem(check.expected, summary, query.name) if self.peer
+                           else router_problem(check.expected, summary, ordered=query.kind == "steered"))  # fmt: skip
                 if problem:
-                    self.wrong.append(f"{query.name} {query.qtype} ecs={query.ecs}: {problem}")
+                    self.wrong.append(f"{what}: {problem}")
+                # A peer's order means nothing (gdnsd rotates): only the router's lead is counted.
+                if (
+                    not self.peer
+                    and check.expected.steered is not None
+                    and not check.expected.lead_is_best(owner_lines(summary["answer"], query.name))
+                ):
+                    self.lead_not_best += 1
+                if not self.peer:
+                    mismatch = router_mismatch(
+                        check.oracle, summary, ordered=query.kind == "steered"
+                    )
+                    if mismatch:
+                        self.oracle_wrong.append(f"{what}: {mismatch}")
 
 
 def expected_sample(
     oracle: Oracle, queries: list[Query], rng: random.Random, size: int
 ) -> list[tuple[Query, dict]]:
+    """(query, the router's own reply) for ``size`` queries drawn from ``queries``."""
     chosen = rng.sample(queries, min(size, len(queries)))
     return [(q, summarize(oracle.reply(q.wire))) for q in chosen]
+
+
+def check_pool(
+    expected: ExpectedAnswers, oracle: Oracle, queries: list[Query], rng: random.Random, size: int
+) -> tuple[list[Check], list[str]]:
+    """``size`` queries of the mix to check, with both answers; and every query whose
+    router-own answer the independent one rejects (the two computations disagree: printed,
+    a bench that cannot tell right from wrong measures nothing)."""
+    pool, disagreements = [], []
+    for query, own in expected_sample(oracle, queries, rng, size):
+        check = Check(query, expected.expect(query), own)
+        problem = router_problem(check.expected, own, ordered=query.kind == "steered")
+        if problem:
+            disagreements.append(f"{query.name} {query.qtype} ecs={query.ecs}: {problem}")
+        pool.append(check)
+    return pool, disagreements

@@ -117,6 +117,7 @@ class Run:
     checked: int = 0
     wrong: int = 0
     check_timeouts: int = 0
+    oracle_wrong: int = 0  # differences from the router's own lookup (a cross-check)
     waited_s: float = 0.0  # waiting for the machine to be quiet before the run
     busy_before: float = 0.0  # busiest core's share just before the run
     retry_of_disturbed: bool = False  # the first attempt had other load on the server's core

@@ -28,6 +28,8 @@ INTERFERENCE_WARN = 0.05  # other busy time on the server's core, share of a run
 # cpu_vs_gdnsd: the router with source addressing, RRL and cookies on against gdnsd (issue 17).
 TARGETS = {"qps_vs_gdnsd": (">=", 0.8), "cpu_vs_gdnsd": ("<=", 1.0), "qps_vs_pdns": (">=", 2.0),
            "p99_half_load_ms": ("<", 1.0), "hardened_vs_loopback_qps": (">=", 0.9)}  # fmt: skip
+# The same two against gdnsd at world scale (--world): gdnsd's nets map as large as the router's.
+WORLD_TARGETS = {"world_qps_vs_gdnsd": (">=", 0.8), "world_cpu_vs_gdnsd": ("<=", 1.0)}
 # Numbers, or null when not measured (a peer missing: its *_note says why).
 CONTRACT_KEYS = ("router_qps", "gdnsd_qps", "pdns_qps", "router_cpu_us_per_query", "gdnsd_cpu_us_per_query",
                  "qps_vs_gdnsd", "cpu_vs_gdnsd", "qps_vs_pdns", "p99_half_load_ms", "wrong_answers")  # fmt: skip
@@ -64,7 +66,8 @@ def interference(runs: list[dict]) -> dict:
 
 def target_table(figures: dict) -> dict:
     out = {}
-    for key, (op, bound) in TARGETS.items():
+    targets = {**TARGETS, **(WORLD_TARGETS if "world_router_qps" in figures else {})}
+    for key, (op, bound) in targets.items():
         value = figures.get(key)
         passed = (
             None
@@ -132,8 +135,8 @@ def format_table(figures: dict) -> str:
             "qps per run",
         )
         rows = [head]
-        for key in ("router", "gdnsd", "pdns", "pdns_shared"):
-            if key == "pdns_shared" and key not in figures["servers"]:
+        for key in ("router", "gdnsd", "pdns", "pdns_default"):
+            if key == "pdns_default" and key not in figures["servers"]:
                 continue
             s = figures["servers"].get(key, {}).get(variant)
             if s is None:
@@ -154,8 +157,8 @@ def format_table(figures: dict) -> str:
                      fmt(figures.get(f"cpu_vs_gdnsd{suffix}"), ".2f") + "x", ""))  # fmt: skip
         rows.append(("router / PowerDNS", fmt(figures.get(f"qps_vs_pdns{suffix}"), ".2f") + "x", "", "", "", "",
                      fmt(figures.get(f"cpu_vs_pdns{suffix}"), ".2f") + "x", ""))  # fmt: skip
-        if figures.get(f"qps_vs_pdns_shared{suffix}") is not None:
-            rows.append(("router / PowerDNS (lua shared)", fmt(figures.get(f"qps_vs_pdns_shared{suffix}"), ".2f") + "x",
+        if figures.get(f"qps_vs_pdns_default{suffix}") is not None:
+            rows.append(("router / PowerDNS (defaults)", fmt(figures.get(f"qps_vs_pdns_default{suffix}"), ".2f") + "x",
                          "", "", "", "", "", ""))  # fmt: skip
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
         for row in rows:
@@ -186,9 +189,23 @@ def format_table(figures: dict) -> str:
     lines.append(f"router log lines with ERROR/Traceback: {figures.get('router_log_problems')}")
     lines.append(f"lost at half load: router {figures.get('router_lost_half_load')}, gdnsd "
                  f"{figures.get('gdnsd_lost_half_load')}, PowerDNS {figures.get('pdns_lost_half_load')}")  # fmt: skip
-    lines.append(f"answers checked against the router's own lookup: {figures['answers_checked']}, wrong "
-                 f"{figures['wrong_answers']} (gdnsd wrong {figures.get('gdnsd_wrong_answers')}, "
-                 f"PowerDNS wrong {figures.get('pdns_wrong_answers')} of {figures.get('peer_answers_checked')})")  # fmt: skip
+    lines.append(f"answers checked on every run against the independent expected answer "
+                 f"({figures.get('expected_answers', {}).get('mode', '?')}):")  # fmt: skip
+    for key, variants in figures.get("checks_by_server", {}).items():
+        checked = sum(v["checked"] for v in variants.values())
+        timeouts = sum(v["timeouts"] for v in variants.values())
+        lines.append(f"  {figures['labels'].get(key, key):<44} runs {sum(v['runs'] for v in variants.values()):>2}  "
+                     f"checked {checked:>5}  wrong {sum(v['wrong'] for v in variants.values()):>4}  "
+                     f"timed out {timeouts:>4} ({fmt(share(timeouts, checked + timeouts), '.1%')})"
+                     + (f"  differ from the router's own lookup {sum(v['oracle_wrong'] for v in variants.values())}"
+                        if key.startswith("router") else ""))  # fmt: skip
+    lines.append(f"router total: wrong {figures.get('wrong_answers')}, timed out {figures.get('check_timeouts')} "
+                 f"of {fmt((figures.get('answers_checked') or 0) + (figures.get('check_timeouts') or 0), 'd')} sent; "
+                 f"the router's own lookup disagrees with the expected answers on "
+                 f"{figures.get('oracle_disagreements')} queries before any run")  # fmt: skip
+    if "world_router_qps" in figures:
+        lines.append("")
+        lines += world_table(figures)
     lines.append("")
     lines.append("targets:")
     for key, t in figures["targets"].items():
@@ -200,11 +217,57 @@ def format_table(figures: dict) -> str:
         "router2_note",
         "router_query_log_note",
         "router_loopback_note",
+        "world_note",
+        "world_gdnsd_note",
+        "world_pdns_note",
         "notes",
     ):
         if figures.get(note_key):
             lines.append(f"note ({note_key}): {figures[note_key]}")
     return "\n".join(lines)
+
+
+def world_table(figures: dict) -> list[str]:
+    """The world run beside gdnsd (and PowerDNS): qps, CPU per query, answers checked."""
+    labels = figures.get("world_labels") or {}
+    lines = [f"world scale ({figures.get('world_deployment')}: {figures.get('world_nodes')} nodes, "
+             f"{fmt(figures.get('world_prefixes'), ',d')} client-map prefixes, {figures.get('world_groups')} groups; "
+             f"gdnsd nets {fmt(figures.get('world_gdnsd_nets_entries'), ',d')} entries per map; PowerDNS "
+             f"{figures.get('world_pdns_netmasks_per_record')} netmasks per record); set-up "
+             f"{figures.get('world_setup_s')} s, in all {figures.get('world_duration_s')} s"]  # fmt: skip
+    head = (
+        "server",
+        "qps ECS",
+        "CPU us/q ECS",
+        "qps plain",
+        "CPU us/q plain",
+        "checked",
+        "wrong",
+        "timed out",
+    )
+    rows = [head]
+    for key in ("router", "gdnsd", "pdns"):
+        if figures.get(f"world_{key}_qps") is None and key not in labels:
+            continue
+        rows.append((labels.get(key, key), fmt(figures.get(f"world_{key}_qps"), ",.0f"),
+                     fmt(figures.get(f"world_{key}_cpu_us_per_query"), ".1f"),
+                     fmt(figures.get(f"world_{key}_qps_plain"), ",.0f"),
+                     fmt(figures.get(f"world_{key}_cpu_us_per_query_plain"), ".1f"),
+                     fmt(figures.get(f"world_{key}_answers_checked"), "d"),
+                     fmt(figures.get(f"world_{key}_wrong_answers"), "d"),
+                     fmt(figures.get(f"world_{key}_check_timeouts"), "d")))  # fmt: skip
+    for peer, name in (("gdnsd", "gdnsd"), ("pdns", "PowerDNS")):
+        rows.append((f"router / {name}", fmt(figures.get(f"world_qps_vs_{peer}"), ".3f") + "x",
+                     fmt(figures.get(f"world_cpu_vs_{peer}"), ".2f") + "x",
+                     fmt(figures.get(f"world_qps_vs_{peer}_plain"), ".3f") + "x",
+                     fmt(figures.get(f"world_cpu_vs_{peer}_plain"), ".2f") + "x", "", "", ""))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    for row in rows:
+        lines.append("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                      for i, (c, w) in enumerate(zip(row, widths))))  # fmt: skip
+    lines.append(f"  expected answers: {(figures.get('world_expected_answers') or {}).get('mode')}; the router's own "
+                 f"lookup disagrees on {figures.get('world_oracle_disagreements')}")  # fmt: skip
+    return lines
 
 
 def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: float) -> dict:
@@ -214,7 +277,7 @@ def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: f
         return s.get(key, {}).get(variant, {}).get(what)
 
     for variant, suffix in (("ecs", ""), ("plain", "_plain")):
-        for key in ("router", "gdnsd", "pdns", "pdns_shared"):
+        for key in ("router", "gdnsd", "pdns", "pdns_default"):
             figures[f"{key}_qps{suffix}"] = get(key, variant, "qps")
             figures[f"{key}_cpu_us_per_query{suffix}"] = get(key, variant, "cpu_us_per_query")
             figures[f"{key}_avg_latency_ms{suffix}"] = get(key, variant, "avg_latency_ms")
@@ -230,12 +293,21 @@ def finish(figures: dict, args: argparse.Namespace, notes: list[str], started: f
         )
         figures[f"cpu_vs_pdns{suffix}"] = ratio(figures[f"router_cpu_us_per_query{suffix}"],
                                                 figures[f"pdns_cpu_us_per_query{suffix}"])  # fmt: skip
-        figures[f"qps_vs_pdns_shared{suffix}"] = ratio(
-            figures[f"router_qps{suffix}"], figures[f"pdns_shared_qps{suffix}"]
+        figures[f"qps_vs_pdns_default{suffix}"] = ratio(
+            figures[f"router_qps{suffix}"], figures[f"pdns_default_qps{suffix}"]
         )
-    for key in ("router", "gdnsd", "pdns", "pdns_shared"):
+        # pdns_shared_* were a second PowerDNS with enable-lua-records=shared; the production
+        # configuration of pdns_* now has it, so they are the same server's figures.
+        for what in ("qps", "cpu_us_per_query", "avg_latency_ms", "p99_max_rate_ms", "lost"):
+            figures[f"pdns_shared_{what}{suffix}"] = figures[f"pdns_{what}{suffix}"]
+        figures[f"qps_vs_pdns_shared{suffix}"] = figures[f"qps_vs_pdns{suffix}"]
+    figures["pdns_shared_note"] = ("pdns_shared_* are pdns_*: the production configuration uses "
+                                   "enable-lua-records=shared (pdns_config)")  # fmt: skip
+    for key in ("router", "gdnsd", "pdns", "pdns_default"):
         figures[f"{key}_p99_half_load_ms"] = s.get(key, {}).get("p99_half_load_ms")
     figures["p99_half_load_ms"] = figures["router_p99_half_load_ms"]
+    figures["pdns_shared_p99_half_load_ms"] = figures["pdns_p99_half_load_ms"]
+    figures["pdns_shared_lost_half_load"] = figures.get("pdns_lost_half_load")
     figures["workers2_vs_workers1_qps"] = ratio(
         figures.get("router2_qps"), figures.get("router_qps")
     )
@@ -281,3 +353,59 @@ def source_state() -> dict:
     changed = git("status", "--porcelain", "--", "router")
     return {"commit": git("rev-parse", "--short", "HEAD"),
             "router_changes": None if changed is None else [line[3:] for line in changed.splitlines()]}  # fmt: skip
+
+
+def share(part: int, whole: int) -> float | None:
+    return None if not whole else round(part / whole, 4)
+
+
+def check_figures(checks: dict[tuple[str, str], dict], prefix: str = "") -> dict:
+    """The answer checks, summed: the router's (every ``router*`` server) and each peer's.
+
+    ``wrong_answers`` differ from the independent expected answer; ``check_timeouts`` got no
+    reply in 3 tries (not a pass: ``answers_not_passed`` adds them); ``oracle_wrong_answers``
+    differ from the router's own lookup (a cross-check of its two paths)."""
+    out: dict = {}
+    by_server: dict[str, dict] = {}
+    for (key, variant), c in checks.items():
+        sent = c["checked"] + c["timeouts"]
+        by_server.setdefault(key, {})[variant] = {
+            "runs": c["runs"], "checked": c["checked"], "wrong": len(c["wrong"]), "timeouts": c["timeouts"],
+            "timeout_share": share(c["timeouts"], sent), "oracle_wrong": len(c["oracle_wrong"]),
+            "lead_not_reference_best": c["lead_not_best"],
+        }  # fmt: skip
+
+    def total(keys: list[str], what: str) -> int:
+        return sum(by_server[k][v][what] for k in keys for v in by_server[k])
+
+    routers = [k for k in by_server if k.startswith("router")]
+    out["answers_checked"] = total(routers, "checked")
+    out["wrong_answers"] = total(routers, "wrong")
+    out["check_timeouts"] = total(routers, "timeouts")
+    out["check_timeout_share"] = share(
+        out["check_timeouts"], out["answers_checked"] + out["check_timeouts"]
+    )
+    out["answers_not_passed"] = out["wrong_answers"] + out["check_timeouts"]
+    out["oracle_wrong_answers"] = total(routers, "oracle_wrong")
+    out["wrong_answer_examples"] = [
+        w for (k, _), c in checks.items() if k in routers for w in c["wrong"]
+    ][:10]
+    out["oracle_wrong_answer_examples"] = [
+        w for (k, _), c in checks.items() if k in routers for w in c["oracle_wrong"]
+    ][:10]
+    peers = [k for k in by_server if k not in routers]
+    out["peer_answers_checked"] = total(peers, "checked")
+    for key in by_server:
+        out[f"{key}_answers_checked"] = total([key], "checked")
+        out[f"{key}_wrong_answers"] = total([key], "wrong")
+        out[f"{key}_check_timeouts"] = total([key], "timeouts")
+        out[f"{key}_check_timeout_share"] = share(
+            out[f"{key}_check_timeouts"],
+            out[f"{key}_answers_checked"] + out[f"{key}_check_timeouts"],
+        )
+        if key in peers:
+            out[f"{key}_wrong_answer_examples"] = [
+                w for (k, _), c in checks.items() if k == key for w in c["wrong"]
+            ][:5]
+    out["checks_by_server"] = by_server
+    return {f"{prefix}{k}": v for k, v in out.items()}

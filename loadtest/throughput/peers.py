@@ -4,10 +4,13 @@
   file is the router's whole compiled client map, each block sent to a "datacenter" that
   stands for the node pair the router's routing table gives that block's client group;
   ``service_types => up`` (no health checks: they would probe the nodes' documentation
-  addresses off loopback).
-- PowerDNS 4 (bind backend, ``enable-lua-records``, ``edns-subnet-processing``): per steered
-  name a ``LUA A`` and a ``LUA AAAA`` record choosing the same node pair with ``netmask()``
-  for every client-map block the query mix touches.
+  addresses off loopback). gdnsd takes at most 254 datacenters per map: past that (a world
+  of thousands of node pairs) the mix's pairs get one first and the other blocks keep their
+  entry but point at the default pair (``gdnsd_datacenters``, counted).
+- PowerDNS 4 (bind backend, LUA records, ``edns-subnet-processing``), tuned as its
+  documentation recommends for production (``pdns_settings``): per steered name a ``LUA A``
+  and a ``LUA AAAA`` record choosing the same node pair with ``netmask()`` for every
+  client-map block the query mix touches.
 
 dnsperf, gdnsd, pdns-server and pdns-backend-bind are installed with apt-get when missing
 and running as root (``loadtest.packages``); a peer that cannot be had gets a note.
@@ -20,6 +23,7 @@ import ipaddress
 import re
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +31,16 @@ import dns.name
 
 from loadtest import packages
 from loadtest.throughput.answers import Oracle
-from loadtest.throughput.servers import Server, free_port, start_peer
+from loadtest.throughput.servers import START_TIMEOUT_S, Server, free_port, start_peer
 
 # gdnsd's nets may not name the IPv4-like subspaces of IPv6 (gdnsd-plugin-geoip(8)).
 GDNSD_V6_REFUSED = [ipaddress.IPv6Network(n) for n in (
     "::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "2001::/32", "2002::/16",
 )]  # fmt: skip
+
+# gdnsd-plugin-geoip: "this code only supports up to 254" datacenters per map (a fatal error
+# at start). The sample needs 14; a world of 20,000 nodes has thousands of distinct pairs.
+GDNSD_MAX_DATACENTERS = 254
 
 PACKAGES = {
     "dnsperf": lambda: shutil.which("dnsperf"),
@@ -97,8 +105,9 @@ class SteeredName:
 
 
 def gdnsd_nets(blocks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int]], dc_of_set: dict[int, str],
-               set_of_group) -> tuple[list[str], int]:  # noqa: ANN001 # fmt: skip
-    """``nets`` file lines (``NET => DC``); blocks in IPv6 subspaces gdnsd refuses are skipped."""
+               set_of_group, default: str | None = None) -> tuple[list[str], int]:  # noqa: ANN001 # fmt: skip
+    """``nets`` file lines (``NET => DC``); blocks in IPv6 subspaces gdnsd refuses are skipped.
+    ``default``: the datacenter of an answer set without one of its own (else an error)."""
     lines, skipped = [], 0
     for network, group in blocks:
         if network.version == 6 and any(
@@ -106,11 +115,15 @@ def gdnsd_nets(blocks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
         ):
             skipped += 1
             continue
-        lines.append(f"{network} => {dc_of_set[set_of_group(group)]}")
+        answer_set = set_of_group(group)
+        dc = dc_of_set[answer_set] if default is None else dc_of_set.get(answer_set, default)
+        lines.append(f"{network} => {dc}")
     return lines, skipped
 
 
-def gdnsd_config_text(port: int, run_dir: Path, maps: dict[str, dict]) -> str:
+def gdnsd_config_text(
+    port: int, run_dir: Path, maps: dict[str, dict], address: str = "0.0.0.0"
+) -> str:
     """gdnsd 3 config: one geoip map + resource per steered policy.
 
     ``maps``: resource name -> {"nets": path, "datacenters": [dc, ...] (default first),
@@ -134,7 +147,7 @@ def gdnsd_config_text(port: int, run_dir: Path, maps: dict[str, dict]) -> str:
         resource_lines.append(f"      {name} => {{\n        map => {name}_map\n        dcmap => {{\n"
                               + "\n".join(entries) + "\n        }\n      }")  # fmt: skip
     return f"""options => {{
-  listen => [ 0.0.0.0 ]
+  listen => [ {address} ]
   dns_port => {port}
   udp_threads => 1
   tcp_threads => 1
@@ -202,7 +215,7 @@ class Peers:
     def _addresses(self, answer_set: int) -> tuple[list[str], list[str]]:
         return self.oracle.node_addresses(self.oracle.set_nodes(answer_set))
 
-    def write_gdnsd(self, cfg: Path, port: int) -> dict:
+    def write_gdnsd(self, cfg: Path, port: int, address: str = "0.0.0.0") -> dict:
         (cfg / "zones").mkdir(parents=True)
         blocks = map_blocks(self.oracle.model.client_map)
         maps, records, figures = (
@@ -212,25 +225,48 @@ class Peers:
         )
         for s in self.steered:
             policy = s.policy
-            used = sorted(
-                {self.oracle.answer_set(policy, g) for _, g in blocks} | {self.default_set[policy]}
-            )
-            order = [self.default_set[policy]] + [a for a in used if a != self.default_set[policy]]
+            order = self.gdnsd_datacenters(policy, blocks)
+            figures["gdnsd_datacenters"] = max(figures.get("gdnsd_datacenters", 0), len(order))
             dc_of_set = {a: f"s{a}" for a in order}
-            lines, skipped = gdnsd_nets(
-                blocks, dc_of_set, lambda g, p=policy: self.oracle.answer_set(p, g)
+            # An answer beyond gdnsd's datacenter limit: its blocks keep their entry (the map
+            # stays the router's size) but point at the default pair, and are counted.
+            substitutes = sum(self.oracle.answer_set(policy, g) not in dc_of_set for _, g in blocks)
+            figures["gdnsd_nets_substituted"] = (
+                figures.get("gdnsd_nets_substituted", 0) + substitutes
             )
+            lines, skipped = gdnsd_nets(blocks, dc_of_set, lambda g, p=policy: self.oracle.answer_set(p, g),
+                                        default=dc_of_set[order[0]])  # fmt: skip
             figures["gdnsd_nets_skipped"] += skipped
+            figures["gdnsd_nets_entries"] = max(figures.get("gdnsd_nets_entries", 0), len(lines))
             nets = cfg / f"{s.label}.nets"
             nets.write_text("\n".join(lines) + "\n")
             maps[s.label] = {"nets": str(nets), "datacenters": [dc_of_set[a] for a in order],
                              "dcmap": {dc_of_set[a]: self._addresses(a) for a in order}}  # fmt: skip
             records[s.label] = [f"{s.label} {s.ttl} DYNA geoip!{s.label}"]
-        (cfg / "config").write_text(gdnsd_config_text(port, cfg, maps))
+        (cfg / "config").write_text(gdnsd_config_text(port, cfg, maps, address))
         (cfg / "zones" / self.zone.rstrip(".")).write_text(
             peer_zone_text(self.zone_text, self.steered, records)
         )
         return figures
+
+    def gdnsd_datacenters(self, policy: int, blocks: list) -> list[int]:
+        """The answer sets that get a gdnsd datacenter, the default first: all of them when
+        they fit gdnsd's limit; else the mix's subnets' sets, then the sets covering the most
+        blocks, up to the limit."""
+        default = self.default_set[policy]
+        counts = Counter(self.oracle.answer_set(policy, g) for _, g in blocks)
+        counts.pop(default, None)
+        if len(counts) + 1 <= GDNSD_MAX_DATACENTERS:
+            return [default, *sorted(counts)]
+        mix = []
+        for subnet in self.subnets:
+            answer_set = self.oracle.answer_set(
+                policy, deciding_block(self.oracle.model.client_map, subnet)[1]
+            )
+            if answer_set != default and answer_set not in mix:
+                mix.append(answer_set)
+        rest = [a for a, _ in counts.most_common() if a not in mix]
+        return [default, *(mix + rest)[: GDNSD_MAX_DATACENTERS - 1]]
 
     def pdns_rules(self, policy: int) -> list[tuple[int, list[str]]]:
         """(answer set, netmasks) for every block our subnets fall in, the default set left out."""
@@ -247,7 +283,9 @@ class Peers:
             out.append((answer_set, [str(n) for n in [*v4, *v6]]))
         return out
 
-    def write_pdns(self, cfg: Path, port: int, lua_mode: str = "yes") -> dict:
+    def write_pdns(
+        self, cfg: Path, port: int, profile: str = "production", address: str = "0.0.0.0"
+    ) -> dict:
         cfg.mkdir(parents=True)
         records, netmasks = {}, 0
         for s in self.steered:
@@ -264,33 +302,94 @@ class Peers:
         (cfg / "named.conf").write_text(
             f'options {{ directory "{cfg}"; }};\nzone "{self.zone.rstrip(".")}" {{ type master; file "{zone_path}"; }};\n'
         )
+        settings = pdns_settings(profile, netmasks)
         (cfg / "pdns.conf").write_text("\n".join([
-            "launch=bind", f"bind-config={cfg / 'named.conf'}", "local-address=127.0.0.1", f"local-port={port}",
-            f"socket-dir={cfg}", f"enable-lua-records={lua_mode}", "edns-subnet-processing=yes", "daemon=no", "guardian=no",
-            "disable-syslog=yes", "webserver=no", "api=no", "primary=no", "secondary=no", "disable-axfr=yes",
-            "security-poll-suffix=", "loglevel=4", "",
+            "launch=bind", f"bind-config={cfg / 'named.conf'}", f"local-address={address}", f"local-port={port}",
+            f"socket-dir={cfg}", "daemon=no", "guardian=no", "disable-syslog=yes", "webserver=no", "api=no",
+            "primary=no", "secondary=no", "disable-axfr=yes", "security-poll-suffix=", "loglevel=4",
+            *(f"{name}={value}" for name, (value, _why) in settings.items()), "",
         ]))  # fmt: skip
-        return {"pdns_netmasks_per_record": netmasks}
+        return {"pdns_netmasks_per_record": netmasks, "pdns_config": {k: v for k, (v, _) in settings.items()},
+                "pdns_config_reasons": {k: why for k, (_, why) in settings.items()}}  # fmt: skip
 
 
-def start_gdnsd(peers: Peers, root: Path, binary: str, cpus: str | None) -> Server:
+PDNS_DOCS = "https://doc.powerdns.com/authoritative/"
+LUA_EXEC_LIMIT_DEFAULT = 1000  # lua-records-exec-limit's default (instructions per LUA record run)
+
+
+def pdns_settings(profile: str, netmasks: int) -> dict[str, tuple[str, str]]:
+    """PowerDNS's tuning for this workload: setting -> (value, why, with the doc it follows).
+
+    ``production``: what the PowerDNS documentation recommends for a busy server on one core
+    (performance.html, lua-records/index.html, settings.html); ``defaults``: PowerDNS's own
+    defaults for the same (the previous configuration, kept to show what tuning buys). Both
+    need ``enable-lua-records`` and ``edns-subnet-processing`` for LUA records to see the ECS
+    address (``bestwho``)."""
+    perf, lua, settings = (
+        PDNS_DOCS + "performance.html",
+        PDNS_DOCS + "lua-records/index.html",
+        PDNS_DOCS + "settings.html",
+    )
+    # A LUA record is a chain of netmask() tests: about one Lua instruction per netmask listed
+    # and a few per test; past the limit PowerDNS answers SERVFAIL. The default holds the
+    # sample's records; a larger mix (or the world map) needs more.
+    limit = max(LUA_EXEC_LIMIT_DEFAULT, 4 * netmasks + 500)
+    common = {
+        "enable-lua-records": ("yes", f"{lua}: LUA records must be enabled explicitly"),
+        "edns-subnet-processing": ("yes", f"{settings}#edns-subnet-processing: ECS to the backend, "
+                                          "so bestwho is the client subnet"),
+        "lua-records-exec-limit": (str(limit), f"{settings}#lua-records-exec-limit (default 1000): "
+                                              f"raised to fit the longest record ({netmasks} netmasks)"),
+    }  # fmt: skip
+    if profile == "defaults":
+        return {
+            **common,
+            "enable-lua-records": ("yes", f"{lua}: the default model, a fresh Lua state per query"),
+        }
+    if profile != "production":
+        raise ValueError(f"unknown PowerDNS profile {profile!r}: production or defaults")
+    return {
+        **common,
+        "enable-lua-records": ("shared", f"{lua}#shared-lua-state-model: a Lua state per thread, reused "
+                                         "(up to 10x QPS; our records keep no globals, so they cannot interfere)"),
+        "receiver-threads": ("1", f"{perf}: a receiver thread per core with reuseport (the server has one core)"),
+        "reuseport": ("yes", f"{perf}: with kernel >= 3.9 and a receiver per core"),
+        "distributor-threads": ("1", f"{perf}: with 1 distributor PowerDNS runs unthreaded, which may be a lot "
+                                     "faster; the bind backend is in memory, not latency bound"),
+        "cache-ttl": ("60", f"{perf}: the 20 s default may be low for busy sites, 60 rarely leads to problems "
+                            "(the packet cache keeps the answer's shortest TTL)"),
+        "query-cache-ttl": ("20", f"{perf}: the defaults work fine for many sites (query cache)"),
+        "negquery-cache-ttl": ("60", f"{perf}: the default; negative entries are most of the query cache's gain"),
+        "bind-check-interval": ("0", f"{settings}#bind-check-interval: the default, no periodic zone file "
+                                     "stat (zones are reloaded with pdns_control bind-reload-now)"),
+        "log-dns-details": ("no", f"{perf}: logging kills performance; busy sites turn it off"),
+    }  # fmt: skip
+
+
+def start_gdnsd(
+    peers: Peers, root: Path, binary: str, cpus: str | None, address: str = "0.0.0.0",
+    timeout: float = START_TIMEOUT_S,
+) -> Server:  # fmt: skip
+    """gdnsd bound to ``address`` (the router's address in the same run)."""
     cfg = root / "gdnsd"
     port = free_port()
-    figures = peers.write_gdnsd(cfg, port)
+    figures = peers.write_gdnsd(cfg, port, address)
     return start_peer("gdnsd", "gdnsd", [binary, "-c", str(cfg), "start"], port, root / "gdnsd.log", cpus,
-                      figures, peers.zone)  # fmt: skip
+                      figures, peers.zone, timeout)  # fmt: skip
 
 
 def start_pdns(
-    peers: Peers, root: Path, binary: str, cpus: str | None, lua_mode: str = "yes"
-) -> Server:
-    key = "pdns" if lua_mode == "yes" else f"pdns_{lua_mode}"
+    peers: Peers, root: Path, binary: str, cpus: str | None, profile: str = "production",
+    address: str = "0.0.0.0", key: str = "pdns", timeout: float = START_TIMEOUT_S,
+) -> Server:  # fmt: skip
+    """PowerDNS with ``profile``'s settings (``pdns_settings``), bound to ``address`` (the
+    router's address in the same run: like for like)."""
     cfg = root / key
     port = free_port()
-    figures = peers.write_pdns(cfg, port, lua_mode)
-    label = "PowerDNS" if lua_mode == "yes" else f"PowerDNS (lua {lua_mode})"
+    figures = peers.write_pdns(cfg, port, profile, address)
+    label = "PowerDNS" if profile == "production" else f"PowerDNS ({profile})"
     return start_peer(key, label, [binary, f"--config-dir={cfg}"], port, root / f"{key}.log", cpus,
-                      {**figures, "config_dir": str(cfg)}, peers.zone)  # fmt: skip
+                      {**figures, "config_dir": str(cfg)}, peers.zone, timeout)  # fmt: skip
 
 
 def pdns_stats(server: Server) -> dict:

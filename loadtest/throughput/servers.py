@@ -23,7 +23,11 @@ import dns.rcode
 from loadtest.throughput.proc import tree_pids
 
 REPO = Path(__file__).resolve().parents[2]
+# How long a server under test may take to answer: the sample deployment starts in seconds; a
+# world-scale one takes minutes (the router plans 1.36 M prefixes, gdnsd parses two nets maps
+# of that size), more on busy cores.
 START_TIMEOUT_S = 120.0
+WORLD_START_TIMEOUT_S = 900.0
 
 
 def free_port() -> int:
@@ -131,6 +135,7 @@ def start_router(
     key: str,
     extra: tuple[str, ...] = (),
     listen: str = "127.0.0.1:0",
+    timeout: float = START_TIMEOUT_S,
 ) -> Server:
     """``router serve`` on ``listen`` (127.0.0.1, port 0); returns once it prints READY (its
     stdout is then drained by a thread until it exits). Clients reach it on 127.0.0.1 either
@@ -150,7 +155,7 @@ def start_router(
 
     reader = threading.Thread(target=drain, name=f"{key}-stdout", daemon=True)
     reader.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
         try:
@@ -168,8 +173,10 @@ def start_router(
     raise RuntimeError(f"router did not start; output:\n{seen}\nlog:\n{log.read_text()[-3000:]}")
 
 
-def wait_answering(process: subprocess.Popen, port: int, zone: str, what: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_answering(
+    process: subprocess.Popen, port: int, zone: str, what: str, log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
@@ -179,18 +186,18 @@ def wait_answering(process: subprocess.Popen, port: int, zone: str, what: str, l
             return
         time.sleep(0.1)
     raise RuntimeError(
-        f"{what} did not answer within {START_TIMEOUT_S:g} s; log:\n{log.read_text()[-3000:]}"
+        f"{what} did not answer within {timeout:g} s; log:\n{log.read_text()[-3000:]}"
     )
 
 
 def start_peer(key: str, label: str, argv: list[str], port: int, log: Path, cpus: str | None, extra: dict,
-               zone: str) -> Server:  # fmt: skip
+               zone: str, timeout: float = START_TIMEOUT_S) -> Server:  # fmt: skip
     """Start a peer server in the foreground (pinned) and wait until it answers ``zone``'s SOA."""
     with log.open("w") as handle:
         process = subprocess.Popen(pinned(cpus, argv), stdout=handle, stderr=subprocess.STDOUT)
     server = Server(key, label, process, port, log, extra=extra, cores=cpus)
     try:
-        wait_answering(process, port, zone, Path(argv[0]).name, log)
+        wait_answering(process, port, zone, Path(argv[0]).name, log, timeout)
     except BaseException:
         server.stop()
         raise
