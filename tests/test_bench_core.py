@@ -94,6 +94,165 @@ def test_the_plan_never_beats_the_optimum(figures: dict) -> None:
     assert figures["p95_latency_vs_optimum"] > 0
 
 
+LATENCY_SUFFIXES = {"_50": "_50", "_70": "", "_90": "_90"}  # latency-LP suffix -> the plan's
+
+
+def test_no_plan_beats_the_latency_optimum(bench, figures: dict) -> None:
+    """The latency LP minimises demand-weighted latency (plus the reserve's penalty) under
+    constraints the plan also meets, so neither the plan nor the score LP can be below it."""
+    for lp, plan in LATENCY_SUFFIXES.items():
+        assert figures["lp_latency_status" + lp] == "optimal"
+        assert figures["lp_latency_onnet_only_violations" + lp] == 0
+        assert figures["plan_onnet_only_violations" + lp] == 0
+        # The plan is a feasible point of the LP: its objective is never lower.
+        assert figures["plan_latency_objective" + lp] >= figures["lp_latency_objective" + lp] * (
+            1 - 1e-9
+        )
+        lp_mean = figures["lp_latency_mean_ms" + lp]
+        assert figures["latency_vs_lp_optimum" + lp] == pytest.approx(
+            figures["mean_latency_ms" + plan] / lp_mean, rel=1e-12
+        )
+        assert figures["p95_latency_vs_lp_optimum" + lp] == pytest.approx(
+            figures["p95_latency_ms" + plan] / figures["lp_latency_p95_ms" + lp], rel=1e-12
+        )
+        # Both LPs and the plan use no more of the reserve than they must (10,000 ms per
+        # Gbps dwarfs any latency); with the same reserve, latency alone decides.
+        reserve = figures["lp_latency_reserve_gbps" + lp]
+        assert reserve == pytest.approx(figures["reserve_gbps_optimum" + plan], abs=1e-6)
+        assert lp_mean <= figures["optimum_mean_latency_ms" + plan] * (1 + 1e-9)
+        if figures["reserve_gbps_ours" + plan] <= reserve + 1e-6:
+            assert lp_mean <= figures["mean_latency_ms" + plan] * (1 + 1e-9)
+            assert figures["latency_vs_lp_optimum" + lp] >= 1 - 1e-9
+        assert figures["lp_latency_seconds" + lp] >= 0
+    # The issue's targets: within 3 % of the LP at 50 % and 70 % load, 5 % at 90 %, p95 10 %.
+    limits = {"latency_vs_lp_optimum_50": 1.03, "latency_vs_lp_optimum_70": 1.03,
+              "latency_vs_lp_optimum_90": 1.05, "p95_latency_vs_lp_optimum_90": 1.10}  # fmt: skip
+    for key, limit in limits.items():
+        entry = figures["targets"][key]
+        assert entry["value"] == figures[key]
+        assert entry["pass"] is (figures[key] <= limit)
+    assert figures["mean_score_vs_score_optimum"] == pytest.approx(
+        figures["mean_score_ms"] / figures["optimum_mean_score_ms"]
+    )
+
+
+@pytest.fixture(scope="module")
+def sample_90(bench):
+    """The sample planned at 90 % load: capacity is contested, on-net nodes are worth taking."""
+    world = bench.World(bench.load_model(REPO / "zones"))
+    _figures, plans, inputs = bench.bench_full(world, 0.9, 1)
+    return world, plans, inputs
+
+
+def flows_to_foreign_asns(model, groups: np.ndarray, nodes: np.ndarray, x: np.ndarray) -> int:
+    """Positive flows from a ``serves: on-net`` node to a group of an ASN it does not list."""
+    asn = model.client_map.groups.asn
+    return sum(
+        1
+        for g, n, amount in zip(groups.tolist(), nodes.tolist(), x.tolist())
+        if amount > 1e-9
+        and model.node_onnet_asns[n] is not None
+        and int(asn[g]) not in model.node_onnet_asns[n]
+    )
+
+
+def test_the_latency_lp_keeps_on_net_only_nodes_to_their_own_clients(bench, sample_90) -> None:
+    """The sample's ISP nodes serve their own ISP only (nodes.yaml ``serves: on-net``). The
+    LP's pairs come from the rank inputs' eligibility; were the on-net limits not in it, the
+    LP would fill those nodes' spare capacity with other ISPs' clients (checked below, so
+    this test can fail)."""
+    world, plans, inputs = sample_90
+    model = world.model
+    assert model.node_onnet_only.sum() >= 10
+    classes = [bench.Classes(world, p, inputs[p].group_demand) for p in range(world.policies)]
+    reps = np.concatenate([c.rep for c in classes])
+    asn = model.client_map.groups.asn
+    for c in classes:  # the eligibility itself, against nodes.yaml's served ASNs
+        for i, g in enumerate(c.rep.tolist()):
+            for n in np.flatnonzero(c.allowed[i]).tolist():
+                served = model.node_onnet_asns[n]
+                assert served is None or int(asn[g]) in served, (g, model.node_ids[n])
+    ours = [bench.plan_flows(plan) for plan in plans]
+    opt = bench.solve_optimum(world, classes, ours, 50, cost="latency")
+    assert opt["lp_status"] == "optimal"
+    e_class, e_node, x = opt["edges"]
+    assert flows_to_foreign_asns(model, reps[e_class], e_node, x) == 0
+    assert bench.onnet_only_violations(model, reps[e_class], e_node, x) == 0
+
+    onnet_only = model.node_onnet_only
+    for p, c in enumerate(classes):  # the on-net limits left out, pools kept
+        c.allowed = c.allowed | (onnet_only & world.ranks[p].node_in_pool)[None, :]
+    loose = bench.solve_optimum(world, classes, ours, 50, cost="latency")
+    assert loose["lp_status"] == "optimal"
+    e_class, e_node, x = loose["edges"]
+    foreign = flows_to_foreign_asns(model, reps[e_class], e_node, x)
+    assert foreign > 0
+    assert bench.onnet_only_violations(model, reps[e_class], e_node, x) == foreign
+    assert loose["objective"] < opt["objective"]
+
+
+@pytest.mark.parametrize("cost", ["score", "latency"])
+def test_warm_started_lp_equals_linprog_over_every_pair(bench, sample_90, cost: str) -> None:
+    """The column generation (one HiGHS instance, pairs added round by round) reaches the
+    optimum scipy's linprog finds with every eligible pair in the LP from the start."""
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix
+
+    world, plans, inputs = sample_90
+    classes = [bench.Classes(world, p, inputs[p].group_demand, cost) for p in range(world.policies)]
+    offsets = np.cumsum([0] + [len(c.rep) for c in classes])
+    parts = [(offsets[p] + ci, ni, getattr(c, cost)[ci, ni])
+             for p, c in enumerate(classes) for ci, ni in [np.nonzero(c.allowed)]]  # fmt: skip
+    e_class, e_node, e_cost = (np.concatenate(part) for part in zip(*parts))
+    m, n, h = len(e_class), world.n_nodes, max(world.headroom)
+    bounds = np.zeros((m + n, 2))
+    bounds[:m, 1], bounds[m:, 1] = np.inf, world.capacity * (1 - h)
+    full = linprog(
+        np.r_[e_cost, np.full(n, bench.RESERVE_PENALTY_MS)],
+        A_ub=csr_matrix((np.r_[np.ones(m), -np.ones(n)],
+                         (np.r_[e_node, np.arange(n)], np.r_[np.arange(m), m + np.arange(n)])),
+                        shape=(n, m + n)),
+        b_ub=world.capacity * h,
+        A_eq=csr_matrix((np.ones(m), (e_class, np.arange(m))), shape=(int(offsets[-1]), m + n)),
+        b_eq=np.concatenate([c.demand for c in classes]), bounds=bounds, method="highs",
+    )  # fmt: skip
+    assert full.status == 0
+    ours = [bench.plan_flows(plan) for plan in plans]
+    narrow = bench.LP_START_TOP
+    try:
+        bench.LP_START_TOP = 1
+        grown = bench.solve_optimum(world, classes, ours, 50, cost=cost)
+        # Out of rounds with pairs left to price: never reported as the optimum.
+        cut = bench.solve_optimum(world, classes, ours, 1, cost=cost)
+    finally:
+        bench.LP_START_TOP = narrow
+    assert cut["lp_status"] == "stopped after 1 rounds with pairs left to price"
+    assert grown["lp_status"] == "optimal" and grown["lp_pairs_added_by_pricing"] > 0
+    assert grown["objective"] == pytest.approx(full.fun, rel=1e-9)
+    assert grown["reserve_gbps"] == pytest.approx(full.x[m:].sum(), abs=1e-6)
+
+
+def test_latency_classes_merge_exactly(bench, sample_90) -> None:
+    """Latency classes leave the ASN out of the key: every group keeps its latency row and its
+    eligible nodes, and the latency LP's optimum is the one over the finer score classes."""
+    world, plans, inputs = sample_90
+    ours = [bench.plan_flows(plan) for plan in plans]
+    optimum = {}
+    for cost in ("score", "latency"):
+        classes = [
+            bench.Classes(world, p, inputs[p].group_demand, cost) for p in range(world.policies)
+        ]
+        optimum[cost] = bench.solve_optimum(world, classes, ours, 50, cost="latency")["objective"]
+        if cost == "latency":
+            fine = [bench.Classes(world, p, inputs[p].group_demand) for p in range(world.policies)]
+            for c, f in zip(classes, fine):
+                rows = c.of_group[f.rep]
+                assert np.array_equal(c.latency[rows], f.latency)
+                assert np.array_equal(c.allowed[rows], f.allowed)
+                assert c.score is None
+    assert optimum["latency"] == pytest.approx(optimum["score"], rel=1e-9)
+
+
 def test_a_policy_of_pools_gets_its_few_nodes_before_the_others_fill_them(figures: dict) -> None:
     """The sample's web policy has pools: French web clients may use two nodes. Planned after
     video (which may use any node and fills the Paris PoP first), they overflowed (88 Gbps at
