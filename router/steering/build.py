@@ -179,33 +179,21 @@ class Planner:
         model = self.model
         width = max((p.policy.answer_count for p in model.policies), default=1)
         n_groups = len(model.client_map.groups)
-        rows, owners, weights = [], [], []
         used = sum(plan.load for plan in self.plans if plan is not None)
-        for p, (compiled, plan, inputs) in enumerate(zip(model.policies, self.plans, self.inputs)):
-            assert plan is not None and inputs is not None
-            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load)
-            rows.append(
-                _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
-            )
-            owners.append(p * n_groups + groups.astype(np.int64))
-            weights.append(weight)
-        all_rows = np.concatenate(rows)
-        owner = np.concatenate(owners)
-        weight = np.concatenate(weights)
-        # Many groups share an answer; store each distinct node list once.
-        rows_bytes = all_rows.dtype.itemsize * width
-        if rows_bytes <= 8:  # up to two nodes: one int64 per row sorts much faster than bytes
-            padded = np.zeros((len(all_rows), 8 // all_rows.dtype.itemsize), dtype=all_rows.dtype)
-            padded[:, :width] = all_rows
-            keys = padded.view(np.int64).ravel()
+        all_rows, owner, weight = self._answer_entries(used, width, None)
+        # Many groups share an answer; store each distinct node list once. Up to two nodes a
+        # row is one int64 (row_keys), which sorts much faster than bytes.
+        fast_keys = row_keys(all_rows)
+        if fast_keys is not None:
+            keys = fast_keys
         else:
+            rows_bytes = all_rows.dtype.itemsize * width
             keys = np.ascontiguousarray(all_rows).view(np.dtype((np.void, rows_bytes))).ravel()
         unique_keys, first, answer_set = np.unique(keys, return_index=True, return_inverse=True)
         sets = all_rows[first]
         answer_set = answer_set.reshape(-1).astype(np.int32)
         # Entries arrive sorted by owner (policy, group); owners with one entry map directly.
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        counts = np.diff(np.r_[starts, len(owner)])
+        starts, counts = owner_runs(owner)
         group_set = np.empty(len(model.policies) * n_groups, dtype=np.int32)
         single = counts == 1
         group_set[owner[starts[single]]] = answer_set[starts[single]]
@@ -214,9 +202,7 @@ class Planner:
         group_set[owner[split_owner_starts]] = -1 - np.arange(
             len(split_owner_starts), dtype=np.int32
         )
-        entry = np.flatnonzero(np.repeat(~single, counts))  # entries of split owners, in order
-        row_of_entry = np.repeat(np.arange(len(split_counts)), split_counts)
-        split_cum = _cumulative_weights(weight[entry], row_of_entry, len(split_counts))
+        entry, split_cum = _split_entries(weight, counts)
         table = RoutingTable(
             generation=generation,
             group_set=group_set.reshape(len(model.policies), n_groups),
@@ -229,10 +215,29 @@ class Planner:
             policy_pool=_policy_pool_rows(self.resolved),
         )
         self._last = None
-        if rows_bytes <= 8:
+        if fast_keys is not None:
             ids = np.arange(len(sets), dtype=np.int32)
             self._last = (table, SetIndex(unique_keys, ids, len(sets), len(table.split_set)))
         return _frozen(table)
+
+    def _answer_entries(
+        self, used: np.ndarray, width: int, used_before: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(answer rows, owner = policy * groups + group, weight) of every policy's primary
+        shares, sorted by owner: every group's, or with ``used_before`` (the load before a
+        repair) only the groups the repair may have changed (``_changed_groups``)."""
+        n_groups = len(self.model.client_map.groups)
+        rows, owners, weights = [], [], []
+        for p, (compiled, plan, inputs) in enumerate(zip(self.model.policies, self.plans, self.inputs)):  # fmt: skip
+            assert plan is not None and inputs is not None
+            only = None if used_before is None else _changed_groups(plan, inputs, used_before, used)
+            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load, only=only)
+            rows.append(
+                _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
+            )
+            owners.append(p * n_groups + groups.astype(np.int64))
+            weights.append(weight)
+        return np.concatenate(rows), np.concatenate(owners), np.concatenate(weights)
 
     def _patched_table(
         self, node_state: np.ndarray, generation: int, used_before: np.ndarray
@@ -241,31 +246,13 @@ class Planner:
         (``router/steering/patch.py``); whole when it cannot be patched."""
         if self._last is None:
             return self._table(node_state, generation)
+        # _last is kept only for tables whose rows fit row_keys; a patch has the same width.
         previous, index = self._last
-        model = self.model
         width = previous.set_nodes.shape[1]
-        n_groups = len(model.client_map.groups)
         used = sum(plan.load for plan in self.plans if plan is not None)
-        rows, owners, weights = [], [], []
-        for p, (compiled, plan, inputs) in enumerate(zip(model.policies, self.plans, self.inputs)):
-            assert plan is not None and inputs is not None
-            changed = _changed_groups(plan, inputs, used_before, used)
-            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load, only=changed)
-            rows.append(
-                _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
-            )
-            owners.append(p * n_groups + groups.astype(np.int64))
-            weights.append(weight)
-        all_rows = np.concatenate(rows)
-        owner = np.concatenate(owners)
-        weight = np.concatenate(weights)
-        if row_keys(all_rows[:0]) is None:
-            return self._table(node_state, generation)
+        all_rows, owner, weight = self._answer_entries(used, width, used_before)
         _, counts = owner_runs(owner)
-        split = counts > 1
-        entry = np.flatnonzero(np.repeat(split, counts))
-        row_of_entry = np.repeat(np.arange(int(split.sum())), counts[split])
-        new_cum = _cumulative_weights(weight[entry], row_of_entry, int(split.sum()))
+        _, new_cum = _split_entries(weight, counts)
         patched = patch(previous.group_set, previous.set_nodes, previous.split_start,
                         previous.split_set, previous.split_cum, index, owner, all_rows, new_cum)  # fmt: skip
         if index.grown(len(patched.set_nodes), len(patched.split_set)):
@@ -283,6 +270,15 @@ class Planner:
         )
         self._last = (table, patched.index)
         return _frozen(table)
+
+
+def _split_entries(weight: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For owners with several entries (``counts`` > 1, in owner order): their entries'
+    positions, and the cumulative weights of each owner's entries (``_cumulative_weights``)."""
+    split = counts > 1
+    entry = np.flatnonzero(np.repeat(split, counts))
+    row_of_entry = np.repeat(np.arange(int(split.sum())), counts[split])
+    return entry, _cumulative_weights(weight[entry], row_of_entry, int(split.sum()))
 
 
 def _changed_groups(
