@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.steering.capacity import (
+    LOCATION_DEPTH,
     PlanInputs,
     Topology,
     plan_policy,
@@ -29,9 +30,11 @@ EPS = 1e-9
 
 
 @st.composite
-def worlds(draw: st.DrawFn) -> tuple[dict[str, object], np.ndarray, np.ndarray, float]:
+def worlds(
+    draw: st.DrawFn, min_nodes: int = 1, max_nodes: int = 12
+) -> tuple[dict[str, object], np.ndarray, np.ndarray, float]:
     g_count = draw(st.integers(1, 25))
-    n_count = draw(st.integers(1, 12))
+    n_count = draw(st.integers(min_nodes, max_nodes))
     c_count = draw(st.integers(1, 4))
     f_count = draw(st.integers(1, 3))
     locs = draw(st.integers(1, 6))
@@ -126,11 +129,9 @@ def check_valid(inputs: PlanInputs, plan) -> None:
         assert (plan.load <= inputs.node_capacity + 1e-7).all()
 
 
-@PROPERTY
-@given(worlds(), st.integers(1, 6))
-def test_plan_equals_reference(world: tuple, candidates: int) -> None:
+def check_equals_reference(world: tuple, candidates: int, location_depth: int) -> None:
     inputs = make(world)
-    plan = plan_policy(inputs, candidates=candidates)
+    plan = plan_policy(inputs, candidates=candidates, location_depth=location_depth)
     ref = reference.plan(inputs, candidates)
     np.testing.assert_array_equal(plan.cand_node, ref["cand_node"])
     allocs = list(
@@ -141,6 +142,23 @@ def test_plan_equals_reference(world: tuple, candidates: int) -> None:
     np.testing.assert_allclose(plan.overflow, ref["overflow"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(plan.load, ref["load"], rtol=1e-9, atol=1e-9)
     check_valid(inputs, plan)
+
+
+@PROPERTY
+@given(worlds(), st.integers(1, 6))
+def test_plan_equals_reference(world: tuple, candidates: int) -> None:
+    check_equals_reference(world, candidates, LOCATION_DEPTH)
+
+
+@settings(max_examples=60, deadline=None)
+@given(worlds(min_nodes=20, max_nodes=70), st.integers(1, 4), st.integers(1, 6))
+def test_plan_equals_reference_when_the_fill_walks_past_the_location_lists(
+    world: tuple, candidates: int, location_depth: int
+) -> None:
+    # Short location lists and many nodes: the fill's location orders start from the lists
+    # and score the rest when a walk passes them (a heap popped on demand, then one sort of
+    # the rest once a walk is deep), every branch of _kernels._fill's lazy order.
+    check_equals_reference(world, candidates, max(location_depth, candidates))
 
 
 @PROPERTY

@@ -666,20 +666,245 @@ def _heap_pop(key, tie, item, size):
 
 
 @njit(**JIT_OPTIONS)
+def _sift_down(score, dist, node, base, size, pos):
+    # Min-heap on (score, dist, node), the ranking order, in the slice [base, base + size).
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            return
+        a = base + child
+        if child + 1 < size and _before(
+            score[a + 1], dist[a + 1], node[a + 1], score[a], dist[a], node[a]
+        ):
+            a += 1
+            child += 1
+        b = base + pos
+        if not _before(score[a], dist[a], node[a], score[b], dist[b], node[b]):
+            return
+        score[a], score[b] = score[b], score[a]
+        dist[a], dist[b] = dist[b], dist[a]
+        node[a], node[b] = node[b], node[a]
+        pos = child
+
+
+@njit(**JIT_OPTIONS)
+def _make_order(score, dist, node, base, count, scratch_score, scratch_dist):
+    """Turn the row slice [base, base + count), the eligible nodes in index order with
+    their score and distance, into a lazy order; returns how many entries are ready.
+
+    Its entry j is read at base + count - 1 - j once j < ready (``_order_entry``). The
+    fill walks a few entries of each order, so a heap built in O(N) and popped on demand
+    replaces the full sort; both give the ranking order (nodes are distinct, so it is
+    total). NaN is not ordered by comparisons: such a row takes the full sort instead."""
+    for i in range(base, base + count):
+        if math.isnan(score[i]) or math.isnan(dist[i]):
+            nodes = node[base : base + count].copy()
+            for j in range(count):
+                scratch_score[nodes[j]] = score[base + j]
+                scratch_dist[nodes[j]] = dist[base + j]
+            _sort_nodes(scratch_score, scratch_dist, nodes)
+            for j in range(count):
+                k = base + count - 1 - j
+                node[k] = nodes[j]
+                score[k] = scratch_score[nodes[j]]
+                dist[k] = scratch_dist[nodes[j]]
+            return count
+    for pos in range(count // 2 - 1, -1, -1):
+        _sift_down(score, dist, node, base, count, pos)
+    return 0
+
+
+@njit(**JIT_OPTIONS)
+def _sort_rest(score, dist, node, base, size):
+    """Sort the slice [base, base + size) into the ranking order, best last (the layout
+    ``_order_entry`` reads). One quicksort on the score, then each run of equal scores
+    (the nodes of one site share theirs) by (dist, node). No NaN reaches here:
+    ``_make_order`` sorts such rows whole."""
+    by_score = np.argsort(score[base : base + size])
+    rs = score[base + by_score]
+    rd = dist[base + by_score]
+    rn = node[base + by_score]
+    i = 0
+    while i < size:
+        k = i + 1
+        while k < size and rs[k] == rs[i]:
+            k += 1
+        if k - i > 64:  # a long run: two stable sorts (insertion sort would be quadratic)
+            run = np.argsort(rn[i:k])
+            run = run[np.argsort(rd[i:k][run], kind="mergesort")]
+            rd[i:k] = rd[i:k][run]
+            rn[i:k] = rn[i:k][run]
+        else:
+            for a in range(i + 1, k):
+                d = rd[a]
+                n = rn[a]
+                b = a - 1
+                while b >= i and (rd[b] > d or (rd[b] == d and rn[b] > n)):
+                    rd[b + 1] = rd[b]
+                    rn[b + 1] = rn[b]
+                    b -= 1
+                rd[b + 1] = d
+                rn[b + 1] = n
+        i = k
+    for t in range(size):
+        score[base + size - 1 - t] = rs[t]
+        dist[base + size - 1 - t] = rd[t]
+        node[base + size - 1 - t] = rn[t]
+
+
+@njit(**JIT_OPTIONS)
+def _order_entry(score, dist, node, base, count, ready, row, j):
+    """Whether the row's order has an entry j, popping its heap until it is ready."""
+    while ready[row] <= j and ready[row] < count:
+        if ready[row] > count // 16:
+            # A walk this deep (little room left anywhere) pays one sort of the rest
+            # rather than a pop per step.
+            _sort_rest(score, dist, node, base, count - ready[row])
+            ready[row] = count
+            break
+        size = count - ready[row] - 1  # the heap after the pop; its top goes to base + size
+        a = base
+        b = base + size
+        score[a], score[b] = score[b], score[a]
+        dist[a], dist[b] = dist[b], dist[a]
+        node[a], node[b] = node[b], node[a]
+        _sift_down(score, dist, node, base, size, 0)
+        ready[row] += 1
+    return j < count
+
+
+@njit(**JIT_OPTIONS)
+def _build_row(row, seg_start, seg_len, ready, h_score, h_dist, h_node, row_built, loc_group,
+               row_loc, group_fence, group_lat, group_lon, group_country, eligible, node_rad,
+               node_lon, node_cos, node_country, penalty, country_rtt, est_base_ms,
+               est_ms_per_km, seeded, scratch, dist):  # fmt: skip
+    """Score the rest of a location row (its eligible nodes past the seeded top-k) into a
+    lazy order behind them: _plain_score with the per-node terms hoisted (same bits)."""
+    g = loc_group[row_loc[row]]
+    allowed = eligible[group_fence[g]]
+    base = seg_start[row]
+    count = seg_len[row]
+    k = ready[row]
+    top = base + count - 1
+    for j in range(k):
+        seeded[h_node[top - j]] = True
+    p1 = group_lat[g] * RADIANS_PER_DEGREE
+    cos1 = math.cos(p1)
+    i = base
+    for n in range(seeded.shape[0]):
+        if allowed[n] and not seeded[n]:
+            d = _distance_from(p1, group_lon[g], cos1, n, node_rad, node_lon, node_cos)
+            latency, _src = _base_latency(group_country[g], node_country[n], d, country_rtt,
+                                          est_base_ms, est_ms_per_km)  # fmt: skip
+            h_score[i] = latency + penalty[n]
+            h_dist[i] = d
+            h_node[i] = n
+            i += 1
+    for j in range(k):
+        seeded[h_node[top - j]] = False
+    ready[row] = k + _make_order(h_score, h_dist, h_node, base, count - k, scratch, dist)
+    row_built[row] = True
+
+
+@njit(**JIT_OPTIONS)
+def _seek(row, remaining, node_asn, cursor, seg_start, seg_len, ready, h_score, h_dist, h_node,
+          row_merge, row_lrow, row_asn, own_start, own_len, own_node, own_score, own_dist,
+          merge_j, merge_o, head_node, head_score, build):  # fmt: skip
+    """Move the row's cursor to its next node with room (``remaining`` > 0) and show that
+    entry in head_node/head_score; False when the order has none left.
+
+    Nodes only fill during a fill, so a full node is passed for good. Under heavy load a
+    row passes most of its order: the entries already ordered are passed in a tight loop
+    (a call per entry cost more than the rest of the fill)."""
+    if not row_merge[row]:
+        base = seg_start[row]
+        count = seg_len[row]
+        top = base + count - 1  # entry j of the order is at top - j
+        c = cursor[row]
+        while True:
+            while c < ready[row] and remaining[h_node[top - c]] <= 0.0:
+                c += 1
+            if c < ready[row]:
+                break
+            if not build[0][row]:
+                _build_row(row, seg_start, seg_len, ready, h_score, h_dist, h_node, *build)
+                continue
+            if not _order_entry(h_score, h_dist, h_node, base, count, ready, row, c):
+                cursor[row] = c
+                return False
+        cursor[row] = c
+        head_node[row] = h_node[top - c]
+        head_score[row] = h_score[top - c]
+        return True
+    # An on-net row: its location's order without the group's ASN, merged with its own
+    # nodes. The first entry with room of the merge is the better of each one's first.
+    lrow = row_lrow[row]
+    base = seg_start[lrow]
+    count = seg_len[lrow]
+    top = base + count - 1
+    asn = row_asn[row]
+    j = merge_j[row]
+    has_loc = False
+    while True:
+        while j < ready[lrow] and (
+            node_asn[h_node[top - j]] == asn or remaining[h_node[top - j]] <= 0.0
+        ):
+            j += 1
+        if j < ready[lrow]:
+            has_loc = True
+            break
+        if not build[0][lrow]:
+            _build_row(lrow, seg_start, seg_len, ready, h_score, h_dist, h_node, *build)
+            continue
+        if not _order_entry(h_score, h_dist, h_node, base, count, ready, lrow, j):
+            break
+    merge_j[row] = j
+    o = merge_o[row]
+    end = own_len[row]
+    first = own_start[row]
+    while o < end and remaining[own_node[first + o]] <= 0.0:
+        o += 1
+    merge_o[row] = o
+    has_own = o < end
+    if not has_loc and not has_own:
+        return False
+    li = top - j
+    oi = first + o
+    use_loc = has_loc
+    if has_loc and has_own:
+        use_loc = _before(
+            h_score[li], h_dist[li], h_node[li], own_score[oi], own_dist[oi], own_node[oi]
+        )
+    if use_loc:
+        head_node[row] = h_node[li]
+        head_score[row] = h_score[li]
+    else:
+        head_node[row] = own_node[oi]
+        head_score[row] = own_score[oi]
+    return True
+
+
+@njit(**JIT_OPTIONS)
 def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, group_loc,
            onnet_asn, onnet_start, onnet_node, node_lat, node_lon, node_country, node_asn, node_util, eligible,
            country_rtt, est_base_ms, est_ms_per_km, onnet_bonus_ms, load_penalty_ms,
-           meas_start, meas_node, meas_rtt, demand_left, remaining,
+           meas_start, meas_node, meas_rtt, demand_left, remaining, loc_node, loc_score, loc_dist,
            out_group, out_node, out_amount):  # fmt: skip
     """Place demand cheapest edge first over every (group, node) the group may use.
 
-    A heap holds,
-    for each "spiller", the score of its best node that still has room. Groups of one
-    location without on-net nodes or RTT samples rank every node alike, so they spill as
-    one spiller along the location's order (sorted once), served in group order; other
+    A heap holds, for each "spiller", the score of its best node that still has room.
+    Groups of one location without on-net nodes or RTT samples rank every node alike, so
+    they spill as one spiller along the location's order, served in group order; other
     groups spill on their own order. Ties: lower first group index. A spiller whose node
     filled up meanwhile is re-keyed to its next node with room (keys only grow).
-    out_* : preallocated; returns how many entries were written (-1: out of room).
+
+    Orders are lazy, because a fill reads only the first few entries of most: a location's
+    starts as its top-k list (loc_*, from _location_topk) and is scored past it only when
+    a walk gets there (_build_row); the rest is a heap popped on demand (_make_order,
+    _order_entry), sorted once when a walk goes deep. The placements are those of a full
+    sort of every order (tests/test_router_steering_plan.py holds them to the reference).
+    loc_* : [L, K] of the plan; out_* : preallocated; returns how many entries were
+    written (-1: out of room).
     """
     ctx = (
         group_lat,
@@ -749,38 +974,32 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
             loc_group[loc] = short[i]
             n_loc_rows += 1
     n_rows = n_loc_rows + n_special
-    order = np.full((n_rows, n_nodes), -1, dtype=np.int64)
-    order_score = np.empty((n_rows, n_nodes), dtype=np.float64)
-    order_dist = np.empty((n_rows, n_nodes), dtype=np.float64)
-    order_len = np.zeros(n_rows, dtype=np.int64)
-    cursor = np.zeros(n_rows, dtype=np.int64)
+    # Location and sampled rows hold their eligible nodes in one slice each of h_* (a lazy
+    # order, _make_order); an on-net row merges lazily from its location's row and its own
+    # nodes in own_*. Each row shows its entry at cursor (head_*): the fill reads no other.
+    elig_count = np.zeros(eligible.shape[0], dtype=np.int64)
+    for f in range(eligible.shape[0]):
+        for n in range(n_nodes):
+            if eligible[f, n]:
+                elig_count[f] += 1
     row_group = np.full(n_rows, -1, dtype=np.int64)  # the special group of a row, -1: a location's
     row_loc = np.full(n_rows, -1, dtype=np.int64)
-    dist = np.empty(n_nodes, dtype=np.float64)
-    scratch = np.empty(n_nodes, dtype=np.float64)
-    every_node = np.arange(n_nodes)
+    row_merge = np.zeros(n_rows, dtype=np.bool_)  # an on-net row
+    row_lrow = np.full(n_rows, -1, dtype=np.int64)  # an on-net row's location row
+    row_asn = np.zeros(n_rows, dtype=group_asn.dtype)
+    seg_start = np.zeros(n_rows, dtype=np.int64)
+    seg_len = np.zeros(n_rows, dtype=np.int64)
+    own_start = np.zeros(n_rows, dtype=np.int64)
+    own_len = np.zeros(n_rows, dtype=np.int64)
+    total = 0
+    own_total = 0
     for loc in range(n_locs):
         row = loc_row[loc]
-        if row < 0:
-            continue
-        g = loc_group[loc]
-        allowed = eligible[group_fence[g]]
-        count = 0
-        for n in range(n_nodes):
-            if allowed[n]:
-                scratch[n], dist[n] = _plain_score(group_lat[g], group_lon[g], group_country[g], n, node_lat,
-                                                   node_lon, node_country, node_util, country_rtt, est_base_ms,
-                                                   est_ms_per_km, load_penalty_ms)  # fmt: skip
-                order[row, count] = n
-                count += 1
-        nodes = order[row, :count].copy()
-        _sort_nodes(scratch, dist, nodes)
-        order_len[row] = count
-        row_loc[row] = loc
-        for j in range(count):
-            order[row, j] = nodes[j]
-            order_score[row, j] = scratch[nodes[j]]
-            order_dist[row, j] = dist[nodes[j]]
+        if row >= 0:
+            row_loc[row] = loc
+            seg_start[row] = total
+            seg_len[row] = elig_count[group_fence[loc_group[loc]]]
+            total += seg_len[row]
     r = n_loc_rows
     for i in range(n_short):
         if not special[i]:
@@ -788,55 +1007,87 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
         g = short[i]
         row_group[r] = g
         if meas_start[g + 1] > meas_start[g]:
+            seg_start[r] = total
+            seg_len[r] = elig_count[group_fence[g]]
+            total += seg_len[r]
+        else:
+            a = np.searchsorted(onnet_asn, group_asn[g])
+            row_merge[r] = True
+            row_lrow[r] = loc_row[group_loc[g]]
+            row_asn[r] = group_asn[g]
+            own_start[r] = own_total
+            own_total += onnet_start[a + 1] - onnet_start[a]
+        r += 1
+    h_score = np.empty(total, dtype=np.float64)
+    h_dist = np.empty(total, dtype=np.float64)
+    h_node = np.empty(total, dtype=np.int64)
+    ready = np.zeros(n_rows, dtype=np.int64)
+    own_node = np.empty(own_total, dtype=np.int64)
+    own_score = np.empty(own_total, dtype=np.float64)
+    own_dist = np.empty(own_total, dtype=np.float64)
+    merge_j = np.zeros(n_rows, dtype=np.int64)
+    merge_o = np.zeros(n_rows, dtype=np.int64)
+    dist = np.empty(n_nodes, dtype=np.float64)
+    scratch = np.empty(n_nodes, dtype=np.float64)
+    # _plain_score with the per-node terms hoisted out of the row loop (same bits).
+    node_rad = np.empty(n_nodes, dtype=np.float64)
+    node_cos = np.empty(n_nodes, dtype=np.float64)
+    penalty = np.empty(n_nodes, dtype=np.float64)
+    _node_terms(node_lat, node_util, load_penalty_ms, node_rad, node_cos, penalty)
+    # A location row starts as its location's top-k (``_location_topk``: the same score,
+    # eligibility and order); the rest of it is scored only when a walk passes them
+    # (``_build_row``), which at moderate load most rows never do.
+    row_built = np.ones(n_rows, dtype=np.bool_)
+    depth = loc_node.shape[1]
+    for row in range(n_loc_rows):
+        loc = row_loc[row]
+        count = seg_len[row]
+        top = seg_start[row] + count - 1
+        k = 0
+        while k < depth and k < count and loc_node[loc, k] >= 0:
+            h_node[top - k] = loc_node[loc, k]
+            h_score[top - k] = loc_score[loc, k]
+            h_dist[top - k] = loc_dist[loc, k]
+            k += 1
+        ready[row] = k
+        row_built[row] = k >= count
+    seeded = np.zeros(n_nodes, dtype=np.bool_)
+    build = (row_built, loc_group, row_loc, group_fence, group_lat, group_lon, group_country,
+             eligible, node_rad, node_lon, node_cos, node_country, penalty, country_rtt,
+             est_base_ms, est_ms_per_km, seeded, scratch, dist)  # fmt: skip
+    for r in range(n_loc_rows, n_rows):
+        g = row_group[r]
+        allowed = eligible[group_fence[g]]
+        if not row_merge[r]:
             # RTT samples can reorder anything: rank every node for this group.
-            nodes = _ranked(g, every_node, eligible[group_fence[g]], ctx, scratch, dist)
-            order_len[r] = nodes.shape[0]
-            for j in range(nodes.shape[0]):
-                order[r, j] = nodes[j]
-                order_score[r, j] = scratch[nodes[j]]
-            r += 1
+            base = seg_start[r]
+            i = base
+            for n in range(n_nodes):
+                if allowed[n]:
+                    sc, _l, _s, d, _o, _p = _pair(g, n, ctx)
+                    h_score[i] = sc
+                    h_dist[i] = d
+                    h_node[i] = n
+                    i += 1
+            ready[r] = _make_order(h_score, h_dist, h_node, base, seg_len[r], scratch, dist)
             continue
         # On-net only: the location's order without the group's ASN, merged with its
         # on-net nodes scored with the bonus.
-        lrow = loc_row[group_loc[g]]
-        allowed = eligible[group_fence[g]]
         a = np.searchsorted(onnet_asn, group_asn[g])
         own = _ranked(
             g, onnet_node[onnet_start[a] : onnet_start[a + 1]], allowed, ctx, scratch, dist
         )
-        m = own.shape[0]
-        j = 0
-        o = 0
-        out = 0
-        while True:
-            while j < order_len[lrow] and node_asn[order[lrow, j]] == group_asn[g]:
-                j += 1
-            has_loc = j < order_len[lrow]
-            has_own = o < m
-            if not has_loc and not has_own:
-                break
-            use_loc = has_loc
-            if has_loc and has_own:
-                nl = order[lrow, j]
-                use_loc = _before(
-                    order_score[lrow, j],
-                    order_dist[lrow, j],
-                    nl,
-                    scratch[own[o]],
-                    dist[own[o]],
-                    own[o],
-                )
-            if use_loc:
-                order[r, out] = order[lrow, j]
-                order_score[r, out] = order_score[lrow, j]
-                j += 1
-            else:
-                order[r, out] = own[o]
-                order_score[r, out] = scratch[own[o]]
-                o += 1
-            out += 1
-        order_len[r] = out
-        r += 1
+        own_len[r] = own.shape[0]
+        for o in range(own.shape[0]):
+            own_node[own_start[r] + o] = own[o]
+            own_score[own_start[r] + o] = scratch[own[o]]
+            own_dist[own_start[r] + o] = dist[own[o]]
+    cursor = np.zeros(n_rows, dtype=np.int64)
+    head_node = np.full(n_rows, -1, dtype=np.int64)
+    head_score = np.zeros(n_rows, dtype=np.float64)
+    state = (remaining, node_asn, cursor, seg_start, seg_len, ready, h_score, h_dist, h_node,
+             row_merge, row_lrow, row_asn, own_start, own_len, own_node, own_score, own_dist,
+             merge_j, merge_o, head_node, head_score, build)  # fmt: skip
     # The heap of spillers: key = score of the row's next node with room, tie = first group.
     heap_key = np.empty(n_rows, dtype=np.float64)
     heap_tie = np.empty(n_rows, dtype=np.int64)
@@ -845,30 +1096,22 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     for row in range(n_rows):
         if row_group[row] < 0 and queue_ptr[row_loc[row]] >= queue_start[row_loc[row] + 1]:
             continue  # a location row kept only for its special groups to merge from
-        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
-            cursor[row] += 1
-        if cursor[row] < order_len[row]:
+        if _seek(row, *state):
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(
-                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
-            )
+            size = _heap_push(heap_key, heap_tie, heap_row, size, head_score[row], first, row)
     written = 0
     while size > 0:
         row = heap_row[0]
         popped = heap_key[0]
         size = _heap_pop(heap_key, heap_tie, heap_row, size)
-        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
-            cursor[row] += 1
-        if cursor[row] >= order_len[row]:
+        if not _seek(row, *state):
             continue  # nothing this spiller may use has room: what is left is overflow
-        if order_score[row, cursor[row]] > popped:
+        if head_score[row] > popped:
             # Its node filled since it was keyed: back in line at its next node's score.
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(
-                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
-            )
+            size = _heap_push(heap_key, heap_tie, heap_row, size, head_score[row], first, row)
             continue
-        n = order[row, cursor[row]]
+        n = head_node[row]
         while remaining[n] > 0.0:
             if row_group[row] >= 0:
                 g = row_group[row]
@@ -899,13 +1142,9 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
             queue_ptr[row_loc[row]] >= queue_start[row_loc[row] + 1])  # fmt: skip
         if done:
             continue
-        while cursor[row] < order_len[row] and remaining[order[row, cursor[row]]] <= 0.0:
-            cursor[row] += 1
-        if cursor[row] < order_len[row]:
+        if _seek(row, *state):
             first = row_group[row] if row_group[row] >= 0 else queue[queue_ptr[row_loc[row]]]
-            size = _heap_push(
-                heap_key, heap_tie, heap_row, size, order_score[row, cursor[row]], first, row
-            )
+            size = _heap_push(heap_key, heap_tie, heap_row, size, head_score[row], first, row)
     return written
 
 
