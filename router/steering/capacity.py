@@ -53,18 +53,24 @@ class Topology:
 
     @classmethod
     def create(cls, inputs: RankInputs) -> Topology:
-        keys = np.empty(
-            len(inputs.group_lat), dtype=[("lat", "f8"), ("lon", "f8"), ("c", "i4"), ("f", "i4")]
-        )
-        keys["lat"], keys["lon"] = inputs.group_lat, inputs.group_lon
-        keys["c"], keys["f"] = inputs.group_country, inputs.group_fence
-        locs, group_loc = np.unique(keys, return_inverse=True)
+        # Locations are the distinct (lat, lon, country, fence) of the groups, in that
+        # lexicographic order: a lexsort of the columns (np.unique over a structured array
+        # took 15 times longer at 127,000 groups).
+        lat, lon = inputs.group_lat, inputs.group_lon
+        country, fence = inputs.group_country, inputs.group_fence
+        by_key = np.lexsort((fence, country, lon, lat))
+        columns = [column[by_key] for column in (lat, lon, country, fence)]
+        starts_loc = np.ones(len(by_key), dtype=np.bool_)
+        starts_loc[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in columns])
+        group_loc = np.empty(len(by_key), dtype=np.int32)
+        group_loc[by_key] = np.cumsum(starts_loc) - 1
+        first = np.flatnonzero(starts_loc)
+        loc_lat, loc_lon, loc_country, loc_fence = (np.ascontiguousarray(c[first]) for c in columns)
         order = np.argsort(inputs.node_asn, kind="stable")
         asns, starts = np.unique(inputs.node_asn[order], return_index=True)
         return cls(
-            group_loc=group_loc.astype(np.int32).reshape(-1),
-            loc_lat=np.ascontiguousarray(locs["lat"]), loc_lon=np.ascontiguousarray(locs["lon"]),
-            loc_country=np.ascontiguousarray(locs["c"]), loc_fence=np.ascontiguousarray(locs["f"]),
+            group_loc=group_loc, loc_lat=loc_lat, loc_lon=loc_lon,
+            loc_country=loc_country.astype(np.int32), loc_fence=loc_fence.astype(np.int32),
             onnet_asn=asns.astype(np.int64),
             onnet_start=np.append(starts, len(order)).astype(np.int64),
             onnet_node=order.astype(np.int32),
