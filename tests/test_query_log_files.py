@@ -16,6 +16,7 @@ import dns.message
 import pytest
 
 from router.cli import main
+from router.dns import query_log
 from router.dns.query_log import (
     AppendFile,
     QueryLogSettings,
@@ -201,3 +202,31 @@ def test_router_workers_write_0640_and_rotate(tmp_path: Path, deployment_dir: Pa
         records = [json.loads(text) for text in p.read_text().splitlines()]
         assert records and all(r["qname"] == "video.cdn.example." for r in records)
         assert p.stat().st_size >= 4096
+
+
+def test_a_file_rotated_away_between_the_two_opens_is_created_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race several writers hit: the path exists when one tries to create it and is gone
+    (another writer rotated it) when it opens it; the writer creates it again, loses nothing."""
+    path = tmp_path / "q.jsonl"
+    path.write_text("")
+    real_open = os.open
+    calls: list[str] = []
+
+    def racing_open(file, flags, *args):
+        if not flags & os.O_CREAT and not calls.count("rotated"):
+            calls.append("rotated")
+            os.replace(path, f"{path}.1")  # the other writer's rotation lands here
+        calls.append("create" if flags & os.O_CREAT else "open")
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(query_log.os, "open", racing_open)
+    fd = query_log.open_log(path)
+    try:
+        os.write(fd, b"line\n")
+    finally:
+        os.close(fd)
+    assert calls == ["create", "rotated", "open", "create"]
+    assert path.read_bytes() == b"line\n"
+    assert stat.S_IMODE(path.stat().st_mode) == query_log.FILE_MODE

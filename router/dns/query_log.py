@@ -60,6 +60,7 @@ log = logging.getLogger("router.query_log")
 REOPEN_CHECK_S = 1.0  # how often the path is looked at for a rotated file
 FILE_MODE = 0o640  # owner writes, its group (log readers) reads, others nothing
 DEFAULT_KEEP = 5  # rotated files kept with --query-log-max-bytes
+OPEN_ATTEMPTS = 8  # opens raced by other writers' rotations before giving up
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _PLAIN_LABELS = re.compile(rb"[A-Za-z0-9_*-]+")
 # By query_stats.LOCATED_*.
@@ -103,10 +104,19 @@ def open_log(path: Path) -> int:
     """A descriptor appending to ``path``: created mode 0640 whatever the umask; an existing
     file of ours that others may read loses those bits."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    except FileExistsError:
-        fd = os.open(path, flags)
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            break
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            # Another writer rotated it away between the two opens: create it again.
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            continue
         try:
             st = os.fstat(fd)
             if st.st_mode & 0o007 and st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode):
