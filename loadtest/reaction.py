@@ -14,7 +14,9 @@ copy of the deployment (below), plays every node with the node simulator in this
 3. the client's ECS query is sent over UDP, one in flight, again as soon as each reply is read,
    until the answer no longer holds the node: that reply's arrival stops the clock;
 4. the next event waits until the router has published nothing for ``QUIET_S``, so events
-   never overlap. Every event takes a different node down. By default they stay down (each
+   never overlap. A full plan the router runs in the background (demand or load moved: it
+   plans afresh beside the repairs, ``router/service/publisher.py``) is not waited for: a
+   failure may come at any moment of one, as in service. Every event takes a different node down. By default they stay down (each
    event is then the one change since the last table, as a lone failure is); with
    ``restore`` each is brought back first and the bench waits until the client's answer
    holds it again (the router planned afresh: seconds at world scale).
@@ -81,15 +83,18 @@ RUN_TIMEOUT_S = 3600.0
 READY_TIMEOUT_S = 900.0  # a world-scale start compiles for minutes on busy cores
 CLIENT_SAMPLE = 4000  # client groups asked for their first answer when choosing events
 BUSIEST = 10  # the nodes leading the most sampled clients are always events
-BREAKDOWN_EVENTS = 5
+BREAKDOWN_EVENTS = 5  # the breakdown shows the first events and as many of the slowest
 SAMPLE_ROUNDS = 6  # client samples at most, when the nodes of the last led no client any more
 BENCH_HEALTH = {"hold_down_s": 0, "max_hold_down_s": 0, "recover_after": 1}
 HEARTBEATS_PER_S = 1000.0  # the bench copy's background heartbeats, all nodes together
 QUIET_S = 0.3  # no table planned for this long before an event starts
 QUIET_TIMEOUT_S = 900.0  # a full plan of a 20,000-node world on two busy cores: minutes
+# The publisher's "planning routing table N (...: NODE, NODE down...)" names the nodes it takes down.
+PLANNED_DOWN = re.compile(r"planning routing table (\d+) \(.*?: ([^()]*?) down")
 LOG_LINE = re.compile(
     r"routing table (\d+) in service on \d+ workers: ([\d.]+) ms after the change "
-    r"\(waited ([\d.]+), inputs ([\d.]+), planned (\w+) ([\d.]+), file ([\d.]+), workers ([\d.]+) ms\)"
+    r"\(waited ([\d.]+), inputs ([\d.]+), planned (\w+(?: \(\w+\))?) ([\d.]+), file ([\d.]+), "
+    r"workers ([\d.]+) ms\)"
 )
 
 
@@ -191,11 +196,13 @@ class Sender:
 
     def run(self, command: str) -> float:
         done = threading.Event()
+        self.sent_at = 0.0
         holder: dict[str, object] = {}
 
         def apply() -> None:
             try:
                 holder["at"] = time.monotonic()
+                holder["wall"] = time.time()
                 self.sim.simulator.command(command)
             except Exception as exc:  # reported in the caller's thread
                 holder["error"] = exc
@@ -206,6 +213,7 @@ class Sender:
             raise RuntimeError(f"the simulator did not run {command!r} within 10 s")
         if "error" in holder:
             raise RuntimeError(f"simulator command {command!r}: {holder['error']}")
+        self.sent_at = float(holder["wall"])  # type: ignore[arg-type]
         return float(holder["at"])  # type: ignore[arg-type]
 
 
@@ -221,6 +229,8 @@ class Event:
     polls: int = 0
     final_answer: list[str] = field(default_factory=list)
     generation: int | None = None  # the router's table after the answer changed
+    before: int = 0  # the last table the router had begun planning when the report was sent
+    sent_at: float = 0.0  # wall clock (the router log's clock) when the report was sent
     restored: bool = False
 
 
@@ -326,8 +336,9 @@ class RouterLog:
 
 def run_event(event: Event, prober: Prober, sender: Sender, restore: bool,
               router_log: RouterLog) -> None:  # fmt: skip
-    before = router_log.planning
+    before = event.before = router_log.planning
     sent = sender.run(event.command)
+    event.sent_at = sender.sent_at
     while True:
         answer, arrived = prober.ask(event.client)
         event.polls += 1
@@ -361,9 +372,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def read_breakdown(log: Path, events: list[Event]) -> list[dict]:
-    """The router's own timing of the table each of the first events was answered from."""
+    """The router's own timing of the table each event was answered from, one row per event
+    (the first table after the report that names the node among those it took down, else
+    simply the first table after the report)."""
     tables = {}
+    named: dict[str, list[int]] = {}  # node -> the tables whose planning line names it down
     for line in log.read_text(errors="replace").splitlines():
+        planning = PLANNED_DOWN.search(line)
+        if planning:
+            for node in planning.group(2).split(", "):
+                named.setdefault(node, []).append(int(planning.group(1)))
         match = LOG_LINE.search(line)
         if match:
             g, total, waited, inputs, kind, planned, file_ms, workers = match.groups()
@@ -373,16 +391,18 @@ def read_breakdown(log: Path, events: list[Event]) -> list[dict]:
                               "workers_ms": float(workers)}  # fmt: skip
     out = []
     for event in events:
-        if event.ms is None or event.generation not in tables:
+        mine = [g for g in named.get(event.node, []) if g > event.before]
+        generation = min(mine) if mine else event.generation
+        if event.ms is None or generation not in tables:
             continue
-        row = {"node": event.node, "end_to_end_ms": round(event.ms, 2), **tables[event.generation]}
+        row = {"node": event.node, "end_to_end_ms": round(event.ms, 2), "generation": generation,
+               "sent_at": time.strftime("%H:%M:%S", time.localtime(event.sent_at))
+               + f".{int(event.sent_at * 1000) % 1000:03d}", **tables[generation]}  # fmt: skip
         # Before the change reaches the publisher (heartbeat sent, received, verified, applied)
         # and after the workers confirmed (the next query's round trip): the rest of the figure.
         # Negative when the worker that answered took the table before the last one confirmed.
         row["intake_and_query_ms"] = round(event.ms - row["router_ms"], 2)
         out.append(row)
-        if len(out) >= BREAKDOWN_EVENTS:
-            break
     return out
 
 
@@ -461,7 +481,10 @@ def measure_node_down_to_answer(zones: Path, events: int, workers: int = 2,
         figures["nodes_skipped"] = skipped
         figures["restored_between_events"] = restore
         figures["heartbeats_per_s"] = heartbeats_per_s
-        figures["breakdown"] = read_breakdown(log, done)
+        rows = read_breakdown(log, done)
+        figures["per_event_router"] = rows
+        slowest = sorted(rows[BREAKDOWN_EVENTS:], key=lambda r: -r["end_to_end_ms"])
+        figures["breakdown"] = rows[:BREAKDOWN_EVENTS] + slowest[:BREAKDOWN_EVENTS]
         figures["zones"] = str(zones)
         return figures
     finally:

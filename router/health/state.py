@@ -196,6 +196,31 @@ class NodeHealth:
                 for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._compute()))
             ]
 
+    def _status_from_copies(self) -> list[NodeStatus]:
+        """``status()`` computed from copies taken under the lock, not under it: at 20,000
+        nodes the state file's computation held every heartbeat (a failure's too) up for
+        tens of ms, and the saver runs beside the service."""
+        monitor = self.monitor
+        with self._lock:
+            admin, since = dict(self._admin), list(self._since)
+            if monitor is not None:
+                states, reasons = monitor.state.copy(), list(monitor.reason)
+        out = []
+        for i, node_id in enumerate(self.node_ids):
+            override = admin.get(node_id)
+            if override is not None:
+                state, reason = ADMIN_STATES[override[0]], override[1]
+            else:
+                state, reason = (
+                    (NodeState(int(states[i])), reasons[i])
+                    if monitor is not None
+                    else self._health_entry(i)
+                )
+            out.append(
+                NodeStatus(node_id, state, reason, admin.get(node_id, (None, ""))[0], since[i])
+            )  # type: ignore[arg-type]
+        return out
+
     def carry_from(self, old: NodeHealth) -> list[str]:
         """After a reload: keep the admin overrides, monitor state, times of the last change
         and the change history of the nodes both configs have. Returns the ids of nodes the
@@ -230,13 +255,15 @@ class NodeHealth:
                     "since": s.since,
                     "admin_state": None if s.reason.endswith(ADMIN_FILE_SUFFIX) else s.admin_state,
                 }
-                for s in self.status()
+                for s in self._status_from_copies()
             },
         }
         tmp = path.with_name(f".{path.name}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
+            # One line by the C encoder: an indented dump runs the pure-Python one (0.15 s
+            # for 20,000 nodes, holding the GIL the failure path needs). `jq .` reads it.
+            handle.write(json.dumps(data, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

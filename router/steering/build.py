@@ -9,6 +9,7 @@ Every answer leads with the node the plan chose, followed by the group's next be
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,31 @@ class RoutingTable:
         return [int(n) for n in self.set_nodes[answer_set] if n >= 0]
 
 
+@dataclass(frozen=True)
+class PlanBasis:
+    """What a plan is made from besides node states and load, as the planner held it when
+    the plan began: each policy's demand, the fused RTT samples, the policy probes' verdicts."""
+
+    demand: np.ndarray  # float64[P, G]
+    samples: tuple | None
+    policy_down: np.ndarray  # bool[P, N]
+
+
+@dataclass(frozen=True)
+class FullPlan:
+    """Every policy planned afresh (``Planner.plan_full``), not yet the planner's own
+    (``Planner.adopt``); its table carries generation 0 until then."""
+
+    basis: PlanBasis
+    node_state: np.ndarray
+    node_util: np.ndarray
+    plans: list[PolicyPlan]
+    inputs: list[PlanInputs]
+    resolved: list[np.ndarray]
+    table: RoutingTable
+    index: SetIndex | None  # the table's answer sets by key, to patch it (None: too wide)
+
+
 class Planner:
     """Keeps each policy's plan so that a node failure can be repaired, not re-planned."""
 
@@ -80,51 +106,135 @@ class Planner:
         self.resolved: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(model.policies)
         self.last_kind = "none"
         self._last: tuple[RoutingTable, SetIndex] | None = None  # the last table, to patch
+        self.grown = False  # the last patch grew the table past SetIndex.grown (not compacted)
 
     def set_demand(self, policy: int, demand: np.ndarray) -> None:
         self.demand[policy] = demand
+
+    def basis(self) -> PlanBasis:
+        """The planner's demand, samples and probe verdicts as they are now (copies)."""
+        return PlanBasis(self.demand.copy(), self.samples, self.policy_down.copy())
 
     def build(
         self, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
     ) -> RoutingTable:
         """Plan every policy from scratch, the most constrained first (``planning_order``)."""
-        util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
-        used = np.zeros(len(self.model.node_ids))
-        inputs = [self._inputs(p, node_state, util) for p in range(len(self.model.policies))]
+        return self.adopt(self.plan_full(node_state, node_util), generation)
+
+    def plan_full(
+        self, node_state: np.ndarray, node_util: np.ndarray | None, basis: PlanBasis | None = None
+    ) -> FullPlan:
+        """Every policy planned from scratch and its table, from ``basis`` (default: the
+        planner's own, now). Changes nothing here, so it may run in another thread while this
+        planner goes on repairing its current plans (the kernels release the GIL)."""
+        basis = self.basis() if basis is None else basis
+        n_policies, n_nodes = len(self.model.policies), len(self.model.node_ids)
+        node_state = np.array(node_state, dtype=np.int8)
+        util = np.zeros(n_nodes) if node_util is None else np.array(node_util, dtype=np.float64)
+        made = [self._inputs_for(p, node_state, util, basis) for p in range(n_policies)]
+        inputs = [item[0] for item in made]
+        resolved = [item[1] for item in made]
+        plans: list[PolicyPlan] = [None] * n_policies  # type: ignore[list-item]
+        used = np.zeros(n_nodes)
         for p in planning_order(inputs):
-            self.plans[p] = plan_policy(inputs[p], used)
-            self.inputs[p] = inputs[p]
-            used = used + self.plans[p].load
+            plans[p] = plan_policy(inputs[p], used)
+            used = used + plans[p].load
+        table, index = self._whole_table(plans, inputs, resolved, node_state, 0)
+        return FullPlan(basis, node_state, util, plans, inputs, resolved, table, index)
+
+    def adopt(self, full: FullPlan, generation: int) -> RoutingTable:
+        """Make ``full`` the planner's plans (repairs go on from it); its table as ``generation``."""
+        self.plans = list(full.plans)
+        self.inputs = list(full.inputs)
+        self.resolved = list(full.resolved)
+        self.demand, self.samples = full.basis.demand, full.basis.samples
+        self.policy_down = full.basis.policy_down
+        table = dataclasses.replace(full.table, generation=generation)
+        self._last = None if full.index is None else (table, full.index)
+        self.grown = False
         self.last_kind = "full"
-        return self._table(node_state, generation)
+        return table
+
+    def plan_util(self) -> np.ndarray | None:
+        """The node load the current plans were made with (None before the first plan)."""
+        first = self.inputs[0] if self.inputs else None
+        return None if first is None else first.rank.node_util
 
     def node_down(
         self, node: int, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
     ) -> RoutingTable:
         """One node left service: repair each plan where it can, else plan afresh."""
-        if any(p is None for p in self.plans):
-            return self.build(node_state, node_util, generation)
         util = np.zeros(len(self.model.node_ids)) if node_util is None else node_util
-        previous = self.inputs
-        if any(not np.array_equal(i.rank.node_util, util) for i in previous if i is not None):
+        planned_util = self.plan_util()
+        if planned_util is None or not np.array_equal(planned_util, util):
             return self.build(node_state, node_util, generation)
+        table = self.repair_node_down(node, node_state, generation)
+        return self.build(node_state, node_util, generation) if table is None else table
+
+    def repair_node_down(
+        self, node: int, node_state: np.ndarray, generation: int, compact: bool = True
+    ) -> RoutingTable | None:
+        """One node left service (``node_state`` is the plans' states with it down): each plan
+        repaired, at the load the plans were made with. None when a repair cannot do (no plans
+        yet, a pool emptied, a health tier changed): a full plan must follow, and until then
+        the planner has no plans (a repair that gave up half way left them inconsistent)."""
+        if any(p is None for p in self.plans):
+            return None
+        util = self.plan_util()
+        assert util is not None
         # A pool emptied (or back): its classes move along their fallback chains, which
         # changes what they may use beyond the one node: plan afresh.
-        if any(not np.array_equal(self.model.policies[p].resolve(self._policy_state(p, node_state)), self.resolved[p])
-               for p in range(len(self.plans))):  # fmt: skip
-            return self.build(node_state, node_util, generation)
+        resolved = [
+            self.model.policies[p].resolve(self._policy_state(p, node_state, self.policy_down))
+            for p in range(len(self.plans))
+        ]
+        if any(not np.array_equal(r, self.resolved[p]) for p, r in enumerate(resolved)):
+            return self._give_up()
         total = sum(p.load for p in self.plans if p is not None)
         before = total
         for p, plan in enumerate(self.plans):
             assert plan is not None
-            inputs = self._inputs(p, node_state, util)
+            inputs = self._repair_inputs(p, node_state, util, resolved[p])
             repaired = replan_node_down(inputs, plan, node, total - plan.load)
             if repaired is None:
-                return self.build(node_state, node_util, generation)
+                return self._give_up()
             total = sum(q.load for q in self.plans if q is not None)
             self.inputs[p] = inputs
         self.last_kind = "incremental"
-        return self._patched_table(node_state, generation, before)
+        return self._patched_table(node_state, generation, before, compact)
+
+    def _repair_inputs(
+        self, p: int, node_state: np.ndarray, util: np.ndarray, resolved: np.ndarray
+    ) -> PlanInputs:
+        """Policy ``p``'s inputs for a repair: its plan's own with the new node states, when
+        nothing else of them can differ (same pools, samples, demand); else made afresh.
+        Making them afresh checks every array again (milliseconds at world scale)."""
+        previous = self.inputs[p]
+        assert previous is not None
+        rank = previous.rank
+        same_samples = (
+            rank.meas_node.size == 0
+            if self.samples is None
+            else rank.meas_start is self.samples[0] and rank.meas_node is self.samples[1]
+            and rank.meas_rtt is self.samples[2]
+        )  # fmt: skip
+        if not (
+            same_samples
+            and np.array_equal(resolved, self.resolved[p])
+            and np.array_equal(previous.group_demand, self.demand[p])
+            and rank.node_util is util
+        ):
+            return self._inputs_for(p, node_state, util, resolved=resolved)[0]
+        state = np.ascontiguousarray(
+            self._policy_state(p, node_state, self.policy_down), dtype=np.int8
+        )
+        return dataclasses.replace(previous, rank=dataclasses.replace(rank, node_state=state))
+
+    def _give_up(self) -> None:
+        self.plans = [None] * len(self.model.policies)
+        self.inputs = [None] * len(self.model.policies)
+        self._last = None
+        return None
 
     def groups_changed(
         self,
@@ -138,49 +248,83 @@ class Planner:
         if any(p is None for p in self.plans) or any(
             not (
                 np.array_equal(i.rank.node_util, util)
-                and np.array_equal(i.rank.node_state, node_state)
+                # The plan's states carry the policy probe's verdicts.
+                and np.array_equal(
+                    i.rank.node_state, self._policy_state(p, node_state, self.policy_down)
+                )
             )
-            for i in self.inputs
+            for p, i in enumerate(self.inputs)
             if i is not None
         ):
             return self.build(node_state, node_util, generation)
         for p, plan in enumerate(self.plans):
             assert plan is not None
-            inputs = self._inputs(p, node_state, util)
+            inputs, self.resolved[p] = self._inputs_for(p, node_state, util)
             total = sum(q.load for q in self.plans if q is not None)
             replan_groups(inputs, plan, groups, total - plan.load)
             self.inputs[p] = inputs
         self.last_kind = "incremental"
         return self._table(node_state, generation)
 
-    def _policy_state(self, p: int, node_state: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _policy_state(p: int, node_state: np.ndarray, policy_down: np.ndarray) -> np.ndarray:
         """Node states as policy ``p`` sees them: its own probe's verdicts on top."""
-        if self.policy_down[p].any():
-            return np.where(self.policy_down[p], np.int8(2), node_state).astype(np.int8)
+        if policy_down[p].any():
+            return np.where(policy_down[p], np.int8(2), node_state).astype(np.int8)
         return node_state
 
-    def _inputs(self, p: int, node_state: np.ndarray, util: np.ndarray) -> PlanInputs:
+    def _inputs_for(
+        self,
+        p: int,
+        node_state: np.ndarray,
+        util: np.ndarray,
+        basis: PlanBasis | None = None,
+        resolved: np.ndarray | None = None,
+    ) -> tuple[PlanInputs, np.ndarray]:
+        """Policy ``p``'s plan inputs and the pool each of its classes resolved to, from
+        ``basis`` (default: the planner's own); ``resolved``: already resolved for these states."""
         compiled = self.model.policies[p]
-        node_state = self._policy_state(p, node_state)
-        fence_allowed = None
-        if compiled.routing is not None:
-            self.resolved[p] = compiled.resolve(node_state)
-            fence_allowed = compiled.allowed(self.resolved[p])
-        rank = self.model.rank_inputs(p, node_state, util, self.samples, fence_allowed)
-        return PlanInputs.create(
-            rank,
-            compiled.topology,
-            self.demand[p],
-            self.model.node_capacity_gbps,
-            compiled.policy.headroom,
+        demand, samples, policy_down = (
+            (self.demand, self.samples, self.policy_down)
+            if basis is None
+            else (basis.demand, basis.samples, basis.policy_down)
         )
+        node_state = self._policy_state(p, node_state, policy_down)
+        fence_allowed = None
+        if compiled.routing is None:
+            resolved = np.zeros(0, dtype=np.int32)
+        else:
+            resolved = compiled.resolve(node_state) if resolved is None else resolved
+            fence_allowed = compiled.allowed(resolved)
+        rank = self.model.rank_inputs(p, node_state, util, samples, fence_allowed)
+        inputs = PlanInputs.create(
+            rank, compiled.topology, demand[p], self.model.node_capacity_gbps, compiled.policy.headroom
+        )  # fmt: skip
+        return inputs, resolved
 
     def _table(self, node_state: np.ndarray, generation: int) -> RoutingTable:
+        """The whole table of the planner's plans (and it is the one patched next)."""
+        plans = [plan for plan in self.plans if plan is not None]
+        inputs = [item for item in self.inputs if item is not None]
+        table, index = self._whole_table(plans, inputs, self.resolved, node_state, generation)
+        self._last = None if index is None else (table, index)
+        return table
+
+    def _whole_table(
+        self,
+        plans: list[PolicyPlan],
+        inputs: list[PlanInputs],
+        resolved: list[np.ndarray],
+        node_state: np.ndarray,
+        generation: int,
+    ) -> tuple[RoutingTable, SetIndex | None]:
+        """Every group of ``plans`` answered, and the table's answer sets by key (None when
+        rows are too wide to patch). Reads nothing of the planner's but the model."""
         model = self.model
         width = max((p.policy.answer_count for p in model.policies), default=1)
         n_groups = len(model.client_map.groups)
-        used = sum(plan.load for plan in self.plans if plan is not None)
-        all_rows, owner, weight = self._answer_entries(used, width, None)
+        used = sum(plan.load for plan in plans)
+        all_rows, owner, weight = self._answer_entries(plans, inputs, used, width, None)
         # Many groups share an answer; store each distinct node list once. Up to two nodes a
         # row is one int64 (row_keys), which sorts much faster than bytes.
         fast_keys = row_keys(all_rows)
@@ -212,26 +356,30 @@ class Planner:
             split_set=answer_set[entry].astype(np.int32),
             split_cum=split_cum,
             node_planned=used,
-            policy_pool=_policy_pool_rows(self.resolved),
+            policy_pool=_policy_pool_rows(resolved),
         )
-        self._last = None
+        index = None
         if fast_keys is not None:
             ids = np.arange(len(sets), dtype=np.int32)
-            self._last = (table, SetIndex(unique_keys, ids, len(sets), len(table.split_set)))
-        return _frozen(table)
+            index = SetIndex(unique_keys, ids, len(sets), len(table.split_set))
+        return _frozen(table), index
 
     def _answer_entries(
-        self, used: np.ndarray, width: int, used_before: np.ndarray | None
+        self,
+        plans: list[PolicyPlan],
+        inputs: list[PlanInputs],
+        used: np.ndarray,
+        width: int,
+        used_before: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(answer rows, owner = policy * groups + group, weight) of every policy's primary
         shares, sorted by owner: every group's, or with ``used_before`` (the load before a
         repair) only the groups the repair may have changed (``_changed_groups``)."""
         n_groups = len(self.model.client_map.groups)
         rows, owners, weights = [], [], []
-        for p, (compiled, plan, inputs) in enumerate(zip(self.model.policies, self.plans, self.inputs)):  # fmt: skip
-            assert plan is not None and inputs is not None
-            only = None if used_before is None else _changed_groups(plan, inputs, used_before, used)
-            groups, nodes, weight = primary_shares(plan, inputs, used - plan.load, only=only)
+        for p, (compiled, plan, item) in enumerate(zip(self.model.policies, plans, inputs)):
+            only = None if used_before is None else _changed_groups(plan, item, used_before, used)
+            groups, nodes, weight = primary_shares(plan, item, used - plan.load, only=only)
             rows.append(
                 _answer_rows(plan.cand_node, groups, nodes, compiled.policy.answer_count, width)
             )
@@ -240,22 +388,28 @@ class Planner:
         return np.concatenate(rows), np.concatenate(owners), np.concatenate(weights)
 
     def _patched_table(
-        self, node_state: np.ndarray, generation: int, used_before: np.ndarray
+        self, node_state: np.ndarray, generation: int, used_before: np.ndarray, compact: bool = True
     ) -> RoutingTable:
         """The last table with only the groups the repair moved answered afresh
-        (``router/steering/patch.py``); whole when it cannot be patched."""
+        (``router/steering/patch.py``); whole when it cannot be patched, or (``compact``)
+        when patches have grown it too much. Without ``compact`` a grown table is still
+        patched and ``grown`` says so: the caller plans afresh off the failure's path."""
         if self._last is None:
             return self._table(node_state, generation)
         # _last is kept only for tables whose rows fit row_keys; a patch has the same width.
         previous, index = self._last
         width = previous.set_nodes.shape[1]
-        used = sum(plan.load for plan in self.plans if plan is not None)
-        all_rows, owner, weight = self._answer_entries(used, width, used_before)
+        plans = [plan for plan in self.plans if plan is not None]
+        inputs = [item for item in self.inputs if item is not None]
+        used = sum(plan.load for plan in plans)
+        all_rows, owner, weight = self._answer_entries(plans, inputs, used, width, used_before)
         _, counts = owner_runs(owner)
         _, new_cum = _split_entries(weight, counts)
         patched = patch(previous.group_set, previous.set_nodes, previous.split_start,
                         previous.split_set, previous.split_cum, index, owner, all_rows, new_cum)  # fmt: skip
-        if index.grown(len(patched.set_nodes), len(patched.split_set)):
+        self.grown = index.grown(len(patched.set_nodes), len(patched.split_set))
+        if self.grown and compact:
+            self.grown = False
             return self._table(node_state, generation)  # orphaned rows piled up: compact
         table = RoutingTable(
             generation=generation,
@@ -367,3 +521,24 @@ def build_routing_table(
 ) -> RoutingTable:
     """A table planned from scratch (no repair state kept)."""
     return Planner(model).build(node_state, node_util, generation)
+
+
+def without_down_nodes(
+    table: RoutingTable, node_state: np.ndarray, generation: int
+) -> RoutingTable:
+    """``table`` with every node down in ``node_state`` taken out of its answers (the rest
+    of each answer moves up), for a failure no repair can take: until a full plan is in
+    service, no answer may list the node. An answer of down nodes only stays as it was, as
+    the plan fails open when every node a group may use is down."""
+    down = np.append(np.asarray(node_state) == 2, False)  # 2: down; -1 pads read the False
+    rows = table.set_nodes
+    keep = (rows >= 0) & ~down[rows]
+    nothing_left = ~keep.any(axis=1)
+    keep[nothing_left] = rows[nothing_left] >= 0
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept nodes first, in their order
+    set_nodes = np.take_along_axis(rows, order, axis=1)
+    set_nodes[~np.take_along_axis(keep, order, axis=1)] = -1
+    return _frozen(dataclasses.replace(
+        table, generation=generation, set_nodes=set_nodes,
+        node_state=np.array(node_state, dtype=np.int8),
+    ))  # fmt: skip

@@ -1,0 +1,253 @@
+"""The publisher plans afresh in the background and never makes a failure wait for it.
+
+A full plan (new demand, a node draining or back, load moved) runs in a thread of its own
+while the publisher goes on repairing the plans in service for every node that goes down
+and publishing at once; when the full plan ends it is put in service with the nodes that
+went down meanwhile repaired on top. These tests make the full plan wait on an event (the
+real planner's ``plan_full``, held back), so that "during a full plan" is certain, not a
+matter of timing, and check what the workers were handed, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.config import load_deployment
+from router.health.state import NodeState
+from router.service.config_files import ConfigFiles
+from router.service.supervisor import Supervisor
+from router.steering import compile_model
+from router.steering.build import FullPlan, Planner, RoutingTable, without_down_nodes
+from tests.test_router_policy_pools import MEO, POOLED, VIDEO, states, web
+
+WAIT_S = 20.0  # every wait below is bounded by this
+
+
+def listed(table: RoutingTable) -> set[int]:
+    """Every node some answer of ``table`` lists (single answers and split entries)."""
+    used = np.concatenate([table.group_set[table.group_set >= 0], table.split_set])
+    rows = table.set_nodes[np.unique(used)]
+    return {int(n) for n in rows[rows >= 0]}
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT_S} s: {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class HeldPlans:
+    """The planner's full plans, each held until ``release`` is set."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    results: list[FullPlan] = field(default_factory=list)
+
+    def hold(self, planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = planner.plan_full
+
+        def held(*args, **kwargs) -> FullPlan:  # noqa: ANN002, ANN003
+            self.entered.set()
+            assert self.release.wait(WAIT_S), "the test never released the full plan"
+            result = real(*args, **kwargs)
+            self.results.append(result)
+            return result
+
+        monkeypatch.setattr(planner, "plan_full", held)
+
+
+class Router:
+    """A supervisor on the sample deployment (one worker) that records every table it hands
+    the workers."""
+
+    def __init__(self, zones: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        deployment = load_deployment(zones)
+        self.supervisor = Supervisor(
+            deployment, compile_model(deployment), [("127.0.0.1", 0)], workers=1,
+            files=ConfigFiles.read(zones),
+        )  # fmt: skip
+        self.published: list[RoutingTable] = []
+        workers = self.supervisor.workers
+        real_publish = workers.publish
+
+        def publish(table: RoutingTable):  # noqa: ANN202
+            self.published.append(table)
+            return real_publish(table)
+
+        monkeypatch.setattr(workers, "publish", publish)
+
+    def index(self, node_id: str) -> int:
+        return self.supervisor.config.node_index[node_id]
+
+    def set_state(self, node_id: str, admin: str) -> int:
+        """As an operator's override would, without waiting for the table: the ticket."""
+        sup = self.supervisor
+        with sup.health_lock:
+            assert sup.health.set_admin_state(node_id, admin)
+        return sup.publisher.request_rebuild()
+
+    def state_in_service(self, node_id: str) -> int:
+        return int(self.supervisor.table.node_state[self.index(node_id)])
+
+
+@pytest.fixture
+def zones(tmp_path: Path, deployment_dir: Path) -> Path:
+    shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "zones"
+
+
+@pytest.fixture
+def router(zones: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Router]:
+    made = Router(zones, monkeypatch)
+    made.supervisor.start()
+    try:
+        yield made
+    finally:
+        made.supervisor.stop()
+
+
+def test_a_failure_during_a_full_plan_is_published_before_the_plan_ends(
+    router: Router, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = router.supervisor
+    held = HeldPlans()
+    held.hold(sup.planner, monkeypatch)
+    first = sup.table.generation
+    drained = router.set_state("tef-mad-2", "drain")  # a state change a repair cannot take
+    assert held.entered.wait(WAIT_S), "no full plan began for a drained node"
+    assert sup.publisher.full_plan_running
+
+    gone = router.index("tef-mad-1")
+    assert gone in listed(sup.table)
+    down = router.set_state("tef-mad-1", "down")
+    until(lambda: router.state_in_service("tef-mad-1") == NodeState.DOWN, "the repair in service")
+    # Published while the full plan is still held: the failure did not wait for it.
+    assert not held.release.is_set() and sup.publisher.full_plan_running
+    repaired = sup.table
+    assert gone not in listed(repaired)
+    assert repaired.generation > first
+    assert router.state_in_service("tef-mad-2") == NodeState.UP  # the drain is the plan's
+    # The drain is owed by the full plan, so neither ticket counts as published yet.
+    assert not sup.publisher.wait_published(drained, timeout=0.2)
+
+    before_release = len(router.published)
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        held.release.set()
+        assert sup.publisher.wait_published(down, timeout=WAIT_S)
+    adopted = sup.table
+    assert len(held.results) == 1 and router.published[before_release:] == [adopted]
+    assert any(f"routing table {adopted.generation} in service" in r.getMessage()
+               and "planned full (background)" in r.getMessage() for r in caplog.records)  # fmt: skip
+    # The plan began before the failure: it is in service with the failure repaired on top.
+    assert adopted.node_state[gone] == NodeState.DOWN and gone not in listed(adopted)
+    assert router.state_in_service("tef-mad-2") == NodeState.DRAINING
+    assert not sup.publisher.full_plan_running
+    generations = [t.generation for t in router.published]
+    assert generations == sorted(set(generations)) and generations[-1] == adopted.generation
+    assert all(gone not in listed(t) for t in router.published if t.generation > first)
+
+
+def test_a_full_plan_begun_before_a_reload_is_thrown_away(
+    router: Router, zones: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = router.supervisor
+    held = HeldPlans()
+    held.hold(sup.planner, monkeypatch)
+    router.set_state("tef-mad-2", "drain")
+    assert held.entered.wait(WAIT_S), "no full plan began for a drained node"
+    old = sup.config
+    with open(zones / "cdn.example.zone", "a", encoding="utf-8") as zone:
+        zone.write('reloaded 60 IN TXT "v2"\n')
+    # The reload plans its own first table; the publisher is free for it meanwhile.
+    assert sup.reload("test")["result"] == "ok"
+    assert sup.config is not old
+    after_reload = sup.table.generation
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        held.release.set()
+        until(lambda: not sup.publisher.full_plan_running, "the stale full plan ended")
+        until(lambda: any("thrown away" in r.getMessage() for r in caplog.records),
+              "the publisher to see the stale plan")  # fmt: skip
+    assert len(held.results) == 1
+    stale = held.results[0].table
+    assert all(t.group_set is not stale.group_set for t in router.published)
+    assert sup.table.generation >= after_reload
+    generations = [t.generation for t in router.published]
+    assert generations == sorted(set(generations))
+    # The reloaded config carried the drain over: its own table has it.
+    assert router.state_in_service("tef-mad-2") == NodeState.DRAINING
+
+
+@pytest.fixture
+def pooled(zones: Path) -> Path:
+    (zones / "cdn.example.policy.yaml").write_text(POOLED.format(video=VIDEO, geofence=""))
+    return zones
+
+
+def test_a_failure_no_repair_can_take_leaves_the_node_out_at_once(
+    pooled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = Router(pooled, monkeypatch)
+    sup = made.supervisor
+    sup.start()
+    try:
+        held = HeldPlans()
+        held.hold(sup.planner, monkeypatch)
+        lis, opo = made.index("meo-lis-1"), made.index("meo-opo-1")
+        made.set_state("meo-lis-1", "down")
+        until(lambda: made.state_in_service("meo-lis-1") == NodeState.DOWN, "the repair")
+        assert not held.entered.is_set()  # one MEO node left: a repair, no full plan
+        made.set_state("meo-opo-1", "down")  # the MEO pool empties: its clients move pools
+        until(lambda: made.state_in_service("meo-opo-1") == NodeState.DOWN, "the masked table")
+        assert held.entered.wait(WAIT_S) and not held.release.is_set()
+        masked, before = sup.table, made.published[-2]
+        assert masked.set_nodes.shape == before.set_nodes.shape  # the same table, masked
+        meo = np.isin(before.set_nodes, [lis, opo])
+        mixed = meo.any(axis=1) & ((before.set_nodes >= 0) & ~meo).any(axis=1)
+        assert mixed.any()  # answers of a MEO node and another: the other leads them now
+        assert not np.isin(masked.set_nodes[mixed], [lis, opo]).any()
+        assert (masked.set_nodes[mixed, 0] >= 0).all()
+        # An answer of MEO nodes only stays (failing open) for the moment the plan takes.
+        assert np.array_equal(masked.set_nodes[~mixed], before.set_nodes[~mixed])
+        held.release.set()
+        until(lambda: sup.table.group_set is (held.results[0].table.group_set
+                                              if held.results else None), "the full plan")  # fmt: skip
+        assert not {lis, opo} & listed(sup.table)
+        fresh = Planner(sup.model)
+        fresh.set_demand(web(sup.model), sup.planner.demand[web(sup.model)])
+        expected = fresh.build(sup.table.node_state, sup.planner.plan_util(), 1)
+        assert np.array_equal(expected.node_state, states(sup.model, MEO))
+        for p in range(len(sup.model.policies)):
+            for g in range(len(sup.model.group_weight)):
+                assert sup.table.entries(p, g) == expected.entries(p, g)
+    finally:
+        sup.stop()
+
+
+def test_without_down_nodes_moves_the_rest_up_and_fails_open() -> None:
+    table = RoutingTable(
+        generation=4,
+        group_set=np.array([[0, 1, -1]], dtype=np.int32),
+        set_nodes=np.array([[2, 0], [1, -1]], dtype=np.int32),
+        node_state=np.zeros(3, dtype=np.int8),
+        split_start=np.array([0, 2], dtype=np.int32),
+        split_set=np.array([0, 1], dtype=np.int32),
+        split_cum=np.array([30000, 65536], dtype=np.uint32),
+        node_planned=np.zeros(3),
+        policy_pool=np.zeros((1, 0), dtype=np.int32),
+    )
+    out = without_down_nodes(table, np.array([0, 2, 2], dtype=np.int8), 5)
+    assert out.generation == 5 and out.node_state.tolist() == [0, 2, 2]
+    assert out.set_nodes.tolist() == [[0, -1], [1, -1]]  # node 1 alone: fails open
+    assert out.group_set is table.group_set and out.split_cum is table.split_cum
