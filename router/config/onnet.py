@@ -21,7 +21,7 @@ MAX_LISTED = 5
 def check_onnet_reach(
     doc: LocatedYaml, name: str, label: str, policy: Policy, inventory: Inventory, groups: Groups
 ) -> list[Problem]:
-    served = {n.id: inventory.onnet_asns(n) for n in inventory.nodes}
+    served = inventory.served
     if all(asns is None for asns in served.values()):
         return []
     site_country = {s.id: s.country for s in inventory.sites}

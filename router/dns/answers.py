@@ -175,13 +175,17 @@ class AnswerBook:
         self.zones: dict[bytes, ZoneIndex] = {}
         self.steered_names: dict[bytes, int] = {}
         self.steered: list[SteeredAnswer] = []
+        # A record's bytes depend on its type, TTL and address only (the owner is a pointer
+        # to the question): names with the same TTL share one tuple, made once.
+        records_of: dict[tuple[int, int], tuple[bytes, ...]] = {}
         for name, policy, ttl in steered:
             key = name_key(name)
             self.steered_names[key] = policy
             for rdtype, family in ((A, 0), (AAAA, 1)):
-                records = tuple(
-                    _steered_record(rdtype, ttl, addresses[family]) for addresses in node_addresses
-                )
+                records = records_of.get((rdtype, ttl))
+                if records is None:
+                    records = _steered_records(rdtype, ttl, [a[family] for a in node_addresses])
+                    records_of[(rdtype, ttl)] = records
                 entry = SteeredAnswer(len(self.steered), policy, rdtype, ttl, records)
                 self.steered.append(entry)
                 self.exact[(key, rdtype)] = entry
@@ -469,13 +473,16 @@ def _shift_soa_pointers(rr: bytes, delta: int) -> bytes:
     return bytes(out)
 
 
-def _steered_record(rdtype: int, ttl: int, address: bytes) -> bytes:
-    # Owner: pointer to the question name at offset 12 (the steered name is the qname).
-    return (
-        b"\xc0\x0c"
+def _steered_records(rdtype: int, ttl: int, addresses: list[bytes]) -> tuple[bytes, ...]:
+    """One record per address, each the owner (a pointer to the question name at offset 12:
+    the steered name is the qname), type, class, TTL, length and the address; the part
+    before the address is the same for every address of one length."""
+    heads = {
+        size: b"\xc0\x0c"
         + rdtype.to_bytes(2, "big")
         + b"\x00\x01"
         + ttl.to_bytes(4, "big")
-        + len(address).to_bytes(2, "big")
-        + address
-    )
+        + size.to_bytes(2, "big")
+        for size in {len(address) for address in addresses}
+    }
+    return tuple([heads[len(address)] + address for address in addresses])
