@@ -851,3 +851,30 @@ def test_world_mode_smoke(tmp_path):
     measured = [r for r in figures["runs"] if r["repetition"] >= 0 and r["rate_limit"] is None]
     assert measured and all(r["checked"] + r["check_timeouts"] > 0 for r in measured)
     assert figures["pdns_shared_qps"] == figures["pdns_qps"] and "pdns_config" in figures
+
+
+def test_a_peer_whose_port_was_taken_meanwhile_starts_on_another(tmp_path):
+    """Another server may take the port between the check and the peer's bind (the suite
+    starts several at once): the start is tried again on another port, with its config
+    written afresh; any other failure is not retried."""
+    from loadtest.throughput import peers
+
+    ports: list[int] = []
+
+    def start(port: int):
+        ports.append(port)
+        (tmp_path / "cfg").mkdir()  # written by each try, as write_pdns does
+        if len(ports) == 1:
+            raise RuntimeError(
+                f"pdns_server exited (1); Unable to bind UDP socket to '0.0.0.0:{port}': Address already in use"
+            )
+        return f"server on {port}"
+
+    assert peers.on_a_free_port("0.0.0.0", tmp_path / "cfg", start) == f"server on {ports[1]}"
+    assert len(ports) == 2
+
+    def broken(port: int):
+        raise RuntimeError("pdns_server exited (1); Fatal error: bad config")
+
+    with pytest.raises(RuntimeError, match="bad config"):
+        peers.on_a_free_port("0.0.0.0", tmp_path / "other", broken)

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ import dns.name
 from loadtest import packages
 from loadtest.throughput.answers import Oracle
 from loadtest.throughput.servers import START_TIMEOUT_S, Server, free_port, start_peer
+
+PORT_ATTEMPTS = 3  # a peer's start on a port taken meanwhile is tried on another
 
 # gdnsd's nets may not name the IPv4-like subspaces of IPv6 (gdnsd-plugin-geoip(8)).
 GDNSD_V6_REFUSED = [ipaddress.IPv6Network(n) for n in (
@@ -372,10 +375,13 @@ def start_gdnsd(
 ) -> Server:  # fmt: skip
     """gdnsd bound to ``address`` (the router's address in the same run)."""
     cfg = root / "gdnsd"
-    port = free_port()
-    figures = peers.write_gdnsd(cfg, port, address)
-    return start_peer("gdnsd", "gdnsd", [binary, "-c", str(cfg), "start"], port, root / "gdnsd.log", cpus,
-                      figures, peers.zone, timeout)  # fmt: skip
+
+    def start(port: int) -> Server:
+        figures = peers.write_gdnsd(cfg, port, address)
+        return start_peer("gdnsd", "gdnsd", [binary, "-c", str(cfg), "start"], port, root / "gdnsd.log",
+                          cpus, figures, peers.zone, timeout)  # fmt: skip
+
+    return on_a_free_port(address, cfg, start)
 
 
 def start_pdns(
@@ -385,11 +391,28 @@ def start_pdns(
     """PowerDNS with ``profile``'s settings (``pdns_settings``), bound to ``address`` (the
     router's address in the same run: like for like)."""
     cfg = root / key
-    port = free_port()
-    figures = peers.write_pdns(cfg, port, profile, address)
     label = "PowerDNS" if profile == "production" else f"PowerDNS ({profile})"
-    return start_peer(key, label, [binary, f"--config-dir={cfg}"], port, root / f"{key}.log", cpus,
-                      {**figures, "config_dir": str(cfg)}, peers.zone, timeout)  # fmt: skip
+
+    def start(port: int) -> Server:
+        figures = peers.write_pdns(cfg, port, profile, address)
+        return start_peer(key, label, [binary, f"--config-dir={cfg}"], port, root / f"{key}.log", cpus,
+                          {**figures, "config_dir": str(cfg)}, peers.zone, timeout)  # fmt: skip
+
+    return on_a_free_port(address, cfg, start)
+
+
+def on_a_free_port(address: str, cfg: Path, start: Callable[[int], Server]) -> Server:
+    """``start(port)`` on a free port of ``address``, again on another (with its config
+    written afresh) if something took the port between the check and the bind: other
+    servers start beside the bench (the test suite runs several at once)."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return start(free_port(address))
+        except RuntimeError as exc:
+            if "already in use" not in str(exc) or attempt == PORT_ATTEMPTS - 1:
+                raise
+            shutil.rmtree(cfg, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def pdns_stats(server: Server) -> dict:

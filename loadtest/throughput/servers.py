@@ -30,15 +30,16 @@ START_TIMEOUT_S = 120.0
 WORLD_START_TIMEOUT_S = 900.0
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (checked, then released)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``address`` (checked, then released: a peer that
+    binds 0.0.0.0 needs it free on every address, not only on 127.0.0.1)."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
+            u.bind((address, 0))
             port = u.getsockname()[1]
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
                 try:
-                    t.bind(("127.0.0.1", port))
+                    t.bind((address, port))
                 except OSError:
                     continue
             return port
