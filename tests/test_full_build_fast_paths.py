@@ -13,9 +13,9 @@ from pathlib import Path
 import dns.name
 import pytest
 
+from router._gc import collector_paused
 from router.config import _yaml
 from router.config._validate import validate_all, validate_item
-from router.config.deployment import _collector_paused
 from router.config.nodes import Node, Site, _with_addresses, parse_inventory
 from router.dns.answers import AnswerBook
 
@@ -160,14 +160,14 @@ def test_the_collector_is_paused_during_a_load_and_back_after() -> None:
     was = gc.isenabled()
     try:
         gc.enable()
-        with _collector_paused():
+        with collector_paused():
             assert not gc.isenabled()
         assert gc.isenabled()
-        with pytest.raises(RuntimeError), _collector_paused():
+        with pytest.raises(RuntimeError), collector_paused():
             raise RuntimeError("a load that fails")
         assert gc.isenabled()
         gc.disable()  # whoever turned it off keeps it off
-        with _collector_paused():
+        with collector_paused():
             pass
         assert not gc.isenabled()
     finally:

@@ -17,7 +17,7 @@ ROUTER = Path(__file__).resolve().parents[1] / "router"
 LIBRARIES = ("agent", "anycast", "config", "dns", "geo", "health", "steering")
 ABOVE_LIBRARIES = ("service", "api", "cli", "explain", "plan", "simulator")
 # Utilities any package may use (not a package of the router in the sense of the rules).
-SHARED = {"_jit"}
+SHARED = {"_jit", "_gc"}
 
 ALLOWED_ONLY = {
     "geo": {"geo"},

@@ -42,12 +42,11 @@ them are raised together as a ClientMapError before any map is built.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from router._gc import collector_paused
 from router.geo.clientmap import ClientMap, ClientMapError, SourceProblem
 from router.geo.importers.coverage import coverage_kind, read_coverage_zones
 from router.geo.importers.merge import merge
@@ -139,7 +138,7 @@ def build_client_map(sources: Sequence[Source]) -> ClientMap:
     """Read every source, then merge them (rules above); all problems raise together."""
     problems: list[SourceProblem] = []
     read: list[tuple[bool, list[Entry]]] = []
-    with _gc_paused():
+    with collector_paused():
         for source in sources:
             try:
                 read.append((source.is_database, read_source(source)))
@@ -148,19 +147,6 @@ def build_client_map(sources: Sequence[Source]) -> ClientMap:
         if problems:
             raise ClientMapError(problems)
         return merge(read)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Millions of small tuples and no reference cycles: the cyclic collector would only
-    rescan them again and again (it makes a world-sized build about 40% slower)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def load_mmdb(path: Path) -> ClientMap:

@@ -1,0 +1,24 @@
+"""The cyclic garbage collector paused around bulk loads (the client map, a deployment)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection inside. A bulk load makes hundreds of thousands to millions of
+    small objects that hold no reference cycles, and each time the collector ran it walked
+    them all again to free nothing (a world-sized client map built 40 % slower with it; the
+    world deployment loaded in 0.62 s of CPU with it, 0.44 s without). Whatever cycles
+    there are, it collects on its first run after the load. Its earlier state comes back,
+    exception or not."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
