@@ -90,6 +90,9 @@ PEER_KEYS = ("gdnsd_default_withdraw_ms_p50", "gdnsd_fast_withdraw_ms_p50", "rat
 # default count then takes about 8 minutes instead of 45 one after the other.
 DEFAULT_TRIALS = 200  # 100 explicit, 100 silent: enough for a p99 of each
 MAX_IN_FLIGHT = 6  # trials at once (of the 9 clients; more would leave few nodes to fail)
+# Trials past --trials, at most trials / this (and 2), replace displaced ones (a node moved
+# out of the answer by something else is no sample), so each kind has trials / 2 samples.
+EXTRA_TRIALS_DIVISOR = 10
 START_GAP_S = (0.3, 0.8)  # between two failures: separate events, random heartbeat phases
 WITHDRAW_TIMEOUT_S = 10.0
 RECOVERY_TIMEOUT_S = 30.0
@@ -207,8 +210,13 @@ def pick_victim(router: RunningRouter, sock: socket.socket, rng: random.Random, 
     for client in rng.sample(CLIENTS, len(CLIENTS)):
         if client in busy_clients:
             continue
-        for ip in answer(router, client, sock):
-            if ip not in busy_ips and now - last_back.get(ip, -1e9) > rest_s:
+        ips = answer(router, client, sock)
+        for ip in ips:
+            # Another node of the answer must stay up: with every node a client may use
+            # down at once the router fails open and keeps answering them (by design), which
+            # is not a withdrawal (off-net clients have only the few IX and PoP nodes).
+            still_up = any(other != ip and other not in busy_ips for other in ips)
+            if ip not in busy_ips and still_up and now - last_back.get(ip, -1e9) > rest_s:
                 return client, ip
     return None
 
@@ -249,7 +257,20 @@ def measure_failover(root: Path, trials: int) -> dict:
                 time.sleep(0.1)
             time.sleep(1.5)  # let the even-load table settle
             next_start = time.monotonic()
-            while started < trials or active:
+            wanted = trials // 2  # clean samples of each kind, for its percentiles
+            limit = trials + max(2, trials // EXTRA_TRIALS_DIVISOR)
+
+            def short_kind() -> str | None:
+                # A kind whose clean samples and trials under way fall short of ``wanted``
+                # (a displaced trial is no sample): another trial of it, up to ``limit``.
+                for kind in ("explicit", "silent"):
+                    clean = sum(t.kind == kind and t.withdrawn_ms is not None and t.router_state == "down"
+                                for t in finished)  # fmt: skip
+                    if clean + sum(t.kind == kind for t in active) < wanted:
+                        return kind
+                return None
+
+            while started < trials or active or (started < limit and short_kind()):
                 now = time.monotonic()
                 timing_explicit = any(
                     t.kind == "explicit" and t.restored_at is None for t in active
@@ -263,13 +284,18 @@ def measure_failover(root: Path, trials: int) -> dict:
                         for t in unverified:
                             t.router_state = state[t.victim]
                         unverified.clear()
-                    if started < trials and len(active) < MAX_IN_FLIGHT and now >= next_start:
+                    more = started < trials or (started < limit and short_kind() is not None)
+                    if more and len(active) < MAX_IN_FLIGHT and now >= next_start:
                         choice = pick_victim(router, sock, rng, active, last_back, rest_s)
                         if choice is None:
                             next_start = now + 0.5  # every free node is resting: look again soon
                         else:
                             client, ip = choice
-                            kind = ("explicit", "silent")[started % 2]
+                            kind = (
+                                ("explicit", "silent")[started % 2]
+                                if started < trials
+                                else short_kind()
+                            )
                             victim = node_of[ip]
                             command = {"explicit": rng.choice([f"power {victim} off", f"uplink {victim} down"]),
                                        "silent": f"silence {victim}"}[kind]  # fmt: skip
@@ -343,6 +369,7 @@ def measure_failover(root: Path, trials: int) -> dict:
     figures["trial_timeouts"] = figures["withdraw_timeouts"] + figures["recovery_timeouts"]
     figures["trials_displaced"] = len(displaced)
     figures["trials_displaced_nodes"] = sorted({t.victim for t in displaced})
+    figures["trials_started"] = started
     figures["trials_at_once_limit"] = MAX_IN_FLIGHT
     figures["trials_at_once_max"] = at_once
     figures["node_rest_s"] = rest_s
