@@ -188,18 +188,10 @@ class NodeHealth:
             return list(reversed(self._changes))
 
     def status(self) -> list[NodeStatus]:
-        with self._lock:
-            return [
-                NodeStatus(
-                    node_id, state, reason, self._admin.get(node_id, (None, ""))[0], self._since[i]
-                )
-                for i, (node_id, (state, reason)) in enumerate(zip(self.node_ids, self._compute()))
-            ]
-
-    def _status_from_copies(self) -> list[NodeStatus]:
-        """``status()`` computed from copies taken under the lock, not under it: at 20,000
-        nodes the state file's computation held every heartbeat (a failure's too) up for
-        tens of ms, and the saver runs beside the service."""
+        """Every node's effective state, from copies taken under the lock and combined
+        outside it (as ``_entry`` combines them): at 20,000 nodes the combination held every
+        heartbeat (a failure's too) up for tens of ms, and the state saver, the API and
+        /metrics call this beside the service."""
         monitor = self.monitor
         with self._lock:
             admin, since = dict(self._admin), list(self._since)
@@ -210,15 +202,12 @@ class NodeHealth:
             override = admin.get(node_id)
             if override is not None:
                 state, reason = ADMIN_STATES[override[0]], override[1]
+            elif monitor is not None:
+                state, reason = NodeState(int(states[i])), reasons[i]
             else:
-                state, reason = (
-                    (NodeState(int(states[i])), reasons[i])
-                    if monitor is not None
-                    else self._health_entry(i)
-                )
-            out.append(
-                NodeStatus(node_id, state, reason, admin.get(node_id, (None, ""))[0], since[i])
-            )  # type: ignore[arg-type]
+                state, reason = self._health_entry(i)
+            admin_state = None if override is None else override[0]
+            out.append(NodeStatus(node_id, state, reason, admin_state, since[i]))  # type: ignore[arg-type]
         return out
 
     def carry_from(self, old: NodeHealth) -> list[str]:
@@ -255,7 +244,7 @@ class NodeHealth:
                     "since": s.since,
                     "admin_state": None if s.reason.endswith(ADMIN_FILE_SUFFIX) else s.admin_state,
                 }
-                for s in self._status_from_copies()
+                for s in self.status()
             },
         }
         tmp = path.with_name(f".{path.name}.tmp")

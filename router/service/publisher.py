@@ -325,7 +325,7 @@ class Publisher:
         # Anything else is planned afresh, in the background.
         current = service.table
         plan_state = current.node_state if self._full is None else self._full.node_state
-        plan_util = self._plan_util() if self._full is None else self._full.util
+        plan_util = self.service.planner.plan_util() if self._full is None else self._full.util
         others = np.flatnonzero((states != plan_state) & (states != NodeState.DOWN))
         if len(others):
             wants.append(f"{len(others)} node state(s) changed")
@@ -352,9 +352,6 @@ class Publisher:
         return ", ".join(names) + (
             f" and {len(nodes) - NAMES_LOGGED} more" if len(nodes) > NAMES_LOGGED else ""
         )
-
-    def _plan_util(self) -> np.ndarray | None:
-        return self.service.planner.plan_util()
 
     def _want_full(self, config: LoadedConfig, states: np.ndarray, util: np.ndarray,
                    requested_at: float, taken: float, inputs_ms: float, ticket: int,
@@ -439,7 +436,7 @@ class Publisher:
                  len(downs), self._names(downs))  # fmt: skip
         table, repaired = self._repair_each(current, downs, states, generation)
         kind = "incremental" if repaired else "masked"
-        self._publish(table, self._plan_util(), requested_at, taken, inputs_ms, kind)
+        self._publish(table, self.service.planner.plan_util(), requested_at, taken, inputs_ms, kind)
 
     def _repair_each(self, table: RoutingTable, downs: np.ndarray, states: np.ndarray,
                      generation: int) -> tuple[RoutingTable, bool]:  # fmt: skip

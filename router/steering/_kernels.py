@@ -93,19 +93,6 @@ def _pair(g, n, ctx):
 
 
 @njit(**JIT_OPTIONS)
-def _plain_score(lat, lon, country, n, node_lat, node_lon, node_country, node_util,
-                 country_rtt, est_base_ms, est_ms_per_km, load_penalty_ms):  # fmt: skip
-    # (score, distance) of node n seen from a place, without on-net bonus or samples: what
-    # every group there sees; the same float operations as _pair, so the scores are equal.
-    dist = _distance_km(lat, lon, node_lat[n], node_lon[n])
-    latency, _src = _base_latency(
-        country, node_country[n], dist, country_rtt, est_base_ms, est_ms_per_km
-    )
-    util = node_util[n]
-    return latency + load_penalty_ms * util * util, dist
-
-
-@njit(**JIT_OPTIONS)
 def _eligibility(node_state, node_in_pool, fence_allowed, out_eligible):
     """Which nodes each fence's groups may be answered with (the docstring's tiers).
 
@@ -236,8 +223,8 @@ def _scan(p1, lon1, cos1, country, asn, onnet_bonus_ms, has_samples, sampled, no
           country_rtt, est_base_ms, est_ms_per_km, top_score, top_dist, top_node):  # fmt: skip
     """Best nodes of ``nodes[:count]`` seen from one place, into top_* (cleared here).
 
-    The score is _pair's (a place without samples and with ``onnet_bonus_ms`` 0 gets
-    _plain_score's). Two passes, so that trigonometry is spent only on nodes that may
+    The score is _pair's (a place without samples and with ``onnet_bonus_ms`` 0 gets the
+    plain score every group there sees). Two passes, so that trigonometry is spent only on nodes that may
     make the cut. The first bounds every node's score from below without trigonometry
     (where the score needs a distance, a chord bound below it stands in: every float step
     after it is monotonic, so the score from it is at most the score) and scores the k
@@ -779,7 +766,8 @@ def _build_row(row, seg_start, seg_len, ready, h_score, h_dist, h_node, row_buil
                node_lon, node_cos, node_country, penalty, country_rtt, est_base_ms,
                est_ms_per_km, seeded, scratch, dist):  # fmt: skip
     """Score the rest of a location row (its eligible nodes past the seeded top-k) into a
-    lazy order behind them: _plain_score with the per-node terms hoisted (same bits)."""
+    lazy order behind them: _pair's score without on-net bonus or samples (what every
+    group of the location sees), its per-node terms hoisted (the same float operations)."""
     g = loc_group[row_loc[row]]
     allowed = eligible[group_fence[g]]
     base = seg_start[row]
@@ -1029,7 +1017,7 @@ def _fill(groups, group_lat, group_lon, group_country, group_asn, group_fence, g
     merge_o = np.zeros(n_rows, dtype=np.int64)
     dist = np.empty(n_nodes, dtype=np.float64)
     scratch = np.empty(n_nodes, dtype=np.float64)
-    # _plain_score with the per-node terms hoisted out of the row loop (same bits).
+    # Per-node terms of the score, hoisted out of the row loops (_build_row).
     node_rad = np.empty(n_nodes, dtype=np.float64)
     node_cos = np.empty(n_nodes, dtype=np.float64)
     penalty = np.empty(n_nodes, dtype=np.float64)
