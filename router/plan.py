@@ -35,7 +35,7 @@ TOP_GROUPS = 5
 _STATES = {"up": NodeState.UP, "draining": NodeState.DRAINING, "down": NodeState.DOWN}
 
 
-PAGE_LIMIT = 1000  # groups per GET /v1/decisions page (the router's maximum)
+PAGE_LIMIT = 1000  # groups per GET /v1/decisions or /v1/demand page (the router's maximum)
 
 
 class PlanError(Exception):
@@ -43,15 +43,16 @@ class PlanError(Exception):
 
 
 class _TableGone(PlanError):
-    """The routing table a page walk started on is no longer kept: start again."""
+    """The routing table (or its demand) a page walk started on is no longer kept: start
+    again."""
 
 
 # -- the two sides -----------------------------------------------------------------------
 
 
 def fetch_running(base_url: str, timeout: float = 30.0) -> tuple[dict, dict]:
-    """``GET /v1/decisions`` (every page) and ``/v1/demand`` of a running router (read-only,
-    no token).
+    """``GET /v1/decisions`` and ``/v1/demand`` (every page of each) of a running router
+    (read-only, no token).
 
     Read again if a new routing table was published between the two requests, or went out
     of the router's memory while its pages were read.
@@ -59,11 +60,11 @@ def fetch_running(base_url: str, timeout: float = 30.0) -> tuple[dict, dict]:
     for attempt in range(3):
         try:
             decisions = fetch_decisions(base_url, timeout)
+            demand = fetch_demand(base_url, timeout)
         except _TableGone:
             if attempt == 2:
                 raise
             continue
-        demand = _get_json(base_url, "/v1/demand", timeout)
         if decisions.get("generation") == demand.get("generation"):
             return decisions, demand
     return decisions, demand
@@ -101,6 +102,25 @@ def fetch_decisions(base_url: str, timeout: float = 30.0) -> dict:
         page = _get_json(base_url, f"/v1/decisions?{query}", timeout)
         if page["generation"] != whole["generation"]:
             raise _TableGone("the routing table changed while its pages were read")
+
+
+def fetch_demand(base_url: str, timeout: float = 30.0) -> dict:
+    """The whole demand document, joined from its pages: each policy's groups in order (its
+    ``total_gbps`` is the whole total on every page). A router that serves the document
+    whole (no ``next``) is read in one request."""
+    page = _get_json(base_url, f"/v1/demand?limit={PAGE_LIMIT}", timeout)
+    whole = {key: value for key, value in page.items() if key not in ("next", "total_groups")}
+    whole["policies"] = {key: {**policy, "groups": {}} for key, policy in page["policies"].items()}
+    while True:
+        for key, policy in page["policies"].items():
+            whole["policies"][key]["groups"].update(policy["groups"])
+        cursor = page.get("next")
+        if not cursor:
+            return whole
+        query = urllib.parse.urlencode({"limit": PAGE_LIMIT, "cursor": cursor})
+        page = _get_json(base_url, f"/v1/demand?{query}", timeout)
+        if page["generation"] != whole["generation"]:
+            raise _TableGone("the demand changed while its pages were read")
 
 
 def _get_json(base_url: str, path: str, timeout: float) -> dict:

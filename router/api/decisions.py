@@ -17,6 +17,9 @@ groups per request, and an opaque cursor for the next page, so one request costs
 O(policies x groups) in numpy plus O(page) in Python, whatever the size of the client map.
 A page's ``answer_sets`` are the sets its own groups use (its answers index into them);
 ``router plan`` joins the pages back into the whole document (``router/plan.py``).
+``GET /v1/demand`` is paged the same way (``DemandPages``, filtered by steered name or group
+key), over a copy of the demand taken when a walk's routing table was first asked for: the
+planner's changes every few seconds, and a walk's pages must add up to one document.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def demand_source(model: SteeringModel, demand: np.ndarray) -> str:
     return PRIOR if np.array_equal(prior, demand) else OBSERVED
 
 
-# -- the running router (GET /v1/decisions, GET /v1/demand) ----------------------------
+# -- the running router (GET /v1/decisions) ----------------------------------------------
 # The only places that read the supervisor's attributes, so a change there is made here.
 
 
@@ -249,17 +252,11 @@ def running_decisions(supervisor) -> dict[str, Any]:  # noqa: ANN001
     )  # fmt: skip
 
 
-def running_demand(supervisor) -> dict[str, Any]:  # noqa: ANN001
-    config, table = supervisor.in_service()
-    model, demand = config.model, config.planner.demand.copy()
-    return demand_json(model, demand, demand_source(model, demand), table.generation)
-
-
-# -- GET /v1/decisions a page at a time --------------------------------------------------
+# -- GET /v1/decisions and GET /v1/demand a page at a time ---------------------------------
 
 PAGE_DEFAULT = 100  # groups per page unless ``limit`` says otherwise
 PAGE_MAX = 1000
-KEPT_TABLES = 8  # the routing tables a cursor may still name (a page set stays consistent)
+KEPT_TABLES = 8  # the snapshots (by routing table) a cursor may still name, per endpoint
 
 
 class PageError(Exception):
@@ -291,8 +288,8 @@ def groups_answering(table: RoutingTable, policies: list[int], node: int) -> np.
     return mask
 
 
-def _filters_id(name: str | None, group: str | None, node: str | None) -> str:
-    return hashlib.sha256(json.dumps([name, group, node]).encode()).hexdigest()[:12]
+def _filters_id(*filters: str | None) -> str:
+    return hashlib.sha256(json.dumps(list(filters)).encode()).hexdigest()[:12]
 
 
 def encode_cursor(generation: int, after: int, filters: str) -> str:
@@ -316,50 +313,98 @@ def decode_cursor(cursor: str) -> tuple[int, int, str]:
     return generation, after, filters
 
 
-class DecisionPages:
-    """``GET /v1/decisions``: the decisions document a page of client groups at a time.
+def steered_policies(model: SteeringModel, name: str | None) -> tuple[list, list[int]]:
+    """(the steered (name, policy) pairs, their policy indexes), all or only ``name``'s;
+    PageError 400 for a name that is not a domain name, 404 for one not steered."""
+    if name is None:
+        return list(model.steered), list(range(len(model.policies)))
+    try:
+        wanted = dns.name.from_text(name)
+    except dns.exception.DNSException as exc:
+        raise PageError(400, f"name: not a domain name: {exc}") from exc
+    steered = [(n, p) for n, p in model.steered if n == wanted]
+    if not steered:
+        known = ", ".join(n.to_text() for n, _ in model.steered)
+        raise PageError(404, f'name: "{name}" is not a steered name (steered: {known})')
+    return steered, sorted({p for _, p in steered})
 
-    The first page (no cursor) is of the routing table in service; its cursor names that
-    table's generation, and the following pages are of the same table while it is one of the
-    last ``KEPT_TABLES`` this object served and of the config in service (410 after that, or
-    after a reload: start again), so the pages of one walk are of one table and cover every
-    matching group exactly once."""
+
+def _page_of(mask: np.ndarray, after: int, limit: int) -> tuple[int, np.ndarray, bool]:
+    """(how many groups ``mask`` selects, the page's: up to ``limit`` after the group
+    ``after``, whether more follow)."""
+    matching = np.flatnonzero(mask)
+    rest = matching[matching > after]
+    return len(matching), rest[:limit], len(rest) > limit
+
+
+class _Walks:
+    """What paging a document by client group needs, whatever the document: the snapshot a
+    walk reads, kept by routing table generation, and the cursors.
+
+    A walk's first page (no cursor) takes the snapshot of the routing table in service
+    (``snapshot``), unless one was taken for that table already; its cursor names the
+    table's generation, and the following pages read the same snapshot while it is one of
+    the last ``kept`` this object took and of the config in service (410 after that, or
+    after a reload: start again). So the pages of one walk read one snapshot and cover every
+    matching group exactly once, however the router moves on meanwhile."""
+
+    what = "routing table"  # what a generation names, for the 410 message
+    filter_names = ""  # the filters a cursor is bound to, for the 400 message
 
     def __init__(self, kept: int = KEPT_TABLES) -> None:
         self.kept = kept
         self._lock = threading.Lock()
-        self._tables: OrderedDict[int, tuple[Any, RoutingTable]] = OrderedDict()
+        self._snapshots: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
         self._keys: tuple[Any, list[str], dict[str, int]] | None = None
 
-    def _current(self, supervisor: Any) -> tuple[Any, RoutingTable]:  # noqa: ANN401
-        """The config and table in service; tables of an older config are forgotten (a walk
-        across a reload starts again), so nothing keeps a replaced config in memory."""
+    def snapshot(self, config: Any, table: RoutingTable) -> Any:  # noqa: ANN401
+        """What the pages of a walk starting on ``table`` read."""
+        raise NotImplementedError
+
+    def _start(
+        self,
+        supervisor: Any,  # noqa: ANN401
+        limit: int,
+        cursor: str | None,
+        filters: str,
+    ) -> tuple[Any, Any, int, int]:
+        """(config, snapshot, its generation, last group index served or -1) of a page."""
+        if not 1 <= limit <= PAGE_MAX:
+            raise PageError(400, f"limit: must be 1 to {PAGE_MAX}, got {limit}")
         config, table = supervisor.in_service()
         with self._lock:
-            for generation in [g for g, (c, _) in self._tables.items() if c is not config]:
-                del self._tables[generation]
-        return config, table
-
-    def _remember(self, config: Any, table: RoutingTable) -> None:  # noqa: ANN401
+            # Snapshots of an older config are forgotten (a walk across a reload starts
+            # again), so nothing keeps a replaced config in memory.
+            for generation in [g for g, (c, _) in self._snapshots.items() if c is not config]:
+                del self._snapshots[generation]
+            kept = self._snapshots.get(table.generation)
+        if cursor is None:
+            if kept is None:
+                kept = (config, self.snapshot(config, table))
+            with self._lock:
+                self._snapshots[table.generation] = kept
+                self._snapshots.move_to_end(table.generation)
+                while len(self._snapshots) > self.kept:
+                    self._snapshots.popitem(last=False)
+            return kept[0], kept[1], table.generation, -1
+        generation, after, given = decode_cursor(cursor)
+        if given != filters:
+            raise PageError(
+                400,
+                "cursor: it was given for other filters: repeat the first request's "
+                f"{self.filter_names} with it",
+            )
         with self._lock:
-            self._tables[table.generation] = (config, table)
-            self._tables.move_to_end(table.generation)
-            while len(self._tables) > self.kept:
-                self._tables.popitem(last=False)
-
-    def _recall(self, supervisor: Any, generation: int) -> tuple[Any, RoutingTable]:  # noqa: ANN401
-        config, table = self._current(supervisor)
-        if table.generation == generation:
-            return config, table
-        with self._lock:
-            kept = self._tables.get(generation)
+            kept = self._snapshots.get(generation)
         if kept is None:
             raise PageError(
                 410,
-                f"cursor: routing table {generation} is no longer kept (table {table.generation} "
-                "is in service): start again without a cursor",
+                f"cursor: the {self.what} {generation} is no longer kept (routing table "
+                f"{table.generation} is in service): start again without a cursor",
             )
-        return kept
+        if after >= len(kept[0].model.client_map.groups):
+            raise PageError(400, "cursor: not a cursor this router gave (past the last group)")
+        return kept[0], kept[1], generation, after
 
     def _group_keys(self, client_map: ClientMap) -> tuple[list[str], dict[str, int]]:
         """The group keys of a client map, worked out once per config (O(groups))."""
@@ -373,6 +418,28 @@ class DecisionPages:
             self._keys = (client_map, keys, index)
         return keys, index
 
+    def _group_mask(self, client_map: ClientMap, group: str | None) -> np.ndarray:
+        """bool[G]: every group, or only the one keyed ``group`` (404 if none is)."""
+        keys, key_index = self._group_keys(client_map)
+        mask = np.ones(len(keys), dtype=bool)
+        if group is not None:
+            g = key_index.get(group)
+            if g is None:
+                raise PageError(404, f'group: no client group has the key "{group}"')
+            mask[:] = False
+            mask[g] = True
+        return mask
+
+
+class DecisionPages(_Walks):
+    """``GET /v1/decisions``: the decisions document a page of client groups at a time, of
+    one routing table per walk (the snapshot is the table itself)."""
+
+    filter_names = "name, group and node"
+
+    def snapshot(self, config: Any, table: RoutingTable) -> RoutingTable:  # noqa: ANN401
+        return table
+
     def page(
         self,
         supervisor: Any,  # noqa: ANN401
@@ -383,59 +450,18 @@ class DecisionPages:
         limit: int = PAGE_DEFAULT,
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        if not 1 <= limit <= PAGE_MAX:
-            raise PageError(400, f"limit: must be 1 to {PAGE_MAX}, got {limit}")
         filters = _filters_id(name, group, node)
-        if cursor is None:
-            config, table = self._current(supervisor)
-            self._remember(config, table)
-            after = -1
-        else:
-            generation, after, given = decode_cursor(cursor)
-            if given != filters:
-                raise PageError(
-                    400,
-                    "cursor: it was given for other filters: repeat the first request's "
-                    "name, group and node with it",
-                )
-            config, table = self._recall(supervisor, generation)
+        config, table, _, after = self._start(supervisor, limit, cursor, filters)
         model = config.model
-        keys, key_index = self._group_keys(model.client_map)
-        if after >= len(keys):
-            raise PageError(400, "cursor: not a cursor this router gave (past the last group)")
-
-        steered = list(model.steered)
-        if name is not None:
-            try:
-                wanted = dns.name.from_text(name)
-            except dns.exception.DNSException as exc:
-                raise PageError(400, f"name: not a domain name: {exc}") from exc
-            steered = [(n, p) for n, p in steered if n == wanted]
-            if not steered:
-                known = ", ".join(n.to_text() for n, _ in model.steered)
-                raise PageError(404, f'name: "{name}" is not a steered name (steered: {known})')
-        policies = (
-            sorted({p for _, p in steered})
-            if name is not None
-            else list(range(len(model.policies)))
-        )
-
-        mask = np.ones(len(keys), dtype=bool)
-        if group is not None:
-            g = key_index.get(group)
-            if g is None:
-                raise PageError(404, f'group: no client group has the key "{group}"')
-            mask[:] = False
-            mask[g] = True
+        keys, _ = self._group_keys(model.client_map)
+        steered, policies = steered_policies(model, name)
+        mask = self._group_mask(model.client_map, group)
         if node is not None:
             n = config.node_index.get(node)
             if n is None:
                 raise PageError(404, f'node: no node "{node}" in the config in service')
             mask &= groups_answering(table, policies, n)
-        matching = np.flatnonzero(mask)
-        rest = matching[matching > after]
-        chosen = rest[:limit]
-        more = len(rest) > limit
+        total, chosen, more = _page_of(mask, after, limit)
 
         sets: dict[int, int] = {}  # the table's answer set -> its index in this page
 
@@ -488,6 +514,66 @@ class DecisionPages:
             "names": {n.to_text(): model.policies[p].key for n, p in steered},
             "zones": zones,
             "rtt_samples": len(config.rtt),
-            "total_groups": len(matching),
+            "total_groups": total,
             "next": encode_cursor(table.generation, int(chosen[-1]), filters) if more else None,
+        }
+
+
+class DemandSnapshot:
+    """The demand the plan used when a routing table was in service (a copy: the planner's
+    changes every few seconds), with what every page of a walk repeats."""
+
+    def __init__(self, model: SteeringModel, demand: np.ndarray) -> None:
+        self.demand = demand
+        self.source = demand_source(model, demand)
+        self.totals = [float(row.sum()) for row in demand]
+
+
+class DemandPages(_Walks):
+    """``GET /v1/demand``: the demand document a page of client groups at a time (the groups
+    with demand in a policy shown), of one demand snapshot per walk.
+
+    A page has the whole document's keys, each policy's ``total_gbps`` its whole total and
+    ``groups`` this page's groups with demand in it; joined in page order, the pages are
+    ``demand_json`` of the snapshot, key for key and in the same order."""
+
+    what = "demand of routing table"
+    filter_names = "name and group"
+
+    def snapshot(self, config: Any, table: RoutingTable) -> DemandSnapshot:  # noqa: ANN401
+        return DemandSnapshot(config.model, config.planner.demand.copy())
+
+    def page(
+        self,
+        supervisor: Any,  # noqa: ANN401
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        limit: int = PAGE_DEFAULT,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        # "demand" first: a decisions cursor is not one of these, whatever its filters.
+        filters = _filters_id("demand", name, group)
+        config, snap, generation, after = self._start(supervisor, limit, cursor, filters)
+        model = config.model
+        keys, _ = self._group_keys(model.client_map)
+        _, policies = steered_policies(model, name)
+        mask = self._group_mask(model.client_map, group)
+        mask &= (snap.demand[policies] > 0).any(axis=0)
+        total, chosen, more = _page_of(mask, after, limit)
+        policy_docs = {}
+        for p in policies:
+            values = snap.demand[p][chosen]
+            policy_docs[model.policies[p].key] = {
+                "total_gbps": snap.totals[p],
+                "groups": {
+                    keys[g]: float(v) for g, v in zip(chosen.tolist(), values.tolist()) if v > 0
+                },
+            }
+        return {
+            "generation": generation,
+            "source": snap.source,
+            "policies": policy_docs,
+            "total_groups": total,
+            "next": encode_cursor(generation, int(chosen[-1]), filters) if more else None,
         }

@@ -10,7 +10,8 @@
   another config can be compared (``router/api/decisions.py``; read by ``router plan``), a
   page of groups at a time (``limit``, ``cursor``), filtered by ``name``, ``group``, ``node``.
 - ``GET /v1/demand``: the demand the plan uses, per policy and client group (Gbps), and
-  whether it was observed or is the configured prior.
+  whether it was observed or is the configured prior, a page of groups at a time (``limit``,
+  ``cursor``; one demand snapshot per walk), filtered by ``name``, ``group``.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
 - ``GET /metrics``: Prometheus text format (``router/api/metrics.py``).
 - ``GET /status``: the status page (``router/api/static/status.html``): the nodes on a map,
@@ -93,15 +94,24 @@ class StatusPageQuery(_Query):
     refresh: float | None = Field(None, gt=0, allow_inf_nan=False)  # read by the page's script
 
 
-class DecisionsQuery(_Query):
+class DemandQuery(_Query):
+    """``GET /v1/demand``; ``GET /v1/decisions`` takes the same and ``node``."""
+
     name: str | None = Field(None, min_length=1, max_length=300)
     group: str | None = Field(None, min_length=1, max_length=300)
-    node: str | None = Field(None, min_length=1, max_length=300)
     limit: int = Field(decisions.PAGE_DEFAULT, ge=1, le=decisions.PAGE_MAX)
     cursor: str | None = Field(None, min_length=1, max_length=300)
 
 
-QUERIES: dict[str, type[_Query]] = {"/status": StatusPageQuery, "/v1/decisions": DecisionsQuery}
+class DecisionsQuery(DemandQuery):
+    node: str | None = Field(None, min_length=1, max_length=300)
+
+
+QUERIES: dict[str, type[_Query]] = {
+    "/status": StatusPageQuery,
+    "/v1/decisions": DecisionsQuery,
+    "/v1/demand": DemandQuery,
+}
 QUERY = web.RequestKey("query", _Query)  # the parsed query parameters of a request
 
 
@@ -418,19 +428,23 @@ def create_app(
             STATIC / "countries-110m.json", headers={"Cache-Control": "max-age=86400"}
         )
 
-    pages = decisions.DecisionPages()
+    decision_pages = decisions.DecisionPages()
+    demand_pages = decisions.DemandPages()
 
-    async def current_decisions(request: web.Request) -> web.Response:
-        query = request[QUERY]
-        assert isinstance(query, DecisionsQuery)
+    async def a_page(
+        request: web.Request, pages: decisions.DecisionPages | decisions.DemandPages
+    ) -> web.Response:
         try:
-            page = await asyncio.to_thread(pages.page, supervisor, **query.model_dump())
+            page = await asyncio.to_thread(pages.page, supervisor, **request[QUERY].model_dump())
         except decisions.PageError as exc:
             return web.json_response({"error": exc.message}, status=exc.status)
         return web.json_response(page)
 
+    async def current_decisions(request: web.Request) -> web.Response:
+        return await a_page(request, decision_pages)
+
     async def current_demand(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(decisions.running_demand, supervisor))
+        return await a_page(request, demand_pages)
 
     registry = metrics.registry_for(supervisor)
 
