@@ -72,6 +72,7 @@ from loadtest.bench_failover import SimulatorThread, api_json  # noqa: E402
 from router.config import load_deployment  # noqa: E402
 from router.config.deployment import Deployment  # noqa: E402
 from router.config.secrets import write_secret_file  # noqa: E402
+from router.service.socket_stats import udp_socket_stats  # noqa: E402
 from tests.conftest import RunningRouter, start_router  # noqa: E402
 
 CONTRACT_KEYS = ("node_down_to_answer_ms_p50", "node_down_to_answer_ms_p99")
@@ -366,6 +367,12 @@ def run_event(event: Event, prober: Prober, sender: Sender, restore: bool,
         time.sleep(0.01)
 
 
+def receive_drops(port: int) -> int | None:
+    """Datagrams the kernel dropped at the UDP socket(s) bound to ``port`` (None: not found)."""
+    rows = [row for row in udp_socket_stats() if row.port == port]
+    return sum(row.drops for row in rows) if rows else None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -433,6 +440,7 @@ def measure_node_down_to_answer(zones: Path, events: int, workers: int = 2,
             bench, bench / "bench-node-keys.yaml", router.telemetry, RUN_TIMEOUT_S
         )
         prober = Prober(router, qname)
+        telemetry_drops = None
         try:
             interval = deployment.health.heartbeat_interval_s if deployment.health else 1.0
             wait_all_reporting(router, 60 + 3 * interval)
@@ -467,6 +475,7 @@ def measure_node_down_to_answer(zones: Path, events: int, workers: int = 2,
                         back = "" if event.restored or not restore else ", NOT restored"
                         print(f"  event {len(ran)}/{events}: {event.node} ({event.leads} clients led) "
                               f"{took}, {event.polls} queries{back}", flush=True)  # fmt: skip
+            telemetry_drops = receive_drops(router.telemetry[1])
         finally:
             prober.close()
             sim.stop()
@@ -481,6 +490,9 @@ def measure_node_down_to_answer(zones: Path, events: int, workers: int = 2,
         figures["nodes_skipped"] = skipped
         figures["restored_between_events"] = restore
         figures["heartbeats_per_s"] = heartbeats_per_s
+        # Heartbeats the kernel dropped at the router's telemetry socket (its receive buffer
+        # full), over the run.
+        figures["telemetry_receive_drops"] = telemetry_drops
         rows = read_breakdown(log, done)
         figures["per_event_router"] = rows
         slowest = sorted(rows[BREAKDOWN_EVENTS:], key=lambda r: -r["end_to_end_ms"])
@@ -576,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             heartbeats_per_s=args.heartbeats_per_s,
         )
     for key in ("count", "timeouts", "restored", "node_down_to_answer_ms_p50",
-                "node_down_to_answer_ms_p90", "node_down_to_answer_ms_p99", "node_down_to_answer_ms_max"):  # fmt: skip
+                "node_down_to_answer_ms_p90", "node_down_to_answer_ms_p99", "node_down_to_answer_ms_max",
+                "telemetry_receive_drops"):  # fmt: skip
         print(f"{key:32} {figures[key]}")
     for key, target in figures["targets"].items():
         verdict = "met" if target["met"] else "MISS"

@@ -15,7 +15,8 @@ brings a down node back. Generations are given at publish, in this thread only. 
 the running full plan does not carry makes another follow it; a reload throws away one
 begun on the old config. A failure no repair can take (a pool emptied, a fence's last up
 node) gets the table in service with the down nodes left out of its answers at once, and a
-full plan.
+full plan. A step reads only the node states before the repair and publishes it before
+anything else (the other inputs, adopting a full plan that ended, re-placing groups).
 
 The thread also runs the jobs that must not overlap a publish (a reload putting its config
 in service: ``run``), and saves the node-state file a heartbeat or a silence changed once the
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from router._gc import freeze_collector
 from router.health.state import NodeState
 from router.service.intake import LOAD_REFRESH_DELTA
 from router.steering.build import FullPlan, PlanBasis, RoutingTable, without_down_nodes
@@ -269,6 +271,7 @@ class Publisher:
         try:
             job()
             result = "ok"
+            freeze_collector()  # a reload: the new config's objects, the old one's collected
         except Exception as exc:  # the caller reports why
             log.exception("a job of the publisher failed")
             result = f"failed: {exc}"
@@ -283,13 +286,20 @@ class Publisher:
             self._cond.notify_all()
 
     def _rebuild(self, requested_at: float, ticket: int, finished: FullPlanJob | None) -> None:
-        """One step: adopt a full plan that ended, repair the nodes that went down at once,
-        re-place re-sampled groups, and start a full plan for anything else."""
+        """One step: repair the nodes that went down and publish at once, then adopt a full
+        plan that ended, re-place re-sampled groups, and start a full plan for anything else."""
         service = self.service
         taken = time.monotonic()
+        # A failure first: only the node states are read before its repair is published (the
+        # rest of the inputs, the adoption of a full plan that ended and the re-placing of
+        # re-sampled groups come after it).
         with service.health_lock:
             config = service.config
             states = config.health.states()
+        inputs_ms = (time.monotonic() - taken) * 1000  # the states read under the health lock
+        self._repair_downs(states, requested_at, taken, inputs_ms)
+        reread = time.monotonic()
+        with service.health_lock:
             util = config.health.utilization().copy()
             sampled_groups = samples = None
             if self.samples_changed:
@@ -299,7 +309,7 @@ class Publisher:
                 self.samples_changed = False
             policy_down = config.policy_probes.down.copy()
             demand, self.pending_demand = self.pending_demand, None
-        inputs_ms = (time.monotonic() - taken) * 1000  # the inputs read under the health lock
+        inputs_ms += (time.monotonic() - reread) * 1000
         planner = config.planner
         if self._basis_config is not config or self._basis is None:
             self._basis, self._basis_config = planner.basis(), config
@@ -319,7 +329,6 @@ class Publisher:
 
         if finished is not None:
             self._adopt(finished, config, states, taken)
-        self._repair_downs(states, requested_at, taken, inputs_ms)
         if sampled_groups is not None:
             self._resample(sampled_groups, samples, requested_at, taken, inputs_ms)
         # Anything else is planned afresh, in the background.

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from router._gc import freeze_collector
 from router.config.deployment import Deployment
 from router.dns import cookies, udp_batch
 from router.dns.engine import TableView
@@ -200,6 +201,7 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        freeze_collector()
         log.info("starting %d DNS workers", self.worker_count)
         self.workers.start(self.config, self.table)
         self.publisher.start()
