@@ -21,6 +21,7 @@ from router.steering.capacity import (
     primary_shares,
     replan_groups,
     replan_node_down,
+    rows_listing_any,
 )
 from router.steering.rank import RankInputs, rank_groups
 from tests import reference
@@ -293,3 +294,28 @@ def test_group_repair_after_new_samples_is_valid_and_local(
     for g in range(g_count):
         if g != group and g not in retried:
             assert repaired.shares(g) == before_shares[g]
+
+
+@PROPERTY
+@given(st.data())
+def test_rows_listing_any_is_the_rows_not_skipped_that_hold_a_flagged_node(
+    data: st.DataObject,
+) -> None:
+    n_nodes = data.draw(st.integers(1, 12))
+    rows = data.draw(st.integers(0, 30))
+    width = data.draw(st.integers(1, 5))
+    table = np.array(
+        data.draw(st.lists(st.lists(st.integers(-1, n_nodes - 1), min_size=width, max_size=width),
+                           min_size=rows, max_size=rows)),
+        dtype=np.int32,
+    ).reshape(rows, width)  # fmt: skip
+    skip = np.array(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)), dtype=bool)
+    flagged = np.array(
+        data.draw(st.lists(st.booleans(), min_size=n_nodes, max_size=n_nodes)), dtype=bool
+    )
+    expected = [
+        r for r in range(rows)
+        if not skip[r] and any(n >= 0 and flagged[n] for n in table[r])
+    ]  # fmt: skip
+    got = rows_listing_any(table, skip, flagged)
+    assert got.dtype == np.int32 and got.tolist() == expected

@@ -170,6 +170,23 @@ def _unit_vectors(lat, lon, out_x, out_y, out_z):
 
 
 @njit(**JIT_OPTIONS)
+def _rows_listing_any(table, skip, flagged, out_rows):
+    # The rows of table (int32[R, K], -1 padded) not skipped that hold a flagged node, in
+    # order; returns how many. A row stops at its first hit.
+    count = 0
+    for r in range(table.shape[0]):
+        if skip[r]:
+            continue
+        for j in range(table.shape[1]):
+            n = table[r, j]
+            if n >= 0 and flagged[n]:
+                out_rows[count] = r
+                count += 1
+                break
+    return count
+
+
+@njit(**JIT_OPTIONS)
 def _eligible_lists(eligible, out_nodes, out_count):
     # Each fence's eligible nodes in index order, so that scans touch only those.
     for f in range(eligible.shape[0]):

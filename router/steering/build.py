@@ -21,6 +21,7 @@ from router.steering.capacity import (
     primary_shares,
     replan_groups,
     replan_node_down,
+    rows_listing_any,
 )
 from router.steering.model import SteeringModel
 from router.steering.patch import SetIndex, owner_runs, patch, row_keys
@@ -448,9 +449,9 @@ def _changed_groups(
     planned = np.zeros(len(plan.cand_node), dtype=np.bool_)
     planned[plan.alloc_group] = True
     planned[plan.overflow > 0] = True
-    idle = np.flatnonzero(~planned)
-    listed = np.append(flipped, False)[plan.cand_node[idle]].any(axis=1)  # -1 pads: False
-    return np.union1d(plan.replaced, idle[listed]).astype(np.int32)
+    return np.union1d(plan.replaced, rows_listing_any(plan.cand_node, planned, flipped)).astype(
+        np.int32
+    )
 
 
 def _frozen(table: RoutingTable) -> RoutingTable:

@@ -181,9 +181,10 @@ def replan_node_down(
 ) -> PolicyPlan | None:
     """Repair ``plan`` in place after ``node`` left service; None when a full plan is needed.
 
-    ``inputs`` carries the new node states. Only groups that had the node among their
-    candidates or shares are released and placed again; every other group keeps its
-    plan, so the repair costs what the failure touches, not what the world holds.
+    ``inputs`` carries the new node states. Groups that listed the node among their
+    candidates are ranked again; of the groups with a share on it, only that share is
+    released and placed again (their other shares stay where they are); every other group
+    keeps its plan, so the repair costs what the failure touches, not what the world holds.
     """
     r = inputs.rank
     eligible = np.empty(r.fence_allowed.shape, dtype=np.bool_)
@@ -195,10 +196,29 @@ def replan_node_down(
     plan.eligible = eligible
     locs = _rows_listing(plan.loc_node, node).astype(np.int32)
     _locations(inputs, plan, locs)
-    affected = np.union1d(
-        _rows_listing(plan.cand_node, node), plan.alloc_group[plan.alloc_node == node]
+    # Only the share on the node: releasing its groups whole made a repair re-place every
+    # share of a group spread over hundreds of nodes (a country-level location: 30 ms of
+    # the fill for one node, at world scale), only to put most of it back where it was.
+    # Groups that did not fit anywhere are released whole: the repair may have freed room.
+    overflowed = np.flatnonzero(plan.overflow > 0).astype(np.int32)
+    _release(plan, overflowed)
+    on_node = plan.alloc_node == node
+    freed = np.zeros(len(plan.cand_node))
+    np.add.at(freed, plan.alloc_group[on_node], plan.alloc_amount[on_node])
+    plan.load[node] = 0.0  # no other policy's load is here: this plan's shares were all of it
+    plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
+        plan.alloc_group[~on_node],
+        plan.alloc_node[~on_node],
+        plan.alloc_amount[~on_node],
     )
-    return replan_groups(inputs, plan, affected, used_elsewhere)
+    freed[overflowed] = inputs.group_demand[overflowed]
+    groups = np.union1d(_rows_listing(plan.cand_node, node), np.flatnonzero(freed > 0)).astype(
+        np.int32
+    )
+    plan.full_scans += _candidates(inputs, plan, groups)
+    _place(inputs, plan, groups, used_elsewhere, freed[groups])
+    plan.replaced = groups
+    return plan
 
 
 def _rows_listing(table: np.ndarray, node: int) -> np.ndarray:
@@ -206,6 +226,17 @@ def _rows_listing(table: np.ndarray, node: int) -> np.ndarray:
     # Not (table == node).any(axis=1): numpy reduces along short rows slowly, and at world
     # scale (127,000 groups x 16 candidates) that alone was most of a repair's time.
     return np.unique(np.flatnonzero(table == node) // table.shape[1])
+
+
+def rows_listing_any(table: np.ndarray, skip: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """Sorted indexes (int32) of the rows of ``table`` (int32[R, K], -1 padded) that ``skip``
+    (bool[R]) leaves and that hold a node ``flagged`` (bool[N]) marks."""
+    # One pass in numba: the numpy form (gather the rows, look the nodes up, any() along
+    # rows of 16) took 6 ms at world scale, most of a repair's table when few groups have
+    # demand (every other group is idle and is checked).
+    out = np.empty(len(table), dtype=np.int32)
+    count = _kernels._rows_listing_any(table, skip, flagged, out)
+    return out[:count]
 
 
 def replan_groups(
@@ -268,12 +299,17 @@ def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
 
 
 def _place(
-    inputs: PlanInputs, plan: PolicyPlan, groups: np.ndarray, used_elsewhere: np.ndarray | None
+    inputs: PlanInputs,
+    plan: PolicyPlan,
+    groups: np.ndarray,
+    used_elsewhere: np.ndarray | None,
+    demand: np.ndarray | None = None,
 ) -> None:
-    """Fill, reserve, overflow (the module docstring) for ``groups``."""
+    """Fill, reserve, overflow (the module docstring) for ``groups``: each group's whole
+    demand, or ``demand`` (one per group) when only part of it is to be placed."""
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
     demand_left = np.zeros_like(inputs.group_demand)
-    demand_left[groups] = inputs.group_demand[groups]
+    demand_left[groups] = inputs.group_demand[groups] if demand is None else demand
     placed_before = len(plan.alloc_group)
     fenced = inputs.rank.group_fence[groups] != 0
     for limit in (inputs.headroom, 1.0):
