@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,18 @@ def test_unreadable_state_file_is_ignored_with_a_warning(tmp_path: Path) -> None
     warnings = health.load(path, now=0.0)
     assert len(warnings) == 1 and "unreadable" in warnings[0]
     assert health.states().tolist() == [NodeState.UP, NodeState.UP]
+
+
+def test_the_state_file_is_written_in_pieces_that_join_to_one_json_dump(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from router.health import state as state_module
+
+    monkeypatch.setattr(state_module, "JSON_PIECE_ITEMS", 3)
+    nodes = {
+        f"n{i}": {"state": "up", "since": i / 7, "admin_state": None} for i in range(10, 0, -1)
+    }
+    data = {"saved_at": 1.5, "nodes": nodes, "replay": {"a": [1, 2]}, "empty": {}, "list": [3]}
+    pieces = list(state_module.json_pieces(data))
+    assert "".join(pieces) == json.dumps(data, sort_keys=True)
+    assert max(len(p) for p in pieces) < len(json.dumps(nodes)) / 2  # the nodes went in pieces
