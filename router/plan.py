@@ -14,10 +14,12 @@ that share a policy share its demand equally here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +76,15 @@ def fetch_decisions(base_url: str, timeout: float = 30.0) -> dict:
     """The whole decisions document, joined from its pages (``next`` cursors): the groups in
     order, each policy's answers renumbered into one ``answer_sets``. A router that serves
     the document whole (no ``next``) is read in one request."""
-    page = _get_json(base_url, f"/v1/decisions?limit={PAGE_LIMIT}", timeout)
-    whole = {key: value for key, value in page.items() if key not in ("next", "total_groups")}
+    pages = _pages(base_url, "/v1/decisions", timeout, "the routing table")
+    first = next(pages)
+    whole = _document_keys(first)
     whole["groups"], whole["answer_sets"] = [], []
-    whole["policies"] = {key: {**policy, "answers": []} for key, policy in page["policies"].items()}
+    whole["policies"] = {
+        key: {**policy, "answers": []} for key, policy in first["policies"].items()
+    }
     index: dict[tuple[int, ...], int] = {}
-    while True:
+    for page in itertools.chain([first], pages):
         local = []
         for nodes in page["answer_sets"]:
             key = tuple(nodes)
@@ -95,32 +100,42 @@ def fetch_decisions(base_url: str, timeout: float = 30.0) -> dict:
                 else [[local[s], share] for s, share in value]
                 for value in policy["answers"]
             )
-        cursor = page.get("next")
-        if not cursor:
-            return whole
-        query = urllib.parse.urlencode({"limit": PAGE_LIMIT, "cursor": cursor})
-        page = _get_json(base_url, f"/v1/decisions?{query}", timeout)
-        if page["generation"] != whole["generation"]:
-            raise _TableGone("the routing table changed while its pages were read")
+    return whole
 
 
 def fetch_demand(base_url: str, timeout: float = 30.0) -> dict:
     """The whole demand document, joined from its pages: each policy's groups in order (its
     ``total_gbps`` is the whole total on every page). A router that serves the document
     whole (no ``next``) is read in one request."""
-    page = _get_json(base_url, f"/v1/demand?limit={PAGE_LIMIT}", timeout)
-    whole = {key: value for key, value in page.items() if key not in ("next", "total_groups")}
-    whole["policies"] = {key: {**policy, "groups": {}} for key, policy in page["policies"].items()}
-    while True:
+    pages = _pages(base_url, "/v1/demand", timeout, "the demand")
+    first = next(pages)
+    whole = _document_keys(first)
+    whole["policies"] = {key: {**policy, "groups": {}} for key, policy in first["policies"].items()}
+    for page in itertools.chain([first], pages):
         for key, policy in page["policies"].items():
             whole["policies"][key]["groups"].update(policy["groups"])
+    return whole
+
+
+def _document_keys(page: dict) -> dict:
+    """A page's keys that describe the whole document (not the page's place in it)."""
+    return {key: value for key, value in page.items() if key not in ("next", "total_groups")}
+
+
+def _pages(base_url: str, path: str, timeout: float, what: str) -> Iterator[dict]:
+    """Every page of ``path`` (``next`` cursors, PAGE_LIMIT groups each), all of the
+    generation the first one had; _TableGone when ``what`` changed meanwhile."""
+    page = _get_json(base_url, f"{path}?limit={PAGE_LIMIT}", timeout)
+    generation = page["generation"]
+    while True:
+        yield page
         cursor = page.get("next")
         if not cursor:
-            return whole
+            return
         query = urllib.parse.urlencode({"limit": PAGE_LIMIT, "cursor": cursor})
-        page = _get_json(base_url, f"/v1/demand?{query}", timeout)
-        if page["generation"] != whole["generation"]:
-            raise _TableGone("the demand changed while its pages were read")
+        page = _get_json(base_url, f"{path}?{query}", timeout)
+        if page["generation"] != generation:
+            raise _TableGone(f"{what} changed while its pages were read")
 
 
 def _get_json(base_url: str, path: str, timeout: float) -> dict:
