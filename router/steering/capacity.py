@@ -205,12 +205,8 @@ def replan_node_down(
     on_node = plan.alloc_node == node
     freed = np.zeros(len(plan.cand_node))
     np.add.at(freed, plan.alloc_group[on_node], plan.alloc_amount[on_node])
-    plan.load[node] = 0.0  # no other policy's load is here: this plan's shares were all of it
-    plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
-        plan.alloc_group[~on_node],
-        plan.alloc_node[~on_node],
-        plan.alloc_amount[~on_node],
-    )
+    _drop_entries(plan, on_node)
+    plan.load[node] = 0.0  # its shares were all this plan put there: no float dust left
     freed[overflowed] = inputs.group_demand[overflowed]
     groups = np.union1d(_rows_listing(plan.cand_node, node), np.flatnonzero(freed > 0)).astype(
         np.int32
@@ -287,14 +283,18 @@ def _release(plan: PolicyPlan, groups: np.ndarray) -> None:
     best = plan.cand_node[groups, 0]
     has_overflow = plan.overflow[groups] > 0
     np.subtract.at(plan.load, best[has_overflow], plan.overflow[groups][has_overflow])
-    mine = np.isin(plan.alloc_group, groups)
-    np.subtract.at(plan.load, plan.alloc_node[mine], plan.alloc_amount[mine])
-    plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
-        plan.alloc_group[~mine],
-        plan.alloc_node[~mine],
-        plan.alloc_amount[~mine],
-    )
     plan.overflow[groups] = 0.0
+    _drop_entries(plan, np.isin(plan.alloc_group, groups))
+
+
+def _drop_entries(plan: PolicyPlan, drop: np.ndarray) -> None:
+    """Take the allocation entries ``drop`` (bool[E]) off their nodes and out of the plan."""
+    np.subtract.at(plan.load, plan.alloc_node[drop], plan.alloc_amount[drop])
+    plan.alloc_group, plan.alloc_node, plan.alloc_amount = (
+        plan.alloc_group[~drop],
+        plan.alloc_node[~drop],
+        plan.alloc_amount[~drop],
+    )
     np.maximum(plan.load, 0.0, out=plan.load)  # float dust from the subtraction
 
 
