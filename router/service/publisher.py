@@ -42,6 +42,7 @@ from router._gc import freeze_collector
 from router.health.state import NodeState
 from router.service.intake import LOAD_REFRESH_DELTA
 from router.steering.build import FullPlan, PlanBasis, RoutingTable, without_down_nodes
+from router.steering.refine import RefineReport
 
 if TYPE_CHECKING:
     from router.service.loaded import LoadedConfig
@@ -58,6 +59,9 @@ SWITCH_INTERVAL_S = 0.0005  # the GIL's switch interval in the router's control 
 NAMES_LOGGED = 5  # a table's planning line names this many of the nodes it takes down
 SAVE_QUIET_S = 1.0  # the node-state file is written once no table was published for this long
 SAVE_WITHIN_S = 10.0  # and at most this long after the change that asked for it
+# The refine pass after a full plan (router/steering/refine.py) stops after this long with
+# the best plan it has; at world scale it needs 2-4 s after a demand change, 10 s cold.
+REFINE_BUDGET_S = 15.0
 
 
 class DurationHistogram:
@@ -93,7 +97,8 @@ class DurationHistogram:
 
 @dataclass
 class FullPlanJob:
-    """A full plan running in the background: what it was begun from."""
+    """A full plan running in the background: what it was begun from. ``kind`` "refine":
+    the refine pass on the full plan ``source`` (same inputs), after it went in service."""
 
     config: LoadedConfig  # a reload puts another in service: then the plan is thrown away
     basis: PlanBasis
@@ -107,6 +112,10 @@ class FullPlanJob:
     error: BaseException | None = None
     planned_s: float = 0.0
     done: bool = False
+    kind: str = "full"
+    source: FullPlan | None = None
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    report: RefineReport | None = None
 
 
 class Publisher:
@@ -147,6 +156,7 @@ class Publisher:
         self._basis_config: LoadedConfig | None = None
         self._basis: PlanBasis | None = None
         self._sampled_since: list[np.ndarray] = []  # groups re-sampled during the full plan
+        self.refine_budget_s = REFINE_BUDGET_S  # 0: full plans are not refined
 
     def start(self) -> None:
         # A repair hands the GIL back and forth with every kernel it calls (they release
@@ -179,7 +189,11 @@ class Publisher:
 
     @property
     def full_plan_running(self) -> bool:
-        return self._full is not None
+        return self._full is not None and self._full.kind == "full"
+
+    @property
+    def refine_running(self) -> bool:
+        return self._full is not None and self._full.kind == "refine"
 
     def request_rebuild(self) -> int:
         """Ask for a table reflecting the current state; returns a ticket to wait on."""
@@ -281,6 +295,7 @@ class Publisher:
         self._basis, self._basis_config = None, None
         if self._full is not None:
             self._owed = None
+            self._full.stop.set()  # a refine of the old config's plan: of no use now
         with self._cond:
             self._job_result = result
             self._cond.notify_all()
@@ -370,6 +385,12 @@ class Publisher:
             self._full_again += [r for r in dict.fromkeys(reasons) if r not in self._full_again]
             if self._owed_next is None:
                 self._owed_next = ticket
+            if self._full.kind == "refine":
+                # Refining a plan about to be replaced is wasted: it stops at its next round,
+                # and the change is owed from now (the refine itself owed nothing).
+                self._full.stop.set()
+                if self._owed is None:
+                    self._owed = self._owed_next
             return
         assert self._basis is not None
         job = FullPlanJob(config, self._basis, states.copy(), util.copy(), requested_at, taken,
@@ -387,8 +408,16 @@ class Publisher:
     def _plan_in_background(self, job: FullPlanJob) -> None:
         lower_priority()
         started = time.perf_counter()
+        planner = job.config.planner
         try:
-            result = job.config.planner.plan_full(job.node_state, job.util, job.basis)
+            if job.kind == "refine":
+                assert job.source is not None
+                result, job.report = planner.refine(
+                    job.source, self.refine_budget_s, job.stop.is_set
+                )
+            else:
+                result = planner.plan_full(job.node_state, job.util, job.basis,
+                                           for_refine=self.refine_budget_s > 0)  # fmt: skip
         except BaseException as exc:  # reported by the publisher thread
             result, job.error = None, exc
         with self._cond:
@@ -403,9 +432,18 @@ class Publisher:
         if job.config is not config:
             log.info("full plan begun on the config before the reload thrown away")
             return
+        if job.kind == "refine" and job.error is None:
+            report = job.report.summary() if job.report is not None else "no report"
+            if job.stop.is_set():
+                log.info("refine of the last full plan dropped for a newer plan (%s)", report)
+                return
+            if job.result is None:
+                log.info("refine of the last full plan: %s", report)
+                return
+            log.info("refined the last full plan: %s", report)
         if job.error is not None or job.result is None:
-            log.error("the full plan in the background failed; keeping the last table",
-                      exc_info=job.error)  # fmt: skip
+            log.error("the %s in the background failed; keeping the last table",
+                      "refine" if job.kind == "refine" else "full plan", exc_info=job.error)  # fmt: skip
             return
         service, planner = self.service, config.planner
         generation = service.table.generation + 1
@@ -419,16 +457,36 @@ class Publisher:
         )  # fmt: skip
         latest_samples = self._basis.samples if self._basis is not None else None
         table = planner.adopt(job.result, generation)
+        carried = None
         if self._sampled_since:
             # Samples fused while it planned: placed again on top, as they were on the old plans.
             planner.samples = latest_samples
             groups = np.unique(np.concatenate(self._sampled_since)).astype(np.int32)
             table = planner.groups_changed(groups, began, job.util, generation)
             self._sampled_since = []
+            carried = groups
         table, repaired = self._repair_each(table, down_since, states, generation)
-        kind = "full (background)" if repaired else "masked"
+        kind = ("refined" if job.kind == "refine" else "full") + " (background)"
+        kind = kind if repaired else "masked"
         # Its "planned" runs from its inputs read: planning, waiting for this thread, repairs.
         self._publish(table, job.util, job.requested_at, job.taken, job.inputs_ms, kind)
+        if job.kind == "full" and job.result.refine_from is not None and not self._full_again:
+            self._start_refine(job, carried)
+
+    def _start_refine(self, job: FullPlanJob, carried: np.ndarray | None) -> None:
+        """The refine pass on the full plan ``job`` just put in service, in the background;
+        groups re-sampled since the full plan began are placed again on its result too."""
+        refine = dataclasses.replace(
+            job, kind="refine", source=job.result, result=None, error=None, done=False,
+            planned_s=0.0, stop=threading.Event(), report=None,
+        )  # fmt: skip
+        self._sampled_since = [] if carried is None else [carried]
+        self._owed = None  # the full plan delivered what was asked; the refine owes nothing
+        self._full = refine
+        self._full_thread = threading.Thread(
+            target=self._plan_in_background, args=(refine,), name="refine", daemon=True
+        )
+        self._full_thread.start()
 
     def _repair_downs(self, states: np.ndarray, requested_at: float, taken: float,
                       inputs_ms: float) -> None:  # fmt: skip
@@ -467,13 +525,16 @@ class Publisher:
     def _resample(self, groups: np.ndarray, samples: tuple | None, requested_at: float,
                   taken: float, inputs_ms: float) -> None:  # fmt: skip
         """Groups with new RTT samples placed again on the current plans; during a full plan,
-        on the full plan once adopted (it was begun from the samples before)."""
+        on the full plan once adopted (it was begun from the samples before); during a
+        refine, on both."""
         planner = self.service.planner
-        if self._full is not None or any(plan is None for plan in planner.plans):
+        if self.full_plan_running or any(plan is None for plan in planner.plans):
             self._sampled_since.append(groups)
             if self._full is None:
                 self._full_again.append("RTT samples")
             return
+        if self.refine_running:
+            self._sampled_since.append(groups)  # placed on the refined plan too, when it is in
         current = self.service.table
         generation = current.generation + 1
         log.info("planning routing table %d (RTT samples of %d group(s))", generation, len(groups))

@@ -10,6 +10,7 @@ Every answer leads with the node the plan chose, followed by the group's next be
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ from router.steering.capacity import (
 )
 from router.steering.model import SteeringModel
 from router.steering.patch import SetIndex, owner_runs, patch, row_keys
+from router.steering.refine import RefineMemory, RefineReport, copy_plan
+from router.steering.refine import refine as refine_plans
 
 WEIGHT_SCALE = 65536  # split weights are cumulative thresholds in [1, WEIGHT_SCALE]
 
@@ -88,6 +91,9 @@ class FullPlan:
     resolved: list[np.ndarray]
     table: RoutingTable
     index: SetIndex | None  # the table's answer sets by key, to patch it (None: too wide)
+    # The plans as planned, for the refine pass (``Planner.refine``): copies, because the
+    # plans above are repaired in place once adopted. None: not to be refined.
+    refine_from: list[PolicyPlan] | None = None
 
 
 class Planner:
@@ -106,6 +112,7 @@ class Planner:
         # Per policy with pools: the pool each (rule, fence) class answers from (CompiledPolicy.resolve).
         self.resolved: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(model.policies)
         self.last_kind = "none"
+        self.refine_memory: RefineMemory | None = None  # what the last refine kept (its thread's)
         self._last: tuple[RoutingTable, SetIndex] | None = None  # the last table, to patch
         self.grown = False  # the last patch grew the table past SetIndex.grown (not compacted)
 
@@ -123,11 +130,16 @@ class Planner:
         return self.adopt(self.plan_full(node_state, node_util), generation)
 
     def plan_full(
-        self, node_state: np.ndarray, node_util: np.ndarray | None, basis: PlanBasis | None = None
+        self,
+        node_state: np.ndarray,
+        node_util: np.ndarray | None,
+        basis: PlanBasis | None = None,
+        for_refine: bool = False,
     ) -> FullPlan:
         """Every policy planned from scratch and its table, from ``basis`` (default: the
         planner's own, now). Changes nothing here, so it may run in another thread while this
-        planner goes on repairing its current plans (the kernels release the GIL)."""
+        planner goes on repairing its current plans (the kernels release the GIL).
+        ``for_refine``: keep copies of the plans for ``refine`` (unless demand overflows)."""
         basis = self.basis() if basis is None else basis
         n_policies, n_nodes = len(self.model.policies), len(self.model.node_ids)
         node_state = np.array(node_state, dtype=np.int8)
@@ -141,7 +153,29 @@ class Planner:
             plans[p] = plan_policy(inputs[p], used)
             used = used + plans[p].load
         table, index = self._whole_table(plans, inputs, resolved, node_state, 0)
-        return FullPlan(basis, node_state, util, plans, inputs, resolved, table, index)
+        refinable = for_refine and not any((plan.overflow > 0).any() for plan in plans)
+        refine_from = [copy_plan(plan) for plan in plans] if refinable else None
+        return FullPlan(basis, node_state, util, plans, inputs, resolved, table, index, refine_from)
+
+    def refine(
+        self, full: FullPlan, budget_s: float, stop: Callable[[], bool] = lambda: False
+    ) -> tuple[FullPlan | None, RefineReport]:
+        """``full`` with its plans made optimal (``router/steering/refine.py``), or None with
+        the reason. Like ``plan_full`` it touches no plan in service, so it runs in the
+        background; only one refine runs at a time (it keeps ``refine_memory``)."""
+        if full.refine_from is None:
+            return None, RefineReport("not refined: no copy of the plans was kept")
+        plans, report, self.refine_memory = refine_plans(
+            full.refine_from, full.inputs, budget_s, self.refine_memory, stop
+        )
+        if plans is None:
+            return None, report
+        if not report.improved():
+            report.status = f"kept the plan: no better one ({report.status})"
+            return None, report
+        table, index = self._whole_table(plans, full.inputs, full.resolved, full.node_state, 0)
+        refined = dataclasses.replace(full, plans=plans, table=table, index=index, refine_from=None)
+        return refined, report
 
     def adopt(self, full: FullPlan, generation: int) -> RoutingTable:
         """Make ``full`` the planner's plans (repairs go on from it); its table as ``generation``."""
