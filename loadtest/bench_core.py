@@ -81,7 +81,7 @@ from router.steering.capacity import (  # noqa: E402
     replan_node_down,
 )
 from router.steering.rank import RankInputs, group_components, rank_groups  # noqa: E402
-from router.steering.refine import refine  # noqa: E402
+from router.steering.refine import RESERVE_PENALTY_MS, refine  # noqa: E402  (the LP prices the reserve as the refine does)
 from tests import reference  # noqa: E402
 from tests.reference_numpy import pair_arrays  # noqa: E402
 
@@ -120,7 +120,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # The first load factor's figures carry no suffix (the contract's), the others _90, _50;
 # the latency-LP figures carry their suffix at every load factor (_50, _70, _90).
 LOAD_FACTORS = (0.7, 0.9, 0.5)
-RESERVE_PENALTY_MS = 10_000.0  # LP cost of a Gbps above capacity * headroom
+
 LP_START_TOP = 32  # LP starts from each class's best 32 nodes, then adds priced-out pairs
 PRICE_PER_ROUND = 16  # at most this many of a class's pairs with negative reduced cost per round
 # Rounds are cheap once warm (a few seconds at 20,000 nodes), and the score LP there took over
@@ -877,6 +877,7 @@ def bench_refine(world: World, plans: list, inputs: list, factor: float,
     out = {
         "refine_s": report.seconds, "refine_status": report.status, "refine_rounds": report.rounds,
         "refine_classes": report.classes, "refine_pairs": report.pairs,
+        "refine_unit_gbps": report.unit_gbps,
         "refine_mean_score_before_ms": report.mean_score_before_ms,
         "refine_mean_score_after_ms": report.mean_score_after_ms,
     }  # fmt: skip

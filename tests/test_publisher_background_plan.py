@@ -5,11 +5,14 @@ while the publisher goes on repairing the plans in service for every node that g
 and publishing at once; when the full plan ends it is put in service with the nodes that
 went down meanwhile repaired on top. These tests make the full plan wait on an event (the
 real planner's ``plan_full``, held back), so that "during a full plan" is certain, not a
-matter of timing, and check what the workers were handed, in order.
+matter of timing, and check what the workers were handed, in order. The refine pass that
+follows a full plan (and the first plan) takes the same background slot; its tests are at
+the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -27,6 +30,7 @@ from router.service.config_files import ConfigFiles
 from router.service.supervisor import Supervisor
 from router.steering import compile_model
 from router.steering.build import FullPlan, Planner, RoutingTable, without_down_nodes
+from router.steering.refine import RefineReport
 from tests.test_router_policy_pools import MEO, POOLED, VIDEO, states, web
 
 WAIT_S = 20.0  # every wait below is bounded by this
@@ -251,3 +255,140 @@ def test_without_down_nodes_moves_the_rest_up_and_fails_open() -> None:
     assert out.generation == 5 and out.node_state.tolist() == [0, 2, 2]
     assert out.set_nodes.tolist() == [[0, -1], [1, -1]]  # node 1 alone: fails open
     assert out.group_set is table.group_set and out.split_cum is table.split_cum
+
+
+# --- the refine pass after a full plan -------------------------------------------------------
+# The planner's refine is held on an event (so "during a refine" is certain) and hands back the
+# full plan's own plans as its result: the refine's optimality is
+# tests/test_router_steering_refine.py's; these check the publisher's handling.
+
+
+@dataclass
+class HeldRefine:
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    sources: list[FullPlan] = field(default_factory=list)
+    results: list[FullPlan] = field(default_factory=list)
+
+    def hold(self, planner: Planner, monkeypatch: pytest.MonkeyPatch) -> None:
+        def held(full: FullPlan, budget_s: float, stop: Callable[[], bool]):  # noqa: ANN202
+            self.sources.append(full)
+            self.entered.set()
+            deadline = time.monotonic() + WAIT_S
+            while not self.release.is_set() and time.monotonic() < deadline:
+                if stop():
+                    self.stopped.set()
+                    return None, RefineReport("stopped: asked to")
+                time.sleep(0.005)
+            assert self.release.is_set(), "the test never released the refine"
+            assert full.refine_from is not None
+            # The full plan's own plans, as a refine's result (a copy: they are the refine's).
+            table, index = planner._whole_table(
+                full.refine_from, full.inputs, full.resolved, full.node_state, 0
+            )
+            result = dataclasses.replace(
+                full, plans=full.refine_from, table=table, index=index, refine_from=None
+            )
+            self.results.append(result)
+            return result, RefineReport("optimal")
+
+        monkeypatch.setattr(planner, "refine", held)
+
+
+def test_a_full_plan_is_refined_after_it_is_in_service_and_a_failure_meanwhile_is_kept(
+    router: Router, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = router.supervisor
+    held = HeldRefine()
+    held.hold(sup.planner, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        drained = router.set_state("tef-mad-2", "drain")
+        # The drain is delivered by the full plan, not held back by the refine after it.
+        assert sup.publisher.wait_published(drained, timeout=WAIT_S)
+        assert router.state_in_service("tef-mad-2") == NodeState.DRAINING
+        until(lambda: refining_with(held, router, "tef-mad-2"), "a refine of the full plan")
+        until(lambda: sup.publisher.refine_running, "the refine to be the running job")
+        assert not sup.publisher.full_plan_running
+
+        gone = router.index("tef-mad-1")
+        assert gone in listed(sup.table)
+        down = router.set_state("tef-mad-1", "down")
+        assert sup.publisher.wait_published(down, timeout=WAIT_S)
+        assert gone not in listed(sup.table) and sup.publisher.refine_running
+        before = len(router.published)
+        held.release.set()
+        until(lambda: not sup.publisher.refine_running, "the refine to end")
+        until(lambda: len(router.published) > before, "the refined table in service")
+    refined = router.published[before]
+    assert any(
+        f"routing table {refined.generation} in service" in r.getMessage()
+        and "planned refined (background)" in r.getMessage()
+        for r in caplog.records
+    )
+    # Begun before the failure: in service with the failure repaired on top.
+    assert refined.node_state[gone] == NodeState.DOWN and gone not in listed(refined)
+    assert router.state_in_service("tef-mad-2") == NodeState.DRAINING
+    generations = [t.generation for t in router.published]
+    assert generations == sorted(set(generations))
+    assert (
+        len(refining_with(held, router, "tef-mad-2")) == 1
+    )  # a refine's result is not refined again
+
+
+def test_a_change_during_a_refine_drops_it_for_a_new_full_plan(
+    router: Router, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = router.supervisor
+    held = HeldRefine()
+    held.hold(sup.planner, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        router.set_state("tef-mad-2", "drain")
+        until(lambda: refining_with(held, router, "tef-mad-2"), "a refine of the full plan")
+        before = len(router.published)
+        second = router.set_state("tef-bcn-1", "drain")
+        assert held.stopped.wait(WAIT_S), "the refine was not asked to stop"
+        # The second drain is owed by the full plan that follows, not by the dropped refine.
+        assert sup.publisher.wait_published(second, timeout=WAIT_S)
+        assert router.state_in_service("tef-bcn-1") == NodeState.DRAINING
+        until(lambda: any("dropped for a newer plan" in r.getMessage() for r in caplog.records),
+              "the publisher to drop the refine")  # fmt: skip
+    assert not held.results
+    after = router.published[before:]
+    assert after and all(
+        t.node_state[router.index("tef-bcn-1")] == NodeState.DRAINING for t in after
+    )
+    # The new full plan is refined in its turn.
+    until(lambda: refining_with(held, router, "tef-bcn-1"), "a refine of the new full plan")
+    held.release.set()
+
+
+def refining_with(held: HeldRefine, router: Router, drained: str) -> list[FullPlan]:
+    """The refines begun on a plan with ``drained`` draining."""
+    index = router.index(drained)
+    return [full for full in held.sources if full.node_state[index] == NodeState.DRAINING]
+
+
+def test_the_first_plan_is_refined_after_start(
+    zones: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = Router(zones, monkeypatch)
+    sup = made.supervisor
+    held = HeldRefine()
+    held.hold(sup.planner, monkeypatch)
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        sup.start()
+        try:
+            assert held.entered.wait(WAIT_S), "the first plan was not refined"
+            first = sup.table
+            source = held.sources[0]
+            assert first.generation == 1 and (source.node_state == first.node_state).all()
+            assert source.refine_from is not None
+            held.release.set()
+            until(lambda: len(made.published) >= 1 and made.published[-1].generation == 2,
+                  "the refined first plan in service")  # fmt: skip
+            assert not sup.publisher.refine_running
+        finally:
+            sup.stop()
+    assert any("routing table 2 in service" in r.getMessage()
+               and "planned refined (background)" in r.getMessage() for r in caplog.records)  # fmt: skip

@@ -100,7 +100,11 @@ def test_refined_plan_is_valid_no_worse_than_greedy_and_optimal(world: tuple) ->
         event("tight: not refined")
         return
     assert refined is not None, report.summary()
-    event("refined, better than greedy" if objective(inputs, refined[0]) < before - 1e-6 else "refined")
+    event(
+        "refined, better than greedy"
+        if objective(inputs, refined[0]) < before - 1e-6
+        else "refined"
+    )
     assert report.status == "optimal", report.summary()
     plan = refined[0]
     check_valid(inputs, plan)

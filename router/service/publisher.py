@@ -222,6 +222,7 @@ class Publisher:
             return self._job_result if done else None
 
     def _loop(self) -> None:
+        self._refine_first_plan()
         while True:
             with self._cond:
                 self._cond.wait_for(
@@ -299,6 +300,8 @@ class Publisher:
         with self._cond:
             self._job_result = result
             self._cond.notify_all()
+        if result == "ok":
+            self._refine_first_plan()
 
     def _rebuild(self, requested_at: float, ticket: int, finished: FullPlanJob | None) -> None:
         """One step: repair the nodes that went down and publish at once, then adopt a full
@@ -431,6 +434,7 @@ class Publisher:
         self._owed = None
         if job.config is not config:
             log.info("full plan begun on the config before the reload thrown away")
+            self._refine_first_plan()
             return
         if job.kind == "refine" and job.error is None:
             report = job.report.summary() if job.report is not None else "no report"
@@ -472,6 +476,20 @@ class Publisher:
         self._publish(table, job.util, job.requested_at, job.taken, job.inputs_ms, kind)
         if job.kind == "full" and job.result.refine_from is not None and not self._full_again:
             self._start_refine(job, carried)
+
+    def _refine_first_plan(self) -> None:
+        """The config's first table (planned at start or by a reload, not in the background)
+        refined as a full plan's is."""
+        config = self.service.config
+        if self._full is not None or self.refine_budget_s <= 0:
+            return  # (a job of the old config still running: its end calls this again)
+        full = config.planner.take_unrefined()
+        if full is None:
+            return
+        now = time.monotonic()
+        job = FullPlanJob(config, full.basis, full.node_state, full.node_util, now, now, 0.0,
+                          "the first plan", result=full, done=True)  # fmt: skip
+        self._start_refine(job, None)
 
     def _start_refine(self, job: FullPlanJob, carried: np.ndarray | None) -> None:
         """The refine pass on the full plan ``job`` just put in service, in the background;

@@ -161,7 +161,7 @@ class Reloader:
             states = new.health.states()
             util = new.health.utilization().copy()
         new.planner.policy_down = new.policy_probes.down.copy()
-        table = new.planner.build(states, util, service.table.generation + 1)
+        table = new.planner.build(states, util, service.table.generation + 1, for_refine=True)
         new.rtt.changed_groups.clear()  # the RTT averages carried so far are in this table
         publisher.build_seconds.observe(time.perf_counter() - started, "reload")
         if new.fast_book is not None:

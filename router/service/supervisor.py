@@ -136,7 +136,7 @@ class Supervisor:
         )
         step = time.monotonic()
         self.table: RoutingTable = self.planner.build(
-            self.health.states(), self.health.utilization(), generation=1
+            self.health.states(), self.health.utilization(), generation=1, for_refine=True
         )
         log.info(
             "first routing table planned in %.1f s (%s)", time.monotonic() - step, COMPILE_NOTE

@@ -113,6 +113,7 @@ class Planner:
         self.resolved: list[np.ndarray] = [np.zeros(0, dtype=np.int32)] * len(model.policies)
         self.last_kind = "none"
         self.refine_memory: RefineMemory | None = None  # what the last refine kept (its thread's)
+        self._unrefined: FullPlan | None = None
         self._last: tuple[RoutingTable, SetIndex] | None = None  # the last table, to patch
         self.grown = False  # the last patch grew the table past SetIndex.grown (not compacted)
 
@@ -124,10 +125,22 @@ class Planner:
         return PlanBasis(self.demand.copy(), self.samples, self.policy_down.copy())
 
     def build(
-        self, node_state: np.ndarray, node_util: np.ndarray | None, generation: int
+        self,
+        node_state: np.ndarray,
+        node_util: np.ndarray | None,
+        generation: int,
+        for_refine: bool = False,
     ) -> RoutingTable:
-        """Plan every policy from scratch, the most constrained first (``planning_order``)."""
-        return self.adopt(self.plan_full(node_state, node_util), generation)
+        """Plan every policy from scratch, the most constrained first (``planning_order``).
+        ``for_refine``: keep the full plan for a refine (``take_unrefined``)."""
+        full = self.plan_full(node_state, node_util, for_refine=for_refine)
+        self._unrefined = full if full.refine_from is not None else None
+        return self.adopt(full, generation)
+
+    def take_unrefined(self) -> FullPlan | None:
+        """The full plan the last ``build(for_refine=True)`` put in service, once."""
+        full, self._unrefined = self._unrefined, None
+        return full
 
     def plan_full(
         self,

@@ -168,7 +168,11 @@ def refine(
     """Plans with the same demand at least as cheap as ``plans`` (the greedy's, not
     changed), or None with the reason in the report; and what the next refine may start
     from. Optimal when the report says so; after ``budget_s`` or once ``stop()`` is true,
-    the best found by then. ``memory``: the last refine's, on the same deployment."""
+    the best found by then. ``memory``: the last refine's, on the same deployment.
+
+    The refined plans have their own allocation but share every other array (candidates,
+    eligibility, location lists) with ``plans``: a repair edits those in place, so when both
+    may be repaired, pass copies (``copy_plan``; the router refines copies it keeps)."""
     started = time.perf_counter()
     if any((plan.overflow > 0).any() for plan in plans):
         return None, RefineReport("not refined: some demand fits nowhere (overflow)"), memory
@@ -407,14 +411,14 @@ def _plans_from_flow(plans, inputs, classes, pair_class, pair_node, pair_cost, f
             groups_start - groups_start[0], members, item.group_demand, arcs_start,
             pair_node[used].astype(np.int32), amount, out_group, out_node, out_amount,
         )  # fmt: skip
-        new = copy_plan(plan)
-        new.alloc_group = out_group[:written].copy()
-        new.alloc_node = out_node[:written].copy()
-        new.alloc_amount = out_amount[:written].copy()
-        new.overflow = np.zeros_like(plan.overflow)
-        new.load = np.bincount(new.alloc_node, weights=new.alloc_amount, minlength=len(plan.load))
-        new.replaced = np.zeros(0, dtype=np.int32)
-        refined.append(new)
+        alloc_node = out_node[:written].copy()
+        alloc_amount = out_amount[:written].copy()
+        refined.append(dataclasses.replace(
+            plan, alloc_group=out_group[:written].copy(), alloc_node=alloc_node,
+            alloc_amount=alloc_amount, overflow=np.zeros_like(plan.overflow),
+            load=np.bincount(alloc_node, weights=alloc_amount, minlength=len(plan.load)),
+            replaced=np.zeros(0, dtype=np.int32),
+        ))  # fmt: skip
     return refined
 
 
