@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router.steering import _kernels
 from router.steering.capacity import (
     PlanInputs,
     PolicyPlan,
@@ -496,9 +497,11 @@ def _changed_groups(
     planned = np.zeros(len(plan.cand_node), dtype=np.bool_)
     planned[plan.alloc_group] = True
     planned[plan.overflow > 0] = True
-    return np.union1d(plan.replaced, rows_listing_any(plan.cand_node, planned, flipped)).astype(
-        np.int32
-    )
+    # A mask, not np.union1d: its np.unique took 4 ms on the 25,000 groups of a Seoul node.
+    changed = np.zeros(len(plan.cand_node), dtype=np.bool_)
+    changed[plan.replaced] = True
+    changed[rows_listing_any(plan.cand_node, planned, flipped)] = True
+    return np.flatnonzero(changed).astype(np.int32)
 
 
 def _frozen(table: RoutingTable) -> RoutingTable:
@@ -536,14 +539,18 @@ def _answer_rows(
     cand_node: np.ndarray, groups: np.ndarray, primary: np.ndarray, count: int, width: int
 ) -> np.ndarray:
     """Rows of ``width``: the primary node, then the group's other candidates, ``count`` in all."""
-    out = np.full((len(groups), width), -1, dtype=np.int32)
-    out[:, 0] = primary
-    cands = cand_node[groups]
-    others = (cands != primary[:, None]) & (cands >= 0)
-    position = np.cumsum(others, axis=1)  # 1-based slot among the others
-    keep = others & (position <= count - 1)
-    r, c = np.nonzero(keep)
-    out[r, position[r, c]] = cands[r, c]
+    if not 1 <= count <= width:
+        raise ValueError(f"answer count {count} must be in [1, row width {width}]")
+    if len(groups) != len(primary):
+        raise ValueError(f"{len(groups)} groups but {len(primary)} primary nodes")
+    out = np.empty((len(groups), width), dtype=np.int32)
+    _kernels._answer_rows(
+        np.ascontiguousarray(cand_node, dtype=np.int32),
+        np.ascontiguousarray(groups, dtype=np.int32),
+        np.ascontiguousarray(primary, dtype=np.int32),
+        int(count),
+        out,
+    )
     return out
 
 

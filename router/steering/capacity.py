@@ -194,7 +194,8 @@ def replan_node_down(
     if not np.array_equal(eligible, expected):
         return None  # a health tier changed (e.g. the last up node of a fence): re-plan all
     plan.eligible = eligible
-    locs = _rows_listing(plan.loc_node, node).astype(np.int32)
+    n_nodes = len(plan.load)
+    locs = _rows_listing(plan.loc_node, node, n_nodes)
     _locations(inputs, plan, locs)
     # Only the share on the node: releasing its groups whole made a repair re-place every
     # share of a group spread over hundreds of nodes (a country-level location: 30 ms of
@@ -208,20 +209,24 @@ def replan_node_down(
     _drop_entries(plan, on_node)
     plan.load[node] = 0.0  # its shares were all this plan put there: no float dust left
     freed[overflowed] = inputs.group_demand[overflowed]
-    groups = np.union1d(_rows_listing(plan.cand_node, node), np.flatnonzero(freed > 0)).astype(
-        np.int32
-    )
+    # A mask, not np.union1d: its np.unique took 2 ms on the 25,000 groups of a Seoul node.
+    touched = freed > 0
+    touched[_rows_listing(plan.cand_node, node, n_nodes)] = True
+    groups = np.flatnonzero(touched).astype(np.int32)
     plan.full_scans += _candidates(inputs, plan, groups)
     _place(inputs, plan, groups, used_elsewhere, freed[groups])
     plan.replaced = groups
     return plan
 
 
-def _rows_listing(table: np.ndarray, node: int) -> np.ndarray:
-    """Sorted indexes of the rows of ``table`` (int32[R, K]) that hold ``node``."""
-    # Not (table == node).any(axis=1): numpy reduces along short rows slowly, and at world
-    # scale (127,000 groups x 16 candidates) that alone was most of a repair's time.
-    return np.unique(np.flatnonzero(table == node) // table.shape[1])
+def _rows_listing(table: np.ndarray, node: int, n_nodes: int) -> np.ndarray:
+    """Sorted indexes (int32) of the rows of ``table`` (int32[R, K], nodes below ``n_nodes``,
+    -1 padded) that hold ``node``."""
+    # One pass in numba: (table == node).any(axis=1) reduced along short rows slowly, and
+    # np.unique of the hits took 2.5 ms for the 25,000 groups that list a Seoul node.
+    flagged = np.zeros(n_nodes, dtype=np.bool_)
+    flagged[node] = True
+    return rows_listing_any(table, np.zeros(len(table), dtype=np.bool_), flagged)
 
 
 def rows_listing_any(table: np.ndarray, skip: np.ndarray, flagged: np.ndarray) -> np.ndarray:
@@ -369,43 +374,23 @@ def primary_shares(
     group indexes): the entries of just those groups, as the whole call would give them.
     """
     groups_n = plan.cand_node.shape[0]
-    n_alloc = len(plan.alloc_group)
     if only is None:
-        keep = np.ones(groups_n, dtype=np.bool_)
-        position = np.arange(n_alloc, dtype=np.int64)
+        wanted = np.ones(groups_n, dtype=np.bool_)
     else:
-        keep = np.zeros(groups_n, dtype=np.bool_)
-        keep[only] = True
-        position = np.flatnonzero(keep[plan.alloc_group]).astype(np.int64)
-    alloc_group = plan.alloc_group[position]
-    order_key = [alloc_group.astype(np.int64) * (n_alloc + 1) + position + 1]
-    groups = [alloc_group]
-    nodes = [plan.alloc_node[position]]
-    weights = [plan.alloc_amount[position]]
-    # Overflow rides on the best candidate, ahead of anything else the group has.
-    over = np.flatnonzero((plan.overflow > 0) & keep)
-    groups.append(over.astype(np.int32))
-    nodes.append(plan.cand_node[over, 0])
-    weights.append(plan.overflow[over])
-    order_key.append(over.astype(np.int64) * (n_alloc + 1))
-    # Groups without demand: first candidate that still has room below headroom.
-    planned = ~keep
-    planned[alloc_group] = True
-    planned[over] = True
-    idle = np.flatnonzero(~planned)
+        wanted = np.zeros(groups_n, dtype=np.bool_)
+        wanted[only] = True
+    groups = np.flatnonzero(wanted)
     used = plan.load if used_elsewhere is None else plan.load + used_elsewhere
-    room = np.append(used < inputs.node_capacity * inputs.headroom, False)  # index -1 -> no room
-    cands = plan.cand_node[idle]
-    ok = room[cands] & (cands >= 0)
-    first = np.where(ok.any(axis=1), ok.argmax(axis=1), 0)
-    groups.append(idle.astype(np.int32))
-    nodes.append(cands[np.arange(len(idle)), first])
-    weights.append(np.ones(len(idle)))
-    order_key.append(idle.astype(np.int64) * (n_alloc + 1))
-    key = np.concatenate(order_key)
-    order = np.argsort(key, kind="stable")
-    return (
-        np.concatenate(groups)[order].astype(np.int32),
-        np.concatenate(nodes)[order].astype(np.int32),
-        np.concatenate(weights)[order],
-    )
+    room = used < inputs.node_capacity * inputs.headroom
+    size = len(plan.alloc_group) + len(groups)
+    out_group = np.empty(size, dtype=np.int32)
+    out_node = np.empty(size, dtype=np.int32)
+    out_weight = np.empty(size, dtype=np.float64)
+    int32, float64 = np.int32, np.float64
+    written = _kernels._primary_shares(
+        groups, wanted, np.ascontiguousarray(plan.alloc_group, int32),
+        np.ascontiguousarray(plan.alloc_node, int32), np.ascontiguousarray(plan.alloc_amount, float64),
+        np.ascontiguousarray(plan.overflow, float64), np.ascontiguousarray(plan.cand_node, int32),
+        room, out_group, out_node, out_weight,
+    )  # fmt: skip
+    return out_group[:written], out_node[:written], out_weight[:written]

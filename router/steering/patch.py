@@ -53,6 +53,31 @@ class SetIndex:
         )
 
 
+def _known_sets(
+    group_set: np.ndarray,
+    set_nodes: np.ndarray,
+    index: SetIndex,
+    owner: np.ndarray,
+    keys: np.ndarray,
+) -> np.ndarray:
+    """The set (int32) already holding each entry's row, or -1 when none does."""
+    # Most entries answer as their owner did before (a Seoul node's repair answers 50,000
+    # groups afresh, and the node was seldom among their first two): their owner's set is
+    # checked first, and only the rest are searched in the index (a searchsorted of every
+    # entry was most of a patch). Set rows are distinct, so both ways find the same set.
+    answer_set = group_set[owner]
+    single = answer_set >= 0  # -1 - r: the owner was split (split row r)
+    same = np.zeros(len(keys), dtype=np.bool_)
+    same[single] = row_keys(set_nodes[answer_set[single]]) == keys[single]
+    answer_set[~same] = -1
+    rest = np.flatnonzero(~same)
+    if len(rest) and len(index.keys):
+        pos = np.minimum(np.searchsorted(index.keys, keys[rest]), len(index.keys) - 1)
+        hit = index.keys[pos] == keys[rest]
+        answer_set[rest[hit]] = index.ids[pos[hit]]
+    return answer_set.astype(np.int32)
+
+
 @dataclass(frozen=True)
 class Patched:
     """The arrays of the patched table (``RoutingTable`` fields) and its index."""
@@ -84,12 +109,8 @@ def patch(
     """
     keys = row_keys(rows)
     assert keys is not None, "only rows of up to 8 bytes are patched"
-    pos = np.searchsorted(index.keys, keys)
-    pos_in = np.minimum(pos, max(len(index.keys) - 1, 0))
-    found = np.zeros(len(keys), dtype=np.bool_)
-    if len(index.keys):
-        found = (pos < len(index.keys)) & (index.keys[pos_in] == keys)
-    answer_set = np.where(found, index.ids[pos_in], -1).astype(np.int32)
+    answer_set = _known_sets(group_set.ravel(), set_nodes, index, owner, keys)
+    found = answer_set >= 0
     new_keys, first, inverse = np.unique(keys[~found], return_index=True, return_inverse=True)
     new_ids = np.arange(len(set_nodes), len(set_nodes) + len(new_keys), dtype=np.int32)
     answer_set[~found] = new_ids[inverse.reshape(-1)]
