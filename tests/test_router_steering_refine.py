@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from router.steering.capacity import plan_policy
+from router.steering.capacity import plan_policy, replan_node_down
 from router.steering.refine import RESERVE_PENALTY_MS, refine
 from tests import reference
 from tests.reference_numpy import pair_arrays
@@ -165,3 +165,39 @@ def test_the_refine_undoes_a_greedy_choice_that_costs_another_group_dearly() -> 
     assert objective(inputs, refined[0]) == pytest.approx(11.0)
     assert report.mean_score_before_ms == pytest.approx(52.5)
     assert report.mean_score_after_ms == pytest.approx(5.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(loaded_worlds(), st.data())
+def test_refined_plans_of_two_policies_one_idle_are_repaired_like_greedy_ones(
+    world: tuple, data: st.DataObject
+) -> None:
+    """Two policies on the same nodes, the second without demand (a policy nobody queries
+    yet): the refined plans must be plans a node failure can be repaired on, as the router
+    does once they are in service (an idle policy's load came out as integers once, and its
+    first repair failed)."""
+    arrays, demand, capacity, headroom = world
+    busy = make(world)
+    idle = make((arrays, np.zeros_like(demand), capacity, headroom))
+    plans = [plan_policy(busy), plan_policy(idle)]
+    refined, report, _ = refine(plans, [busy, idle], 60.0)
+    if refined is None:
+        assert report.status.startswith("not refined"), report.summary()
+        return
+    for plan in refined:
+        assert plan.load.dtype == np.float64 and plan.alloc_amount.dtype == np.float64
+    assert not refined[1].alloc_group.size and not refined[1].load.any()
+    up = np.flatnonzero(np.asarray(busy.rank.node_state) == 0)
+    if len(up) == 0:
+        return
+    node = int(data.draw(st.sampled_from(up.tolist())))
+    states = np.array(arrays["node_state"])
+    states[node] = 2
+    after = [make(({**arrays, "node_state": states}, d, capacity, headroom))
+             for d in (demand, np.zeros_like(demand))]  # fmt: skip
+    for p, plan in enumerate(refined):
+        repaired = replan_node_down(after[p], plan, node, refined[1 - p].load)
+        if repaired is None:  # a health tier changed: a full plan follows, as for the greedy
+            return
+        check_valid(after[p], repaired)
+        assert all(n != node for g in range(len(demand)) for n, _ in repaired.shares(g))

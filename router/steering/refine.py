@@ -416,7 +416,8 @@ def _plans_from_flow(plans, inputs, classes, pair_class, pair_node, pair_cost, f
         refined.append(dataclasses.replace(
             plan, alloc_group=out_group[:written].copy(), alloc_node=alloc_node,
             alloc_amount=alloc_amount, overflow=np.zeros_like(plan.overflow),
-            load=np.bincount(alloc_node, weights=alloc_amount, minlength=len(plan.load)),
+            # float64 even for a policy without demand (bincount of nothing gives int64).
+            load=np.bincount(alloc_node, weights=alloc_amount, minlength=len(plan.load)).astype(np.float64),
             replaced=np.zeros(0, dtype=np.int32),
         ))  # fmt: skip
     return refined
