@@ -392,3 +392,29 @@ def test_the_first_plan_is_refined_after_start(
             sup.stop()
     assert any("routing table 2 in service" in r.getMessage()
                and "planned refined (background)" in r.getMessage() for r in caplog.records)  # fmt: skip
+
+
+def test_a_repair_that_fails_still_takes_the_node_out_of_the_answers(
+    router: Router, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a repair (an exception) must not keep a dead node in service: the table in
+    service leaves it out at once, and a full plan follows."""
+    sup = router.supervisor
+    planner = sup.planner
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("a repair bug")
+
+    monkeypatch.setattr(planner, "repair_node_down", broken)
+    gone = router.index("tef-mad-1")
+    assert gone in listed(sup.table)
+    with caplog.at_level(logging.INFO, logger="router.service"):
+        down = router.set_state("tef-mad-1", "down")
+        assert sup.publisher.wait_published(down, timeout=WAIT_S)
+        until(lambda: gone not in listed(sup.table), "the node out of the answers")
+        assert any("repairing the plans for a node down failed" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+        # The plans were dropped, so a full plan follows and keeps the node out.
+        until(lambda: all(p is not None for p in planner.plans), "a full plan after the failure")
+    assert gone not in listed(sup.table)
+    assert router.state_in_service("tef-mad-1") == NodeState.DOWN

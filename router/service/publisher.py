@@ -531,7 +531,13 @@ class Publisher:
         state = table.node_state.copy()
         for node in downs.tolist():
             state[node] = NodeState.DOWN
-            repaired = planner.repair_node_down(node, state, generation, compact=False)
+            try:
+                repaired = planner.repair_node_down(node, state, generation, compact=False)
+            except Exception:
+                # A planning bug must not keep a dead node in the answers: leave the down
+                # nodes out of the table in service, and plan afresh (the plans are dropped).
+                log.exception("repairing the plans for a node down failed; leaving it out")
+                repaired = planner.drop_plans()
             if repaired is None:
                 every_down = np.where(
                     states == NodeState.DOWN, np.int8(NodeState.DOWN), table.node_state

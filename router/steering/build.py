@@ -238,7 +238,7 @@ class Planner:
             for p in range(len(self.plans))
         ]
         if any(not np.array_equal(r, self.resolved[p]) for p, r in enumerate(resolved)):
-            return self._give_up()
+            return self.drop_plans()
         total = sum(p.load for p in self.plans if p is not None)
         before = total
         for p, plan in enumerate(self.plans):
@@ -246,7 +246,7 @@ class Planner:
             inputs = self._repair_inputs(p, node_state, util, resolved[p])
             repaired = replan_node_down(inputs, plan, node, total - plan.load)
             if repaired is None:
-                return self._give_up()
+                return self.drop_plans()
             total = sum(q.load for q in self.plans if q is not None)
             self.inputs[p] = inputs
         self.last_kind = "incremental"
@@ -279,7 +279,8 @@ class Planner:
         )
         return dataclasses.replace(previous, rank=dataclasses.replace(rank, node_state=state))
 
-    def _give_up(self) -> None:
+    def drop_plans(self) -> None:
+        """Forget the plans (a repair of them went wrong): the next table is a full plan."""
         self.plans = [None] * len(self.model.policies)
         self.inputs = [None] * len(self.model.policies)
         self._last = None
