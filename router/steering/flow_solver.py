@@ -8,9 +8,10 @@ through a memory-mapped file in /dev/shm (numpy copies them without the GIL), a 
 text through the child's stdin and stdout, and the calling thread waits on the pipe
 without holding the GIL.
 
-The child is a plain ``python -c`` subprocess (not multiprocessing: its spawn re-runs the
-parent's main script, and fork is unsafe in a threaded process), started on first use and
-kept for the next solves; it ends when its stdin closes (the parent ended, or ``close``).
+The child runs this file as a script (``python -P``: numpy and OR-tools only, not the
+router's packages and numba; not multiprocessing: its spawn re-runs the parent's main
+script, and fork is unsafe in a threaded process), started on first use and kept for the
+next solves; it ends when its stdin closes (the parent ended, or ``close``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import numpy as np
 
 _PARTS = (("tail", np.int32), ("head", np.int32), ("capacity", np.int64), ("cost", np.int64),
           ("flow", np.int64), ("supply", np.int64))  # fmt: skip
-_CHILD = "from router.steering.flow_solver import serve; serve()"
 
 
 def _views(path: str, n_arcs: int, n_vertices: int, mode: str) -> dict[str, np.ndarray]:
@@ -119,14 +119,11 @@ class FlowSolver:
     def _start(self) -> subprocess.Popen:
         if self._child is not None and self._child.poll() is None:
             return self._child
-        root = str(Path(__file__).resolve().parents[2])  # the child imports this package
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        }
+        self._stop()  # a child that ended: its pipes closed before the next one starts
+        # -P: the script's folder (router/steering) stays off sys.path.
         self._child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env=env,
+            [sys.executable, "-P", str(Path(__file__).resolve())], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         return self._child
 
@@ -144,14 +141,17 @@ class FlowSolver:
     def _stop(self) -> None:
         if self._child is None:
             return
+        child, self._child = self._child, None
         try:
-            self._child.stdin.close()
-            self._child.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            self._child.kill()
-            self._child.wait(timeout=5)
-        self._child.stdout.close()
-        self._child = None
+            child.stdin.close()  # the child's loop ends on it
+        except OSError:
+            pass  # a child that is gone already
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=5)
+        child.stdout.close()
 
 
 _shared: FlowSolver | None = None
@@ -166,3 +166,7 @@ def shared_solver() -> FlowSolver:
             _shared = FlowSolver()
             atexit.register(_shared.close)
         return _shared
+
+
+if __name__ == "__main__":
+    serve()
