@@ -132,11 +132,25 @@ class FlowSolver:
             return self._path
         if self._path is not None:
             Path(self._path).unlink(missing_ok=True)
-        where = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        handle, self._path = tempfile.mkstemp(prefix="router-flow-", dir=where)
-        os.ftruncate(handle, size + size // 2)  # room to grow: a refine's pairs grow by round
-        os.close(handle)
-        return self._path
+            self._path = None
+        # The space is allocated, not only the size set: a mapped page tmpfs cannot back
+        # (a container's /dev/shm is 64 MB by default) would be a SIGBUS in this process.
+        # Room to grow by half: a refine's pairs grow round by round.
+        places = [p for p in ("/dev/shm", tempfile.gettempdir()) if os.path.isdir(p)]
+        for i, where in enumerate(places):
+            handle, path = tempfile.mkstemp(prefix="router-flow-", dir=where)
+            try:
+                os.posix_fallocate(handle, 0, size + size // 2)
+            except OSError:
+                Path(path).unlink(missing_ok=True)
+                if i == len(places) - 1:
+                    raise
+                continue
+            finally:
+                os.close(handle)
+            self._path = path
+            return path
+        raise OSError("no folder for the flow solver's file")
 
     def _stop(self) -> None:
         if self._child is None:
