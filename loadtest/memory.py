@@ -22,7 +22,9 @@ Keys (``L`` is ``world`` for a world-scale deployment, ``sample`` for ``--smoke`
 the workers are at the largest worker count measured): ``worker_pss_mb_L``,
 ``worker_uss_mb_L``, ``worker_rss_mb_L``, ``control_pss_mb_L``, ``control_rss_mb_L``,
 ``total_pss_mb_L_N_workers``, ``total_rss_mb_L_N_workers`` and ``total_uss_mb_L_N_workers`` per
-N, ``nodes_L`` and ``full_build_s_L`` (``loadtest/full_build.py``, in fresh subprocesses).
+N (the refine pass's solver child included when it has started: ``flow_solver_pss_mb_L``,
+``flow_solver_rss_mb_L``, None when it has not), ``nodes_L`` and ``full_build_s_L``
+(``loadtest/full_build.py``, in fresh subprocesses).
 
 Queries go to loopback only.
 """
@@ -108,6 +110,15 @@ def children(pid: int) -> list[int]:
         if int(stat.rpartition(")")[2].split()[1]) == pid:
             found.append(int(entry))
     return sorted(found)
+
+
+def is_flow_solver(pid: int) -> bool:
+    """The refine pass's solver child (router/steering/flow_solver.py), not a DNS worker."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"flow_solver.py" in handle.read()
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,17 +236,24 @@ def measure_once(zones: Path, workers: int, subnets: list[tuple[str, int]], log:
         answered = send_queries(host, port, names, subnets[: QUERIES_PER_WORKER * workers])
         time.sleep(0.5)  # let the workers finish the last batch
         control = smaps_rollup(process.pid)
-        pids = children(process.pid)
+        found = children(process.pid)
+        pids = [pid for pid in found if not is_flow_solver(pid)]
         if len(pids) != workers:
             raise RuntimeError(f"expected {workers} worker processes, found {len(pids)}: {pids}")
+        # The refine's solver child, when a refine has run: the router's memory too.
+        solver = [smaps_rollup(pid) for pid in found if pid not in pids]
         per_worker = [smaps_rollup(pid) for pid in pids]
         mapped = [mapped_file(pid, maps) for pid in pids]
         control_mapped = mapped_file(process.pid, maps)
     finally:
         stop_router(process)
-    total = {k: control[k] + sum(w[k] for w in per_worker) for k in ("rss", "pss", "uss")}
+    total = {
+        k: control[k] + sum(w[k] for w in per_worker) + sum(c[k] for c in solver)
+        for k in ("rss", "pss", "uss")
+    }
     return {
         "workers": workers,
+        "flow_solver": solver[0] if solver else None,
         "queries": min(len(subnets), QUERIES_PER_WORKER * workers),
         "answered": answered,
         "control": control,
@@ -285,6 +303,9 @@ def measure_memory(
     out[f"client_map_private_mb_{label}"] = _mb(
         sum(m["private"] for m in last["client_map_mapped"]) / count
     )
+    solver = last["flow_solver"]
+    for kind in ("pss", "rss"):
+        out[f"flow_solver_{kind}_mb_{label}"] = None if solver is None else _mb(solver[kind])
     out[f"memory_workers_measured_{label}"] = [run["workers"] for run in runs]
     out[f"memory_runs_{label}"] = runs
     return out
