@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
+from router.api.metrics import registry_for
 from router.config import load_deployment
 from router.health.state import NodeState
 from router.service.config_files import ConfigFiles
@@ -334,6 +336,7 @@ def test_a_full_plan_is_refined_after_it_is_in_service_and_a_failure_meanwhile_i
     assert (
         len(refining_with(held, router, "tef-mad-2")) == 1
     )  # a refine's result is not refined again
+    assert sup.publisher.refine_outcomes.get("in service", 0) >= 1
 
 
 def test_a_change_during_a_refine_drops_it_for_a_new_full_plan(
@@ -354,6 +357,9 @@ def test_a_change_during_a_refine_drops_it_for_a_new_full_plan(
         until(lambda: any("dropped for a newer plan" in r.getMessage() for r in caplog.records),
               "the publisher to drop the refine")  # fmt: skip
     assert not held.results
+    assert sup.publisher.refine_outcomes.get("dropped", 0) >= 1
+    metrics = generate_latest(registry_for(sup)).decode()
+    assert 'router_refines_total{outcome="dropped"}' in metrics
     after = router.published[before:]
     assert after and all(
         t.node_state[router.index("tef-bcn-1")] == NodeState.DRAINING for t in after

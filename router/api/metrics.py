@@ -72,6 +72,15 @@ class SupervisorCollector(Collector):
         generation.add_metric([], float(table.generation))
         yield generation
         yield _histogram(sup.publisher.build_seconds)
+        refines = CounterMetricFamily(
+            "router_refines",
+            "refine passes ended, by outcome: in service, no better (the plan was optimal "
+            "already), dropped (a newer plan was wanted), not refined (e.g. overflow), failed",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(sup.publisher.refine_outcomes.items()):
+            refines.add_metric([outcome], float(count))
+        yield refines
 
         states = GaugeMetricFamily(
             "router_node_state", "1 for the state each node is in", labels=["node", "state"]

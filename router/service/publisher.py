@@ -157,6 +157,7 @@ class Publisher:
         self._basis: PlanBasis | None = None
         self._sampled_since: list[np.ndarray] = []  # groups re-sampled during the full plan
         self.refine_budget_s = REFINE_BUDGET_S  # 0: full plans are not refined
+        self.refine_outcomes: dict[str, int] = {}  # refines ended, by outcome (/metrics)
 
     def start(self) -> None:
         # A repair hands the GIL back and forth with every kernel it calls (they release
@@ -439,12 +440,18 @@ class Publisher:
         if job.kind == "refine" and job.error is None:
             report = job.report.summary() if job.report is not None else "no report"
             if job.stop.is_set():
+                self._count_refine("dropped")
                 log.info("refine of the last full plan dropped for a newer plan (%s)", report)
                 return
             if job.result is None:
+                kept = job.report is not None and job.report.status.startswith("kept the plan")
+                self._count_refine("no better" if kept else "not refined")
                 log.info("refine of the last full plan: %s", report)
                 return
+            self._count_refine("in service")
             log.info("refined the last full plan: %s", report)
+        elif job.kind == "refine":
+            self._count_refine("failed")
         if job.error is not None or job.result is None:
             log.error("the %s in the background failed; keeping the last table",
                       "refine" if job.kind == "refine" else "full plan", exc_info=job.error)  # fmt: skip
@@ -476,6 +483,9 @@ class Publisher:
         self._publish(table, job.util, job.requested_at, job.taken, job.inputs_ms, kind)
         if job.kind == "full" and job.result.refine_from is not None and not self._full_again:
             self._start_refine(job, carried)
+
+    def _count_refine(self, outcome: str) -> None:
+        self.refine_outcomes[outcome] = self.refine_outcomes.get(outcome, 0) + 1
 
     def _refine_first_plan(self) -> None:
         """The config's first table (planned at start or by a reload, not in the background)
