@@ -24,7 +24,9 @@ the workers are at the largest worker count measured): ``worker_pss_mb_L``,
 ``total_pss_mb_L_N_workers``, ``total_rss_mb_L_N_workers`` and ``total_uss_mb_L_N_workers`` per
 N (the refine pass's solver child included when it has started: ``flow_solver_pss_mb_L``,
 ``flow_solver_rss_mb_L``, None when it has not), ``nodes_L`` and ``full_build_s_L``
-(``loadtest/full_build.py``, in fresh subprocesses).
+(``loadtest/full_build.py``, in fresh subprocesses). Memory is read once the refine of the
+first plan has ended (its working set is transient; ``memory_after_refines_L`` says whether
+every run got there within ``REFINE_WAIT_S``).
 
 Queries go to loopback only.
 """
@@ -52,6 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORLD = REPO / "var" / "world"
 SAMPLE = REPO / "zones"
 READY_TIMEOUT_S = 900.0  # a 20,000-node world plans its first table in tens of seconds
+REFINE_WAIT_S = 60.0  # the first plan's refine: 3-16 s at world scale
 STOP_TIMEOUT_S = 30.0
 QUERIES_PER_WORKER = 2000
 QUERY_SOCKETS = 64  # distinct source ports, so SO_REUSEPORT spreads them over the workers
@@ -110,6 +113,25 @@ def children(pid: int) -> list[int]:
         if int(stat.rpartition(")")[2].split()[1]) == pid:
             found.append(int(entry))
     return sorted(found)
+
+
+def wait_refines_ended(log: Path, timeout_s: float) -> bool:
+    """Wait until every refine the router's log says began has ended; False at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log.read_text(errors="replace")
+        begun = text.count("refine begun in the background")
+        ended = len(
+            re.findall(
+                r"refined the last full plan|refine of the last full plan|refine in the background failed",
+                text,
+            )
+        )
+        if ended >= begun:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def is_flow_solver(pid: int) -> bool:
@@ -235,6 +257,9 @@ def measure_once(zones: Path, workers: int, subnets: list[tuple[str, int]], log:
     try:
         answered = send_queries(host, port, names, subnets[: QUERIES_PER_WORKER * workers])
         time.sleep(0.5)  # let the workers finish the last batch
+        # The refine of the first plan runs for seconds after READY, with a working set of
+        # its own: memory is read once it ended (the steady state), bounded.
+        refine_ended = wait_refines_ended(log, REFINE_WAIT_S)
         control = smaps_rollup(process.pid)
         found = children(process.pid)
         pids = [pid for pid in found if not is_flow_solver(pid)]
@@ -254,6 +279,7 @@ def measure_once(zones: Path, workers: int, subnets: list[tuple[str, int]], log:
     return {
         "workers": workers,
         "flow_solver": solver[0] if solver else None,
+        "refines_ended_before_measure": refine_ended,
         "queries": min(len(subnets), QUERIES_PER_WORKER * workers),
         "answered": answered,
         "control": control,
@@ -306,6 +332,7 @@ def measure_memory(
     solver = last["flow_solver"]
     for kind in ("pss", "rss"):
         out[f"flow_solver_{kind}_mb_{label}"] = None if solver is None else _mb(solver[kind])
+    out[f"memory_after_refines_{label}"] = all(run["refines_ended_before_measure"] for run in runs)
     out[f"memory_workers_measured_{label}"] = [run["workers"] for run in runs]
     out[f"memory_runs_{label}"] = runs
     return out

@@ -3,6 +3,7 @@ and the long-lived objects of a running router kept out of its collections."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,3 +36,18 @@ def freeze_collector() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def return_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; nothing
+    elsewhere). A background plan or refine frees tens of MB of arrays in its thread's malloc
+    arena, and glibc keeps them (its mmap threshold grows with the sizes freed, so later
+    arrays come from heaps it does not shrink): measured at world scale, the control process
+    held 116 MB more after its first refine than before it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from router._gc import freeze_collector
+from router._gc import freeze_collector, return_free_memory
 from router.health.state import NodeState
 from router.service.intake import LOAD_REFRESH_DELTA
 from router.steering.build import FullPlan, PlanBasis, RoutingTable, without_down_nodes
@@ -252,6 +252,12 @@ class Publisher:
                 self._rebuild(requested_at, ticket, finished)
             except Exception:
                 log.exception("building or publishing a routing table failed; keeping the last one")
+            if finished is not None:
+                # Not kept until the next step: a finished job holds the plans it was made
+                # from (tens of MB at world scale), and an idle router may have no next step
+                # for long. What it and the plans it replaced freed goes back to the system.
+                finished = None
+                return_free_memory()
             with self._cond:
                 owed = self._owed if self._full is not None else None
                 self._done = max(self._done, ticket if owed is None else min(ticket, owed - 1))
@@ -435,7 +441,6 @@ class Publisher:
         self._owed = None
         if job.config is not config:
             log.info("full plan begun on the config before the reload thrown away")
-            self._refine_first_plan()
             return
         if job.kind == "refine" and job.error is None:
             report = job.report.summary() if job.report is not None else "no report"
@@ -489,12 +494,12 @@ class Publisher:
 
     def _refine_first_plan(self) -> None:
         """The config's first table (planned at start or by a reload, not in the background)
-        refined as a full plan's is."""
+        refined as a full plan's is. Called before any step has repaired its plans (at the
+        thread's start, right after a reload); while a job of the old config still runs, the
+        first plan is left as it is (the next full plan is refined)."""
         config = self.service.config
-        if self._full is not None or self.refine_budget_s <= 0:
-            return  # (a job of the old config still running: its end calls this again)
-        full = config.planner.take_unrefined()
-        if full is None:
+        full = config.planner.take_unrefined() if self._full is None else None
+        if full is None or self.refine_budget_s <= 0:
             return
         now = time.monotonic()
         job = FullPlanJob(config, full.basis, full.node_state, full.node_util, now, now, 0.0,
@@ -511,6 +516,7 @@ class Publisher:
         self._sampled_since = [] if carried is None else [carried]
         self._owed = None  # the full plan delivered what was asked; the refine owes nothing
         self._full = refine
+        log.info("refine begun in the background (of %s)", job.reason)
         self._full_thread = threading.Thread(
             target=self._plan_in_background, args=(refine,), name="refine", daemon=True
         )

@@ -134,14 +134,20 @@ class Planner:
     ) -> RoutingTable:
         """Plan every policy from scratch, the most constrained first (``planning_order``).
         ``for_refine``: keep the full plan for a refine (``take_unrefined``)."""
-        full = self.plan_full(node_state, node_util, for_refine=for_refine)
-        self._unrefined = full if full.refine_from is not None else None
+        full = self.plan_full(node_state, node_util)
+        fits = not any((plan.overflow > 0).any() for plan in full.plans)
+        self._unrefined = full if for_refine and fits else None
         return self.adopt(full, generation)
 
     def take_unrefined(self) -> FullPlan | None:
-        """The full plan the last ``build(for_refine=True)`` put in service, once."""
+        """The full plan the last ``build(for_refine=True)`` put in service, once, with
+        copies of its plans for the refine. Only before any repair of them (the copies are
+        made now: not at build, so that the DNS workers a start forks after it do not map
+        them for good)."""
         full, self._unrefined = self._unrefined, None
-        return full
+        if full is None:
+            return None
+        return dataclasses.replace(full, refine_from=[copy_plan(plan) for plan in full.plans])
 
     def plan_full(
         self,

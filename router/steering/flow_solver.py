@@ -17,6 +17,7 @@ next solves; it ends when its stdin closes (the parent ended, or ``close``).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import subprocess
 import sys
@@ -60,6 +61,14 @@ def solve_here(tail, head, capacity, cost, supply) -> tuple[str, np.ndarray | No
     return "OPTIMAL", solver.flows(np.arange(len(tail), dtype=np.int32))
 
 
+def _return_free_memory() -> None:
+    # router/_gc.py's return_free_memory; this file runs alone in the child (no package).
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve() -> None:
     """The child's loop: a line "PATH ARCS VERTICES" in, the solve's status out."""
     for line in sys.stdin:
@@ -74,6 +83,7 @@ def serve() -> None:
             del view
         except Exception as exc:  # the parent reports it
             status = f"failed: {exc!r}".replace("\n", " ")
+        _return_free_memory()  # the solver's graph is freed: its pages back to the system
         sys.stdout.write(status + "\n")
         sys.stdout.flush()
 
@@ -112,9 +122,18 @@ class FlowSolver:
     def close(self) -> None:
         with self._lock:
             self._stop()
-            if self._path is not None:
-                Path(self._path).unlink(missing_ok=True)
-                self._path = None
+            self._release_file()
+
+    def release_file(self) -> None:
+        """Remove the arrays' file (tmpfs holds its pages in memory while it exists): a
+        refine calls this when it ends; the next solve makes another."""
+        with self._lock:
+            self._release_file()
+
+    def _release_file(self) -> None:
+        if self._path is not None:
+            Path(self._path).unlink(missing_ok=True)
+            self._path = None
 
     def _start(self) -> subprocess.Popen:
         if self._child is not None and self._child.poll() is None:

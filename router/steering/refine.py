@@ -208,6 +208,7 @@ def refine(
         if flow is None:
             report.seconds = time.perf_counter() - started
             report.status = f"not refined: the min-cost flow solver said {status}"
+            shared_solver().release_file()
             return None, report, memory
         load = np.bincount(pair_node, weights=flow, minlength=n_nodes).astype(np.int64)
         dist = np.empty(n_classes + n_nodes, dtype=np.int64)
@@ -243,6 +244,7 @@ def refine(
         reduced = pair_cost + dist[n_classes + pair_node] - dist[pair_class]
         keep |= reduced < KEEP_REDUCED_MS * kernels.COST_PER_MS
     memory = RefineMemory(classes.keys, pair_class[keep], pair_node[keep])
+    shared_solver().release_file()
     report.seconds = time.perf_counter() - started
     return refined, report, memory
 
