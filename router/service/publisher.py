@@ -132,6 +132,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._saver: threading.Thread | None = None
         self._save_wanted = threading.Event()
+        self._trim_wanted = False  # the C heap's free pages to hand back (the saver does)
         # What the table in service was planned from (a change past these re-plans).
         self.published_util = service.health.utilization()
         self.published_at = time.monotonic()
@@ -255,9 +256,11 @@ class Publisher:
             if finished is not None:
                 # Not kept until the next step: a finished job holds the plans it was made
                 # from (tens of MB at world scale), and an idle router may have no next step
-                # for long. What it and the plans it replaced freed goes back to the system.
+                # for long. What it and the plans it replaced freed goes back to the system
+                # once the tables pause (the saver thread: the first trim after a refine
+                # took 7 ms, which a failure's repair must not wait for).
                 finished = None
-                return_free_memory()
+                self._trim_wanted = True
             with self._cond:
                 owed = self._owed if self._full is not None else None
                 self._done = max(self._done, ticket if owed is None else min(ticket, owed - 1))
@@ -282,6 +285,9 @@ class Publisher:
                     break
                 time.sleep(min(SAVE_QUIET_S - quiet, SAVE_WITHIN_S - (now - wanted)) + 0.001)
             self._save_wanted.clear()
+            if self._trim_wanted:
+                self._trim_wanted = False
+                return_free_memory()
             with self.service.health_lock:
                 unsaved, self.state_unsaved = self.state_unsaved, False
             if unsaved:
