@@ -55,6 +55,7 @@ WORLD = REPO / "var" / "world"
 SAMPLE = REPO / "zones"
 READY_TIMEOUT_S = 900.0  # a 20,000-node world plans its first table in tens of seconds
 REFINE_WAIT_S = 60.0  # the first plan's refine: 3-16 s at world scale
+TRIM_WAIT_S = 2.0  # the publisher's SAVE_QUIET_S (1 s) after the last table, and some
 STOP_TIMEOUT_S = 30.0
 QUERIES_PER_WORKER = 2000
 QUERY_SOCKETS = 64  # distinct source ports, so SO_REUSEPORT spreads them over the workers
@@ -260,6 +261,7 @@ def measure_once(zones: Path, workers: int, subnets: list[tuple[str, int]], log:
         # The refine of the first plan runs for seconds after READY, with a working set of
         # its own: memory is read once it ended (the steady state), bounded.
         refine_ended = wait_refines_ended(log, REFINE_WAIT_S)
+        time.sleep(TRIM_WAIT_S)  # the router hands freed heap back once its tables pause
         control = smaps_rollup(process.pid)
         found = children(process.pid)
         pids = [pid for pid in found if not is_flow_solver(pid)]
