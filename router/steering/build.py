@@ -19,6 +19,7 @@ from router.steering import _kernels
 from router.steering.capacity import (
     PlanInputs,
     PolicyPlan,
+    demand_fits,
     plan_policy,
     primary_shares,
     replan_groups,
@@ -135,8 +136,7 @@ class Planner:
         """Plan every policy from scratch, the most constrained first (``planning_order``).
         ``for_refine``: keep the full plan for a refine (``take_unrefined``)."""
         full = self.plan_full(node_state, node_util)
-        fits = not any((plan.overflow > 0).any() for plan in full.plans)
-        self._unrefined = full if for_refine and fits else None
+        self._unrefined = full if for_refine and demand_fits(full.plans) else None
         return self.adopt(full, generation)
 
     def take_unrefined(self) -> FullPlan | None:
@@ -173,7 +173,7 @@ class Planner:
             plans[p] = plan_policy(inputs[p], used)
             used = used + plans[p].load
         table, index = self._whole_table(plans, inputs, resolved, node_state, 0)
-        refinable = for_refine and not any((plan.overflow > 0).any() for plan in plans)
+        refinable = for_refine and demand_fits(plans)
         refine_from = [copy_plan(plan) for plan in plans] if refinable else None
         return FullPlan(basis, node_state, util, plans, inputs, resolved, table, index, refine_from)
 

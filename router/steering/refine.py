@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.steering import _refine_kernels as kernels
-from router.steering.capacity import PlanInputs, PolicyPlan
+from router.steering.capacity import PlanInputs, PolicyPlan, demand_fits, distinct_rows
 from router.steering.flow_solver import shared_solver
 
 RESERVE_PENALTY_MS = 10_000.0  # per Gbps above capacity * headroom: used only when needed
@@ -118,14 +118,9 @@ class ScoreClasses:
             own = np.where(np.diff(r.meas_start)[groups] > 0, groups, -1)
             keys = np.stack([t.group_loc[groups].astype(np.int64), asn, own,
                              r.group_fence[groups].astype(np.int64)])  # fmt: skip
-            # A lexsort of the columns, not np.unique(axis=1): that held the GIL 60 ms at
-            # world scale, in the control process's background thread.
-            order = np.lexsort(keys[::-1])
-            starts = np.ones(len(order), dtype=np.bool_)
-            starts[1:] = (keys[:, order[1:]] != keys[:, order[:-1]]).any(axis=0)
-            first = order[starts]
-            inverse = np.empty(len(order), dtype=np.int64)
-            inverse[order] = np.cumsum(starts) - 1
+            # Not np.unique(axis=1): that held the GIL 60 ms at world scale, in the control
+            # process's background thread.
+            first, inverse = distinct_rows(list(keys))
             keys_out += [(p, *column) for column in keys[:, first].T.tolist()]
             mine = np.full(len(item.group_demand), -1, dtype=np.int64)
             mine[groups] = offsets[-1] + inverse
@@ -174,7 +169,7 @@ def refine(
     eligibility, location lists) with ``plans``: a repair edits those in place, so when both
     may be repaired, pass copies (``copy_plan``; the router refines copies it keeps)."""
     started = time.perf_counter()
-    if any((plan.overflow > 0).any() for plan in plans):
+    if not demand_fits(plans):
         return None, RefineReport("not refined: some demand fits nowhere (overflow)"), memory
     classes = ScoreClasses.create(inputs)
     n_classes, n_nodes = len(classes.group), len(plans[0].load)
