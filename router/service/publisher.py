@@ -455,8 +455,8 @@ class Publisher:
                 log.info("refine of the last full plan dropped for a newer plan (%s)", report)
                 return
             if job.result is None:
-                kept = job.report is not None and job.report.status.startswith("kept the plan")
-                self._count_refine("no better" if kept else "not refined")
+                no_better = job.report is not None and job.report.no_better
+                self._count_refine("no better" if no_better else "not refined")
                 log.info("refine of the last full plan: %s", report)
                 return
             self._count_refine("in service")

@@ -192,6 +192,7 @@ class Planner:
             return None, report
         if not report.improved():
             report.status = f"kept the plan: no better one ({report.status})"
+            report.no_better = True
             return None, report
         table, index = self._whole_table(plans, full.inputs, full.resolved, full.node_state, 0)
         refined = dataclasses.replace(full, plans=plans, table=table, index=index, refine_from=None)

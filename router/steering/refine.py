@@ -63,6 +63,7 @@ class RefineReport:
     mean_score_after_ms: float = float("nan")
     reserve_before_gbps: float = float("nan")  # load above capacity * headroom, every node
     reserve_after_gbps: float = float("nan")
+    no_better: bool = False  # refined, but not cheaper than the plan in service: kept that
 
     def summary(self) -> str:
         return (
