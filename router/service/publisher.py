@@ -598,10 +598,13 @@ class Publisher:
         with service.workers.lock:
             planned_ms = (time.monotonic() - taken) * 1000 - inputs_ms
             file_s, workers_s = service.workers.publish(table)
+            # Every worker answers from it now: the end of the log's "after the change",
+            # taken before the lock is let go (handing the GIL over there can take another
+            # thread's switch interval, which no client waits for).
+            self.published_at = time.monotonic()
             service.table = table
         if util is not None:
             self.published_util = util
-        self.published_at = time.monotonic()
         self.last_build_ms = planned_ms
         self.build_seconds.observe(planned_ms / 1000, kind)
         # From the change to every worker answering from it, and where that time went.
