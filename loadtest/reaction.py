@@ -94,8 +94,8 @@ QUIET_TIMEOUT_S = 900.0  # a full plan of a 20,000-node world on two busy cores:
 PLANNED_DOWN = re.compile(r"planning routing table (\d+) \(.*?: ([^()]*?) down")
 LOG_LINE = re.compile(
     r"routing table (\d+) in service on \d+ workers: ([\d.]+) ms after the change "
-    r"\(waited ([\d.]+), inputs ([\d.]+), planned (\w+(?: \(\w+\))?) ([\d.]+), file ([\d.]+), "
-    r"workers ([\d.]+) ms\)"
+    r"\(waited ([\d.]+), inputs ([\d.]+), planned (\w+(?: \(\w+\))?) ([\d.]+), signed ([\d.]+), "
+    r"file ([\d.]+), workers ([\d.]+) ms\)"
 )
 
 
@@ -391,10 +391,11 @@ def read_breakdown(log: Path, events: list[Event]) -> list[dict]:
                 named.setdefault(node, []).append(int(planning.group(1)))
         match = LOG_LINE.search(line)
         if match:
-            g, total, waited, inputs, kind, planned, file_ms, workers = match.groups()
+            g, total, waited, inputs, kind, planned, signed_ms, file_ms, workers = match.groups()
             tables[int(g)] = {"router_ms": float(total), "waited_ms": float(waited),
                               "inputs_ms": float(inputs), "kind": kind,
-                              "planned_ms": float(planned), "file_ms": float(file_ms),
+                              "planned_ms": float(planned), "signed_ms": float(signed_ms),
+                              "file_ms": float(file_ms),
                               "workers_ms": float(workers)}  # fmt: skip
     out = []
     for event in events:

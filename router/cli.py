@@ -1,4 +1,4 @@
-"""Command line: ``router serve | check | explain | plan | keys | simulate-nodes | node-agent``.
+"""Command line: ``router serve | check | explain | plan | keys | dnssec | simulate-nodes | node-agent``.
 
 ``check`` and ``serve`` load the deployment through the same code path, so a directory
 that passes ``router check`` is exactly one that ``router serve`` accepts.
@@ -209,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--node", required=True, metavar="ID")
     export.add_argument("--out", required=True, type=Path, metavar="FILE", help="written 0600")
 
+    dnssec = sub.add_parser("dnssec", help="DNSSEC keys: keygen, trust-anchor")
+    dnssec_sub = dnssec.add_subparsers(dest="dnssec_command", required=True)
+    keygen = dnssec_sub.add_parser(
+        "keygen", help="a key for every zone that has none (written 0600, named in deployment.yaml)"
+    )
+    keygen.add_argument("--zones", required=True, type=Path, help="deployment directory")
+    keygen.add_argument("--algorithm", type=int, choices=(13, 15), default=13,
+                        help="13: ECDSA P-256 / SHA-256 (default); 15: Ed25519")  # fmt: skip
+    keygen.add_argument("--split", action="store_true",
+                        help="a KSK and a ZSK per zone instead of one combined key (CSK)")  # fmt: skip
+    anchor = dnssec_sub.add_parser(
+        "trust-anchor", help="print each zone's DS records and DNSKEY set in zone-file format"
+    )
+    anchor.add_argument("--zones", required=True, type=Path, help="deployment directory")
+
     simulate = sub.add_parser(
         "simulate-nodes",
         help="play every node of a deployment: signed heartbeats, commands on stdin",
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args)
     if args.command == "keys":
         return cmd_keys(args)
+    if args.command == "dnssec":
+        return cmd_dnssec(args)
     if args.command == "explain":
         return cmd_explain(args)
     if args.command == "plan":
@@ -339,6 +356,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(f"{label}: {', '.join(names)}")
     print(f"{out}: {len(entries)} node keys (mode 0600). Point health.keys (or router serve --keys) "
           "at it, then reload.")  # fmt: skip
+    return 0
+
+
+def cmd_dnssec(args: argparse.Namespace) -> int:
+    from router.config import dnssec_keys
+
+    try:
+        if args.dnssec_command == "trust-anchor":
+            print(dnssec_keys.trust_anchor_text(args.zones), end="")
+            return 0
+        written, notes = dnssec_keys.keygen(args.zones, args.algorithm, args.split)
+    except ConfigError as exc:
+        print(exc.report(args.zones), file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"router dnssec {args.dnssec_command}: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"{path}: written (mode 0600)")
+    for note in notes:
+        print(note)
+    if written:
+        print("Give the parent zone the DS records of router dnssec trust-anchor, then reload.")
     return 0
 
 

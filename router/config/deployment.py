@@ -29,6 +29,7 @@ from router._gc import collector_paused
 from router.config._validate import validate_item
 from router.config._yaml import LocatedYaml, YamlPath, load_yaml
 from router.config.admin_state import ADMIN_STATE_FILE, parse_admin_state
+from router.config.dnssec_keys import DnssecKey, DnssecSettings, load_keys
 from router.config.health import HealthConfig
 from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.mapcoverage import CoverageSettings
@@ -120,6 +121,7 @@ class DeploymentSettings(BaseModel):
     cache_dir: str | None = None  # compiled client map cache (default DEFAULT_CACHE_DIR)
     health: HealthConfig | None = None
     coverage: CoverageSettings | None = None  # announced prefixes for router check --coverage
+    dnssec: DnssecSettings | None = None  # signing (router/config/dnssec_keys.py)
 
     @field_validator("listen")
     @classmethod
@@ -162,6 +164,8 @@ class Deployment:
     # The admin_state file: node id -> "up" | "down" | "drain" (empty without the file).
     admin_state: dict[str, str] = field(default_factory=dict)
     coverage: CoverageSettings | None = None  # read by router check --coverage only
+    dnssec: DnssecSettings | None = None  # None: the zones are served unsigned
+    dnssec_keys: tuple[DnssecKey, ...] = ()
 
 
 def _check_address(text: str) -> None:
@@ -320,6 +324,11 @@ def _load_deployment(directory: Path, keys_file: Path | None) -> Deployment:
             cookie_secrets, errors = load_cookie_secrets(secret_path, _display(secret_path))
             problems += errors
 
+    dnssec_keys: tuple[DnssecKey, ...] = ()
+    if settings is not None and settings.dnssec is not None:
+        dnssec_keys, errors = load_keys(directory / settings.dnssec.keys, set(zones))
+        problems += errors
+
     admin_state: dict[str, str] = {}
     admin_path = directory / ADMIN_STATE_FILE
     if admin_path.exists():
@@ -348,6 +357,8 @@ def _load_deployment(directory: Path, keys_file: Path | None) -> Deployment:
         rtt_samples=tuple(rtt_samples),
         admin_state=admin_state,
         coverage=settings.coverage,
+        dnssec=settings.dnssec,
+        dnssec_keys=dnssec_keys,
     )
 
 

@@ -19,6 +19,7 @@ import io
 from dataclasses import dataclass, field
 
 import dns.name
+import dns.node
 import dns.rdata
 import dns.rdataclass
 import dns.rdataset
@@ -28,6 +29,7 @@ import dns.rrset
 import dns.zone
 
 from router.dns import wire
+from router.dns.dnssec import NsecChain, ZoneSigner
 
 A = dns.rdatatype.A
 AAAA = dns.rdatatype.AAAA
@@ -44,9 +46,10 @@ _ADDITIONAL_TARGET = {dns.rdatatype.MX: "exchange", NS: "target", dns.rdatatype.
 
 
 class StaticAnswer:
-    """A reply body that does not depend on the client."""
+    """A reply body that does not depend on the client; ``signed``: the same with its
+    RRSIGs (and denial of existence), for queries with DO=1 to a signed zone."""
 
-    __slots__ = ("flags", "an", "ns", "ar", "main", "extra", "extra_required")
+    __slots__ = ("flags", "an", "ns", "ar", "main", "extra", "extra_required", "signed")
 
     def __init__(
         self, flags: int, an: int, ns: int, ar: int, main: bytes, extra: bytes, extra_required: bool
@@ -58,16 +61,24 @@ class StaticAnswer:
         self.main = main  # answer + authority sections
         self.extra = extra  # additional section (before OPT)
         self.extra_required = extra_required  # referral glue: truncate rather than drop
+        self.signed: StaticAnswer | None = None
 
 
 class SteeredAnswer:
     """A or AAAA records of a steered name; one pre-encoded record per node."""
 
-    __slots__ = ("index", "policy", "rdtype", "ttl", "records")
+    __slots__ = ("index", "policy", "rdtype", "ttl", "records", "owner")
 
     def __init__(
-        self, index: int, policy: int, rdtype: int, ttl: int, records: tuple[bytes, ...]
+        self,
+        index: int,
+        policy: int,
+        rdtype: int,
+        ttl: int,
+        records: tuple[bytes, ...],
+        owner: bytes = b"",
     ) -> None:
+        self.owner = owner  # the steered name (wire, lower case): what its RRSIGs cover
         self.index = index
         self.policy = policy
         self.rdtype = rdtype
@@ -93,6 +104,10 @@ class ZoneIndex:
     # Negative answers and referrals per (kind, rcode or cut, question length): bounded
     # by 255 lengths per kind, so random names cannot grow it.
     templates: dict[tuple[str, int, bytes], StaticAnswer] = field(default_factory=dict)
+    signer: ZoneSigner | None = None  # None: the zone is not signed
+    chain: NsecChain | None = None
+    # Signed denials per (rcode, NSEC records): bounded by the chain's size squared.
+    denials: dict[tuple[int, tuple[int, ...]], StaticAnswer] = field(default_factory=dict)
 
 
 def name_key(name: dns.name.Name) -> bytes:
@@ -169,12 +184,15 @@ class AnswerBook:
         zones: dict[dns.name.Name, dns.zone.Zone],
         steered: list[tuple[dns.name.Name, int, int]],
         node_addresses: list[tuple[bytes, bytes]],
+        signers: dict[dns.name.Name, ZoneSigner] | None = None,
     ) -> None:
-        """``steered``: (name, policy index, ttl); ``node_addresses``: (ipv4, ipv6) packed."""
+        """``steered``: (name, policy index, ttl); ``node_addresses``: (ipv4, ipv6) packed;
+        ``signers``: the signed zones' signers (the rest are served unsigned)."""
         self.exact: dict[tuple[bytes, int], StaticAnswer | SteeredAnswer] = {}
         self.zones: dict[bytes, ZoneIndex] = {}
         self.steered_names: dict[bytes, int] = {}
         self.steered: list[SteeredAnswer] = []
+        self._chains: dict[dns.name.Name, NsecChain] = {}
         # A record's bytes depend on its type, TTL and address only (the owner is a pointer
         # to the question): names with the same TTL share one tuple, made once.
         records_of: dict[tuple[int, int], tuple[bytes, ...]] = {}
@@ -186,19 +204,74 @@ class AnswerBook:
                 if records is None:
                     records = _steered_records(rdtype, ttl, [a[family] for a in node_addresses])
                     records_of[(rdtype, ttl)] = records
-                entry = SteeredAnswer(len(self.steered), policy, rdtype, ttl, records)
+                entry = SteeredAnswer(len(self.steered), policy, rdtype, ttl, records, key)
                 self.steered.append(entry)
                 self.exact[(key, rdtype)] = entry
         for origin, zone in zones.items():
-            self._index_zone(origin, zone)
+            signer = (signers or {}).get(origin)
+            if signer is not None:
+                zone = self._with_dnssec_records(origin, zone, signer)
+            self._index_zone(origin, zone, signer)
+        # The signer of each steered entry's zone (None: unsigned), for the routing tables.
+        self.steered_signers: list[ZoneSigner | None] = []
+        for entry in self.steered:
+            index = self.zone_of(entry.owner)
+            self.steered_signers.append(index.signer if index is not None else None)
+
+    def signed_steered(self, entry: SteeredAnswer) -> bool:
+        return self.steered_signers[entry.index] is not None
+
+    def wildcard_proof(self, qname: bytes) -> tuple[bytes, int]:
+        """The signed NSEC record covering ``qname`` (a name a steered wildcard answers):
+        uncompressed bytes and record count, for the authority section."""
+        index = self.zone_of(qname)
+        assert index is not None and index.chain is not None
+        return self.denial_piece(index, index.chain.index_of(qname))
 
     # -- building ---------------------------------------------------------------------
 
-    def _index_zone(self, origin: dns.name.Name, zone: dns.zone.Zone) -> None:
+    def _with_dnssec_records(
+        self, origin: dns.name.Name, zone: dns.zone.Zone, signer: ZoneSigner
+    ) -> dns.zone.Zone:
+        """A copy of ``zone`` with the DNSKEY set at the apex and an NSEC record at every
+        authoritative name, delegation point and steered name (RFC 4035 2.1, 2.3)."""
+        soa_rdataset = zone.get_node(origin).get_rdataset(IN, SOA)
+        cuts = [n for n, node in zone.nodes.items()
+                if n != origin and node.get_rdataset(IN, NS) is not None]  # fmt: skip
+        types_at: dict[dns.name.Name, set[int]] = {}
+        for name, node in zone.nodes.items():
+            if any(name.is_subdomain(cut) for cut in cuts if name != cut):
+                continue  # glue: not authoritative, no NSEC (RFC 4035 2.3)
+            types = {r.rdtype for r in node.rdatasets}
+            if name in cuts:
+                types &= {NS, dns.rdatatype.DS}
+            types_at[name] = types
+        types_at[origin].add(dns.rdatatype.DNSKEY)
+        for key in self.steered_names:
+            name = dns.name.from_wire(key, 0)[0]
+            if name.is_subdomain(origin):
+                types_at.setdefault(name, set()).update((A, AAAA))
+        # RFC 9077: the NSEC TTL is the negative-caching TTL.
+        chain = NsecChain.build(origin, types_at, min(soa_rdataset.ttl, soa_rdataset[0].minimum))
+        copy = dns.zone.Zone(origin, relativize=False)
+        for name, node in zone.nodes.items():
+            fresh = dns.node.Node()
+            fresh.rdatasets.extend(node.rdatasets)
+            copy.nodes[name] = fresh
+        for name, nsec in zip(chain.names, chain.records):
+            copy.nodes.setdefault(name, dns.node.Node()).rdatasets.append(nsec.to_rdataset())
+        copy.nodes[origin].rdatasets.append(signer.dnskey_rrset().to_rdataset())
+        self._chains[origin] = chain
+        return copy
+
+    def _index_zone(
+        self, origin: dns.name.Name, zone: dns.zone.Zone, signer: ZoneSigner | None = None
+    ) -> None:
         soa_rdataset = zone.get_node(origin).get_rdataset(IN, SOA)
         soa = _rrset(origin, soa_rdataset)
         soa.ttl = min(soa_rdataset.ttl, soa_rdataset[0].minimum)  # RFC 2308 section 3
-        index = ZoneIndex(origin=origin, zone=zone, soa=soa)
+        index = ZoneIndex(origin=origin, zone=zone, soa=soa, signer=signer,
+                          chain=self._chains.get(origin) if signer is not None else None)  # fmt: skip
         self.zones[name_key(origin)] = index
         for name, node in zone.nodes.items():
             if name != origin and node.get_rdataset(IN, NS) is not None:
@@ -241,10 +314,10 @@ class AnswerBook:
                 continue
             for rdataset in node.rdatasets:
                 self.exact[(key, rdataset.rdtype)] = self._positive(index, name, rdataset)
-            self.exact[(key, wire.TYPE_ANY)] = self._any(name)
+            self.exact[(key, wire.TYPE_ANY)] = self._any(index, name)
         for key in self.steered_names:
             if key in index.names and (key, wire.TYPE_ANY) not in self.exact:
-                self.exact[(key, wire.TYPE_ANY)] = self._any(dns.name.from_wire(key, 0)[0])
+                self.exact[(key, wire.TYPE_ANY)] = self._any(index, dns.name.from_wire(key, 0)[0])
 
     @staticmethod
     def _below_cut(index: ZoneIndex, name: dns.name.Name) -> bool:
@@ -282,12 +355,100 @@ class AnswerBook:
         authority: list[dns.rrset.RRset],
         additional: list[dns.rrset.RRset],
         extra_required: bool = False,
+        index: ZoneIndex | None = None,
+        denial: list[dns.rrset.RRset] | None = None,
+        signatures: dict[int, dns.rrset.RRset] | None = None,
     ) -> StaticAnswer:
+        """The answer, and with ``index`` of a signed zone its signed twin: an RRSIG after
+        every authoritative RRset, the ``denial`` NSEC records (signed) in the authority
+        section; ``signatures``: RRSIGs made elsewhere, by id of the RRset (wildcards)."""
         (an_bytes, ns_bytes, ar_bytes), (an, ns, ar) = _encode(
             question, qlen, anchor, [answer, authority, additional]
         )
         flags = (wire.AA if authoritative else 0) | rcode
-        return StaticAnswer(flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required)
+        plain = StaticAnswer(flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required)
+        if index is not None and index.signer is not None:
+            sections = [self._with_signatures(index, s, signatures or {})
+                        for s in (answer, authority + (denial or []), additional)]  # fmt: skip
+            (an_bytes, ns_bytes, ar_bytes), (an, ns, ar) = _encode(question, qlen, anchor, sections)
+            plain.signed = StaticAnswer(
+                flags, an, ns, ar, an_bytes + ns_bytes, ar_bytes, extra_required
+            )
+        return plain
+
+    def _with_signatures(
+        self,
+        index: ZoneIndex,
+        rrsets: list[dns.rrset.RRset],
+        signatures: dict[int, dns.rrset.RRset],
+    ) -> list[dns.rrset.RRset]:
+        assert index.signer is not None
+        out = []
+        for rrset in rrsets:
+            out.append(rrset)
+            made = signatures.get(id(rrset))
+            if made is not None:
+                out.append(made)
+            elif self._authoritative(index, rrset):
+                out.append(index.signer.sign(rrset))
+        return out
+
+    def _authoritative(self, index: ZoneIndex, rrset: dns.rrset.RRset) -> bool:
+        """Signed data: not glue below a cut, not the NS set of a cut (RFC 4035 2.2)."""
+        key = name_key(rrset.name)
+        if key in index.cuts:
+            return rrset.rdtype != NS
+        return not self._below_cut(index, rrset.name)
+
+    def _denial(self, index: ZoneIndex, names: list[bytes]) -> list[dns.rrset.RRset]:
+        """The NSEC records owning or covering each name (wire), each once, in order."""
+        assert index.chain is not None
+        seen: list[int] = []
+        for key in names:
+            i = index.chain.index_of(key)
+            if i not in seen:
+                seen.append(i)
+        return [index.chain.records[i] for i in seen]
+
+    def signed_denial(self, index: ZoneIndex, rcode: int, names: list[bytes]) -> StaticAnswer:
+        """NXDOMAIN or NODATA of a signed zone: SOA, the NSEC records of ``names``, each
+        with its RRSIG. Encoded without compression, so the bytes serve any question (the
+        compiled path assembles the same bytes from per-record pieces)."""
+        assert index.chain is not None and index.signer is not None
+        records = tuple(dict.fromkeys(index.chain.index_of(key) for key in names))
+        cached = index.denials.get((rcode, records))
+        if cached is None:
+            soa, soa_count = self.denial_piece(index, -1)
+            main, count = soa, soa_count
+            for i in records:
+                piece, piece_count = self.denial_piece(index, i)
+                main += piece
+                count += piece_count
+            cached = StaticAnswer(wire.AA | rcode, 0, count, 0, main, b"", False)
+            index.denials[(rcode, records)] = cached
+        return cached
+
+    def denial_piece(self, index: ZoneIndex, record: int) -> tuple[bytes, int]:
+        """One uncompressed piece of a signed denial: the SOA (``record`` -1) or the NSEC
+        record ``record`` of the chain, then its RRSIGs; (bytes, record count)."""
+        assert index.chain is not None and index.signer is not None
+        rrset = index.soa if record < 0 else index.chain.records[record]
+        buf = io.BytesIO()
+        count = rrset.to_wire(buf, None)
+        count += index.signer.sign(rrset).to_wire(buf, None)
+        return buf.getvalue(), count
+
+    def closest_encloser(self, index: ZoneIndex, qname: bytes) -> bytes:
+        """The longest existing ancestor of a name that does not exist (RFC 5155 1.3)."""
+        origin_len = len(name_key(index.origin))
+        for suffix in suffixes(qname)[1:]:
+            if (
+                suffix in index.names
+                or suffix in index.empty_non_terminals
+                or len(suffix) <= origin_len
+            ):
+                return suffix
+        return name_key(index.origin)
 
     def _positive(
         self, index: ZoneIndex, qname: dns.name.Name, rdataset: dns.rdataset.Rdataset
@@ -302,12 +463,21 @@ class AnswerBook:
             answer,
             [],
             self._additional(index, answer),
+            index=index,
         )
 
-    def _any(self, qname: dns.name.Name) -> StaticAnswer:
-        return self._static(
-            qname, len(qname.to_wire()), None, wire.NOERROR, True, [_hinfo_rrset(qname)], [], []
-        )
+    def _any(
+        self, index: ZoneIndex, qname: dns.name.Name, wildcard: dns.name.Name | None = None
+    ) -> StaticAnswer:
+        """RFC 8482 HINFO; under a wildcard it is the wildcard's (signed as the wildcard, with
+        the proof that ``qname`` itself does not exist), so no name is ever signed online."""
+        hinfo = _hinfo_rrset(qname)
+        signatures, denial = {}, []
+        if wildcard is not None and index.signer is not None:
+            signatures[id(hinfo)] = _renamed(index.signer.sign(_hinfo_rrset(wildcard)), qname)
+            denial = self._denial(index, [name_key(qname)])
+        return self._static(qname, len(qname.to_wire()), None, wire.NOERROR, True, [hinfo], [], [],
+                            index=index, denial=denial, signatures=signatures)  # fmt: skip
 
     def _cname_chain(self, index: ZoneIndex, qname: dns.name.Name, qtype: int) -> StaticAnswer:
         """Follow CNAMEs inside the zone (RFC 1034 4.3.2) and stop at a steered name.
@@ -317,6 +487,7 @@ class AnswerBook:
         """
         answer: list[dns.rrset.RRset] = []
         authority: list[dns.rrset.RRset] = []
+        denied: list[bytes] = []  # names whose NSEC proves the chain's end (signed zones)
         rcode = wire.NOERROR
         name = qname
         for _ in range(MAX_CNAME_CHAIN):
@@ -335,6 +506,9 @@ class AnswerBook:
             if target_node is None:
                 if key not in index.empty_non_terminals and key not in index.names:
                     rcode = wire.NXDOMAIN
+                    denied = [key, b"\x01*" + self.closest_encloser(index, key)]
+                else:
+                    denied = [key]
                 authority = [index.soa]
                 break
             if target_node.get_rdataset(IN, CNAME) is not None:
@@ -343,23 +517,33 @@ class AnswerBook:
             rdataset = target_node.get_rdataset(IN, qtype)
             if rdataset is None:
                 authority = [index.soa]
+                denied = [key]
             else:
                 answer.append(_rrset(target, rdataset))
             break
-        return self._static(qname, len(qname.to_wire()), None, rcode, True, answer, authority, [])
+        denial = self._denial(index, denied) if denied and index.chain is not None else []
+        return self._static(qname, len(qname.to_wire()), None, rcode, True, answer, authority, [],
+                            index=index, denial=denial)  # fmt: skip
 
     # -- query time (slow path) ----------------------------------------------------------
 
-    def resolve(self, qname: bytes, qtype: int) -> StaticAnswer | SteeredAnswer | None:
-        """Answer a name with no exact entry; None means REFUSED (not our zone)."""
-        index = None
-        names = suffixes(qname)
-        for suffix in names:
+    def zone_of(self, qname: bytes) -> ZoneIndex | None:
+        for suffix in suffixes(qname):
             index = self.zones.get(suffix)
             if index is not None:
-                break
+                return index
+        return None
+
+    def resolve(
+        self, qname: bytes, qtype: int, do: bool = False
+    ) -> StaticAnswer | SteeredAnswer | None:
+        """Answer a name with no exact entry; None means REFUSED (not our zone). With ``do``
+        a signed zone's denials come signed (the other answers carry a ``signed`` twin)."""
+        index = self.zone_of(qname)
         if index is None:
             return None
+        names = suffixes(qname)
+        signed = do and index.signer is not None
         qlen = len(qname)
         origin_len = len(name_key(index.origin))
         for suffix in names:
@@ -372,21 +556,17 @@ class AnswerBook:
             return self._cname_chain(index, index.cnames[qname], qtype)
         if qname in index.names or qname in index.empty_non_terminals or qname in index.cuts:
             if qtype == wire.TYPE_ANY and qname in index.names:
-                return self._any(dns.name.from_wire(qname, 0)[0])
+                return self._any(index, dns.name.from_wire(qname, 0)[0])
+            if signed:
+                return self.signed_denial(index, wire.NOERROR, [qname])
             return self._negative(index, wire.NOERROR, qlen)
         # Closest encloser, then its wildcard (RFC 4592).
-        for suffix in names[1:]:
-            if (
-                suffix in index.names
-                or suffix in index.empty_non_terminals
-                or len(suffix) <= origin_len
-            ):
-                wildcard = index.wildcards.get(suffix)
-                if wildcard is not None:
-                    return self._from_wildcard(
-                        index, wildcard, dns.name.from_wire(qname, 0)[0], qtype
-                    )
-                break
+        encloser = self.closest_encloser(index, qname)
+        wildcard = index.wildcards.get(encloser)
+        if wildcard is not None:
+            return self._from_wildcard(index, wildcard, dns.name.from_wire(qname, 0)[0], qtype, do)
+        if signed:
+            return self.signed_denial(index, wire.NXDOMAIN, [qname, b"\x01*" + encloser])
         return self._negative(index, wire.NXDOMAIN, qlen)
 
     def _negative(self, index: ZoneIndex, rcode: int, qlen: int) -> StaticAnswer:
@@ -411,7 +591,8 @@ class AnswerBook:
         key = ("referral", qlen, name_key(cut))
         answer = index.templates.get(key)
         if answer is None:
-            ns = _rrset(cut, index.zone.get_node(cut).get_rdataset(IN, NS))
+            cut_node = index.zone.get_node(cut)
+            ns = _rrset(cut, cut_node.get_rdataset(IN, NS))
             glue = []
             for rdata in ns:
                 node = index.zone.get_node(rdata.target)
@@ -422,15 +603,29 @@ class AnswerBook:
                     if rdataset is not None:
                         glue.append(_rrset(rdata.target, rdataset))
             required = any(rdata.target.is_subdomain(cut) for rdata in ns)
-            answer = self._static(
-                None, qlen, cut, wire.NOERROR, False, [], [ns], glue, extra_required=required
-            )
+            # Signed: the DS set (the child is signed) or the NSEC proving there is none
+            # (RFC 4035 3.1.4).
+            denial = []
+            if index.chain is not None:
+                ds = cut_node.get_rdataset(IN, dns.rdatatype.DS)
+                denial = (
+                    [_rrset(cut, ds)] if ds is not None else self._denial(index, [name_key(cut)])
+                )
+            answer = self._static(None, qlen, cut, wire.NOERROR, False, [], [ns], glue,
+                                  extra_required=required, index=index, denial=denial)  # fmt: skip
             index.templates[key] = answer
         return answer
 
     def _from_wildcard(
-        self, index: ZoneIndex, wildcard: dns.name.Name, qname: dns.name.Name, qtype: int
+        self,
+        index: ZoneIndex,
+        wildcard: dns.name.Name,
+        qname: dns.name.Name,
+        qtype: int,
+        do: bool = False,
     ) -> StaticAnswer | SteeredAnswer:
+        """RFC 4592 synthesis. Signed, the RRSIGs are the wildcard's (their label count says
+        so, RFC 4035 5.3.4) and the NSEC covering ``qname`` proves no closer match exists."""
         steered_policy = self.steered_names.get(name_key(wildcard))
         if steered_policy is not None and qtype in (A, AAAA):
             return self.exact[(name_key(wildcard), qtype)]
@@ -438,19 +633,34 @@ class AnswerBook:
         qlen = len(qname.to_wire())
         if node is None:
             return self._negative(index, wire.NOERROR, qlen)
+        signer = index.signer
         cname = node.get_rdataset(IN, CNAME)
         if cname is not None and qtype != CNAME:
-            answer = [_rrset(qname, cname)]
-            return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], [])
-        if qtype == wire.TYPE_ANY:
-            return self._any(qname)
-        rdataset = node.get_rdataset(IN, qtype)
+            rdataset = cname
+        elif qtype == wire.TYPE_ANY:
+            return self._any(index, qname, wildcard)
+        else:
+            rdataset = node.get_rdataset(IN, qtype)
         if rdataset is None:
+            if do and signer is not None:
+                return self.signed_denial(
+                    index, wire.NOERROR, [name_key(qname), name_key(wildcard)]
+                )
             return self._negative(index, wire.NOERROR, qlen)
         answer = [_rrset(qname, rdataset)]
-        return self._static(
-            qname, qlen, None, wire.NOERROR, True, answer, [], self._additional(index, answer)
-        )
+        signatures, denial = {}, []
+        if signer is not None:
+            signatures[id(answer[0])] = _renamed(signer.sign(_rrset(wildcard, rdataset)), qname)
+            denial = self._denial(index, [name_key(qname)])
+        additional = self._additional(index, answer) if rdataset is not cname else []
+        return self._static(qname, qlen, None, wire.NOERROR, True, answer, [], additional,
+                            index=index, denial=denial, signatures=signatures)  # fmt: skip
+
+
+def _renamed(rrset: dns.rrset.RRset, owner: dns.name.Name) -> dns.rrset.RRset:
+    out = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
+    out.update(rrset)
+    return out
 
 
 def _shift_soa_pointers(rr: bytes, delta: int) -> bytes:

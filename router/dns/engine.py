@@ -16,6 +16,7 @@ import numpy as np
 
 from router.dns import cookies, query_stats, wire
 from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
+from router.dns.dnssec import TableSignatures
 from router.dns.query_log import QueryLog
 from router.dns.query_stats import QueryLabels, QueryStats
 from router.dns.rrl import RrlState
@@ -80,10 +81,13 @@ class TableView:
         "policy_pool",
         "bodies",
         "splits",
+        "signatures",
     )
 
-    def __init__(self, table) -> None:  # noqa: ANN001 - a RoutingTable (kept import-free of steering)
+    def __init__(self, table, signatures: TableSignatures | None = None) -> None:  # noqa: ANN001 - a RoutingTable (kept import-free of steering)
+        """``signatures``: the RRSIGs of the table's steered answers (signed zones)."""
         self.generation = table.generation
+        self.signatures = signatures if signatures is not None else TableSignatures.empty()
         self.group_set = table.group_set  # int32[P, G]
         self.set_nodes = table.set_nodes  # int32[S, K]
         self.split_start = table.split_start
@@ -246,12 +250,14 @@ class Responder:
         qname = q.qname.lower()
         entry = self.book.exact.get((qname, qtype))
         if entry is None:
-            entry = self.book.resolve(qname, qtype)
+            entry = self.book.resolve(qname, qtype, q.do)
             if entry is None:
                 return self._reply(q, wire.REFUSED, 0, 0, 0, b"", udp, ecs_scope=None)
         if type(entry) is SteeredAnswer:
-            return self._steered(q, entry, source, udp)
+            return self._steered(q, entry, source, udp, qname)
         assert type(entry) is StaticAnswer
+        if q.do and entry.signed is not None:
+            entry = entry.signed
         return self._static(q, entry, udp)
 
     # -- answer kinds -----------------------------------------------------------------
@@ -260,7 +266,9 @@ class Responder:
         return self._reply(q, entry.flags, entry.an, entry.ns, entry.ar, entry.main, udp, 0,
                            entry.extra, entry.extra_required)  # fmt: skip
 
-    def _steered(self, q: Query, entry: SteeredAnswer, source: str, udp: bool) -> bytes:
+    def _steered(
+        self, q: Query, entry: SteeredAnswer, source: str, udp: bool, qname: bytes
+    ) -> bytes:
         group, scope, origin, client_key = self._locate(q, source)
         if self.demand_counts is not None:
             self.demand_counts[entry.policy, group] += 1
@@ -286,7 +294,21 @@ class Responder:
             self.stats.count_steered(
                 query_stats.UDP if udp else query_stats.TCP, nodes, query_stats.LOCATED_BY[origin]
             )
-        return self._reply(q, wire.AA, len(nodes), 0, 0, body, udp, scope)
+        an, ns = len(nodes), 0
+        if q.do and self.book.signed_steered(entry):
+            signed = view.signatures.records(entry.index, answer_set)
+            if signed is None:
+                # Every set a table can answer with is signed when it is written: only a
+                # table written without its signatures gets here. Never unsigned from a
+                # signed zone (a validator would call that bogus): SERVFAIL.
+                return self._reply(q, wire.SERVFAIL, 0, 0, 0, b"", udp, ecs_scope=None)
+            body += signed[0]
+            an += signed[1]
+            if qname != entry.owner:  # synthesised from a steered wildcard: prove no closer name
+                proof, proof_count = self.book.wildcard_proof(qname)
+                body += proof
+                ns += proof_count
+        return self._reply(q, wire.AA, an, ns, 0, body, udp, scope)
 
     def _locate(self, q: Query, source: str) -> tuple[int, int, str, int]:
         """(group, ECS scope, what decided, sticky client key) for a steered query."""

@@ -20,7 +20,8 @@ from numba import njit
 
 from router._jit import HOT_PATH_OPTIONS
 from router.dns import cookies, query_stats, wire
-from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer
+from router.dns.answers import AnswerBook, StaticAnswer, SteeredAnswer, name_key
+from router.dns.dnssec import canonical_key
 from router.dns.engine import (
     MAX_UDP_PAYLOAD,
     NO_EDNS_UDP_PAYLOAD,
@@ -100,7 +101,21 @@ Q_COOKIE, Q_COOKIE_LEN, Q_COOKIE_ERR, Q_COOKIE_VERDICT, Q_COOKIE_TS, Q_COOKIE_HA
     B_ZONE_OTHER,
     B_TYPE_BUCKET,
     B_NSID,
-) = range(35)
+    B_ST_SIGNED,
+    B_SA_SIGNED,
+    B_ZONE_SIGNED,
+    B_KEY_NSEC,
+    B_KEY_WILD_NSEC,
+    B_NSEC_START,
+    B_NSEC_KEY,
+    B_NSEC_KEY_OFF,
+    B_DENIAL_OFF,
+    B_DENIAL_BYTES,
+    B_DENIAL_COUNT,
+) = range(46)
+# Scratch space in the body buffer (past any reply body) for the question name's canonical
+# key when a signed NXDOMAIN looks up its NSEC record.
+KEY_SCRATCH = 65536 - 512
 
 _TYPE_DS = 43
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -189,6 +204,15 @@ def compile_book(book: AnswerBook, client_map: ClientMap, nsid: bytes = b"") -> 
             for slot, rcode in ((0, wire.NOERROR), (1, wire.NXDOMAIN)):
                 negative[z, slot, qlen] = b.static(book._negative(index, rcode, qlen))
 
+    # DNSSEC: every static answer's signed twin, and the NSEC chains (router/dns/dnssec.py)
+    # with the signed denial pieces the compiled path puts together for DO=1 queries.
+    signed_of = [-1] * len(b.statics)
+    for i, answer in enumerate(list(b.statics)):
+        if answer.signed is not None:
+            signed_of[i] = b.static(answer.signed)
+    signed_of += [-1] * (len(b.statics) - len(signed_of))
+    chains = _chain_arrays(book, zone_ids, b)
+
     keys_flat = np.frombuffer(b"".join(b.keys), dtype=np.uint8).copy()
     key_off = np.zeros(len(b.keys) + 1, dtype=np.int64)
     key_off[1:] = np.cumsum([len(k) for k in b.keys])
@@ -238,8 +262,60 @@ def compile_book(book: AnswerBook, client_map: ClientMap, nsid: bytes = b"") -> 
         np.array([labels.zone_other[k] for k in book.zones] or [query_stats.NAME_NO_ZONE], dtype=np.int64),
         query_stats.TYPE_BUCKET,
         np.frombuffer(nsid, dtype=np.uint8).copy(),
+        np.array(signed_of, dtype=np.int64),
+        np.array([int(s is not None) for s in book.steered_signers], dtype=np.int64),
+        *chains,
     )  # fmt: skip
     return FastBook(arrays, len(steered), len(st), len(b.keys), labels)
+
+
+def nsec_sort_key(name_wire: bytes) -> bytes:
+    """A name's canonical sort key (RFC 4034 6.1) as the compiled search compares it: the
+    labels right to left, each lower-cased and led by its length."""
+    return b"".join(bytes([len(label)]) + label for label in canonical_key(name_wire))
+
+
+def _chain_arrays(book: AnswerBook, zone_ids: dict[bytes, int], b: _Builder) -> tuple:
+    """The arrays B_ZONE_SIGNED .. B_DENIAL_COUNT (see compile_book)."""
+    zone_signed = np.zeros(max(len(zone_ids), 1), dtype=np.int64)
+    key_nsec = np.full(len(b.keys), -1, dtype=np.int64)
+    key_wild = np.full(len(b.keys), -1, dtype=np.int64)
+    nsec_start = np.zeros(max(len(zone_ids), 1) + 1, dtype=np.int64)
+    sort_keys: list[bytes] = []
+    pieces: list[tuple[bytes, int]] = []
+    soa_pieces: list[tuple[bytes, int]] = []
+    where = {(k.lower(), t): e for e, (k, t) in enumerate(zip(b.keys, b.tags))}
+    for origin_key, index in book.zones.items():
+        z = zone_ids[origin_key]
+        nsec_start[z + 1] = nsec_start[z]
+        if index.chain is None:
+            soa_pieces.append((b"", 0))
+            continue
+        zone_signed[z] = 1
+        base = len(sort_keys)
+        for i, name in enumerate(index.chain.names):
+            sort_keys.append(nsec_sort_key(name_key(name)))
+            pieces.append(book.denial_piece(index, i))
+        nsec_start[z + 1] = len(sort_keys)
+        soa_pieces.append(book.denial_piece(index, -1))
+        tag = TAG_ZONE_NAME + z
+        for key in index.names | index.empty_non_terminals | set(index.cuts):
+            e = where.get((key, tag))
+            if e is not None:
+                key_nsec[e] = base + index.chain.index_of(key)
+                key_wild[e] = base + index.chain.index_of(b"\x01*" + key)
+    # The SOA piece of zone z is piece len(sort_keys) + z.
+    pieces += soa_pieces
+    key_off = np.zeros(len(sort_keys) + 1, dtype=np.int64)
+    key_off[1:] = np.cumsum([len(k) for k in sort_keys])
+    off = np.zeros(len(pieces) + 1, dtype=np.int64)
+    off[1:] = np.cumsum([len(p) for p, _ in pieces])
+    return (
+        zone_signed, key_nsec, key_wild, nsec_start,
+        np.frombuffer(b"".join(sort_keys), dtype=np.uint8).copy(), key_off, off,
+        np.frombuffer(b"".join(p for p, _ in pieces), dtype=np.uint8).copy(),
+        np.array([c for _, c in pieces], dtype=np.int64),
+    )  # fmt: skip
 
 
 @njit(**HOT_PATH_OPTIONS)
@@ -863,16 +939,31 @@ def _answer(pkt, n, src_v6, src_hi, src_lo, udp, book, view, demand, count_deman
     q[Q_NAME] = book[B_KEY_NAME][own_entry] if own_entry >= 0 else book[B_ZONE_OTHER][z]
     if own & F_CNAME:
         return PUNT  # a chain for this type
+    signed = q[Q_DO] == 1 and book[B_ZONE_SIGNED][z] == 1
     if own & (F_NAME | F_ENT | F_CUT):
         if qtype == wire.TYPE_ANY and own & F_NAME:
             return PUNT
+        if signed:  # the NSEC record of the name (or covering the empty non-terminal)
+            return _signed_denial(
+                pkt, q, out, book, body, z, wire.NOERROR, book[B_KEY_NSEC][own_entry], -1, udp
+            )
         return _negative(pkt, q, out, book, z, 0, qlen, udp)
+    encloser = -1
     for k in range(1, count):
-        fk = _flags(book, pkt, labels[k], qend, tag)
+        encloser = _find(keys, key_off, key_tag, slots, pkt, labels[k], qend - labels[k], tag)
+        fk = key_val[encloser] if encloser >= 0 else 0
         if fk & (F_NAME | F_ENT) or qend - labels[k] <= origin_len:
             if fk & F_WILDCARD:
                 return PUNT  # synthesised from a wildcard
             break
+    if signed:
+        # RFC 4035 3.1.3.2: the NSEC covering the name, and the one covering the wildcard
+        # of its closest encloser.
+        cover = _nsec_cover(pkt, labels, count, book, z, body)
+        wild = book[B_KEY_WILD_NSEC][encloser] if encloser >= 0 else np.int64(-1)
+        if cover < 0 or wild < 0:
+            return PUNT
+        return _signed_denial(pkt, q, out, book, body, z, wire.NXDOMAIN, cover, wild, udp)
     return _negative(pkt, q, out, book, z, 1, qlen, udp)
 
 
@@ -944,6 +1035,78 @@ def _flags(book, pkt, start, qend, tag):
     return book[B_KEY_VAL][e] if e >= 0 else 0
 
 
+@njit(**HOT_PATH_OPTIONS)
+def _compare_keys(a, a_start, a_end, b, b_start, b_end):
+    """-1, 0 or 1: the order of two canonical keys (nsec_sort_key), label by label."""
+    i = a_start
+    j = b_start
+    while i < a_end and j < b_end:
+        la = np.int64(a[i])
+        lb = np.int64(b[j])
+        for m in range(min(la, lb)):
+            x = np.int64(a[i + 1 + m])
+            y = np.int64(b[j + 1 + m])
+            if x != y:
+                return -1 if x < y else 1
+        if la != lb:
+            return -1 if la < lb else 1
+        i += la + 1
+        j += lb + 1
+    if i < a_end:
+        return 1
+    if j < b_end:
+        return -1
+    return 0
+
+
+@njit(**HOT_PATH_OPTIONS)
+def _nsec_cover(pkt, labels, count, book, z, body):
+    """The NSEC record (global index) owning or covering the question name in zone ``z``:
+    its key is built in ``body[KEY_SCRATCH:]``, then a binary search of the zone's chain."""
+    at = KEY_SCRATCH
+    for k in range(count - 2, -1, -1):  # labels right to left (the last offset is the root)
+        start = labels[k]
+        length = np.int64(pkt[start])
+        body[at] = length
+        for m in range(length):
+            body[at + 1 + m] = _lower(np.int64(pkt[start + 1 + m]))
+        at += length + 1
+    keys, key_off = book[B_NSEC_KEY], book[B_NSEC_KEY_OFF]
+    lo = book[B_NSEC_START][z]
+    hi = book[B_NSEC_START][z + 1]
+    if lo == hi:
+        return np.int64(-1)
+    # The largest chain entry <= the name; the apex is first and every name is below it.
+    first = lo
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _compare_keys(keys, key_off[mid], key_off[mid + 1], body, KEY_SCRATCH, at) <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return max(lo - 1, first)
+
+
+@njit(**HOT_PATH_OPTIONS)
+def _signed_denial(pkt, q, out, book, body, z, rcode, first, second, udp):
+    """AnswerBook.signed_denial from its pieces: the zone's signed SOA, the NSEC record
+    ``first`` and, if another, ``second``, each with its RRSIGs."""
+    off, data, counts = book[B_DENIAL_OFF], book[B_DENIAL_BYTES], book[B_DENIAL_COUNT]
+    soa = book[B_NSEC_KEY_OFF].shape[0] - 1 + z
+    size = 0
+    ns = 0
+    for i, piece in enumerate((soa, first, second)):
+        if piece < 0 or (i == 2 and second == first):
+            continue
+        length = off[piece + 1] - off[piece]
+        _copy(body, size, data, off[piece], length)
+        size += length
+        ns += counts[piece]
+    return _reply(
+        pkt, q, out, wire.AA | rcode, 0, ns, 0, body, 0, size, 0, False, udp, 0, book[B_NSID]
+    )
+
+
 @njit(inline="always", **HOT_PATH_OPTIONS)
 def _negative(pkt, q, out, book, z, slot, qlen, udp):
     index = book[B_NEGATIVE][z, slot, qlen]
@@ -954,6 +1117,10 @@ def _negative(pkt, q, out, book, z, slot, qlen, udp):
 
 @njit(inline="always", **HOT_PATH_OPTIONS)
 def _static(pkt, q, out, book, index, udp):
+    if q[Q_DO]:
+        signed = book[B_ST_SIGNED][index]
+        if signed >= 0:
+            index = signed
     head = book[B_ST_HEAD]
     return _reply(pkt, q, out, head[index, 0], head[index, 1], head[index, 2], head[index, 3], book[B_ST_BYTES],
                   book[B_ST_OFF][index], book[B_ST_MAIN_LEN][index], book[B_ST_EXTRA_LEN][index], head[index, 4] != 0, udp, 0, book[B_NSID])  # fmt: skip
@@ -1008,6 +1175,18 @@ def _steered(
         _copy(body, size, rec_bytes, rec_off[r], length)
         size += length
         count += 1
+    if q[Q_DO] and book[B_SA_SIGNED][s]:
+        # The set's RRSIGs, made when the table was written (router/dns/dnssec.py).
+        sig_slot, sig_off, sig_data, sig_count = view[5], view[6], view[7], view[8]
+        slot = np.int64(-1)
+        if s < sig_slot.shape[0] and answer_set < sig_slot.shape[1]:
+            slot = np.int64(sig_slot[s, answer_set])
+        if slot < 0:
+            return PUNT
+        length = sig_off[slot + 1] - sig_off[slot]
+        _copy(body, size, sig_data, sig_off[slot], length)
+        size += length
+        count += sig_count[slot]
     return _reply(
         pkt, q, out, wire.AA, count, 0, 0, body, 0, size, 0, False, udp, scope, book[B_NSID]
     )
@@ -1051,7 +1230,9 @@ class FastResponder:
 
 
 def table_arrays(view) -> tuple:  # noqa: ANN001 - a TableView
-    return (view.group_set, view.set_nodes, view.split_start, view.split_set, view.split_cum)
+    sig = view.signatures
+    return (view.group_set, view.set_nodes, view.split_start, view.split_set, view.split_cum,
+            sig.slot, sig.off, sig.data, sig.count)  # fmt: skip
 
 
 def source_address(source: str) -> tuple[bool, np.uint64, np.uint64]:

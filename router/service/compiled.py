@@ -14,10 +14,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+import dns.rdataclass
+import dns.rdatatype
 import numpy as np
 
 from router.config.deployment import Deployment
 from router.dns.answers import AnswerBook
+from router.dns.dnssec import SigningTimes, SteeredSigner, TableSignatures, ZoneSigner
 from router.dns.engine import Responder, TableView
 from router.health.monitor import NodeMonitor
 from router.health.state import NodeHealth, NodeState
@@ -28,11 +31,53 @@ from router.steering.samples import RttSamples, seeded_samples
 log = logging.getLogger("router.service")
 
 
-def build_book(deployment: Deployment, model: SteeringModel) -> AnswerBook:
-    """The zones' records and the steered names, with every node's addresses."""
+def zone_signers(deployment: Deployment, now: float | None = None) -> dict:
+    """A signer for each zone that has DNSSEC keys, signing as of ``now`` (default: now)."""
+    settings = deployment.dnssec
+    if settings is None:
+        return {}
+    times = SigningTimes(
+        time.time() if now is None else now,
+        settings.signature_validity_days * 86400,
+        settings.inception_backdate_s,
+        settings.expiry_jitter,
+    )
+    signers = {}
+    for origin, zone in deployment.zones.items():
+        keys = [key for key in deployment.dnssec_keys if key.zone == origin]
+        if keys:
+            soa = zone.get_node(origin).get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
+            signers[origin] = ZoneSigner(origin, keys, times, dnskey_ttl=soa.ttl)
+    return signers
+
+
+def build_book(
+    deployment: Deployment, model: SteeringModel, now: float | None = None
+) -> AnswerBook:
+    """The zones' records and the steered names, with every node's addresses; the zones
+    with DNSSEC keys signed as of ``now``."""
     steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
     addresses = list(zip(model.node_ipv4, model.node_ipv6))
-    return AnswerBook(deployment.zones, steered, addresses)
+    return AnswerBook(deployment.zones, steered, addresses, zone_signers(deployment, now))
+
+
+def steered_signer(deployment: Deployment, book: AnswerBook) -> SteeredSigner | None:
+    """What signs each routing table's steered answers (None: no steered name is signed)."""
+    if not any(s is not None for s in book.steered_signers):
+        return None
+    assert deployment.dnssec is not None
+    return SteeredSigner(
+        book.steered, book.steered_signers, deployment.dnssec.resign_before_days * 86400
+    )
+
+
+def sign_table(signer: SteeredSigner | None, table: RoutingTable) -> TableSignatures | None:
+    """The RRSIGs of ``table``'s steered answers, made before it is written (None: the
+    zones are not signed). Only sets not signed for an earlier table cost a signature."""
+    if signer is None:
+        return None
+    return signer.sign_table(table.group_set, table.set_nodes, table.split_start, table.split_set,
+                             time.time())  # fmt: skip
 
 
 @dataclass
@@ -42,6 +87,10 @@ class CompiledDeployment:
     book: AnswerBook
     planner: Planner  # samples seeded from the deployment's RTT file
     rtt: RttSamples  # the fused RTT averages the planner's samples come from
+    table_signer: SteeredSigner | None = None  # signs each table's steered answers (DNSSEC)
+
+    def sign(self, table: RoutingTable) -> TableSignatures | None:
+        return sign_table(self.table_signer, table)
 
     def plan(
         self, node_state: np.ndarray, node_util: np.ndarray | None = None, generation: int = 1
@@ -50,7 +99,7 @@ class CompiledDeployment:
 
     def responder(self, table: RoutingTable, record_decisions: bool = False) -> Responder:
         """The general responder (the one TCP and ``router explain`` use) over ``table``."""
-        view = TableView(table)
+        view = TableView(table, self.sign(table))
         return Responder(
             self.book, self.model.client_map, lambda: view, record_decisions=record_decisions
         )
@@ -65,7 +114,10 @@ def compile_deployment(
     if deployment.rtt_samples:
         log.info("RTT sample file: %d of %d samples fused", seeded, len(deployment.rtt_samples))
         planner.samples = rtt.csr(time.monotonic())
-    return CompiledDeployment(deployment, model, build_book(deployment, model), planner, rtt)
+    book = build_book(deployment, model)
+    return CompiledDeployment(
+        deployment, model, book, planner, rtt, steered_signer(deployment, book)
+    )
 
 
 def last_known_health(deployment: Deployment, model: SteeringModel) -> NodeHealth:

@@ -19,6 +19,7 @@ import numpy as np
 from router.config.deployment import Deployment, uses_sample_keys
 from router.config.nodes import Node, Site
 from router.dns.answers import AnswerBook
+from router.dns.dnssec import SteeredSigner, TableSignatures
 from router.dns.fast_answer import FastBook, compile_book
 from router.dns.query_stats import QueryLabels
 from router.geo.clientmap import Groups
@@ -26,11 +27,11 @@ from router.health.monitor import NodeMonitor
 from router.health.policy_probes import PolicyProbeState
 from router.health.state import NodeHealth
 from router.health.telemetry import Verifier
-from router.service.compiled import compile_deployment
+from router.service.compiled import compile_deployment, sign_table
 from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel
 from router.service.query_counters import QueryCounters
-from router.steering.build import Planner
+from router.steering.build import Planner, RoutingTable
 from router.steering.model import SteeringModel
 from router.steering.samples import RttSamples
 
@@ -68,6 +69,10 @@ class LoadedConfig:
     verifier: Verifier | None
     nsid: bytes = b""  # this instance's NSID (RFC 5001; b"": none)
     cookie_secrets: tuple[bytes, ...] = ()  # DNS cookie secrets, current first (none: off)
+    table_signer: SteeredSigner | None = None  # signs each table's steered answers (DNSSEC)
+
+    def sign(self, table: RoutingTable) -> TableSignatures | None:
+        return sign_table(self.table_signer, table)
 
     @property
     def version(self) -> str:
@@ -136,6 +141,7 @@ def prepare(
         verifier=verifier,
         nsid=nsid,
         cookie_secrets=cookie_secrets(deployment, cookie_secret),
+        table_signer=compiled.table_signer,
     )
 
 

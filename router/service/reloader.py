@@ -166,7 +166,7 @@ class Reloader:
         publisher.build_seconds.observe(time.perf_counter() - started, "reload")
         if new.fast_book is not None:
             udp_batch.warm_up(new.fast_book, TableView(table))
-        path = workers.write(table)
+        path = workers.write(table, new.sign(table))
         try:
             successors = workers.start_successors(new, path)
         except Exception:

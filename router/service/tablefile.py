@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from router.dns.dnssec import TableSignatures
 from router.steering.build import RoutingTable
 
 MAGIC = b"RTABLE3\n"
@@ -33,10 +34,17 @@ _ARRAYS = (
     "node_planned",
     "policy_pool",
 )
+# The RRSIGs of the steered answers (router/dns/dnssec.py), beside the table they sign.
+_SIGNATURE_ARRAYS = {"sig_slot": "slot", "sig_off": "off", "sig_data": "data", "sig_count": "count"}
 
 
-def write_table(directory: Path, table: RoutingTable) -> Path:
+def write_table(
+    directory: Path, table: RoutingTable, signatures: TableSignatures | None = None
+) -> Path:
     arrays = {name: np.ascontiguousarray(getattr(table, name)) for name in _ARRAYS}
+    if signatures is not None:
+        for name, attribute in _SIGNATURE_ARRAYS.items():
+            arrays[name] = np.ascontiguousarray(getattr(signatures, attribute))
     entries = []
     offset = 0
     for name, array in arrays.items():
@@ -60,6 +68,11 @@ def write_table(directory: Path, table: RoutingTable) -> Path:
 
 
 def map_table(path: Path) -> RoutingTable:
+    return map_signed_table(path)[0]
+
+
+def map_signed_table(path: Path) -> tuple[RoutingTable, TableSignatures]:
+    """The table and its signatures (empty ones if the file has none)."""
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     if mapped[: len(MAGIC)] != MAGIC:
@@ -81,4 +94,7 @@ def map_table(path: Path) -> RoutingTable:
             continue
         array = np.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + entry["offset"])
         arrays[entry["name"]] = array.reshape(entry["shape"])
-    return RoutingTable(generation=header["generation"], **arrays)
+    signatures = TableSignatures.empty()
+    if "sig_slot" in arrays:
+        signatures = TableSignatures(**{a: arrays.pop(n) for n, a in _SIGNATURE_ARRAYS.items()})
+    return RoutingTable(generation=header["generation"], **arrays), signatures

@@ -41,7 +41,7 @@ from router.dns.transport import (
     serve_udp,
 )
 from router.geo.clientmap import ClientMap
-from router.service.tablefile import map_table
+from router.service.tablefile import map_signed_table
 
 log = logging.getLogger("router.worker")
 
@@ -49,8 +49,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _view(path: Path) -> TableView:
-    table = map_table(path)
-    return TableView(table)
+    table, signatures = map_signed_table(path)
+    return TableView(table, signatures)
 
 
 def _end_with(parent_pid: int) -> None:

@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from router.dns import rrl, udp_batch
+from router.dns.dnssec import TableSignatures
 from router.dns.query_log import QueryLogOptions, QueryLogSettings
 from router.dns.rrl import RrlSettings
 from router.dns.transport import FILES_BESIDE_TCP, TCP_COUNTER_NAMES, TCP_COUNTERS, TcpLimits
@@ -122,13 +123,13 @@ class WorkerPool:
         self._table_dir = Path(tempfile.mkdtemp(prefix="router-tables-", dir=parent))
         self.table_path: Path | None = None  # the file of the table in service
 
-    def write(self, table: RoutingTable) -> Path:
-        return write_table(self._table_dir, table)
+    def write(self, table: RoutingTable, signatures: TableSignatures | None = None) -> Path:
+        return write_table(self._table_dir, table, signatures)
 
     # -- starting ----------------------------------------------------------------------
 
     def start(self, config: LoadedConfig, table: RoutingTable) -> None:
-        self.table_path = self.write(table)
+        self.table_path = self.write(table, config.sign(table))
         self.query_accounts.add(config.query_counters)
         self.workers = self.start_successors(config, self.table_path)
 
@@ -211,12 +212,15 @@ class WorkerPool:
 
     # -- in service (the caller holds ``lock``) --------------------------------------------
 
-    def publish(self, table: RoutingTable) -> tuple[float, float]:
-        """Every worker answers from ``table`` when this returns; one that cannot follow
-        is ended (``check`` starts a fresh one on the new table). Returns the seconds spent
-        writing the file and waiting for the workers (the publisher logs them)."""
+    def publish(
+        self, table: RoutingTable, signatures: TableSignatures | None = None
+    ) -> tuple[float, float]:
+        """Every worker answers from ``table`` (with the RRSIGs of its steered answers,
+        ``signatures``) when this returns; one that cannot follow is ended (``check`` starts
+        a fresh one on the new table). Returns the seconds spent writing the file and
+        waiting for the workers (the publisher logs them)."""
         started = time.monotonic()
-        path = self.write(table)
+        path = self.write(table, signatures)
         written = time.monotonic()
         deadline = written + ACK_TIMEOUT
         for worker in self.workers:
