@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--node", required=True, metavar="ID")
     export.add_argument("--out", required=True, type=Path, metavar="FILE", help="written 0600")
 
-    dnssec = sub.add_parser("dnssec", help="DNSSEC keys: keygen, trust-anchor")
+    dnssec = sub.add_parser("dnssec", help="DNSSEC keys: keygen, trust-anchor, rollover")
     dnssec_sub = dnssec.add_subparsers(dest="dnssec_command", required=True)
     keygen = dnssec_sub.add_parser(
         "keygen", help="a key for every zone that has none (written 0600, named in deployment.yaml)"
@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trust-anchor", help="print each zone's DS records and DNSKEY set in zone-file format"
     )
     anchor.add_argument("--zones", required=True, type=Path, help="deployment directory")
+    roll = dnssec_sub.add_parser(
+        "rollover", help="pre-publish a successor of a zone's signing key, timed from its TTLs"
+    )
+    roll.add_argument("--zones", required=True, type=Path, help="deployment directory")
+    roll.add_argument("--zone", required=True, help="the zone whose CSK (or ZSK) rolls")
+    roll.add_argument("--parent-ds-ttl", type=int, default=86400,
+                      help="the parent zone's DS TTL in seconds (default 86400)")  # fmt: skip
 
     simulate = sub.add_parser(
         "simulate-nodes",
@@ -300,6 +307,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(deployment.policies)} policies, {len(deployment.steered)} steered names, "
         f"{len(deployment.client_map.groups) - 1} client groups"
     )
+    from router.config.dnssec_keys import dnssec_warnings
+    from router.service.compiled import zone_ttls
+
+    warnings = dnssec_warnings(deployment.zones, deployment.dnssec_keys, deployment.dnssec, directory,
+                               zone_ttls(deployment)[0])  # fmt: skip
+    for warning in warnings:
+        print(f"warning: {warning}")
     if not args.coverage:
         print(summary)
         return 0
@@ -366,6 +380,8 @@ def cmd_dnssec(args: argparse.Namespace) -> int:
         if args.dnssec_command == "trust-anchor":
             print(dnssec_keys.trust_anchor_text(args.zones), end="")
             return 0
+        if args.dnssec_command == "rollover":
+            return _rollover(args)
         written, notes = dnssec_keys.keygen(args.zones, args.algorithm, args.split)
     except ConfigError as exc:
         print(exc.report(args.zones), file=sys.stderr)
@@ -379,6 +395,27 @@ def cmd_dnssec(args: argparse.Namespace) -> int:
         print(note)
     if written:
         print("Give the parent zone the DS records of router dnssec trust-anchor, then reload.")
+    return 0
+
+
+def _rollover(args: argparse.Namespace) -> int:
+    import dns.name
+
+    from router.config import dnssec_keys
+    from router.service.compiled import zone_ttls
+
+    deployment = _load(args.zones)
+    if deployment is None:
+        return 1
+    zone = dns.name.from_text(args.zone)
+    if zone not in deployment.zones:
+        print(f"router dnssec rollover: {zone} is not a zone of {args.zones}", file=sys.stderr)
+        return 2
+    largest, dnskey = zone_ttls(deployment)
+    plan = dnssec_keys.rollover(args.zones, zone, largest[zone], dnskey[zone], args.parent_ds_ttl)
+    for step in plan.steps():
+        print(step)
+    print("The router follows the schedule by itself (reload now to publish the new key).")
     return 0
 
 

@@ -8,6 +8,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dns.dnssec
@@ -27,7 +28,8 @@ from router.dns.dnssec import canonical_key
 from router.dns.engine import Responder, TableView
 from router.dns.fast_answer import PUNT, FastResponder, compile_book
 from router.health.state import NodeState
-from router.service.compiled import compile_deployment, last_known_health
+from router.service.compiled import compile_deployment, last_known_health, resign_time
+from router.service.config_files import config_paths
 from tests.conftest import REPO, make_deployment
 
 RRSIG = dns.rdatatype.RRSIG
@@ -297,3 +299,74 @@ def test_a_table_signs_only_the_sets_it_has_not_seen(signed) -> None:
     for subnet in SUBNETS:
         reply = ask(responder, "www.cdn.example.", "A", ecs=subnet)
         validate_sections(reply, keys)
+
+
+def _check(zones: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "router.cli", "check", str(zones)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_router_check_warns_of_missing_ds_and_of_signing_that_would_stop(tmp_path: Path) -> None:
+    zones = make_deployment(tmp_path)
+    dnssec_keys.keygen(zones)
+    clean = _check(zones)
+    assert clean.returncode == 0 and "warning:" not in clean.stdout, clean.stdout + clean.stderr
+    # The parent holds the DS of edge.example. only, and a stale one for cdn.example.
+    anchor = dnssec_keys.trust_anchor_text(zones)
+    edge_ds = next(
+        line for line in anchor.splitlines() if line.startswith("edge.example. 3600 IN DS")
+    )
+    (zones / "parent-ds.txt").write_text(
+        edge_ds + "\ncdn.example. 3600 IN DS 1 13 2 " + "ab" * 32 + "\n"
+    )
+    with open(zones / "deployment.yaml", "a") as handle:
+        handle.write("  parent_ds: parent-ds.txt\n")
+    warned = _check(zones)
+    assert warned.returncode == 0, warned.stderr
+    lines = [line for line in warned.stdout.splitlines() if line.startswith("warning:")]
+    assert any(
+        "cdn.example.: key" in line and "has no matching DS at the parent" in line for line in lines
+    )
+    assert any("the parent's DS for key tag 1 matches no published key" in line for line in lines)
+    assert not any("edge.example." in line for line in lines), lines
+    # A key that stops signing with no successor: its signatures would run out.
+    path = next((zones / "dnssec-keys").glob("Kedge*.key.yaml"))
+    dnssec_keys.schedule(path, inactive=time.time() + 86400)
+    stopping = _check(zones)
+    assert any("edge.example.: from" in line and "no key signs its data" in line
+               for line in stopping.stdout.splitlines()), stopping.stdout  # fmt: skip
+
+
+@pytest.mark.integration
+def test_rollover_command_prints_its_steps_and_the_router_follows_the_files(tmp_path: Path) -> None:
+    zones = make_deployment(tmp_path)
+    dnssec_keys.keygen(zones)
+    before = config_paths(zones)
+    result = subprocess.run([sys.executable, "-m", "router.cli", "dnssec", "rollover", "--zones", str(zones),
+                             "--zone", "cdn.example.", "--parent-ds-ttl", "7200"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "give the parent the new DS" in result.stdout and "remove the old DS" in result.stdout
+    keys = sorted((zones / "dnssec-keys").glob("Kcdn*.key.yaml"))
+    assert len(keys) == 2  # the old key and its successor
+    assert set(config_paths(zones)) - set(before) == set(keys) - set(
+        before
+    )  # the new key file is watched
+    deployment = load_deployment(zones)
+    compiled = compile_deployment(deployment)
+    due = resign_time(deployment, compiled.book)
+    switch = min(k.activate for k in deployment.dnssec_keys if k.activate > time.time())
+    assert due == switch  # the router re-signs by itself when the new key takes over
+
+
+def test_signatures_are_made_again_before_they_expire(signed) -> None:
+    zones, compiled, *_ = signed
+    deployment = load_deployment(zones)
+    due = resign_time(deployment, compiled.book)
+    settings = deployment.dnssec
+    reply = ask(signed[4], "origin.cdn.example.", "A")
+    expiration = min(r.expiration for rrset in reply.answer if rrset.rdtype == RRSIG for r in rrset)
+    # Due at least resign_before_days ahead of the earliest expiry a signature made now can have.
+    assert due is not None and due <= expiration - settings.resign_before_days * 86400
+    assert due > time.time() + 86400

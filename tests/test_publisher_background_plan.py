@@ -88,9 +88,9 @@ class Router:
         workers = self.supervisor.workers
         real_publish = workers.publish
 
-        def publish(table: RoutingTable):  # noqa: ANN202
+        def publish(table: RoutingTable, signatures=None):  # noqa: ANN001, ANN202
             self.published.append(table)
-            return real_publish(table)
+            return real_publish(table, signatures)
 
         monkeypatch.setattr(workers, "publish", publish)
 

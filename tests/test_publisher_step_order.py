@@ -44,7 +44,7 @@ def test_a_step_publishes_the_repair_before_it_adopts_a_full_plan(
     sup = supervisor
     published: list[RoutingTable] = []
 
-    def publish(table: RoutingTable) -> tuple[float, float]:
+    def publish(table: RoutingTable, signatures=None) -> tuple[float, float]:  # noqa: ANN001
         published.append(table)
         return 0.0, 0.0
 

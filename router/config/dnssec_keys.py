@@ -357,3 +357,151 @@ def trust_anchor_text(zones_dir: Path, now: float | None = None) -> str:
         for key in zone_keys:
             lines.append(f"{zone.to_text()} 3600 IN DNSKEY {key.dnskey.to_text()}")
     return "\n".join(lines) + "\n"
+
+
+PROPAGATION_S = 300  # a change reaches every instance and secondary within this (margin)
+DEFAULT_PARENT_DS_TTL = 86400  # the parent's DS TTL (a day at most TLDs)
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """The schedule of one key rollover (pre-publication, RFC 6781 4.1.1 and RFC 7583 3.3)."""
+
+    zone: dns.name.Name
+    old: Path
+    new: Path
+    publish: float  # the new DNSKEY is published (the DNSKEY set is signed by both)
+    switch: float  # the new key signs the data, the old stops
+    remove: float  # the old DNSKEY leaves the zone
+    signs_keys: bool  # a CSK or KSK: the parent's DS must follow
+
+    def steps(self) -> list[str]:
+        steps = [
+            f"{_iso(self.publish)}: {self.zone} publishes the new key {self.new.name} beside the old one"
+        ]
+        if self.signs_keys:
+            steps.append("now: give the parent the new DS (router dnssec trust-anchor --zones DIR), "
+                         "keeping the old DS")  # fmt: skip
+        steps.append(f"{_iso(self.switch)}: the new key signs, the old one stops")
+        if self.signs_keys:
+            steps.append(f"after {_iso(self.switch)}: remove the old DS from the parent")
+        steps.append(f"{_iso(self.remove)}: the old key {self.old.name} leaves the zone")
+        return steps
+
+
+def rollover_waits(
+    max_ttl: int, dnskey_ttl: int, parent_ds_ttl: int, signs_keys: bool
+) -> tuple[float, float]:
+    """(publish -> switch, switch -> remove), from the TTLs: a resolver may hold the old
+    DNSKEY set (or, for a CSK or KSK, the old DS set) until the first wait is over, and data
+    signed by the old key until the second is."""
+    first = dnskey_ttl + PROPAGATION_S
+    second = max_ttl + PROPAGATION_S
+    if signs_keys:
+        first = max(dnskey_ttl, parent_ds_ttl) + PROPAGATION_S
+        second = max(max_ttl, parent_ds_ttl) + PROPAGATION_S
+    return first, second
+
+
+def rollover(zones_dir: Path, zone: dns.name.Name, max_ttl: int, dnskey_ttl: int,
+             parent_ds_ttl: int = DEFAULT_PARENT_DS_TTL, now: float | None = None) -> Rollover:  # fmt: skip
+    """Roll the data-signing key of ``zone`` (its CSK, or its ZSK): a successor of the same
+    role and algorithm published now, signing after the first wait; the old key retired then
+    and removed after the second (``rollover_waits``). Key files are rewritten 0600."""
+    now = time.time() if now is None else now
+    directory, _ = keys_directory(zones_dir)
+    keys, problems = load_keys(directory, set(served_zones(zones_dir)))
+    if problems:
+        raise ConfigError(problems)
+    current = [
+        k
+        for k in keys
+        if k.zone == zone and k.signs_data() and k.signs(now) and k.inactive == float("inf")
+    ]
+    if len(current) != 1:
+        raise ValueError(
+            f"{zone}: {len(current)} keys sign its data with no end set; a rollover needs exactly one"
+        )
+    old = current[0]
+    first, second = rollover_waits(max_ttl, dnskey_ttl, parent_ds_ttl, old.signs_keys())
+    switch, remove = now + first, now + first + second
+    new = write_key(directory, zone, old.role, old.algorithm, now, switch)
+    schedule(old.path, inactive=switch, delete=remove)
+    return Rollover(zone, old.path, new, now, switch, remove, old.signs_keys())
+
+
+def parse_parent_ds(path: Path) -> tuple[dict[dns.name.Name, list], list[Problem]]:
+    """``dnssec.parent_ds``: DS records in zone-file lines (``name [ttl] [IN] DS ...``)."""
+    display = os.path.normpath(path)
+    out: dict[dns.name.Name, list] = {}
+    problems = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, [Problem(display, 0, f"cannot read: {exc}")]
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split(";", 1)[0].split()
+        if not tokens:
+            continue
+        try:
+            at = [t.upper() for t in tokens].index("DS")
+            name = dns.name.from_text(tokens[0])
+            rdata = dns.rdata.from_text(
+                dns.rdataclass.IN, dns.rdatatype.DS, " ".join(tokens[at + 1 :])
+            )
+        except (ValueError, dns.exception.DNSException) as exc:
+            problems.append(Problem(display, number, f"not a DS record ({exc})"))
+            continue
+        out.setdefault(name, []).append(rdata)
+    return out, problems
+
+
+def dnssec_warnings(zones: dict, keys: tuple[DnssecKey, ...], settings: DnssecSettings | None,
+                    directory: Path, max_ttl: dict, now: float | None = None) -> list[str]:  # fmt: skip
+    """What ``router check`` warns of: a time within a signature's validity when no key would
+    sign a zone's data or keys (its signatures then run out), re-signing closer to expiry
+    than a resolver may cache a signature, and, with ``dnssec.parent_ds``, keys that sign the
+    DNSKEY set without a DS at the parent (or a DS matching no key)."""
+    if settings is None:
+        return []
+    now = time.time() if now is None else now
+    out = []
+    validity = settings.signature_validity_days * 86400
+    for zone in zones:
+        zone_keys = [k for k in keys if k.zone == zone]
+        if not zone_keys:
+            continue
+        edges = sorted(
+            {now}
+            | {t for k in zone_keys for t in (k.activate, k.inactive) if now < t < now + validity}
+        )
+        for kind, test in (("data", DnssecKey.signs_data), ("DNSKEY set", DnssecKey.signs_keys)):
+            for t in edges:
+                if not any(
+                    test(k) and k.signs(t) and (kind == "data" or k.published(t)) for k in zone_keys
+                ):
+                    out.append(f"{zone}: from {_iso(t)} no key signs its {kind}: its signatures expire "
+                               f"by {_iso(t + validity)} (make a successor: router dnssec rollover)")  # fmt: skip
+                    break
+        if settings.resign_before_days * 86400 < max_ttl.get(zone, 0):
+            out.append(f"{zone}: dnssec.resign_before_days is shorter than its largest TTL "
+                       f"({max_ttl[zone]} s): a resolver may cache a signature past its expiry")  # fmt: skip
+    if settings.parent_ds:
+        parent, problems = parse_parent_ds(directory / settings.parent_ds)
+        out += [f"dnssec.parent_ds: {p}" for p in problems]
+        for zone in zones:
+            ds_set = parent.get(zone, [])
+            zone_keys = [k for k in keys if k.zone == zone and k.signs_keys() and k.published(now)]
+            matched = set()
+            for key in zone_keys:
+                hits = [ds for ds in ds_set if ds.key_tag == key.key_tag and ds.algorithm == key.algorithm and
+                        ds == dns.dnssec.make_ds(zone, key.dnskey, ds.digest_type)]  # fmt: skip
+                matched.update(id(ds) for ds in hits)
+                if not hits:
+                    out.append(f"{zone}: key {key.key_tag} ({key.path.name}) has no matching DS at the parent: "
+                               "validators cannot reach it from the parent (router dnssec trust-anchor)")  # fmt: skip
+            for ds in ds_set:
+                if id(ds) not in matched:
+                    out.append(f"{zone}: the parent's DS for key tag {ds.key_tag} matches no published key: "
+                               "remove it from the parent")  # fmt: skip
+    return out

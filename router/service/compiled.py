@@ -45,9 +45,16 @@ def zone_signers(deployment: Deployment, now: float | None = None) -> dict:
     signers = {}
     for origin, zone in deployment.zones.items():
         keys = [key for key in deployment.dnssec_keys if key.zone == origin]
-        if keys:
-            soa = zone.get_node(origin).get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
-            signers[origin] = ZoneSigner(origin, keys, times, dnskey_ttl=soa.ttl)
+        if not keys:
+            continue
+        soa = zone.get_node(origin).get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
+        signer = ZoneSigner(origin, keys, times, dnskey_ttl=soa.ttl)
+        if not signer.data_keys() or not signer.key_signers():
+            # The keys' schedule leaves no key to sign with now (router check warns of it).
+            log.warning("DNSSEC: %s has no key that signs its %s now: served unsigned", origin,
+                        "data" if not signer.data_keys() else "DNSKEY set")  # fmt: skip
+            continue
+        signers[origin] = signer
     return signers
 
 
@@ -59,6 +66,40 @@ def build_book(
     steered = [(name, policy, model.policies[policy].policy.ttl) for name, policy in model.steered]
     addresses = list(zip(model.node_ipv4, model.node_ipv6))
     return AnswerBook(deployment.zones, steered, addresses, zone_signers(deployment, now))
+
+
+def zone_ttls(deployment: Deployment) -> tuple[dict, dict]:
+    """Per zone: the largest TTL a signed answer can have (records, steered names, negative
+    answers) and the DNSKEY set's TTL (the SOA's), for rollover timings and router check."""
+    largest, dnskey = {}, {}
+    for origin, zone in deployment.zones.items():
+        ttls = [r.ttl for node in zone.nodes.values() for r in node.rdatasets]
+        soa = zone.get_node(origin).get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
+        ttls.append(soa[0].minimum)
+        ttls += [
+            deployment.policies[(origin, s.policy)].ttl
+            for s in deployment.steered
+            if s.zone == origin
+        ]
+        largest[origin] = max(ttls)
+        dnskey[origin] = soa.ttl
+    return largest, dnskey
+
+
+def resign_time(deployment: Deployment, book: AnswerBook) -> float | None:
+    """When the book must be signed again (unix time): ``resign_before_days`` ahead of the
+    earliest expiry any of its signatures can have, or at the next key event (a key to
+    publish, to sign with, to stop signing with or to remove), whichever is first."""
+    settings = deployment.dnssec
+    signers = [index.signer for index in book.zones.values() if index.signer is not None]
+    if settings is None or not signers:
+        return None
+    times = signers[0].times
+    earliest_expiry = times.inception + times.backdate_s + times.validity_s * (1 - times.jitter)
+    due = earliest_expiry - settings.resign_before_days * 86400
+    events = [t for key in deployment.dnssec_keys for t in (key.publish, key.activate, key.inactive, key.delete)
+              if times.now < t < due]  # fmt: skip
+    return min(events, default=due)
 
 
 def steered_signer(deployment: Deployment, book: AnswerBook) -> SteeredSigner | None:

@@ -19,6 +19,7 @@ import yaml
 
 from router.config.admin_state import ADMIN_STATE_FILE
 from router.config.deployment import DEPLOYMENT_FILE, NODES_FILE, POLICY_SUFFIX
+from router.config.dnssec_keys import DEFAULT_KEYS_DIR, KEY_SUFFIX
 
 _REFERENCED_KEYS = ("latency", "rtt_samples")
 _SOURCE_KINDS = ("mmdb", "czf", "dczf", "csv")
@@ -37,9 +38,12 @@ def config_paths(directory: Path, keys_file: Path | None = None) -> list[Path]:
 
 def secret_paths(directory: Path, keys_file: Path | None = None) -> set[Path]:
     """The deployment's secret files: the node keys, named by ``health.keys`` or ``--keys``,
-    and the DNS cookie secrets (``cookies.secret_file``)."""
+    the DNS cookie secrets (``cookies.secret_file``) and the DNSSEC keys (every key file in
+    the directory ``dnssec.keys`` names: a key added or rescheduled is a change)."""
     named = _referenced(directory / DEPLOYMENT_FILE, "secrets") or ("",)
     paths = {directory / name for name in named[1:]}
+    for keys_dir in _referenced(directory / DEPLOYMENT_FILE, "dnssec"):
+        paths.update((directory / keys_dir).glob(f"*{KEY_SUFFIX}"))
     if keys_file is not None:
         paths.add(keys_file)
     elif named[0]:
@@ -57,20 +61,22 @@ def _referenced(settings_path: Path, which: str = "files") -> tuple[str, ...]:
         st = settings_path.stat()
     except OSError:
         return ()
-    files, keys = _referenced_by_version(str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns)
-    return keys if which == "secrets" else files
+    files, keys, dnssec = _referenced_by_version(
+        str(settings_path), st.st_ino, st.st_size, st.st_mtime_ns
+    )
+    return {"secrets": keys, "dnssec": dnssec}.get(which, files)
 
 
 @functools.lru_cache(maxsize=16)
 def _referenced_by_version(
     path: str, _inode: int, _size: int, _mtime_ns: int
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return (), ()
+        return (), (), ()
     if not isinstance(data, dict):
-        return (), ()
+        return (), (), ()
     names = [data.get(key) for key in _REFERENCED_KEYS]
     health = data.get("health")
     keys = health.get("keys") if isinstance(health, dict) else None
@@ -88,7 +94,10 @@ def _referenced_by_version(
     cookies = data.get("cookies")
     cookie_file = cookies.get("secret_file") if isinstance(cookies, dict) else None
     secrets = (keys if isinstance(keys, str) else "",)
-    return files, secrets + ((cookie_file,) if isinstance(cookie_file, str) else ())
+    dnssec = data.get("dnssec")
+    keys_dir = dnssec.get("keys", DEFAULT_KEYS_DIR) if isinstance(dnssec, dict) else None
+    dnssec_dirs = (keys_dir,) if isinstance(keys_dir, str) else ()
+    return files, secrets + ((cookie_file,) if isinstance(cookie_file, str) else ()), dnssec_dirs
 
 
 def fingerprint(directory: Path, keys_file: Path | None = None) -> tuple:

@@ -27,7 +27,7 @@ from router.health.monitor import NodeMonitor
 from router.health.policy_probes import PolicyProbeState
 from router.health.state import NodeHealth
 from router.health.telemetry import Verifier
-from router.service.compiled import compile_deployment, sign_table
+from router.service.compiled import compile_deployment, resign_time, sign_table
 from router.service.config_files import ConfigFiles
 from router.service.demand import DemandCounters, DemandModel
 from router.service.query_counters import QueryCounters
@@ -70,6 +70,7 @@ class LoadedConfig:
     nsid: bytes = b""  # this instance's NSID (RFC 5001; b"": none)
     cookie_secrets: tuple[bytes, ...] = ()  # DNS cookie secrets, current first (none: off)
     table_signer: SteeredSigner | None = None  # signs each table's steered answers (DNSSEC)
+    resign_at: float | None = None  # unix time the zones must be signed again (None: unsigned)
 
     def sign(self, table: RoutingTable) -> TableSignatures | None:
         return sign_table(self.table_signer, table)
@@ -142,6 +143,7 @@ def prepare(
         nsid=nsid,
         cookie_secrets=cookie_secrets(deployment, cookie_secret),
         table_signer=compiled.table_signer,
+        resign_at=resign_time(deployment, book),
     )
 
 

@@ -72,9 +72,10 @@ class Reloader:
         self.log = ReloadLog()
         self._lock = threading.Lock()  # one reload at a time
 
-    def reload(self, trigger: str = "api") -> dict:
+    def reload(self, trigger: str = "api", force: bool = False) -> dict:
         """Load the files again and put them in service, or keep the running config and
-        say why. Returns the attempt (``result``: ok, unchanged or failed; ``problems``)."""
+        say why. Returns the attempt (``result``: ok, unchanged or failed; ``problems``).
+        ``force``: even if no file changed (DNSSEC: signatures made again, a key event due)."""
         with self._lock:
             started = time.monotonic()
             service = self.service
@@ -82,7 +83,7 @@ class Reloader:
             running = service.config.version
             running_revision = service.config.files.revision
             before = service.config.files.hashes
-            new, files, problems = self._load(directory, running_revision)
+            new, files, problems = self._load(directory, "" if force else running_revision)
             if new is None and not problems:
                 log.info("reload (%s): files unchanged (version %s)", trigger, running)
                 return self.log.record(trigger, "unchanged", running, started)
@@ -219,7 +220,8 @@ class ReloadWatcher:
         directory = self.reloader.service.deployment.directory
         keys_file = self.reloader.service.keys_file
         candidate = None
-        period = self.watch_s if self.watch_s > 0 else 3600.0
+        # Without file watching, still wake every minute: DNSSEC re-signing is due by the clock.
+        period = self.watch_s if self.watch_s > 0 else 60.0
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=period)
@@ -229,6 +231,11 @@ class ReloadWatcher:
                 if self.wake.is_set():
                     self.wake.clear()
                     await self.reload("SIGHUP")
+                    continue
+                resign_at = self.reloader.service.config.resign_at
+                if resign_at is not None and time.time() >= resign_at:
+                    # Signatures near their expiry, or a key to publish, use or retire now.
+                    await self.reload("DNSSEC re-sign", force=True)
                     continue
                 if self.watch_s <= 0:
                     continue
