@@ -164,3 +164,21 @@ def test_bench_hardening_smoke(tmp_path: Path) -> None:
     assert figures["rrl_attack_full_answers_ratio"] <= figures["rrl_attack_full_answers_bound"]
     assert figures["rrl_attack_truncated"] > 0 and figures["rrl_legit_queries"] > 0
     assert is_number(figures["cookie_overhead_ratio"]) and figures["cookie_echo_checked"] is True
+
+
+def test_bench_dnssec_smoke(tmp_path: Path) -> None:
+    """Signing figures on the sample, the router with and without DO, PowerDNS signing its LUA
+    answers online, and a validating Unbound in front of the router."""
+    contract = load_script(REPO / "loadtest" / "bench_dnssec.py").CONTRACT_KEYS
+    figures = smoke("bench_dnssec.py", tmp_path)
+    if figures.get("pdns_qps_do") is None or figures.get("unbound_validated") is None:
+        if not can_install():
+            pytest.skip(
+                f"a peer cannot be installed here: {figures.get('pdns_note')} {figures.get('unbound_note')}"
+            )
+    for key in contract:
+        value = figures.get(key)
+        assert (value is True) if key == "unbound_validated" else is_number(value), (key, value)
+    assert figures["signed_rrsets"] > 0 and figures["sign_incremental_samples"] == 3
+    assert figures["router_lost_do"] == 0 and figures["router_qps_do"] > 0
+    assert all(figures["unbound_ad"].values()), figures["unbound_ad"]
