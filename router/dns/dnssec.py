@@ -275,8 +275,11 @@ class SteeredSigner:
         counts: list[int] = []
         made = 0
         used_by_policy: dict[int, np.ndarray] = {}
-        rows = [set_nodes[s] for s in range(sets)]
-        keys = [row[row >= 0].tobytes() for row in rows]
+        # Each set's row as one bytes object, in one call: the cache's key (a row is an
+        # answer set's nodes, -1 padded; the same row is the same set).
+        rows = np.ascontiguousarray(set_nodes)
+        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * max(rows.shape[1], 1)))).ravel().tolist()
+        cache, used_at, tables = self._cache, self._used_at, self._tables
         for e, entry in enumerate(self.entries):
             signer = self.signers[e]
             if signer is None:
@@ -286,17 +289,18 @@ class SteeredSigner:
                 used = _sets_used(group_set[entry.policy], split_start, split_set, sets)
                 used_by_policy[entry.policy] = used
             times = replace(signer.times, now=now)
+            first = len(pieces)
             for s in used.tolist():
                 cache_key = (e, keys[s])
-                cached = self._cache.get(cache_key)
+                cached = cache.get(cache_key)
                 if cached is None or cached[2] - now < self.resign_before_s:
                     cached = self._sign(entry, signer, times, rows[s])
-                    self._cache[cache_key] = cached
+                    cache[cache_key] = cached
                     made += 1
-                self._used_at[cache_key] = self._tables
-                slot[e, s] = len(pieces)
+                used_at[cache_key] = tables
                 pieces.append(cached[0])
                 counts.append(cached[1])
+            slot[e, used] = np.arange(first, len(pieces), dtype=np.int32)
         self.signed_last = made
         self._tables += 1
         if len(self._cache) > 2 * len(pieces) + KEEP_UNUSED_SETS:
