@@ -370,3 +370,14 @@ def test_signatures_are_made_again_before_they_expire(signed) -> None:
     # Due at least resign_before_days ahead of the earliest expiry a signature made now can have.
     assert due is not None and due <= expiration - settings.resign_before_days * 86400
     assert due > time.time() + 86400
+
+
+def test_a_zone_whose_keys_are_not_published_yet_is_signed_when_they_are(tmp_path: Path) -> None:
+    zones = make_deployment(tmp_path)
+    later = time.time() + 3 * 86400
+    dnssec_keys.keygen(zones, now=later)
+    deployment = load_deployment(zones)
+    compiled = compile_deployment(deployment)
+    assert all(index.signer is None for index in compiled.book.zones.values())  # unsigned for now
+    assert compiled.table_signer is None
+    assert resign_time(deployment, compiled.book) == pytest.approx(int(later), abs=1)

@@ -278,7 +278,11 @@ class SteeredSigner:
         # Each set's row as one bytes object, in one call: the cache's key (a row is an
         # answer set's nodes, -1 padded; the same row is the same set).
         rows = np.ascontiguousarray(set_nodes)
-        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * max(rows.shape[1], 1)))).ravel().tolist()
+        keys = (
+            rows.view(np.dtype((np.void, rows.dtype.itemsize * max(rows.shape[1], 1))))
+            .ravel()
+            .tolist()
+        )
         cache, used_at, tables = self._cache, self._used_at, self._tables
         for e, entry in enumerate(self.entries):
             signer = self.signers[e]

@@ -86,20 +86,26 @@ def zone_ttls(deployment: Deployment) -> tuple[dict, dict]:
     return largest, dnskey
 
 
-def resign_time(deployment: Deployment, book: AnswerBook) -> float | None:
+def resign_time(deployment: Deployment, book: AnswerBook, now: float | None = None) -> float | None:
     """When the book must be signed again (unix time): ``resign_before_days`` ahead of the
     earliest expiry any of its signatures can have, or at the next key event (a key to
-    publish, to sign with, to stop signing with or to remove), whichever is first."""
+    publish, to sign with, to stop signing with or to remove: a zone served unsigned because
+    none of its keys could sign yet is signed then), whichever is first."""
     settings = deployment.dnssec
-    signers = [index.signer for index in book.zones.values() if index.signer is not None]
-    if settings is None or not signers:
+    if settings is None or not deployment.dnssec_keys:
         return None
-    times = signers[0].times
-    earliest_expiry = times.inception + times.backdate_s + times.validity_s * (1 - times.jitter)
-    due = earliest_expiry - settings.resign_before_days * 86400
+    signers = [index.signer for index in book.zones.values() if index.signer is not None]
+    due = float("inf")
+    signed_at = time.time() if now is None else now
+    if signers:
+        times = signers[0].times
+        signed_at = times.now
+        earliest_expiry = times.inception + times.backdate_s + times.validity_s * (1 - times.jitter)
+        due = earliest_expiry - settings.resign_before_days * 86400
     events = [t for key in deployment.dnssec_keys for t in (key.publish, key.activate, key.inactive, key.delete)
-              if times.now < t < due]  # fmt: skip
-    return min(events, default=due)
+              if signed_at < t < due]  # fmt: skip
+    due = min(events, default=due)
+    return None if due == float("inf") else due
 
 
 def steered_signer(deployment: Deployment, book: AnswerBook) -> SteeredSigner | None:
