@@ -381,3 +381,29 @@ def test_a_zone_whose_keys_are_not_published_yet_is_signed_when_they_are(tmp_pat
     assert all(index.signer is None for index in compiled.book.zones.values())  # unsigned for now
     assert compiled.table_signer is None
     assert resign_time(deployment, compiled.book) == pytest.approx(int(later), abs=1)
+
+
+def test_signatures_copied_from_the_last_table_are_the_same_bytes(signed) -> None:
+    """A node goes down and comes back: the third table signs nothing (every set was signed
+    for the first or second) and gives every (entry, set) the very records the first gave."""
+    _, compiled, table, _, _ = signed
+    signer = compiled.table_signer
+    first = compiled.sign(table)
+    states = table.node_state.copy()
+    used = [
+        int(n) for n in table.set_nodes[table.group_set[table.group_set >= 0]].ravel() if n >= 0
+    ]
+    states[max(set(used), key=used.count)] = NodeState.DOWN
+    compiled.sign(compiled.plan(states, generation=3))
+    back = compiled.plan(table.node_state.copy(), generation=4)
+    again = compiled.sign(back)
+    assert signer.signed_last == 0
+
+    def records(signatures, plan) -> dict:
+        out = {}
+        for e, s in zip(*np.nonzero(signatures.slot >= 0)):
+            nodes = plan.set_nodes[s][plan.set_nodes[s] >= 0].tobytes()
+            out[(int(e), nodes)] = signatures.records(int(e), int(s))
+        return out
+
+    assert records(again, back) == records(first, table)

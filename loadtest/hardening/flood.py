@@ -10,6 +10,7 @@ the same FORMERR is decoded once.
 
 from __future__ import annotations
 
+import collections
 import random
 import selectors
 import socket
@@ -24,6 +25,7 @@ from loadtest.hardening.mutate import Mutator, server_cut, tcp_stream
 
 UDP_BURST = 256
 UDP_DRAIN_S = 0.002
+LATE_BURSTS = 16
 TCP_CONCURRENT = 40
 TCP_IDLE_S = 0.25  # a connection with no reply for this long is done
 TCP_MAX_S = 3.0  # and one is never kept longer than this
@@ -83,7 +85,10 @@ def udp_flood(port: int, mutator: Mutator, count: int, deadline: float, every=No
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
     address = ("127.0.0.1", port)
-    previous: dict[bytes, bytes] = {}
+    # The packets of the last LATE_BURSTS bursts by ID: a reply that comes a few bursts late
+    # (a busy machine) still answers a packet we sent; 16 x 256 IDs never wrap (65,536).
+    window: dict[bytes, bytes] = {}
+    bursts: collections.deque[list[bytes]] = collections.deque()
     counter = 0
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
@@ -102,22 +107,26 @@ def udp_flood(port: int, mutator: Mutator, count: int, deadline: float, every=No
                 except (BlockingIOError, OSError):
                     pass  # our own send buffer full: still sent as far as the count goes
                 tally.sent += 1
-            ids = {**previous, **burst}
+            window.update(burst)
+            bursts.append(list(burst))
+            if len(bursts) > LATE_BURSTS:
+                for qid in bursts.popleft():
+                    if window.get(qid) is not None and qid not in burst:
+                        del window[qid]
             while selector.select(UDP_DRAIN_S):
                 try:
                     while True:
                         reply = sock.recv(65535)
-                        tally.check(reply, ids, ids.get)
+                        tally.check(reply, window, window.get)
                 except BlockingIOError:
                     pass
-            previous = burst
             if every is not None:
                 every(tally.sent)
         end = time.monotonic() + 0.2
         while time.monotonic() < end and selector.select(0.05):
             try:
                 while True:
-                    tally.check(sock.recv(65535), previous, previous.get)
+                    tally.check(sock.recv(65535), window, window.get)
             except BlockingIOError:
                 pass
     finally:

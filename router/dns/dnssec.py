@@ -263,27 +263,30 @@ class SteeredSigner:
         ] = {}  # -> (records, count, expiry)
         self._used_at: dict[tuple[int, bytes], int] = {}  # the table count a set was last used at
         self._tables = 0
+        # The last table's signatures, the rows they were made for and each slot's expiry.
+        self._previous: TableSignatures | None = None
+        self._previous_keys = np.zeros(0, dtype=np.void)
+        self._previous_expiry = np.zeros(0, dtype=np.int64)
         self.signed_last = 0  # signatures made by the last sign_table (not found in the cache)
 
     def sign_table(self, group_set: np.ndarray, set_nodes: np.ndarray, split_start: np.ndarray,
                    split_set: np.ndarray, now: float) -> TableSignatures:  # fmt: skip
-        """Signatures for every (steered entry, answer set) the table can answer with."""
-        entries = len(self.entries)
+        """Signatures for every (steered entry, answer set) the table can answer with.
+
+        What the last table had is matched by row in numpy and copied from its arrays; only
+        the pairs it did not have are looked up one by one (in the cache of earlier tables)
+        or signed."""
         sets = set_nodes.shape[0]
-        slot = np.full((entries, sets), -1, dtype=np.int32)
-        pieces: list[bytes] = []
-        counts: list[int] = []
+        rows = np.ascontiguousarray(set_nodes)
+        keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * max(rows.shape[1], 1)))).ravel()
+        previous_row = self._match_previous(keys)
+        slot = np.full((len(self.entries), sets), -1, dtype=np.int32)
+        copied: list[tuple[int, np.ndarray, np.ndarray]] = []  # (entry, sets, old slots)
+        fresh: list[
+            tuple[int, list[int], list[tuple[bytes, int, int]]]
+        ] = []  # (entry, sets, signed)
         made = 0
         used_by_policy: dict[int, np.ndarray] = {}
-        # Each set's row as one bytes object, in one call: the cache's key (a row is an
-        # answer set's nodes, -1 padded; the same row is the same set).
-        rows = np.ascontiguousarray(set_nodes)
-        keys = (
-            rows.view(np.dtype((np.void, rows.dtype.itemsize * max(rows.shape[1], 1))))
-            .ravel()
-            .tolist()
-        )
-        cache, used_at, tables = self._cache, self._used_at, self._tables
         for e, entry in enumerate(self.entries):
             signer = self.signers[e]
             if signer is None:
@@ -292,30 +295,97 @@ class SteeredSigner:
             if used is None:
                 used = _sets_used(group_set[entry.policy], split_start, split_set, sets)
                 used_by_policy[entry.policy] = used
+            old = np.full(len(used), -1, dtype=np.int64)
+            if self._previous is not None and len(used):
+                rows_before = previous_row[used]
+                matched = rows_before >= 0
+                old[matched] = self._previous.slot[e, rows_before[matched]]
+                known = old >= 0
+                fresh_enough = self._previous_expiry[old[known]] - now >= self.resign_before_s
+                old[np.flatnonzero(known)[~fresh_enough]] = -1
+            keep = old >= 0
+            copied.append((e, used[keep], old[keep]))
             times = replace(signer.times, now=now)
-            first = len(pieces)
-            for s in used.tolist():
-                cache_key = (e, keys[s])
-                cached = cache.get(cache_key)
+            others = used[~keep].tolist()
+            signed = []
+            for s in others:
+                cache_key = (e, keys[s].tobytes())
+                cached = self._cache.get(cache_key)
                 if cached is None or cached[2] - now < self.resign_before_s:
                     cached = self._sign(entry, signer, times, rows[s])
-                    cache[cache_key] = cached
+                    self._cache[cache_key] = cached
                     made += 1
-                used_at[cache_key] = tables
-                pieces.append(cached[0])
-                counts.append(cached[1])
-            slot[e, used] = np.arange(first, len(pieces), dtype=np.int32)
+                self._used_at[cache_key] = self._tables
+                signed.append(cached)
+            fresh.append((e, others, signed))
+        # Slots: the copied ones first (entry by entry), then the fresh ones.
+        at = 0
+        for e, sets_, _ in copied:
+            slot[e, sets_] = np.arange(at, at + len(sets_), dtype=np.int32)
+            at += len(sets_)
+        for e, sets_, _ in fresh:
+            slot[e, sets_] = np.arange(at, at + len(sets_), dtype=np.int32)
+            at += len(sets_)
+        old_slots = (
+            np.concatenate([c[2] for c in copied]) if copied else np.zeros(0, dtype=np.int64)
+        )
+        signed_all = [item for _, _, signed in fresh for item in signed]
+        signatures = self._assemble(slot, old_slots, signed_all)
+        expiry = np.concatenate([self._previous_expiry[old_slots] if len(old_slots) else np.zeros(0, dtype=np.int64),
+                                 np.array([c[2] for c in signed_all], dtype=np.int64)])  # fmt: skip
         self.signed_last = made
         self._tables += 1
-        if len(self._cache) > 2 * len(pieces) + KEEP_UNUSED_SETS:
-            # Bounded: sets no table used in the last KEEP_TABLES go (a node that flaps back
-            # within them finds its sets signed still).
+        self._previous, self._previous_keys, self._previous_expiry = signatures, keys.copy(), expiry
+        if len(self._cache) > 2 * at + KEEP_UNUSED_SETS:
+            # Bounded: sets no table looked up in the last KEEP_TABLES go (those still in
+            # service are copied from the last table, not looked up).
             for key in [k for k, t in self._used_at.items() if t < self._tables - KEEP_TABLES]:
                 del self._cache[key], self._used_at[key]
-        off = np.zeros(len(pieces) + 1, dtype=np.int64)
-        off[1:] = np.cumsum([len(p) for p in pieces])
-        data = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
-        return TableSignatures(slot, off, data, np.array(counts, dtype=np.int64))
+        return signatures
+
+    def _match_previous(self, keys: np.ndarray) -> np.ndarray:
+        """For each row of the new table, the row of the last table with the same nodes (-1)."""
+        before = self._previous_keys
+        if (
+            self._previous is None
+            or len(before) == 0
+            or len(keys) == 0
+            or before.dtype != keys.dtype
+        ):
+            return np.full(len(keys), -1, dtype=np.int64)
+        order = np.argsort(before, kind="stable")
+        ordered = before[order]
+        at = np.minimum(np.searchsorted(ordered, keys), len(ordered) - 1)
+        return np.where(ordered[at] == keys, order[at], -1)
+
+    def _assemble(self, slot: np.ndarray, old_slots: np.ndarray, signed: list) -> TableSignatures:
+        """The arrays: the copied slots' bytes gathered from the last table, then the signed."""
+        if len(old_slots):
+            prev = self._previous
+            assert prev is not None
+            starts = prev.off[old_slots]
+            sizes = prev.off[old_slots + 1] - starts
+            all_sizes = np.diff(prev.off)
+            if len(all_sizes) and (all_sizes == all_sizes[0]).all():
+                # Every piece the same size (one key per zone: the common case): rows of a
+                # matrix, gathered in one call.
+                old_data = prev.data.reshape(-1, int(all_sizes[0]))[old_slots].ravel()
+            else:
+                view = memoryview(prev.data)
+                old_data = np.frombuffer(b"".join([view[a:b] for a, b in zip(starts.tolist(), (starts + sizes).tolist())]),
+                                         dtype=np.uint8)  # fmt: skip
+            old_counts = prev.count[old_slots]
+        else:
+            sizes = np.zeros(0, dtype=np.int64)
+            old_data, old_counts = np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        all_sizes = np.concatenate([sizes, np.array([len(c[0]) for c in signed], dtype=np.int64)])
+        off = np.zeros(len(all_sizes) + 1, dtype=np.int64)
+        off[1:] = np.cumsum(all_sizes)
+        data = np.concatenate(
+            [old_data, np.frombuffer(b"".join(c[0] for c in signed), dtype=np.uint8)]
+        )
+        count = np.concatenate([old_counts, np.array([c[1] for c in signed], dtype=np.int64)])
+        return TableSignatures(slot, off, data.astype(np.uint8), count.astype(np.int64))
 
     def _sign(
         self, entry, signer: ZoneSigner, times: SigningTimes, row: np.ndarray
@@ -340,8 +410,11 @@ def _sets_used(
 ) -> np.ndarray:
     """The answer sets one policy's groups can be given (whole, or through a split row)."""
     used = np.zeros(sets, dtype=bool)
-    direct = row[row >= 0]
-    used[direct] = True
-    for split in np.unique(-row[row < 0] - 1).tolist():
-        used[split_set[split_start[split] : split_start[split + 1]]] = True
+    used[row[row >= 0]] = True
+    splits = len(split_start) - 1
+    if splits > 0:
+        wanted = np.zeros(splits, dtype=bool)
+        wanted[-row[row < 0] - 1] = True
+        of_entry = np.repeat(wanted, np.diff(split_start))  # each split entry: its row wanted?
+        used[split_set[: len(of_entry)][of_entry]] = True
     return np.flatnonzero(used)
