@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--zone", required=True, help="the zone whose CSK (or ZSK) rolls")
     roll.add_argument("--parent-ds-ttl", type=int, default=86400,
                       help="the parent zone's DS TTL in seconds (default 86400)")  # fmt: skip
+    roll.add_argument("--key", choices=("signing", "ksk"), default="signing",
+                      help="signing: the key that signs the data (CSK or ZSK; default); ksk: the KSK of split keys")  # fmt: skip
 
     simulate = sub.add_parser(
         "simulate-nodes",
@@ -412,7 +414,12 @@ def _rollover(args: argparse.Namespace) -> int:
         print(f"router dnssec rollover: {zone} is not a zone of {args.zones}", file=sys.stderr)
         return 2
     largest, dnskey = zone_ttls(deployment)
-    plan = dnssec_keys.rollover(args.zones, zone, largest[zone], dnskey[zone], args.parent_ds_ttl)
+    try:
+        plan = dnssec_keys.rollover(args.zones, zone, largest[zone], dnskey[zone], args.parent_ds_ttl,
+                                    key=args.key)  # fmt: skip
+    except ValueError as exc:
+        print(f"router dnssec rollover: {exc}", file=sys.stderr)
+        return 1
     for step in plan.steps():
         print(step)
     print("The router follows the schedule by itself (reload now to publish the new key).")

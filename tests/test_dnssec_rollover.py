@@ -116,11 +116,15 @@ def _failures(zones: Path, publish: float, switch: float, remove: float, ds_of: 
     return failures
 
 
-def _signed_zone(root: Path) -> tuple[Path, dict]:
+def _signed_zone(root: Path, split: bool = False) -> tuple[Path, dict]:
     zones = make_deployment(root)
-    dnssec_keys.keygen(zones, now=T0 - 30 * 86400)
-    key = next((zones / "dnssec-keys").glob("Kcdn*"))
-    return zones, {"old_path": key}
+    dnssec_keys.keygen(zones, split=split, now=T0 - 30 * 86400)
+    paths = sorted((zones / "dnssec-keys").glob("Kcdn*"))
+    roles = {
+        dnssec_keys.load_key_file(p, {ZONE, dns.name.from_text("edge.example.")})[0].role: p
+        for p in paths
+    }
+    return zones, {"old_path": roles.get("csk") or roles["ksk"]}
 
 
 def _ds(path: Path):  # noqa: ANN202
@@ -161,3 +165,27 @@ def test_the_check_finds_a_rollover_without_its_waits(tmp_path: Path) -> None:
     dnssec_keys.write_secret_file(plan.new, text)
     failures = _failures(zones, T0, T0 + 1, T0 + 2, {"old": _ds(plan.old), "new": _ds(plan.new)})
     assert failures, "a rollover with no waits must break some cached view"
+
+
+@pytest.mark.integration
+def test_a_ksk_rollover_of_split_keys_validates_at_every_step(tmp_path: Path) -> None:
+    """A KSK and a ZSK: the KSK rolls (the ZSK keeps signing the data); the DNSKEY set is
+    signed by both KSKs from the new one's publication until the old one's removal."""
+    zones, paths = _signed_zone(tmp_path, split=True)
+    deployment = load_deployment(zones)
+    largest, dnskey_ttl = zone_ttls(deployment)
+    plan = dnssec_keys.rollover(
+        zones, ZONE, largest[ZONE], dnskey_ttl[ZONE], PARENT_DS_TTL, now=T0, key="ksk"
+    )
+    assert plan.old == paths["old_path"] and plan.signs_keys
+    assert (
+        plan.remove - plan.switch
+        == max(dnskey_ttl[ZONE], PARENT_DS_TTL) + dnssec_keys.PROPAGATION_S
+    )
+    ds_of = {"old": _ds(plan.old), "new": _ds(plan.new)}
+    assert _failures(zones, plan.publish, plan.switch, plan.remove, ds_of) == []
+    final = load_deployment(zones)
+    roles = sorted(
+        k.role for k in final.dnssec_keys if k.zone == ZONE and k.published(plan.remove + 1)
+    )
+    assert roles == ["ksk", "zsk"]

@@ -404,28 +404,33 @@ def rollover_waits(
 
 
 def rollover(zones_dir: Path, zone: dns.name.Name, max_ttl: int, dnskey_ttl: int,
-             parent_ds_ttl: int = DEFAULT_PARENT_DS_TTL, now: float | None = None) -> Rollover:  # fmt: skip
-    """Roll the data-signing key of ``zone`` (its CSK, or its ZSK): a successor of the same
-    role and algorithm published now, signing after the first wait; the old key retired then
-    and removed after the second (``rollover_waits``). Key files are rewritten 0600."""
+             parent_ds_ttl: int = DEFAULT_PARENT_DS_TTL, now: float | None = None,
+             key: str = "signing") -> Rollover:  # fmt: skip
+    """Roll the data-signing key of ``zone`` (its CSK, or its ZSK), or with ``key="ksk"`` the
+    KSK of split keys: a successor of the same role and algorithm published now, signing after
+    the first wait; the old key retired then and removed after the second (``rollover_waits``).
+    A KSK signs only the DNSKEY set, from its publication (every published KSK does), so its
+    second wait is the DNSKEY TTL's, not the zone's largest. Key files are rewritten 0600."""
     now = time.time() if now is None else now
     directory, _ = keys_directory(zones_dir)
     keys, problems = load_keys(directory, set(served_zones(zones_dir)))
     if problems:
         raise ConfigError(problems)
-    current = [
-        k
-        for k in keys
-        if k.zone == zone and k.signs_data() and k.signs(now) and k.inactive == float("inf")
-    ]
+    if key == "ksk":
+        current = [k for k in keys if k.zone == zone and k.role == "ksk" and k.published(now)
+                   and k.delete == float("inf")]  # fmt: skip
+        what = "KSKs are published with no removal set"
+        max_ttl = dnskey_ttl
+    else:
+        current = [k for k in keys if k.zone == zone and k.signs_data() and k.signs(now)
+                   and k.inactive == float("inf")]  # fmt: skip
+        what = "keys sign its data with no end set"
     if len(current) != 1:
-        raise ValueError(
-            f"{zone}: {len(current)} keys sign its data with no end set; a rollover needs exactly one"
-        )
+        raise ValueError(f"{zone}: {len(current)} {what}; a rollover needs exactly one")
     old = current[0]
     first, second = rollover_waits(max_ttl, dnskey_ttl, parent_ds_ttl, old.signs_keys())
     switch, remove = now + first, now + first + second
-    new = write_key(directory, zone, old.role, old.algorithm, now, switch)
+    new = write_key(directory, zone, old.role, old.algorithm, now, now if key == "ksk" else switch)
     schedule(old.path, inactive=switch, delete=remove)
     return Rollover(zone, old.path, new, now, switch, remove, old.signs_keys())
 
