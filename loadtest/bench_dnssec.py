@@ -83,8 +83,6 @@ def signing_figures(zones: Path, samples: int, seed: int = 3) -> dict:
     """sign_table_s (cold), signed_rrsets, and one node down signed incrementally: for the
     busiest node (the one most answer sets hold) and for ``samples`` random up nodes, each
     from the same table and the same signature cache (the one the full table left)."""
-    import copy
-
     deployment = load_deployment(zones)
     compiled = compile_deployment(deployment)
     health = last_known_health(deployment, compiled.model)
@@ -112,8 +110,7 @@ def signing_figures(zones: Path, samples: int, seed: int = 3) -> dict:
         down[node] = NodeState.DOWN
         repaired = planner.node_down(node, down, None, 2)
         kinds.add(planner.last_kind)
-        trial = copy.copy(signer)
-        trial._cache, trial._used_at = dict(signer._cache), dict(signer._used_at)
+        trial = signer.fork()
         started = time.perf_counter()
         trial.sign_table(repaired.group_set, repaired.set_nodes, repaired.split_start, repaired.split_set,
                          time.time())  # fmt: skip

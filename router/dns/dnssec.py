@@ -13,6 +13,7 @@ Keys are duck-typed (router/config/dnssec_keys.py ``DnssecKey``): ``zone``, ``al
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 from bisect import bisect_right
@@ -59,10 +60,10 @@ class SigningTimes:
         spread = int.from_bytes(hashlib.blake2b(content, digest_size=4).digest(), "big") / 2**32
         return int(self.inception + self.backdate_s + self.validity_s * (1 - self.jitter * spread))
 
-
-def canonical_name(name: bytes) -> bytes:
-    """Lower-cased wire name (RFC 4034 6.2): wire names here are never compressed."""
-    return name.lower()
+    @property
+    def earliest_expiry(self) -> float:
+        """The soonest ``expiration`` any content can get (its spread is below 1)."""
+        return self.inception + self.backdate_s + self.validity_s * (1 - self.jitter)
 
 
 def label_count(owner: bytes) -> int:
@@ -161,11 +162,6 @@ class ZoneSigner:
             )
         self._cache[cache_key] = out
         return out
-
-    def earliest_expiry(self) -> int | None:
-        """The soonest expiration of every signature made so far (for re-signing in time)."""
-        expiries = [r.expiration for rrset in self._cache.values() for r in rrset]
-        return min(expiries) if expiries else None
 
 
 def canonical_key(name_wire: bytes) -> tuple[bytes, ...]:
@@ -401,8 +397,12 @@ class SteeredSigner:
             expiry = min(expiry, struct.unpack_from("!I", rdata, 8)[0])
         return out, count, expiry
 
-    def earliest_expiry(self) -> float | None:
-        return min((c[2] for c in self._cache.values()), default=None)
+    def fork(self) -> SteeredSigner:
+        """A signer that starts from this one's cache and last table and goes its own way
+        (the benchmark signs several alternative next tables from one state)."""
+        other = copy.copy(self)
+        other._cache, other._used_at = dict(self._cache), dict(self._used_at)
+        return other
 
 
 def _sets_used(

@@ -100,8 +100,7 @@ def resign_time(deployment: Deployment, book: AnswerBook, now: float | None = No
     if signers:
         times = signers[0].times
         signed_at = times.now
-        earliest_expiry = times.inception + times.backdate_s + times.validity_s * (1 - times.jitter)
-        due = earliest_expiry - settings.resign_before_days * 86400
+        due = times.earliest_expiry - settings.resign_before_days * 86400
     events = [t for key in deployment.dnssec_keys for t in (key.publish, key.activate, key.inactive, key.delete)
               if signed_at < t < due]  # fmt: skip
     due = min(events, default=due)
