@@ -141,9 +141,7 @@ def do_query_files(zones: Path, root: Path, count: int, seed: int) -> tuple[Path
 
     model = compile_model(load_deployment(zones))
     rng = random.Random(seed)
-    origin = model.policies[model.steered[0][1]].zone
-    zone_file = zones / f"{origin.to_text().rstrip('.')}.zone"
-    steered = [(n.to_text(), p) for n, p in model.steered if n.is_subdomain(origin)]
+    zone_file, steered = queries.steered_zone(zones, model)
     inventory = queries.zone_inventory(zone_file, steered, rng)
     subnets = queries.draw_subnets(model.client_map, rng, 1000)
     files = write_query_files(

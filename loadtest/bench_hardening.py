@@ -95,7 +95,7 @@ from loadtest.throughput.dnsperf import (  # noqa: E402
 )
 from loadtest.throughput.figures import source_state  # noqa: E402
 from loadtest.throughput.peers import PACKAGES  # noqa: E402
-from loadtest.throughput.queries import build_mix, draw_subnets, frame, zone_inventory  # noqa: E402
+from loadtest.throughput.queries import build_mix, draw_subnets, frame, steered_zone, zone_inventory  # noqa: E402
 from loadtest.throughput.servers import Server, free_port, start_router, with_settings  # noqa: E402
 from router.dns import cookies  # noqa: E402
 from tests.conftest import make_deployment  # noqa: E402
@@ -213,9 +213,7 @@ class Bench:
         from router.steering import compile_model
 
         model = compile_model(load_deployment(self.zones))
-        origin = model.policies[model.steered[0][1]].zone
-        zone_file = self.zones / f"{origin.to_text().rstrip('.')}.zone"
-        steered = [(n.to_text(), p) for n, p in model.steered if n.is_subdomain(origin)]
+        zone_file, steered = steered_zone(self.zones, model)
         inventory = zone_inventory(zone_file, steered, self.rng)
         subnets = draw_subnets(model.client_map, self.rng, 1000)
         self.mix = build_mix(inventory, subnets, 5000 if args.smoke else 20_000, self.rng)

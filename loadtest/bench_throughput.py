@@ -121,6 +121,7 @@ from loadtest.throughput.queries import (  # noqa: E402
     draw_subnets,
     frame,
     mix_composition,
+    steered_zone,
     unframe,
     zone_inventory,
 )
@@ -250,10 +251,7 @@ class Bench:
         if self.oracle.split_groups():
             self.notes.append(f"{self.oracle.split_groups()} groups split by the capacity plan: "
                               "peers answer their main share")  # fmt: skip
-        model = self.oracle.model
-        zone_origin = model.policies[model.steered[0][1]].zone
-        self.zone_file = self.zones / f"{zone_origin.to_text().rstrip('.')}.zone"
-        self.steered = [(n.to_text(), p) for n, p in model.steered if n.is_subdomain(zone_origin)]
+        self.zone_file, self.steered = steered_zone(self.zones, self.oracle.model)
 
     def write_query_files(self) -> None:
         """Both variants of the mix, as dnsperf's query files and as the probe's queries."""

@@ -63,6 +63,14 @@ def random_case(name: str, rng: random.Random) -> str:
     return "".join(chars)
 
 
+def steered_zone(zones: Path, model) -> tuple[Path, list[tuple[str, int]]]:  # noqa: ANN001 - a SteeringModel
+    """The zone file of the first steered name's zone in ``zones`` and its steered names
+    (text, policy): what ``zone_inventory`` draws the mix from."""
+    origin = model.policies[model.steered[0][1]].zone
+    zone_file = zones / f"{origin.to_text().rstrip('.')}.zone"
+    return zone_file, [(n.to_text(), p) for n, p in model.steered if n.is_subdomain(origin)]
+
+
 def zone_inventory(
     zone_file: Path, steered: list[tuple[str, int]], rng: random.Random
 ) -> ZoneInventory:
