@@ -284,7 +284,9 @@ def _chain_arrays(book: AnswerBook, zone_ids: dict[bytes, int], b: _Builder) -> 
     sort_keys: list[bytes] = []
     pieces: list[tuple[bytes, int]] = []
     soa_pieces: list[tuple[bytes, int]] = []
-    where = {(k.lower(), t): e for e, (k, t) in enumerate(zip(b.keys, b.tags))}
+    # Each name entry by (key, tag); keys are stored lower-cased. Only signed zones need it.
+    signed = any(index.chain is not None for index in book.zones.values())
+    where = {(k, t): e for e, (k, t) in enumerate(zip(b.keys, b.tags))} if signed else {}
     for origin_key, index in book.zones.items():
         z = zone_ids[origin_key]
         nsec_start[z + 1] = nsec_start[z]
