@@ -133,3 +133,31 @@ def router(deployment_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     running.stop()
     assert running.process.stdout is not None
     running.process.stdout.close()
+
+
+# The signed PowerDNS peer (loadtest/dnssec/pdns_signed.py) of the DNSSEC peer tests: rules for
+# sample-map clients in different ISPs (the README's tour), each with its own node pair.
+SIGNED_PDNS_SUBNETS = ["83.44.10.0/24", "90.0.0.0/24", "2.80.0.0/24", "8.8.8.0/24"]
+
+
+@pytest.fixture(scope="module")
+def signed_pdns_peers():
+    """The throughput bench's peer configuration of the sample, for SIGNED_PDNS_SUBNETS."""
+    from loadtest.dnssec import pdns_signed
+
+    return pdns_signed.sample_peers(REPO / "zones", SIGNED_PDNS_SUBNETS)
+
+
+@pytest.fixture(scope="module")
+def signed_pdns(signed_pdns_peers, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001
+    """A signed PowerDNS serving ``peers`` on loopback (skipped, saying why, if it cannot be had)."""
+    from loadtest.dnssec import pdns_signed
+
+    notes = pdns_signed.ensure_packages()
+    if notes:
+        pytest.skip("PowerDNS cannot be had: " + "; ".join(notes.values()))
+    server = pdns_signed.start_signed_pdns(
+        signed_pdns_peers, tmp_path_factory.mktemp("pdns-signed")
+    )
+    yield server
+    server.stop()

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from loadtest.dnssec import pdns_signed
-from loadtest.throughput.peers import deciding_block
+from tests.conftest import SIGNED_PDNS_SUBNETS
 from tests.unbound import (
     Unbound,
     UnboundUnavailable,
@@ -34,40 +34,28 @@ from tests.unbound import (
 pytestmark = pytest.mark.timeout(120)
 
 ZONES = Path(__file__).resolve().parents[1] / "zones"
-SUBNETS = ["83.44.10.0/24", "90.0.0.0/24", "2.80.0.0/24", "8.8.8.0/24"]
+SUBNETS = SIGNED_PDNS_SUBNETS  # the signed_pdns_peers and signed_pdns fixtures (tests/conftest.py) are for these
 
 
-@pytest.fixture(scope="module")
-def peers():
-    return pdns_signed.sample_peers(ZONES, SUBNETS)
-
-
-@pytest.fixture(scope="module")
-def pdns(peers, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001
+@pytest.fixture(scope="module", autouse=True)
+def unbound_installed() -> None:
+    """First (autouse): without Unbound the module skips before PowerDNS is started."""
     try:
         find_unbound()
     except UnboundUnavailable as exc:
         pytest.skip(str(exc))
-    notes = pdns_signed.ensure_packages()
-    if notes:
-        pytest.skip("PowerDNS cannot be had: " + "; ".join(notes.values()))
-    server = pdns_signed.start_signed_pdns(peers, tmp_path_factory.mktemp("pdns-signed"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
-def unbound(pdns, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001
-    with Unbound(pdns.extra["zone"], pdns.port, pdns_signed.zone_records(pdns, "DS"),
+def unbound(signed_pdns, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001
+    with Unbound(signed_pdns.extra["zone"], signed_pdns.port, pdns_signed.zone_records(signed_pdns, "DS"),
                  tmp_path_factory.mktemp("unbound-good")) as resolver:  # fmt: skip
         yield resolver
 
 
-def expected(peers, label: str, rdtype: str, subnet: str) -> set[str]:  # noqa: ANN001
-    [policy] = [s.policy for s in peers.steered if s.label == label]
-    _, group = deciding_block(peers.oracle.model.client_map, subnet)
-    oracle = peers.oracle
-    v4, v6 = oracle.node_addresses(oracle.set_nodes(oracle.answer_set(policy, group)))
+def expected(signed_pdns_peers, label: str, rdtype: str, subnet: str) -> set[str]:  # noqa: ANN001
+    [policy] = [s.policy for s in signed_pdns_peers.steered if s.label == label]
+    v4, v6 = pdns_signed.expected_addresses(signed_pdns_peers, policy, subnet)
     return set(v4 if rdtype == "A" else v6)
 
 
@@ -78,8 +66,8 @@ def addresses(reply, name: str, rdtype: str) -> set[str]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("label", ["video", "www"])
-def test_steered_answers_validate_per_client_subnet(unbound, peers, label: str) -> None:  # noqa: ANN001
-    name = f"{label}.{peers.zone}"
+def test_steered_answers_validate_per_client_subnet(unbound, signed_pdns_peers, label: str) -> None:  # noqa: ANN001
+    name = f"{label}.{signed_pdns_peers.zone}"
     answers = {}
     for subnet in SUBNETS:
         for rdtype in ("A", "AAAA"):
@@ -90,7 +78,9 @@ def test_steered_answers_validate_per_client_subnet(unbound, peers, label: str) 
             assert reply.flags & dns.flags.AD, (
                 f"{name} {rdtype} {subnet} not validated\n{unbound.log_tail()}"
             )
-            assert addresses(reply, name, rdtype) == expected(peers, label, rdtype, subnet), (
+            assert addresses(reply, name, rdtype) == expected(
+                signed_pdns_peers, label, rdtype, subnet
+            ), (
                 subnet,
                 reply,
             )
@@ -100,24 +90,24 @@ def test_steered_answers_validate_per_client_subnet(unbound, peers, label: str) 
     assert len(set(answers.values())) >= 3, answers
 
 
-def test_nxdomain_and_nodata_validate(unbound, peers) -> None:  # noqa: ANN001
-    nx = unbound.query(f"no-such-name.{peers.zone}", "A")
+def test_nxdomain_and_nodata_validate(unbound, signed_pdns_peers) -> None:  # noqa: ANN001
+    nx = unbound.query(f"no-such-name.{signed_pdns_peers.zone}", "A")
     assert nx.rcode() == dns.rcode.NXDOMAIN and nx.flags & dns.flags.AD, (
         f"{nx}\n{unbound.log_tail()}"
     )
-    nodata = unbound.query(f"video.{peers.zone}", "TXT", ecs=SUBNETS[0])
+    nodata = unbound.query(f"video.{signed_pdns_peers.zone}", "TXT", ecs=SUBNETS[0])
     assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer, nodata
     assert nodata.flags & dns.flags.AD, f"{nodata}\n{unbound.log_tail()}"
 
 
-def test_only_loopback_is_queried(unbound, peers) -> None:  # noqa: ANN001
-    unbound.query(f"images.{peers.zone}", "A")
+def test_only_loopback_is_queried(unbound, signed_pdns_peers) -> None:  # noqa: ANN001
+    unbound.query(f"images.{signed_pdns_peers.zone}", "A")
     targets = unbound_log_targets(unbound.log_text())
     assert targets == {"127.0.0.1"}, targets  # non-empty: the log does record every target
 
 
-def test_flush_makes_unbound_ask_again(unbound, peers) -> None:  # noqa: ANN001
-    name, subnet = f"www.{peers.zone}", "90.0.0.0/24"
+def test_flush_makes_unbound_ask_again(unbound, signed_pdns_peers) -> None:  # noqa: ANN001
+    name, subnet = f"www.{signed_pdns_peers.zone}", "90.0.0.0/24"
     first = unbound.query(name, "A", ecs=subnet)
     sent = sent_queries(unbound.log_text(), name, "A")
     again = unbound.query(name, "A", ecs=subnet)
@@ -139,13 +129,13 @@ def other_key_ds(zone: str) -> str:
     return f"{zone} IN DS {dns.dnssec.make_ds(zone, dnskey, 'SHA256')}"
 
 
-def test_wrong_trust_anchor_gives_servfail(pdns, peers, tmp_path: Path) -> None:  # noqa: ANN001
-    wrong = other_key_ds(peers.zone)
+def test_wrong_trust_anchor_gives_servfail(signed_pdns, signed_pdns_peers, tmp_path: Path) -> None:  # noqa: ANN001
+    wrong = other_key_ds(signed_pdns_peers.zone)
     assert wrong.split()[3] not in {
-        line.split()[3] for line in pdns_signed.zone_records(pdns, "DS")
+        line.split()[3] for line in pdns_signed.zone_records(signed_pdns, "DS")
     }
-    with Unbound(peers.zone, pdns.port, [wrong], tmp_path) as bad:
-        reply = bad.query(f"video.{peers.zone}", "A", ecs=SUBNETS[0])
+    with Unbound(signed_pdns_peers.zone, signed_pdns.port, [wrong], tmp_path) as bad:
+        reply = bad.query(f"video.{signed_pdns_peers.zone}", "A", ecs=SUBNETS[0])
         assert reply.rcode() == dns.rcode.SERVFAIL, reply
         assert not reply.flags & dns.flags.AD
         assert any("chain of trust" in f for f in bad.validation_failures()), (

@@ -36,7 +36,7 @@ import dns.name
 from loadtest import packages
 from loadtest.throughput.answers import Oracle
 from loadtest.throughput.peers import PACKAGES as PEER_PACKAGES
-from loadtest.throughput.peers import Peers, on_a_free_port, tool_version
+from loadtest.throughput.peers import Peers, deciding_block, on_a_free_port, tool_version
 from loadtest.throughput.servers import START_TIMEOUT_S, Server, start_peer
 
 PDNS_DOCS = "https://doc.powerdns.com/authoritative/"
@@ -69,6 +69,14 @@ def sample_peers(zones: Path, subnets: list[str]) -> Peers:
     model = oracle.model
     origin = model.policies[model.steered[0][1]].zone
     return Peers(oracle, subnets, zones / f"{origin.to_text().rstrip('.')}.zone")
+
+
+def expected_addresses(peers: Peers, policy: int, subnet: str) -> tuple[list[str], list[str]]:
+    """(IPv4, IPv6) the LUA rules must answer ``subnet`` with for ``policy``: the router's own
+    lookup (the bench's ``Oracle``) for the client group the subnet's block decides."""
+    _, group = deciding_block(peers.oracle.model.client_map, subnet)
+    oracle = peers.oracle
+    return oracle.node_addresses(oracle.set_nodes(oracle.answer_set(policy, group)))
 
 
 def pdnsutil(cfg: Path, *args: str) -> str:
