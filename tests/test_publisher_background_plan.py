@@ -424,3 +424,30 @@ def test_a_repair_that_fails_still_takes_the_node_out_of_the_answers(
         until(lambda: all(p is not None for p in planner.plans), "a full plan after the failure")
     assert gone not in listed(sup.table)
     assert router.state_in_service("tef-mad-1") == NodeState.DOWN
+
+
+def test_a_failure_no_repair_can_take_during_a_refine_is_owed_by_the_full_plan(
+    pooled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The masked table is not the answer: an operator's PUT (its ticket) returns once the
+    full plan that moves the emptied pool's clients is in service, even when a refine held
+    the background slot (the refine owes nothing, so it must give way and pass the debt on)."""
+    made = Router(pooled, monkeypatch)
+    sup = made.supervisor
+    held = HeldRefine()
+    held.hold(sup.planner, monkeypatch)
+    sup.start()
+    try:
+        assert held.entered.wait(WAIT_S), "the first plan was not refined"
+        assert sup.publisher.refine_running
+        lis, opo = made.index("meo-lis-1"), made.index("meo-opo-1")
+        assert sup.publisher.wait_published(made.set_state("meo-lis-1", "down"), WAIT_S)
+        emptied = made.set_state("meo-opo-1", "down")  # no repair can take it: masked first
+        assert held.stopped.wait(WAIT_S), "the refine was not asked to stop"
+        assert sup.publisher.wait_published(emptied, WAIT_S)
+        # Not the masked table (which keeps answers of MEO nodes only, failing open): the plan.
+        assert not {lis, opo} & listed(sup.table)
+        assert made.state_in_service("meo-opo-1") == NodeState.DOWN
+    finally:
+        held.release.set()
+        sup.stop()

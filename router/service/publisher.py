@@ -375,11 +375,14 @@ class Publisher:
             and np.abs(util - plan_util).max(initial=0.0) >= LOAD_REFRESH_DELTA
         ):
             wants.append("load moved")
-        if self._full is None:
-            if any(plan is None for plan in planner.plans):
-                wants.append("a failure no repair could take")
-            elif planner.grown:
-                wants.append("patches grew the table")
+        if any(plan is None for plan in planner.plans) and (
+            self._full is None or self.refine_running
+        ):
+            # Even over a refine: the masked table is no plan (an answer of down nodes only
+            # keeps them), and the change is owed until a full plan is in service.
+            wants.append("a failure no repair could take")
+        elif self._full is None and planner.grown:
+            wants.append("patches grew the table")
         if self._full_again and self._full is None:
             wants += self._full_again
             self._full_again = []
