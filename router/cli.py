@@ -132,6 +132,41 @@ def build_parser() -> argparse.ArgumentParser:
                             "never, leave it to logrotate)")  # fmt: skip
     serve.add_argument("--query-log-keep", type=int, default=5, metavar="N",
                        help="with --query-log-max-bytes: keep N rotated files, PATH.1 to PATH.N (default 5)")  # fmt: skip
+    serve.add_argument("--bus", metavar="nats://HOST:PORT[,HOST:PORT...]",
+                       help="share node health, demand and overrides with the other routers of the service over "
+                            "NATS JetStream at these servers (docs/cluster.md); needs --router-id")  # fmt: skip
+    serve.add_argument("--router-id", metavar="ID",
+                       help="with --bus: this router's name on the bus, unique in the service (letters, digits, - and _)")  # fmt: skip
+    serve.add_argument(
+        "--bus-creds",
+        type=Path,
+        metavar="FILE",
+        help="with --bus: a NATS credentials (.creds) file",
+    )
+    serve.add_argument(
+        "--bus-tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="with --bus: the CA that signed the servers' certificates",
+    )
+    serve.add_argument(
+        "--bus-tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="with --bus: this router's client certificate",
+    )
+    serve.add_argument(
+        "--bus-tls-key", type=Path, metavar="FILE", help="with --bus: the key of --bus-tls-cert"
+    )
+    serve.add_argument("--bus-replicas", type=int, default=3, metavar="N",
+                       help="with --bus: replicas of the heartbeat stream and the overrides bucket, when this router "
+                            "makes them (default 3: a three-server cluster; 1 for a single server)")  # fmt: skip
+    serve.add_argument("--probe-quorum", type=float, metavar="SHARE",
+                       help="with --bus: the share of the routers probing a node whose probes must fail it before it "
+                            "is withdrawn (default: a majority, more than half)")  # fmt: skip
+    serve.add_argument("--bus-allow-unauthenticated", action="store_true",
+                       help="with --bus off loopback: connect without --bus-creds or --bus-tls-cert (only on a closed "
+                            "network: whoever reaches an open NATS can set overrides)")  # fmt: skip
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     check = sub.add_parser(
@@ -531,6 +566,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Left out when not given: the runtime's defaults (router/dns/transport.py) apply.
     tcp_limits = {name: value for name in ("tcp_max_connections", "tcp_max_per_client", "tcp_partial_timeout")
                   if (value := getattr(args, name)) is not None}  # fmt: skip
+    try:
+        bus = _bus_settings(args)
+    except ValueError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
     return serve(
         ServeOptions(
             zones=args.zones,
@@ -549,10 +589,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
             rrl_rate=args.rrl_rate,
             rrl_slip=args.rrl_slip,
             nsid=nsid,
+            bus=bus,
+            probe_quorum=args.probe_quorum,
             **tcp_limits,
         ),  # fmt: skip
         api_app=create_app,
     )
+
+
+def _bus_settings(args: argparse.Namespace):  # noqa: ANN202 - BusSettings, imported here
+    """--bus and its companions -> BusSettings, or None without --bus; ValueError saying
+    which flag is wrong."""
+    import ipaddress
+
+    from router.cluster.bus import BusError, BusSettings, parse_servers
+    from router.cluster.messages import ROUTER_ID
+
+    companions = (
+        "router_id",
+        "bus_creds",
+        "bus_tls_ca",
+        "bus_tls_cert",
+        "bus_tls_key",
+        "probe_quorum",
+    )
+    if args.bus is None:
+        given = [name for name in companions if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --bus")
+        return None
+    if args.router_id is None:
+        raise ValueError("--bus needs --router-id ID (this router's unique name in the service)")
+    if not ROUTER_ID.match(args.router_id):
+        raise ValueError(f"--router-id {args.router_id!r}: 1 to 64 letters, digits, - or _")
+    if not 1 <= args.bus_replicas <= 5:
+        raise ValueError(
+            f"--bus-replicas must be 1 to 5 (JetStream's limit), got {args.bus_replicas}"
+        )
+    if args.probe_quorum is not None and not 0 < args.probe_quorum <= 1:
+        raise ValueError(
+            f"--probe-quorum is a share of the probing routers, above 0 and at most 1, got {args.probe_quorum}"
+        )
+    if (args.bus_tls_cert is None) != (args.bus_tls_key is None):
+        raise ValueError("--bus-tls-cert and --bus-tls-key go together")
+    for flag in ("bus_creds", "bus_tls_ca", "bus_tls_cert", "bus_tls_key"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise ValueError(f"--{flag.replace('_', '-')}: {path} is not a readable file")
+    try:
+        servers = parse_servers(args.bus)
+    except BusError as exc:
+        raise ValueError(str(exc)) from None
+    authenticated = args.bus_creds is not None or args.bus_tls_cert is not None
+    if not authenticated and not args.bus_allow_unauthenticated:
+        for url in servers:
+            host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+            try:
+                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ValueError(
+                    f"--bus {url} is off loopback: give --bus-creds FILE or --bus-tls-cert/--bus-tls-key "
+                    "(whoever reaches an open NATS can set overrides), or --bus-allow-unauthenticated on a "
+                    "closed network"
+                )
+    return BusSettings(servers, args.router_id, args.bus_creds, args.bus_tls_ca, args.bus_tls_cert,
+                       args.bus_tls_key, args.bus_replicas)  # fmt: skip
 
 
 if __name__ == "__main__":

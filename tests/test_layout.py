@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROUTER = Path(__file__).resolve().parents[1] / "router"
-LIBRARIES = ("agent", "anycast", "config", "dns", "geo", "health", "steering")
+LIBRARIES = ("agent", "anycast", "cluster", "config", "dns", "geo", "health", "steering")
 ABOVE_LIBRARIES = ("service", "api", "cli", "explain", "plan", "simulator")
 # Utilities any package may use (not a package of the router in the sense of the rules).
 SHARED = {"_jit", "_gc"}

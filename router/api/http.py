@@ -13,6 +13,9 @@
   whether it was observed or is the configured prior, a page of groups at a time (``limit``,
   ``cursor``; one demand snapshot per walk), filtered by ``name``, ``group``.
 - ``GET /v1/changes``: the latest changes of node state (up to 200), newest first.
+- ``GET /v1/cluster``: with ``--bus``, this router's id, whether it is isolated (cut off the
+  bus), its config version, table generation and digest, and every peer's (last seen, live,
+  agrees); ``agree`` is false while a live peer serves another config or table.
 - ``GET /metrics``: Prometheus text format (``router/api/metrics.py``).
 - ``GET /status``: the status page (``router/api/static/status.html``): the nodes on a map,
   coloured by state, their load against capacity and the recent changes; it refreshes itself.
@@ -358,6 +361,18 @@ def create_app(
              "zones": [str(z) for z in supervisor.deployment.zones]}
         )  # fmt: skip
 
+    async def cluster_status(request: web.Request) -> web.Response:
+        link = supervisor.cluster
+        if link is None:
+            config, table = supervisor.in_service()
+            return web.json_response(
+                {"router_id": None, "isolated": False, "bus": None, "agree": True,
+                 "config_version": config.version, "table_generation": table.generation,
+                 "table_digest": None, "live_peers": 0, "disagreeing_peers": 0, "peers": [],
+                 "note": "a router on its own: serve with --bus and --router-id to share a service"}
+            )  # fmt: skip
+        return web.json_response(link.status())
+
     async def put_service_state(request: web.Request) -> web.Response:
         body = await read_body(request, ServiceStateBody, '{"state": "draining"}')
         state = body.state
@@ -461,6 +476,7 @@ def create_app(
     app.router.add_get("/status", status_page)
     app.router.add_get("/static/countries-110m.json", country_outlines)
     app.router.add_get("/v1/changes", recent_changes)
+    app.router.add_get("/v1/cluster", cluster_status)
     app.router.add_get("/v1/config", config_json)
     app.router.add_post("/v1/config/reload", post_reload)
     app.router.add_get("/v1/decisions", current_decisions)

@@ -81,6 +81,7 @@ class SupervisorCollector(Collector):
         for outcome, count in sorted(sup.publisher.refine_outcomes.items()):
             refines.add_metric([outcome], float(count))
         yield refines
+        yield from _cluster_metrics(sup)
 
         states = GaugeMetricFamily(
             "router_node_state", "1 for the state each node is in", labels=["node", "state"]
@@ -292,3 +293,38 @@ def registry_for(supervisor: Supervisor) -> CollectorRegistry:
 
 def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
+
+
+def _cluster_metrics(sup: Supervisor) -> Iterator[Metric]:
+    """With --bus: isolated or not, the live peers and how many disagree (another config or
+    table), and the bus traffic."""
+    link = sup.cluster
+    if link is None:
+        return
+    status = link.status()
+    isolated = GaugeMetricFamily(
+        "router_cluster_isolated", "1 while this router is cut off the bus (serving on its own)"
+    )
+    isolated.add_metric([], 1.0 if status["isolated"] else 0.0)
+    yield isolated
+    peers = GaugeMetricFamily("router_cluster_live_peers", "other routers heard within 3 s")
+    peers.add_metric([], float(status["live_peers"]))
+    yield peers
+    disagree = GaugeMetricFamily(
+        "router_cluster_disagreeing_peers",
+        "live peers serving another config version or another routing table than this router",
+    )
+    disagree.add_metric([], float(status["disagreeing_peers"]))
+    yield disagree
+    counters = link.bus.counters
+    bus = CounterMetricFamily(
+        "router_cluster_bus_messages", "messages over the bus, by kind and direction",
+        labels=["kind", "direction"],
+    )  # fmt: skip
+    for kind, direction, value in (
+        ("heartbeat", "out", counters.heartbeats_out), ("heartbeat", "in", counters.heartbeats_in),
+        ("state", "in", counters.states_in), ("demand", "in", counters.demand_in),
+        ("override", "in", counters.admin_in),
+    ):  # fmt: skip
+        bus.add_metric([kind, direction], float(value))
+    yield bus

@@ -70,6 +70,9 @@ class NodeMonitor:
         self.load_gbps = np.zeros(n)
         self.probe_fail_streak = np.zeros(n, dtype=np.int64)
         self.probe_detail = [""] * n
+        # Nodes the silence check leaves alone: a router cut off the bus keeps those it only
+        # heard of through the bus as they were (losing the bus never withdraws a node).
+        self.silence_exempt = np.zeros(n, dtype=bool)
         self.started = now
         self.changes = 0  # state changes so far (for flap accounting and tests)
 
@@ -101,16 +104,20 @@ class NodeMonitor:
             self.load_gbps[i] = old.load_gbps[j]
             self.probe_fail_streak[i] = old.probe_fail_streak[j]
             self.probe_detail[i] = old.probe_detail[j]
+            self.silence_exempt[i] = old.silence_exempt[j]
 
     def utilization(self) -> np.ndarray:
         return self.load_gbps / self.capacity
 
-    def report(self, heartbeat: Heartbeat, now: float) -> bool:
-        """Apply one accepted heartbeat; True when the node's state changed."""
+    def report(self, heartbeat: Heartbeat, now: float, heard_by: str = "") -> bool:
+        """Apply one accepted heartbeat; True when the node's state changed. ``heard_by``:
+        the router it reached (several routers: the reason says which saw it)."""
         i = self.index[heartbeat.node]
         self.last_seen[i] = now
         self.load_gbps[i] = heartbeat.load_gbps
         raw, why = assess(heartbeat, float(self.capacity[i]), self.settings.high_water)
+        if heard_by:
+            why = f"{why} (reported to router {heard_by})"
         if self.probe_fail_streak[i] >= self.settings.probe_failures:
             # Heartbeats say fine, probes say no: the worse signal wins.
             raw, why = NodeState.DOWN, self._probe_reason(i)
@@ -153,13 +160,28 @@ class NodeMonitor:
             return True
         return False
 
+    def probe_verdict(self, node_id: str, failing: bool, detail: str, now: float) -> bool:
+        """The verdict of a quorum of routers' probes (several routers share the bus): a
+        node their probes fail is down as if its own probes had failed enough times;
+        True when the node's state changed (only ever to down, as ``probe``)."""
+        i = self.index[node_id]
+        if not failing:
+            self.probe_fail_streak[i] = 0
+            return False
+        self.probe_fail_streak[i] = max(self.probe_fail_streak[i], self.settings.probe_failures)
+        self.probe_detail[i] = detail
+        if self.state[i] != int(NodeState.DOWN):
+            self._set(i, NodeState.DOWN, detail, now)
+            return True
+        return False
+
     def _probe_reason(self, i: int) -> str:
         return f"{self.probe_fail_streak[i]} failed probes ({self.probe_detail[i]})"
 
     def tick(self, now: float) -> list[int]:
         """Withdraw silent nodes; the indexes of nodes whose state changed."""
         bound = self.settings.silence_bound_s
-        silent = (now - self.last_seen) > bound  # NaN (never heard) compares False
+        silent = ((now - self.last_seen) > bound) & ~self.silence_exempt  # NaN compares False
         never = np.isnan(self.last_seen) & (now - self.started > self.settings.startup_grace_s)
         for i in np.flatnonzero(
             silent & (self.state == int(NodeState.DOWN)) & (self.good_streak > 0)

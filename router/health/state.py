@@ -128,8 +128,9 @@ class NodeHealth:
 
     # -- inputs ------------------------------------------------------------------------
 
-    def set_admin_state(self, node_id: str, admin: str) -> bool:
-        """Apply an operator override; True when the effective state changed."""
+    def set_admin_state(self, node_id: str, admin: str, via: str = "") -> bool:
+        """Apply an operator override; True when the effective state changed. ``via``: the
+        router it was set through, when several share the overrides."""
         if admin not in ADMIN_STATES:
             raise ValueError(f'admin state must be one of {", ".join(ADMIN_STATES)}, got "{admin}"')
         self._index[node_id]  # KeyError for unknown nodes
@@ -137,7 +138,10 @@ class NodeHealth:
             if ADMIN_STATES[admin] is None:
                 self._admin.pop(node_id, None)
             else:
-                self._admin[node_id] = (admin, f"{ADMIN_REASON_PREFIX} set {admin} by operator")
+                through = f" via router {via}" if via else ""
+                self._admin[node_id] = (
+                    admin, f"{ADMIN_REASON_PREFIX} set {admin} by operator{through}"
+                )  # fmt: skip
             return self._refresh_node(self._index[node_id])
 
     def apply_admin_file(self, entries: dict[str, str]) -> bool:
@@ -173,11 +177,11 @@ class NodeHealth:
         with self._lock:
             return [self._health_entry(i)[0] for i in range(len(self.node_ids))]
 
-    def heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
+    def heartbeat(self, heartbeat: Heartbeat, now: float, heard_by: str = "") -> bool:
         """An accepted heartbeat; True when its node's effective state changed."""
         assert self.monitor is not None
         with self._lock:
-            if not self.monitor.report(heartbeat, now):
+            if not self.monitor.report(heartbeat, now, heard_by):
                 return False
             return self._refresh_node(self._index[heartbeat.node])
 
@@ -186,6 +190,14 @@ class NodeHealth:
         assert self.monitor is not None
         with self._lock:
             if not self.monitor.probe(node_id, ok, detail, now):
+                return False
+            return self._refresh_node(self._index[node_id])
+
+    def probe_verdict(self, node_id: str, failing: bool, detail: str, now: float) -> bool:
+        """A quorum of routers' probes fails the node (or no longer does)."""
+        assert self.monitor is not None
+        with self._lock:
+            if not self.monitor.probe_verdict(node_id, failing, detail, now):
                 return False
             return self._refresh_node(self._index[node_id])
 

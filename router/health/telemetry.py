@@ -65,6 +65,11 @@ class Rejected(Exception):
         self.detail = detail
 
 
+class AlreadyHeard(Exception):
+    """The very heartbeat accepted last from its node, again: with routers sharing a bus, the
+    copy another router passed on (or the node's own, sent to both). Not counted as rejected."""
+
+
 # -- the schema --------------------------------------------------------------------------------
 
 _Finite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -257,6 +262,10 @@ class Verifier:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     accepted: int = 0
     reboots: int = 0  # new boot ids accepted from nodes already heard from
+    # Several routers on a bus: the latest heartbeat of a node arriving again is a copy, not
+    # a replay (``AlreadyHeard``). Off for a lone router, where it can only be a replay.
+    copies_expected: bool = False
+    copies: int = 0
 
     def verify(self, packet: bytes, now: float | None = None) -> Heartbeat:
         """The heartbeat in ``packet``; raise Rejected (and count it) otherwise."""
@@ -269,6 +278,11 @@ class Verifier:
                     f"node {heartbeat.node}: timestamp {heartbeat.ts:.3f} is "
                     f"{heartbeat.ts - now:+.1f} s off",
                 )
+            if self.copies_expected:
+                last = self.guard.nodes.get(heartbeat.node)
+                if last is not None and (last.boot, last.seq) == (heartbeat.boot, heartbeat.seq):
+                    self.copies += 1
+                    raise AlreadyHeard(heartbeat.node)
             self.guard.check(heartbeat)
         except Rejected as exc:
             self.rejected[exc.reason] += 1

@@ -67,10 +67,12 @@ class DemandModel:
         self._last_counts, self._last_time = counts.copy(), now
 
     def demand_gbps(
-        self, expected_peak_gbps: np.ndarray, reported_gbps: float
+        self, expected_peak_gbps: np.ndarray, reported_gbps: float, qps: np.ndarray | None = None
     ) -> np.ndarray | None:
-        """float64[P, G] Gbps per policy and group, or None while nothing was observed."""
-        per_policy = self.qps.sum(axis=1)
+        """float64[P, G] Gbps per policy and group, or None while nothing was observed.
+        ``qps``: the rates to share by instead of this router's own (the sum over routers)."""
+        qps = self.qps if qps is None else qps
+        per_policy = qps.sum(axis=1)
         total_qps = per_policy.sum()
         if total_qps <= 0:
             return None
@@ -79,9 +81,9 @@ class DemandModel:
         else:
             totals = np.asarray(expected_peak_gbps, dtype=np.float64)
         shares = np.divide(
-            self.qps,
+            qps,
             per_policy[:, None],
-            out=np.zeros_like(self.qps),
+            out=np.zeros_like(qps),
             where=per_policy[:, None] > 0,
         )
         return shares * totals[:, None]
@@ -113,7 +115,9 @@ class DemandObserver:
         config.demand.observe(config.demand_counters.total(), now)
         with service.health_lock:
             reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
-        observed = config.demand.demand_gbps(config.expected_peak, reported)
+        cluster = service.cluster
+        summed = cluster.summed_qps(config.demand.qps) if cluster is not None else None
+        observed = config.demand.demand_gbps(config.expected_peak, reported, summed)
         if observed is None or moved_share(config.planner.demand, observed) < REPLAN_SHIFT:
             return False
         with service.health_lock:

@@ -11,12 +11,13 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from router.geo.clientmap import UNKNOWN_GROUP
-from router.health.telemetry import Rejected
+from router.health.telemetry import AlreadyHeard, Heartbeat, Rejected
 
 if TYPE_CHECKING:
     from router.service.supervisor import Supervisor
@@ -34,9 +35,14 @@ class TelemetryIntake:
         self.service = service
         self.rtt_rejected = 0  # RTT samples in heartbeats that could not be used
         self._rejections_logged: dict[str, float] = {}
+        # With a bus (router/service/cluster_link.py): each heartbeat verified here is handed
+        # on to the other routers, and the reasons say which router heard it.
+        self.republish: Callable[[bytes, Heartbeat], None] | None = None
+        self.router_id = ""
 
-    def on_heartbeat(self, packet: bytes, now: float | None = None) -> None:
-        """One telemetry datagram: verify it, apply it, ask for a new table if a state changed."""
+    def on_heartbeat(self, packet: bytes, now: float | None = None, via: str = "") -> None:
+        """One telemetry datagram (``via``: the router it reached, when it came from the bus):
+        verify it, apply it, ask for a new table if a state changed."""
         service, publisher = self.service, self.service.publisher
         now = time.monotonic() if now is None else now
         # Size, signature, schema and replay checks need no lock: only this thread verifies,
@@ -45,13 +51,17 @@ class TelemetryIntake:
         assert verifier is not None
         try:
             heartbeat = verifier.verify(packet)
+        except AlreadyHeard:
+            return  # the node sent it here and to another router: heard once already
         except Rejected as exc:
-            self._log_rejection(exc, verifier.rejected[exc.reason])
+            self._log_rejection(exc, verifier.rejected[exc.reason], via)
             return
+        if not via and self.republish is not None:
+            self.republish(packet, heartbeat)
         with service.health_lock:  # also keeps the config from being swapped under this heartbeat
             if heartbeat.node not in service.config.node_index:
                 return  # the node left the config between the check and now
-            changed = service.health.heartbeat(heartbeat, now)
+            changed = service.health.heartbeat(heartbeat, now, via or self.router_id)
             if changed:
                 publisher.state_unsaved = True  # the publisher saves it after the table is out
             if heartbeat.rtt:
@@ -93,13 +103,14 @@ class TelemetryIntake:
         if changed:
             service.publisher.request_rebuild()
 
-    def _log_rejection(self, exc: Rejected, count: int) -> None:
+    def _log_rejection(self, exc: Rejected, count: int, via: str = "") -> None:
         # At most one line per reason every 10 s: a flood of forged packets cannot flood the log.
         now = time.monotonic()
         if now - self._rejections_logged.get(exc.reason, -1e9) >= REJECTION_LOG_S:
             self._rejections_logged[exc.reason] = now
             log.warning(
-                "rejected heartbeat (%s; %d rejected for this reason so far): %s",
+                "rejected heartbeat%s (%s; %d rejected for this reason so far): %s",
+                f" from the bus (reached router {via})" if via else "",
                 exc.reason,
                 count,
                 exc.detail,

@@ -171,6 +171,8 @@ def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
         new.verifier.rejected = old.verifier.rejected
         new.verifier.accepted = old.verifier.accepted
         new.verifier.reboots = old.verifier.reboots
+        new.verifier.copies_expected = old.verifier.copies_expected
+        new.verifier.copies = old.verifier.copies
     same_policies = [(c.zone, c.name) for c in new.model.policies] == [
         (c.zone, c.name) for c in old.model.policies
     ]

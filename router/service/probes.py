@@ -84,6 +84,10 @@ class Probes:
 
     def on_probe(self, node_id: str, ok: bool, detail: str) -> None:
         service = self.service
+        if service.cluster is not None:
+            # Several routers: this result is one router's word; a quorum of them decides.
+            service.cluster.probe_result(node_id, ok, detail)
+            return
         with service.health_lock:
             if node_id not in service.health:
                 return  # a probe started before a reload dropped the node

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from router.cluster.bus import BusError, BusSettings
 from router.config import ConfigError, load_deployment
 from router.config.deployment import Deployment, uses_sample_keys
 from router.dns.query_log import QueryLogSettings
@@ -23,6 +24,7 @@ from router.dns.transport import (
     TCP_PARTIAL_TIMEOUT_S,
     TcpLimits,
 )
+from router.service.cluster_link import ClusterLink
 from router.service.config_files import ConfigFiles, fingerprint
 from router.service.exposure import check_exposure, off_loopback
 from router.service.intake import HeartbeatProtocol, tick_forever
@@ -63,6 +65,8 @@ class ServeOptions:
     tcp_max_connections: int = MAX_TCP_CONNECTIONS
     tcp_max_per_client: int = MAX_TCP_PER_CLIENT
     tcp_partial_timeout: float = TCP_PARTIAL_TIMEOUT_S
+    bus: BusSettings | None = None  # --bus: one router of several (router/service/cluster_link.py)
+    probe_quorum: float | None = None  # --probe-quorum; None: a majority
 
 
 # (supervisor, token, reload) -> the HTTP API's application: the API is built above the
@@ -173,6 +177,19 @@ async def _run(
                 tick_forever(supervisor.intake, supervisor.deployment.health.heartbeat_interval_s)
             )
         )
+    bus_text = ""
+    if options.bus is not None:
+        try:
+            link = ClusterLink(supervisor, options.bus, options.probe_quorum)
+        except BusError as exc:
+            raise ServiceError(str(exc)) from None
+        supervisor.cluster = link
+        link.expect_copies()
+        supervisor.demand_observer.interval_s = 1.0  # the rates go to the peers every second
+        link.start()
+        # Serving does not wait for the bus; the first connection usually takes milliseconds.
+        await link.bus.wait_ready(2.0)
+        bus_text = f" bus={'connected' if link.bus.connected else 'isolated'}"
     supervisor.probes.restart()
     tasks.append(asyncio.create_task(watcher.run()))
     dns_text = ",".join(format_endpoint(host, port) for host, port in supervisor.listeners)
@@ -180,7 +197,7 @@ async def _run(
     print(
         f"router: serving {zones} on {dns_text} (UDP and TCP, {supervisor.worker_count} workers); API {api_text}"
     )
-    print(f"READY dns={dns_text} api={api_text} telemetry={telemetry_text}", flush=True)
+    print(f"READY dns={dns_text} api={api_text} telemetry={telemetry_text}{bus_text}", flush=True)
     try:
         while not stop.is_set():
             try:
@@ -201,6 +218,8 @@ async def _run(
             except asyncio.CancelledError:
                 pass
         await supervisor.probes.stop()
+        if supervisor.cluster is not None:
+            await supervisor.cluster.stop()
         if transport is not None:
             transport.close()
         if runner is not None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router._gc import freeze_collector
 from router.config.deployment import Deployment
@@ -40,6 +41,9 @@ from router.service.sockets import ServiceError, check_port, parse_endpoint
 from router.service.workers import WorkerPool
 from router.steering.build import RoutingTable
 from router.steering.model import SteeringModel
+
+if TYPE_CHECKING:
+    from router.service.cluster_link import ClusterLink
 
 __all__ = ["ServiceError", "Supervisor", "parse_endpoint"]
 
@@ -150,6 +154,9 @@ class Supervisor:
         self.intake = TelemetryIntake(self)
         self.probes = Probes(self, telemetry)
         self.demand_observer = DemandObserver(self)
+        # With --bus: the link to the other routers (router/service/cluster_link.py), set by
+        # serve; None for a router on its own.
+        self.cluster: ClusterLink | None = None
         self.reloader = Reloader(self)
         self.workers = WorkerPool(listeners, workers, tcp_idle_timeout, query_log, rrl, tcp_limits)
 
@@ -239,6 +246,8 @@ class Supervisor:
         with self.health_lock:
             changed = self.health.set_admin_state(node_id, state)
             self.save_state()
+        if self.cluster is not None:
+            self.cluster.admin_set(node_id, state)  # to every router, through the bucket
         if changed:
             self.publisher.wait_published(self.publisher.request_rebuild())
         return next(s for s in self.health.status() if s.node_id == node_id)
