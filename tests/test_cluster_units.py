@@ -81,10 +81,11 @@ def test_bad_state_messages_say_what_is_wrong(data: bytes, says: str) -> None:
 def test_demand_round_trip_sparse_and_checked() -> None:
     qps = np.zeros((2, 5))
     qps[0, 1], qps[1, 4] = 3.5, 120.25
-    data = encode_demand("r2", "v1", 99, qps)
-    version, epoch, back = decode_demand(data, "r2", (2, 5))
+    data = encode_demand("r2", "v1", 99, qps, 12.5)
+    assert decode_demand(data, "r2", (2, 5))[3] == 12.5
+    version, epoch, back, _ = decode_demand(data, "r2", (2, 5))
     assert (version, epoch) == ("v1", 99) and np.allclose(back, qps)
-    _, _, other = decode_demand(data, "r2", (3, 5))  # another config's groups
+    _, _, other, _ = decode_demand(data, "r2", (3, 5))  # another config's groups
     assert other.size == 0
     with pytest.raises(MessageError, match="sent as"):
         decode_demand(data, "r9", (2, 5))
@@ -126,19 +127,38 @@ def test_probe_quorum_is_a_majority_of_the_probing_routers() -> None:
     )
 
 
-def test_demand_is_summed_over_live_peers_on_the_same_config() -> None:
+def test_demand_is_the_sum_of_the_latest_epoch_every_live_router_reported() -> None:
     table = PeerTable("r1")
-    own = np.array([[1.0, 0.0, 2.0]])
-    table.observe_demand(DemandReport("r2", "v1", 1, np.array([[0.0, 5.0, 1.0]]), 10.0))
-    table.observe_demand(
-        DemandReport("r3", "v0", 1, np.array([[9.0, 9.0, 9.0]]), 10.0)
-    )  # old config
-    table.observe_demand(
-        DemandReport("r4", "v1", 1, np.array([[7.0, 7.0, 7.0]]), 0.0)
-    )  # gone quiet
-    assert table.summed_qps(own, "v1", 10.5).tolist() == [[1.0, 5.0, 3.0]]
-    assert table.expire(10.0 + PEER_TIMEOUT_S + 0.5)
-    assert table.summed_qps(own, "v1", 10.0 + PEER_TIMEOUT_S + 0.5).tolist() == own.tolist()
+    table.observe(state("r2"), 10.0)
+    table.observe(state("r3"), 10.0)
+    table.observe(state("r9", version="v0"), 10.0)  # on another config: never waited for
+
+    def report(
+        rid: str, epoch: int, row: list[float], gbps: float = 0.0, version: str = "v1"
+    ) -> None:
+        table.observe_demand(DemandReport(rid, version, epoch, np.array([row]), 10.0, gbps))
+
+    report("r1", 100, [1.0, 0.0, 2.0], gbps=40.0)
+    report("r2", 100, [0.0, 5.0, 1.0], gbps=41.0)
+    report("r3", 100, [1.0, 1.0, 1.0], gbps=39.0)
+    report("r9", 100, [9.0, 9.0, 9.0], version="v0")
+    report("r1", 101, [2.0, 0.0, 0.0])
+    report("r2", 101, [2.0, 0.0, 0.0])  # r3 has not reported 101 yet: 100 is the latest complete
+    assert table.complete_epochs("v1", 10.5, None) == [100]  # r3 has not reported 101 yet
+    total, gbps = table.epoch_demand(100, "v1", 10.5)
+    assert total.tolist() == [[2.0, 6.0, 4.0]]
+    assert gbps == 40.0  # the lowest router id's view of the load: one number for all
+    report("r3", 101, [0.0, 0.0, 1.0])
+    assert table.complete_epochs("v1", 10.5, 100) == [101]
+    total, _ = table.epoch_demand(101, "v1", 10.5)
+    assert total.tolist() == [[4.0, 0.0, 1.0]]
+    # Peers gone quiet are not waited for: this router's own epoch alone.
+    later = 10.0 + PEER_TIMEOUT_S + 0.5
+    report("r1", 102, [7.0, 0.0, 0.0])
+    assert table.expire(later)
+    assert table.complete_epochs("v1", later, 101) == [102]
+    assert table.epoch_demand(102, "v1", later)[0].tolist() == [[7.0, 0.0, 0.0]]
+    assert PeerTable("r1").epoch_demand(5, "v1", 0.0) is None  # nothing reported yet
 
 
 def test_agreement_compares_config_and_table_of_live_peers() -> None:

@@ -46,7 +46,10 @@ STREAM_MAX_AGE_S = 10.0  # a heartbeat older than the replay window (5 s) is ref
 DEDUP_WINDOW_S = 10.0  # two routers republish one heartbeat well within this
 STREAM_MAX_BYTES = 256 << 20  # a bound on each server's memory for the stream
 RECONNECT_WAIT_S = 0.5
-PING_INTERVAL_S = 1  # a silent cut (no RST) is noticed after two missed pings
+PING_INTERVAL_S = 2  # a silent cut (no RST) is noticed after three missed pings...
+MAX_OUTSTANDING_PINGS = 3
+STREAM_CHECK_S = 1.0  # ...or sooner, by the stream not answering (twice in a row)
+STREAM_CHECK_TIMEOUT_S = 2.0
 HEARTBEAT_BATCH = 512  # republished heartbeats written per turn of the loop
 
 
@@ -116,7 +119,9 @@ class BusHandlers:
     state: Callable[[bytes, str], None]  # (a state message, its router)
     demand: Callable[[bytes, str], None]
     admin: Callable[[str, bytes | None], None]  # (bucket key, entry or None when deleted)
-    connection: Callable[[bool], None]  # connected or not, at each change
+    # usable or not, at each change: connected, and the stream answering (a server cut off
+    # from its cluster's majority takes connections but has no stream to give)
+    connection: Callable[[bool], None]
     admin_synced: Callable[[], None] = lambda: None  # the bucket's current entries all applied
 
 
@@ -137,6 +142,8 @@ class ClusterBus:
     handlers: BusHandlers
     counters: BusCounters = field(default_factory=BusCounters)
     connected: bool = False
+    stream_ok: bool = False  # the stream answered the last check (or one of the two before)
+    usable: bool = False  # as last told to the runtime: connected and stream_ok
     connected_url: str | None = None
     last_change: float = field(default_factory=time.monotonic)
     last_error: str | None = None
@@ -147,6 +154,7 @@ class ClusterBus:
         self._kv = None
         self._task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
+        self._stream_task: asyncio.Task | None = None
         self._outbox: list[tuple[bytes, str]] = []
         self._flushing = False
         self._ready = asyncio.Event()
@@ -166,7 +174,7 @@ class ClusterBus:
         return self._ready.is_set()
 
     async def close(self) -> None:
-        for task in (self._task, self._watch_task):
+        for task in (self._task, self._watch_task, self._stream_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -209,7 +217,7 @@ class ClusterBus:
             max_reconnect_attempts=-1,
             reconnect_time_wait=RECONNECT_WAIT_S,
             ping_interval=PING_INTERVAL_S,
-            max_outstanding_pings=2,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             no_echo=True,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -227,6 +235,8 @@ class ClusterBus:
             idle_heartbeat=2.0,
         )  # fmt: skip
         self._watch_task = asyncio.create_task(self._watch_admin(), name="bus-admin-watch")
+        self._stream_task = asyncio.create_task(self._check_stream(), name="bus-stream-check")
+        self.stream_ok = True
         self._set_connected(True, nc.connected_url)
         self.last_error = None
         self._ready.set()
@@ -273,12 +283,45 @@ class ClusterBus:
     # -- connection state -------------------------------------------------------------------
 
     def _set_connected(self, connected: bool, url: str | None = None) -> None:
-        if connected == self.connected:
-            return
         self.connected = connected
         self.connected_url = str(url.geturl() if hasattr(url, "geturl") else url) if url else None
+        self._report()
+
+    def _report(self) -> None:
+        usable = self.connected and self.stream_ok
+        if usable == self.usable:
+            return
+        self.usable = usable
         self.last_change = time.monotonic()
-        self.handlers.connection(connected)
+        try:
+            self.handlers.connection(usable)
+        except Exception:
+            # Called from the client's reconnect path: an exception there would end the
+            # reconnecting for good.
+            log.exception("bus: the runtime's handling of the connection change failed")
+
+    async def _check_stream(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(STREAM_CHECK_S)
+            if not self.connected:
+                failures = 0
+                continue
+            try:
+                await asyncio.wait_for(self._js.stream_info(STREAM), STREAM_CHECK_TIMEOUT_S)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no answer, no leader, no stream
+                failures += 1
+                self.last_error = (
+                    f"the stream {STREAM} does not answer: {type(exc).__name__}: {exc}"
+                )
+            ok = failures < 2
+            if ok != self.stream_ok:
+                log.warning("bus: %s", "the stream answers again" if ok else self.last_error)
+            self.stream_ok = ok
+            self._report()
 
     async def _on_disconnected(self) -> None:
         if self.connected:

@@ -82,7 +82,9 @@ def decode_state(data: bytes, subject_router: str) -> RouterState:
 _DEMAND_HEADER = struct.Struct("<I")  # the JSON header's length; then indexes, then rates
 
 
-def encode_demand(router_id: str, config_version: str, epoch: int, qps: np.ndarray) -> bytes:
+def encode_demand(
+    router_id: str, config_version: str, epoch: int, qps: np.ndarray, reported_gbps: float = 0.0
+) -> bytes:
     """float64[P, G] query rates as the nonzero entries only (most groups of a world are
     quiet at any one router)."""
     flat = qps.ravel()
@@ -95,7 +97,8 @@ def encode_demand(router_id: str, config_version: str, epoch: int, qps: np.ndarr
             "epoch": epoch,
             "shape": list(qps.shape),
             "n": len(where),
-        },  # fmt: skip
+            "reported_gbps": reported_gbps,
+        },
         separators=(",", ":"),
     ).encode()
     return (
@@ -106,8 +109,8 @@ def encode_demand(router_id: str, config_version: str, epoch: int, qps: np.ndarr
 
 def decode_demand(
     data: bytes, subject_router: str, shape: tuple[int, int]
-) -> tuple[str, int, np.ndarray]:
-    """(config version, epoch, float64[P, G] rates) of a peer's demand report."""
+) -> tuple[str, int, np.ndarray, float]:
+    """(config version, epoch, float64[P, G] rates, reported Gbps) of a peer's demand report."""
     if len(data) > DEMAND_MAX_BYTES + 4096 or len(data) < _DEMAND_HEADER.size:
         raise MessageError(f"demand message of {len(data)} bytes")
     (size,) = _DEMAND_HEADER.unpack_from(data)
@@ -115,15 +118,18 @@ def decode_demand(
         header = json.loads(data[4 : 4 + size])
         router_id, version = header["router_id"], header["config_version"]
         epoch, got_shape, n = int(header["epoch"]), tuple(header["shape"]), int(header["n"])
+        reported = float(header.get("reported_gbps", 0.0))
     except (ValueError, KeyError, TypeError) as exc:
         raise MessageError(f"demand message header: {exc!r}") from None
     if router_id != subject_router:
         raise MessageError(f"demand of router {router_id!r} sent as {subject_router!r}")
     if not isinstance(version, str):
         raise MessageError("demand message: config_version is not a string")
+    if not (reported >= 0 and np.isfinite(reported)):
+        raise MessageError(f"demand message: reported_gbps {reported} is not a load")
     qps = np.zeros(shape)
     if got_shape != shape:
-        return version, epoch, qps[:0]  # another config's groups: the caller leaves it out
+        return version, epoch, qps[:0], reported  # another config's groups: left out
     body = data[4 + size :]
     if n < 0 or len(body) != 8 * n:
         raise MessageError(f"demand message: {len(body)} bytes for {n} entries")
@@ -132,7 +138,7 @@ def decode_demand(
     if n and (where.max() >= qps.size or not np.isfinite(rates).all() or (rates < 0).any()):
         raise MessageError("demand message: an entry out of range, negative or not finite")
     qps.ravel()[where] = rates
-    return version, epoch, qps
+    return version, epoch, qps, reported
 
 
 def encode_admin(state: str, router_id: str) -> bytes:

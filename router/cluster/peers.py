@@ -40,16 +40,21 @@ class Peer:
 class DemandReport:
     router_id: str
     config_version: str
-    epoch: int
+    epoch: int  # the wall-clock second it was taken at
     qps: np.ndarray  # float64[P, G]
     received_at: float
+    reported_gbps: float = 0.0  # the load the nodes reported, as that router saw it
+
+
+EPOCHS_KEPT = 4
 
 
 @dataclass
 class PeerTable:
     router_id: str
     peers: dict[str, Peer] = field(default_factory=dict)
-    demand: dict[str, DemandReport] = field(default_factory=dict)
+    # router (this one too) -> epoch -> its report of that second
+    demand: dict[str, dict[int, DemandReport]] = field(default_factory=dict)
 
     def observe(self, state: RouterState, now: float) -> bool:
         """A state message; True when it changed what the peer's probes say (a quorum to
@@ -66,8 +71,11 @@ class PeerTable:
         )
 
     def observe_demand(self, report: DemandReport) -> None:
-        if report.router_id != self.router_id:
-            self.demand[report.router_id] = report
+        """A router's rates for one epoch (this router's own too, as it published them)."""
+        epochs = self.demand.setdefault(report.router_id, {})
+        epochs[report.epoch] = report
+        for old in sorted(epochs)[:-EPOCHS_KEPT]:
+            del epochs[old]
 
     def live(self, now: float) -> list[Peer]:
         return [p for p in self.peers.values() if now - p.received_at <= PEER_TIMEOUT_S]
@@ -76,8 +84,10 @@ class PeerTable:
         """Forget demand of peers gone quiet; True if a peer stopped being live since the
         last call (its probe verdicts and demand no longer count)."""
         gone = False
-        for rid, report in list(self.demand.items()):
-            if now - report.received_at > PEER_TIMEOUT_S:
+        for rid, epochs in list(self.demand.items()):
+            if rid != self.router_id and all(
+                now - r.received_at > PEER_TIMEOUT_S for r in epochs.values()
+            ):
                 del self.demand[rid]
                 gone = True
         for peer in self.peers.values():
@@ -85,18 +95,46 @@ class PeerTable:
                 gone = True  # reported once, in the second after it went quiet
         return gone
 
-    def summed_qps(self, own: np.ndarray, config_version: str, now: float) -> np.ndarray:
-        """``own`` plus the latest per-group rates of every live peer on the same config (a
-        peer on another config counts groups differently: it is left out until it reloads)."""
-        total = own.copy()
-        for report in self.demand.values():
-            if (
-                now - report.received_at <= PEER_TIMEOUT_S
-                and report.config_version == config_version
-                and report.qps.shape == own.shape
-            ):
-                total += report.qps
-        return total
+    def complete_epochs(self, config_version: str, now: float, after: int | None) -> list[int]:
+        """The epochs after ``after`` that every live router on this config has reported,
+        oldest first (this router's own reports say which epochs there are)."""
+        live = {rid for rid, p in self.peers.items() if now - p.received_at <= PEER_TIMEOUT_S}
+        waited = [rid for rid in live if self._on_config(rid, config_version)]
+        out = []
+        for epoch in sorted(self.demand.get(self.router_id, {})):
+            if after is not None and epoch <= after:
+                continue
+            if all(epoch in self.demand.get(rid, {}) for rid in waited):
+                out.append(epoch)
+        return out
+
+    def epoch_demand(
+        self, epoch: int, config_version: str, now: float
+    ) -> tuple[np.ndarray, float] | None:
+        """The service's demand of one epoch: (the sum of the rates every router on this
+        config reported for it, the nodes' reported load as the lowest router id saw it).
+        Every router with the same reports gets the same numbers, so their plans start from
+        one input; None if this router has no report of that epoch."""
+        own = self.demand.get(self.router_id, {}).get(epoch)
+        if own is None:
+            return None
+        reports = sorted(
+            (
+                epochs[epoch]
+                for epochs in self.demand.values()
+                if epoch in epochs and epochs[epoch].config_version == config_version
+                and epochs[epoch].qps.shape == own.qps.shape
+            ),
+            key=lambda r: r.router_id,
+        )  # fmt: skip
+        total = np.zeros(own.qps.shape)
+        for report in reports:
+            total += report.qps
+        return total, reports[0].reported_gbps
+
+    def _on_config(self, rid: str, config_version: str) -> bool:
+        peer = self.peers.get(rid)
+        return peer is not None and peer.state.config_version == config_version
 
     def agreement(self, own: RouterState, now: float) -> tuple[bool, list[dict[str, object]]]:
         """Whether every live peer serves the same config and table as ``own``; and the

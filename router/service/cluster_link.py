@@ -145,16 +145,28 @@ class ClusterLink:
     def _on_demand(self, data: bytes, origin: str) -> None:
         config = self.service.config
         try:
-            version, epoch, qps = decode_demand(data, origin, config.demand.qps.shape)
+            version, epoch, qps, reported = decode_demand(data, origin, config.demand.qps.shape)
         except MessageError as exc:
             self._bad("demand", origin, exc)
             return
         if qps.size:
-            self.peers.observe_demand(DemandReport(origin, version, epoch, qps, time.monotonic()))
+            self.peers.observe_demand(
+                DemandReport(origin, version, epoch, qps, time.monotonic(), reported)
+            )
+            self._weigh_epochs()
 
-    def summed_qps(self, own: np.ndarray) -> np.ndarray:
-        """The planner's demand: this router's rates plus every live peer's (same config)."""
-        return self.peers.summed_qps(own, self.service.config.version, time.monotonic())
+    def _weigh_epochs(self) -> None:
+        """Each epoch every live router has reported, weighed once, in order: every router
+        weighs the same sums at the same epochs, so their demand decisions keep in step."""
+        config = self.service.config
+        now = time.monotonic()
+        for epoch in self.peers.complete_epochs(config.version, now, self._weighed):
+            summed = self.peers.epoch_demand(epoch, config.version, now)
+            self._weighed = epoch
+            if summed is not None:
+                self.service.demand_observer.weigh(config, summed[0], summed[1])
+
+    _weighed: int | None = None  # the last epoch weighed
 
     def _bad(self, kind: str, origin: str, exc: Exception) -> None:
         self.bad_messages += 1
@@ -284,7 +296,7 @@ class ClusterLink:
                     )
                     exempt[:] = False
                 else:
-                    bound = service.deployment.health.silence_bound_s
+                    bound = monitor.settings.silence_bound_s
                     heard = np.array(
                         [now - self._heard_direct.get(n, -1e18) <= bound for n in monitor.node_ids]
                     )
@@ -308,11 +320,13 @@ class ClusterLink:
         while True:
             # On the second (an epoch): every router publishes at about the same moment.
             delay = STATE_PERIOD_S - (time.time() % STATE_PERIOD_S)
+            on_the_second = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._state_dirty.wait(), delay)
+                on_the_second = False  # a change to tell now: the state only
             self._state_dirty.clear()
             try:
-                await self._publish_state()
+                await self._publish_state(on_the_second)
                 if self.peers.expire(time.monotonic()):
                     self._recount()
             except Exception:
@@ -331,17 +345,30 @@ class ClusterLink:
             self.probing, dict(self._own_failing), time.time(),
         )  # fmt: skip
 
-    async def _publish_state(self) -> None:
+    async def _publish_state(self, on_the_second: bool = True) -> None:
         state = await self._own_state()
         self._last_state = state
-        if self.isolated:
+        if not on_the_second:
+            if not self.isolated:
+                await self.bus.publish_state(encode_state(state))
             return
-        await self.bus.publish_state(encode_state(state))
-        config = self.service.config
-        epoch = int(time.time())
-        await self.bus.publish_demand(
-            encode_demand(self.router_id, config.version, epoch, config.demand.qps)
+        service = self.service
+        epoch = round(time.time())  # woken on the second: the second it is
+        config = service.demand_observer.fold(time.monotonic())
+        with service.health_lock:
+            reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
+        # Kept as sent (float32 on the wire): this router's part of the epoch's sum is the
+        # very number its peers add, or the sums would differ in the last digits.
+        qps = config.demand.qps.astype("<f4").astype(np.float64)
+        self.peers.observe_demand(
+            DemandReport(self.router_id, config.version, epoch, qps, time.monotonic(), reported)
         )
+        if not self.isolated:
+            await self.bus.publish_state(encode_state(state))
+            await self.bus.publish_demand(
+                encode_demand(self.router_id, config.version, epoch, qps, reported)
+            )
+        self._weigh_epochs()  # alone (or the last to report): the epoch is complete now
 
     _last_state: RouterState | None = None
 
@@ -366,6 +393,7 @@ class ClusterLink:
             "bus": {
                 "servers": list(self.settings.servers),
                 "connected": self.bus.connected,
+                "stream_answers": self.bus.stream_ok,
                 "connected_server": self.bus.connected_url,
                 "last_error": self.bus.last_error,
                 "heartbeats_republished": counters.heartbeats_out,

@@ -23,6 +23,7 @@ import numpy as np
 from router.service.shared import shared_zeros
 
 if TYPE_CHECKING:
+    from router.service.loaded import LoadedConfig
     from router.service.supervisor import Supervisor
 
 DEFAULT_INTERVAL_S = 10.0
@@ -97,7 +98,9 @@ def moved_share(old: np.ndarray, new: np.ndarray) -> float:
 
 class DemandObserver:
     """Reads the workers' query counters every ``interval_s`` and hands the planner a new
-    demand when it shifted by ``REPLAN_SHIFT`` or more."""
+    demand when it shifted by ``REPLAN_SHIFT`` or more. With a bus the cluster link drives it
+    instead, once per epoch (``fold`` then ``weigh``), so every router weighs the same sums
+    at the same epochs."""
 
     def __init__(self, service: Supervisor, interval_s: float = DEFAULT_INTERVAL_S) -> None:
         self.service = service
@@ -108,16 +111,25 @@ class DemandObserver:
         """True if demand shifted and a plan was asked for."""
         service = self.service
         now = time.monotonic() if now is None else now
-        if now - self._read_at < self.interval_s:
+        if service.cluster is not None or now - self._read_at < self.interval_s:
             return False
         self._read_at = now
-        config = service.config
-        config.demand.observe(config.demand_counters.total(), now)
+        config = self.fold(now)
         with service.health_lock:
             reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
-        cluster = service.cluster
-        summed = cluster.summed_qps(config.demand.qps) if cluster is not None else None
-        observed = config.demand.demand_gbps(config.expected_peak, reported, summed)
+        return self.weigh(config, config.demand.qps, reported)
+
+    def fold(self, now: float) -> LoadedConfig:
+        """The workers' counters into the smoothed rates of the config in service."""
+        config = self.service.config
+        config.demand.observe(config.demand_counters.total(), now)
+        return config
+
+    def weigh(self, config: LoadedConfig, qps: np.ndarray, reported: float) -> bool:
+        """Per-group rates ``qps`` (this router's, or the service's) as the planner's demand,
+        if they moved enough; True if a plan was asked for."""
+        service = self.service
+        observed = config.demand.demand_gbps(config.expected_peak, reported, qps)
         if observed is None or moved_share(config.planner.demand, observed) < REPLAN_SHIFT:
             return False
         with service.health_lock:

@@ -185,7 +185,6 @@ async def _run(
             raise ServiceError(str(exc)) from None
         supervisor.cluster = link
         link.expect_copies()
-        supervisor.demand_observer.interval_s = 1.0  # the rates go to the peers every second
         link.start()
         # Serving does not wait for the bus; the first connection usually takes milliseconds.
         await link.bus.wait_ready(2.0)
