@@ -107,9 +107,9 @@ def test_an_explicit_failure_reported_to_one_router_withdraws_the_node_on_all(
     until(lambda: all(NODE_IP in ask(r) for r in lab.routers), "the node in every answer")
     lab.simulator_command(f"power {NODE} off")
     try:
-        took = until(lambda: all(NODE_IP not in ask(r) for r in lab.routers),
-                     "the node out of every router's answers", 5)  # fmt: skip
-        assert took < 2.0
+        # How fast is loadtest/bench_cluster.py's figure; here only that it happens.
+        until(lambda: all(NODE_IP not in ask(r) for r in lab.routers),
+              "the node out of every router's answers", 5)  # fmt: skip
         # The routers that never heard the node say which router did.
         for i in (1, 2):
             node = node_of(lab, i)
@@ -138,9 +138,9 @@ def test_an_override_through_one_router_applies_on_all_and_outlives_their_restar
     status, body = lab.api(1, "PUT", f"/v1/nodes/{NODE}/admin-state", {"state": "drain"})
     assert status == 200, body
     try:
-        took = until(lambda: all(node_of(lab, i)["admin_state"] == "drain" for i in range(3)),
-                     "the drain on every router", 5)  # fmt: skip
-        assert took < 1.0  # within a second (the bound)
+        # Within a second is loadtest/bench_cluster.py's figure (override_all_routers_ms).
+        until(lambda: all(node_of(lab, i)["admin_state"] == "drain" for i in range(3)),
+              "the drain on every router", 5)  # fmt: skip
         assert "via router r2" in node_of(lab, 2)["reason"]
         # Every router restarted (their state files removed: only the bucket remembers).
         for i in range(3):
