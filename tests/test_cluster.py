@@ -164,10 +164,16 @@ def test_a_nats_server_killed_leaves_the_service_working(lab: ClusterLab) -> Non
         until(lambda: all(cluster(lab, i)["bus"]["connected"] for i in range(3)),
               f"every router on a NATS server still up: {[cluster(lab, i)['bus'] for i in range(3)]}")  # fmt: skip
         lab.simulator_command(f"power {NODE} off")
-        until(lambda: all(NODE_IP not in ask(r) for r in lab.routers),
-              "a failure at r1 withdrawn on all with a NATS server down", 5)  # fmt: skip
-        lab.simulator_command(f"restore {NODE}")
-        until(lambda: all(NODE_IP in ask(r) for r in lab.routers), "the node back on every router")
+        try:
+            # The stream's leader may have been on the killed server: JetStream elects another
+            # within seconds; meanwhile the routers count as cut off and keep what they knew.
+            until(lambda: all(NODE_IP not in ask(r) for r in lab.routers),
+                  "a failure at r1 withdrawn on all with a NATS server down", 20)  # fmt: skip
+        finally:
+            lab.simulator_command(f"restore {NODE}")
+        until(
+            lambda: all(NODE_IP in ask(r) for r in lab.routers), "the node back on every router", 20
+        )
     finally:
         lab.start_nats(0)
     until(lambda: all_agree(lab), "the routers agreeing with the server back", 30)
@@ -233,7 +239,7 @@ def test_the_demand_planned_is_the_sum_of_what_every_router_saw(lab: ClusterLab)
     assert spanish_key is not None, f"groups planned per router: {seen}"
     # r3 saw no query at all, yet plans for both; and all plan from the same numbers.
     until(lambda: len({str(sorted(demand(i)["policies"].items())) for i in range(3)}) == 1,
-          f"the three planning from one demand: {[demand(i) for i in range(3)]}", 10)  # fmt: skip
+          f"the three planning from one demand: {[demand(i) for i in range(3)]}", 25)  # fmt: skip
 
 
 def test_a_probe_failure_seen_by_one_router_alone_does_not_withdraw(tmp_path: Path) -> None:

@@ -234,7 +234,7 @@ class ClusterBus:
             ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.NEW,
             idle_heartbeat=2.0,
         )  # fmt: skip
-        self._watch_task = asyncio.create_task(self._watch_admin(), name="bus-admin-watch")
+        self._rewatch()
         self._stream_task = asyncio.create_task(self._check_stream(), name="bus-stream-check")
         self.stream_ok = True
         self._set_connected(True, nc.connected_url)
@@ -287,10 +287,19 @@ class ClusterBus:
         self.connected_url = str(url.geturl() if hasattr(url, "geturl") else url) if url else None
         self._report()
 
+    def _rewatch(self) -> None:
+        """A new watch of the bucket, which begins with every entry: after a cut the old
+        watch's consumer may be gone from the servers, and its watcher would wait for ever."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        self._watch_task = asyncio.create_task(self._watch_admin(), name="bus-admin-watch")
+
     def _report(self) -> None:
         usable = self.connected and self.stream_ok
         if usable == self.usable:
             return
+        if usable and self._kv is not None and self._watch_task is not None:
+            self._rewatch()  # back: catch up every entry (an override set meanwhile)
         self.usable = usable
         self.last_change = time.monotonic()
         try:
@@ -358,19 +367,26 @@ class ClusterBus:
     async def _watch_admin(self) -> None:
         watcher = await self._kv.watchall()
         synced = False
-        while True:
-            try:
-                entry = await watcher.updates(timeout=3600)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            if entry is None:  # the end of the entries already there
-                if not synced:
-                    synced = True
-                    self.handlers.admin_synced()
-                continue
-            self.counters.admin_in += 1
-            deleted = entry.operation in ("DEL", "PURGE")
-            self.handlers.admin(entry.key, None if deleted else entry.value)
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=3600)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                if entry is None:  # the end of the entries already there
+                    if not synced:
+                        synced = True
+                        self.handlers.admin_synced()
+                    continue
+                self.counters.admin_in += 1
+                deleted = entry.operation in ("DEL", "PURGE")
+                try:
+                    self.handlers.admin(entry.key, None if deleted else entry.value)
+                except Exception:
+                    log.exception("bus: applying the override entry %s failed", entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
     # -- out --------------------------------------------------------------------------------
 

@@ -68,6 +68,12 @@ class NodeMonitor:
         self.last_down = np.full(n, -np.inf)
         self.last_up = np.full(n, -np.inf)
         self.load_gbps = np.zeros(n)
+        # The node's timestamps of its last two loads: several routers plan from the loads
+        # as they were at the start of a second (``load_at``), which all of them know alike.
+        self.load_ts = np.full(n, -np.inf)
+        self.prev_load = np.zeros(n)
+        self.prev_ts = np.full(n, -np.inf)
+        self.epoch_util: np.ndarray | None = None  # set: what ``utilization`` gives instead
         self.probe_fail_streak = np.zeros(n, dtype=np.int64)
         self.probe_detail = [""] * n
         # Nodes the silence check leaves alone: a router cut off the bus keeps those it only
@@ -102,19 +108,34 @@ class NodeMonitor:
             self.last_down[i] = old.last_down[j]
             self.last_up[i] = old.last_up[j]
             self.load_gbps[i] = old.load_gbps[j]
+            self.load_ts[i] = old.load_ts[j]
+            self.prev_load[i] = old.prev_load[j]
+            self.prev_ts[i] = old.prev_ts[j]
             self.probe_fail_streak[i] = old.probe_fail_streak[j]
             self.probe_detail[i] = old.probe_detail[j]
             self.silence_exempt[i] = old.silence_exempt[j]
 
     def utilization(self) -> np.ndarray:
+        if self.epoch_util is not None:
+            return self.epoch_util
         return self.load_gbps / self.capacity
+
+    def load_at(self, wall: float) -> np.ndarray:
+        """Each node's utilisation by its latest heartbeat stamped before ``wall`` (its
+        clock), of the last two; a node with neither keeps its latest."""
+        latest = self.load_ts < wall
+        before = np.where(
+            latest, self.load_gbps, np.where(self.prev_ts < wall, self.prev_load, self.load_gbps)
+        )
+        return before / self.capacity
 
     def report(self, heartbeat: Heartbeat, now: float, heard_by: str = "") -> bool:
         """Apply one accepted heartbeat; True when the node's state changed. ``heard_by``:
         the router it reached (several routers: the reason says which saw it)."""
         i = self.index[heartbeat.node]
         self.last_seen[i] = now
-        self.load_gbps[i] = heartbeat.load_gbps
+        self.prev_load[i], self.prev_ts[i] = self.load_gbps[i], self.load_ts[i]
+        self.load_gbps[i], self.load_ts[i] = heartbeat.load_gbps, heartbeat.ts
         raw, why = assess(heartbeat, float(self.capacity[i]), self.settings.high_water)
         if heard_by:
             why = f"{why} (reported to router {heard_by})"

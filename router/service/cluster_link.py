@@ -42,6 +42,7 @@ from router.cluster.messages import (
 )
 from router.cluster.peers import DemandReport, PeerTable, RouterState, probe_quorum
 from router.health.telemetry import Heartbeat
+from router.service.intake import LOAD_REFRESH_DELTA
 from router.steering.build import RoutingTable
 
 if TYPE_CHECKING:
@@ -50,6 +51,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.service")
 
 STATE_PERIOD_S = 1.0
+# The load of an epoch is taken this long after it began: by then every router has the
+# heartbeats stamped before it (the bus carries them in milliseconds).
+UTIL_SETTLE_S = 0.25
+# The demand is taken on these epochs only (the wall-clock seconds divisible by it), the same
+# on every router; between them the counts go on adding up.
+DEMAND_EPOCH_S = 5
 MESSAGE_LOG_S = 10.0  # one log line per kind of bad peer message this often at most
 
 
@@ -89,6 +96,7 @@ class ClusterLink:
         self._own_failing: dict[str, str] = {}
         self._quorum_failing: dict[str, str] = {}  # node -> the reason applied
         self._pending_admin: dict[str, str] = {}  # set while cut off: written when back
+        self._admin_warned = set()
         self._digest_of: tuple[int, int] | None = None  # (id of the table, generation)
         self._digest = ""
         self._task: asyncio.Task | None = None
@@ -156,15 +164,20 @@ class ClusterLink:
             self._weigh_epochs()
 
     def _weigh_epochs(self) -> None:
-        """Each epoch every live router has reported, weighed once, in order: every router
-        weighs the same sums at the same epochs, so their demand decisions keep in step."""
+        """The demand epochs every live router has reported, each weighed once: every router
+        takes the same sums at the same epochs, so their plans start from one demand."""
         config = self.service.config
         now = time.monotonic()
         for epoch in self.peers.complete_epochs(config.version, now, self._weighed):
-            summed = self.peers.epoch_demand(epoch, config.version, now)
             self._weighed = epoch
+            if epoch % DEMAND_EPOCH_S:
+                continue
+            summed = self.peers.epoch_demand(epoch, config.version, now)
             if summed is not None:
-                self.service.demand_observer.weigh(config, summed[0], summed[1])
+                # Taken whenever it differs, not past a threshold: what a router plans then
+                # depends on this epoch alone, never on which epochs it weighed before, so a
+                # router that missed one is back in step at the next.
+                self.service.demand_observer.weigh(config, summed[0], summed[1], threshold=0.0)
 
     _weighed: int | None = None  # the last epoch weighed
 
@@ -246,10 +259,15 @@ class ClusterLink:
             if await self.bus.put_admin(admin_key(node_id), encode_admin(state, self.router_id)):
                 if self._pending_admin.get(node_id) == state:
                     del self._pending_admin[node_id]
+                self._admin_warned.discard((node_id, state))
             else:
-                log.warning("bus: the override of %s (%s) is kept here and written to the bucket "
-                            "when the bus is back (%s)", node_id, state, self.bus.last_error)  # fmt: skip
+                if (node_id, state) not in self._admin_warned:  # once, not every second
+                    self._admin_warned.add((node_id, state))
+                    log.warning("bus: the override of %s (%s) applies here and goes to the bucket as soon "
+                                "as it takes it (%s)", node_id, state, self.bus.last_error)  # fmt: skip
                 return
+
+    _admin_warned: set[tuple[str, str]]
 
     def _on_admin(self, key: str, value: bytes | None) -> None:
         service = self.service
@@ -326,13 +344,36 @@ class ClusterLink:
                 on_the_second = False  # a change to tell now: the state only
             self._state_dirty.clear()
             try:
+                if on_the_second:
+                    self._loop.call_later(UTIL_SETTLE_S, self._take_epoch_util, time.time())
                 await self._publish_state(on_the_second)
+                if on_the_second and self._pending_admin and not self.isolated:
+                    # A write the bucket refused (no stream leader for a moment, say): again.
+                    await self._flush_admin()
                 if self.peers.expire(time.monotonic()):
                     self._recount()
             except Exception:
                 log.exception("cluster: the state step failed")
 
     _loop: asyncio.AbstractEventLoop | None = None
+
+    def _take_epoch_util(self, woke_at: float) -> None:
+        """The planner's load from now on: each node's as of the start of this second, the
+        same on every router; a table is asked for when it moved enough (as a lone router
+        does per heartbeat), at the same epoch on every router."""
+        service = self.service
+        publisher = service.publisher
+        epoch = float(round(woke_at))
+        with service.health_lock:
+            monitor = service.health.monitor
+            if monitor is None:
+                return
+            monitor.epoch_util = monitor.load_at(epoch)
+            util = monitor.epoch_util
+        if publisher.published_util is None or publisher.dirty:
+            return
+        if np.abs(util - publisher.published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
+            publisher.request_rebuild()
 
     async def _own_state(self) -> RouterState:
         config, table = self.service.in_service()

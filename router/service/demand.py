@@ -125,12 +125,20 @@ class DemandObserver:
         config.demand.observe(config.demand_counters.total(), now)
         return config
 
-    def weigh(self, config: LoadedConfig, qps: np.ndarray, reported: float) -> bool:
+    def weigh(
+        self,
+        config: LoadedConfig,
+        qps: np.ndarray,
+        reported: float,
+        threshold: float = REPLAN_SHIFT,
+    ) -> bool:
         """Per-group rates ``qps`` (this router's, or the service's) as the planner's demand,
-        if they moved enough; True if a plan was asked for."""
+        if they moved more than ``threshold``; True if a plan was asked for."""
         service = self.service
         observed = config.demand.demand_gbps(config.expected_peak, reported, qps)
-        if observed is None or moved_share(config.planner.demand, observed) < REPLAN_SHIFT:
+        if observed is None or np.array_equal(observed, config.planner.demand):
+            return False
+        if moved_share(config.planner.demand, observed) < threshold:
             return False
         with service.health_lock:
             if config is not service.config:

@@ -26,6 +26,7 @@ log = logging.getLogger("router.service")
 
 LOAD_REFRESH_S = 1.0  # republish for load changes at most this often
 LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this much
+LOAD_CHECK_S = 0.05  # how often the load is compared with the table's
 SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
 REJECTION_LOG_S = 10.0  # one log line per rejection reason this often at most
 
@@ -39,6 +40,7 @@ class TelemetryIntake:
         # on to the other routers, and the reasons say which router heard it.
         self.republish: Callable[[bytes, Heartbeat], None] | None = None
         self.router_id = ""
+        self._load_checked_at = -1e9
 
     def on_heartbeat(self, packet: bytes, now: float | None = None, via: str = "") -> None:
         """One telemetry datagram (``via``: the router it reached, when it came from the bus):
@@ -71,8 +73,15 @@ class TelemetryIntake:
             publisher.request_rebuild()
         elif publisher.samples_changed and waited >= SAMPLES_REFRESH_S and not publisher.dirty:
             publisher.request_rebuild()
-        elif waited >= LOAD_REFRESH_S and not publisher.dirty:
-            # Load moves every second; republish only when it moved enough to matter.
+        elif (
+            waited >= LOAD_REFRESH_S
+            and not publisher.dirty
+            and service.cluster is None  # with a bus, the load is weighed per epoch
+            and now - self._load_checked_at >= LOAD_CHECK_S
+        ):
+            # Load moves every second; republish only when it moved enough to matter (looked
+            # at every so often: over every node, per heartbeat, it was most of their cost).
+            self._load_checked_at = now
             moved = np.abs(service.health.utilization() - publisher.published_util).max(initial=0.0)
             if moved >= LOAD_REFRESH_DELTA:
                 publisher.request_rebuild()
