@@ -56,7 +56,7 @@ STATE_PERIOD_S = 1.0
 UTIL_SETTLE_S = 0.25
 # The demand is taken on these epochs only (the wall-clock seconds divisible by it), the same
 # on every router; between them the counts go on adding up.
-DEMAND_EPOCH_S = 5
+DEMAND_EPOCH_S = 10
 MESSAGE_LOG_S = 10.0  # one log line per kind of bad peer message this often at most
 
 
