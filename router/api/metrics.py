@@ -307,6 +307,12 @@ def _cluster_metrics(sup: Supervisor) -> Iterator[Metric]:
     )
     isolated.add_metric([], 1.0 if status["isolated"] else 0.0)
     yield isolated
+    behind = GaugeMetricFamily(
+        "router_cluster_behind",
+        "1 while copies from the bus arrive too late to take (this router cannot keep up)",
+    )
+    behind.add_metric([], 1.0 if status["behind"] else 0.0)
+    yield behind
     peers = GaugeMetricFamily("router_cluster_live_peers", "other routers heard within 3 s")
     peers.add_metric([], float(status["live_peers"]))
     yield peers

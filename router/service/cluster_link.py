@@ -57,6 +57,7 @@ UTIL_SETTLE_S = 0.25
 # The demand is taken on these epochs only (the wall-clock seconds divisible by it), the same
 # on every router; between them the counts go on adding up.
 DEMAND_EPOCH_S = 10
+BEHIND_HOLD_S = 5.0  # behind the bus: hold the bus-only nodes this long after the last late copy
 MESSAGE_LOG_S = 10.0  # one log line per kind of bad peer message this often at most
 
 
@@ -302,25 +303,9 @@ class ClusterLink:
 
     def _on_connection(self, connected: bool) -> None:
         now = time.monotonic()
-        service = self.service
-        with service.health_lock:
-            monitor = service.health.monitor
-            if monitor is not None:
-                if connected:
-                    # Back: nodes known only through the bus get one bound to be heard again.
-                    exempt = monitor.silence_exempt
-                    monitor.last_seen[exempt] = np.where(
-                        np.isnan(monitor.last_seen[exempt]), np.nan, now
-                    )
-                    exempt[:] = False
-                else:
-                    bound = monitor.settings.silence_bound_s
-                    heard = np.array(
-                        [now - self._heard_direct.get(n, -1e18) <= bound for n in monitor.node_ids]
-                    )
-                    monitor.silence_exempt[:] = ~heard
         self.isolated = not connected
         self.isolated_since = None if connected else now
+        self._hold_bus_only_nodes(self.isolated or self.behind)
         if connected:
             log.info("cluster: on the bus again; catching up from the stream and the bucket")
             if self._pending_admin:
@@ -330,6 +315,51 @@ class ClusterLink:
                         "and probes; nodes heard only through the bus are kept as they were")  # fmt: skip
         self._state_dirty.set()
         self._recount()
+
+    def _hold_bus_only_nodes(self, hold: bool) -> None:
+        """Cut off the bus, or too far behind it to take its copies: the nodes this router
+        heard only through the bus are kept as they were (no withdrawal for a silence that is
+        this router's, not theirs). Released: each gets one silence bound to be heard again."""
+        if hold == self._holding:
+            return
+        self._holding = hold
+        now = time.monotonic()
+        service = self.service
+        with service.health_lock:
+            monitor = service.health.monitor
+            if monitor is None:
+                return
+            exempt = monitor.silence_exempt
+            if hold:
+                bound = monitor.settings.silence_bound_s
+                heard = np.array(
+                    [now - self._heard_direct.get(n, -1e18) <= bound for n in monitor.node_ids]
+                )
+                exempt[:] = ~heard
+            else:
+                monitor.last_seen[exempt] = np.where(
+                    np.isnan(monitor.last_seen[exempt]), np.nan, now
+                )
+                exempt[:] = False
+
+    _holding = False
+    behind = False  # copies from the bus came too late to take within the last BEHIND_HOLD_S
+    _stale_seen = 0
+    _behind_until = 0.0
+
+    def _check_behind(self) -> None:
+        stale = self.service.intake.bus_stale
+        now = time.monotonic()
+        if stale > self._stale_seen:
+            if not self.behind:
+                log.warning("cluster: behind the bus (%d copies too old to take): nodes heard only "
+                            "through the bus are kept as they were until it keeps up", stale - self._stale_seen)  # fmt: skip
+            self.behind, self._behind_until = True, now + BEHIND_HOLD_S
+        elif self.behind and now >= self._behind_until:
+            self.behind = False
+            log.info("cluster: keeping up with the bus again")
+        self._stale_seen = stale
+        self._hold_bus_only_nodes(self.isolated or self.behind)
 
     # -- every second ---------------------------------------------------------------------------
 
@@ -347,6 +377,8 @@ class ClusterLink:
                 if on_the_second:
                     self._loop.call_later(UTIL_SETTLE_S, self._take_epoch_util, time.time())
                 await self._publish_state(on_the_second)
+                if on_the_second:
+                    self._check_behind()
                 if on_the_second and self._pending_admin and not self.isolated:
                     # A write the bucket refused (no stream leader for a moment, say): again.
                     await self._flush_admin()
@@ -428,6 +460,7 @@ class ClusterLink:
         return {
             "router_id": self.router_id,
             "isolated": self.isolated,
+            "behind": self.behind,
             "isolated_for_s": None
             if self.isolated_since is None
             else round(now - self.isolated_since, 3),

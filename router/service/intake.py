@@ -41,6 +41,7 @@ class TelemetryIntake:
         self.republish: Callable[[bytes, Heartbeat], None] | None = None
         self.router_id = ""
         self._load_checked_at = -1e9
+        self.bus_stale = 0  # copies from the bus too old to take: this router is behind
 
     def on_heartbeat(self, packet: bytes, now: float | None = None, via: str = "") -> None:
         """One telemetry datagram (``via``: the router it reached, when it came from the bus):
@@ -56,6 +57,8 @@ class TelemetryIntake:
         except AlreadyHeard:
             return  # the node sent it here and to another router: heard once already
         except Rejected as exc:
+            if via and exc.reason == "stale":
+                self.bus_stale += 1
             self._log_rejection(exc, verifier.rejected[exc.reason], via)
             return
         if not via and self.republish is not None:
