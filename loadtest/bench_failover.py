@@ -49,7 +49,6 @@ import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loadtest import packages  # noqa: E402
+from loadtest.percentiles import MIN_SAMPLES, percentile, percentile_figure  # noqa: E402,F401
 from loadtest.throughput.proc import process_cpu_s, tree_pids  # noqa: E402
 from router.config import load_deployment  # noqa: E402
 from router.config.deployment import load_node_keys  # noqa: E402
@@ -98,9 +98,6 @@ WITHDRAW_TIMEOUT_S = 10.0
 RECOVERY_TIMEOUT_S = 30.0
 RECOVERY_POLL_S = 0.02  # recovery takes ~11 s: polling it every 2 ms would only add load
 REST_MARGIN_S = 2.0  # beyond the 2 hold-downs a node rests after it is back (flap damping)
-# A percentile needs this many samples to mean its name (a p99 of 10 samples is their
-# maximum); below it the figure is still given, with a ``*_note``.
-MIN_SAMPLES = {50: 20, 99: 100}
 
 
 class SimulatorThread:
@@ -158,25 +155,6 @@ def api_json(router: RunningRouter, path: str, method: str = "GET", body: object
     request.add_header("Authorization", f"Bearer {router.token}")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def percentile_figure(figures: dict, key: str, values: list[float], q: int) -> None:
-    """``figures[key]``: the q-th percentile of ``values`` (the median for 50; None when there
-    are none), and ``figures[key + "_note"]`` when there are fewer than it needs to mean its
-    name (MIN_SAMPLES: a p99 of 10 samples is their maximum)."""
-    if not values:
-        figures[key] = None
-    else:
-        figures[key] = round(statistics.median(values) if q == 50 else percentile(values, q), 1)
-    if len(values) < MIN_SAMPLES[q]:
-        figures[key + "_note"] = (
-            f"p{q} of {len(values)} samples; it needs at least {MIN_SAMPLES[q]} to mean p{q}"
-        )
 
 
 @dataclass
