@@ -42,6 +42,7 @@ from router.cluster.messages import (
 )
 from router.cluster.peers import DemandReport, PeerTable, RouterState, probe_quorum
 from router.health.telemetry import Heartbeat
+from router.service.demand import moved_share
 from router.service.intake import LOAD_REFRESH_DELTA
 from router.steering.build import RoutingTable
 
@@ -57,6 +58,8 @@ UTIL_SETTLE_S = 0.25
 # The demand is taken on these epochs only (the wall-clock seconds divisible by it), the same
 # on every router; between them the counts go on adding up.
 DEMAND_EPOCH_S = 10
+DEMAND_DRIFT_S = 60  # ...and taken whenever it differs on these (a drift)
+DEMAND_SHIFT = 0.2  # or at once when this share moved from the demand epoch before
 BEHIND_HOLD_S = 5.0  # behind the bus: hold the bus-only nodes this long after the last late copy
 MESSAGE_LOG_S = 10.0  # one log line per kind of bad peer message this often at most
 
@@ -174,13 +177,27 @@ class ClusterLink:
             if epoch % DEMAND_EPOCH_S:
                 continue
             summed = self.peers.epoch_demand(epoch, config.version, now)
-            if summed is not None:
-                # Taken whenever it differs, not past a threshold: what a router plans then
-                # depends on this epoch alone, never on which epochs it weighed before, so a
-                # router that missed one is back in step at the next.
-                self.service.demand_observer.weigh(config, summed[0], summed[1], threshold=0.0)
+            if summed is None:
+                continue
+            qps, reported = summed
+            before = (
+                self._last_sum
+                if self._last_sum and self._last_sum[0] == epoch - DEMAND_EPOCH_S
+                else None
+            )
+            self._last_sum = (epoch, qps)
+            # Whether to take it depends on shared sums only (this epoch's and the one before),
+            # never on what this router took before: a router that missed an epoch is back in
+            # step at the next one taken. A big shift is taken at once, a drift every minute.
+            shifted = before is not None and moved_share(before[1], qps) >= DEMAND_SHIFT
+            planned = config.planner.demand
+            prior = np.array([p.demand_prior for p in config.model.policies]).reshape(planned.shape)
+            prior = bool(np.array_equal(planned, prior))  # still the configured prior: take it
+            if epoch % DEMAND_DRIFT_S == 0 or shifted or prior:
+                self.service.demand_observer.weigh(config, qps, reported, threshold=0.0)
 
     _weighed: int | None = None  # the last epoch weighed
+    _last_sum: tuple[int, np.ndarray] | None = None
 
     def _bad(self, kind: str, origin: str, exc: Exception) -> None:
         self.bad_messages += 1
