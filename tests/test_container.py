@@ -94,7 +94,9 @@ class Stack:
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            # A PUT returns once every worker serves the change, which may wait for a full plan
+            # (and for a refine to stop first): seconds on a loaded CI machine.
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
