@@ -539,7 +539,7 @@ def test_the_nats_servers_form_one_jetstream_cluster(compose: dict, tmp_path: Pa
             as `router serve --bus`); then one heartbeat republished twice is kept once."""
             servers = tuple(f"nats://127.0.0.1:{ports[n][0]}" for n in NATS_SERVICES)
             ignore = lambda *_: None  # noqa: E731
-            handlers = BusHandlers(heartbeat=ignore, state=ignore, demand=ignore, admin=ignore,
+            handlers = BusHandlers(heartbeats=ignore, state=ignore, demand=ignore, admin=ignore,
                                    connection=ignore)  # fmt: skip
             bus = ClusterBus(BusSettings(servers, "router-a"), handlers)
             bus.start()

@@ -13,7 +13,6 @@ router; ``seq`` counts from 0 at each start, with a new boot id (``new_boot_id``
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import threading
@@ -239,7 +238,7 @@ class Agent:
             packet = encode(heartbeat, self.key)
         except ValueError as exc:  # cannot happen with what cli.py checks; never stop for it
             self.log.failed("encode", exc, "the heartbeat without RTT samples")
-            packet = encode(dataclasses.replace(heartbeat, rtt=()), self.key)
+            packet = encode(heartbeat._replace(rtt=()), self.key)
         for destination in self.destinations:
             try:
                 self._socks[destination.family].sendto(packet, destination.address)

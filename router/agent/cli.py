@@ -12,7 +12,6 @@ once running, nothing a reader does stops the heartbeats. SIGTERM or SIGINT stop
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import shlex
 import shutil
@@ -302,7 +301,7 @@ def _check_size(node: str, key: bytes, links: dict[str, str], targets: list) -> 
     try:
         encode(worst, key)
     except ValueError:
-        size = len(encode(dataclasses.replace(worst, rtt=()), key))
+        size = len(encode(worst._replace(rtt=()), key))
         each = max(len(prefix) for prefix, _ in targets) + 12
         raise UsageError(
             f"--rtt-target: {len(targets)} targets do not fit in one {MAX_PACKET}-octet "

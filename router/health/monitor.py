@@ -27,20 +27,23 @@ from router.config.health import HealthSettings
 from router.health.state import NodeState
 from router.health.telemetry import Heartbeat
 
+_STATES = tuple(NodeState)  # by value: faster than NodeState(value), once per heartbeat
+
 
 def assess(heartbeat: Heartbeat, capacity_gbps: float, high_water: float) -> tuple[NodeState, str]:
     """What one report says about its node, before hysteresis."""
-    if heartbeat.power in ("off", "battery_low"):
-        return NodeState.DOWN, f"power {heartbeat.power}"
-    links = heartbeat.uplinks
-    if links and all(state == "down" for state in links.values()):
+    power = heartbeat.power
+    if power in ("off", "battery_low"):
+        return NodeState.DOWN, f"power {power}"
+    links = set(heartbeat.uplinks.values())  # the states the uplinks are in (none: no report)
+    if links == {"down"}:
         return NodeState.DOWN, "every uplink down"
-    if heartbeat.power == "battery":
+    if power == "battery":
         return NodeState.DRAINING, "on battery"
     util = heartbeat.load_gbps / capacity_gbps
     if util > high_water:
         return NodeState.DRAINING, f"load {util:.0%} of capacity (high-water {high_water:.0%})"
-    if links and not any(state == "up" for state in links.values()):
+    if links and "up" not in links:
         return NodeState.DRAINING, "no uplink fully up (degraded)"
     return NodeState.UP, "heartbeats good"
 
@@ -142,7 +145,7 @@ class NodeMonitor:
         if self.probe_fail_streak[i] >= self.settings.probe_failures:
             # Heartbeats say fine, probes say no: the worse signal wins.
             raw, why = NodeState.DOWN, self._probe_reason(i)
-        current = NodeState(int(self.state[i]))
+        current = _STATES[self.state[i]]
         if raw > current:
             self._set(i, raw, why, now)
             return True

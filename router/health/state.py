@@ -179,11 +179,19 @@ class NodeHealth:
 
     def heartbeat(self, heartbeat: Heartbeat, now: float, heard_by: str = "") -> bool:
         """An accepted heartbeat; True when its node's effective state changed."""
-        assert self.monitor is not None
+        return self.heartbeats([(heartbeat, heard_by)], now)
+
+    def heartbeats(self, heartbeats: list[tuple[Heartbeat, str]], now: float) -> bool:
+        """Accepted heartbeats, each with the router it reached ("": this one); True when
+        any node's effective state changed."""
+        monitor = self.monitor
+        assert monitor is not None
+        changed = False
         with self._lock:
-            if not self.monitor.report(heartbeat, now, heard_by):
-                return False
-            return self._refresh_node(self._index[heartbeat.node])
+            for heartbeat, heard_by in heartbeats:
+                if monitor.report(heartbeat, now, heard_by):
+                    changed = self._refresh_node(self._index[heartbeat.node]) or changed
+        return changed
 
     def probe(self, node_id: str, ok: bool, detail: str, now: float) -> bool:
         """An active probe result; True when the node's effective state changed."""

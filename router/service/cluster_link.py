@@ -3,7 +3,7 @@ health, the probes, the demand and the overrides of the config in service.
 
 - Heartbeats: each one verified here goes to the stream (``router/cluster/bus.py``); each one
   from the stream is verified again here with the node's key, as if it had come straight
-  from the node (``TelemetryIntake.on_heartbeat(via=...)``), so an explicit failure reported
+  from the node (``TelemetryIntake.on_heartbeats``), so an explicit failure reported
   to any router acts on all, and no router has to be believed about a node.
 - Probes: this router's probes give its own verdict (a node failing ``probe_failures`` probes
   in a row); the node is withdrawn when a quorum of the live routers that probe it (default a
@@ -85,7 +85,7 @@ class ClusterLink:
         self.bus = ClusterBus(
             settings,
             BusHandlers(
-                heartbeat=self._on_heartbeat, state=self._on_state, demand=self._on_demand,
+                heartbeats=self._on_heartbeats, state=self._on_state, demand=self._on_demand,
                 admin=self._on_admin, connection=self._on_connection,
                 admin_synced=self._on_admin_synced,
             ),
@@ -135,13 +135,11 @@ class ClusterLink:
         self._heard_direct[heartbeat.node] = time.monotonic()
         self.bus.republish_heartbeat(packet, f"{heartbeat.node}:{heartbeat.boot}:{heartbeat.seq}")
 
-    def _on_heartbeat(self, packet: bytes, origin: str) -> None:
+    def _on_heartbeats(self, heartbeats: list[tuple[bytes, str]]) -> None:
         try:
-            self.service.intake.on_heartbeat(packet, via=origin)
+            self.service.intake.on_heartbeats(heartbeats)
         except Exception:
-            log.exception(
-                "a heartbeat from the bus (reached router %s) could not be applied", origin
-            )
+            log.exception("heartbeats from the bus could not be applied")
 
     # -- peers' state and demand ----------------------------------------------------------------
 
