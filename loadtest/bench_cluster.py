@@ -812,7 +812,8 @@ class HeartbeatLab:
         lab = self.lab
         assert lab is not None
         load = HeartbeatLoad(self.keys, self.zones / "nodes.yaml", [s.client_url for s in lab.nats],
-                             duration_s=settle_s + window_s + 60, processes=generators)  # fmt: skip
+                             duration_s=settle_s + window_s + 60, processes=generators,
+                             router_ids=tuple(lab.router_ids()))  # fmt: skip
         load.start()
         try:
             time.sleep(settle_s)
@@ -976,7 +977,7 @@ def measure(root: Path, sizes: dict, smoke: bool) -> dict:
     figures: dict = {"routers": ROUTERS, "smoke": smoke}
     labs = {"bus": ClusterLab(zones, root / "bus-lab", routers=ROUTERS, nats_servers=3, simulator=False),
             "baseline": IndependentLab(zones, root / "baseline-lab", routers=ROUTERS, nats_servers=1,
-                                       simulator=False)}  # fmt: skip
+                                       simulator=False, derived_keys=False)}  # fmt: skip
     nodes: dict[str, Nodes] = {}
     heartbeats = HeartbeatLab(root, sizes["heartbeat_nodes"])
     # --smoke starts the heartbeat lab beside the others (its figures mean little anyway); a
@@ -998,7 +999,8 @@ def measure(root: Path, sizes: dict, smoke: bool) -> dict:
             if not all(r.running for r in lab.routers):
                 raise RuntimeError(f"the {label} lab did not start: see {lab.workdir}")
         for label, lab in labs.items():
-            nodes[label] = Nodes(zones, keys, [r.telemetry for r in lab.routers], duration_s=7200)
+            nodes[label] = Nodes(zones, keys, [r.telemetry for r in lab.routers], duration_s=7200,
+                                 routers=lab.router_ids() if lab.derived_keys else ())  # fmt: skip
         for lab in labs.values():
             wait_nodes_up(lab)
         log(

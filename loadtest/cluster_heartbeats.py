@@ -14,9 +14,9 @@ sample's client map and policies, 20,000 nodes of the sample's kinds and capacit
 **The generator** (``main``): a process that plays its share of the nodes (``--part I/P``:
 every P-th node from the I-th), each reporting once per ``--interval`` (1 s), spread evenly
 over the interval: every 5 ms it signs and publishes the heartbeats due. Each is the node's
-own datagram (format 2, docs/heartbeat.md: ``RH2``, the id, HMAC-SHA256 over the rest, compact
-JSON), signed with the node's key, published with core NATS on ``router.heartbeat.<source>``
-with the header ``Nats-Msg-Id: <node>:<boot>:<seq>``: the bytes a router republishes for a
+own datagram (format 3, docs/heartbeat.md: ``RH3``, the id, the routers' ids, a MAC for
+each router made with the node's key for it, compact JSON; format 2 without
+``--router-ids``), published with core NATS on ``router.heartbeat.<source>`` with the header ``Nats-Msg-Id: <node>:<boot>:<seq>``: the bytes a router republishes for a
 heartbeat it verified (router/cluster/bus.py), so the routers consume and verify them as they
 would their peers'. Core publish, no ack per message (what the routers do too); the stream
 stores what reaches it. The generator never verifies anything itself.
@@ -136,33 +136,46 @@ def read_nodes(keys_file: Path, nodes_file: Path) -> list[tuple[str, bytes, floa
 @dataclass
 class _Node:
     node_id: str
-    head: bytes  # "RH2" | len | id
-    mac: object  # hmac object keyed with the node's key, copied per heartbeat
+    head: bytes  # "RH2" | len | id, or "RH3" | len | id | the routers' ids
+    macs: list  # hmac objects keyed with the node's key (format 2) or its router keys (format 3)
     load: str  # load_gbps as JSON text
     seq: int = 0
 
 
-def _nodes(entries: list[tuple[str, bytes, float]]) -> list[_Node]:
+def _nodes(entries: list[tuple[str, bytes, float]], routers: tuple[str, ...] = ()) -> list[_Node]:
+    from router.config.node_keys import router_key
+
     out = []
     for node_id, key, load in entries:
         raw = node_id.encode()
-        out.append(_Node(node_id, b"RH2" + bytes([len(raw)]) + raw, hmac.new(key, digestmod=hashlib.sha256),
-                         json.dumps(load)))  # fmt: skip
+        if routers:
+            head = b"".join([b"RH3", bytes([len(raw)]), raw, bytes([len(routers)])]
+                            + [bytes([len(r)]) + r.encode() for r in routers])  # fmt: skip
+            macs = [hmac.new(router_key(key, r), digestmod=hashlib.sha256) for r in routers]
+        else:
+            head, macs = b"RH2" + bytes([len(raw)]) + raw, [hmac.new(key, digestmod=hashlib.sha256)]
+        out.append(_Node(node_id, head, macs, json.dumps(load)))
     return out
 
 
 def packet(node: _Node, boot: str, ts: float, power: str = "mains") -> bytes:
-    """The node's next heartbeat: format 2, compact JSON (the router's encoder's layout)."""
+    """The node's next heartbeat: format 2 (or 3, a MAC for each router), compact JSON (the
+    router's encoder's layout: router/health/telemetry.py)."""
     node.seq += 1
     payload = (
         f'{{"v":2,"node":"{node.node_id}","boot":"{boot}","seq":{node.seq},"ts":{ts!r},'
         f'"power":"{power}","uplinks":{{"uplink1":"up","uplink2":"up"}},"load_gbps":{node.load},'
         f'"rps":0.0,"rtt":[]}}'
     ).encode()
-    mac = node.mac.copy()
-    mac.update(node.head)
-    mac.update(payload)
-    return node.head + mac.digest() + payload
+    signed = []
+    for keyed in node.macs:
+        mac = keyed.copy()
+        mac.update(node.head)
+        mac.update(payload)
+        signed.append(mac.digest())
+    if len(node.macs) == 1 and node.head.startswith(b"RH2"):
+        return node.head + signed[0] + payload
+    return node.head + b"".join(m[:16] for m in signed) + payload
 
 
 async def generate(servers: list[str], source: str, nodes: list[_Node], interval_s: float, duration_s: float,
@@ -226,11 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         "--part", default="0/1", help="I/P: every P-th node from the I-th (default 0/1)"
     )
     parser.add_argument("--source", default="loadgen-0", help="the subject's last token")
+    parser.add_argument("--router-ids", default="",
+                        help="sign format 3 for these routers (comma-separated), as the nodes of a bus do")  # fmt: skip
     args = parser.parse_args(argv)
     index, parts = (int(v) for v in args.part.split("/"))
     if not 0 <= index < parts:
         parser.error("--part I/P needs 0 <= I < P")
-    nodes = _nodes(read_nodes(args.keys, args.nodes_file)[index::parts])
+    routers = tuple(r for r in args.router_ids.split(",") if r)
+    nodes = _nodes(read_nodes(args.keys, args.nodes_file)[index::parts], routers)
     if not nodes:
         parser.error("no node in this part")
 
@@ -261,6 +277,7 @@ class HeartbeatLoad:
     duration_s: float
     processes: int = 1
     interval_s: float = 1.0
+    router_ids: tuple[str, ...] = ()  # sign format 3 for these (the lab's routers)
     procs: list[subprocess.Popen] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)
     _lines: list[list[str]] = field(default_factory=list)
@@ -270,7 +287,7 @@ class HeartbeatLoad:
             command = [sys.executable, str(Path(__file__).resolve()), "--keys", str(self.keys), "--nodes-file",
                        str(self.nodes_file), "--bus", ",".join(self.servers), "--duration", str(self.duration_s),
                        "--interval", str(self.interval_s), "--part", f"{i}/{self.processes}",
-                       "--source", f"loadgen-{i}"]  # fmt: skip
+                       "--source", f"loadgen-{i}", "--router-ids", ",".join(self.router_ids)]  # fmt: skip
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
             self.procs.append(process)

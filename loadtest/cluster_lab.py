@@ -421,10 +421,13 @@ class ClusterLab:
         env: Mapping[str, str] | None = None,
         log_level: str = "INFO",
         simulator_targets: Sequence[int] | None = None,
+        derived_keys: bool = True,
     ) -> None:
-        """``keys``: the node keys file the simulator signs with and the routers take
-        (``--keys``); default: the one ``health.keys`` of the deployment names (the routers
-        then read it themselves). ``env``: more environment for the routers and the simulator.
+        """``keys``: the node keys file the simulator signs with (default: the one
+        ``health.keys`` of the deployment names). ``derived_keys``: each router takes only its
+        own keys of the nodes (``router keys derive``, in the lab's directory) and the
+        simulator signs format 3 for all of them, as a bus in production is set up; without
+        it every router takes ``keys`` itself (format 2). ``env``: more environment for the routers and the simulator.
         ``simulator_targets``: the routers (indexes) the simulator sends to; default: all."""
         if routers < 0 or nats_servers < 1:
             raise ValueError("a lab needs at least one NATS server and no negative router count")
@@ -435,6 +438,7 @@ class ClusterLab:
         self.router_args = list(router_args)
         self.token = token or secrets.token_hex(16)
         self.keys = Path(keys).resolve() if keys is not None else None
+        self.derived_keys = derived_keys
         self.env = dict(env or {})
         self.log_level = log_level
         targets = range(routers) if simulator_targets is None else simulator_targets
@@ -492,6 +496,8 @@ class ClusterLab:
         for server in self.nats:
             self._wait_nats(server, deadline)
         self.relays = Relays()
+        if self.derived_keys:
+            self._derive_router_keys()
         for router in self.routers:
             router.bus = [self.add_relay(router.index, s.index) for s in self.nats]
         offsets = [self._spawn_router(router) for router in self.routers]
@@ -640,9 +646,23 @@ class ClusterLab:
                    "--bus", ",".join(router.bus), "--router-id", router.router_id]  # fmt: skip
         if len(self.nats) < 3:  # the router's default is 3 replicas, for three servers
             command += ["--bus-replicas", str(len(self.nats))]
-        if self.keys is not None:
+        if self.derived_keys:
+            command += ["--keys", str(self.router_keys_file(router))]
+        elif self.keys is not None:
             command += ["--keys", str(self.keys)]
         return command + self.router_args
+
+    def router_keys_file(self, router: RouterProcess) -> Path:
+        return self.workdir / f"node-keys.{router.router_id}.yaml"
+
+    def _derive_router_keys(self) -> None:
+        """Each router's keys of the nodes (what ``router keys derive`` writes)."""
+        from router.config import node_keys
+
+        entries = node_keys.read_entries(self.keys or default_keys(self.zones))
+        for router in self.routers:
+            node_keys.write(self.router_keys_file(router), node_keys.derive(entries, router.router_id),
+                            router=router.router_id)  # fmt: skip
 
     def _child_env(self) -> dict[str, str]:
         return {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -728,8 +748,12 @@ class ClusterLab:
         keys = self.keys or default_keys(self.zones)
         targets = [arg for t in self.simulator_targets
                    for arg in ("--target", f"{HOST}:{self.routers[t].telemetry_port}")]  # fmt: skip
+        signing = ["--router-ids", ",".join(self.router_ids())] if self.derived_keys else []
         return [sys.executable, "-m", "router.cli", "simulate-nodes", "--zones", str(self.zones),
-                *targets, "--keys", str(keys), "--duration", str(10**9)]  # fmt: skip
+                *targets, "--keys", str(keys), *signing, "--duration", str(10**9)]  # fmt: skip
+
+    def router_ids(self) -> list[str]:
+        return [router.router_id for router in self.routers]
 
     def _start_simulator(self, deadline: float) -> None:
         with open(self.simulator_log, "a") as log:

@@ -69,8 +69,10 @@ class Nodes:
     one router only (``fail_to_one``), the node silent to the others meanwhile."""
 
     def __init__(
-        self, zones: Path, keys: Path, targets: Sequence[tuple[str, int]], duration_s: float
-    ) -> None:
+        self, zones: Path, keys: Path, targets: Sequence[tuple[str, int]], duration_s: float,
+        routers: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        """``routers``: sign format 3 for these router ids (a lab with derived keys)."""
         from router.config import load_deployment
         from router.config.deployment import load_node_keys
         from router.simulator import Simulator
@@ -81,7 +83,12 @@ class Nodes:
             raise RuntimeError(f"node keys: {problems[:3]}")
         interval = deployment.health.heartbeat_interval_s if deployment.health else 1.0
         self.simulator = Simulator(
-            deployment.inventory, key_map, targets[0], interval, also=tuple(targets[1:])
+            deployment.inventory,
+            key_map,
+            targets[0],
+            interval,
+            also=tuple(targets[1:]),
+            routers=tuple(routers),
         )
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()

@@ -243,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--keys", required=True, type=Path, help="the keys file")
     export.add_argument("--node", required=True, metavar="ID")
     export.add_argument("--out", required=True, type=Path, metavar="FILE", help="written 0600")
+    derive = keys_sub.add_parser(
+        "derive",
+        help="the nodes' keys for one router of a bus (its health.keys): it can check the "
+        "heartbeats signed for it and forge none for the others",
+    )
+    derive.add_argument("--keys", required=True, type=Path, help="the nodes' keys file")
+    derive.add_argument("--router-id", required=True, metavar="ID", help="the router's --router-id")
+    derive.add_argument("--out", required=True, type=Path, metavar="FILE", help="written 0600")
 
     dnssec = sub.add_parser("dnssec", help="DNSSEC keys: keygen, trust-anchor, rollover")
     dnssec_sub = dnssec.add_subparsers(dest="dnssec_command", required=True)
@@ -370,6 +378,37 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_COVERAGE_GAPS if report.gaps else 0
 
 
+def _derive_keys(args: argparse.Namespace) -> int:
+    from router.cluster.messages import ROUTER_ID
+    from router.config import node_keys
+    from router.config.secrets import is_sample_key
+
+    if not ROUTER_ID.match(args.router_id):
+        print(f"router keys derive: --router-id {args.router_id!r}: 1 to 64 letters, digits, "
+              "- or _", file=sys.stderr)  # fmt: skip
+        return 2
+    if node_keys.read_router(args.keys) is not None:
+        print(f"router keys derive: {args.keys} holds keys derived for a router already: "
+              "derive from the nodes' own keys file", file=sys.stderr)  # fmt: skip
+        return 2
+    entries = node_keys.read_entries(args.keys)
+    if not entries:
+        print(f"router keys derive: {args.keys}: no node keys", file=sys.stderr)
+        return 2
+    sample = sorted(
+        n for n, e in entries.items() if any(is_sample_key(bytes.fromhex(k)) for k in e.values())
+    )
+    if sample:
+        print(f"router keys derive: {', '.join(sample)}: published sample keys (keys derived from them "
+              "are public too): `router keys generate --force` first", file=sys.stderr)  # fmt: skip
+        return 2
+    node_keys.write(args.out, node_keys.derive(entries, args.router_id), router=args.router_id)
+    print(f"{args.out}: {len(entries)} node keys for router {args.router_id} only (mode 0600). "
+          f"Point that router's health.keys (or --keys) at it; the agents sign for it with "
+          f"--router-ids.")  # fmt: skip
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from router.config import node_keys
     from router.config.secrets import write_secret_file
@@ -380,6 +419,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             write_secret_file(args.out, node_keys.export_node_key(entries, args.node))
             print(f"{args.out}: the key of {args.node} (mode 0600)")
             return 0
+        if args.keys_command == "derive":
+            return _derive_keys(args)
         if args.force + args.rotate + args.promote > 1:
             print("router keys generate: --force, --rotate and --promote exclude each other",
                   file=sys.stderr)  # fmt: skip

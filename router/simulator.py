@@ -32,7 +32,14 @@ from pathlib import Path
 
 from router.config.deployment import load_node_keys
 from router.config.nodes import Inventory, Node
-from router.health.telemetry import POWER_STATES, UPLINK_STATES, Heartbeat, encode, new_boot_id
+from router.health.telemetry import (
+    POWER_STATES,
+    UPLINK_STATES,
+    Heartbeat,
+    encode,
+    new_boot_id,
+    parse_router_ids,
+)
 
 BASE_LOAD_SHARE = 0.2  # simulated nodes idle at 20% of capacity
 UPLINKS = ("uplink1", "uplink2")
@@ -51,6 +58,7 @@ class SimulatedNode:
     rtt: dict[str, float] = field(default_factory=dict)  # client prefix -> ms, sent every beat
     seq: int = 0
     boot: str = field(default_factory=new_boot_id)  # a new one each time the simulator starts
+    routers: tuple[str, ...] = ()  # sign format 3, a MAC for each of these routers
 
     def healthy(self) -> bool:
         """What the node's health URL says: serving, or not."""
@@ -69,19 +77,22 @@ class SimulatedNode:
             node=self.node.id, boot=self.boot, seq=self.seq, ts=time.time(), power=self.power, uplinks=dict(self.uplinks),
             load_gbps=self.load_gbps, rps=self.load_gbps * 100.0, rtt=tuple(self.rtt.items()),
         )  # fmt: skip
-        return encode(report, self.key)
+        return encode(report, self.key, self.routers)
 
 
 class Simulator:
     def __init__(
         self, inventory: Inventory, keys: dict[str, tuple[bytes, ...]], target: tuple[str, int], interval_s: float,
-        also: tuple[tuple[str, int], ...] = (),
+        also: tuple[tuple[str, int], ...] = (), routers: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
-        """``also``: more routers to send every heartbeat to (each runs its own monitor)."""
+        """``also``: more routers to send every heartbeat to (each runs its own monitor);
+        ``routers``: the router ids to sign for (format 3), none for format 2."""
         self.inventory = inventory
         self.nodes = {
             # In key rotation, sign with the newest key (the router takes both).
-            n.id: SimulatedNode(n, keys[n.id][-1], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE)
+            n.id: SimulatedNode(
+                n, keys[n.id][-1], load_gbps=n.capacity_gbps * BASE_LOAD_SHARE, routers=routers
+            )
             for n in inventory.nodes
         }
         self.target = target
@@ -273,6 +284,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--health-listen", help="serve every node's health URL, GET /health/NODE, on HOST:PORT"
     )
+    parser.add_argument("--router-ids", default="", metavar="ID,ID,...",
+                        help="routers sharing a bus: sign format 3, a MAC for each (each holds only its "
+                        "`router keys derive` keys); without it, format 2 for a lone router")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,6 +305,11 @@ def run(args: argparse.Namespace) -> int:
     except ServiceError as exc:
         print(f"router simulate-nodes: {exc}", file=sys.stderr)
         return 2
+    try:
+        routers = parse_router_ids(args.router_ids)
+    except ValueError as exc:
+        print(f"router simulate-nodes: --router-ids: {exc}", file=sys.stderr)
+        return 2
     keys, problems = load_node_keys(args.keys, str(args.keys), deployment.inventory)
     if problems:
         for problem in problems:
@@ -301,7 +320,12 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         simulator = Simulator(
-            deployment.inventory, keys, targets[0], interval, also=tuple(targets[1:])
+            deployment.inventory,
+            keys,
+            targets[0],
+            interval,
+            also=tuple(targets[1:]),
+            routers=routers,
         )
     except OSError as exc:  # e.g. a host name that does not resolve
         print(f"router simulate-nodes: --target: {exc}", file=sys.stderr)

@@ -121,6 +121,55 @@ def test_an_explicit_failure_reported_to_one_router_withdraws_the_node_on_all(
     until(lambda: all_agree(lab), "the routers agreeing again")
 
 
+def test_a_heartbeat_forged_with_one_routers_keys_is_refused_by_the_others(
+    lab: ClusterLab,
+) -> None:
+    """A compromised r1 holds r1's keys of the nodes (router keys derive), not theirs: what it
+    signs and puts on the bus, claiming the node's power is off, the others refuse."""
+    import asyncio
+    import hashlib
+    import hmac
+
+    import nats
+
+    from router.config.node_keys import read_entries
+    from router.health.telemetry import Heartbeat, encode, new_boot_id
+
+    routers = tuple(lab.router_ids())
+    assert all(cluster(lab, i)["node_keys"] == "derived" for i in range(3))
+    r1_key = bytes.fromhex(read_entries(lab.router_keys_file(lab.routers[0]))[NODE]["current"])
+    boot = new_boot_id()  # a new boot, stamped now: only the signature can stop it
+    lie = Heartbeat(NODE, boot, 1, time.time() + 0.2, "off", {"uplink1": "up"}, 0.0, 0.0, ())
+    packet = bytearray(encode(lie, b"\0" * 32, routers))  # the others' MACs: guesses
+    head_end = 3 + 1 + len(NODE) + 1 + sum(1 + len(r) for r in routers)
+    macs_end = head_end + 16 * len(routers)
+    signed = bytes(packet[:head_end]) + bytes(packet[macs_end:])
+    packet[head_end : head_end + 16] = hmac.new(r1_key, signed, hashlib.sha256).digest()[:16]
+
+    def bad_signatures(i: int) -> int:
+        status, body = lab.api(i, "GET", "/v1/telemetry")
+        assert status == 200, body
+        return body["rejected"]["bad_signature"]
+
+    before = [bad_signatures(i) for i in (1, 2)]
+
+    async def publish() -> None:
+        nc = await nats.connect(lab.nats[0].client_url, connect_timeout=5)
+        try:
+            await nc.publish("router.heartbeat.r1", bytes(packet),
+                             headers={"Nats-Msg-Id": f"{NODE}:{boot}:1"})  # fmt: skip
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    asyncio.run(publish())
+    until(lambda: all(bad_signatures(i) > b for i, b in zip((1, 2), before)),
+          "r2 and r3 refusing the forged heartbeat (bad_signature)", 5)  # fmt: skip
+    for i in (1, 2):
+        assert node_of(lab, i)["state"] == "up"
+        assert NODE_IP in ask(lab.routers[i])
+
+
 def test_silence_withdraws_on_all_only_when_no_router_heard_the_node(lab: ClusterLab) -> None:
     lab.simulator_command(f"silence {NODE}")
     try:

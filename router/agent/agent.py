@@ -175,10 +175,11 @@ class Sources:
 class Agent:
     def __init__(
         self, node: str, key: bytes, destinations: list[Destination], sources: Sources,
-        interval_s: float, log: ReaderLog | None = None,
+        interval_s: float, log: ReaderLog | None = None, router_ids: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.node = node
         self.key = key
+        self.router_ids = router_ids  # format 3: a MAC for each of these routers
         self.destinations = destinations
         self.sources = sources
         self.interval_s = interval_s
@@ -235,10 +236,10 @@ class Agent:
         """Make one heartbeat and send the same packet to every router; return the packet."""
         heartbeat = self.heartbeat(power)
         try:
-            packet = encode(heartbeat, self.key)
+            packet = encode(heartbeat, self.key, self.router_ids)
         except ValueError as exc:  # cannot happen with what cli.py checks; never stop for it
             self.log.failed("encode", exc, "the heartbeat without RTT samples")
-            packet = encode(heartbeat._replace(rtt=()), self.key)
+            packet = encode(heartbeat._replace(rtt=()), self.key, self.router_ids)
         for destination in self.destinations:
             try:
                 self._socks[destination.family].sendto(packet, destination.address)

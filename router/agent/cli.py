@@ -33,7 +33,7 @@ from router.agent.agent import (
 )
 from router.agent.bounded import ReaderLog
 from router.config.secrets import SecretFileError
-from router.health.telemetry import MAX_PACKET, Heartbeat, encode, new_boot_id
+from router.health.telemetry import MAX_PACKET, Heartbeat, encode, new_boot_id, parse_router_ids
 
 log = logging.getLogger("router.agent")
 
@@ -74,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="a router's telemetry address (its unicast address; IPv6 as [ADDR]:PORT); "
         "repeat for every router of the service",
+    )
+    add(
+        "--router-ids",
+        default="",
+        metavar="ID,ID,...",
+        help="routers sharing a bus (their --router-id): sign format 3, a MAC for each, so that "
+        "a router holds only its own keys of the nodes (router keys derive) and none can forge "
+        "for the others; without it, format 2 for a lone router",
     )
     add(
         "--interval",
@@ -291,7 +299,9 @@ def _gateways(specs: list[str], links: dict[str, str]) -> dict[str, tuple[str, i
     return gateways
 
 
-def _check_size(node: str, key: bytes, links: dict[str, str], targets: list) -> None:
+def _check_size(
+    node: str, key: bytes, links: dict[str, str], targets: list, routers: tuple[str, ...] = ()
+) -> None:
     """Refuse a configuration whose fullest heartbeat would not fit in one packet."""
     worst = Heartbeat(
         node=node, boot=new_boot_id(), seq=2**63 - 1, ts=time.time() + 1e9, power="battery_low",
@@ -299,9 +309,13 @@ def _check_size(node: str, key: bytes, links: dict[str, str], targets: list) -> 
         rtt=tuple((prefix, 9999.99) for prefix, _ in targets),
     )  # fmt: skip
     try:
-        encode(worst, key)
+        encode(worst, key, routers)
     except ValueError:
-        size = len(encode(worst._replace(rtt=()), key))
+        try:
+            size = len(encode(worst._replace(rtt=()), key, routers))
+        except ValueError:
+            raise UsageError(f"--router-ids: {len(routers)} routers' ids and MACs do not fit in one "
+                             f"{MAX_PACKET}-octet heartbeat") from None  # fmt: skip
         each = max(len(prefix) for prefix, _ in targets) + 12
         raise UsageError(
             f"--rtt-target: {len(targets)} targets do not fit in one {MAX_PACKET}-octet "
@@ -315,6 +329,7 @@ def build(args: argparse.Namespace, reader_log: ReaderLog) -> Agent:
         node = check_node_id(args.node)
         destinations: list[Destination] = [resolve_router(text) for text in args.router]
         rtt_targets = [rtt.parse_target(text) for text in args.rtt_target]
+        router_ids = parse_router_ids(args.router_ids)
         rps_reader = rps.PrometheusRps(args.rps_url, args.rps_metric, args.http_timeout) if (
             args.rps_url and args.rps_metric) else None  # fmt: skip
     except ValueError as exc:
@@ -336,8 +351,8 @@ def build(args: argparse.Namespace, reader_log: ReaderLog) -> Agent:
         raise UsageError(f"--rtt-target: at most {rtt.MAX_TARGETS}, got {len(rtt_targets)}")
     links = _uplinks(args.uplink)
     gateways = _gateways(args.gateway, links)
-    if rtt_targets:
-        _check_size(node, key, links, rtt_targets)
+    if rtt_targets or router_ids:
+        _check_size(node, key, links, rtt_targets, router_ids)
 
     interval = args.interval
     note = reader_log.note
@@ -388,7 +403,7 @@ def build(args: argparse.Namespace, reader_log: ReaderLog) -> Agent:
                              keeping=lambda: "no RTT samples")  # fmt: skip
 
     try:
-        agent = Agent(node, key, destinations, sources, interval, reader_log)
+        agent = Agent(node, key, destinations, sources, interval, reader_log, router_ids)
     except OSError as exc:  # e.g. IPv6 disabled on this host
         raise UsageError(f"--router: cannot open a UDP socket: {exc}") from None
     what = [f"power from {power_reader.describe()}"]

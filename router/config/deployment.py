@@ -33,6 +33,7 @@ from router.config.dnssec_keys import DnssecKey, DnssecSettings, load_keys
 from router.config.health import HealthConfig
 from router.config.latency import RttSample, load_country_rtt, load_rtt_samples
 from router.config.mapcoverage import CoverageSettings
+from router.config.node_keys import read_router
 from router.config.nodes import Inventory, parse_inventory
 from router.config.onnet import check_onnet_reach
 from router.config.policy import Policy, SteeredName, parse_policies
@@ -155,6 +156,8 @@ class Deployment:
     country_rtt: dict[tuple[str, str], float]
     health: HealthConfig | None = None
     node_keys: dict[str, tuple[bytes, ...]] | None = None
+    # The router the keys were derived for (``router keys derive``), or None: the nodes' own.
+    node_keys_router: str | None = None
     state_file: Path | None = None
     listen: tuple[str, ...] = ()
     rrl: RrlConfig = field(default_factory=RrlConfig)
@@ -280,6 +283,7 @@ def _load_deployment(directory: Path, keys_file: Path | None) -> Deployment:
         steered += zone_steered
 
     node_keys = None
+    node_keys_router = None
     if settings is not None and settings.health is not None and settings_doc is not None:
         keys_path = keys_file or directory / settings.health.keys
         if not keys_path.is_file():
@@ -289,6 +293,7 @@ def _load_deployment(directory: Path, keys_file: Path | None) -> Deployment:
             )
         else:
             node_keys, errors = load_node_keys(keys_path, _display(keys_path), inventory)
+            node_keys_router = keys_router(keys_path)
             problems += errors
 
     rtt_samples: list[RttSample] = []
@@ -349,6 +354,7 @@ def _load_deployment(directory: Path, keys_file: Path | None) -> Deployment:
         country_rtt=country_rtt,
         health=settings.health,
         node_keys=node_keys,
+        node_keys_router=node_keys_router,
         state_file=directory / settings.state_file if settings.state_file else None,
         listen=tuple(settings.listen or ()),
         rrl=settings.rrl,
@@ -470,7 +476,9 @@ def load_node_keys(
 ) -> tuple[dict[str, tuple[bytes, ...]], list[Problem]]:
     """The heartbeat keys file: ``keys: {node id: hex key}``, 16+ bytes each; a node in key
     rotation has ``{current: hex, next: hex}`` and either key is accepted. A file with any key
-    that is not a published sample key is a secret: readable by its owner only."""
+    that is not a published sample key is a secret: readable by its owner only. A file made by
+    ``router keys derive`` also says ``router: ID``: its keys are the nodes' keys for that
+    router only (``keys_router``)."""
     doc, problems = load_yaml(path, display)
     if doc is None:
         return {}, problems
@@ -478,10 +486,13 @@ def load_node_keys(
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("keys"), dict)
-        or set(data) != {"keys"}
+        or not set(data) <= {"keys", "router"}
+        or not isinstance(data.get("router", ""), str)
     ):
         return {}, problems + [
-            doc.problem((), "must be a mapping with one key, keys: {node id: hex key}")
+            doc.problem(
+                (), "must be a mapping keys: {node id: hex key} (and router: ID, if derived)"
+            )
         ]
     node_ids = {n.id for n in inventory.nodes} if inventory else set()
     keys: dict[str, tuple[bytes, ...]] = {}
@@ -533,6 +544,11 @@ def load_node_keys(
         if loose:
             problems.append(Problem(display, 0, loose))
     return keys, problems
+
+
+def keys_router(path: Path) -> str | None:
+    """The ``router:`` of a keys file made by ``router keys derive`` (None: the nodes' own)."""
+    return read_router(path)
 
 
 def uses_sample_keys(keys: dict[str, tuple[bytes, ...]]) -> bool:

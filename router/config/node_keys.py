@@ -8,10 +8,16 @@ Keys are 32 random bytes from ``secrets`` per node of ``nodes.yaml``. The file i
 - ``rotate``: each chosen node gets a ``next`` key beside its ``current`` one, and the router
   accepts both; once the agents sign with the next key, ``promote`` makes it the current one
   and drops the old (docs/heartbeat.md, "Key rotation").
+
+``router keys derive``: from that file, the keys of one router of a bus (``derive``): each
+node's key for that router (router/health/telemetry.py ``router_key``), the rotation kept. A
+router holding these can check the format-3 MAC made for it and no other (docs/cluster.md,
+"Node keys").
 """
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,10 @@ from router.config.problems import ConfigError, Problem
 from router.config.secrets import is_sample_key, write_secret_file
 
 KEY_BYTES = 32
+DERIVED_HEADER = (
+    "# Node heartbeat keys for router {router} only (HMAC-SHA256, hex): SECRET. Mode 0600.\n"
+    "# Made by `router keys derive` from the nodes' keys; remake it after each rotation.\n"
+)
 HEADER = (
     "# Node heartbeat keys (HMAC-SHA256, hex): SECRET. Mode 0600, out of version control.\n"
     "# Made by `router keys generate`; a node in rotation has {current: ..., next: ...}.\n"
@@ -113,13 +123,44 @@ def generate(
     return out, change
 
 
-def dump(entries: dict[str, dict[str, str]]) -> str:
+def dump(entries: dict[str, dict[str, str]], router: str | None = None) -> str:
     plain = {n: e["current"] if set(e) == {"current"} else e for n, e in entries.items()}
-    return HEADER + yaml.safe_dump({"keys": plain}, sort_keys=False)
+    if router is None:
+        return HEADER + yaml.safe_dump({"keys": plain}, sort_keys=False)
+    return DERIVED_HEADER.format(router=router) + yaml.safe_dump(
+        {"router": router, "keys": plain}, sort_keys=False
+    )
 
 
-def write(path: Path, entries: dict[str, dict[str, str]]) -> None:
-    write_secret_file(path, dump(entries))
+def write(path: Path, entries: dict[str, dict[str, str]], router: str | None = None) -> None:
+    write_secret_file(path, dump(entries, router))
+
+
+def read_router(path: Path) -> str | None:
+    """The ``router:`` of a derived keys file; None for the nodes' own keys (or no file)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    router = data.get("router") if isinstance(data, dict) else None
+    return str(router) if router is not None else None
+
+
+ROUTER_KEY_LABEL = b"router heartbeat key\x00"
+
+
+def router_key(node_key: bytes, router_id: str) -> bytes:
+    """The key of one node for one router: what that router holds (``router keys derive``)
+    and what the node makes from its own key to sign format 3 (router/health/telemetry.py)."""
+    return hmac.digest(node_key, ROUTER_KEY_LABEL + router_id.encode(), "sha256")
+
+
+def derive(entries: dict[str, dict[str, str]], router: str) -> dict[str, dict[str, str]]:
+    """Each node's keys (current, and next while rotating) for ``router``."""
+    return {
+        node: {slot: router_key(bytes.fromhex(key), router).hex() for slot, key in entry.items()}
+        for node, entry in entries.items()
+    }
 
 
 def export_node_key(entries: dict[str, dict[str, str]], node: str) -> str:

@@ -9,6 +9,17 @@ the MAC so that the key is found without parsing anything the sender controls be
 length octet: a packet is size-checked, then authenticated over its raw bytes, and only then
 parsed and held to a strict schema (every field required, unknown fields rejected).
 
+Packet (format 3, for routers that share a bus: docs/cluster.md, "Node keys")::
+
+    "RH3" | node id length | node id | router count k (1 octet)
+          | k x (router id length (1 octet) | router id) | k x MAC (16 octets) | payload (JSON)
+
+One MAC per router, each HMAC-SHA256 (cut to 16 octets) over every octet but the MACs, made
+with the node's key *for that router*: ``router_key(node key, router id)``. A router holds
+only its own keys of the nodes (``router keys derive``), so it can check its MAC and no other:
+the signed bytes it passes on over the bus are checked by every other router with a key it
+does not have, and one compromised router cannot forge a node's state anywhere else.
+
 Replay protection survives restarts of either side. Each agent start draws a random boot id;
 within a boot the sequence must grow. A new boot id is taken only when its packet is fresh and
 stamped later than anything accepted from that node, so a captured packet of an older boot
@@ -21,19 +32,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from router.config.node_keys import router_key
+
 MAGIC = b"RH2"
+MAGIC_ROUTERS = b"RH3"  # format 3: one MAC per router
 FORMAT_VERSION = 2
 MAX_PACKET = 1400
 MAX_NODE_ID = 64
 MAC_SIZE = 32
+ROUTER_MAC_SIZE = 16  # HMAC-SHA256 cut to 128 bits (RFC 2104, section 5)
+MAX_ROUTERS = 32  # MACs in one format-3 packet
+MAX_ROUTER_ID = 64
 POWER_STATES = ("mains", "battery", "battery_low", "off")
 UPLINK_STATES = ("up", "degraded", "down")
 REJECT_REASONS = ("malformed", "unknown_node", "bad_signature", "replayed", "stale")
@@ -113,8 +131,25 @@ def _schema_error(exc: ValidationError) -> str:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-def encode(heartbeat: Heartbeat, key: bytes) -> bytes:
-    """The packet for ``heartbeat``, signed with ``key`` (the simulator and the agent use this)."""
+_ROUTER_ID = re.compile(f"^[A-Za-z0-9_-]{{1,{MAX_ROUTER_ID}}}$")  # as --router-id takes
+
+
+def parse_router_ids(text: str) -> tuple[str, ...]:
+    """``r1,r2,...`` (an agent's or the simulator's --router-ids) -> the ids; ValueError."""
+    ids = tuple(part.strip() for part in text.split(",") if part.strip())
+    for router in ids:
+        if not _ROUTER_ID.match(router):
+            raise ValueError(
+                f"{router!r}: a router id is 1 to {MAX_ROUTER_ID} letters, digits, - or _"
+            )
+    if len(set(ids)) != len(ids) or len(ids) > MAX_ROUTERS:
+        raise ValueError(f"{text!r}: at most {MAX_ROUTERS} routers, each once")
+    return ids
+
+
+def encode(heartbeat: Heartbeat, key: bytes, routers: Sequence[str] = ()) -> bytes:
+    """The packet for ``heartbeat``, signed with the node's ``key`` (the simulator and the
+    agent use this): format 2, or with ``routers`` format 3, a MAC for each of them."""
     node = heartbeat.node.encode()
     if not 1 <= len(node) <= MAX_NODE_ID:
         raise ValueError(f"node id must be 1-{MAX_NODE_ID} octets: {heartbeat.node!r}")
@@ -124,47 +159,89 @@ def encode(heartbeat: Heartbeat, key: bytes) -> bytes:
         load_gbps=heartbeat.load_gbps, rps=heartbeat.rps, rtt=list(heartbeat.rtt),
     )  # fmt: skip
     payload = body.model_dump_json().encode()
-    head = MAGIC + bytes([len(node)]) + node
-    packet = head + hmac.new(key, head + payload, hashlib.sha256).digest() + payload
+    if routers:
+        ids = [r.encode() for r in routers]
+        if len(ids) > MAX_ROUTERS or len(set(ids)) != len(ids):
+            raise ValueError(f"1-{MAX_ROUTERS} distinct routers to sign for: {list(routers)}")
+        if not all(1 <= len(r) <= MAX_ROUTER_ID for r in ids):
+            raise ValueError(f"router ids must be 1-{MAX_ROUTER_ID} octets: {list(routers)}")
+        head = b"".join(
+            [MAGIC_ROUTERS, bytes([len(node)]), node, bytes([len(ids)])]
+            + [bytes([len(r)]) + r for r in ids]
+        )
+        signed = head + payload
+        macs = b"".join(
+            hmac.digest(router_key(key, r), signed, "sha256")[:ROUTER_MAC_SIZE] for r in routers
+        )
+        packet = head + macs + payload
+    else:
+        head = MAGIC + bytes([len(node)]) + node
+        packet = head + hmac.new(key, head + payload, hashlib.sha256).digest() + payload
     if len(packet) > MAX_PACKET:
         raise ValueError(f"heartbeat of {len(packet)} octets is over {MAX_PACKET}: send fewer rtt")
     return packet
 
 
-def decode(packet: bytes, keys: Mapping[str, tuple[bytes, ...]]) -> Heartbeat:
-    """Size, then signature over the raw bytes, then parse and schema. Raises Rejected."""
+def decode(
+    packet: bytes,
+    keys: Mapping[str, tuple[bytes, ...]],
+    router_id: str = "",
+    router_keys: Mapping[str, tuple[bytes, ...]] | None = None,
+) -> Heartbeat:
+    """Size, then signature over the raw bytes, then parse and schema. Raises Rejected.
+
+    ``keys``: the nodes' own keys (format 2); ``router_keys``: the nodes' keys for
+    ``router_id`` (format 3; a router of a bus may hold these alone)."""
     if len(packet) > MAX_PACKET:
         raise Rejected("malformed", f"{len(packet)} octets, over {MAX_PACKET}")
-    if not packet.startswith(MAGIC):
+    magic = packet[:3]
+    if magic != MAGIC and magic != MAGIC_ROUTERS:
         if packet[:2] == b"RH":
             raise Rejected(
-                "malformed", f"format {packet[:3]!r} is not {MAGIC!r} (docs/heartbeat.md)"
+                "malformed",
+                f"format {magic!r} is not {MAGIC!r} or {MAGIC_ROUTERS!r} (docs/heartbeat.md)",
             )
         raise Rejected("malformed", "not a heartbeat packet")
-    if len(packet) < len(MAGIC) + 1:
+    if len(packet) < 4:
         raise Rejected("malformed", "truncated before the node id")
-    id_len = packet[len(MAGIC)]
-    head_end = len(MAGIC) + 1 + id_len
-    if not 1 <= id_len <= MAX_NODE_ID or len(packet) < head_end + MAC_SIZE + 2:
+    id_len = packet[3]
+    head_end = 4 + id_len
+    if not 1 <= id_len <= MAX_NODE_ID or len(packet) < head_end + 2:
         raise Rejected("malformed", "truncated, or a node id length out of range")
     try:
-        node = packet[len(MAGIC) + 1 : head_end].decode()
+        node = packet[4:head_end].decode()
     except UnicodeDecodeError:
         raise Rejected("malformed", "node id is not UTF-8") from None
-    node_keys = keys.get(node)
-    if not node_keys:
-        raise Rejected("unknown_node", f"no key for node {node!r}")
-    mac_end = head_end + MAC_SIZE
-    mac = packet[head_end:mac_end]
-    signed = packet[:head_end] + packet[mac_end:]
+    if magic == MAGIC:
+        mac_end = head_end + MAC_SIZE
+        if len(packet) < mac_end + 2:
+            raise Rejected("malformed", "truncated in the MAC")
+        node_keys = keys.get(node)
+        if not node_keys:
+            if router_keys is not None and not keys:
+                raise Rejected(
+                    "unknown_node",
+                    f"node {node}: format {MAGIC!r} needs the node's own key, and this router "
+                    f"holds only its keys for router {router_id}: the node must sign "
+                    f"{MAGIC_ROUTERS!r} for the routers (docs/cluster.md)",
+                )
+            raise Rejected("unknown_node", f"no key for node {node!r}")
+        mac = packet[head_end:mac_end]
+        signed = packet[:head_end] + packet[mac_end:]
+        payload_at = mac_end
+    else:
+        mac, signed, payload_at = _router_mac(packet, head_end, node, router_id)
+        node_keys = router_keys.get(node) if router_keys is not None else None
+        if not node_keys:
+            raise Rejected("unknown_node", f"no key of node {node!r} for router {router_id}")
     # A node in key rotation has two keys: its current one and the next.
     for key in node_keys:
-        if hmac.compare_digest(mac, hmac.digest(key, signed, "sha256")):  # one C call
+        if hmac.compare_digest(mac, hmac.digest(key, signed, "sha256")[: len(mac)]):
             break
     else:
         raise Rejected("bad_signature", f"bad signature for node {node}")
     try:
-        body = _PAYLOAD.validate_json(packet[mac_end:])
+        body = _PAYLOAD.validate_json(packet[payload_at:])
     except ValidationError as exc:
         raise Rejected("malformed", f"node {node}: {_schema_error(exc)}") from None
     if body.node != node:
@@ -172,6 +249,69 @@ def decode(packet: bytes, keys: Mapping[str, tuple[bytes, ...]]) -> Heartbeat:
     # The model is dropped here, so its uplinks dict and rtt tuples are handed on, not copied.
     return Heartbeat(node, body.boot, body.seq, body.ts, body.power, body.uplinks,
                      body.load_gbps, body.rps, tuple(body.rtt))  # fmt: skip
+
+
+def _router_mac(packet: bytes, at: int, node: str, router_id: str) -> tuple[bytes, bytes, int]:
+    """Format 3 past the node id: (this router's MAC, the signed octets, where the payload
+    starts). Raises Rejected."""
+    count = packet[at]
+    if not 1 <= count <= MAX_ROUTERS:
+        raise Rejected("malformed", f"node {node}: {count} routers, not 1-{MAX_ROUTERS}")
+    at += 1
+    mine = router_id.encode()
+    index = -1
+    names = []
+    for i in range(count):
+        if at >= len(packet):
+            raise Rejected("malformed", f"node {node}: truncated in the router ids")
+        size = packet[at]
+        name = packet[at + 1 : at + 1 + size]
+        if not 1 <= size <= MAX_ROUTER_ID or len(name) != size:
+            raise Rejected("malformed", f"node {node}: a router id length out of range")
+        if name == mine:
+            index = i
+        names.append(name)
+        at += 1 + size
+    macs_end = at + count * ROUTER_MAC_SIZE
+    if len(packet) < macs_end + 2:
+        raise Rejected("malformed", f"node {node}: truncated in the MACs")
+    if index < 0:
+        signed_for = ", ".join(n.decode(errors="replace") for n in names)
+        raise Rejected(
+            "bad_signature",
+            f"node {node}: signed for routers {signed_for}, not for router {router_id or '(none)'}",
+        )
+    mac_at = at + index * ROUTER_MAC_SIZE
+    return packet[mac_at : mac_at + ROUTER_MAC_SIZE], packet[:at] + packet[macs_end:], macs_end
+
+
+class RouterKeys(Mapping[str, tuple[bytes, ...]]):
+    """The nodes' keys for one router, made from their own keys when first asked for (a
+    router given the nodes' own keys; ``router keys derive`` writes them out beforehand)."""
+
+    def __init__(self, node_keys: Mapping[str, tuple[bytes, ...]], router_id: str) -> None:
+        self._node_keys = node_keys
+        self._router_id = router_id
+        self._made: dict[str, tuple[bytes, ...]] = {}
+
+    def __getitem__(self, node: str) -> tuple[bytes, ...]:
+        made = self._made.get(node)
+        if made is None:
+            made = tuple(router_key(k, self._router_id) for k in self._node_keys[node])
+            self._made[node] = made
+        return made
+
+    def get(self, node: str, default=None):  # noqa: ANN001, ANN201 - Mapping.get's
+        try:
+            return self[node]
+        except KeyError:
+            return default
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._node_keys)
+
+    def __len__(self) -> int:
+        return len(self._node_keys)
 
 
 # -- replay protection -------------------------------------------------------------------------
@@ -272,11 +412,28 @@ class Verifier:
     # a replay (``AlreadyHeard``). Off for a lone router, where it can only be a replay.
     copies_expected: bool = False
     copies: int = 0
+    # Format 3 (routers on a bus): this router's id, and the nodes' keys for it: given
+    # (``router keys derive``: then ``keys`` is empty, the nodes' own keys are not here), or
+    # made from ``keys`` by ``for_router``.
+    router_id: str = ""
+    router_keys: Mapping[str, tuple[bytes, ...]] | None = None
+    keys_router: str | None = None  # the router ``router_keys`` were derived for, if given
+
+    def for_router(self, router_id: str) -> None:
+        """Take format 3 for ``router_id``; ValueError if the keys were derived for another."""
+        if self.keys_router is not None and self.keys_router != router_id:
+            raise ValueError(
+                f"the node keys were derived for router {self.keys_router}, "
+                f"and this router is {router_id}: `router keys derive --router-id {router_id}`"
+            )
+        self.router_id = router_id
+        if self.router_keys is None:
+            self.router_keys = RouterKeys(self.keys, router_id)
 
     def verify(self, packet: bytes, now: float | None = None) -> Heartbeat:
         """The heartbeat in ``packet``; raise Rejected (and count it) otherwise."""
         try:
-            heartbeat = decode(packet, self.keys)
+            heartbeat = decode(packet, self.keys, self.router_id, self.router_keys)
             now = time.time() if now is None else now
             if abs(heartbeat.ts - now) > self.replay_window_s:
                 raise Rejected(

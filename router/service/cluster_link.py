@@ -123,11 +123,20 @@ class ClusterLink:
         await self.bus.close()
 
     def expect_copies(self) -> None:
-        """The verifier of the config in service takes a peer's copy of a heartbeat as such
-        (called at start and after each reload)."""
+        """The verifier of the config in service takes a peer's copy of a heartbeat as such,
+        and format 3 for this router (called at start; reloads carry both). ValueError when
+        the keys were derived for another router."""
         verifier = self.service.config.verifier
         if verifier is not None:
             verifier.copies_expected = True
+            verifier.for_router(self.router_id)
+            if verifier.keys_router is None:
+                log.warning(
+                    "cluster: health.keys holds the nodes' own keys: this router could forge "
+                    "any node's heartbeat for every router. Give each router only its own: "
+                    '`router keys derive --router-id %s` (docs/cluster.md, "Node keys")',
+                    self.router_id,
+                )
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -472,8 +481,14 @@ class ClusterLink:
         agree, peers = self.peers.agreement(own, now)
         live = [p for p in peers if p["live"]]
         counters = self.bus.counters
+        verifier = self.service.config.verifier
         return {
             "router_id": self.router_id,
+            # Derived: this router can check the heartbeats signed for it and forge none for
+            # the others; the nodes' own keys would let it forge for every router.
+            "node_keys": None
+            if verifier is None
+            else ("derived" if verifier.keys_router is not None else "nodes_own"),
             "isolated": self.isolated,
             "behind": self.behind,
             "isolated_for_s": None

@@ -117,7 +117,12 @@ def prepare(
         monitor = NodeMonitor(
             model.node_ids, model.node_capacity_gbps, deployment.health.settings(), time.monotonic()
         )
-        verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
+        if deployment.node_keys_router is None:
+            verifier = Verifier(deployment.node_keys, deployment.health.replay_window_s)
+        else:  # the nodes' keys for one router only (router keys derive): format 3 alone
+            verifier = Verifier({}, deployment.health.replay_window_s,
+                                router_keys=deployment.node_keys,
+                                keys_router=deployment.node_keys_router)  # fmt: skip
     # Every lookup compiled now, so the first query never waits for numba.
     model.client_map.lookup(ipaddress.IPv4Address("192.0.2.1"))
     model.client_map.lookup(ipaddress.IPv6Address("2001:db8::1"))
@@ -173,6 +178,8 @@ def carry_over(new: LoadedConfig, old: LoadedConfig) -> list[str]:
         new.verifier.reboots = old.verifier.reboots
         new.verifier.copies_expected = old.verifier.copies_expected
         new.verifier.copies = old.verifier.copies
+        if old.verifier.router_id:  # ValueError (the reload refused) for another router's keys
+            new.verifier.for_router(old.verifier.router_id)
     same_policies = [(c.zone, c.name) for c in new.model.policies] == [
         (c.zone, c.name) for c in old.model.policies
     ]

@@ -184,7 +184,10 @@ async def _run(
         except BusError as exc:
             raise ServiceError(str(exc)) from None
         supervisor.cluster = link
-        link.expect_copies()
+        try:
+            link.expect_copies()
+        except ValueError as exc:
+            raise ServiceError(f"--router-id: {exc}") from None
         link.start()
         # Serving does not wait for the bus; the first connection usually takes milliseconds.
         await link.bus.wait_ready(2.0)
