@@ -266,7 +266,7 @@ def test_no_secret_ships_and_every_container_is_hardened(compose: dict) -> None:
     assert "ROUTER_API_TOKEN" not in text and "replace-me" not in text
     assert "node-keys.sample" not in text
     secrets = compose["secrets"]
-    assert set(secrets) == {"node-keys", "api-token"}
+    assert set(secrets) == {"node-keys", "node-keys-router-a", "node-keys-router-b", "api-token"}
     for secret in secrets.values():
         path = Path(secret["file"])
         assert REPO / "secrets" in path.parents, f"{path}: secrets come from ./secrets"
@@ -274,8 +274,15 @@ def test_no_secret_ships_and_every_container_is_hardened(compose: dict) -> None:
         assert ignored.returncode == 0, f"{path} is not git-ignored"
     for side in ("a", "b"):
         argv = _argv(compose["services"][f"router-{side}"])
-        assert argv[argv.index("--keys") + 1] == "/run/secrets/node-keys"
+        # Each router holds its own keys of the nodes, never the nodes' own (router keys derive).
+        assert argv[argv.index("--keys") + 1] == f"/run/secrets/node-keys-router-{side}"
+        held = [s["source"] if isinstance(s, dict) else s
+                for s in compose["services"][f"router-{side}"]["secrets"]]  # fmt: skip
+        assert held == [f"node-keys-router-{side}", "api-token"]
+        assert argv[argv.index("--router-id") + 1] == f"router-{side}"
         assert argv[argv.index("--api-token-file") + 1] == "/run/secrets/api-token"
+    nodes = _argv(compose["services"]["nodes"])
+    assert nodes[nodes.index("--router-ids") + 1] == "router-a,router-b"
     for name, service in compose["services"].items():
         assert service.get("read_only") is True, f"{name}: root file system not read-only"
         assert service.get("cap_drop") == ["ALL"], f"{name}: capabilities not dropped"

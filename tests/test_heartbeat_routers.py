@@ -22,9 +22,9 @@ from router.config.node_keys import ROUTER_KEY_LABEL, derive, router_key
 from router.health.telemetry import (
     MAGIC_ROUTERS,
     Heartbeat,
+    PreparedKeys,
     Rejected,
     ReplayGuard,
-    RouterKeys,
     Verifier,
     encode,
     parse_router_ids,
@@ -110,11 +110,14 @@ def test_a_router_given_the_nodes_own_keys_takes_both_formats() -> None:
 
 
 def test_the_keys_made_on_the_fly_are_the_derived_ones() -> None:
-    made = RouterKeys({"a": (KEY, b"n" * 32)}, "r2")
+    made = PreparedKeys({"a": (KEY, b"n" * 32)}, derive_for="r2")
     derived = derive({"a": {"current": KEY.hex(), "next": (b"n" * 32).hex()}}, "r2")
-    assert [k.hex() for k in made["a"]] == [derived["a"]["current"], derived["a"]["next"]]
+    given = PreparedKeys({"a": tuple(bytes.fromhex(derived["a"][k]) for k in ("current", "next"))})
+    for on_the_fly, from_file in zip(made["a"], given["a"], strict=True):
+        assert on_the_fly.copy().digest() == from_file.copy().digest()  # keyed alike
     # The derivation, by the standard library alone (docs/heartbeat.md).
-    assert made["a"][0] == hmac.new(KEY, b"router heartbeat key\x00r2", hashlib.sha256).digest()
+    r2 = hmac.new(KEY, b"router heartbeat key\x00r2", hashlib.sha256).digest()
+    assert made["a"][0].copy().digest() == hmac.new(r2, b"", hashlib.sha256).digest()
     assert ROUTER_KEY_LABEL == b"router heartbeat key\x00"
 
 
@@ -167,3 +170,16 @@ def test_router_keys_derive_writes_one_routers_keys(tmp_path: Path) -> None:
     sample = run("derive", "--keys", str(zones / "node-keys.sample.yaml"), "--router-id", "r1",
                  "--out", str(tmp_path / "y"))  # fmt: skip
     assert sample.returncode == 2 and "published sample keys" in sample.stderr
+
+
+def test_nodes_naming_other_router_lists_are_each_read_right() -> None:
+    """The router list last seen is remembered (most nodes name the same): one that differs is
+    parsed again, never read as the remembered one."""
+    verifier = router_verifier("r1")
+    assert verifier.verify(encode(beat(1), KEY, ROUTERS), now=NOW).seq == 1
+    assert verifier.verify(encode(beat(2), KEY, ("r2", "r1")), now=NOW).seq == 2
+    assert verifier.verify(encode(beat(3), KEY, ("r1", "r2", "r3", "r4")), now=NOW).seq == 3
+    with pytest.raises(Rejected) as info:
+        verifier.verify(encode(beat(4), KEY, ("r2", "r3")), now=NOW)
+    assert info.value.reason == "bad_signature"
+    assert verifier.verify(encode(beat(5), KEY, ROUTERS), now=NOW).seq == 5
