@@ -641,10 +641,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _bus_settings(args: argparse.Namespace):  # noqa: ANN202 - BusSettings, imported here
     """--bus and its companions -> BusSettings, or None without --bus; ValueError saying
     which flag is wrong."""
-    import ipaddress
-
     from router.cluster.bus import BusError, BusSettings, parse_servers
     from router.cluster.messages import ROUTER_ID
+    from router.service.exposure import bus_servers_off_loopback
 
     companions = (
         "router_id",
@@ -682,19 +681,15 @@ def _bus_settings(args: argparse.Namespace):  # noqa: ANN202 - BusSettings, impo
     except BusError as exc:
         raise ValueError(str(exc)) from None
     authenticated = args.bus_creds is not None or args.bus_tls_cert is not None
-    if not authenticated and not args.bus_allow_unauthenticated:
-        for url in servers:
-            host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
-            try:
-                loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise ValueError(
-                    f"--bus {url} is off loopback: give --bus-creds FILE or --bus-tls-cert/--bus-tls-key "
-                    "(whoever reaches an open NATS can set overrides), or --bus-allow-unauthenticated on a "
-                    "closed network"
-                )
+    exposed = (
+        [] if authenticated or args.bus_allow_unauthenticated else bus_servers_off_loopback(servers)
+    )
+    if exposed:
+        raise ValueError(
+            f"--bus {exposed[0]} is off loopback: give --bus-creds FILE or --bus-tls-cert/--bus-tls-key "
+            "(whoever reaches an open NATS can set overrides), or --bus-allow-unauthenticated on a "
+            "closed network"
+        )
     return BusSettings(servers, args.router_id, args.bus_creds, args.bus_tls_ca, args.bus_tls_cert,
                        args.bus_tls_key, args.bus_replicas)  # fmt: skip
 

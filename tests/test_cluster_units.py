@@ -227,3 +227,11 @@ def test_bad_bus_flags_are_refused_before_anything_starts(flags: list[str], says
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert says in done.stderr
+
+
+def test_the_bus_servers_off_loopback_are_named() -> None:
+    from router.service.exposure import bus_servers_off_loopback
+
+    servers = ("nats://127.0.0.1:4222", "nats://[::1]:4222", "nats://localhost:4222",
+               "nats://[2001:db8::1]:4222", "nats://nats-1:4222", "nats://192.0.2.1:4222")  # fmt: skip
+    assert bus_servers_off_loopback(servers) == list(servers[3:])

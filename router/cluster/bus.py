@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +147,6 @@ class ClusterBus:
     stream_ok: bool = False  # the stream answered the last check (or one of the two before)
     usable: bool = False  # as last told to the runtime: connected and stream_ok
     connected_url: str | None = None
-    last_change: float = field(default_factory=time.monotonic)
     last_error: str | None = None
 
     def __post_init__(self) -> None:
@@ -307,7 +305,6 @@ class ClusterBus:
         if usable and self._kv is not None and self._watch_task is not None:
             self._rewatch()  # back: catch up every entry (an override set meanwhile)
         self.usable = usable
-        self.last_change = time.monotonic()
         try:
             self.handlers.connection(usable)
         except Exception:

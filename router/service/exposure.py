@@ -32,6 +32,13 @@ def off_loopback(api: Endpoint | None, telemetry: Endpoint | None) -> list[str]:
     return [f"{flag} {format_endpoint(*ep)}" for flag, ep in asked if ep and not is_loopback(ep[0])]
 
 
+def bus_servers_off_loopback(servers: tuple[str, ...]) -> list[str]:
+    """The ``--bus`` URLs (``nats://HOST:PORT``) whose host is not loopback: an open NATS there
+    lets whoever reaches it set overrides, so the CLI asks for credentials."""
+    hosts = [(url, url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")) for url in servers]
+    return [url for url, host in hosts if not is_loopback(host)]
+
+
 def check_exposure(
     api: Endpoint | None, telemetry: Endpoint | None, token: str | None, sample_keys: bool
 ) -> None:
