@@ -170,6 +170,28 @@ def test_a_heartbeat_forged_with_one_routers_keys_is_refused_by_the_others(
         assert NODE_IP in ask(lab.routers[i])
 
 
+def test_rtt_samples_heard_by_one_router_steer_all_alike_from_the_same_epoch(
+    lab: ClusterLab,
+) -> None:
+    """The node reports its RTT to a client prefix to r1 only: every router fuses it at the
+    same epoch (the 5th second after its stamp at the latest), and they agree on the table."""
+
+    def rtt_pairs(i: int) -> int:
+        status, body = lab.api(i, "GET", "/v1/decisions?limit=1")
+        assert status == 200, body
+        return body["rtt_samples"]
+
+    before = [rtt_pairs(i) for i in range(3)]
+    lab.simulator_command(f"rtt {NODE} {CLIENT} 1.5")
+    try:
+        until(lambda: all(rtt_pairs(i) > before[i] for i in range(3)),
+              "the RTT sample fused on every router", 15)  # fmt: skip
+        assert len({rtt_pairs(i) for i in range(3)}) == 1
+        until(lambda: all_agree(lab), "the three routers on one table with the sample", 15)
+    finally:
+        lab.simulator_command(f"restore {NODE}")
+
+
 def test_silence_withdraws_on_all_only_when_no_router_heard_the_node(lab: ClusterLab) -> None:
     lab.simulator_command(f"silence {NODE}")
     try:

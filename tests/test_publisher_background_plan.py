@@ -322,12 +322,16 @@ def test_a_full_plan_is_refined_after_it_is_in_service_and_a_failure_meanwhile_i
         held.release.set()
         until(lambda: not sup.publisher.refine_running, "the refine to end")
         until(lambda: len(router.published) > before, "the refined table in service")
-    refined = router.published[before]
-    assert any(
-        f"routing table {refined.generation} in service" in r.getMessage()
-        and "planned refined (background)" in r.getMessage()
-        for r in caplog.records
-    )
+        refined = router.published[before]
+        # The table is handed to the workers before its "in service" line is written.
+        until(
+            lambda: any(
+                f"routing table {refined.generation} in service" in r.getMessage()
+                and "planned refined (background)" in r.getMessage()
+                for r in caplog.records
+            ),
+            "the refined table's in-service line, saying it was planned refined",
+        )
     # Begun before the failure: in service with the failure repaired on top.
     assert refined.node_state[gone] == NodeState.DOWN and gone not in listed(refined)
     assert router.state_in_service("tef-mad-2") == NodeState.DRAINING

@@ -217,3 +217,39 @@ def test_a_reload_keeps_the_rtt_averages_fused_from_heartbeats(tmp_path, deploym
         ) == [(tef, 1.5)]
     finally:
         supervisor.stop()
+
+
+def test_held_rtt_samples_fuse_per_epoch_in_the_same_order_whatever_the_arrival(
+    tmp_path, deployment_dir
+) -> None:
+    """With a bus, RTT samples wait for the epoch after their heartbeat's stamp, and are fused
+    by node, stamp and sequence: two routers that got the same heartbeats in another order, or
+    a moment apart, fuse the same averages at the same epoch."""
+    shutil.copytree(deployment_dir.parent, tmp_path, dirs_exist_ok=True)
+    zones = tmp_path / "zones"
+    deployment = load_deployment(zones)
+    model = compile_model(deployment)
+    group, _ = model.client_map.lookup(ipaddress.ip_address("2.80.0.1"))
+    averages = []
+    for arrival in ((1, 2, 3), (3, 1, 2)):  # two routers, the copies in another order
+        supervisor = Supervisor(deployment, model, [("127.0.0.1", 0)], workers=1,
+                                files=ConfigFiles.read(zones))  # fmt: skip
+        supervisor.start()
+        try:
+            intake = supervisor.intake
+            beats = {1: (100.2, 7, 10.0), 2: (100.7, 8, 20.0), 3: (101.3, 9, 40.0)}
+            for k in arrival:
+                ts, seq, ms = beats[k]
+                intake.held_rtt.append((ts, "tef-mad-1", seq, (("2.80.0.0/24", ms),)))
+            tef = supervisor.config.node_index["tef-mad-1"]
+            assert intake.fuse_held_rtt(100.0, now=50.0) is False  # nothing stamped before 100
+            assert intake.fuse_held_rtt(101.0, now=50.0) is True  # the two stamped in 100-101
+            after_101 = supervisor.config.rtt.get(group, tef, 50.0)
+            assert [h[2] for h in intake.held_rtt] == [9]  # the one of 101.3 waits
+            intake.fuse_held_rtt(102.0, now=50.0)
+            assert intake.held_rtt == []
+            averages.append((after_101, supervisor.config.rtt.get(group, tef, 50.0)))
+        finally:
+            supervisor.stop()
+    assert averages[0] == averages[1]
+    assert averages[0][0] == pytest.approx(10.0 + 0.3 * (20.0 - 10.0))  # 10 first, then 20

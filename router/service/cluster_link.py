@@ -43,7 +43,7 @@ from router.cluster.messages import (
 from router.cluster.peers import DemandReport, PeerTable, RouterState, probe_quorum
 from router.health.telemetry import Heartbeat
 from router.service.demand import moved_share
-from router.service.intake import LOAD_REFRESH_DELTA
+from router.service.intake import LOAD_REFRESH_DELTA, SAMPLES_REFRESH_S
 from router.steering.build import RoutingTable
 
 if TYPE_CHECKING:
@@ -426,9 +426,15 @@ class ClusterLink:
                 return
             monitor.epoch_util = monitor.load_at(epoch)
             util = monitor.epoch_util
+        # RTT samples every few epochs (a table per second for them alone would be too many),
+        # the same epochs on every router.
+        sampled = epoch % SAMPLES_REFRESH_S == 0 and service.intake.fuse_held_rtt(epoch)
         if publisher.published_util is None or publisher.dirty:
             return
-        if np.abs(util - publisher.published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA:
+        if (
+            sampled
+            or np.abs(util - publisher.published_util).max(initial=0.0) >= LOAD_REFRESH_DELTA
+        ):
             publisher.request_rebuild()
 
     async def _own_state(self) -> RouterState:

@@ -28,6 +28,7 @@ LOAD_REFRESH_S = 1.0  # republish for load changes at most this often
 LOAD_REFRESH_DELTA = 0.05  # and only when some node's utilisation moved this much
 LOAD_CHECK_S = 0.05  # how often the load is compared with the table's
 SAMPLES_REFRESH_S = 5.0  # fused RTT samples change steering at most this often
+MAX_HELD_RTT_PER_NODE = 10  # held heartbeats with RTT samples, per node of the config
 REJECTION_LOG_S = 10.0  # one log line per rejection reason this often at most
 
 
@@ -42,6 +43,11 @@ class TelemetryIntake:
         self.router_id = ""
         self._load_checked_at = -1e9
         self.bus_stale = 0  # copies from the bus too old to take: this router is behind
+        # With a bus, RTT samples wait for the epoch after their heartbeat's stamp and are
+        # fused then (``fuse_held_rtt``), in the same order on every router: the tables
+        # steer by the same averages from the same second on (docs/cluster.md, "One answer").
+        self.held_rtt: list[tuple[float, str, int, tuple[tuple[str, float], ...]]] = []
+        self.held_rtt_dropped = 0
 
     def on_heartbeat(self, packet: bytes, now: float | None = None, via: str = "") -> None:
         """One telemetry datagram (``via``: the router it reached, when it came from the bus)."""
@@ -82,12 +88,25 @@ class TelemetryIntake:
             if changed:
                 publisher.state_unsaved = True  # the publisher saves it after the table is out
             for heartbeat, _ in present:
-                if heartbeat.rtt:
+                if not heartbeat.rtt:
+                    continue
+                if service.cluster is None:
                     self.fuse_rtt(heartbeat.node, heartbeat.rtt, now)
+                elif len(self.held_rtt) < MAX_HELD_RTT_PER_NODE * len(index):
+                    self.held_rtt.append(
+                        (heartbeat.ts, heartbeat.node, heartbeat.seq, heartbeat.rtt)
+                    )
+                else:
+                    self.held_rtt_dropped += 1  # a node flooding valid heartbeats: bounded
         waited = now - publisher.published_at
         if changed:
             publisher.request_rebuild()
-        elif publisher.samples_changed and waited >= SAMPLES_REFRESH_S and not publisher.dirty:
+        elif (
+            publisher.samples_changed
+            and waited >= SAMPLES_REFRESH_S
+            and not publisher.dirty
+            and service.cluster is None  # with a bus, samples are fused per epoch
+        ):
             publisher.request_rebuild()
         elif (
             waited >= LOAD_REFRESH_S
@@ -102,10 +121,12 @@ class TelemetryIntake:
             if moved >= LOAD_REFRESH_DELTA:
                 publisher.request_rebuild()
 
-    def fuse_rtt(self, node_id: str, samples: tuple[tuple[str, float], ...], now: float) -> None:
-        """RTT samples a node measured to client prefixes (the caller holds the health lock)."""
+    def fuse_rtt(self, node_id: str, samples: tuple[tuple[str, float], ...], now: float) -> int:
+        """RTT samples a node measured to client prefixes (the caller holds the health lock);
+        how many were fused."""
         config = self.service.config
         node = config.node_index[node_id]
+        fused = 0
         for prefix, rtt_ms in samples:
             try:
                 network = ipaddress.ip_network(prefix, strict=False)
@@ -116,7 +137,27 @@ class TelemetryIntake:
             if group == UNKNOWN_GROUP or not config.rtt.add(group, node, rtt_ms, now):
                 self.rtt_rejected += 1  # nothing to steer by, or not a plausible RTT
                 continue
+            fused += 1
             self.service.publisher.samples_changed = True
+        return fused
+
+    def fuse_held_rtt(self, epoch: float, now: float | None = None) -> bool:
+        """Fuse the held RTT samples of heartbeats stamped before ``epoch`` (wall seconds), by
+        node, stamp and sequence: what every router of the bus holds alike by then. True when
+        any sample was fused (the caller asks for a table)."""
+        service = self.service
+        now = time.monotonic() if now is None else now
+        with service.health_lock:
+            due = [held for held in self.held_rtt if held[0] < epoch]
+            if not due:
+                return False
+            self.held_rtt = [held for held in self.held_rtt if held[0] >= epoch]
+            index = service.config.node_index
+            fused = 0
+            for _ts, node, _seq, samples in sorted(due, key=lambda h: (h[1], h[0], h[2])):
+                if node in index:  # the node may have left the config meanwhile
+                    fused += self.fuse_rtt(node, samples, now)
+            return fused > 0
 
     def tick(self, now: float | None = None) -> None:
         """Withdraw nodes that went silent."""
