@@ -104,7 +104,15 @@ class ClusterLink:
         self._digest_of: tuple[int, int] | None = None  # (id of the table, generation)
         self._digest = ""
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._state_dirty = asyncio.Event()
+        self._last_state: RouterState | None = None
+        self._weighed: int | None = None  # the last epoch weighed
+        self._last_sum: tuple[int, np.ndarray] | None = None
+        self._holding = False  # the nodes heard only through the bus held as they are
+        self.behind = False  # copies from the bus came too late to take within BEHIND_HOLD_S
+        self._stale_seen = 0
+        self._behind_until = 0.0
         intake = service.intake
         intake.router_id = self.router_id
         intake.republish = self._republish
@@ -202,9 +210,6 @@ class ClusterLink:
             prior = bool(np.array_equal(planned, prior))  # still the configured prior: take it
             if epoch % DEMAND_DRIFT_S == 0 or shifted or prior:
                 self.service.demand_observer.weigh(config, qps, reported, threshold=0.0)
-
-    _weighed: int | None = None  # the last epoch weighed
-    _last_sum: tuple[int, np.ndarray] | None = None
 
     def _bad(self, kind: str, origin: str, exc: Exception) -> None:
         self.bad_messages += 1
@@ -366,11 +371,6 @@ class ClusterLink:
                 )
                 exempt[:] = False
 
-    _holding = False
-    behind = False  # copies from the bus came too late to take within the last BEHIND_HOLD_S
-    _stale_seen = 0
-    _behind_until = 0.0
-
     def _check_behind(self) -> None:
         stale = self.service.intake.bus_stale
         now = time.monotonic()
@@ -410,8 +410,6 @@ class ClusterLink:
                     self._recount()
             except Exception:
                 log.exception("cluster: the state step failed")
-
-    _loop: asyncio.AbstractEventLoop | None = None
 
     def _take_epoch_util(self, woke_at: float) -> None:
         """The planner's load from now on: each node's as of the start of this second, the
@@ -458,8 +456,7 @@ class ClusterLink:
         service = self.service
         epoch = round(time.time())  # woken on the second: the second it is
         config = service.demand_observer.fold(time.monotonic())
-        with service.health_lock:
-            reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
+        reported = service.demand_observer.reported_gbps(config)
         # Kept as sent (float32 on the wire): this router's part of the epoch's sum is the
         # very number its peers add, or the sums would differ in the last digits.
         qps = config.demand.qps.astype("<f4").astype(np.float64)
@@ -472,8 +469,6 @@ class ClusterLink:
                 encode_demand(self.router_id, config.version, epoch, qps, reported)
             )
         self._weigh_epochs()  # alone (or the last to report): the epoch is complete now
-
-    _last_state: RouterState | None = None
 
     # -- what the API shows ---------------------------------------------------------------------
 

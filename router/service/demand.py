@@ -115,9 +115,12 @@ class DemandObserver:
             return False
         self._read_at = now
         config = self.fold(now)
-        with service.health_lock:
-            reported = float((config.health.utilization() * config.model.node_capacity_gbps).sum())
-        return self.weigh(config, config.demand.qps, reported)
+        return self.weigh(config, config.demand.qps, self.reported_gbps(config))
+
+    def reported_gbps(self, config: LoadedConfig) -> float:
+        """The load every node reports, summed: what the demand is scaled to."""
+        with self.service.health_lock:
+            return float((config.health.utilization() * config.model.node_capacity_gbps).sum())
 
     def fold(self, now: float) -> LoadedConfig:
         """The workers' counters into the smoothed rates of the config in service."""
